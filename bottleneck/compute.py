@@ -1,0 +1,165 @@
+"""The batched forward pass that turns images into cached bottleneck vectors.
+
+Only images whose content is not in the cache are computed. They flow through
+one tf.data pipeline (parallel read, decode and resize, prefetch) into one
+module call per batch, so decoding overlaps the forward pass and there is one
+`sess.run` per batch, never per image.
+"""
+
+import dataclasses
+import time
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+import input_pipeline
+import pre_input
+from bottleneck import cache as cache_lib
+from bottleneck import module as module_lib
+
+DEFAULT_BATCH_SIZE = 32
+PROGRESS_SECONDS = 10.0
+
+
+@dataclasses.dataclass
+class Bottlenecks:
+    vectors: np.ndarray  # float32 [N, D], row i for paths[i]; zeros where skipped
+    skipped: dict  # {index: reason} for images that could not be read or decoded
+    computed: int
+    reused: int
+    height: int  # the module's input size
+    width: int
+    module_key: str
+
+    def summary(self):
+        return (
+            f"bottlenecks: {self.computed} computed, {self.reused} reused, "
+            f"{len(self.skipped)} skipped"
+        )
+
+
+class Progress:
+    """Logs count, rate and time left every few seconds during long work."""
+
+    def __init__(self, total, what, interval=PROGRESS_SECONDS, clock=time.monotonic):
+        self.total, self.what, self.interval, self.clock = total, what, interval, clock
+        self.done = 0
+        self.start = self.last = clock()
+
+    def update(self, count):
+        self.done += count
+        now = self.clock()
+        if now - self.last >= self.interval or self.done == self.total:
+            self.last = now
+            logging.info("%s", self.line(now))
+
+    def line(self, now):
+        elapsed = max(now - self.start, 1e-9)
+        rate = self.done / elapsed
+        left = (self.total - self.done) / rate if rate > 0 else float("inf")
+        return (
+            f"{self.what}: {self.done}/{self.total} ({100.0 * self.done / self.total:.0f}%), "
+            f"{rate:.1f} images/s, {format_duration(left)} left"
+        )
+
+
+def format_duration(seconds):
+    if seconds == float("inf"):
+        return "unknown time"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{seconds:02d}s"
+    return f"{seconds}s"
+
+
+def compute_bottlenecks(
+    paths, handle, bottleneck_dir, default_image_size=module_lib.DEFAULT_IMAGE_SIZE,
+    batch_size=DEFAULT_BATCH_SIZE,
+):
+    """Bottleneck vectors for image files, from the cache or computed and cached.
+
+    paths: full paths of the images. handle: TF Hub handle or local module
+    folder. Returns Bottlenecks; images that cannot be read or decoded are
+    skipped with a warning, not fatal. Raises module.ModuleError and
+    cache.CacheError for problems that stop the work.
+    """
+    module_lib.use_gpu_memory_as_needed()
+    graph = tf.Graph()
+    with graph.as_default():
+        module = module_lib.load(handle, default_image_size)
+        probe = tf.compat.v1.placeholder(tf.float32, [None, module.height, module.width, 3])
+        dimension = int(module(probe).shape[-1])
+        key = cache_lib.module_key(handle, module.height, module.width)
+        cache = cache_lib.BottleneckCache(bottleneck_dir, key)
+        logging.info(
+            "Module %s: %dx%d input, %d-d output, running on %s; cache %s",
+            handle, module.height, module.width, dimension,
+            module_lib.describe_device(), cache.root,
+        )
+
+        vectors = np.zeros([len(paths), dimension], np.float32)
+        skipped = {}
+        contents = [None] * len(paths)
+        for i, path in enumerate(paths):
+            try:
+                contents[i] = cache_lib.content_key(path)
+            except (tf.errors.OpError, OSError) as e:
+                skipped[i] = f"cannot be read: {getattr(e, 'message', None) or e}"
+        missing = {}  # content key -> indices needing it
+        reused = 0
+        for i, content in enumerate(contents):
+            if content is None:
+                continue
+            vector = cache.lookup(content, dimension)
+            if vector is None:
+                missing.setdefault(content, []).append(i)
+            else:
+                vectors[i] = vector
+                reused += 1
+
+        todo = [indices[0] for indices in missing.values()]
+        done = set()
+        if todo:
+            logging.info("Computing %d bottlenecks in batches of %d...", len(todo), batch_size)
+            batches = input_pipeline.image_batches(
+                [paths[i] for i in todo], module.height, module.width, batch_size
+            )
+            batch_index, images = tf.compat.v1.data.make_one_shot_iterator(batches).get_next()
+            features = module(images)
+            progress = Progress(len(todo), "bottlenecks")
+            with tf.compat.v1.Session(graph=graph, config=module_lib.session_config()) as sess:
+                sess.run([
+                    tf.compat.v1.global_variables_initializer(),
+                    tf.compat.v1.tables_initializer(),
+                ])
+                while True:
+                    try:
+                        indices, values = sess.run([batch_index, features])
+                    except tf.errors.OutOfRangeError:
+                        break
+                    for j, vector in zip(indices.tolist(), values):
+                        content = contents[todo[j]]
+                        cache.store(content, vector)
+                        vectors[missing[content]] = vector
+                        done.add(j)
+                    progress.update(len(indices))
+
+    computed = 0
+    for j, first in enumerate(todo):
+        indices = missing[contents[first]]
+        if j in done:
+            computed += len(indices)
+        else:
+            reason = pre_input.why_undecodable(paths[first])
+            for i in indices:
+                skipped[i] = reason
+    for i in sorted(skipped):
+        logging.warning("Skipping %s: %s", paths[i], skipped[i])
+    result = Bottlenecks(vectors, skipped, computed, reused, module.height, module.width, key)
+    logging.info("%s", result.summary())
+    return result

@@ -1,0 +1,128 @@
+"""Loading a TF Hub image feature-vector module into a TF1-style graph.
+
+The convention (TF Hub's "image feature vector", TF2 SavedModel format): the
+loaded object is called on float32 images `[N, H, W, 3]` with values in [0, 1]
+and returns float32 features `[N, D]`. `hub.load` inside a
+`tf.Graph().as_default()` block adds the module's functions to that graph; its
+weights are restored when the Session runs the variable initializers.
+"""
+
+import dataclasses
+import os
+
+import tensorflow as tf
+import tensorflow_hub as hub
+from absl import logging
+
+DEFAULT_MODULE = "https://tfhub.dev/google/imagenet/inception_v3/feature_vector/5"
+DEFAULT_IMAGE_SIZE = 299
+
+
+class ModuleError(Exception):
+    """The module cannot be loaded or is not an image feature-vector module."""
+
+
+@dataclasses.dataclass
+class FeatureVectorModule:
+    handle: str
+    height: int
+    width: int
+    _callable: object
+
+    def __call__(self, images):
+        """float32 [N, height, width, 3] in [0, 1] -> float32 [N, D]."""
+        features = self._callable(images)
+        if isinstance(features, dict):
+            raise ModuleError(
+                f"Module {self.handle} returns a dict of outputs; it is not an image "
+                "feature-vector module. Use one that returns [N, D] features."
+            )
+        if features.shape.rank != 2 or features.shape[-1] is None:
+            raise ModuleError(
+                f"Module {self.handle} returns shape {features.shape}, not [N, D]; "
+                "it is not an image feature-vector module."
+            )
+        return features
+
+
+def _fix_for(handle):
+    if os.path.isdir(handle) or not ("://" in handle or handle.startswith("@")):
+        return (
+            "Pass a folder holding a TF2 SavedModel (with saved_model.pb) of an image "
+            "feature-vector module, or a TF Hub handle."
+        )
+    return (
+        "Without network access, download the module elsewhere and pass its "
+        "unpacked folder as --tfhub_module, or set TFHUB_CACHE_DIR to a cache "
+        "folder that already holds it."
+    )
+
+
+def load(handle, default_image_size=DEFAULT_IMAGE_SIZE):
+    """Load the module into the current graph. -> FeatureVectorModule.
+
+    The input size comes from the module's input signature when it is fixed
+    there, else default_image_size (square). Raises ModuleError with the
+    handle, the cause and the fix.
+    """
+    try:
+        loaded = hub.load(handle)
+    except Exception as e:  # hub.load fails in many ways: network, format, path.
+        cause = _one_line(e)
+        raise ModuleError(
+            f"Cannot load module {handle}: {cause}. {_fix_for(handle)}"
+        ) from e
+    if not callable(loaded):
+        raise ModuleError(
+            f"Module {handle} loaded, but it cannot be called on images: it is not a "
+            "TF2 image feature-vector SavedModel (TF1 Hub format modules for "
+            "hub.Module are not supported). Use a TF2 feature-vector module."
+        )
+    height, width = _static_image_size(loaded) or (default_image_size, default_image_size)
+    return FeatureVectorModule(handle, height, width, loaded)
+
+
+def _static_image_size(loaded):
+    """(height, width) from the call signature, or None when not fixed there."""
+    for concrete in getattr(loaded.__call__, "concrete_functions", None) or []:
+        args, _ = concrete.structured_input_signature
+        specs = [a for a in tf.nest.flatten(args) if isinstance(a, tf.TensorSpec)]
+        if specs and specs[0].shape.rank == 4:
+            height, width = specs[0].shape[1], specs[0].shape[2]
+            if height is not None and width is not None:
+                return int(height), int(width)
+    return None
+
+
+def _one_line(error):
+    text = str(getattr(error, "message", None) or error).strip()
+    line = text.splitlines()[0] if text else type(error).__name__
+    return line if len(line) < 300 else line[:297] + "..."
+
+
+def describe_device():
+    """Which device will run the module, as a phrase for the log."""
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return "CPU (no GPU found)"
+    names = []
+    for gpu in gpus:
+        details = tf.config.experimental.get_device_details(gpu)
+        names.append(details.get("device_name", gpu.name))
+    return "GPU: " + ", ".join(names)
+
+
+def use_gpu_memory_as_needed():
+    """Let TensorFlow grow GPU memory as needed instead of taking it all at start."""
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:  # Already initialised: the setting is fixed by then.
+            logging.debug("GPU memory growth could not be set for %s", gpu.name)
+
+
+def session_config():
+    """ConfigProto for Sessions: GPU memory grows as needed."""
+    config = tf.compat.v1.ConfigProto()
+    config.gpu_options.allow_growth = True
+    return config

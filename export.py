@@ -1,0 +1,109 @@
+"""Export of the retrained classifier: frozen graph, labels file, SavedModel.
+
+The frozen graph takes `Placeholder`, float32 [None, H, W, 3] with values in
+[0, 1], and gives `final_result` (or --final_tensor_name), float32 [None, C]
+class probabilities in the order of the labels file. Module and final layer
+are constants in it, so it runs anywhere TensorFlow can import a GraphDef,
+including TensorFlow's stock label_image example.
+"""
+
+import tensorflow as tf
+
+import atomic_files
+import final_layer
+from bottleneck import module as module_lib
+
+INPUT_NAME = "Placeholder"
+BOTTLENECK_NAME = "bottleneck"
+
+
+def frozen_graph(handle, default_image_size, class_count, checkpoint, final_tensor_name):
+    """Module + final layer restored from checkpoint -> frozen tf.compat.v1.GraphDef."""
+    graph = tf.Graph()
+    with graph.as_default():
+        module = module_lib.load(handle, default_image_size)
+        images = tf.compat.v1.placeholder(
+            tf.float32, [None, module.height, module.width, 3], INPUT_NAME
+        )
+        if images.op.name != INPUT_NAME:
+            raise ValueError(f"module {handle} already uses the op name {INPUT_NAME}")
+        bottleneck = tf.identity(module(images), name=BOTTLENECK_NAME)
+        final_layer.add_final_layer(bottleneck, class_count, final_tensor_name)
+        saver = tf.compat.v1.train.Saver(final_layer.final_layer_variables(graph))
+        with tf.compat.v1.Session(graph=graph, config=module_lib.session_config()) as sess:
+            sess.run([
+                tf.compat.v1.global_variables_initializer(),
+                tf.compat.v1.tables_initializer(),
+            ])
+            saver.restore(sess, checkpoint)
+            graph_def = tf.compat.v1.graph_util.convert_variables_to_constants(
+                sess, graph.as_graph_def(), [final_tensor_name]
+            )
+    _drop_unused_functions(graph_def)
+    return graph_def
+
+
+def _drop_unused_functions(graph_def):
+    """Remove library functions no node calls (the module's save/restore functions)."""
+    functions = {f.signature.name: f for f in graph_def.library.function}
+    used, pending = set(), [n for n in graph_def.node]
+    while pending:
+        node = pending.pop()
+        for name in _called_functions(node):
+            if name in functions and name not in used:
+                used.add(name)
+                pending.extend(functions[name].node_def)
+    kept = [f for f in graph_def.library.function if f.signature.name in used]
+    gradients = [g for g in graph_def.library.gradient if g.function_name in used]
+    del graph_def.library.function[:]
+    graph_def.library.function.extend(kept)
+    del graph_def.library.gradient[:]
+    graph_def.library.gradient.extend(gradients)
+
+
+def _called_functions(node):
+    for value in node.attr.values():
+        if value.HasField("func"):
+            yield value.func.name
+        for func in value.list.func:
+            yield func.name
+    yield node.op  # A node may call a library function by using it as its op.
+
+
+def write_frozen_graph(graph_def, path):
+    atomic_files.write_bytes(path, graph_def.SerializeToString())
+
+
+def write_labels(labels, path):
+    atomic_files.write_text(path, "".join(f"{label}\n" for label in labels))
+
+
+def write_saved_model(graph_def, final_tensor_name, path):
+    """A SavedModel of the frozen graph with a 'serving_default' signature.
+
+    Inputs {'image': float32 [None, H, W, 3] in [0, 1]}, outputs
+    {'prediction': float32 [None, C]}, for TensorFlow Serving.
+    """
+
+    def build(folder):
+        graph = tf.Graph()
+        with graph.as_default():
+            tf.compat.v1.import_graph_def(graph_def, name="")
+            images = graph.get_tensor_by_name(INPUT_NAME + ":0")
+            prediction = graph.get_tensor_by_name(final_tensor_name + ":0")
+            signature = tf.compat.v1.saved_model.predict_signature_def(
+                inputs={"image": images}, outputs={"prediction": prediction}
+            )
+            with tf.compat.v1.Session(graph=graph) as sess:
+                builder = tf.compat.v1.saved_model.Builder(folder)
+                builder.add_meta_graph_and_variables(
+                    sess,
+                    [tf.saved_model.SERVING],
+                    signature_def_map={
+                        tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY: signature
+                    },
+                    strip_default_attrs=True,
+                )
+                builder.save()
+
+    atomic_files.replace_dir(path, build)

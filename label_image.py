@@ -1,0 +1,214 @@
+r"""Classify images with a graph exported by retrain.py.
+
+    python label_image.py photo.jpg output_graph.pb output_labels.txt
+    python label_image.py --image photos/ --graph output_graph.pb --labels output_labels.txt
+
+prints the --top_k labels with their scores, best first. Several images (or a
+folder of them) are classified in batches, each block headed by the image
+path; --output_format=json prints one JSON document for scripts.
+
+Images are decoded and resized by the same function retrain.py used for the
+bottlenecks, so an image gets the same probabilities here as in training.
+"""
+
+import json
+import os
+import sys
+
+import numpy as np
+import tensorflow as tf
+from absl import app, flags
+
+import input_pipeline
+import pre_input
+
+FLAGS = flags.FLAGS
+flags.DEFINE_multi_string("image", [], "Image file or folder of images; repeat for more.")
+flags.DEFINE_string("graph", None, "Frozen graph (.pb) written by retrain.py.")
+flags.DEFINE_string("labels", None, "Labels file written by retrain.py.")
+flags.DEFINE_string("input_layer", "Placeholder", "Name of the graph's image input.")
+flags.DEFINE_string("output_layer", "final_result", "Name of the graph's probabilities output.")
+flags.DEFINE_integer("input_height", None, "Image height fed to the graph; default: from the graph.")
+flags.DEFINE_integer("input_width", None, "Image width fed to the graph; default: from the graph.")
+flags.DEFINE_float("input_mean", 0, "Subtracted from pixel values (0-255) before scaling.")
+flags.DEFINE_float("input_std", 255, "Pixel values are divided by this after the mean.")
+flags.DEFINE_integer("top_k", 5, "How many labels to print per image.")
+flags.DEFINE_integer("batch_size", 32, "Images per forward pass.")
+flags.DEFINE_enum("output_format", "text", ["text", "json"], "How to print the results.")
+
+
+class LabelError(Exception):
+    """A problem with the user's images, graph or labels."""
+
+
+def load_graph(path):
+    """Frozen graph file -> tf.compat.v1.GraphDef."""
+    if not tf.io.gfile.exists(path):
+        raise LabelError(f"Graph file {path} does not exist.")
+    graph_def = tf.compat.v1.GraphDef()
+    try:
+        graph_def.ParseFromString(tf.io.gfile.GFile(path, "rb").read())
+    except Exception as e:  # protobuf raises its own DecodeError
+        raise LabelError(f"{path} is not a TensorFlow GraphDef file ({e}).") from e
+    return graph_def
+
+
+def load_labels(path):
+    """Labels file -> [label, ...] in output order."""
+    if not tf.io.gfile.exists(path):
+        raise LabelError(f"Labels file {path} does not exist.")
+    with tf.io.gfile.GFile(path, "rb") as f:
+        return [line.rstrip("\r\n") for line in f.read().decode("utf-8").splitlines()]
+
+
+def find_node(graph_def, name, role):
+    for node in graph_def.node:
+        if node.name == name:
+            return node
+    raise LabelError(
+        f"The graph has no {role} named {name!r}; pass the right --{role} "
+        "(retrain.py's graphs use Placeholder and final_result)."
+    )
+
+
+def input_size(graph_def, input_layer):
+    """(height, width) from the input placeholder's shape, or None when not fixed."""
+    node = find_node(graph_def, input_layer, "input_layer")
+    if "shape" in node.attr:
+        dims = [d.size for d in node.attr["shape"].shape.dim]
+        if len(dims) == 4 and dims[1] > 0 and dims[2] > 0:
+            return dims[1], dims[2]
+    return None
+
+
+def list_images(arguments):
+    """Files and folders -> image files (folders: their images, sorted, non-recursive)."""
+    images = []
+    for argument in arguments:
+        if tf.io.gfile.isdir(argument):
+            names = sorted(
+                name for name in tf.io.gfile.listdir(argument)
+                if not name.startswith(".")
+                and os.path.splitext(name)[1].lower() in pre_input.IMAGE_EXTENSIONS
+            )
+            if not names:
+                raise LabelError(f"Folder {argument} holds no images.")
+            images.extend(os.path.join(argument, name) for name in names)
+        elif tf.io.gfile.exists(argument):
+            images.append(argument)
+        else:
+            raise LabelError(f"Image {argument} does not exist.")
+    return images
+
+
+def classify(graph_def, paths, height, width, input_layer="Placeholder",
+             output_layer="final_result", input_mean=0.0, input_std=255.0, batch_size=32):
+    """Run the graph on image files. -> {index: probabilities float32 [C]}.
+
+    Images that cannot be decoded are missing from the result.
+    """
+    find_node(graph_def, output_layer, "output_layer")
+    graph = tf.Graph()
+    with graph.as_default():
+        batches = input_pipeline.image_batches(paths, height, width, batch_size)
+        indices, images = tf.compat.v1.data.make_one_shot_iterator(batches).get_next()
+        if (input_mean, input_std) != (0.0, 255.0):
+            # Same arithmetic as the stock label_image: (pixel - mean) / std on 0-255 values.
+            images = (images * 255.0 - input_mean) / input_std
+        (probabilities,) = tf.compat.v1.import_graph_def(
+            graph_def, input_map={input_layer + ":0": images},
+            return_elements=[output_layer + ":0"], name="",
+        )
+        results = {}
+        with tf.compat.v1.Session(graph=graph) as sess:
+            while True:
+                try:
+                    batch_indices, values = sess.run([indices, probabilities])
+                except tf.errors.OutOfRangeError:
+                    break
+                results.update(zip(batch_indices.tolist(), values))
+    return results
+
+
+def top_labels(probabilities, labels, k):
+    """[(label, score), ...] of the k best, best first."""
+    order = np.argsort(-probabilities, kind="stable")[:k]
+    return [(labels[i], float(probabilities[i])) for i in order]
+
+
+def main(argv):
+    images, graph, labels = list(FLAGS.image), FLAGS.graph, FLAGS.labels
+    positional = argv[1:]
+    if positional:
+        if len(positional) < 3 or graph or labels:
+            sys.exit(
+                "error: usage: label_image.py IMAGE [IMAGE ...] GRAPH LABELS, or "
+                "--image IMAGE --graph GRAPH --labels LABELS"
+            )
+        images, graph, labels = images + positional[:-2], positional[-2], positional[-1]
+    if not images or not graph or not labels:
+        sys.exit("error: give an image, a graph and a labels file (see --help).")
+    tf.get_logger().setLevel("ERROR")
+    try:
+        paths = list_images(images)
+        graph_def = load_graph(graph)
+        label_list = load_labels(labels)
+        size = input_size(graph_def, FLAGS.input_layer)
+        height = FLAGS.input_height or (size and size[0])
+        width = FLAGS.input_width or (size and size[1])
+        if not height or not width:
+            raise LabelError("The graph's input size is not fixed; pass --input_height and --input_width.")
+        results = classify(
+            graph_def, paths, height, width, FLAGS.input_layer, FLAGS.output_layer,
+            FLAGS.input_mean, FLAGS.input_std, FLAGS.batch_size,
+        )
+        output_size = len(next(iter(results.values()))) if results else None
+        if output_size is not None and output_size != len(label_list):
+            raise LabelError(
+                f"The labels file {labels} has {len(label_list)} labels but the graph "
+                f"outputs {output_size} classes; use the labels file written with this graph."
+            )
+    except LabelError as e:
+        sys.exit(f"error: {e}")
+    except (ValueError, tf.errors.OpError) as e:
+        sys.exit(f"error: cannot run graph {graph}: {str(e).splitlines()[0]}")
+
+    failures = {i: pre_input.why_undecodable(p) for i, p in enumerate(paths) if i not in results}
+    print_results(paths, results, failures, label_list, FLAGS.top_k, FLAGS.output_format)
+    if failures:
+        sys.exit(1)
+
+
+def print_results(paths, results, failures, labels, top_k, output_format):
+    if output_format == "json":
+        document = []
+        for i, path in enumerate(paths):
+            if i in failures:
+                document.append({"image": path, "error": failures[i]})
+            else:
+                document.append({
+                    "image": path,
+                    "predictions": [
+                        {"label": label, "score": score}
+                        for label, score in top_labels(results[i], labels, top_k)
+                    ],
+                })
+        print(json.dumps(document, indent=2, ensure_ascii=False))
+        return
+    several = len(paths) > 1
+    for i, path in enumerate(paths):
+        if i in failures:
+            print(f"error: cannot classify {path}: {failures[i]}", file=sys.stderr)
+            continue
+        if several:
+            print(path)
+        for label, score in top_labels(results[i], labels, top_k):
+            print(f"{'  ' if several else ''}{label} {score:.5f}")
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

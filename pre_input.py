@@ -1,0 +1,355 @@
+r"""Which images exist, what class each belongs to, and which set it falls in.
+
+A dataset is a folder with one subfolder per class:
+
+    data/daisy/photo1.jpg
+    data/daisy/more/photo2.png      (nested folders belong to their class)
+    data/roses/photo3.jpg
+
+The label of a class is its folder name exactly as written. Classes are sorted,
+and a label's position in that order is the index the classifier outputs.
+
+Each image is put in the training, validation or testing set by a hash of its
+path relative to the image folder, so the split never changes when the folder
+moves, when the OS changes, or when other images are added or removed. A file
+named `cat_nohash_2.jpg` hashes like `cat`, which keeps several shots of one
+subject in the same set.
+
+As a script, it checks and splits a dataset ahead of training:
+
+    python pre_input.py --image_dir data/ --output_dir prepared/
+
+decodes every image once, and writes `labels.txt` plus `training.txt`,
+`validation.txt` and `testing.txt` (one line per image: relative path, a tab,
+label), then prints a table of counts per class.
+"""
+
+import collections
+import dataclasses
+import hashlib
+import os
+import posixpath
+import re
+import sys
+
+import tensorflow as tf
+from absl import app, flags, logging
+
+import atomic_files
+import input_pipeline
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
+SPLITS = ("training", "validation", "testing")
+MIN_IMAGES_PER_CLASS = 20
+# The classic script's constant: the largest number of files one class could
+# have before the split stopped being exact.
+_MAX_NUM_IMAGES_PER_CLASS = 2**27 - 1
+
+
+class DatasetError(Exception):
+    """A problem with the user's image folder or split settings."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Image:
+    path: str  # relative to the image folder, '/' separated
+    label: str
+    label_index: int
+    split: str  # one of SPLITS
+
+
+@dataclasses.dataclass
+class Dataset:
+    image_dir: str
+    labels: list  # sorted class names; index = classifier output
+    images: list  # of Image, sorted by (label, path)
+
+    def in_split(self, split):
+        return [image for image in self.images if image.split == split]
+
+    def full_path(self, image):
+        return os.path.join(self.image_dir, *image.path.split("/"))
+
+    def without(self, paths):
+        """The dataset less the images whose relative path is in `paths`.
+
+        A class left with no images is no longer a class, and the label
+        indices are renumbered to match. Raises DatasetError if fewer than two
+        classes are left.
+        """
+        drop = set(paths)
+        kept = [i for i in self.images if i.path not in drop]
+        labels = sorted({i.label for i in kept})
+        for label in sorted(set(self.labels) - set(labels)):
+            logging.warning("Class %s has no usable images left; it is not a class.", label)
+        _check_enough_classes(labels, self.image_dir)
+        index = {label: n for n, label in enumerate(labels)}
+        return Dataset(
+            self.image_dir,
+            labels,
+            [dataclasses.replace(i, label_index=index[i.label]) for i in kept],
+        )
+
+
+def split_for(relative_path, validation_percentage, testing_percentage):
+    """'training', 'validation' or 'testing' for one image, from its path alone.
+
+    relative_path: the image's path relative to the image folder, '/' separated.
+    Anything from `_nohash_` on in the file name is ignored.
+    """
+    hash_name = re.sub(r"_nohash_.*$", "", relative_path)
+    digest = hashlib.sha1(hash_name.encode("utf-8")).hexdigest()
+    percentage_hash = (int(digest, 16) % (_MAX_NUM_IMAGES_PER_CLASS + 1)) * (
+        100.0 / _MAX_NUM_IMAGES_PER_CLASS
+    )
+    if percentage_hash < validation_percentage:
+        return "validation"
+    if percentage_hash < validation_percentage + testing_percentage:
+        return "testing"
+    return "training"
+
+
+def check_percentages(validation_percentage, testing_percentage):
+    for name, value in (
+        ("validation_percentage", validation_percentage),
+        ("testing_percentage", testing_percentage),
+    ):
+        if not 0 <= value <= 100:
+            raise DatasetError(f"--{name}={value} is outside 0-100.")
+    if validation_percentage + testing_percentage >= 100:
+        raise DatasetError(
+            f"--validation_percentage and --testing_percentage add up to "
+            f"{validation_percentage + testing_percentage}; they must leave some "
+            "images for training (sum below 100)."
+        )
+
+
+def _is_hidden_dir(name):
+    return name.startswith(".")
+
+
+def _same_dir(a, b):
+    return os.path.normpath(os.path.abspath(a)) == os.path.normpath(os.path.abspath(b))
+
+
+def find_images(image_dir, exclude_dirs=()):
+    """{label: [relative path, ...]} for every image file under image_dir.
+
+    Subfolders of image_dir are classes; files directly inside image_dir are
+    not images of any class. Hidden files and folders (starting with '.') are
+    skipped, and so is any folder in exclude_dirs (a cache kept inside the
+    image folder, say). Paths are sorted and '/' separated.
+    """
+    if not tf.io.gfile.exists(image_dir):
+        raise DatasetError(f"--image_dir {image_dir} does not exist.")
+    if not tf.io.gfile.isdir(image_dir):
+        raise DatasetError(
+            f"--image_dir {image_dir} is a file; give the folder that holds one "
+            "subfolder per class."
+        )
+    found = {}
+    for entry in sorted(tf.io.gfile.listdir(image_dir)):
+        name = entry.rstrip("/")
+        class_dir = os.path.join(image_dir, name)
+        if _is_hidden_dir(name) or not tf.io.gfile.isdir(class_dir):
+            continue
+        if any(_same_dir(class_dir, d) for d in exclude_dirs):
+            continue
+        found[name] = _images_under(class_dir, name, exclude_dirs)
+    return found
+
+
+def _images_under(class_dir, label, exclude_dirs):
+    paths = []
+    for folder, subdirs, files in tf.io.gfile.walk(class_dir):
+        subdirs[:] = [
+            d
+            for d in subdirs
+            if not _is_hidden_dir(d.rstrip("/"))
+            and not any(_same_dir(os.path.join(folder, d), e) for e in exclude_dirs)
+        ]
+        relative_folder = os.path.relpath(folder, class_dir)
+        parts = [label] if relative_folder == "." else [label, *relative_folder.split(os.sep)]
+        for name in files:
+            if name.startswith("."):
+                continue
+            if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
+                paths.append(posixpath.join(*parts, name))
+    return sorted(paths)
+
+
+def build_dataset(image_dir, validation_percentage, testing_percentage, exclude_dirs=()):
+    """Scan image_dir and split it. Raises DatasetError for a folder unfit to train on."""
+    check_percentages(validation_percentage, testing_percentage)
+    found = find_images(image_dir, exclude_dirs)
+    for label in found:
+        if "\t" in label or "\n" in label or "\r" in label:
+            raise DatasetError(
+                f"Class folder {label!r} has a tab or newline in its name, which "
+                "cannot be written to the labels file; rename the folder."
+            )
+    labels = sorted(label for label, paths in found.items() if paths)
+    for label in sorted(set(found) - set(labels)):
+        logging.warning("Class folder %s holds no images; it is not a class.", label)
+    _check_enough_classes(labels, image_dir)
+    images = [
+        Image(path, label, index, split_for(path, validation_percentage, testing_percentage))
+        for index, label in enumerate(labels)
+        for path in found[label]
+    ]
+    return Dataset(image_dir, labels, images)
+
+
+def _check_enough_classes(labels, image_dir):
+    if len(labels) < 2:
+        raise DatasetError(
+            f"Found {len(labels)} class folder(s) with usable images in {image_dir}; "
+            "at least two are needed. Put each class's images in its own "
+            "subfolder (e.g. data/cats/*.jpg, data/dogs/*.jpg)."
+        )
+
+
+def counts_by_class(dataset):
+    """{label: {split: count}} over every label and split, zeros included."""
+    counts = {label: dict.fromkeys(SPLITS, 0) for label in dataset.labels}
+    for image in dataset.images:
+        counts[image.label][image.split] += 1
+    return counts
+
+
+def warn_about_small_classes(dataset):
+    """Log a warning for each class with few images or an empty set.
+
+    A class with no validation or testing images does not stop training; the
+    evaluation on that set just does not see the class.
+    """
+    counts = counts_by_class(dataset)
+    for label, by_split in counts.items():
+        total = sum(by_split.values())
+        if total < MIN_IMAGES_PER_CLASS:
+            logging.warning(
+                "Class %s has only %d images; %d or more give a useful classifier.",
+                label, total, MIN_IMAGES_PER_CLASS,
+            )
+        short = [s for s in SPLITS if by_split[s] == 0]
+        if short:
+            logging.warning("Class %s has no %s images.", label, " or ".join(short))
+    for split in SPLITS:
+        if not any(by_split[split] for by_split in counts.values()):
+            logging.warning("The %s set is empty.", split)
+
+
+def format_count_table(dataset, skipped=()):
+    """A per-class table of image counts by set, with totals, as text."""
+    counts = counts_by_class(dataset)
+    skipped_by_label = collections.Counter(path.split("/")[0] for path, _ in skipped)
+    header = ["class", *SPLITS, "total", "skipped"]
+    rows = []
+    for label in dataset.labels:
+        by_split = counts[label]
+        rows.append(
+            [label, *(by_split[s] for s in SPLITS), sum(by_split.values()),
+             skipped_by_label[label]]
+        )
+    totals = ["TOTAL", *(sum(r[i] for r in rows) for i in range(1, len(header)))]
+    rows.append(totals)
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(row):
+        first = str(row[0]).ljust(widths[0])
+        rest = (str(v).rjust(w) for v, w in zip(row[1:], widths[1:]))
+        return "  ".join([first, *rest])
+
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def find_bad_images(dataset, height=32, width=32, batch_size=64):
+    """Decode every image once. -> [(relative path, reason)] for those that fail."""
+    paths = [dataset.full_path(image) for image in dataset.images]
+    decoded = set()
+    graph = tf.Graph()
+    with graph.as_default():
+        batches = input_pipeline.image_batches(paths, height, width, batch_size)
+        next_batch = tf.compat.v1.data.make_one_shot_iterator(batches).get_next()
+        with tf.compat.v1.Session(graph=graph) as sess:
+            while True:
+                try:
+                    indices, _ = sess.run(next_batch)
+                except tf.errors.OutOfRangeError:
+                    break
+                decoded.update(indices.tolist())
+    return [
+        (dataset.images[i].path, why_undecodable(paths[i]))
+        for i in range(len(paths))
+        if i not in decoded
+    ]
+
+
+def why_undecodable(path):
+    """A one-line reason why the image at path cannot be read or decoded."""
+    try:
+        contents = tf.io.gfile.GFile(path, "rb").read()
+    except (tf.errors.OpError, OSError) as e:
+        return f"cannot be read: {_first_line(getattr(e, 'message', str(e)))}"
+    if not contents:
+        return "empty file"
+    try:
+        tf.io.decode_image(contents, channels=3, expand_animations=False)
+    except (tf.errors.OpError, ValueError) as e:
+        return f"not a decodable image: {_first_line(getattr(e, 'message', str(e)))}"
+    return "could not be decoded"
+
+
+def _first_line(text):
+    text = re.sub(r"\{\{.*?\}\}\s*", "", str(text)).strip()
+    return text.splitlines()[0] if text else "unknown error"
+
+
+def write_lists(dataset, output_dir):
+    """Write labels.txt and one '<path>\\t<label>' file per split into output_dir."""
+    tf.io.gfile.makedirs(output_dir)
+    atomic_files.write_text(
+        os.path.join(output_dir, "labels.txt"), "".join(f"{l}\n" for l in dataset.labels)
+    )
+    for split in SPLITS:
+        lines = "".join(f"{i.path}\t{i.label}\n" for i in dataset.in_split(split))
+        atomic_files.write_text(os.path.join(output_dir, f"{split}.txt"), lines)
+
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+    flags.DEFINE_string("image_dir", None, "Folder with one subfolder of images per class.")
+    flags.DEFINE_string("output_dir", None, "Where labels.txt and the split lists are written.")
+    flags.DEFINE_float("validation_percentage", 10, "Percentage of images for validation.")
+    flags.DEFINE_float("testing_percentage", 10, "Percentage of images for testing.")
+    flags.mark_flags_as_required(["image_dir", "output_dir"])
+
+
+def main(argv):
+    del argv
+    try:
+        dataset = build_dataset(
+            FLAGS.image_dir, FLAGS.validation_percentage, FLAGS.testing_percentage
+        )
+        logging.info("Checking %d images...", len(dataset.images))
+        bad = find_bad_images(dataset)
+        for path, reason in bad:
+            logging.warning("Skipping %s: %s", path, reason)
+        dataset = dataset.without(path for path, _ in bad)
+        write_lists(dataset, FLAGS.output_dir)
+    except DatasetError as e:
+        sys.exit(f"error: {e}")
+    warn_about_small_classes(dataset)
+    print(format_count_table(dataset, bad))
+    print(f"Wrote labels.txt and {', '.join(s + '.txt' for s in SPLITS)} to {FLAGS.output_dir}")
+
+
+def run():
+    define_flags()
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
