@@ -6,6 +6,7 @@ layer that was trained, restored by variable name from the checkpoint.
 """
 
 import dataclasses
+import os
 
 import tensorflow as tf
 
@@ -34,7 +35,15 @@ def add_final_layer(bottleneck, class_count, final_tensor_name):
 
 
 def final_layer_variables(graph):
-    return graph.get_collection(tf.compat.v1.GraphKeys.GLOBAL_VARIABLES, scope=SCOPE + "/")
+    return graph.get_collection(tf.compat.v1.GraphKeys.TRAINABLE_VARIABLES, scope=SCOPE + "/")
+
+
+def save_checkpoint(saver, sess, path):
+    """Save the final layer to path (the TF checkpoint prefix)."""
+    # TF keeps an index of checkpoints in a file named "checkpoint" beside them;
+    # a checkpoint called "checkpoint" itself needs that index named otherwise.
+    index = "checkpoint_state" if os.path.basename(path) == "checkpoint" else None
+    saver.save(sess, path, latest_filename=index, write_meta_graph=False)
 
 
 def make_optimizer(name, learning_rate):
@@ -88,14 +97,14 @@ def build_training_graph(
             batch_labels, [None], "GroundTruthInput"
         )
         logits, probabilities = add_final_layer(bottleneck_input, class_count, final_tensor_name)
-        with tf.name_scope("cross_entropy"):
+        with tf.name_scope("loss"):
             cross_entropy = tf.reduce_mean(
                 tf.nn.sparse_softmax_cross_entropy_with_logits(
                     labels=ground_truth, logits=logits
                 )
             )
         train_step = make_optimizer(optimizer, learning_rate).minimize(cross_entropy)
-        with tf.name_scope("accuracy"):
+        with tf.name_scope("evaluation"):
             predictions = tf.argmax(probabilities, 1)
             accuracy = tf.reduce_mean(tf.cast(tf.equal(predictions, ground_truth), tf.float32))
         weights, biases = final_layer_variables(graph)

@@ -247,7 +247,7 @@ def train(arrays, class_count, settings, export_intermediate):
         )
         train_writer.close()
         validation_writer.close()
-        g.saver.save(sess, settings["checkpoint_path"], write_meta_graph=False)
+        final_layer.save_checkpoint(g.saver, sess, settings["checkpoint_path"])
         if not len(test_y):
             return None
         rows = sample(rng, len(test_y), settings["test_batch_size"])
@@ -327,7 +327,7 @@ def run_retraining(settings):
         return graph_def
 
     def export_intermediate(sess, saver, step):
-        saver.save(sess, settings["checkpoint_path"], write_meta_graph=False)
+        final_layer.save_checkpoint(saver, sess, settings["checkpoint_path"])
         folder = settings["intermediate_output_graphs_dir"]
         tf.io.gfile.makedirs(folder)
         path = os.path.join(folder, f"intermediate_{step}.pb")

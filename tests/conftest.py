@@ -1,0 +1,158 @@
+"""Shared fixtures: synthetic image folders and generated modules, all offline."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from absl import logging  # noqa: E402
+
+from bottleneck import make_module  # noqa: E402
+
+# In-process runs log through absl, which stays at WARNING until flags are parsed.
+logging.set_verbosity(logging.INFO)
+
+# Three classes a random-feature module separates easily: distinct colours and patterns.
+CLASS_STYLES = {
+    "red": ((220, 40, 40), "solid"),
+    "green": ((40, 190, 60), "stripes"),
+    "blue": ((40, 60, 210), "checker"),
+}
+
+
+def synthetic_image(colour, pattern, height, width, rng):
+    """uint8 [height, width, 3]: a coloured pattern with noise."""
+    y, x = np.mgrid[0:height, 0:width]
+    if pattern == "stripes":
+        mask = (x // 4) % 2 == 0
+    elif pattern == "checker":
+        mask = ((x // 6) + (y // 6)) % 2 == 0
+    else:
+        mask = np.ones((height, width), bool)
+    base = np.where(mask[..., None], np.array(colour), np.array(colour) // 3)
+    noisy = base + rng.randint(-20, 21, (height, width, 3))
+    return np.clip(noisy, 0, 255).astype(np.uint8)
+
+
+def write_image(path, pixels, fmt=None, mode=None):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    image = Image.fromarray(pixels)
+    if mode:
+        image = image.convert(mode)
+    image.save(path, fmt)
+
+
+def make_dataset(root, per_class=12, classes=CLASS_STYLES, seed=0):
+    """Write a class-per-folder dataset with mixed formats and odd sizes. -> root."""
+    rng = np.random.RandomState(seed)
+    for label, (colour, pattern) in classes.items():
+        for i in range(per_class):
+            height, width = 30 + 7 * (i % 5), 40 + 5 * (i % 3)
+            pixels = synthetic_image(colour, pattern, height, width, rng)
+            kind = i % 4
+            if kind == 0:
+                write_image(os.path.join(root, label, f"img{i}.jpg"), pixels, "JPEG")
+            elif kind == 1:
+                write_image(os.path.join(root, label, f"img{i}.png"), pixels, "PNG")
+            elif kind == 2:
+                write_image(os.path.join(root, label, f"img{i}.JPEG"), pixels, "JPEG")
+            else:
+                # Grayscale keeps the pattern but loses the colour.
+                write_image(os.path.join(root, label, f"img{i}_gray.png"), pixels, "PNG", "L")
+    return str(root)
+
+
+@pytest.fixture
+def dataset_dir(tmp_path):
+    return make_dataset(tmp_path / "data")
+
+
+@pytest.fixture(scope="session")
+def tiny_module(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("modules") / "tiny")
+    make_module.write_module("tiny", path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def inception_module(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("modules") / "inception_v3")
+    make_module.write_module("inception_v3", path)
+    return path
+
+
+def run_script(*args, check=False):
+    """Run one of the project's scripts in a fresh Python. -> CompletedProcess (text)."""
+    process = subprocess.run(
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    if check and process.returncode != 0:
+        raise AssertionError(
+            f"{args} exited {process.returncode}\nstdout:\n{process.stdout}\n"
+            f"stderr:\n{process.stderr[-4000:]}"
+        )
+    return process
+
+
+def retrain_settings(tmp_path, image_dir, module, **overrides):
+    """Plain settings for retrain.run_retraining, every output under tmp_path."""
+    import retrain
+
+    settings = {flag.name: flag.default for flag in retrain.FLAGS.get_flags_for_module(retrain)}
+    settings.update(
+        image_dir=image_dir,
+        tfhub_module=module,
+        bottleneck_dir=str(tmp_path / "bottlenecks"),
+        output_graph=str(tmp_path / "out" / "output_graph.pb"),
+        output_labels=str(tmp_path / "out" / "output_labels.txt"),
+        summaries_dir=str(tmp_path / "logs"),
+        checkpoint_path=str(tmp_path / "out" / "checkpoint"),
+        intermediate_output_graphs_dir=str(tmp_path / "intermediate"),
+        how_many_training_steps=200,
+        learning_rate=0.1,  # The tiny module's features are small; 0.01 learns slowly.
+        eval_step_interval=50,
+        random_seed=1,
+    )
+    settings.update(overrides)
+    return settings
+
+
+CLASSIC_DEFAULTS = {
+    # Every flag of the classic TF Hub retrain.py, spelled out as an old command line would.
+    "intermediate_store_frequency": 0,
+    "train_batch_size": 100,
+    "test_batch_size": -1,
+    "validation_batch_size": 100,
+    "print_misclassified_test_images": False,
+    "final_tensor_name": "final_result",
+    "flip_left_right": False,
+    "random_crop": 0,
+    "random_scale": 0,
+    "random_brightness": 0,
+    "logging_verbosity": "INFO",
+}
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, tiny_module):
+    """One real `retrain.py` command-line run on a 3-class dataset with the tiny module.
+
+    -> dict with the settings used, the process (stdout/stderr), and the dataset folder.
+    """
+    root = tmp_path_factory.mktemp("trained")
+    image_dir = make_dataset(root / "data", per_class=20)
+    settings = retrain_settings(
+        root, image_dir, tiny_module, validation_percentage=15, testing_percentage=25,
+        saved_model_dir=str(root / "out" / "saved_model"),
+    )
+    settings.update(CLASSIC_DEFAULTS)
+    args = [f"--{name}={value}" for name, value in settings.items() if value is not None]
+    process = run_script("retrain.py", *args, check=True)
+    return {"settings": settings, "process": process, "image_dir": image_dir, "root": root}

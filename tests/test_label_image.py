@@ -1,0 +1,85 @@
+"""label_image.py: batches, folders, formats, and one-line errors."""
+
+import json
+import os
+import shutil
+
+from conftest import run_script
+
+
+def last_line(text):
+    return text.strip().splitlines()[-1]
+
+
+def test_folder_is_classified_in_blocks_headed_by_path(trained, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for label in ("red", "blue"):
+        shutil.copy(os.path.join(trained["image_dir"], label, "img1.png"), folder / f"{label}.png")
+    (folder / "notes.txt").write_text("not an image")
+    settings = trained["settings"]
+    process = run_script(
+        "label_image.py", "--image", str(folder), "--graph", settings["output_graph"],
+        "--labels", settings["output_labels"], "--top_k=1", check=True,
+    )
+    assert process.stdout.splitlines() == [
+        str(folder / "blue.png"), process.stdout.splitlines()[1],
+        str(folder / "red.png"), process.stdout.splitlines()[3],
+    ]
+    assert process.stdout.splitlines()[1].split()[0] == "blue"
+    assert process.stdout.splitlines()[3].split()[0] == "red"
+
+
+def test_undecodable_image_is_reported_and_others_still_classified(trained, tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("<html>not a jpeg</html>")
+    good = os.path.join(trained["image_dir"], "green", "img1.png")
+    settings = trained["settings"]
+    process = run_script(
+        "label_image.py", str(bad), good, settings["output_graph"], settings["output_labels"],
+        "--output_format=json",
+    )
+    assert process.returncode == 1
+    results = json.loads(process.stdout)
+    assert results[0]["image"] == str(bad) and "not a decodable image" in results[0]["error"]
+    assert results[1]["predictions"][0]["label"] == "green"
+
+
+def test_missing_image_is_one_line_error(trained, tmp_path):
+    settings = trained["settings"]
+    process = run_script(
+        "label_image.py", str(tmp_path / "nope.jpg"), settings["output_graph"],
+        settings["output_labels"],
+    )
+    assert process.returncode != 0 and "Traceback" not in process.stderr
+    assert last_line(process.stderr) == f"error: Image {tmp_path / 'nope.jpg'} does not exist."
+
+
+def test_graph_without_named_tensor_is_one_line_error(trained):
+    settings = trained["settings"]
+    image = os.path.join(trained["image_dir"], "red", "img0.jpg")
+    process = run_script(
+        "label_image.py", image, settings["output_graph"], settings["output_labels"],
+        "--output_layer=softmax",
+    )
+    assert process.returncode != 0 and "Traceback" not in process.stderr
+    assert last_line(process.stderr).startswith("error: The graph has no output_layer named 'softmax'")
+
+
+def test_labels_file_of_wrong_length_is_one_line_error(trained, tmp_path):
+    settings = trained["settings"]
+    labels = tmp_path / "labels.txt"
+    labels.write_text("red\nblue\n")
+    image = os.path.join(trained["image_dir"], "red", "img0.jpg")
+    process = run_script("label_image.py", image, settings["output_graph"], str(labels))
+    assert process.returncode != 0 and "Traceback" not in process.stderr
+    assert "has 2 labels but the graph outputs 3 classes" in last_line(process.stderr)
+
+
+def test_file_that_is_not_a_graph_is_one_line_error(trained, tmp_path):
+    graph = tmp_path / "graph.pb"
+    graph.write_bytes(b"\xff\x00garbage" * 10)
+    image = os.path.join(trained["image_dir"], "red", "img0.jpg")
+    process = run_script("label_image.py", image, str(graph), trained["settings"]["output_labels"])
+    assert process.returncode != 0 and "Traceback" not in process.stderr
+    assert "is not a TensorFlow GraphDef file" in last_line(process.stderr)

@@ -1,0 +1,359 @@
+"""End to end: retrain.py -> frozen graph, labels, SavedModel, TensorBoard logs."""
+
+import glob
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import make_dataset, retrain_settings, run_script
+
+import export
+import label_image
+import pre_input
+import retrain
+from bottleneck import compute
+
+
+def load_graph_def(path):
+    graph_def = tf.compat.v1.GraphDef()
+    with open(path, "rb") as f:
+        graph_def.ParseFromString(f.read())
+    return graph_def
+
+
+def images_in_split(image_dir, split, settings):
+    dataset = pre_input.build_dataset(
+        image_dir, settings["validation_percentage"], settings["testing_percentage"]
+    )
+    return dataset, dataset.in_split(split)
+
+
+def test_command_line_run_trains_to_full_accuracy_and_reports(trained):
+    log = trained["process"].stderr
+    assert "bottlenecks: 60 computed, 0 reused, 0 skipped" in log
+    assert "Final test accuracy = 100.0% (N=" in log
+    assert "validation accuracy" in log and "cross entropy" in log
+    settings = trained["settings"]
+    with open(settings["output_labels"], encoding="utf-8") as f:
+        assert f.read() == "blue\ngreen\nred\n"
+    assert os.path.getsize(settings["output_graph"]) > 0
+    assert not glob.glob(os.path.join(os.path.dirname(settings["output_graph"]), "*.tmp-*"))
+
+
+def test_frozen_graph_has_placeholder_input_and_final_result_output(trained):
+    graph_def = load_graph_def(trained["settings"]["output_graph"])
+    nodes = {node.name: node for node in graph_def.node}
+    placeholder = nodes["Placeholder"]
+    assert placeholder.op == "Placeholder"
+    assert [d.size for d in placeholder.attr["shape"].shape.dim] == [-1, 32, 32, 3]
+    assert nodes["final_result"].op == "Softmax"
+    ops = {node.op for node in graph_def.node}
+    ops |= {n.op for f in graph_def.library.function for n in f.node_def}
+    assert not ops & {"VarHandleOp", "VariableV2", "SaveV2", "RestoreV2", "ReadVariableOp"}
+
+
+def test_label_image_classifies_held_out_test_images(trained):
+    settings = trained["settings"]
+    dataset, testing = images_in_split(trained["image_dir"], "testing", settings)
+    assert len(testing) >= 3
+    paths = [dataset.full_path(image) for image in testing]
+    process = run_script(
+        "label_image.py", *paths, settings["output_graph"], settings["output_labels"],
+        "--output_format=json", "--top_k=2", check=True,
+    )
+    results = json.loads(process.stdout)
+    assert [r["image"] for r in results] == paths
+    for result, image in zip(results, testing):
+        assert len(result["predictions"]) == 2
+        assert result["predictions"][0]["label"] == image.label
+        assert result["predictions"][0]["score"] >= result["predictions"][1]["score"]
+
+
+def test_label_image_text_output_for_one_image(trained):
+    settings = trained["settings"]
+    dataset, testing = images_in_split(trained["image_dir"], "testing", settings)
+    process = run_script(
+        "label_image.py", dataset.full_path(testing[0]), settings["output_graph"],
+        settings["output_labels"], check=True,
+    )
+    lines = process.stdout.split("\n")
+    assert lines[0].split()[0] == testing[0].label
+    scores = [float(line.split()[1]) for line in lines if line]
+    assert len(scores) == 3 and scores == sorted(scores, reverse=True)
+    assert abs(sum(scores) - 1) < 1e-4
+
+
+def stock_label_image_probabilities(graph_path, image_path, height, width):
+    """The recipe of TensorFlow's stock label_image example, done with TF1 ops.
+
+    decode -> cast to float -> resize_bilinear -> (x - 0) / 255, graph imported
+    under "import/", fed at Placeholder, read at final_result.
+    """
+    with tf.Graph().as_default():
+        encoded = tf.io.read_file(image_path)
+        if image_path.lower().endswith(".png"):
+            decoded = tf.image.decode_png(encoded, channels=3)
+        else:
+            decoded = tf.image.decode_jpeg(encoded, channels=3)
+        batch = tf.expand_dims(tf.cast(decoded, tf.float32), 0)
+        resized = tf.compat.v1.image.resize_bilinear(batch, [height, width])
+        normalized = tf.divide(tf.subtract(resized, [0.0]), [255.0])
+        with tf.compat.v1.Session() as sess:
+            image = sess.run(normalized)
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.compat.v1.import_graph_def(load_graph_def(graph_path))
+        with tf.compat.v1.Session(graph=graph) as sess:
+            return sess.run(
+                graph.get_operation_by_name("import/final_result").outputs[0],
+                {graph.get_operation_by_name("import/Placeholder").outputs[0]: image},
+            )[0]
+
+
+def test_stock_label_image_recipe_agrees_with_label_image(trained):
+    settings = trained["settings"]
+    dataset, testing = images_in_split(trained["image_dir"], "testing", settings)
+    graph_def = load_graph_def(settings["output_graph"])
+    for image in testing[:4]:
+        path = dataset.full_path(image)
+        ours = label_image.classify(graph_def, [path], 32, 32)[0]
+        stock = stock_label_image_probabilities(settings["output_graph"], path, 32, 32)
+        assert np.argmax(stock) == np.argmax(ours) == image.label_index
+        # Only the resize's pixel-centre convention differs between the two.
+        np.testing.assert_allclose(stock, ours, atol=0.05)
+
+
+def test_training_image_gets_same_probabilities_as_its_cached_bottleneck(trained, tiny_module):
+    settings = trained["settings"]
+    dataset, training = images_in_split(trained["image_dir"], "training", settings)
+    paths = [dataset.full_path(image) for image in training[:5]]
+    cached = compute.compute_bottlenecks(paths, tiny_module, settings["bottleneck_dir"])
+    assert cached.reused == len(paths) and cached.computed == 0
+    graph_def = load_graph_def(settings["output_graph"])
+    through_label_image = label_image.classify(graph_def, paths, 32, 32)
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.compat.v1.import_graph_def(graph_def, name="")
+        with tf.compat.v1.Session(graph=graph) as sess:
+            through_cache = sess.run(
+                "final_result:0", {export.BOTTLENECK_NAME + ":0": cached.vectors}
+            )
+    for i in range(len(paths)):
+        np.testing.assert_allclose(through_label_image[i], through_cache[i], atol=1e-5)
+
+
+def test_saved_model_has_a_serving_signature(trained):
+    loaded = tf.saved_model.load(trained["settings"]["saved_model_dir"])
+    serve = loaded.signatures["serving_default"]
+    images = tf.random.uniform([4, 32, 32, 3])
+    prediction = serve(image=images)["prediction"].numpy()
+    assert prediction.shape == (4, 3)
+    np.testing.assert_allclose(prediction.sum(axis=1), 1.0, atol=1e-5)
+
+
+def event_contents(folder):
+    tags, has_graph = set(), False
+    for path in glob.glob(os.path.join(folder, "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            has_graph |= event.HasField("graph_def")
+            tags.update(value.tag for value in event.summary.value)
+    return tags, has_graph
+
+
+def test_tensorboard_logs_hold_scalars_histograms_and_graph(trained):
+    logs = trained["settings"]["summaries_dir"]
+    train_tags, train_graph = event_contents(os.path.join(logs, "train"))
+    validation_tags, _ = event_contents(os.path.join(logs, "validation"))
+    expected = {
+        "accuracy", "cross_entropy", "final_layer/weights", "final_layer/biases",
+        "final_layer/logits",
+    }
+    assert expected <= train_tags
+    assert {"accuracy", "cross_entropy"} <= validation_tags
+    assert train_graph
+
+
+def test_second_run_computes_no_bottlenecks(trained, tiny_module, tmp_path, caplog):
+    settings = dict(trained["settings"])
+    settings.update(
+        output_graph=str(tmp_path / "g.pb"), output_labels=str(tmp_path / "l.txt"),
+        saved_model_dir="", summaries_dir=str(tmp_path / "logs"),
+        checkpoint_path=str(tmp_path / "ckpt"), how_many_training_steps=20,
+        eval_step_interval=10,
+    )
+    caplog.set_level("INFO")
+    retrain.run_retraining(settings)
+    assert "bottlenecks: 0 computed, 60 reused, 0 skipped" in caplog.text
+
+
+def final_layer_weights(graph_path):
+    graph_def = load_graph_def(graph_path)
+    for node in graph_def.node:
+        if node.name == "final_retrain_ops/weights":
+            return tf.make_ndarray(node.attr["value"].tensor)
+    raise AssertionError("no final layer weights in the graph")
+
+
+def test_same_seed_gives_same_weights_and_accuracy(dataset_dir, tiny_module, tmp_path):
+    runs = []
+    for name, seed in (("a", 7), ("b", 7), ("c", 8)):
+        settings = retrain_settings(
+            tmp_path / name, dataset_dir, tiny_module, random_seed=seed,
+            bottleneck_dir=str(tmp_path / "shared_cache"), how_many_training_steps=30,
+            eval_step_interval=10,
+        )
+        accuracy = retrain.run_retraining(settings)
+        runs.append((accuracy, final_layer_weights(settings["output_graph"])))
+    assert runs[0][0] == runs[1][0]
+    np.testing.assert_array_equal(runs[0][1], runs[1][1])
+    assert not np.array_equal(runs[0][1], runs[2][1])
+
+
+@pytest.mark.parametrize("optimizer", ["momentum", "adam"])
+def test_other_optimizers_train(dataset_dir, tiny_module, tmp_path, optimizer):
+    settings = retrain_settings(
+        tmp_path, dataset_dir, tiny_module, optimizer=optimizer, testing_percentage=30,
+        how_many_training_steps=100,
+    )
+    assert retrain.run_retraining(settings) == 1.0
+
+
+def test_empty_validation_and_testing_sets_are_skipped_with_a_note(
+    dataset_dir, tiny_module, tmp_path, caplog
+):
+    settings = retrain_settings(
+        tmp_path, dataset_dir, tiny_module, validation_percentage=0, testing_percentage=0,
+        how_many_training_steps=20, eval_step_interval=10,
+    )
+    caplog.set_level("INFO")
+    assert retrain.run_retraining(settings) is None
+    assert "No validation images" in caplog.text
+    assert "No testing images" in caplog.text
+    assert os.path.exists(settings["output_graph"])
+
+
+def first_name_in_split(split, prefix, settings):
+    for i in range(1000):
+        name = f"{prefix}{i}.png"
+        if pre_input.split_for(f"green/{name}", settings["validation_percentage"],
+                               settings["testing_percentage"]) == split:
+            return name
+    raise AssertionError("no name found")
+
+
+def test_misclassified_test_images_are_listed(tmp_path, tiny_module, caplog):
+    image_dir = make_dataset(tmp_path / "data", per_class=16)
+    settings = retrain_settings(
+        tmp_path, image_dir, tiny_module, print_misclassified_test_images=True,
+        how_many_training_steps=150,
+    )
+    # A red image filed under green, in the testing set: it must come out wrong.
+    name = first_name_in_split("testing", "mislabelled", settings)
+    shutil.copy(os.path.join(image_dir, "red", "img1.png"), os.path.join(image_dir, "green", name))
+    caplog.set_level("INFO")
+    accuracy = retrain.run_retraining(settings)
+    assert accuracy < 1.0
+    assert f"green/{name}  true: green  predicted: red" in caplog.text
+
+
+def test_intermediate_graphs_are_written(dataset_dir, tiny_module, tmp_path):
+    settings = retrain_settings(
+        tmp_path, dataset_dir, tiny_module, intermediate_store_frequency=50,
+        how_many_training_steps=120,
+    )
+    retrain.run_retraining(settings)
+    folder = settings["intermediate_output_graphs_dir"]
+    assert sorted(os.listdir(folder)) == ["intermediate_100.pb", "intermediate_50.pb"]
+    first = final_layer_weights(os.path.join(folder, "intermediate_50.pb"))
+    assert not np.array_equal(first, final_layer_weights(settings["output_graph"]))
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"flip_left_right": True}, "--flip_left_right"),
+        ({"random_crop": 10}, "--random_crop"),
+        ({"random_scale": 10}, "--random_scale"),
+        ({"random_brightness": 10}, "--random_brightness"),
+        ({"how_many_training_steps": 0}, "--how_many_training_steps"),
+        ({"train_batch_size": -5}, "--train_batch_size"),
+        ({"eval_step_interval": 0}, "--eval_step_interval"),
+        ({"validation_batch_size": 0}, "--validation_batch_size"),
+        ({"test_batch_size": -2}, "--test_batch_size"),
+        ({"validation_percentage": 120}, "validation_percentage"),
+        ({"validation_percentage": 60, "testing_percentage": 40}, "add up to 100"),
+        ({"learning_rate": 0}, "--learning_rate"),
+        ({"image_dir": ""}, "--image_dir"),
+    ],
+)
+def test_unusable_flags_are_refused_before_any_work(
+    dataset_dir, tiny_module, tmp_path, override, message
+):
+    settings = retrain_settings(tmp_path, dataset_dir, tiny_module)
+    settings.update(override)
+    with pytest.raises(retrain.UsageError, match=message):
+        retrain.run_retraining(settings)
+    assert not os.path.exists(settings["bottleneck_dir"])
+    assert not os.path.exists(settings["output_graph"])
+
+
+def test_command_line_errors_are_one_line_without_traceback(dataset_dir, tmp_path):
+    process = run_script(
+        "retrain.py", f"--image_dir={dataset_dir}", "--random_crop=10",
+        f"--output_graph={tmp_path}/g.pb",
+    )
+    assert process.returncode != 0
+    assert "Traceback" not in process.stderr
+    assert process.stderr.strip().splitlines()[-1].startswith("error: --random_crop")
+    process = run_script(
+        "retrain.py", f"--image_dir={dataset_dir}", f"--tfhub_module={tmp_path}/no_module",
+        f"--bottleneck_dir={tmp_path}/b", f"--output_graph={tmp_path}/g.pb",
+        f"--output_labels={tmp_path}/l.txt", f"--checkpoint_path={tmp_path}/c",
+    )
+    assert process.returncode != 0
+    assert "Traceback" not in process.stderr
+    last = process.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: Cannot load module {tmp_path}/no_module")
+    assert not os.path.exists(tmp_path / "g.pb")
+
+
+def test_module_without_network_names_handle_and_fix(dataset_dir, tmp_path):
+    settings = retrain_settings(
+        tmp_path, dataset_dir, "https://tfhub.dev/google/imagenet/inception_v3/feature_vector/5"
+    )
+    env_blocked = {"TFHUB_CACHE_DIR": str(tmp_path / "empty_cache")}
+    old = {k: os.environ.get(k) for k in env_blocked}
+    os.environ.update(env_blocked)
+    try:
+        with pytest.raises(Exception) as raised:
+            retrain.run_retraining(settings)
+    finally:
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    message = str(raised.value)
+    assert type(raised.value).__name__ == "ModuleError"
+    assert "inception_v3/feature_vector/5" in message and "TFHUB_CACHE_DIR" in message
+
+
+@pytest.mark.slow
+def test_full_inception_v3_module_end_to_end(tmp_path, inception_module):
+    image_dir = make_dataset(tmp_path / "data", per_class=8)
+    settings = retrain_settings(
+        tmp_path, image_dir, inception_module, how_many_training_steps=40,
+        eval_step_interval=20, testing_percentage=25,
+    )
+    retrain.run_retraining(settings)
+    graph_def = load_graph_def(settings["output_graph"])
+    shape = [d.size for n in graph_def.node if n.name == "Placeholder"
+             for d in n.attr["shape"].shape.dim]
+    assert shape == [-1, 299, 299, 3]
+    path = os.path.join(image_dir, "red", "img0.jpg")
+    probabilities = label_image.classify(graph_def, [path], 299, 299)[0]
+    assert probabilities.shape == (3,)
+    assert abs(float(np.sum(probabilities)) - 1.0) < 1e-4
