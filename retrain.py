@@ -290,6 +290,11 @@ def main(argv):
 def run_retraining(settings):
     """The whole job from plain settings (flag name -> value). -> final test accuracy or None."""
     check_flags(settings)
+    dataset = pre_input.build_dataset(
+        settings["image_dir"], settings["validation_percentage"],
+        settings["testing_percentage"], exclude_dirs=[settings["bottleneck_dir"]],
+    )
+    logging.info("Found %d images in %d classes.", len(dataset.images), len(dataset.labels))
     outputs = [settings["output_graph"], settings["output_labels"], settings["checkpoint_path"]]
     if settings["saved_model_dir"]:
         outputs.append(settings["saved_model_dir"])
@@ -298,12 +303,6 @@ def run_retraining(settings):
         settings["random_seed"] = random.SystemRandom().randrange(2**31)
         logging.info("Random seed %d (pass --random_seed=%d to repeat this run).",
                      settings["random_seed"], settings["random_seed"])
-
-    dataset = pre_input.build_dataset(
-        settings["image_dir"], settings["validation_percentage"],
-        settings["testing_percentage"], exclude_dirs=[settings["bottleneck_dir"]],
-    )
-    logging.info("Found %d images in %d classes.", len(dataset.images), len(dataset.labels))
     paths = [dataset.full_path(image) for image in dataset.images]
     bottlenecks = compute.compute_bottlenecks(
         paths, settings["tfhub_module"], settings["bottleneck_dir"],

@@ -36,6 +36,8 @@ class CacheError(Exception):
 
 def module_key(handle, height, width, precision="float32"):
     """Folder name for one module at one input size and precision."""
+    if os.path.isdir(handle):  # One key for a local module however its path is spelled.
+        handle = os.path.realpath(handle)
     name = re.sub(r"[^A-Za-z0-9]+", "_", handle.rstrip("/")).strip("_")[-60:]
     digest = hashlib.sha1(handle.encode("utf-8")).hexdigest()[:10]
     return f"{name}_{digest}_{height}x{width}_{precision}"
