@@ -97,7 +97,7 @@ def split_for(relative_path, validation_percentage, testing_percentage):
     relative_path: the image's path relative to the image folder, '/' separated.
     Anything from `_nohash_` on in the file name is ignored.
     """
-    hash_name = re.sub(r"_nohash_.*$", "", relative_path)
+    hash_name = re.sub(r"_nohash_[^/]*$", "", relative_path)
     digest = hashlib.sha1(hash_name.encode("utf-8")).hexdigest()
     percentage_hash = (int(digest, 16) % (_MAX_NUM_IMAGES_PER_CLASS + 1)) * (
         100.0 / _MAX_NUM_IMAGES_PER_CLASS
@@ -324,11 +324,14 @@ def define_flags():
     flags.DEFINE_string("output_dir", None, "Where labels.txt and the split lists are written.")
     flags.DEFINE_float("validation_percentage", 10, "Percentage of images for validation.")
     flags.DEFINE_float("testing_percentage", 10, "Percentage of images for testing.")
-    flags.mark_flags_as_required(["image_dir", "output_dir"])
 
 
 def main(argv):
-    del argv
+    if len(argv) > 1:
+        sys.exit(f"error: unexpected arguments {' '.join(argv[1:])}; every option is a --flag.")
+    for name in ("image_dir", "output_dir"):
+        if not FLAGS[name].value:
+            sys.exit(f"error: --{name} is required (see --help).")
     try:
         dataset = build_dataset(
             FLAGS.image_dir, FLAGS.validation_percentage, FLAGS.testing_percentage

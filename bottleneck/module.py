@@ -68,7 +68,7 @@ def load(handle, default_image_size=DEFAULT_IMAGE_SIZE):
     try:
         loaded = hub.load(handle)
     except Exception as e:  # hub.load fails in many ways: network, format, path.
-        cause = _one_line(e)
+        cause = _one_line(e).rstrip(".")
         raise ModuleError(
             f"Cannot load module {handle}: {cause}. {_fix_for(handle)}"
         ) from e

@@ -1,0 +1,219 @@
+"""input_pipeline: decoding every image kind, batching files, shuffling bottlenecks."""
+
+import io
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+import input_pipeline
+
+TOP = (200, 30, 40)  # reddish, top half
+BOTTOM = (20, 60, 220)  # bluish, bottom half
+
+
+def two_colour_pixels(height=24, width=36):
+    """uint8 [height, width, 3]: TOP over BOTTOM, so a flipped or transposed image shows."""
+    pixels = np.empty((height, width, 3), np.uint8)
+    pixels[: height // 2] = TOP
+    pixels[height // 2:] = BOTTOM
+    return pixels
+
+
+def encode(image, fmt, **options):
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def luminance(rgb):
+    """PIL's RGB -> L conversion (ITU-R 601-2)."""
+    r, g, b = rgb
+    return (r * 299 + g * 587 + b * 114) / 1000
+
+
+def grayscale_png():
+    data = encode(Image.fromarray(two_colour_pixels()).convert("L"), "PNG")
+    return data, [luminance(TOP)] * 3, [luminance(BOTTOM)] * 3
+
+
+def palette_png():
+    image = Image.fromarray(two_colour_pixels()).convert("P", palette=Image.ADAPTIVE, colors=4)
+    assert image.mode == "P"
+    return encode(image, "PNG"), TOP, BOTTOM
+
+
+def rgba_png():
+    pixels = np.concatenate(
+        [two_colour_pixels(), np.full((24, 36, 1), 255, np.uint8)], axis=-1
+    )
+    pixels[0, 0, 3] = 0  # Some transparency, to make it a real RGBA image.
+    return encode(Image.fromarray(pixels, "RGBA"), "PNG"), TOP, BOTTOM
+
+
+def cmyk_jpeg():
+    image = Image.fromarray(two_colour_pixels()).convert("CMYK")
+    data = encode(image, "JPEG", quality=95)
+    assert Image.open(io.BytesIO(data)).mode == "CMYK"
+    return data, TOP, BOTTOM
+
+
+def sixteen_bit_png():
+    pixels = np.empty((24, 36), np.uint16)
+    pixels[:12] = 50000
+    pixels[12:] = 10000
+    image = Image.fromarray(pixels)
+    if image.mode != "I;16":
+        image = image.convert("I;16")
+    data = encode(image, "PNG")
+    assert Image.open(io.BytesIO(data)).mode == "I;16"
+    top, bottom = 255 * 50000 / 65535, 255 * 10000 / 65535
+    return data, [top] * 3, [bottom] * 3
+
+
+def bmp():
+    return encode(Image.fromarray(two_colour_pixels()), "BMP"), TOP, BOTTOM
+
+
+def animated_gif():
+    first = Image.fromarray(two_colour_pixels()).convert("P", palette=Image.ADAPTIVE, colors=4)
+    second_pixels = two_colour_pixels()[::-1].copy()  # The colours swapped.
+    second = Image.fromarray(second_pixels).convert("P", palette=Image.ADAPTIVE, colors=4)
+    data = encode(first, "GIF", save_all=True, append_images=[second], duration=100, loop=0)
+    assert Image.open(io.BytesIO(data)).n_frames == 2
+    return data, TOP, BOTTOM
+
+
+@pytest.mark.parametrize(
+    "make, tolerance",
+    [
+        (grayscale_png, 1.5),
+        (palette_png, 1.5),
+        (rgba_png, 1.5),
+        (cmyk_jpeg, 8),
+        (sixteen_bit_png, 1.5),
+        (bmp, 1.5),
+        (animated_gif, 1.5),
+    ],
+    ids=["grayscale", "palette", "rgba", "cmyk_jpeg", "16bit_png", "bmp", "animated_gif"],
+)
+def test_decode_and_resize_gives_rgb_float_in_unit_range(make, tolerance):
+    data, top, bottom = make()
+    image = input_pipeline.decode_and_resize(tf.constant(data), 10, 14)
+    assert image.dtype == tf.float32
+    assert image.shape.as_list() == [10, 14, 3]
+    pixels = image.numpy()
+    assert pixels.min() >= 0.0 and pixels.max() <= 1.0
+    # Away from the border between the halves, the colours are unmixed.
+    np.testing.assert_allclose(pixels[1, 7] * 255, top, atol=tolerance)
+    np.testing.assert_allclose(pixels[8, 3] * 255, bottom, atol=tolerance)
+
+
+def test_decode_and_resize_interpolates_bilinearly():
+    # Two pixels, black and white, shrunk to one: bilinear gives the mean,
+    # nearest-neighbour would give one of them.
+    pixels = np.array([[[0, 0, 0], [255, 255, 255]]], np.uint8)
+    image = input_pipeline.decode_and_resize(
+        tf.constant(encode(Image.fromarray(pixels), "PNG")), 1, 1
+    ).numpy()
+    np.testing.assert_allclose(image, np.full((1, 1, 3), 0.5), atol=1e-6)
+
+
+def test_decode_and_resize_finds_format_from_content_not_name(tmp_path):
+    path = tmp_path / "actually_png.jpg"
+    path.write_bytes(encode(Image.fromarray(two_colour_pixels()), "PNG"))
+    image = input_pipeline.decode_and_resize(tf.io.read_file(str(path)), 4, 4).numpy()
+    np.testing.assert_allclose(image[0, 0] * 255, TOP, atol=1.5)
+
+
+def test_decode_and_resize_works_in_a_graph_with_unknown_input_size():
+    data = encode(Image.fromarray(two_colour_pixels(50, 20)), "PNG")
+    with tf.Graph().as_default():
+        encoded = tf.compat.v1.placeholder(tf.string, [])
+        image = input_pipeline.decode_and_resize(encoded, 6, 8)
+        assert image.shape.as_list() == [6, 8, 3]
+        with tf.compat.v1.Session() as sess:
+            pixels = sess.run(image, {encoded: data})
+    assert pixels.shape == (6, 8, 3)
+    np.testing.assert_allclose(pixels[0, 4] * 255, TOP, atol=1.5)
+    np.testing.assert_allclose(pixels[5, 4] * 255, BOTTOM, atol=1.5)
+
+
+def test_image_batches_yields_indices_and_skips_undecodable_files(tmp_path):
+    colours = [(250, 0, 0), None, (0, 250, 0), "missing", (0, 0, 250), None, (250, 250, 0)]
+    paths = []
+    for i, colour in enumerate(colours):
+        path = tmp_path / f"{i}.png"
+        if colour is None:
+            path.write_bytes(b"definitely not an image")
+        elif colour != "missing":
+            Image.fromarray(np.full((9, 13, 3), colour, np.uint8)).save(path, "PNG")
+        paths.append(str(path))
+
+    indices, images = [], []
+    for batch_indices, batch_images in input_pipeline.image_batches(paths, 5, 7, 2):
+        assert batch_indices.dtype == tf.int64
+        assert batch_images.dtype == tf.float32
+        assert batch_images.shape[1:] == (5, 7, 3)
+        assert len(batch_indices) <= 2
+        indices.extend(batch_indices.numpy().tolist())
+        images.extend(batch_images.numpy())
+
+    assert indices == [0, 2, 4, 6]
+    for index, image in zip(indices, images):
+        np.testing.assert_allclose(image, np.broadcast_to(colours[index], (5, 7, 3)) / 255.0,
+                                   atol=1e-5)
+
+
+def run_training_batches(seed, count, n=12, batch_size=4):
+    """`count` batches of training_batches over n examples, as the trainer runs it."""
+    graph = tf.Graph()
+    with graph.as_default():
+        bottlenecks = tf.compat.v1.placeholder(tf.float32, [None, 3])
+        labels = tf.compat.v1.placeholder(tf.int64, [None])
+        iterator = tf.compat.v1.data.make_initializable_iterator(
+            input_pipeline.training_batches(bottlenecks, labels, batch_size, seed)
+        )
+        next_batch = iterator.get_next()
+        values = np.arange(n)
+        feed = {
+            bottlenecks: np.stack([values, values * 10, -values], axis=1).astype(np.float32),
+            labels: values.astype(np.int64),
+        }
+        with tf.compat.v1.Session(graph=graph) as sess:
+            sess.run(iterator.initializer, feed)
+            return [sess.run(next_batch) for _ in range(count)]
+
+
+def test_training_batches_are_deterministic_for_a_seed_and_cover_each_epoch():
+    batches = run_training_batches(seed=7, count=9)  # 3 epochs of 12 in batches of 4.
+    again = run_training_batches(seed=7, count=9)
+    other_seed = run_training_batches(seed=8, count=9)
+
+    order = np.concatenate([labels for _, labels in batches])
+    assert order.tolist() == np.concatenate([labels for _, labels in again]).tolist()
+    assert order.tolist() != np.concatenate([labels for _, labels in other_seed]).tolist()
+
+    for features, labels in batches:
+        assert features.shape == (4, 3) and features.dtype == np.float32
+        assert labels.dtype == np.int64
+        # Each example keeps its own label.
+        np.testing.assert_array_equal(features[:, 0], labels)
+        np.testing.assert_array_equal(features[:, 1], labels * 10)
+
+    epochs = order.reshape(3, 12)
+    for epoch in epochs:
+        assert sorted(epoch.tolist()) == list(range(12))
+    assert len({tuple(epoch) for epoch in epochs}) == 3  # A new order each epoch...
+    assert epochs[0].tolist() != list(range(12))  # ...and actually shuffled.
+
+
+def test_training_batches_continue_across_epoch_boundaries():
+    # 10 examples in batches of 4: batches straddle epochs, but every run of
+    # 10 consecutive examples from an epoch start is still each example once.
+    batches = run_training_batches(seed=3, count=10, n=10, batch_size=4)
+    assert all(len(labels) == 4 for _, labels in batches)
+    order = np.concatenate([labels for _, labels in batches])
+    for epoch in order.reshape(4, 10):
+        assert sorted(epoch.tolist()) == list(range(10))

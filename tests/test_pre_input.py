@@ -1,0 +1,364 @@
+"""pre_input: finding images, labels, the hash split, bad images and the script."""
+
+import hashlib
+import logging
+import os
+import shutil
+
+import numpy as np
+import pytest
+from conftest import make_dataset, run_script, synthetic_image, write_image
+
+import pre_input
+
+
+def expected_split(relative_path, validation, testing):
+    """The documented split formula, written out independently of pre_input."""
+    cut = relative_path.find("_nohash_")
+    name = relative_path if cut < 0 else relative_path[:cut]
+    h = int(hashlib.sha1(name.encode("utf-8")).hexdigest(), 16)
+    p = (h % 2**27) * (100.0 / (2**27 - 1))
+    if p < validation:
+        return "validation"
+    if p < validation + testing:
+        return "testing"
+    return "training"
+
+
+def touch(path, data=b"x"):
+    """A placeholder file: scanning and splitting never decode images."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def splits_of(dataset):
+    return {image.path: image.split for image in dataset.images}
+
+
+KNOWN_NAMES = [
+    "daisy/photo1.jpg",
+    "daisy/more/photo2.png",
+    "roses/photo3.jpg",
+    "café/crème.jpeg",
+    "猫/写真.JPG",
+    "dogs/rex_nohash_1.jpg",
+    "dogs/sub dir/with space.bmp",
+    *(f"class{i % 3}/img{i}.jpg" for i in range(200)),
+]
+
+
+@pytest.mark.parametrize("validation, testing", [(10, 10), (30, 25), (0, 0), (0, 50)])
+def test_split_for_matches_sha1_formula_on_known_names(validation, testing):
+    got = [pre_input.split_for(name, validation, testing) for name in KNOWN_NAMES]
+    want = [expected_split(name, validation, testing) for name in KNOWN_NAMES]
+    assert got == want
+    # The names are enough to land in every set the percentages allow.
+    assert ("validation" in got) == (validation > 0)
+    assert ("testing" in got) == (testing > 0)
+    assert "training" in got
+
+
+@pytest.mark.parametrize(
+    "name, validation, testing, split",
+    [
+        # Percentage hashes, worked out once by hand: 88.50, 3.59, 18.49, 67.22, 77.49, 94.94.
+        ("daisy/photo1.jpg", 10, 10, "training"),
+        ("dogs/rex_nohash_1.jpg", 10, 10, "validation"),
+        ("daisy/more/photo2.png", 10, 10, "testing"),
+        ("café/crème.jpeg", 70, 20, "validation"),
+        ("roses/photo3.jpg", 70, 20, "testing"),
+        ("猫/写真.JPG", 70, 20, "training"),
+        ("daisy/photo1.jpg", 88.6, 0, "validation"),
+        ("daisy/photo1.jpg", 88.4, 0.2, "testing"),
+        ("daisy/photo1.jpg", 88.4, 0.1, "training"),
+    ],
+)
+def test_split_for_known_names_is_pinned(name, validation, testing, split):
+    # Pinned values, so that a change to the formula shows even if the
+    # independent implementation above were changed the same way.
+    assert pre_input.split_for(name, validation, testing) == split
+
+
+def test_build_dataset_splits_by_relative_posix_path(tmp_path):
+    image_dir = tmp_path / "data"
+    names = [f"cls{c}/nested/deeper/img{i}.jpg" for c in range(2) for i in range(40)]
+    for name in names:
+        touch(os.path.join(image_dir, *name.split("/")))
+    dataset = pre_input.build_dataset(str(image_dir), 20, 20)
+    assert splits_of(dataset) == {name: expected_split(name, 20, 20) for name in names}
+    assert set(splits_of(dataset).values()) == set(pre_input.SPLITS)
+
+
+def test_nohash_variants_share_a_split(tmp_path):
+    image_dir = tmp_path / "data"
+    subjects = [f"subject{i}" for i in range(30)]
+    for label in ("a", "b"):
+        for subject in subjects:
+            for shot, ext in enumerate([".jpg", ".png", ".JPG"]):
+                touch(image_dir / label / f"{subject}_nohash_{shot}{ext}")
+    dataset = pre_input.build_dataset(str(image_dir), 30, 30)
+    by_subject = {}
+    for image in dataset.images:
+        subject = image.path.split("_nohash_")[0]
+        by_subject.setdefault(subject, set()).add(image.split)
+    assert len(by_subject) == 60
+    assert all(len(splits) == 1 for splits in by_subject.values()), by_subject
+    # Not trivially true because everything went to one set.
+    assert {next(iter(s)) for s in by_subject.values()} == set(pre_input.SPLITS)
+    for subject, splits in by_subject.items():
+        assert splits == {expected_split(subject, 30, 30)}
+
+
+def test_nohash_in_folder_name_does_not_collapse_the_folder_into_one_split():
+    paths = [f"big_nohash_cats/img{i}.jpg" for i in range(60)]
+    splits = {pre_input.split_for(path, 30, 30) for path in paths}
+    assert splits == set(pre_input.SPLITS)
+
+
+def test_split_is_stable_when_folder_moves(tmp_path):
+    original = make_dataset(tmp_path / "data", per_class=12)
+    before = splits_of(pre_input.build_dataset(original, 25, 25))
+    moved = tmp_path / "elsewhere" / "much" / "deeper"
+    shutil.copytree(original, moved / "copy")
+    copied = splits_of(pre_input.build_dataset(str(moved / "copy"), 25, 25))
+    shutil.move(original, str(tmp_path / "renamed"))
+    renamed = splits_of(pre_input.build_dataset(str(tmp_path / "renamed"), 25, 25))
+    assert copied == before
+    assert renamed == before
+    assert set(before.values()) == set(pre_input.SPLITS)
+
+
+def test_split_of_existing_images_is_unchanged_when_images_are_added(tmp_path):
+    image_dir = tmp_path / "data"
+    for label in ("b", "c"):
+        for i in range(30):
+            touch(image_dir / label / f"img{i}.jpg")
+    before = pre_input.build_dataset(str(image_dir), 20, 20)
+    # New images in existing classes and a new class sorting first, which
+    # shifts every label index.
+    for label in ("a", "b", "c"):
+        for i in range(30, 60):
+            touch(image_dir / label / f"img{i}.jpg")
+    after = pre_input.build_dataset(str(image_dir), 20, 20)
+    after_splits = splits_of(after)
+    assert len(after.images) == 150
+    assert {path: after_splits[path] for path in splits_of(before)} == splits_of(before)
+    assert after.labels == ["a", "b", "c"]
+
+
+def test_labels_are_folder_names_exactly_as_written_and_sorted(tmp_path):
+    names = ["café", "猫", "Zebra", "apple", "with space", "Ωmega"]
+    for name in names:
+        touch(tmp_path / "data" / name / "one.jpg")
+    dataset = pre_input.build_dataset(str(tmp_path / "data"), 10, 10)
+    assert dataset.labels == sorted(names)
+    for image in dataset.images:
+        assert image.path == f"{image.label}/one.jpg"
+        assert dataset.labels[image.label_index] == image.label
+        assert os.path.isfile(dataset.full_path(image))
+
+
+def test_every_image_extension_found_once_and_other_files_ignored(tmp_path):
+    image_dir = tmp_path / "data"
+    wanted = [
+        "a/1.jpg", "a/2.JPG", "a/3.jpeg", "a/4.png", "a/5.PNG", "a/6.gif", "a/7.bmp",
+        "a/8.JPEG", "a/nested/9.jpg", "b/10.jpg",
+    ]
+    ignored = [
+        "a/notes.txt", "a/.DS_Store", "a/.hidden.jpg", "a/image.jpg.part", "a/jpg",
+        "a/.ipynb_checkpoints/1-checkpoint.jpg", "a/nested/.cache/x.png",
+        ".ipynb_checkpoints/x.jpg", ".hidden_class/y.jpg", "top_level.jpg",
+        "README.md",
+    ]
+    for name in wanted + ignored:
+        touch(os.path.join(image_dir, *name.split("/")))
+    found = pre_input.find_images(str(image_dir))
+    assert found == {
+        "a": sorted(n for n in wanted if n.startswith("a/")),
+        "b": ["b/10.jpg"],
+    }
+    dataset = pre_input.build_dataset(str(image_dir), 10, 10)
+    assert sorted(i.path for i in dataset.images) == sorted(wanted)
+    assert dataset.labels == ["a", "b"]
+
+
+def test_exclude_dirs_excludes_a_folder_inside_image_dir(tmp_path):
+    image_dir = tmp_path / "data"
+    for name in ["a/1.jpg", "b/2.jpg", "cache/c.jpg", "a/cache_here/d.jpg"]:
+        touch(os.path.join(image_dir, *name.split("/")))
+    everything = pre_input.find_images(str(image_dir))
+    assert set(everything) == {"a", "b", "cache"}
+    found = pre_input.find_images(
+        str(image_dir),
+        exclude_dirs=[str(image_dir / "cache") + "/", str(image_dir / "a" / "cache_here")],
+    )
+    assert found == {"a": ["a/1.jpg"], "b": ["b/2.jpg"]}
+
+
+def test_fewer_than_two_classes_raises_dataset_error(tmp_path):
+    image_dir = tmp_path / "data"
+    touch(image_dir / "only" / "1.jpg")
+    touch(image_dir / "empty" / "readme.txt")  # A folder without images is no class.
+    touch(image_dir / "loose.jpg")
+    with pytest.raises(pre_input.DatasetError, match="at least two"):
+        pre_input.build_dataset(str(image_dir), 10, 10)
+    touch(image_dir / "second" / "2.png")
+    assert pre_input.build_dataset(str(image_dir), 10, 10).labels == ["only", "second"]
+
+
+def test_missing_or_file_image_dir_raises_dataset_error(tmp_path):
+    with pytest.raises(pre_input.DatasetError, match="does not exist"):
+        pre_input.build_dataset(str(tmp_path / "nope"), 10, 10)
+    touch(tmp_path / "file.jpg")
+    with pytest.raises(pre_input.DatasetError, match="is a file"):
+        pre_input.build_dataset(str(tmp_path / "file.jpg"), 10, 10)
+
+
+def test_class_with_fewer_than_20_images_logs_a_warning(tmp_path, caplog):
+    image_dir = tmp_path / "data"
+    for i in range(5):
+        touch(image_dir / "small" / f"{i}.jpg")
+    for i in range(pre_input.MIN_IMAGES_PER_CLASS):
+        touch(image_dir / "big" / f"{i}.jpg")
+    dataset = pre_input.build_dataset(str(image_dir), 10, 10)
+    with caplog.at_level(logging.WARNING, logger="absl"):
+        pre_input.warn_about_small_classes(dataset)
+    messages = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any("small" in m and "only 5 images" in m for m in messages), messages
+    assert not any("big" in m and "only" in m for m in messages), messages
+
+
+@pytest.mark.parametrize(
+    "validation, testing",
+    [(-1, 10), (10, -0.5), (101, 0), (0, 100.5), (50, 50), (60, 45), (0, 100), (100, 0)],
+)
+def test_bad_percentages_raise_dataset_error(tmp_path, validation, testing):
+    image_dir = tmp_path / "data"
+    touch(image_dir / "a" / "1.jpg")
+    touch(image_dir / "b" / "1.jpg")
+    with pytest.raises(pre_input.DatasetError):
+        pre_input.build_dataset(str(image_dir), validation, testing)
+
+
+@pytest.mark.parametrize("validation, testing", [(0, 0), (49.5, 50), (99, 0), (0, 99.9)])
+def test_percentages_inside_range_are_accepted(validation, testing):
+    pre_input.check_percentages(validation, testing)
+
+
+@pytest.mark.parametrize("bad_name", ["tab\tname", "new\nline"])
+def test_class_folder_with_tab_or_newline_raises_dataset_error(tmp_path, bad_name):
+    image_dir = tmp_path / "data"
+    touch(image_dir / "fine" / "1.jpg")
+    touch(image_dir / "other" / "1.jpg")
+    touch(image_dir / bad_name / "1.jpg")
+    with pytest.raises(pre_input.DatasetError, match="rename the folder"):
+        pre_input.build_dataset(str(image_dir), 10, 10)
+
+
+def test_without_renumbers_labels_and_drops_empty_classes(tmp_path):
+    image_dir = tmp_path / "data"
+    for label in ("a", "b", "c"):
+        for i in range(3):
+            touch(image_dir / label / f"{i}.jpg")
+    dataset = pre_input.build_dataset(str(image_dir), 10, 10)
+    assert [i.label_index for i in dataset.images if i.label == "c"] == [2, 2, 2]
+
+    smaller = dataset.without(["b/0.jpg", "b/1.jpg", "b/2.jpg", "a/1.jpg"])
+    assert smaller.labels == ["a", "c"]
+    assert [(i.path, i.label_index) for i in smaller.images] == [
+        ("a/0.jpg", 0), ("a/2.jpg", 0), ("c/0.jpg", 1), ("c/1.jpg", 1), ("c/2.jpg", 1),
+    ]
+    # Splits are kept, and the original is untouched.
+    assert all(i.split == splits_of(dataset)[i.path] for i in smaller.images)
+    assert dataset.labels == ["a", "b", "c"] and len(dataset.images) == 9
+
+    partly = dataset.without(["b/0.jpg"])
+    assert partly.labels == ["a", "b", "c"]
+    assert len(partly.images) == 8
+
+    with pytest.raises(pre_input.DatasetError):
+        dataset.without([f"{label}/{i}.jpg" for label in "bc" for i in range(3)])
+
+
+def write_good_images(image_dir, count=3):
+    rng = np.random.RandomState(0)
+    for label, colour in (("red", (220, 30, 30)), ("blue", (30, 30, 220))):
+        for i in range(count):
+            write_image(
+                os.path.join(image_dir, label, f"{i}.jpg"),
+                synthetic_image(colour, "solid", 20, 24, rng), "JPEG",
+            )
+
+
+def test_find_bad_images_reports_undecodable_and_empty_files(tmp_path):
+    image_dir = str(tmp_path / "data")
+    write_good_images(image_dir)
+    touch(os.path.join(image_dir, "red", "text.jpg"), b"this is not an image at all\n" * 5)
+    touch(os.path.join(image_dir, "red", "empty.jpg"), b"")
+    # A PNG with a .jpg name: the format comes from the content.
+    write_image(
+        os.path.join(image_dir, "blue", "really_png.jpg"),
+        np.full((10, 12, 3), 90, np.uint8), "PNG",
+    )
+    dataset = pre_input.build_dataset(image_dir, 10, 10)
+    assert len(dataset.images) == 9
+    bad = dict(pre_input.find_bad_images(dataset))
+    assert set(bad) == {"red/text.jpg", "red/empty.jpg"}
+    assert bad["red/empty.jpg"] == "empty file"
+    assert bad["red/text.jpg"].startswith("not a decodable image")
+    assert "\n" not in bad["red/text.jpg"]
+
+
+def test_pre_input_script_writes_lists_and_prints_table(tmp_path):
+    image_dir = make_dataset(tmp_path / "data", per_class=12)
+    touch(os.path.join(image_dir, "green", "broken.jpg"), b"not an image")
+    output_dir = tmp_path / "prepared"
+    process = run_script(
+        "pre_input.py", f"--image_dir={image_dir}", f"--output_dir={output_dir}",
+        "--validation_percentage=20", "--testing_percentage=15",
+    )
+    assert process.returncode == 0, process.stderr[-3000:]
+
+    assert (output_dir / "labels.txt").read_text(encoding="utf-8") == "blue\ngreen\nred\n"
+    dataset = pre_input.build_dataset(image_dir, 20, 15).without(["green/broken.jpg"])
+    listed = {}
+    for split in pre_input.SPLITS:
+        text = (output_dir / f"{split}.txt").read_text(encoding="utf-8")
+        for line in text.splitlines():
+            path, label = line.split("\t")
+            assert path.split("/")[0] == label
+            listed[path] = split
+    assert listed == splits_of(dataset)
+    assert len(listed) == 36
+
+    lines = process.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("class"))
+    assert header.split() == ["class", "training", "validation", "testing", "total", "skipped"]
+    rows = {line.split()[0]: line.split()[1:] for line in lines if line.split()
+            and line.split()[0] in ("blue", "green", "red", "TOTAL")}
+    counts = pre_input.counts_by_class(dataset)
+    for label in ("blue", "green", "red"):
+        want = [counts[label][s] for s in pre_input.SPLITS] + [12, int(label == "green")]
+        assert rows[label] == [str(n) for n in want]
+    assert rows["TOTAL"][-2:] == ["36", "1"]
+
+
+def test_pre_input_script_reports_missing_image_dir_in_one_line(tmp_path):
+    missing = tmp_path / "no_such_folder"
+    process = run_script(
+        "pre_input.py", f"--image_dir={missing}", f"--output_dir={tmp_path / 'out'}"
+    )
+    assert process.returncode != 0
+    assert "Traceback" not in process.stderr
+    error_lines = [line for line in process.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1, process.stderr[-3000:]
+    assert str(missing) in error_lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_pre_input_script_without_image_dir_flag_fails_in_one_line(tmp_path):
+    process = run_script("pre_input.py", f"--output_dir={tmp_path / 'out'}")
+    assert process.returncode != 0
+    assert "Traceback" not in process.stderr
+    assert process.stderr.strip().splitlines()[-1] == "error: --image_dir is required (see --help)."
