@@ -9,8 +9,9 @@ on float32 [N, H, W, 3] in [0, 1], returning float32 [N, D]) and load with
 the real loading path without network:
 
 - `inception_v3`: the real Inception V3 architecture (299x299 in, 2048-d out),
-  randomly initialised. As slow as the real one; the features carry no
-  ImageNet knowledge.
+  randomly initialised, with batch-norm statistics measured on one batch of
+  random images so that features have a usable scale. As slow as the real
+  one; the features carry no ImageNet knowledge.
 - `tiny`: two small convolutions and global pooling (32x32 in, 64-d out), for
   fast tests. Its random features still separate plain colours and patterns.
 """
@@ -70,9 +71,29 @@ def build(kind, seed=0):
         network = tf.keras.applications.InceptionV3(
             weights=None, include_top=False, pooling="avg", input_shape=(299, 299, 3)
         )
+        _calibrate_batch_norm(network, seed)
         # Inception V3 expects [-1, 1]; TF Hub modules take [0, 1] and scale inside.
         return _FeatureVector(network, 299, 299, True)
     raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
+
+
+def _calibrate_batch_norm(network, seed, count=16):
+    """Set every batch-norm layer's statistics from one batch of smooth random images.
+
+    Freshly initialised, the layers normalise nothing (mean 0, variance 1), and
+    the signal shrinks layer by layer until the 2048 features differ between
+    images by ~1e-4: too little for a final layer to learn from. With
+    statistics measured on real-looking input, features have unit scale and
+    separate images as random features should.
+    """
+    small = tf.random.stateless_uniform([count, 8, 8, 3], seed=[seed, 3])
+    images = tf.image.resize(small, [299, 299]) * 2.0 - 1.0
+    layers = [layer for layer in network.layers if isinstance(layer, tf.keras.layers.BatchNormalization)]
+    for layer in layers:
+        layer.momentum = 0.0  # Moving statistics := this batch's statistics.
+    network(images, training=True)
+    for layer in layers:
+        layer.momentum = 0.99
 
 
 def write_module(kind, output_dir, seed=0):
