@@ -16,7 +16,15 @@ def temporary_name(path):
     return f"{path.rstrip('/')}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
+def make_parent(path):
+    """Create the folder that will hold path, if it has one."""
+    folder = os.path.dirname(path.rstrip("/"))
+    if folder:
+        tf.io.gfile.makedirs(folder)
+
+
 def write_bytes(path, data):
+    make_parent(path)
     temporary = temporary_name(path)
     try:
         with tf.io.gfile.GFile(temporary, "wb") as f:
@@ -39,6 +47,7 @@ def replace_dir(path, write_into):
     the new one is complete.
     """
     path = path.rstrip("/")
+    make_parent(path)
     temporary = temporary_name(path)
     try:
         write_into(temporary)

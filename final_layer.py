@@ -10,6 +10,7 @@ import os
 
 import tensorflow as tf
 
+import atomic_files
 import input_pipeline
 
 SCOPE = "final_retrain_ops"
@@ -43,6 +44,7 @@ def save_checkpoint(saver, sess, path):
     # TF keeps an index of checkpoints in a file named "checkpoint" beside them;
     # a checkpoint called "checkpoint" itself needs that index named otherwise.
     index = "checkpoint_state" if os.path.basename(path) == "checkpoint" else None
+    atomic_files.make_parent(path)
     saver.save(sess, path, latest_filename=index, write_meta_graph=False)
 
 

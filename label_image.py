@@ -23,18 +23,31 @@ import input_pipeline
 import pre_input
 
 FLAGS = flags.FLAGS
-flags.DEFINE_multi_string("image", [], "Image file or folder of images; repeat for more.")
-flags.DEFINE_string("graph", None, "Frozen graph (.pb) written by retrain.py.")
-flags.DEFINE_string("labels", None, "Labels file written by retrain.py.")
-flags.DEFINE_string("input_layer", "Placeholder", "Name of the graph's image input.")
-flags.DEFINE_string("output_layer", "final_result", "Name of the graph's probabilities output.")
-flags.DEFINE_integer("input_height", None, "Image height fed to the graph; default: from the graph.")
-flags.DEFINE_integer("input_width", None, "Image width fed to the graph; default: from the graph.")
-flags.DEFINE_float("input_mean", 0, "Subtracted from pixel values (0-255) before scaling.")
-flags.DEFINE_float("input_std", 255, "Pixel values are divided by this after the mean.")
-flags.DEFINE_integer("top_k", 5, "How many labels to print per image.")
-flags.DEFINE_integer("batch_size", 32, "Images per forward pass.")
-flags.DEFINE_enum("output_format", "text", ["text", "json"], "How to print the results.")
+
+
+# Ops a retrained classifier (any TF Hub image feature-vector module plus the new
+# layer) is made of: arithmetic, neural-network and array ops, and calls to the
+# graph's own functions, whose bodies are checked too. Everything else, such as
+# ReadFile, WriteFile, SaveV2, RestoreV2, MatchingFiles or PyFunc, could touch
+# files or run code when someone else's graph is loaded, and is refused.
+SAFE_OPS = frozenset("""
+    Const Placeholder PlaceholderWithDefault Identity IdentityN NoOp StopGradient Snapshot
+    Add AddV2 AddN Sub Mul Div RealDiv DivNoNan FloorDiv FloorMod Maximum Minimum Neg Abs
+    Square Sqrt Rsqrt Exp Log Log1p Pow Reciprocal Tanh Sigmoid Erf Floor Ceil Round Sign
+    SquaredDifference Cast ClipByValue Cumsum
+    MatMul BatchMatMul BatchMatMulV2 BatchMatMulV3 Einsum BiasAdd
+    Conv2D Conv3D DepthwiseConv2dNative MaxPool MaxPoolV2 AvgPool LRN
+    FusedBatchNorm FusedBatchNormV2 FusedBatchNormV3
+    Relu Relu6 Elu Selu LeakyRelu Softplus Softsign Softmax LogSoftmax
+    Mean Sum Max Min Prod ArgMax ArgMin All Any L2Loss
+    Reshape Squeeze ExpandDims ConcatV2 Concat Pack Unpack Split SplitV Slice StridedSlice
+    Transpose Tile Pad PadV2 MirrorPad Shape ShapeN Size Rank Fill ZerosLike OnesLike Range
+    Gather GatherV2 GatherNd Select SelectV2 BroadcastTo BroadcastArgs
+    Equal NotEqual Less LessEqual Greater GreaterEqual LogicalAnd LogicalOr LogicalNot
+    ResizeBilinear ResizeNearestNeighbor ResizeBicubic
+    PartitionedCall StatefulPartitionedCall If StatelessIf While StatelessWhile
+    Enter Exit Merge Switch NextIteration LoopCond
+""".split())
 
 
 class LabelError(Exception):
@@ -59,6 +72,25 @@ def load_labels(path):
         raise LabelError(f"Labels file {path} does not exist.")
     with tf.io.gfile.GFile(path, "rb") as f:
         return [line.rstrip("\r\n") for line in f.read().decode("utf-8").splitlines()]
+
+
+def unsafe_ops(graph_def):
+    """Sorted names of the ops in the graph and its functions that are not in SAFE_OPS."""
+    functions = {f.signature.name for f in graph_def.library.function}
+    nodes = list(graph_def.node)
+    for function in graph_def.library.function:
+        nodes.extend(function.node_def)
+    return sorted({n.op for n in nodes if n.op not in SAFE_OPS and n.op not in functions})
+
+
+def check_graph_is_safe(graph_def, path):
+    unsafe = unsafe_ops(graph_def)
+    if unsafe:
+        raise LabelError(
+            f"Graph {path} contains ops that can read or write files or run code: "
+            f"{', '.join(unsafe)}. A graph exported by retrain.py has none; if you "
+            "trust this graph, pass --allow_unsafe_ops."
+        )
 
 
 def find_node(graph_def, name, role):
@@ -102,15 +134,17 @@ def list_images(arguments):
 
 
 def classify(graph_def, paths, height, width, input_layer="Placeholder",
-             output_layer="final_result", input_mean=0.0, input_std=255.0, batch_size=32):
+             output_layer="final_result", input_mean=0.0, input_std=255.0, batch_size=32,
+             orientations=None):
     """Run the graph on image files. -> {index: probabilities float32 [C]}.
 
-    Images that cannot be decoded are missing from the result.
+    orientations: EXIF orientation per path (see input_pipeline.inspect_image_file);
+    default upright. Images that cannot be decoded are missing from the result.
     """
     find_node(graph_def, output_layer, "output_layer")
     graph = tf.Graph()
     with graph.as_default():
-        batches = input_pipeline.image_batches(paths, height, width, batch_size)
+        batches = input_pipeline.image_batches(paths, height, width, batch_size, orientations)
         indices, images = tf.compat.v1.data.make_one_shot_iterator(batches).get_next()
         if (input_mean, input_std) != (0.0, 255.0):
             # Same arithmetic as the stock label_image: (pixel - mean) / std on 0-255 values.
@@ -136,6 +170,30 @@ def top_labels(probabilities, labels, k):
     return [(labels[i], float(probabilities[i])) for i in order]
 
 
+def define_flags():
+    """The command line's flags (defined on demand, so that importing this module is free)."""
+    flags.DEFINE_multi_string("image", [], "Image file or folder of images; repeat for more.")
+    flags.DEFINE_string("graph", None, "Frozen graph (.pb) written by retrain.py.")
+    flags.DEFINE_string("labels", None, "Labels file written by retrain.py.")
+    flags.DEFINE_string("input_layer", "Placeholder", "Name of the graph's image input.")
+    flags.DEFINE_string("output_layer", "final_result", "Name of the graph's probabilities output.")
+    flags.DEFINE_integer("input_height", None, "Image height fed to the graph; default: from the graph.")
+    flags.DEFINE_integer("input_width", None, "Image width fed to the graph; default: from the graph.")
+    flags.DEFINE_float("input_mean", 0, "Subtracted from pixel values (0-255) before scaling.")
+    flags.DEFINE_float("input_std", 255, "Pixel values are divided by this after the mean.")
+    flags.DEFINE_integer("top_k", 5, "How many labels to print per image.")
+    flags.DEFINE_integer("batch_size", 32, "Images per forward pass.")
+    flags.DEFINE_enum("output_format", "text", ["text", "json"], "How to print the results.")
+    flags.DEFINE_integer(
+        "max_image_pixels", input_pipeline.DEFAULT_MAX_IMAGE_PIXELS,
+        "Images with more pixels (width x height) are refused instead of decoded.",
+    )
+    flags.DEFINE_bool(
+        "allow_unsafe_ops", False,
+        "Run a graph even if it holds ops that can read or write files or run code.",
+    )
+
+
 def main(argv):
     images, graph, labels = list(FLAGS.image), FLAGS.graph, FLAGS.labels
     positional = argv[1:]
@@ -152,16 +210,22 @@ def main(argv):
     try:
         paths = list_images(images)
         graph_def = load_graph(graph)
+        if not FLAGS.allow_unsafe_ops:
+            check_graph_is_safe(graph_def, graph)
         label_list = load_labels(labels)
         size = input_size(graph_def, FLAGS.input_layer)
         height = FLAGS.input_height or (size and size[0])
         width = FLAGS.input_width or (size and size[1])
         if not height or not width:
             raise LabelError("The graph's input size is not fixed; pass --input_height and --input_width.")
-        results = classify(
-            graph_def, paths, height, width, FLAGS.input_layer, FLAGS.output_layer,
-            FLAGS.input_mean, FLAGS.input_std, FLAGS.batch_size,
+        files = [input_pipeline.inspect_image_file(p, FLAGS.max_image_pixels) for p in paths]
+        usable = [i for i, f in enumerate(files) if not f.problem]
+        found = classify(
+            graph_def, [paths[i] for i in usable], height, width, FLAGS.input_layer,
+            FLAGS.output_layer, FLAGS.input_mean, FLAGS.input_std, FLAGS.batch_size,
+            [files[i].orientation for i in usable],
         )
+        results = {usable[j]: probabilities for j, probabilities in found.items()}
         output_size = len(next(iter(results.values()))) if results else None
         if output_size is not None and output_size != len(label_list):
             raise LabelError(
@@ -173,7 +237,10 @@ def main(argv):
     except (ValueError, tf.errors.OpError) as e:
         sys.exit(f"error: cannot run graph {graph}: {str(e).splitlines()[0]}")
 
-    failures = {i: pre_input.why_undecodable(p) for i, p in enumerate(paths) if i not in results}
+    failures = {
+        i: files[i].problem or input_pipeline.why_undecodable(path)
+        for i, path in enumerate(paths) if i not in results
+    }
     print_results(paths, results, failures, label_list, FLAGS.top_k, FLAGS.output_format)
     if failures:
         sys.exit(1)
@@ -207,6 +274,7 @@ def print_results(paths, results, failures, labels, top_k, output_format):
 
 
 def run():
+    define_flags()
     app.run(main)
 
 

@@ -159,15 +159,27 @@ def find_images(image_dir, exclude_dirs=()):
     return found
 
 
+def _real(path):
+    return path if "://" in path else os.path.realpath(path)
+
+
 def _images_under(class_dir, label, exclude_dirs):
     paths = []
+    # A folder symlinked into itself would be walked forever and its images
+    # counted many times: each real folder is walked once.
+    seen = {_real(class_dir)}
     for folder, subdirs, files in tf.io.gfile.walk(class_dir):
-        subdirs[:] = [
-            d
-            for d in subdirs
-            if not _is_hidden_dir(d.rstrip("/"))
-            and not any(_same_dir(os.path.join(folder, d), e) for e in exclude_dirs)
-        ]
+        kept = []
+        for d in subdirs:
+            full = os.path.join(folder, d.rstrip("/"))
+            if _is_hidden_dir(d.rstrip("/")) or any(_same_dir(full, e) for e in exclude_dirs):
+                continue
+            if _real(full) in seen:
+                logging.warning("Skipping %s: it leads back to a folder already scanned.", full)
+                continue
+            seen.add(_real(full))
+            kept.append(d)
+        subdirs[:] = kept
         relative_folder = os.path.relpath(folder, class_dir)
         parts = [label] if relative_folder == "." else [label, *relative_folder.split(os.sep)]
         for name in files:
@@ -263,13 +275,20 @@ def format_count_table(dataset, skipped=()):
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 
-def find_bad_images(dataset, height=32, width=32, batch_size=64):
-    """Decode every image once. -> [(relative path, reason)] for those that fail."""
+def find_bad_images(dataset, max_pixels=input_pipeline.DEFAULT_MAX_IMAGE_PIXELS, batch_size=64):
+    """Read and decode every image once. -> [(relative path, reason)] for those unusable."""
     paths = [dataset.full_path(image) for image in dataset.images]
+    problems = {}
+    for i, path in enumerate(paths):
+        problem = input_pipeline.inspect_image_file(path, max_pixels).problem
+        if problem:
+            problems[i] = problem
+    candidates = [i for i in range(len(paths)) if i not in problems]
     decoded = set()
     graph = tf.Graph()
     with graph.as_default():
-        batches = input_pipeline.image_batches(paths, height, width, batch_size)
+        # Decodability is all that is checked here; a small output size keeps it cheap.
+        batches = input_pipeline.image_batches([paths[i] for i in candidates], 8, 8, batch_size)
         next_batch = tf.compat.v1.data.make_one_shot_iterator(batches).get_next()
         with tf.compat.v1.Session(graph=graph) as sess:
             while True:
@@ -277,32 +296,11 @@ def find_bad_images(dataset, height=32, width=32, batch_size=64):
                     indices, _ = sess.run(next_batch)
                 except tf.errors.OutOfRangeError:
                     break
-                decoded.update(indices.tolist())
-    return [
-        (dataset.images[i].path, why_undecodable(paths[i]))
-        for i in range(len(paths))
-        if i not in decoded
-    ]
-
-
-def why_undecodable(path):
-    """A one-line reason why the image at path cannot be read or decoded."""
-    try:
-        contents = tf.io.gfile.GFile(path, "rb").read()
-    except (tf.errors.OpError, OSError) as e:
-        return f"cannot be read: {_first_line(getattr(e, 'message', str(e)))}"
-    if not contents:
-        return "empty file"
-    try:
-        tf.io.decode_image(contents, channels=3, expand_animations=False)
-    except (tf.errors.OpError, ValueError) as e:
-        return f"not a decodable image: {_first_line(getattr(e, 'message', str(e)))}"
-    return "could not be decoded"
-
-
-def _first_line(text):
-    text = re.sub(r"\{\{.*?\}\}\s*", "", str(text)).strip()
-    return text.splitlines()[0] if text else "unknown error"
+                decoded.update(candidates[j] for j in indices.tolist())
+    for i in candidates:
+        if i not in decoded:
+            problems[i] = input_pipeline.why_undecodable(paths[i])
+    return [(dataset.images[i].path, problems[i]) for i in sorted(problems)]
 
 
 def write_lists(dataset, output_dir):
@@ -324,6 +322,10 @@ def define_flags():
     flags.DEFINE_string("output_dir", None, "Where labels.txt and the split lists are written.")
     flags.DEFINE_float("validation_percentage", 10, "Percentage of images for validation.")
     flags.DEFINE_float("testing_percentage", 10, "Percentage of images for testing.")
+    flags.DEFINE_integer(
+        "max_image_pixels", input_pipeline.DEFAULT_MAX_IMAGE_PIXELS,
+        "Images with more pixels (width x height) are reported as bad instead of decoded.",
+    )
 
 
 def main(argv):
@@ -337,7 +339,7 @@ def main(argv):
             FLAGS.image_dir, FLAGS.validation_percentage, FLAGS.testing_percentage
         )
         logging.info("Checking %d images...", len(dataset.images))
-        bad = find_bad_images(dataset)
+        bad = find_bad_images(dataset, FLAGS.max_image_pixels)
         for path, reason in bad:
             logging.warning("Skipping %s: %s", path, reason)
         dataset = dataset.without(path for path, _ in bad)

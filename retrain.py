@@ -37,6 +37,7 @@ from absl import app, flags, logging
 
 import export
 import final_layer
+import input_pipeline
 import pre_input
 from bottleneck import cache as cache_lib
 from bottleneck import compute
@@ -62,6 +63,10 @@ flags.DEFINE_string("bottleneck_dir", "/tmp/bottleneck", "Where bottleneck vecto
 flags.DEFINE_integer(
     "bottleneck_batch_size", compute.DEFAULT_BATCH_SIZE,
     "Images per forward pass when computing bottlenecks.",
+)
+flags.DEFINE_integer(
+    "max_image_pixels", input_pipeline.DEFAULT_MAX_IMAGE_PIXELS,
+    "Images with more pixels (width x height) are skipped instead of decoded.",
 )
 
 # Training.
@@ -138,7 +143,7 @@ def check_flags(values):
     if not values["image_dir"]:
         raise UsageError("--image_dir is required: the folder with one subfolder per class.")
     for name in ("how_many_training_steps", "train_batch_size", "eval_step_interval",
-                 "bottleneck_batch_size", "image_size"):
+                 "bottleneck_batch_size", "image_size", "max_image_pixels"):
         if values[name] <= 0:
             raise UsageError(f"--{name}={values[name]} must be positive.")
     for name in ("validation_batch_size", "test_batch_size"):
@@ -156,19 +161,28 @@ def check_flags(values):
         raise UsageError(str(e)) from e
 
 
-def prepare_output_folders(paths):
-    """Create the folders outputs go to, or raise UsageError naming the one that fails."""
+def check_output_locations(paths):
+    """Raise UsageError unless each output's folder exists or can be made, and is writable.
+
+    Nothing is created here: the folders are made when the outputs are written.
+    """
     for path in paths:
-        folder = os.path.dirname(path.rstrip("/"))
-        if not folder:
-            continue
-        try:
-            tf.io.gfile.makedirs(folder)
-        except (tf.errors.OpError, OSError) as e:
+        folder = os.path.dirname(path.rstrip("/")) or "."
+        existing = folder
+        while not tf.io.gfile.exists(existing):
+            parent = os.path.dirname(existing.rstrip("/"))
+            if not parent or parent == existing:
+                break
+            existing = parent
+        if tf.io.gfile.exists(existing) and not tf.io.gfile.isdir(existing):
             raise UsageError(
-                f"Cannot create the folder {folder} for {path}: "
-                f"{getattr(e, 'message', None) or e}. Choose a writable location."
-            ) from e
+                f"Cannot write {path}: {existing} is a file, not a folder. Choose another location."
+            )
+        if "://" not in existing and os.path.isdir(existing) and not os.access(existing, os.W_OK):
+            raise UsageError(
+                f"Cannot write {path}: the folder {existing} is not writable. "
+                "Choose a writable location."
+            )
 
 
 def split_arrays(dataset, bottlenecks, row_of):
@@ -298,7 +312,7 @@ def run_retraining(settings):
     outputs = [settings["output_graph"], settings["output_labels"], settings["checkpoint_path"]]
     if settings["saved_model_dir"]:
         outputs.append(settings["saved_model_dir"])
-    prepare_output_folders(outputs)
+    check_output_locations(outputs + [os.path.join(settings["bottleneck_dir"], "x")])
     if settings["random_seed"] is None:
         settings["random_seed"] = random.SystemRandom().randrange(2**31)
         logging.info("Random seed %d (pass --random_seed=%d to repeat this run).",
@@ -306,7 +320,7 @@ def run_retraining(settings):
     paths = [dataset.full_path(image) for image in dataset.images]
     bottlenecks = compute.compute_bottlenecks(
         paths, settings["tfhub_module"], settings["bottleneck_dir"],
-        settings["image_size"], settings["bottleneck_batch_size"],
+        settings["image_size"], settings["bottleneck_batch_size"], settings["max_image_pixels"],
     )
     row_of = {image.path: n for n, image in enumerate(dataset.images)}
     if bottlenecks.skipped:

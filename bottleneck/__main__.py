@@ -13,6 +13,7 @@ import sys
 import tensorflow as tf
 from absl import app, flags, logging
 
+import input_pipeline
 import pre_input
 from bottleneck import cache as cache_lib
 from bottleneck import compute
@@ -30,6 +31,10 @@ flags.DEFINE_integer(
     "Input height and width for modules whose signature does not fix them.",
 )
 flags.DEFINE_integer("batch_size", compute.DEFAULT_BATCH_SIZE, "Images per forward pass.")
+flags.DEFINE_integer(
+    "max_image_pixels", input_pipeline.DEFAULT_MAX_IMAGE_PIXELS,
+    "Images with more pixels (width x height) are skipped instead of decoded.",
+)
 
 
 def main(argv):
@@ -38,7 +43,7 @@ def main(argv):
     tf.get_logger().setLevel("ERROR")
     if not FLAGS.image_dir:
         sys.exit("error: --image_dir is required: the folder with one subfolder per class.")
-    for name in ("batch_size", "image_size"):
+    for name in ("batch_size", "image_size", "max_image_pixels"):
         if FLAGS[name].value <= 0:
             sys.exit(f"error: --{name}={FLAGS[name].value} must be positive.")
     try:
@@ -49,7 +54,7 @@ def main(argv):
         logging.info("Found %d images in %d classes.", len(dataset.images), len(dataset.labels))
         compute.compute_bottlenecks(
             [dataset.full_path(image) for image in dataset.images], FLAGS.tfhub_module,
-            FLAGS.bottleneck_dir, FLAGS.image_size, FLAGS.batch_size,
+            FLAGS.bottleneck_dir, FLAGS.image_size, FLAGS.batch_size, FLAGS.max_image_pixels,
         )
     except (pre_input.DatasetError, module_lib.ModuleError, cache_lib.CacheError) as e:
         sys.exit(f"error: {e}")

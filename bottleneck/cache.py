@@ -4,7 +4,8 @@ Layout: `<bottleneck_dir>/<module key>/<2 hex>/<content key>.f32`.
 
 - The module key names the module, its input size and precision, so vectors of
   two modules never mix.
-- The content key is the SHA-1 of the image file's bytes: an image changed in
+- The content key is the SHA-1 of the image file's bytes (from
+  input_pipeline.inspect_image_file): an image changed in
   place gets a new entry, a renamed or moved one keeps its vector, and copies
   of one image share it.
 - An entry is the vector as little-endian float32 followed by the CRC-32 of
@@ -26,6 +27,7 @@ import tensorflow as tf
 from absl import logging
 
 import atomic_files
+import input_pipeline
 
 ENTRY_SUFFIX = ".f32"
 
@@ -40,19 +42,9 @@ def module_key(handle, height, width, precision="float32"):
         handle = os.path.realpath(handle)
     name = re.sub(r"[^A-Za-z0-9]+", "_", handle.rstrip("/")).strip("_")[-60:]
     digest = hashlib.sha1(handle.encode("utf-8")).hexdigest()[:10]
-    return f"{name}_{digest}_{height}x{width}_{precision}"
-
-
-def content_key(path):
-    """SHA-1 hex digest of the file's bytes. Raises tf.errors.OpError if unreadable."""
-    sha1 = hashlib.sha1()
-    with tf.io.gfile.GFile(path, "rb") as f:
-        while True:
-            chunk = f.read(1 << 20)
-            if not chunk:
-                break
-            sha1.update(chunk)
-    return sha1.hexdigest()
+    # A change to preprocessing changes every vector: it must not reuse old entries.
+    version = input_pipeline.PREPROCESSING_VERSION
+    return f"{name}_{digest}_{height}x{width}_{precision}_p{version}"
 
 
 def encode_entry(vector):

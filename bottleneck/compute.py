@@ -14,7 +14,6 @@ import tensorflow as tf
 from absl import logging
 
 import input_pipeline
-import pre_input
 from bottleneck import cache as cache_lib
 from bottleneck import module as module_lib
 
@@ -79,14 +78,15 @@ def format_duration(seconds):
 
 def compute_bottlenecks(
     paths, handle, bottleneck_dir, default_image_size=module_lib.DEFAULT_IMAGE_SIZE,
-    batch_size=DEFAULT_BATCH_SIZE,
+    batch_size=DEFAULT_BATCH_SIZE, max_image_pixels=input_pipeline.DEFAULT_MAX_IMAGE_PIXELS,
 ):
     """Bottleneck vectors for image files, from the cache or computed and cached.
 
     paths: full paths of the images. handle: TF Hub handle or local module
-    folder. Returns Bottlenecks; images that cannot be read or decoded are
-    skipped with a warning, not fatal. Raises module.ModuleError and
-    cache.CacheError for problems that stop the work.
+    folder. Returns Bottlenecks; images that cannot be read or decoded, or are
+    larger than max_image_pixels, are skipped with a warning, not fatal.
+    Raises module.ModuleError and cache.CacheError for problems that stop the
+    work.
     """
     module_lib.use_gpu_memory_as_needed()
     graph = tf.Graph()
@@ -104,12 +104,9 @@ def compute_bottlenecks(
 
         vectors = np.zeros([len(paths), dimension], np.float32)
         skipped = {}
-        contents = [None] * len(paths)
-        for i, path in enumerate(paths):
-            try:
-                contents[i] = cache_lib.content_key(path)
-            except (tf.errors.OpError, OSError) as e:
-                skipped[i] = f"cannot be read: {getattr(e, 'message', None) or e}"
+        files = [input_pipeline.inspect_image_file(path, max_image_pixels) for path in paths]
+        contents = [None if f.problem else f.sha1 for f in files]
+        skipped.update((i, f.problem) for i, f in enumerate(files) if f.problem)
         missing = {}  # content key -> indices needing it
         reused = 0
         for i, content in enumerate(contents):
@@ -127,7 +124,8 @@ def compute_bottlenecks(
         if todo:
             logging.info("Computing %d bottlenecks in batches of %d...", len(todo), batch_size)
             batches = input_pipeline.image_batches(
-                [paths[i] for i in todo], module.height, module.width, batch_size
+                [paths[i] for i in todo], module.height, module.width, batch_size,
+                [files[i].orientation for i in todo],
             )
             batch_index, images = tf.compat.v1.data.make_one_shot_iterator(batches).get_next()
             features = module(images)
@@ -155,7 +153,7 @@ def compute_bottlenecks(
         if j in done:
             computed += len(indices)
         else:
-            reason = pre_input.why_undecodable(paths[first])
+            reason = input_pipeline.why_undecodable(paths[first])
             for i in indices:
                 skipped[i] = reason
     for i in sorted(skipped):

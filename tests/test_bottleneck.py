@@ -179,7 +179,7 @@ def test_compute_bottlenecks_uses_default_size_for_open_signature(tmp_path, any_
         [path], any_size_module, str(tmp_path / "bn"), default_image_size=24
     )
     assert (result.height, result.width) == (24, 24)
-    assert result.module_key.endswith("_24x24_float32")
+    assert "_24x24_float32" in result.module_key
     np.testing.assert_allclose(result.vectors, [[1.0, 0.0, 0.2]], atol=1e-5)
 
 
