@@ -61,19 +61,28 @@ def inspect_image_file(path, max_pixels=DEFAULT_MAX_IMAGE_PIXELS):
 
 
 def _header(data):
-    """(width, height, EXIF orientation) from the header; zeros and 1 if unparsable."""
+    """(width, height, EXIF orientation) from the header alone; zeros and 1 if unparsable."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # We apply our own limit.
             try:
                 image = Image.open(io.BytesIO(data))
-                orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
             finally:
                 Image.MAX_IMAGE_PIXELS = previous
         width, height = image.size
     except Exception:  # Not for PIL to judge: TensorFlow's decoder has the last word.
         return 0, 0, 1
+    # image.getexif() would decode a whole PNG to look for EXIF after the pixels;
+    # the EXIF block in the header is where cameras and editors put it.
+    orientation = 1
+    if image.info.get("exif"):
+        try:
+            exif = Image.Exif()
+            exif.load(image.info["exif"])
+            orientation = exif.get(_EXIF_ORIENTATION, 1)
+        except Exception:  # Damaged EXIF: treat the image as stored upright.
+            orientation = 1
     return width, height, orientation if orientation in range(1, 9) else 1
 
 
