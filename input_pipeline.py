@@ -33,6 +33,8 @@ class ImageFile:
     sha1: str | None  # hex digest of the file's bytes; None if unreadable
     orientation: int  # EXIF orientation 1-8 (1: stored upright)
     problem: str | None  # why the file cannot be used, or None
+    width: int = 0  # as stored, from the header (0 if the header is unknown to PIL)
+    height: int = 0
 
 
 def inspect_image_file(path, max_pixels=DEFAULT_MAX_IMAGE_PIXELS):
@@ -47,6 +49,11 @@ def inspect_image_file(path, max_pixels=DEFAULT_MAX_IMAGE_PIXELS):
             data = f.read()
     except (tf.errors.OpError, OSError) as e:
         return ImageFile(None, 1, f"cannot be read: {one_line(e)}")
+    return inspect_image_bytes(data, max_pixels)
+
+
+def inspect_image_bytes(data, max_pixels=DEFAULT_MAX_IMAGE_PIXELS):
+    """inspect_image_file for an encoded image already in memory."""
     sha1 = hashlib.sha1(data).hexdigest()
     if not data:
         return ImageFile(sha1, 1, "empty file")
@@ -57,7 +64,7 @@ def inspect_image_file(path, max_pixels=DEFAULT_MAX_IMAGE_PIXELS):
             f"too large: {width}x{height} = {width * height / 1e6:.0f} Mpx, over the limit "
             f"of {max_pixels / 1e6:g} Mpx (raise --max_image_pixels to allow it)",
         )
-    return ImageFile(sha1, orientation, None)
+    return ImageFile(sha1, orientation, None, width, height)
 
 
 def _header(data):
@@ -93,6 +100,11 @@ def why_undecodable(path):
             data = f.read()
     except (tf.errors.OpError, OSError) as e:
         return f"cannot be read: {one_line(e)}"
+    return why_bytes_undecodable(data)
+
+
+def why_bytes_undecodable(data):
+    """A one-line reason why encoded image bytes cannot be decoded."""
     if not data:
         return "empty file"
     try:
@@ -158,20 +170,125 @@ def image_batches(paths, height, width, batch_size, orientations=None):
     indices that never came out. Reading and decoding run in parallel and the
     next batches are prefetched while the current one is being used.
     """
-
-    def load(index, path, orientation):
-        return index, decode_and_resize(tf.io.read_file(path), height, width, orientation)
-
     if orientations is None:
         orientations = [1] * len(paths)
-    dataset = tf.data.Dataset.from_tensor_slices((
+    encoded = tf.data.Dataset.from_tensor_slices((
         tf.range(len(paths), dtype=tf.int64),
         tf.constant(list(paths), tf.string),
         tf.constant(list(orientations), tf.int32),
-    ))
-    dataset = dataset.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
+    )).map(lambda index, path, orientation: (index, tf.io.read_file(path), orientation))
+    return _decoded_batches(encoded, height, width, batch_size)
+
+
+def _decoded_batches(encoded, height, width, batch_size):
+    """(index, encoded bytes, orientation) elements -> batches of (index, image)."""
+
+    def decode(index, data, orientation):
+        return index, decode_and_resize(data, height, width, orientation)
+
+    dataset = encoded.map(decode, num_parallel_calls=AUTOTUNE, deterministic=True)
     dataset = dataset.ignore_errors()
     return dataset.batch(batch_size).prefetch(AUTOTUNE)
+
+
+# The examples pre_input.py --tfrecords writes: one per image, the file's bytes as read.
+TFRECORD_FEATURES = {
+    "image/encoded": tf.io.FixedLenFeature([], tf.string),  # the image file's bytes
+    "image/label": tf.io.FixedLenFeature([], tf.int64),  # index in labels.txt
+    "image/label_text": tf.io.FixedLenFeature([], tf.string),  # UTF-8 class name
+    "image/path": tf.io.FixedLenFeature([], tf.string),  # relative to --image_dir, '/'
+    "image/height": tf.io.FixedLenFeature([], tf.int64),  # as stored, before EXIF rotation
+    "image/width": tf.io.FixedLenFeature([], tf.int64),
+}
+
+
+def record_image_batches(record_files, indices, orientations, height, width, batch_size):
+    """Images inside TFRecord files -> dataset of (index int64 [B], images float32 [B, H, W, 3]).
+
+    `index` counts examples across record_files in order. Only the examples at
+    `indices` are decoded, with `orientations` (one per index); the rest are
+    skipped before decoding. Undecodable images are dropped as in image_batches.
+    """
+    total = max(indices) + 1 if indices else 0
+    wanted = [False] * total
+    orientation_of = [1] * total
+    for i, orientation in zip(indices, orientations):
+        wanted[i], orientation_of[i] = True, orientation
+    wanted, orientation_of = tf.constant(wanted, tf.bool), tf.constant(orientation_of, tf.int32)
+    encoded_only = {"image/encoded": TFRECORD_FEATURES["image/encoded"]}
+    records = tf.data.TFRecordDataset(list(record_files)).take(total).enumerate()
+    records = records.filter(lambda index, _: tf.gather(wanted, index))
+    encoded = records.map(lambda index, record: (
+        index,
+        tf.io.parse_single_example(record, encoded_only)["image/encoded"],
+        tf.gather(orientation_of, index),
+    ))
+    return _decoded_batches(encoded, height, width, batch_size)
+
+
+class ImageFiles:
+    """Images stored as files: the usual source of bottleneck computation."""
+
+    def __init__(self, paths):
+        self.paths = list(paths)
+
+    def __len__(self):
+        return len(self.paths)
+
+    def name(self, index):
+        return self.paths[index]
+
+    def inspect(self, max_pixels):
+        """[ImageFile] in order: content hash, orientation, problem."""
+        return [inspect_image_file(path, max_pixels) for path in self.paths]
+
+    def batches(self, indices, orientations, height, width, batch_size):
+        """Dataset of (index int64 [B], images) for the images at `indices`."""
+        local = image_batches(
+            [self.paths[i] for i in indices], height, width, batch_size, orientations
+        )
+        to_global = tf.constant(list(indices), tf.int64)
+        return local.map(lambda j, images: (tf.gather(to_global, j), images))
+
+    def why_undecodable(self, index):
+        return why_undecodable(self.paths[index])
+
+
+class TFRecordImages:
+    """Images stored in TFRecord files written by pre_input.py --tfrecords.
+
+    An image's index counts examples across the files in the order given.
+    """
+
+    def __init__(self, record_files, names):
+        self.record_files = list(record_files)
+        self.names = list(names)  # one per example, for messages
+
+    def __len__(self):
+        return len(self.names)
+
+    def name(self, index):
+        return self.names[index]
+
+    def encoded(self):
+        """Yield each example's encoded image bytes, in order (eagerly)."""
+        for record in tf.data.TFRecordDataset(self.record_files).as_numpy_iterator():
+            example = tf.train.Example.FromString(record)
+            yield example.features.feature["image/encoded"].bytes_list.value[0]
+
+    def inspect(self, max_pixels):
+        return [inspect_image_bytes(data, max_pixels) for data in self.encoded()]
+
+    def batches(self, indices, orientations, height, width, batch_size):
+        return record_image_batches(
+            self.record_files, indices, orientations, height, width, batch_size
+        )
+
+    def why_undecodable(self, index):
+        for i, data in enumerate(self.encoded()):
+            if i == index:
+                return why_bytes_undecodable(data)
+        return "missing from the record files"
 
 
 def training_batches(bottlenecks, labels, batch_size, seed):

@@ -314,6 +314,102 @@ def write_lists(dataset, output_dir):
         atomic_files.write_text(os.path.join(output_dir, f"{split}.txt"), lines)
 
 
+def shard_names(split, count):
+    """File names of a split's TFRecord shards: one file, or numbered shards."""
+    if count <= 1:
+        return [f"{split}.tfrecord"]
+    return [f"{split}-{n:05d}-of-{count:05d}.tfrecord" for n in range(count)]
+
+
+def write_tfrecords(dataset, output_dir, images_per_shard=1000):
+    """Write each split's images as TFRecord shards of input_pipeline.TFRECORD_FEATURES.
+
+    Each example holds the image file's bytes as read (not decoded pixels), so
+    the records are about the size of the images. Returns {split: [file names]}.
+    Shards of an earlier run that the new split does not use are removed.
+    """
+    tf.io.gfile.makedirs(output_dir)
+    written = {}
+    for split in SPLITS:
+        images = dataset.in_split(split)
+        count = max(1, -(-len(images) // images_per_shard))
+        names = shard_names(split, count)
+        for n, name in enumerate(names):
+            shard = images[n * images_per_shard:(n + 1) * images_per_shard]
+            _write_shard(dataset, shard, os.path.join(output_dir, name))
+        for stale in tf.io.gfile.glob(os.path.join(output_dir, f"{split}*.tfrecord")):
+            if os.path.basename(stale) not in names:
+                tf.io.gfile.remove(stale)
+        written[split] = names
+    return written
+
+
+def _write_shard(dataset, images, path):
+    temporary = atomic_files.temporary_name(path)
+    with tf.io.TFRecordWriter(temporary) as writer:
+        for image in images:
+            with tf.io.gfile.GFile(dataset.full_path(image), "rb") as f:
+                data = f.read()
+            info = input_pipeline.inspect_image_bytes(data, max_pixels=float("inf"))
+            writer.write(_example(image, data, info).SerializeToString())
+    tf.io.gfile.rename(temporary, path, overwrite=True)
+
+
+def _example(image, data, info):
+    def as_bytes(value):
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+    def as_int(value):
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
+
+    return tf.train.Example(features=tf.train.Features(feature={
+        "image/encoded": as_bytes(data),
+        "image/label": as_int(image.label_index),
+        "image/label_text": as_bytes(image.label.encode("utf-8")),
+        "image/path": as_bytes(image.path.encode("utf-8")),
+        "image/height": as_int(info.height),
+        "image/width": as_int(info.width),
+    }))
+
+
+def read_tfrecords(tfrecord_dir):
+    """A folder written by write_tfrecords -> (Dataset, input_pipeline.TFRecordImages).
+
+    The split is the one in the files. Dataset.images are in record order, so
+    image i of the dataset is example i of the TFRecordImages.
+    """
+    labels_path = os.path.join(tfrecord_dir, "labels.txt")
+    if not tf.io.gfile.exists(labels_path):
+        raise DatasetError(
+            f"{tfrecord_dir} has no labels.txt; write it with "
+            f"pre_input.py --output_dir {tfrecord_dir} --tfrecords."
+        )
+    with tf.io.gfile.GFile(labels_path, "rb") as f:
+        labels = f.read().decode("utf-8").splitlines()
+    files, images = [], []
+    for split in SPLITS:
+        names = sorted(tf.io.gfile.glob(os.path.join(tfrecord_dir, f"{split}*.tfrecord")))
+        files.extend(names)
+        spec = {k: v for k, v in input_pipeline.TFRECORD_FEATURES.items() if k != "image/encoded"}
+        for record in tf.data.TFRecordDataset(names).as_numpy_iterator():
+            example = tf.io.parse_single_example(record, spec)
+            label = example["image/label_text"].numpy().decode("utf-8")
+            index = int(example["image/label"].numpy())
+            if index >= len(labels) or labels[index] != label:
+                raise DatasetError(
+                    f"The records in {tfrecord_dir} do not match its labels.txt "
+                    f"({label!r} has index {index}); write them again with pre_input.py."
+                )
+            path = example["image/path"].numpy().decode("utf-8")
+            images.append(Image(path, label, index, split))
+    if not images:
+        raise DatasetError(f"{tfrecord_dir} holds no TFRecord examples.")
+    _check_enough_classes(sorted({i.label for i in images}), tfrecord_dir)
+    names = [f"{tfrecord_dir}:{image.path}" for image in images]
+    return (Dataset(tfrecord_dir, labels, images),
+            input_pipeline.TFRecordImages(files, names))
+
+
 FLAGS = flags.FLAGS
 
 
@@ -326,6 +422,13 @@ def define_flags():
         "max_image_pixels", input_pipeline.DEFAULT_MAX_IMAGE_PIXELS,
         "Images with more pixels (width x height) are reported as bad instead of decoded.",
     )
+    flags.DEFINE_bool(
+        "tfrecords", False,
+        "Also write training/validation/testing .tfrecord files holding the encoded images.",
+    )
+    flags.DEFINE_integer(
+        "images_per_shard", 1000, "With --tfrecords: images per TFRecord file before sharding."
+    )
 
 
 def main(argv):
@@ -334,6 +437,8 @@ def main(argv):
     for name in ("image_dir", "output_dir"):
         if not FLAGS[name].value:
             sys.exit(f"error: --{name} is required (see --help).")
+    if FLAGS.images_per_shard <= 0:
+        sys.exit(f"error: --images_per_shard={FLAGS.images_per_shard} must be positive.")
     try:
         dataset = build_dataset(
             FLAGS.image_dir, FLAGS.validation_percentage, FLAGS.testing_percentage
@@ -344,11 +449,17 @@ def main(argv):
             logging.warning("Skipping %s: %s", path, reason)
         dataset = dataset.without(path for path, _ in bad)
         write_lists(dataset, FLAGS.output_dir)
+        if FLAGS.tfrecords:
+            logging.info("Writing TFRecords...")
+            written = write_tfrecords(dataset, FLAGS.output_dir, FLAGS.images_per_shard)
     except DatasetError as e:
         sys.exit(f"error: {e}")
     warn_about_small_classes(dataset)
     print(format_count_table(dataset, bad))
     print(f"Wrote labels.txt and {', '.join(s + '.txt' for s in SPLITS)} to {FLAGS.output_dir}")
+    if FLAGS.tfrecords:
+        files = [name for split in SPLITS for name in written[split]]
+        print(f"Wrote {', '.join(files)} to {FLAGS.output_dir}")
 
 
 def run():

@@ -47,8 +47,17 @@ FLAGS = flags.FLAGS
 
 # Input and split.
 flags.DEFINE_string("image_dir", "", "Folder with one subfolder of images per class.")
-flags.DEFINE_float("testing_percentage", 10, "Percentage of images used as the testing set.")
-flags.DEFINE_float("validation_percentage", 10, "Percentage of images used as the validation set.")
+flags.DEFINE_string(
+    "tfrecord_dir", "",
+    "Instead of --image_dir: a folder written by pre_input.py --tfrecords (split included).",
+)
+DEFAULT_PERCENTAGE = 10
+flags.DEFINE_float(
+    "testing_percentage", DEFAULT_PERCENTAGE, "Percentage of images used as the testing set."
+)
+flags.DEFINE_float(
+    "validation_percentage", DEFAULT_PERCENTAGE, "Percentage of images used as the validation set."
+)
 
 # Module and bottlenecks.
 flags.DEFINE_string(
@@ -140,8 +149,17 @@ def check_flags(values):
             f"--{', --'.join(distortions)}: image distortions are not available in this "
             "version; run without them (training uses the cached bottlenecks)."
         )
-    if not values["image_dir"]:
-        raise UsageError("--image_dir is required: the folder with one subfolder per class.")
+    if values["image_dir"] and values["tfrecord_dir"]:
+        raise UsageError("Give --image_dir or --tfrecord_dir, not both.")
+    if not values["image_dir"] and not values["tfrecord_dir"]:
+        raise UsageError("--image_dir is required: the folder with one subfolder per class "
+                         "(or --tfrecord_dir, a folder written by pre_input.py --tfrecords).")
+    percentages = (values["validation_percentage"], values["testing_percentage"])
+    if values["tfrecord_dir"] and percentages != (DEFAULT_PERCENTAGE, DEFAULT_PERCENTAGE):
+        raise UsageError(
+            "With --tfrecord_dir the split is the one in the files; to change it, run "
+            "pre_input.py --tfrecords again with the percentages you want."
+        )
     for name in ("how_many_training_steps", "train_batch_size", "eval_step_interval",
                  "bottleneck_batch_size", "image_size", "max_image_pixels"):
         if values[name] <= 0:
@@ -189,7 +207,9 @@ def split_arrays(dataset, bottlenecks, row_of):
     """{split: (vectors float32 [n, D], labels int64 [n], images)} for the three sets."""
     arrays = {}
     for split in pre_input.SPLITS:
-        images = dataset.in_split(split)
+        # A canonical order: the same images give the same arrays, and so the same
+        # training, whether they came from a folder or from TFRecords.
+        images = sorted(dataset.in_split(split), key=lambda i: (i.label_index, i.path))
         rows = [row_of[image.path] for image in images]
         arrays[split] = (
             bottlenecks.vectors[rows].reshape(len(rows), bottlenecks.vectors.shape[1]),
@@ -304,10 +324,14 @@ def main(argv):
 def run_retraining(settings):
     """The whole job from plain settings (flag name -> value). -> final test accuracy or None."""
     check_flags(settings)
-    dataset = pre_input.build_dataset(
-        settings["image_dir"], settings["validation_percentage"],
-        settings["testing_percentage"], exclude_dirs=[settings["bottleneck_dir"]],
-    )
+    if settings["tfrecord_dir"]:
+        dataset, images = pre_input.read_tfrecords(settings["tfrecord_dir"])
+    else:
+        dataset = pre_input.build_dataset(
+            settings["image_dir"], settings["validation_percentage"],
+            settings["testing_percentage"], exclude_dirs=[settings["bottleneck_dir"]],
+        )
+        images = input_pipeline.ImageFiles(dataset.full_path(image) for image in dataset.images)
     logging.info("Found %d images in %d classes.", len(dataset.images), len(dataset.labels))
     outputs = [settings["output_graph"], settings["output_labels"], settings["checkpoint_path"]]
     if settings["saved_model_dir"]:
@@ -317,9 +341,8 @@ def run_retraining(settings):
         settings["random_seed"] = random.SystemRandom().randrange(2**31)
         logging.info("Random seed %d (pass --random_seed=%d to repeat this run).",
                      settings["random_seed"], settings["random_seed"])
-    paths = [dataset.full_path(image) for image in dataset.images]
     bottlenecks = compute.compute_bottlenecks(
-        paths, settings["tfhub_module"], settings["bottleneck_dir"],
+        images, settings["tfhub_module"], settings["bottleneck_dir"],
         settings["image_size"], settings["bottleneck_batch_size"], settings["max_image_pixels"],
     )
     row_of = {image.path: n for n, image in enumerate(dataset.images)}

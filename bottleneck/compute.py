@@ -77,17 +77,23 @@ def format_duration(seconds):
 
 
 def compute_bottlenecks(
-    paths, handle, bottleneck_dir, default_image_size=module_lib.DEFAULT_IMAGE_SIZE,
+    images, handle, bottleneck_dir, default_image_size=module_lib.DEFAULT_IMAGE_SIZE,
     batch_size=DEFAULT_BATCH_SIZE, max_image_pixels=input_pipeline.DEFAULT_MAX_IMAGE_PIXELS,
 ):
-    """Bottleneck vectors for image files, from the cache or computed and cached.
+    """Bottleneck vectors for images, from the cache or computed and cached.
 
-    paths: full paths of the images. handle: TF Hub handle or local module
-    folder. Returns Bottlenecks; images that cannot be read or decoded, or are
-    larger than max_image_pixels, are skipped with a warning, not fatal.
+    images: full paths of image files, or an input_pipeline.ImageFiles or
+    TFRecordImages. handle: TF Hub handle or local module folder. Returns
+    Bottlenecks, row i for image i; images that cannot be read or decoded, or
+    are larger than max_image_pixels, are skipped with a warning, not fatal.
     Raises module.ModuleError and cache.CacheError for problems that stop the
     work.
     """
+    if isinstance(images, (list, tuple)):
+        images = input_pipeline.ImageFiles(images)
+    files = images.inspect(max_image_pixels)
+    contents = [None if f.problem else f.sha1 for f in files]
+    skipped = {i: f.problem for i, f in enumerate(files) if f.problem}
     module_lib.use_gpu_memory_as_needed()
     graph = tf.Graph()
     with graph.as_default():
@@ -102,11 +108,7 @@ def compute_bottlenecks(
             module_lib.describe_device(), cache.root,
         )
 
-        vectors = np.zeros([len(paths), dimension], np.float32)
-        skipped = {}
-        files = [input_pipeline.inspect_image_file(path, max_image_pixels) for path in paths]
-        contents = [None if f.problem else f.sha1 for f in files]
-        skipped.update((i, f.problem) for i, f in enumerate(files) if f.problem)
+        vectors = np.zeros([len(images), dimension], np.float32)
         missing = {}  # content key -> indices needing it
         reused = 0
         for i, content in enumerate(contents):
@@ -123,12 +125,12 @@ def compute_bottlenecks(
         done = set()
         if todo:
             logging.info("Computing %d bottlenecks in batches of %d...", len(todo), batch_size)
-            batches = input_pipeline.image_batches(
-                [paths[i] for i in todo], module.height, module.width, batch_size,
-                [files[i].orientation for i in todo],
+            batches = images.batches(
+                todo, [files[i].orientation for i in todo], module.height, module.width,
+                batch_size,
             )
-            batch_index, images = tf.compat.v1.data.make_one_shot_iterator(batches).get_next()
-            features = module(images)
+            batch_index, pixels = tf.compat.v1.data.make_one_shot_iterator(batches).get_next()
+            features = module(pixels)
             progress = Progress(len(todo), "bottlenecks")
             with tf.compat.v1.Session(graph=graph, config=module_lib.session_config()) as sess:
                 sess.run([
@@ -140,24 +142,24 @@ def compute_bottlenecks(
                         indices, values = sess.run([batch_index, features])
                     except tf.errors.OutOfRangeError:
                         break
-                    for j, vector in zip(indices.tolist(), values):
-                        content = contents[todo[j]]
+                    for i, vector in zip(indices.tolist(), values):
+                        content = contents[i]
                         cache.store(content, vector)
                         vectors[missing[content]] = vector
-                        done.add(j)
+                        done.add(i)
                     progress.update(len(indices))
 
     computed = 0
-    for j, first in enumerate(todo):
+    for first in todo:
         indices = missing[contents[first]]
-        if j in done:
+        if first in done:
             computed += len(indices)
         else:
-            reason = input_pipeline.why_undecodable(paths[first])
+            reason = images.why_undecodable(first)
             for i in indices:
                 skipped[i] = reason
     for i in sorted(skipped):
-        logging.warning("Skipping %s: %s", paths[i], skipped[i])
+        logging.warning("Skipping %s: %s", images.name(i), skipped[i])
     result = Bottlenecks(vectors, skipped, computed, reused, module.height, module.width, key)
     logging.info("%s", result.summary())
     return result

@@ -1,0 +1,139 @@
+"""pre_input.py --tfrecords and retrain.py --tfrecord_dir."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import make_dataset, retrain_settings, run_script
+
+import input_pipeline
+import pre_input
+import retrain
+
+
+def final_weights(path):
+    graph_def = tf.compat.v1.GraphDef()
+    with open(path, "rb") as f:
+        graph_def.ParseFromString(f.read())
+    return {n.name: tf.make_ndarray(n.attr["value"].tensor) for n in graph_def.node
+            if n.name.startswith("final_retrain_ops/") and n.op == "Const"}
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("records")
+    image_dir = make_dataset(root / "data", per_class=16)
+    with open(os.path.join(image_dir, "red", "broken.jpg"), "w") as f:
+        f.write("not an image")
+    process = run_script(
+        "pre_input.py", f"--image_dir={image_dir}", f"--output_dir={root}/prepared",
+        "--tfrecords", "--validation_percentage=15", "--testing_percentage=25", check=True,
+    )
+    return root, image_dir, str(root / "prepared"), process
+
+
+def read_all(files):
+    examples = []
+    for record in tf.data.TFRecordDataset(files):
+        examples.append(tf.io.parse_single_example(record, input_pipeline.TFRECORD_FEATURES))
+    return examples
+
+
+def test_records_parse_with_plain_tfrecorddataset_and_hold_the_files_bytes(prepared):
+    _, image_dir, out, process = prepared
+    assert "broken.jpg" in process.stderr  # Bad images are reported and left out.
+    labels = open(os.path.join(out, "labels.txt")).read().split()
+    for split in pre_input.SPLITS:
+        examples = read_all([os.path.join(out, f"{split}.tfrecord")])
+        listed = open(os.path.join(out, f"{split}.txt"), encoding="utf-8").read().splitlines()
+        assert [e["image/path"].numpy().decode() for e in examples] == [
+            line.split("\t")[0] for line in listed]
+        for example in examples:
+            path = example["image/path"].numpy().decode()
+            assert path != "red/broken.jpg"
+            with open(os.path.join(image_dir, path), "rb") as f:
+                data = f.read()
+            assert example["image/encoded"].numpy() == data
+            label = example["image/label_text"].numpy().decode()
+            assert labels[int(example["image/label"])] == label == path.split("/")[0]
+            decoded = tf.io.decode_image(data, channels=3, expand_animations=False)
+            assert [int(example["image/height"]), int(example["image/width"])] == \
+                decoded.shape[:2].as_list()
+
+
+def test_records_are_about_the_size_of_the_images(prepared):
+    _, image_dir, out, _ = prepared
+    images = sum(
+        os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(image_dir) for f in files
+        if f != "broken.jpg"
+    )
+    records = sum(os.path.getsize(os.path.join(out, f)) for f in os.listdir(out)
+                  if f.endswith(".tfrecord"))
+    assert abs(records - images) <= 0.10 * images, (records, images)
+
+
+def test_training_from_records_matches_training_from_the_folder(prepared, tiny_module, tmp_path):
+    _, image_dir, out, _ = prepared
+    common = dict(bottleneck_dir=str(tmp_path / "shared_cache"), how_many_training_steps=100,
+                  random_seed=5)
+    from_folder = retrain_settings(
+        tmp_path / "folder", image_dir, tiny_module, validation_percentage=15,
+        testing_percentage=25, **common,
+    )
+    accuracy_folder = retrain.run_retraining(from_folder)
+    from_records = retrain_settings(tmp_path / "records", "", tiny_module, **common)
+    from_records["tfrecord_dir"] = out
+    accuracy_records = retrain.run_retraining(from_records)
+    assert accuracy_records == accuracy_folder == 1.0
+    expected, got = final_weights(from_folder["output_graph"]), final_weights(
+        from_records["output_graph"])
+    assert sorted(expected) == sorted(got) and expected
+    for name in expected:
+        np.testing.assert_array_equal(expected[name], got[name])
+    assert open(from_records["output_labels"]).read() == open(from_folder["output_labels"]).read()
+
+
+def test_switching_to_records_reuses_every_bottleneck(prepared, tiny_module, tmp_path, caplog):
+    _, image_dir, out, _ = prepared
+    cache = str(tmp_path / "cache")
+    settings = retrain_settings(tmp_path / "a", image_dir, tiny_module, bottleneck_dir=cache,
+                                how_many_training_steps=10, eval_step_interval=5)
+    retrain.run_retraining(settings)
+    caplog.clear()
+    caplog.set_level("INFO")
+    settings = retrain_settings(tmp_path / "b", "", tiny_module, bottleneck_dir=cache,
+                                how_many_training_steps=10, eval_step_interval=5)
+    settings["tfrecord_dir"] = out
+    retrain.run_retraining(settings)
+    assert "bottlenecks: 0 computed, 48 reused, 0 skipped" in caplog.text
+
+
+def test_large_splits_are_sharded_and_stale_shards_removed(tmp_path):
+    image_dir = make_dataset(tmp_path / "data", per_class=10)
+    dataset = pre_input.build_dataset(image_dir, 10, 10)
+    out = str(tmp_path / "out")
+    written = pre_input.write_tfrecords(dataset, out, images_per_shard=5)
+    training = dataset.in_split("training")
+    shards = -(-len(training) // 5)
+    assert written["training"] == [
+        f"training-{n:05d}-of-{shards:05d}.tfrecord" for n in range(shards)]
+    assert len(read_all([os.path.join(out, f) for f in written["training"]])) == len(training)
+    pre_input.write_tfrecords(dataset, out, images_per_shard=1000)
+    assert sorted(f for f in os.listdir(out) if f.startswith("training")) == ["training.tfrecord"]
+
+
+def test_tfrecord_dir_refuses_a_split_it_cannot_apply(prepared, tiny_module, tmp_path):
+    _, image_dir, out, _ = prepared
+    settings = retrain_settings(tmp_path, "", tiny_module, validation_percentage=30)
+    settings["tfrecord_dir"] = out
+    with pytest.raises(retrain.UsageError, match="split is the one in the files"):
+        retrain.run_retraining(settings)
+    settings = retrain_settings(tmp_path, image_dir, tiny_module)
+    settings["tfrecord_dir"] = out
+    with pytest.raises(retrain.UsageError, match="not both"):
+        retrain.run_retraining(settings)
+    settings = retrain_settings(tmp_path, "", tiny_module)
+    settings["tfrecord_dir"] = str(tmp_path)
+    with pytest.raises(pre_input.DatasetError, match="no labels.txt"):
+        retrain.run_retraining(settings)
