@@ -14,14 +14,21 @@ What happens:
    network computes just before its own classification layer. These are
    computed in batches once and cached under --bottleneck_dir; later runs reuse
    them, so only new or changed images cost a forward pass.
-3. A new softmax layer is trained on the cached bottlenecks. Every
-   --eval_step_interval steps the log shows the training accuracy, the cross
-   entropy (the loss; it should fall) and the accuracy on validation images
-   the layer never trains on. If training accuracy is high but validation
-   accuracy is low, the layer is memorising the training images.
-4. The final accuracy is measured once on the testing set, and the module plus
-   the new layer are exported as a frozen graph (--output_graph) with its
-   labels file (--output_labels), ready for label_image.py.
+3. A new softmax layer (optionally with a ReLU hidden layer before it) is
+   trained on the cached bottlenecks. Every --eval_step_interval steps the log
+   shows the training accuracy, the cross entropy (it should fall) and the
+   accuracy on validation images the layer never trains on. If training
+   accuracy is high but validation accuracy is low, the layer is memorising
+   the training images. By default the layer kept is the one from the
+   evaluation that scored best on the whole validation set (--keep_best), and
+   --early_stopping_patience can stop training once that score stops rising.
+4. The kept layer is measured on the testing set (and the validation set):
+   accuracy, per-class precision, recall and F1, and the confusion matrix, as
+   tables in the log, as JSON (--eval_report) and as pictures in TensorBoard.
+   --assert_accuracy_at_least stops here, with an error, when the classifier
+   is not good enough. Otherwise the module plus the new layer are exported as
+   a frozen graph (--output_graph) with its labels file (--output_labels),
+   ready for label_image.py.
 
 Watch training with `tensorboard --logdir /tmp/retrain_logs`.
 """
@@ -565,6 +572,11 @@ def run_retraining(settings):
     settings['assert_accuracy_at_least'] is set and not met.
     """
     check_flags(settings)
+    if settings["class_weighting"] == "balanced" and settings["sampling"] == "uniform":
+        logging.warning(
+            "--class_weighting=balanced with --sampling=uniform corrects for class sizes "
+            "twice: small classes end up counting more than large ones. Use one of them."
+        )
     dataset = pre_input.build_dataset(
         settings["image_dir"], settings["validation_percentage"],
         settings["testing_percentage"], exclude_dirs=[settings["bottleneck_dir"]],

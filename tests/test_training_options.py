@@ -4,6 +4,7 @@ assert, and the training options through export and label_image."""
 import glob
 import io
 import json
+import logging as std_logging
 import os
 import re
 import shutil
@@ -55,47 +56,38 @@ def events(folder):
 
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory, tiny_module):
-    """One run with every training option, an eval report, and two wrong test images."""
+    """One run with most training options, an eval report, and two wrong test images."""
     root = tmp_path_factory.mktemp("evaluated")
     image_dir = make_dataset(root / "data", per_class=16)
     settings = retrain_settings(
         root, image_dir, tiny_module, testing_percentage=25, validation_percentage=15,
         eval_report=str(root / "out" / "report.json"), hidden_units=16, dropout=0.3,
-        l2_regularization=0.0001, label_smoothing=0.05, class_weighting="balanced",
-        sampling="uniform", learning_rate_schedule="cosine", assert_accuracy_at_least=0.5,
+        l2_regularization=0.0001, label_smoothing=0.05, sampling="uniform",
+        learning_rate_schedule="cosine", assert_accuracy_at_least=0.5,
         saved_model_dir=str(root / "out" / "saved_model"),
     )
     # Red images filed under green, in the testing set: they must come out wrong.
     for name in names_in_split("green", "testing", 2, settings, "mislabelled"):
         shutil.copy(os.path.join(image_dir, "red", "img1.png"), os.path.join(image_dir, "green", name))
-    logs = []
-    handler = _ListHandler(logs)
-    import logging as std_logging
-
+    handler = _Collect()
     std_logging.getLogger("absl").addHandler(handler)
     try:
         accuracy = retrain.run_retraining(settings)
     finally:
         std_logging.getLogger("absl").removeHandler(handler)
-    return {"settings": settings, "accuracy": accuracy, "log": "\n".join(logs), "image_dir": image_dir}
+    return {"settings": settings, "accuracy": accuracy, "log": "\n".join(handler.messages),
+            "image_dir": image_dir}
 
 
-class _ListHandler:
-    """A logging handler that keeps the messages (caplog is function-scoped)."""
+class _Collect(std_logging.Handler):
+    """Keeps the log messages of a module-scoped run (caplog is per test)."""
 
-    def __init__(self, messages):
-        import logging as std_logging
+    def __init__(self):
+        super().__init__(std_logging.INFO)
+        self.messages = []
 
-        self.level = std_logging.INFO
-        self.messages = messages
-
-    def handle(self, record):
+    def emit(self, record):
         self.messages.append(record.getMessage())
-
-    def __getattr__(self, name):
-        import logging as std_logging
-
-        return getattr(std_logging.Handler(), name)
 
 
 def test_eval_report_json_matches_the_logged_tables(evaluated):
