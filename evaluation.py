@@ -172,10 +172,12 @@ def confusion_matrix_png(matrix, labels, title="Confusion matrix"):
     margin, title_height = 10, 24
     left = margin + 18 + name_width  # axis caption, then class names
     top = margin + title_height + 18 + name_width
-    width, height = left + count * cell + margin, top + count * cell + margin
+    title_width = _text_size(scratch, title, font)[0]
+    width = max(left + count * cell, margin + title_width) + margin
+    height = top + count * cell + margin
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
-    draw.text((margin, margin), f"{title} (rows: true, columns: predicted)", fill="black", font=font)
+    draw.text((margin, margin), title, fill="black", font=font)
     caption_width = _text_size(draw, "predicted class", font)[0]
     draw.text((left + max(0, (count * cell - caption_width) // 2), margin + title_height),
               "predicted class", fill="black", font=font)
@@ -279,14 +281,15 @@ def _image_value(tag, png):
     )
 
 
-def evaluation_summary(report, labels, misclassified_png=None, with_accuracy=True):
+def evaluation_summary(report, labels, misclassified_png=None, with_accuracy=True,
+                       title="Confusion matrix"):
     """A tf.compat.v1.Summary for one evaluated set.
 
     Tags: 'accuracy' (scalar, 0-1; left out with with_accuracy=False, for a run
     that already has an accuracy curve), 'per_class_accuracy/<label>' (scalar,
     the class's recall: the share of its images classified right; classes
     without images are left out), 'confusion_matrix' (image) and, when given,
-    'misclassified' (image).
+    'misclassified' (image). title heads the confusion matrix picture.
     """
     values = []
     if with_accuracy:
@@ -296,7 +299,8 @@ def evaluation_summary(report, labels, misclassified_png=None, with_accuracy=Tru
             values.append(tf.compat.v1.Summary.Value(
                 tag=f"per_class_accuracy/{c['label']}", simple_value=c["recall"]
             ))
-    values.append(_image_value("confusion_matrix", confusion_matrix_png(report["confusion_matrix"], labels)))
+    picture = confusion_matrix_png(report["confusion_matrix"], labels, title)
+    values.append(_image_value("confusion_matrix", picture))
     if misclassified_png is not None:
         values.append(_image_value("misclassified", misclassified_png))
     return tf.compat.v1.Summary(value=values)

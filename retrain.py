@@ -526,7 +526,8 @@ def write_evaluation_summaries(dataset, reports, settings, step, image_size):
                     [pixels[n] for n in kept], [(shown[n]["true"], shown[n]["predicted"]) for n in kept]
                 )
         summary = evaluation.evaluation_summary(
-            report, dataset.labels, grid, with_accuracy=split == "testing"
+            report, dataset.labels, grid, with_accuracy=split == "testing",
+            title=f"{SET_NAMES[split]} set, step {step}: confusion matrix (N={report['count']})",
         )
         with tf.Graph().as_default():  # FileWriter refuses to run eagerly.
             # Event files are named by the second they were opened in; the suffix keeps
