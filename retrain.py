@@ -361,6 +361,27 @@ def loss_settings(settings, train_y, class_count):
     )
 
 
+def validate(sess, g, val_x, val_y, rows, rate, step, writer, best):
+    """Evaluate the layer on the validation `rows` sample (logged, summarised) and,
+    when best (a BestLayer) is given, score it on the whole set. -> log text."""
+    accuracy, entropy, summary = sess.run(
+        [g.accuracy, g.cross_entropy, g.summaries],
+        {g.bottleneck_input: val_x[rows], g.ground_truth: val_y[rows], g.learning_rate: rate},
+    )
+    writer.add_summary(summary, step)
+    message = f", validation accuracy {100 * accuracy:.1f}% (N={len(rows)})"
+    if best is None:
+        return message
+    if len(rows) < len(val_y):
+        accuracy, entropy = sess.run(
+            [g.accuracy, g.cross_entropy], {g.bottleneck_input: val_x, g.ground_truth: val_y}
+        )
+        message += f", all {len(val_y)}: {100 * accuracy:.1f}%"
+    if best.update(step, accuracy, entropy, lambda: g.layer_values(sess)):
+        message += " (best so far)"
+    return message
+
+
 def train(arrays, class_count, settings, export_intermediate):
     """Train the final layer; save the kept one to settings['checkpoint_path']. -> TrainingResult."""
     train_x, train_y, _ = arrays["training"]
@@ -409,23 +430,10 @@ def train(arrays, class_count, settings, export_intermediate):
             )
             if len(val_y):
                 rows = sample(rng, len(val_y), settings["validation_batch_size"])
-                validation_accuracy, validation_entropy, summary = sess.run(
-                    [g.accuracy, g.cross_entropy, g.summaries],
-                    {g.bottleneck_input: val_x[rows], g.ground_truth: val_y[rows],
-                     g.learning_rate: rate},
+                message += validate(
+                    sess, g, val_x, val_y, rows, rate, step, validation_writer,
+                    best if selecting else None,
                 )
-                validation_writer.add_summary(summary, step)
-                message += f", validation accuracy {100 * validation_accuracy:.1f}% (N={len(rows)})"
-            if selecting:
-                if len(rows) < len(val_y):
-                    validation_accuracy, validation_entropy = sess.run(
-                        [g.accuracy, g.cross_entropy],
-                        {g.bottleneck_input: val_x, g.ground_truth: val_y},
-                    )
-                    message += f", all {len(val_y)}: {100 * validation_accuracy:.1f}%"
-                if best.update(step, validation_accuracy, validation_entropy,
-                               lambda: g.layer_values(sess)):
-                    message += " (best so far)"
             logging.info("%s", message)
             frequency = settings["intermediate_store_frequency"]
             if frequency and step % frequency == 0 and step != steps:

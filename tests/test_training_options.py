@@ -217,10 +217,13 @@ def test_early_stopping_stops_and_exports_the_best_layer(tmp_path, tiny_module, 
         tmp_path, image_dir, tiny_module, validation_percentage=25, testing_percentage=0,
         early_stopping_patience=2, eval_step_interval=10, intermediate_store_frequency=10,
         how_many_training_steps=200, eval_report=str(tmp_path / "report.json"),
+        validation_batch_size=3,
     )
     mislabel_validation(image_dir, settings)
     caplog.set_level("INFO")
     retrain.run_retraining(settings)
+    # The logged sample is 3 images; the choice is scored on all of them.
+    assert re.search(r"validation accuracy \d+\.\d% \(N=3\), all \d+: ", caplog.text)
     stopped = int(re.search(r"Early stopping at step (\d+)", caplog.text).group(1))
     kept = int(re.search(r"Keeping the final layer from step (\d+) of (\d+)", caplog.text).group(1))
     assert stopped == kept + 2 * 10 and stopped < 200
