@@ -17,8 +17,13 @@ INPUT_NAME = "Placeholder"
 BOTTLENECK_NAME = "bottleneck"
 
 
-def frozen_graph(handle, default_image_size, class_count, checkpoint, final_tensor_name):
-    """Module + final layer restored from checkpoint -> frozen tf.compat.v1.GraphDef."""
+def frozen_graph(handle, default_image_size, class_count, checkpoint, final_tensor_name,
+                 hidden_units=0):
+    """Module + final layer restored from checkpoint -> frozen tf.compat.v1.GraphDef.
+
+    hidden_units must be the value the layer was trained with. The layer is
+    built without dropout: the export computes exactly what evaluation did.
+    """
     graph = tf.Graph()
     with graph.as_default():
         module = module_lib.load(handle, default_image_size)
@@ -28,7 +33,7 @@ def frozen_graph(handle, default_image_size, class_count, checkpoint, final_tens
         if images.op.name != INPUT_NAME:
             raise ValueError(f"module {handle} already uses the op name {INPUT_NAME}")
         bottleneck = tf.identity(module(images), name=BOTTLENECK_NAME)
-        final_layer.add_final_layer(bottleneck, class_count, final_tensor_name)
+        final_layer.add_final_layer(bottleneck, class_count, final_tensor_name, hidden_units)
         saver = tf.compat.v1.train.Saver(final_layer.final_layer_variables(graph))
         with tf.compat.v1.Session(graph=graph, config=module_lib.session_config()) as sess:
             sess.run([

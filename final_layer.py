@@ -2,12 +2,16 @@
 
 `add_final_layer` is called both by training (on a bottleneck placeholder) and
 by export (on the module's output), so the exported graph holds exactly the
-layer that was trained, restored by variable name from the checkpoint.
+layer that was trained, restored by variable name from the checkpoint. With
+`hidden_units` it is two layers (ReLU hidden layer, then softmax); dropout
+exists only in the training graph, never in the export.
 """
 
 import dataclasses
+import math
 import os
 
+import numpy as np
 import tensorflow as tf
 
 import atomic_files
@@ -15,12 +19,41 @@ import input_pipeline
 
 SCOPE = "final_retrain_ops"
 OPTIMIZERS = ("sgd", "momentum", "adam")
+CLASS_WEIGHTINGS = ("none", "balanced")
+SAMPLINGS = ("proportional", "uniform")
 
 
-def add_final_layer(bottleneck, class_count, final_tensor_name):
-    """bottleneck float32 [N, D] -> (logits [N, C], probabilities [N, C] named final_tensor_name)."""
+def add_final_layer(bottleneck, class_count, final_tensor_name, hidden_units=0, dropout_rate=None):
+    """bottleneck float32 [N, D] -> (logits [N, C], probabilities [N, C] named final_tensor_name).
+
+    hidden_units > 0 puts a ReLU layer of that width between the bottleneck and
+    the softmax. dropout_rate (a float32 scalar tensor, or None for no dropout
+    op at all, as in the export) drops that fraction of the softmax layer's
+    inputs: the hidden activations, or the bottleneck when there is no hidden
+    layer. Variable names: `final_retrain_ops/weights` and `.../biases` for the
+    softmax layer (as before hidden layers existed), `.../hidden_weights` and
+    `.../hidden_biases` for the hidden layer.
+    """
     dimension = int(bottleneck.shape[-1])
     with tf.compat.v1.variable_scope(SCOPE):
+        features = bottleneck
+        if hidden_units:
+            hidden_weights = tf.compat.v1.get_variable(
+                "hidden_weights", [dimension, hidden_units],
+                # He initialisation keeps ReLU activations from shrinking or exploding.
+                initializer=tf.compat.v1.truncated_normal_initializer(
+                    stddev=math.sqrt(2.0 / dimension)
+                ),
+            )
+            hidden_biases = tf.compat.v1.get_variable(
+                "hidden_biases", [hidden_units], initializer=tf.compat.v1.zeros_initializer()
+            )
+            features = tf.nn.relu(
+                tf.compat.v1.nn.xw_plus_b(features, hidden_weights, hidden_biases), name="hidden"
+            )
+            dimension = hidden_units
+        if dropout_rate is not None:
+            features = tf.nn.dropout(features, rate=dropout_rate, name="dropout")
         weights = tf.compat.v1.get_variable(
             "weights", [dimension, class_count],
             initializer=tf.compat.v1.truncated_normal_initializer(stddev=0.001),
@@ -28,7 +61,7 @@ def add_final_layer(bottleneck, class_count, final_tensor_name):
         biases = tf.compat.v1.get_variable(
             "biases", [class_count], initializer=tf.compat.v1.zeros_initializer()
         )
-        logits = tf.compat.v1.nn.xw_plus_b(bottleneck, weights, biases, name="logits")
+        logits = tf.compat.v1.nn.xw_plus_b(features, weights, biases, name="logits")
     probabilities = tf.nn.softmax(logits, name=final_tensor_name)
     if probabilities.op.name != final_tensor_name:
         raise ValueError(f"tensor name {final_tensor_name!r} is already used in the graph")
@@ -37,6 +70,11 @@ def add_final_layer(bottleneck, class_count, final_tensor_name):
 
 def final_layer_variables(graph):
     return graph.get_collection(tf.compat.v1.GraphKeys.TRAINABLE_VARIABLES, scope=SCOPE + "/")
+
+
+def weight_matrices(graph):
+    """The layer's weight matrices (not biases): what L2 regularisation shrinks."""
+    return [v for v in final_layer_variables(graph) if v.op.name.endswith("weights")]
 
 
 def save_checkpoint(saver, sess, path):
@@ -58,6 +96,36 @@ def make_optimizer(name, learning_rate):
     raise ValueError(f"optimizer must be one of {OPTIMIZERS}, not {name!r}")
 
 
+def balanced_class_weights(labels, class_count):
+    """Training labels int [N] -> float32 [C] loss weights, N / (K * n_c) for each class c.
+
+    K is the number of classes with training examples. Every class then carries
+    the same total weight (N / K) in an epoch, and the weights average to 1
+    over the examples, so the loss keeps its scale. A class with no training
+    examples gets weight 0 (it never occurs in a batch).
+    """
+    counts = np.bincount(np.asarray(labels, np.int64), minlength=class_count).astype(np.float64)
+    present = np.count_nonzero(counts)
+    weights = np.zeros(class_count, np.float64)
+    weights[counts > 0] = counts.sum() / (present * counts[counts > 0])
+    return weights.astype(np.float32)
+
+
+@dataclasses.dataclass
+class LossSettings:
+    """How the training loss is made from the cross entropy.
+
+    class_weights: float32 [C] per-class weights, or None for all 1.
+    label_smoothing: epsilon in [0, 1); targets become (1 - eps) * one_hot + eps / C.
+    l2_regularization: lambda; the loss gains lambda * sum of squared weights
+        (weight matrices only, not biases).
+    """
+
+    class_weights: object = None
+    label_smoothing: float = 0.0
+    l2_regularization: float = 0.0
+
+
 @dataclasses.dataclass
 class TrainingGraph:
     graph: tf.Graph
@@ -66,31 +134,54 @@ class TrainingGraph:
     iterator_init: tf.Operation
     bottleneck_input: tf.Tensor  # a training batch unless fed
     ground_truth: tf.Tensor  # its labels unless fed
+    learning_rate: tf.Tensor  # float32 scalar, fed at every step from schedules
+    dropout_rate: tf.Tensor  # float32 scalar, 0 unless fed (feed it for training steps only)
     train_step: tf.Operation
-    cross_entropy: tf.Tensor
+    cross_entropy: tf.Tensor  # plain mean cross entropy: no weights, smoothing or L2
+    loss: tf.Tensor  # what the optimizer minimises (see LossSettings)
     accuracy: tf.Tensor
     predictions: tf.Tensor  # int64 [N] class indices
+    probabilities: tf.Tensor  # float32 [N, C]
     summaries: tf.Tensor
     saver: tf.compat.v1.train.Saver
+    variables: list  # the final layer's variables, in a fixed order
+    assign_values: tf.Operation  # sets them all from value_inputs
+    value_inputs: list  # one placeholder per variable, same shapes
+
+    def layer_values(self, sess):
+        """The final layer's current variable values, [ndarray] in `variables` order."""
+        return sess.run(self.variables)
+
+    def restore_layer_values(self, sess, values):
+        """Put values from layer_values back into the variables (e.g. the best step's)."""
+        sess.run(self.assign_values, dict(zip(self.value_inputs, values)))
 
 
 def build_training_graph(
-    dimension, class_count, final_tensor_name, optimizer, learning_rate, batch_size, seed
+    dimension, class_count, final_tensor_name, optimizer, learning_rate, batch_size, seed,
+    hidden_units=0, loss_settings=None, sampling="proportional",
 ):
     """The graph that trains the final layer from in-memory bottlenecks.
 
     Training batches come from a tf.data pipeline over the bottlenecks fed once
-    through `bottlenecks`/`labels` at iterator initialisation. Feeding
-    `bottleneck_input` and `ground_truth` instead evaluates any other set.
+    through `bottlenecks`/`labels` at iterator initialisation (shuffled epochs,
+    or class-uniform draws with sampling="uniform"). Feeding `bottleneck_input`
+    and `ground_truth` instead evaluates any other set. `learning_rate` is the
+    default of the fed learning-rate placeholder.
     """
+    loss_settings = loss_settings or LossSettings()
     graph = tf.Graph()
     with graph.as_default():
         tf.compat.v1.set_random_seed(seed)
         bottlenecks = tf.compat.v1.placeholder(tf.float32, [None, dimension], "train_bottlenecks")
         labels = tf.compat.v1.placeholder(tf.int64, [None], "train_labels")
-        iterator = tf.compat.v1.data.make_initializable_iterator(
-            input_pipeline.training_batches(bottlenecks, labels, batch_size, seed)
-        )
+        if sampling == "uniform":
+            batches = input_pipeline.class_uniform_batches(bottlenecks, labels, batch_size, seed)
+        elif sampling == "proportional":
+            batches = input_pipeline.training_batches(bottlenecks, labels, batch_size, seed)
+        else:
+            raise ValueError(f"sampling must be one of {SAMPLINGS}, not {sampling!r}")
+        iterator = tf.compat.v1.data.make_initializable_iterator(batches)
         batch, batch_labels = iterator.get_next()
         bottleneck_input = tf.compat.v1.placeholder_with_default(
             batch, [None, dimension], "BottleneckInputPlaceholder"
@@ -98,27 +189,58 @@ def build_training_graph(
         ground_truth = tf.compat.v1.placeholder_with_default(
             batch_labels, [None], "GroundTruthInput"
         )
-        logits, probabilities = add_final_layer(bottleneck_input, class_count, final_tensor_name)
-        with tf.name_scope("loss"):
+        dropout_rate = tf.compat.v1.placeholder_with_default(0.0, [], "dropout_rate")
+        rate = tf.compat.v1.placeholder_with_default(float(learning_rate), [], "learning_rate_input")
+        logits, probabilities = add_final_layer(
+            bottleneck_input, class_count, final_tensor_name, hidden_units, dropout_rate
+        )
+        with tf.name_scope("losses"):
             cross_entropy = tf.reduce_mean(
                 tf.nn.sparse_softmax_cross_entropy_with_logits(
                     labels=ground_truth, logits=logits
                 )
             )
-        train_step = make_optimizer(optimizer, learning_rate).minimize(cross_entropy)
+            loss = training_loss(logits, ground_truth, class_count, loss_settings, graph)
+        train_step = make_optimizer(optimizer, rate).minimize(loss)
         with tf.name_scope("evaluation"):
             predictions = tf.argmax(probabilities, 1)
             accuracy = tf.reduce_mean(tf.cast(tf.equal(predictions, ground_truth), tf.float32))
-        weights, biases = final_layer_variables(graph)
+        variables = final_layer_variables(graph)
         summaries = tf.compat.v1.summary.merge([
             tf.compat.v1.summary.scalar("accuracy", accuracy),
             tf.compat.v1.summary.scalar("cross_entropy", cross_entropy),
-            tf.compat.v1.summary.histogram("final_layer/weights", weights),
-            tf.compat.v1.summary.histogram("final_layer/biases", biases),
+            tf.compat.v1.summary.scalar("loss", loss),
+            tf.compat.v1.summary.scalar("learning_rate", rate),
+            *(tf.compat.v1.summary.histogram("final_layer/" + v.op.name.split("/")[-1], v)
+              for v in variables),
             tf.compat.v1.summary.histogram("final_layer/logits", logits),
         ])
-        saver = tf.compat.v1.train.Saver(final_layer_variables(graph))
+        saver = tf.compat.v1.train.Saver(variables)
+        with tf.name_scope("restore_values"):
+            value_inputs = [tf.compat.v1.placeholder(v.dtype.base_dtype, v.shape) for v in variables]
+            assign_values = tf.group(*(v.assign(x) for v, x in zip(variables, value_inputs)))
     return TrainingGraph(
         graph, bottlenecks, labels, iterator.initializer, bottleneck_input, ground_truth,
-        train_step, cross_entropy, accuracy, predictions, summaries, saver,
+        rate, dropout_rate, train_step, cross_entropy, loss, accuracy, predictions,
+        probabilities, summaries, saver, variables, assign_values, value_inputs,
     )
+
+
+def training_loss(logits, labels, class_count, settings, graph):
+    """Scalar loss: mean over the batch of w[label] * smoothed cross entropy, plus L2.
+
+    logits float32 [B, C], labels int64 [B]. The mean divides by B (not by the
+    sum of the weights), as Keras' class_weight does.
+    """
+    targets = tf.one_hot(labels, class_count)
+    if settings.label_smoothing:
+        targets = targets * (1.0 - settings.label_smoothing) + settings.label_smoothing / class_count
+    per_example = tf.nn.softmax_cross_entropy_with_logits(labels=targets, logits=logits)
+    if settings.class_weights is not None:
+        weights = tf.constant(np.asarray(settings.class_weights, np.float32), name="class_weights")
+        per_example = per_example * tf.gather(weights, labels)
+    loss = tf.reduce_mean(per_example)
+    if settings.l2_regularization:
+        squares = tf.add_n([tf.reduce_sum(tf.square(w)) for w in weight_matrices(graph)])
+        loss = loss + settings.l2_regularization * squares
+    return tf.identity(loss, name="total")

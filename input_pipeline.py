@@ -306,3 +306,27 @@ def training_batches(bottlenecks, labels, batch_size, seed):
         reshuffle_each_iteration=True,
     )
     return dataset.repeat().batch(batch_size).prefetch(AUTOTUNE)
+
+
+def class_uniform_batches(bottlenecks, labels, batch_size, seed):
+    """In-memory bottlenecks -> endless batches in which every class is equally likely.
+
+    Same arguments and output as training_batches, but each example of a batch
+    is drawn independently (with replacement): first a class, uniformly among
+    the classes that have examples, then an example of that class. Small
+    classes are therefore oversampled, as the classic retrain script's
+    per-class sampling did. Deterministic for a given seed.
+    """
+    labels32 = tf.cast(labels, tf.int32)
+    class_count = tf.reduce_max(labels32) + 1
+    per_class = tf.math.unsorted_segment_sum(tf.ones_like(labels32), labels32, class_count)
+    # Each example's chance is 1 / (examples of its class); classes then tie.
+    example_logits = -tf.math.log(tf.cast(tf.gather(per_class, labels32), tf.float32))
+
+    def draw(step):
+        rows = tf.random.stateless_categorical(
+            example_logits[None, :], batch_size, seed=tf.stack([tf.cast(seed, tf.int64), step])
+        )[0]
+        return tf.gather(bottlenecks, rows), tf.gather(labels, rows)
+
+    return tf.data.Dataset.counter().map(draw).prefetch(AUTOTUNE)

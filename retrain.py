@@ -14,31 +14,42 @@ What happens:
    network computes just before its own classification layer. These are
    computed in batches once and cached under --bottleneck_dir; later runs reuse
    them, so only new or changed images cost a forward pass.
-3. A new softmax layer is trained on the cached bottlenecks. Every
-   --eval_step_interval steps the log shows the training accuracy, the cross
-   entropy (the loss; it should fall) and the accuracy on validation images
-   the layer never trains on. If training accuracy is high but validation
-   accuracy is low, the layer is memorising the training images.
-4. The final accuracy is measured once on the testing set, and the module plus
-   the new layer are exported as a frozen graph (--output_graph) with its
-   labels file (--output_labels), ready for label_image.py.
+3. A new softmax layer (optionally with a ReLU hidden layer before it) is
+   trained on the cached bottlenecks. Every --eval_step_interval steps the log
+   shows the training accuracy, the cross entropy (it should fall) and the
+   accuracy on validation images the layer never trains on. If training
+   accuracy is high but validation accuracy is low, the layer is memorising
+   the training images. By default the layer kept is the one from the
+   evaluation that scored best on the whole validation set (--keep_best), and
+   --early_stopping_patience can stop training once that score stops rising.
+4. The kept layer is measured on the testing set (and the validation set):
+   accuracy, per-class precision, recall and F1, and the confusion matrix, as
+   tables in the log, as JSON (--eval_report) and as pictures in TensorBoard.
+   --assert_accuracy_at_least stops here, with an error, when the classifier
+   is not good enough. Otherwise the module plus the new layer are exported as
+   a frozen graph (--output_graph) with its labels file (--output_labels),
+   ready for label_image.py.
 
 Watch training with `tensorboard --logdir /tmp/retrain_logs`.
 """
 
+import dataclasses
 import os
 import random
 import sys
 import time
+from typing import Optional
 
 import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
 
+import evaluation
 import export
 import final_layer
 import input_pipeline
 import pre_input
+import schedules
 from bottleneck import cache as cache_lib
 from bottleneck import compute
 from bottleneck import module as module_lib
@@ -83,6 +94,54 @@ flags.DEFINE_integer("how_many_training_steps", 4000, "Training steps to run.")
 flags.DEFINE_float("learning_rate", 0.01, "Learning rate of the final layer's training.")
 flags.DEFINE_enum("optimizer", "sgd", final_layer.OPTIMIZERS, "Optimizer of the final layer.")
 flags.DEFINE_integer("train_batch_size", 100, "Bottlenecks per training step.")
+flags.DEFINE_enum(
+    "learning_rate_schedule", "constant", schedules.SCHEDULES,
+    "constant; exponential (times --learning_rate_decay every --decay_steps, smoothly); "
+    "cosine (from --learning_rate down to 0 at the last step).",
+)
+flags.DEFINE_float(
+    "learning_rate_decay", schedules.DEFAULT_DECAY,
+    "Exponential schedule only: factor the rate is multiplied by over --decay_steps.",
+)
+flags.DEFINE_integer(
+    "decay_steps", 0,
+    "Exponential schedule only: steps over which the rate falls by --learning_rate_decay; "
+    "0 means --how_many_training_steps.",
+)
+flags.DEFINE_integer(
+    "hidden_units", 0, "Width of a ReLU hidden layer before the softmax; 0 for none.",
+)
+flags.DEFINE_float(
+    "dropout", 0.0,
+    "Fraction of the softmax layer's inputs dropped at each training step (never at "
+    "evaluation or in the exported graph); in [0, 1).",
+)
+flags.DEFINE_float(
+    "l2_regularization", 0.0, "Adds this times the sum of squared weights to the loss.",
+)
+flags.DEFINE_float(
+    "label_smoothing", 0.0,
+    "Train towards (1 - e) on the true class and e / classes everywhere; in [0, 1).",
+)
+flags.DEFINE_enum(
+    "class_weighting", "none", final_layer.CLASS_WEIGHTINGS,
+    "balanced: weight each class's loss by N / (classes * images of the class), so "
+    "small classes count as much as large ones.",
+)
+flags.DEFINE_enum(
+    "sampling", "proportional", final_layer.SAMPLINGS,
+    "proportional: shuffled epochs over the training images; uniform: every class "
+    "equally likely per training example (oversamples small classes).",
+)
+flags.DEFINE_integer(
+    "early_stopping_patience", 0,
+    "Stop after this many evaluations without a better validation score; 0 never stops early.",
+)
+flags.DEFINE_bool(
+    "keep_best", True,
+    "Export the final layer of the evaluation with the best validation score, not the "
+    "last step's (only when there are validation images).",
+)
 flags.DEFINE_integer(
     "random_seed", None,
     "Seed for weights, shuffling and sampling; the same seed and data give the same "
@@ -102,6 +161,16 @@ flags.DEFINE_integer(
 flags.DEFINE_bool(
     "print_misclassified_test_images", False,
     "List every wrong test image with its true and predicted label.",
+)
+flags.DEFINE_string(
+    "eval_report", "",
+    "If set, write the test and validation reports (accuracy, per-class precision, "
+    "recall, F1, support, confusion matrix) here as JSON.",
+)
+flags.DEFINE_float(
+    "assert_accuracy_at_least", None,
+    "Fail (exit status 1) without exporting when the test accuracy (validation accuracy "
+    "if there are no test images) is below this fraction, e.g. 0.9.",
 )
 
 # Outputs.
@@ -138,6 +207,10 @@ class UsageError(Exception):
     """A flag value or output location the run cannot work with."""
 
 
+class AccuracyError(Exception):
+    """The trained classifier is less accurate than --assert_accuracy_at_least."""
+
+
 def check_flags(values):
     """Raise UsageError for flag values that cannot work, before any work is done."""
     distortions = [
@@ -171,12 +244,55 @@ def check_flags(values):
         raise UsageError("--intermediate_store_frequency must be 0 (off) or positive.")
     if values["learning_rate"] <= 0:
         raise UsageError(f"--learning_rate={values['learning_rate']} must be positive.")
+    check_training_flags(values)
     try:
         pre_input.check_percentages(
             values["validation_percentage"], values["testing_percentage"]
         )
     except pre_input.DatasetError as e:
         raise UsageError(str(e)) from e
+
+
+def check_training_flags(values):
+    """The part of check_flags about issue-6 training and evaluation flags."""
+    for name in ("dropout", "label_smoothing"):
+        if not 0 <= values[name] < 1:
+            raise UsageError(f"--{name}={values[name]} must be in [0, 1).")
+    for name in ("hidden_units", "early_stopping_patience", "decay_steps"):
+        if values[name] < 0:
+            raise UsageError(f"--{name}={values[name]} must be 0 or positive.")
+    if values["l2_regularization"] < 0:
+        raise UsageError(f"--l2_regularization={values['l2_regularization']} must be 0 or positive.")
+    if not 0 < values["learning_rate_decay"] <= 1:
+        raise UsageError(f"--learning_rate_decay={values['learning_rate_decay']} must be in (0, 1].")
+    if values["learning_rate_schedule"] != "exponential":
+        for name in ("learning_rate_decay", "decay_steps"):
+            if values[name] != FLAGS[name].default:
+                raise UsageError(
+                    f"--{name} applies only to --learning_rate_schedule=exponential, not "
+                    f"{values['learning_rate_schedule']}; drop it or change the schedule."
+                )
+    threshold = values["assert_accuracy_at_least"]
+    if threshold is not None and not 0 <= threshold <= 1:
+        raise UsageError(
+            f"--assert_accuracy_at_least={threshold} must be a fraction in [0, 1] (0.9 for 90%)."
+        )
+
+
+def check_sets(dataset, values):
+    """Raise UsageError when a flag needs validation or test images the dataset lacks."""
+    has_validation = bool(dataset.in_split("validation"))
+    if values["early_stopping_patience"] and not has_validation:
+        raise UsageError(
+            "--early_stopping_patience needs validation images; raise "
+            "--validation_percentage or drop the flag."
+        )
+    if (values["assert_accuracy_at_least"] is not None and not has_validation
+            and not dataset.in_split("testing")):
+        raise UsageError(
+            "--assert_accuracy_at_least needs test or validation images; raise "
+            "--testing_percentage or drop the flag."
+        )
 
 
 def check_output_locations(paths):
@@ -226,12 +342,82 @@ def sample(rng, count, size):
     return np.sort(rng.choice(count, size, replace=False))
 
 
-def train(arrays, class_count, settings, export_intermediate):
-    """Train the final layer; save it to settings['checkpoint_path'].
+@dataclasses.dataclass
+class BestLayer:
+    """The best evaluation so far, for --keep_best and --early_stopping_patience.
 
-    Returns the test-set (predictions int64 [n], indices of the evaluated test
-    images) or None when the testing set is empty.
+    The score of an evaluation is its accuracy on the *whole* validation set,
+    ties broken by the lower cross entropy there. Not the logged accuracy on a
+    --validation_batch_size sample: a new sample is drawn at every evaluation,
+    so comparing samples would pick the luckiest draw rather than the best
+    layer. Ties are common (small sets often reach 100%), and among layers
+    with equal accuracy the one more confident on the right answers is better.
     """
+
+    patience: int = 0  # evaluations without improvement before stopping; 0: never
+    step: Optional[int] = None
+    accuracy: float = -1.0
+    cross_entropy: float = float("inf")
+    values: Optional[list] = None  # the layer's variable values at `step`
+    evaluations_without_improvement: int = 0
+
+    def update(self, step, accuracy, cross_entropy, values):
+        """Record one evaluation; values is a callable giving the layer's values. -> improved?"""
+        if (accuracy, -cross_entropy) > (self.accuracy, -self.cross_entropy):
+            self.step, self.accuracy, self.cross_entropy = step, accuracy, cross_entropy
+            self.values = values()
+            self.evaluations_without_improvement = 0
+            return True
+        self.evaluations_without_improvement += 1
+        return False
+
+    def should_stop(self):
+        return bool(self.patience) and self.evaluations_without_improvement >= self.patience
+
+
+@dataclasses.dataclass
+class TrainingResult:
+    steps: int  # training steps taken (fewer than asked when stopped early)
+    kept_step: int  # the step whose final layer was saved and is exported
+    # {split: (rows int [n] into that set's arrays, predictions int64 [n])} for the
+    # evaluated sets: all validation images, test images as --test_batch_size samples.
+    predictions: dict
+
+
+def loss_settings(settings, train_y, class_count):
+    weights = None
+    if settings["class_weighting"] == "balanced":
+        weights = final_layer.balanced_class_weights(train_y, class_count)
+        logging.info("Class weights (balanced): %s", ", ".join(f"{w:.3f}" for w in weights))
+    return final_layer.LossSettings(
+        class_weights=weights, label_smoothing=settings["label_smoothing"],
+        l2_regularization=settings["l2_regularization"],
+    )
+
+
+def validate(sess, g, val_x, val_y, rows, rate, step, writer, best):
+    """Evaluate the layer on the validation `rows` sample (logged, summarised) and,
+    when best (a BestLayer) is given, score it on the whole set. -> log text."""
+    accuracy, entropy, summary = sess.run(
+        [g.accuracy, g.cross_entropy, g.summaries],
+        {g.bottleneck_input: val_x[rows], g.ground_truth: val_y[rows], g.learning_rate: rate},
+    )
+    writer.add_summary(summary, step)
+    message = f", validation accuracy {100 * accuracy:.1f}% (N={len(rows)})"
+    if best is None:
+        return message
+    if len(rows) < len(val_y):
+        accuracy, entropy = sess.run(
+            [g.accuracy, g.cross_entropy], {g.bottleneck_input: val_x, g.ground_truth: val_y}
+        )
+        message += f", all {len(val_y)}: {100 * accuracy:.1f}%"
+    if best.update(step, accuracy, entropy, lambda: g.layer_values(sess)):
+        message += " (best so far)"
+    return message
+
+
+def train(arrays, class_count, settings, export_intermediate):
+    """Train the final layer; save the kept one to settings['checkpoint_path']. -> TrainingResult."""
     train_x, train_y, _ = arrays["training"]
     val_x, val_y, _ = arrays["validation"]
     test_x, test_y, _ = arrays["testing"]
@@ -240,23 +426,36 @@ def train(arrays, class_count, settings, export_intermediate):
     g = final_layer.build_training_graph(
         train_x.shape[1], class_count, settings["final_tensor_name"], settings["optimizer"],
         settings["learning_rate"], settings["train_batch_size"], seed,
+        hidden_units=settings["hidden_units"],
+        loss_settings=loss_settings(settings, train_y, class_count),
+        sampling=settings["sampling"],
     )
     summaries_dir = settings["summaries_dir"]
     steps, interval = settings["how_many_training_steps"], settings["eval_step_interval"]
+    selecting = bool(len(val_y)) and (settings["keep_best"] or settings["early_stopping_patience"] > 0)
+    best = BestLayer(patience=settings["early_stopping_patience"])
     if not len(val_y):
-        logging.info("No validation images: validation accuracy is not reported.")
+        logging.info("No validation images: validation accuracy is not reported, and the "
+                     "last step's layer is exported.")
     with tf.compat.v1.Session(graph=g.graph) as sess:
         train_writer = tf.compat.v1.summary.FileWriter(os.path.join(summaries_dir, "train"), g.graph)
         validation_writer = tf.compat.v1.summary.FileWriter(os.path.join(summaries_dir, "validation"))
         sess.run(tf.compat.v1.global_variables_initializer())
         sess.run(g.iterator_init, {g.bottlenecks: train_x, g.labels: train_y})
         start = time.monotonic()
-        for step in range(1, steps + 1):
+        step = 0
+        while step < steps:
+            rate = schedules.learning_rate_at(
+                settings["learning_rate_schedule"], step, settings["learning_rate"], steps,
+                settings["learning_rate_decay"], settings["decay_steps"],
+            )
+            step += 1
+            feed = {g.learning_rate: rate, g.dropout_rate: settings["dropout"]}
             if step % interval and step != steps:
-                sess.run(g.train_step)
+                sess.run(g.train_step, feed)
                 continue
             _, train_accuracy, cross_entropy, summary = sess.run(
-                [g.train_step, g.accuracy, g.cross_entropy, g.summaries]
+                [g.train_step, g.accuracy, g.cross_entropy, g.summaries], feed
             )
             train_writer.add_summary(summary, step)
             message = (
@@ -265,38 +464,50 @@ def train(arrays, class_count, settings, export_intermediate):
             )
             if len(val_y):
                 rows = sample(rng, len(val_y), settings["validation_batch_size"])
-                validation_accuracy, summary = sess.run(
-                    [g.accuracy, g.summaries],
-                    {g.bottleneck_input: val_x[rows], g.ground_truth: val_y[rows]},
+                message += validate(
+                    sess, g, val_x, val_y, rows, rate, step, validation_writer,
+                    best if selecting else None,
                 )
-                validation_writer.add_summary(summary, step)
-                message += f", validation accuracy {100 * validation_accuracy:.1f}% (N={len(rows)})"
             logging.info("%s", message)
             frequency = settings["intermediate_store_frequency"]
             if frequency and step % frequency == 0 and step != steps:
                 export_intermediate(sess, g.saver, step)
-        logging.info(
-            "Trained %d steps in %.1fs (%.0f steps/s).", steps, time.monotonic() - start,
-            steps / max(time.monotonic() - start, 1e-9),
-        )
+            if best.should_stop():
+                logging.info(
+                    "Early stopping at step %d: no better validation score in %d evaluations "
+                    "since step %d.", step, best.patience, best.step,
+                )
+                break
+        elapsed = time.monotonic() - start
+        logging.info("Trained %d steps in %.1fs (%.0f steps/s).", step, elapsed,
+                     step / max(elapsed, 1e-9))
         train_writer.close()
         validation_writer.close()
+        kept_step = step
+        if selecting and settings["keep_best"]:
+            g.restore_layer_values(sess, best.values)
+            kept_step = best.step
+            logging.info(
+                "Keeping the final layer from step %d of %d: validation accuracy %.1f%%, "
+                "cross entropy %.4f (all %d validation images).", best.step, step,
+                100 * best.accuracy, best.cross_entropy, len(val_y),
+            )
         final_layer.save_checkpoint(g.saver, sess, settings["checkpoint_path"])
-        if not len(test_y):
-            return None
-        rows = sample(rng, len(test_y), settings["test_batch_size"])
-        predictions = sess.run(
-            g.predictions, {g.bottleneck_input: test_x[rows], g.ground_truth: test_y[rows]}
-        )
-    return predictions, rows
+        predictions = {}
+        for split, x, y, size in (("validation", val_x, val_y, -1),
+                                  ("testing", test_x, test_y, settings["test_batch_size"])):
+            if len(y):
+                rows = sample(rng, len(y), size)
+                predictions[split] = (rows, sess.run(g.predictions, {g.bottleneck_input: x[rows]}))
+    return TrainingResult(steps=step, kept_step=kept_step, predictions=predictions)
 
 
 def report_test_results(arrays, labels, result, list_misclassified):
     """Log the final test accuracy (and the wrong images). -> accuracy or None."""
-    if result is None:
+    if "testing" not in result.predictions:
         logging.info("No testing images: final test accuracy is skipped.")
         return None
-    predictions, rows = result
+    rows, predictions = result.predictions["testing"]
     _, test_y, images = arrays["testing"]
     truth = test_y[rows]
     accuracy = float(np.mean(predictions == truth))
@@ -309,6 +520,84 @@ def report_test_results(arrays, labels, result, list_misclassified):
     return accuracy
 
 
+SET_NAMES = {"testing": "Test", "validation": "Validation"}
+
+
+def evaluation_reports(arrays, labels, result):
+    """{split: evaluation report} for the evaluated sets, with the wrong test images listed."""
+    reports = {}
+    for split, (rows, predictions) in result.predictions.items():
+        _, y, images = arrays[split]
+        report = evaluation.evaluate(y[rows], predictions, labels)
+        report["misclassified"] = [
+            {"image": images[r].path, "true": images[r].label, "predicted": labels[p]}
+            for r, p in zip(rows, predictions) if p != y[r]
+        ]
+        reports[split] = report
+    return reports
+
+
+def log_reports(reports, labels):
+    for split in ("validation", "testing"):
+        if split in reports:
+            logging.info("%s", evaluation.format_report(SET_NAMES[split], reports[split], labels))
+
+
+def write_evaluation_summaries(dataset, reports, settings, step, images, row_of, bottlenecks):
+    """TensorBoard: confusion matrix, per-class accuracy (and wrong test images) at `step`.
+
+    The test set goes to a `test/` run with its accuracy and a grid of up to 16
+    misclassified test images as the module saw them, decoded again from
+    `images` (row_of: relative path -> index there; bottlenecks: the
+    compute.Bottlenecks, for input size and orientations). The validation
+    set's confusion matrix and per-class accuracy go to the `validation/` run
+    (its accuracy curve is already there).
+    """
+    for split, run in (("testing", "test"), ("validation", "validation")):
+        if split not in reports:
+            continue
+        report = reports[split]
+        grid = None
+        if split == "testing" and report["misclassified"]:
+            shown = report["misclassified"][:evaluation.MAX_MISCLASSIFIED_SHOWN]
+            indices = [row_of[m["image"]] for m in shown]
+            pixels = evaluation.load_display_images(
+                images, indices, [bottlenecks.orientations[i] for i in indices],
+                bottlenecks.height, bottlenecks.width,
+            )
+            kept = [(i, m) for i, m in zip(indices, shown) if i in pixels]
+            if kept:
+                grid = evaluation.misclassified_grid_png(
+                    [pixels[i] for i, _ in kept], [(m["true"], m["predicted"]) for _, m in kept]
+                )
+        summary = evaluation.evaluation_summary(
+            report, dataset.labels, grid, with_accuracy=split == "testing",
+            title=f"{SET_NAMES[split]} set, step {step}: confusion matrix (N={report['count']})",
+        )
+        with tf.Graph().as_default():  # FileWriter refuses to run eagerly.
+            # Event files are named by the second they were opened in; the suffix keeps
+            # this one from overwriting the training loop's file of the same second.
+            writer = tf.compat.v1.summary.FileWriter(
+                os.path.join(settings["summaries_dir"], run), filename_suffix=".evaluation"
+            )
+            writer.add_summary(summary, step)
+            writer.close()
+
+
+def check_accuracy(reports, threshold):
+    """Raise AccuracyError when the test accuracy (else validation's) is below threshold."""
+    split = "testing" if "testing" in reports else "validation"
+    report = reports[split]
+    if report["accuracy"] < threshold:
+        raise AccuracyError(
+            f"{SET_NAMES[split].lower()} accuracy {100 * report['accuracy']:.1f}% "
+            f"(N={report['count']}) is below --assert_accuracy_at_least={threshold:g} "
+            f"({100 * threshold:.1f}%); nothing was exported."
+        )
+    logging.info("%s accuracy %.1f%% meets --assert_accuracy_at_least=%g.",
+                 SET_NAMES[split], 100 * report["accuracy"], threshold)
+
+
 def main(argv):
     if len(argv) > 1:
         sys.exit(f"error: unexpected arguments {' '.join(argv[1:])}; every option is a --flag.")
@@ -317,13 +606,23 @@ def main(argv):
     settings = {name: FLAGS[name].value for name in FLAGS}
     try:
         run_retraining(settings)
-    except (UsageError, pre_input.DatasetError, module_lib.ModuleError, cache_lib.CacheError) as e:
+    except (UsageError, AccuracyError, pre_input.DatasetError, module_lib.ModuleError,
+            cache_lib.CacheError) as e:
         sys.exit(f"error: {e}")
 
 
 def run_retraining(settings):
-    """The whole job from plain settings (flag name -> value). -> final test accuracy or None."""
+    """The whole job from plain settings (flag name -> value). -> final test accuracy or None.
+
+    Raises AccuracyError, before anything is exported, when
+    settings['assert_accuracy_at_least'] is set and not met.
+    """
     check_flags(settings)
+    if settings["class_weighting"] == "balanced" and settings["sampling"] == "uniform":
+        logging.warning(
+            "--class_weighting=balanced with --sampling=uniform corrects for class sizes "
+            "twice: small classes end up counting more than large ones. Use one of them."
+        )
     if settings["tfrecord_dir"]:
         dataset, images = pre_input.read_tfrecords(settings["tfrecord_dir"])
     else:
@@ -333,9 +632,11 @@ def run_retraining(settings):
         )
         images = input_pipeline.ImageFiles(dataset.full_path(image) for image in dataset.images)
     logging.info("Found %d images in %d classes.", len(dataset.images), len(dataset.labels))
+    check_sets(dataset, settings)
     outputs = [settings["output_graph"], settings["output_labels"], settings["checkpoint_path"]]
-    if settings["saved_model_dir"]:
-        outputs.append(settings["saved_model_dir"])
+    for name in ("saved_model_dir", "eval_report"):
+        if settings[name]:
+            outputs.append(settings[name])
     check_output_locations(outputs + [os.path.join(settings["bottleneck_dir"], "x")])
     if settings["random_seed"] is None:
         settings["random_seed"] = random.SystemRandom().randrange(2**31)
@@ -348,6 +649,7 @@ def run_retraining(settings):
     row_of = {image.path: n for n, image in enumerate(dataset.images)}
     if bottlenecks.skipped:
         dataset = dataset.without(dataset.images[i].path for i in bottlenecks.skipped)
+        check_sets(dataset, settings)
     pre_input.warn_about_small_classes(dataset)
     if not dataset.in_split("training"):
         raise UsageError("No training images left; lower the validation and testing percentages.")
@@ -358,6 +660,7 @@ def run_retraining(settings):
         graph_def = export.frozen_graph(
             settings["tfhub_module"], settings["image_size"], len(dataset.labels),
             settings["checkpoint_path"], settings["final_tensor_name"],
+            hidden_units=settings["hidden_units"],
         )
         export.write_frozen_graph(graph_def, path)
         return graph_def
@@ -374,6 +677,22 @@ def run_retraining(settings):
     accuracy = report_test_results(
         arrays, dataset.labels, result, settings["print_misclassified_test_images"]
     )
+    reports = evaluation_reports(arrays, dataset.labels, result)
+    log_reports(reports, dataset.labels)
+    write_evaluation_summaries(
+        dataset, reports, settings, result.steps, images, row_of, bottlenecks
+    )
+    if settings["eval_report"]:
+        evaluation.write_report(settings["eval_report"], {
+            "labels": dataset.labels,
+            "steps_trained": result.steps,
+            "kept_step": result.kept_step,
+            "testing": reports.get("testing"),
+            "validation": reports.get("validation"),
+        })
+        logging.info("Wrote evaluation report %s", settings["eval_report"])
+    if settings["assert_accuracy_at_least"] is not None:
+        check_accuracy(reports, settings["assert_accuracy_at_least"])
     graph_def = export_graph(settings["output_graph"])
     export.write_labels(dataset.labels, settings["output_labels"])
     logging.info("Wrote %s and %s", settings["output_graph"], settings["output_labels"])

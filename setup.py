@@ -12,8 +12,8 @@ setup(
     ),
     python_requires=">=3.9",
     py_modules=[
-        "atomic_files", "export", "final_layer", "input_pipeline", "label_image",
-        "pre_input", "retrain",
+        "atomic_files", "evaluation", "export", "final_layer", "input_pipeline",
+        "label_image", "pre_input", "retrain", "schedules",
     ],
     packages=["bottleneck"],
     install_requires=[

@@ -30,6 +30,7 @@ class Bottlenecks:
     height: int  # the module's input size
     width: int
     module_key: str
+    orientations: list  # EXIF orientation of each image, for decoding it again
 
     def summary(self):
         return (
@@ -160,6 +161,9 @@ def compute_bottlenecks(
                 skipped[i] = reason
     for i in sorted(skipped):
         logging.warning("Skipping %s: %s", images.name(i), skipped[i])
-    result = Bottlenecks(vectors, skipped, computed, reused, module.height, module.width, key)
+    result = Bottlenecks(
+        vectors, skipped, computed, reused, module.height, module.width, key,
+        [f.orientation for f in files],
+    )
     logging.info("%s", result.summary())
     return result
