@@ -159,7 +159,7 @@ class TrainingGraph:
 
 def build_training_graph(
     dimension, class_count, final_tensor_name, optimizer, learning_rate, batch_size, seed,
-    hidden_units=0, loss_settings=None, sampling="proportional",
+    hidden_units=0, loss_settings=None, sampling="proportional", batch_source=None,
 ):
     """The graph that trains the final layer from in-memory bottlenecks.
 
@@ -168,6 +168,11 @@ def build_training_graph(
     or class-uniform draws with sampling="uniform"). Feeding `bottleneck_input`
     and `ground_truth` instead evaluates any other set. `learning_rate` is the
     default of the fed learning-rate placeholder.
+
+    batch_source: optional function called inside the graph, returning
+    (bottlenecks float32 [B, D], labels int64 [B], iterator initializer): the
+    training batches then come from it (distorted images through the module)
+    instead of the in-memory bottlenecks. Only the final layer is trained.
     """
     loss_settings = loss_settings or LossSettings()
     graph = tf.Graph()
@@ -181,8 +186,12 @@ def build_training_graph(
             batches = input_pipeline.training_batches(bottlenecks, labels, batch_size, seed)
         else:
             raise ValueError(f"sampling must be one of {SAMPLINGS}, not {sampling!r}")
-        iterator = tf.compat.v1.data.make_initializable_iterator(batches)
-        batch, batch_labels = iterator.get_next()
+        if batch_source is None:
+            iterator = tf.compat.v1.data.make_initializable_iterator(batches)
+            batch, batch_labels = iterator.get_next()
+            iterator_init = iterator.initializer
+        else:
+            batch, batch_labels, iterator_init = batch_source()
         bottleneck_input = tf.compat.v1.placeholder_with_default(
             batch, [None, dimension], "BottleneckInputPlaceholder"
         )
@@ -201,7 +210,10 @@ def build_training_graph(
                 )
             )
             loss = training_loss(logits, ground_truth, class_count, loss_settings, graph)
-        train_step = make_optimizer(optimizer, rate).minimize(loss)
+        # Only the new layer learns, even when a module's variables are in the graph.
+        train_step = make_optimizer(optimizer, rate).minimize(
+            loss, var_list=final_layer_variables(graph)
+        )
         with tf.name_scope("evaluation"):
             predictions = tf.argmax(probabilities, 1)
             accuracy = tf.reduce_mean(tf.cast(tf.equal(predictions, ground_truth), tf.float32))
@@ -220,7 +232,7 @@ def build_training_graph(
             value_inputs = [tf.compat.v1.placeholder(v.dtype.base_dtype, v.shape) for v in variables]
             assign_values = tf.group(*(v.assign(x) for v, x in zip(variables, value_inputs)))
     return TrainingGraph(
-        graph, bottlenecks, labels, iterator.initializer, bottleneck_input, ground_truth,
+        graph, bottlenecks, labels, iterator_init, bottleneck_input, ground_truth,
         rate, dropout_rate, train_step, cross_entropy, loss, accuracy, predictions,
         probabilities, summaries, saver, variables, assign_values, value_inputs,
     )

@@ -16,6 +16,7 @@ import io
 import re
 import warnings
 
+import numpy as np
 import tensorflow as tf
 from PIL import Image
 
@@ -172,12 +173,9 @@ def image_batches(paths, height, width, batch_size, orientations=None):
     """
     if orientations is None:
         orientations = [1] * len(paths)
-    encoded = tf.data.Dataset.from_tensor_slices((
-        tf.range(len(paths), dtype=tf.int64),
-        tf.constant(list(paths), tf.string),
-        tf.constant(list(orientations), tf.int32),
-    )).map(lambda index, path, orientation: (index, tf.io.read_file(path), orientation))
-    return _decoded_batches(encoded, height, width, batch_size)
+    return ImageFiles(paths).batches(
+        list(range(len(paths))), orientations, height, width, batch_size
+    )
 
 
 def _decoded_batches(encoded, height, width, batch_size):
@@ -202,31 +200,19 @@ TFRECORD_FEATURES = {
 }
 
 
-def record_image_batches(record_files, indices, orientations, height, width, batch_size):
-    """Images inside TFRecord files -> dataset of (index int64 [B], images float32 [B, H, W, 3]).
+class _ImageSource:
+    """Common part of the image sources: decoding what encoded_dataset yields."""
 
-    `index` counts examples across record_files in order. Only the examples at
-    `indices` are decoded, with `orientations` (one per index); the rest are
-    skipped before decoding. Undecodable images are dropped as in image_batches.
-    """
-    total = max(indices) + 1 if indices else 0
-    wanted = [False] * total
-    orientation_of = [1] * total
-    for i, orientation in zip(indices, orientations):
-        wanted[i], orientation_of[i] = True, orientation
-    wanted, orientation_of = tf.constant(wanted, tf.bool), tf.constant(orientation_of, tf.int32)
-    encoded_only = {"image/encoded": TFRECORD_FEATURES["image/encoded"]}
-    records = tf.data.TFRecordDataset(list(record_files)).take(total).enumerate()
-    records = records.filter(lambda index, _: tf.gather(wanted, index))
-    encoded = records.map(lambda index, record: (
-        index,
-        tf.io.parse_single_example(record, encoded_only)["image/encoded"],
-        tf.gather(orientation_of, index),
-    ))
-    return _decoded_batches(encoded, height, width, batch_size)
+    def batches(self, indices, orientations, height, width, batch_size):
+        """Dataset of (index int64 [B], images float32 [B, H, W, 3]) for the images at
+        `indices`, each turned upright by its EXIF orientation. Undecodable images
+        are dropped, so a caller finds them as the indices that never came out."""
+        return _decoded_batches(
+            self.encoded_dataset(indices, orientations), height, width, batch_size
+        )
 
 
-class ImageFiles:
+class ImageFiles(_ImageSource):
     """Images stored as files: the usual source of bottleneck computation."""
 
     def __init__(self, paths):
@@ -242,19 +228,26 @@ class ImageFiles:
         """[ImageFile] in order: content hash, orientation, problem."""
         return [inspect_image_file(path, max_pixels) for path in self.paths]
 
-    def batches(self, indices, orientations, height, width, batch_size):
-        """Dataset of (index int64 [B], images) for the images at `indices`."""
-        local = image_batches(
-            [self.paths[i] for i in indices], height, width, batch_size, orientations
-        )
-        to_global = tf.constant(list(indices), tf.int64)
-        return local.map(lambda j, images: (tf.gather(to_global, j), images))
+    def encoded_dataset(self, indices, orientations, shuffle_seed=None):
+        """Dataset of (index int64, encoded bytes, orientation int32) for `indices`.
+
+        With shuffle_seed, an endless stream in a new order each epoch (files
+        are read after shuffling, so only paths wait in the buffer).
+        """
+        dataset = tf.data.Dataset.from_tensor_slices((
+            tf.constant(list(indices), tf.int64),
+            tf.constant([self.paths[i] for i in indices], tf.string),
+            tf.constant(list(orientations), tf.int32),
+        ))
+        if shuffle_seed is not None:
+            dataset = dataset.shuffle(len(indices), seed=shuffle_seed).repeat()
+        return dataset.map(lambda i, path, o: (i, tf.io.read_file(path), o))
 
     def why_undecodable(self, index):
         return why_undecodable(self.paths[index])
 
 
-class TFRecordImages:
+class TFRecordImages(_ImageSource):
     """Images stored in TFRecord files written by pre_input.py --tfrecords.
 
     An image's index counts examples across the files in the order given.
@@ -279,16 +272,141 @@ class TFRecordImages:
     def inspect(self, max_pixels):
         return [inspect_image_bytes(data, max_pixels) for data in self.encoded()]
 
-    def batches(self, indices, orientations, height, width, batch_size):
-        return record_image_batches(
-            self.record_files, indices, orientations, height, width, batch_size
-        )
+    def encoded_dataset(self, indices, orientations, shuffle_seed=None):
+        """As ImageFiles.encoded_dataset; examples not in `indices` are skipped unparsed.
+
+        With shuffle_seed the stream is endless and shuffled through a buffer
+        of up to 1,000 encoded images.
+        """
+        total = max(indices) + 1 if indices else 0
+        wanted, orientation_of = [False] * total, [1] * total
+        for i, orientation in zip(indices, orientations):
+            wanted[i], orientation_of[i] = True, orientation
+        wanted = tf.constant(wanted, tf.bool)
+        orientation_of = tf.constant(orientation_of, tf.int32)
+        encoded_only = {"image/encoded": TFRECORD_FEATURES["image/encoded"]}
+        records = tf.data.TFRecordDataset(self.record_files).take(total).enumerate()
+        records = records.filter(lambda index, _: tf.gather(wanted, index))
+        dataset = records.map(lambda index, record: (
+            index,
+            tf.io.parse_single_example(record, encoded_only)["image/encoded"],
+            tf.gather(orientation_of, index),
+        ))
+        if shuffle_seed is not None:
+            dataset = dataset.repeat().shuffle(min(len(indices), 1000), seed=shuffle_seed)
+        return dataset
 
     def why_undecodable(self, index):
         for i, data in enumerate(self.encoded()):
             if i == index:
                 return why_bytes_undecodable(data)
         return "missing from the record files"
+
+
+@dataclasses.dataclass(frozen=True)
+class Distortions:
+    """Random changes to training images (data augmentation); all off by default.
+
+    crop: margin in percent (the image is enlarged by it, then a window of the
+    input size is cut at random); scale: extra random enlargement, 0 to this
+    percent; brightness: pixel values multiplied by a factor within +-percent;
+    rotation: degrees, either way; hue: shift in [0, 0.5]; saturation: factor
+    within 1 +- this amount.
+    """
+
+    flip_left_right: bool = False
+    crop: float = 0.0
+    scale: float = 0.0
+    brightness: float = 0.0
+    rotation: float = 0.0
+    hue: float = 0.0
+    saturation: float = 0.0
+
+    def any(self):
+        return self != Distortions()
+
+
+def distort(image, height, width, distortions, seed):
+    """Float image [h, w, 3] in [0, 1] -> a random variant, float32 [height, width, 3] in [0, 1].
+
+    seed: int32 [2]; the same seed gives the same variant (stateless random ops),
+    so a run is repeatable however the pipeline's parallel calls interleave.
+    """
+    seeds = tf.random.experimental.stateless_split(seed, 7)
+    enlarge = tf.constant(1.0 + distortions.crop / 100.0)
+    if distortions.scale:
+        enlarge *= tf.random.stateless_uniform([], seeds[0], 1.0, 1.0 + distortions.scale / 100.0)
+    # The small epsilon keeps 1.1 * 30 = 33.000000000000004 from becoming 34.
+    size = tf.cast(tf.math.ceil(enlarge * tf.constant([height, width], tf.float32) - 1e-3), tf.int32)
+    image = tf.image.resize(image, size, method="bilinear")
+    image = tf.image.stateless_random_crop(image, [height, width, 3], seeds[1])
+    if distortions.rotation:
+        radians = distortions.rotation * np.pi / 180.0
+        angle = tf.random.stateless_uniform([], seeds[2], -radians, radians)
+        image = rotate(image, angle)
+    if distortions.flip_left_right:
+        image = tf.image.stateless_random_flip_left_right(image, seeds[3])
+    if distortions.brightness:
+        factor = tf.random.stateless_uniform(
+            [], seeds[4], 1.0 - distortions.brightness / 100.0, 1.0 + distortions.brightness / 100.0
+        )
+        image = image * factor
+    if distortions.hue:
+        image = tf.image.stateless_random_hue(tf.clip_by_value(image, 0, 1), distortions.hue, seeds[5])
+    if distortions.saturation:
+        image = tf.image.stateless_random_saturation(
+            tf.clip_by_value(image, 0, 1), 1.0 - distortions.saturation,
+            1.0 + distortions.saturation, seeds[6],
+        )
+    return tf.clip_by_value(image, 0.0, 1.0)
+
+
+def rotate(image, angle):
+    """Rotate [h, w, c] about its centre by angle (radians, anticlockwise); edges reflect."""
+    shape = tf.shape(image)
+    h, w = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
+    cos, sin = tf.cos(angle), tf.sin(angle)
+    x_centre, y_centre = (w - 1) / 2, (h - 1) / 2
+    # Maps each output pixel to the input pixel it samples: input = R (output - c) + c.
+    transform = tf.stack([
+        cos, -sin, x_centre - cos * x_centre + sin * y_centre,
+        sin, cos, y_centre - sin * x_centre - cos * y_centre,
+        0.0, 0.0,
+    ])[tf.newaxis]
+    rotated = tf.raw_ops.ImageProjectiveTransformV3(
+        images=image[tf.newaxis], transforms=transform, output_shape=shape[:2],
+        fill_value=0.0, interpolation="BILINEAR", fill_mode="REFLECT",
+    )
+    return rotated[0]
+
+
+def distorted_batches(images, indices, orientations, labels, height, width, batch_size,
+                      distortions, seed):
+    """Endless batches of randomly distorted training images for the module.
+
+    images: an ImageFiles or TFRecordImages; indices: the training images in
+    it, with their EXIF orientations and int64 labels. Yields (images float32
+    [B, height, width, 3] in [0, 1], labels int64 [B]). Decoding and
+    distortion run in parallel and batches are prefetched, so the module does
+    not wait on them. Undecodable images are dropped.
+    """
+    label_by_index = dict(zip(indices, labels))
+    label_of = tf.constant([label_by_index.get(i, 0) for i in range(max(indices) + 1)], tf.int64)
+    encoded = images.encoded_dataset(indices, orientations, shuffle_seed=seed).enumerate()
+    # Decode straight to the largest size distort() can ask for: the full-size
+    # image is never held as floats, and the shared function turns it upright.
+    largest = (1.0 + distortions.crop / 100.0) * (1.0 + distortions.scale / 100.0)
+    work_height, work_width = (int(np.ceil(n * largest - 1e-3)) for n in (height, width))
+
+    def load(count, element):
+        index, data, orientation = element
+        upright = decode_and_resize(data, work_height, work_width, orientation)
+        element_seed = tf.cast(tf.stack([tf.cast(seed, tf.int64), count]), tf.int32)
+        return distort(upright, height, width, distortions, element_seed), tf.gather(label_of, index)
+
+    dataset = encoded.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
+    dataset = dataset.ignore_errors()
+    return dataset.batch(batch_size).prefetch(AUTOTUNE)
 
 
 def training_batches(bottlenecks, labels, batch_size, seed):

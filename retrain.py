@@ -197,10 +197,29 @@ flags.DEFINE_enum(
 )
 
 # Distortions: accepted for old command lines, refused until they are built.
-flags.DEFINE_bool("flip_left_right", False, "Randomly mirror training images (not available yet).")
-flags.DEFINE_integer("random_crop", 0, "Random crop margin in percent (not available yet).")
-flags.DEFINE_integer("random_scale", 0, "Random scaling in percent (not available yet).")
-flags.DEFINE_integer("random_brightness", 0, "Random brightness change in percent (not available yet).")
+flags.DEFINE_bool("flip_left_right", False, "Randomly mirror half of the training images.")
+flags.DEFINE_integer(
+    "random_crop", 0, "Margin in percent: enlarge by it, then cut a random window of input size."
+)
+flags.DEFINE_integer("random_scale", 0, "Extra random enlargement, 0 to this percent.")
+flags.DEFINE_integer(
+    "random_brightness", 0, "Multiply pixel values by a random factor within +-this percent."
+)
+flags.DEFINE_float("random_rotation", 0, "Rotate by a random angle within +-this many degrees.")
+flags.DEFINE_float("random_hue", 0, "Shift hue by a random amount within +-this (0 to 0.5).")
+flags.DEFINE_float(
+    "random_saturation", 0, "Multiply saturation by a random factor within 1+-this (0 to 1)."
+)
+
+
+def distortions_from(values):
+    """The distortion flags as an input_pipeline.Distortions."""
+    return input_pipeline.Distortions(
+        flip_left_right=values["flip_left_right"], crop=values["random_crop"],
+        scale=values["random_scale"], brightness=values["random_brightness"],
+        rotation=values["random_rotation"], hue=values["random_hue"],
+        saturation=values["random_saturation"],
+    )
 
 
 class UsageError(Exception):
@@ -213,14 +232,15 @@ class AccuracyError(Exception):
 
 def check_flags(values):
     """Raise UsageError for flag values that cannot work, before any work is done."""
-    distortions = [
-        name for name in ("flip_left_right", "random_crop", "random_scale", "random_brightness")
-        if values[name]
-    ]
-    if distortions:
+    for name, low, high in (("random_crop", 0, 100), ("random_scale", 0, 100),
+                            ("random_brightness", 0, 99), ("random_rotation", 0, 180),
+                            ("random_hue", 0, 0.5), ("random_saturation", 0, 1)):
+        if not low <= values[name] <= high:
+            raise UsageError(f"--{name}={values[name]} must be between {low} and {high}.")
+    if distortions_from(values).any() and values["sampling"] == "uniform":
         raise UsageError(
-            f"--{', --'.join(distortions)}: image distortions are not available in this "
-            "version; run without them (training uses the cached bottlenecks)."
+            "--sampling=uniform works on cached bottlenecks, and distortions train from "
+            "images; use --class_weighting=balanced for small classes instead."
         )
     if values["image_dir"] and values["tfrecord_dir"]:
         raise UsageError("Give --image_dir or --tfrecord_dir, not both.")
@@ -416,8 +436,11 @@ def validate(sess, g, val_x, val_y, rows, rate, step, writer, best):
     return message
 
 
-def train(arrays, class_count, settings, export_intermediate):
-    """Train the final layer; save the kept one to settings['checkpoint_path']. -> TrainingResult."""
+def train(arrays, class_count, settings, export_intermediate, batch_source=None):
+    """Train the final layer; save the kept one to settings['checkpoint_path']. -> TrainingResult.
+
+    batch_source: see final_layer.build_training_graph (distorted training images).
+    """
     train_x, train_y, _ = arrays["training"]
     val_x, val_y, _ = arrays["validation"]
     test_x, test_y, _ = arrays["testing"]
@@ -428,7 +451,7 @@ def train(arrays, class_count, settings, export_intermediate):
         settings["learning_rate"], settings["train_batch_size"], seed,
         hidden_units=settings["hidden_units"],
         loss_settings=loss_settings(settings, train_y, class_count),
-        sampling=settings["sampling"],
+        sampling=settings["sampling"], batch_source=batch_source,
     )
     summaries_dir = settings["summaries_dir"]
     steps, interval = settings["how_many_training_steps"], settings["eval_step_interval"]
@@ -450,6 +473,11 @@ def train(arrays, class_count, settings, export_intermediate):
                 settings["learning_rate_decay"], settings["decay_steps"],
             )
             step += 1
+            if batch_source is not None and step == 2:
+                clock = time.monotonic()  # Step 1 paid the start-up costs.
+            if batch_source is not None and step == 4:
+                per_step = (time.monotonic() - clock) / 2
+                log_distortion_cost(per_step, steps, settings["train_batch_size"])
             feed = {g.learning_rate: rate, g.dropout_rate: settings["dropout"]}
             if step % interval and step != steps:
                 sess.run(g.train_step, feed)
@@ -500,6 +528,14 @@ def train(arrays, class_count, settings, export_intermediate):
                 rows = sample(rng, len(y), size)
                 predictions[split] = (rows, sess.run(g.predictions, {g.bottleneck_input: x[rows]}))
     return TrainingResult(steps=step, kept_step=kept_step, predictions=predictions)
+
+
+def log_distortion_cost(per_step, steps, batch_size):
+    logging.info(
+        "Distortions are on: every step decodes, distorts and runs the module on %d "
+        "images instead of reading cached bottlenecks: %.2f s a step here, about %s for "
+        "%d steps.", batch_size, per_step, compute.format_duration(per_step * steps), steps,
+    )
 
 
 def report_test_results(arrays, labels, result, list_misclassified):
@@ -673,7 +709,14 @@ def run_retraining(settings):
         export_graph(path)
         logging.info("Wrote intermediate graph %s", path)
 
-    result = train(arrays, len(dataset.labels), settings, export_intermediate)
+    distortions = distortions_from(settings)
+    batch_source = None
+    if distortions.any():
+        batch_source = distorted_batch_source(
+            images, [row_of[i.path] for i in arrays["training"][2]], arrays["training"][1],
+            bottlenecks.orientations, settings, distortions,
+        )
+    result = train(arrays, len(dataset.labels), settings, export_intermediate, batch_source)
     accuracy = report_test_results(
         arrays, dataset.labels, result, settings["print_misclassified_test_images"]
     )
@@ -700,6 +743,23 @@ def run_retraining(settings):
         export.write_saved_model(graph_def, settings["final_tensor_name"], settings["saved_model_dir"])
         logging.info("Wrote SavedModel %s", settings["saved_model_dir"])
     return accuracy
+
+
+def distorted_batch_source(images, indices, labels, orientations, settings, distortions):
+    """A batch_source for final_layer.build_training_graph: distorted images through the module."""
+
+    def build():
+        module = module_lib.load(settings["tfhub_module"], settings["image_size"])
+        batches = input_pipeline.distorted_batches(
+            images, indices, [orientations[i] for i in indices], labels.tolist(),
+            module.height, module.width, settings["train_batch_size"], distortions,
+            settings["random_seed"],
+        )
+        iterator = tf.compat.v1.data.make_initializable_iterator(batches)
+        pixels, batch_labels = iterator.get_next()
+        return module(pixels), batch_labels, iterator.initializer
+
+    return build
 
 
 def run():

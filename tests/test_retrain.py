@@ -274,10 +274,6 @@ def test_intermediate_graphs_are_written(dataset_dir, tiny_module, tmp_path):
 @pytest.mark.parametrize(
     "override, message",
     [
-        ({"flip_left_right": True}, "--flip_left_right"),
-        ({"random_crop": 10}, "--random_crop"),
-        ({"random_scale": 10}, "--random_scale"),
-        ({"random_brightness": 10}, "--random_brightness"),
         ({"how_many_training_steps": 0}, "--how_many_training_steps"),
         ({"train_batch_size": -5}, "--train_batch_size"),
         ({"eval_step_interval": 0}, "--eval_step_interval"),
@@ -302,12 +298,12 @@ def test_unusable_flags_are_refused_before_any_work(
 
 def test_command_line_errors_are_one_line_without_traceback(dataset_dir, tmp_path):
     process = run_script(
-        "retrain.py", f"--image_dir={dataset_dir}", "--random_crop=10",
+        "retrain.py", f"--image_dir={dataset_dir}", "--random_crop=150",
         f"--output_graph={tmp_path}/g.pb",
     )
     assert process.returncode != 0
     assert "Traceback" not in process.stderr
-    assert process.stderr.strip().splitlines()[-1].startswith("error: --random_crop")
+    assert process.stderr.strip().splitlines()[-1].startswith("error: --random_crop=150 must be between 0 and 100")
     process = run_script(
         "retrain.py", f"--image_dir={dataset_dir}", f"--tfhub_module={tmp_path}/no_module",
         f"--bottleneck_dir={tmp_path}/b", f"--output_graph={tmp_path}/g.pb",

@@ -137,3 +137,15 @@ def test_tfrecord_dir_refuses_a_split_it_cannot_apply(prepared, tiny_module, tmp
     settings["tfrecord_dir"] = str(tmp_path)
     with pytest.raises(pre_input.DatasetError, match="no labels.txt"):
         retrain.run_retraining(settings)
+
+
+def test_distortions_read_training_images_from_the_records(prepared, tiny_module, tmp_path,
+                                                          caplog):
+    _, _, out, _ = prepared
+    caplog.set_level("INFO")
+    settings = retrain_settings(tmp_path, "", tiny_module, how_many_training_steps=400,
+                                eval_step_interval=50, flip_left_right=True, random_crop=10,
+                                train_batch_size=32)
+    settings["tfrecord_dir"] = out
+    assert retrain.run_retraining(settings) == 1.0
+    assert "Distortions are on" in caplog.text
