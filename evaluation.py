@@ -24,6 +24,7 @@ import tensorflow as tf
 from PIL import Image, ImageDraw, ImageFont
 
 import atomic_files
+import input_pipeline
 
 MAX_MISCLASSIFIED_SHOWN = 16
 TILE = 160  # pixels, side of one image in the misclassified grid
@@ -233,11 +234,7 @@ def load_display_images(images, indices, orientations, height, width):
         pixels = tf.cast(tf.round(tf.clip_by_value(pixels, 0.0, 1.0) * 255.0), tf.uint8)
         results = {}
         with tf.compat.v1.Session(graph=graph) as sess:
-            while True:
-                try:
-                    batch_indices, values = sess.run([index, pixels])
-                except tf.errors.OutOfRangeError:
-                    break
+            for batch_indices, values in input_pipeline.each_batch(sess, [index, pixels]):
                 results.update(zip(batch_indices.tolist(), values))
     return results
 

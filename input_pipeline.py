@@ -178,6 +178,15 @@ def image_batches(paths, height, width, batch_size, orientations=None):
     )
 
 
+def each_batch(sess, fetches):
+    """Yield sess.run(fetches) until the input pipeline behind them runs out."""
+    while True:
+        try:
+            yield sess.run(fetches)
+        except tf.errors.OutOfRangeError:
+            return
+
+
 def _decoded_batches(encoded, height, width, batch_size):
     """(index, encoded bytes, orientation) elements -> batches of (index, image)."""
 

@@ -155,11 +155,7 @@ def classify(graph_def, paths, height, width, input_layer="Placeholder",
         )
         results = {}
         with tf.compat.v1.Session(graph=graph) as sess:
-            while True:
-                try:
-                    batch_indices, values = sess.run([indices, probabilities])
-                except tf.errors.OutOfRangeError:
-                    break
+            for batch_indices, values in input_pipeline.each_batch(sess, [indices, probabilities]):
                 results.update(zip(batch_indices.tolist(), values))
     return results
 

@@ -291,11 +291,7 @@ def find_bad_images(dataset, max_pixels=input_pipeline.DEFAULT_MAX_IMAGE_PIXELS,
         batches = input_pipeline.image_batches([paths[i] for i in candidates], 8, 8, batch_size)
         next_batch = tf.compat.v1.data.make_one_shot_iterator(batches).get_next()
         with tf.compat.v1.Session(graph=graph) as sess:
-            while True:
-                try:
-                    indices, _ = sess.run(next_batch)
-                except tf.errors.OutOfRangeError:
-                    break
+            for indices, _ in input_pipeline.each_batch(sess, next_batch):
                 decoded.update(candidates[j] for j in indices.tolist())
     for i in candidates:
         if i not in decoded:

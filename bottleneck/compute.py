@@ -138,11 +138,7 @@ def compute_bottlenecks(
                     tf.compat.v1.global_variables_initializer(),
                     tf.compat.v1.tables_initializer(),
                 ])
-                while True:
-                    try:
-                        indices, values = sess.run([batch_index, features])
-                    except tf.errors.OutOfRangeError:
-                        break
+                for indices, values in input_pipeline.each_batch(sess, [batch_index, features]):
                     for i, vector in zip(indices.tolist(), values):
                         content = contents[i]
                         cache.store(content, vector)

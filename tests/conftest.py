@@ -88,6 +88,41 @@ def inception_module(tmp_path_factory):
     return path
 
 
+def load_graph_def(path):
+    import tensorflow as tf
+
+    graph_def = tf.compat.v1.GraphDef()
+    with open(path, "rb") as f:
+        graph_def.ParseFromString(f.read())
+    return graph_def
+
+
+def final_layer_constants(path):
+    """{op name: array} of the trained layer's constants in a frozen graph file."""
+    import tensorflow as tf
+
+    constants = {
+        node.name: tf.make_ndarray(node.attr["value"].tensor)
+        for node in load_graph_def(path).node
+        if node.name.startswith("final_retrain_ops/") and node.op == "Const"
+    }
+    assert constants, f"no final layer in {path}"
+    return constants
+
+
+def probabilities_from_bottlenecks(graph_def, vectors):
+    """Run a frozen graph from its `bottleneck` tensor: float32 [N, D] -> [N, C]."""
+    import tensorflow as tf
+
+    import export
+
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.compat.v1.import_graph_def(graph_def, name="")
+        with tf.compat.v1.Session(graph=graph) as sess:
+            return sess.run("final_result:0", {export.BOTTLENECK_NAME + ":0": vectors})
+
+
 def run_script(*args, check=False):
     """Run one of the project's scripts in a fresh Python. -> CompletedProcess (text)."""
     process = subprocess.run(

@@ -16,6 +16,7 @@ import pytest
 import tensorflow as tf
 from conftest import (
     ROOT,
+    final_layer_constants,
     make_dataset,
     retrain_settings,
     run_script,
@@ -378,14 +379,6 @@ def args_for(settings):
     return [f"--{n}={settings[n]}" for n in names]
 
 
-def graph_weights(path):
-    graph_def = tf.compat.v1.GraphDef()
-    with open(path, "rb") as f:
-        graph_def.ParseFromString(f.read())
-    return {n.name: tf.make_ndarray(n.attr["value"].tensor) for n in graph_def.node
-            if n.name.startswith("final_retrain_ops/") and n.op == "Const"}
-
-
 @pytest.fixture(scope="module")
 def kill_setup(tmp_path_factory, slow_module):
     root = tmp_path_factory.mktemp("kills")
@@ -419,14 +412,14 @@ def test_killed_run_is_finished_by_the_next_one_with_the_same_result(kill_setup,
     if phase == "caching":
         assert 5 <= cached_when_killed < 120
     if os.path.exists(settings["output_graph"]):  # Only ever a whole graph.
-        assert graph_weights(settings["output_graph"])
+        assert final_layer_constants(settings["output_graph"])
     finished = run_script("retrain.py", *args_for(settings), check=True).stderr
     computed, reused = 120 - cached_when_killed, cached_when_killed
     assert f"bottlenecks: {computed} computed, {reused} reused, 0 skipped" in finished
     accuracy = [line for line in finished.splitlines() if "Final test accuracy" in line]
     assert len(accuracy) == 1 and accuracy[0].endswith(kill_setup[3])
-    expected = graph_weights(reference["output_graph"])
-    got = graph_weights(settings["output_graph"])
+    expected = final_layer_constants(reference["output_graph"])
+    got = final_layer_constants(settings["output_graph"])
     assert sorted(expected) == ["final_retrain_ops/biases", "final_retrain_ops/weights"]
     assert sorted(got) == sorted(expected)
     for name in expected:

@@ -8,20 +8,19 @@ import shutil
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import make_dataset, retrain_settings, run_script
+from conftest import (
+    final_layer_constants,
+    load_graph_def,
+    make_dataset,
+    probabilities_from_bottlenecks,
+    retrain_settings,
+    run_script,
+)
 
-import export
 import label_image
 import pre_input
 import retrain
 from bottleneck import compute
-
-
-def load_graph_def(path):
-    graph_def = tf.compat.v1.GraphDef()
-    with open(path, "rb") as f:
-        graph_def.ParseFromString(f.read())
-    return graph_def
 
 
 def images_in_split(image_dir, split, settings):
@@ -134,13 +133,7 @@ def test_training_image_gets_same_probabilities_as_its_cached_bottleneck(trained
     assert cached.reused == len(paths) and cached.computed == 0
     graph_def = load_graph_def(settings["output_graph"])
     through_label_image = label_image.classify(graph_def, paths, 32, 32)
-    graph = tf.Graph()
-    with graph.as_default():
-        tf.compat.v1.import_graph_def(graph_def, name="")
-        with tf.compat.v1.Session(graph=graph) as sess:
-            through_cache = sess.run(
-                "final_result:0", {export.BOTTLENECK_NAME + ":0": cached.vectors}
-            )
+    through_cache = probabilities_from_bottlenecks(graph_def, cached.vectors)
     for i in range(len(paths)):
         np.testing.assert_allclose(through_label_image[i], through_cache[i], atol=1e-5)
 
@@ -189,12 +182,8 @@ def test_second_run_computes_no_bottlenecks(trained, tiny_module, tmp_path, capl
     assert "bottlenecks: 0 computed, 60 reused, 0 skipped" in caplog.text
 
 
-def final_layer_weights(graph_path):
-    graph_def = load_graph_def(graph_path)
-    for node in graph_def.node:
-        if node.name == "final_retrain_ops/weights":
-            return tf.make_ndarray(node.attr["value"].tensor)
-    raise AssertionError("no final layer weights in the graph")
+def trained_weights(graph_path):
+    return final_layer_constants(graph_path)["final_retrain_ops/weights"]
 
 
 def test_same_seed_gives_same_weights_and_accuracy(dataset_dir, tiny_module, tmp_path):
@@ -206,7 +195,7 @@ def test_same_seed_gives_same_weights_and_accuracy(dataset_dir, tiny_module, tmp
             eval_step_interval=10,
         )
         accuracy = retrain.run_retraining(settings)
-        runs.append((accuracy, final_layer_weights(settings["output_graph"])))
+        runs.append((accuracy, trained_weights(settings["output_graph"])))
     assert runs[0][0] == runs[1][0]
     np.testing.assert_array_equal(runs[0][1], runs[1][1])
     assert not np.array_equal(runs[0][1], runs[2][1])
@@ -267,8 +256,8 @@ def test_intermediate_graphs_are_written(dataset_dir, tiny_module, tmp_path):
     retrain.run_retraining(settings)
     folder = settings["intermediate_output_graphs_dir"]
     assert sorted(os.listdir(folder)) == ["intermediate_100.pb", "intermediate_50.pb"]
-    first = final_layer_weights(os.path.join(folder, "intermediate_50.pb"))
-    assert not np.array_equal(first, final_layer_weights(settings["output_graph"]))
+    first = trained_weights(os.path.join(folder, "intermediate_50.pb"))
+    assert not np.array_equal(first, trained_weights(settings["output_graph"]))
 
 
 @pytest.mark.parametrize(
@@ -303,7 +292,8 @@ def test_command_line_errors_are_one_line_without_traceback(dataset_dir, tmp_pat
     )
     assert process.returncode != 0
     assert "Traceback" not in process.stderr
-    assert process.stderr.strip().splitlines()[-1].startswith("error: --random_crop=150 must be between 0 and 100")
+    last = process.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: --random_crop=150 must be between 0 and 100")
     process = run_script(
         "retrain.py", f"--image_dir={dataset_dir}", f"--tfhub_module={tmp_path}/no_module",
         f"--bottleneck_dir={tmp_path}/b", f"--output_graph={tmp_path}/g.pb",

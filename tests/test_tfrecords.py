@@ -5,19 +5,11 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import make_dataset, retrain_settings, run_script
+from conftest import final_layer_constants, make_dataset, retrain_settings, run_script
 
 import input_pipeline
 import pre_input
 import retrain
-
-
-def final_weights(path):
-    graph_def = tf.compat.v1.GraphDef()
-    with open(path, "rb") as f:
-        graph_def.ParseFromString(f.read())
-    return {n.name: tf.make_ndarray(n.attr["value"].tensor) for n in graph_def.node
-            if n.name.startswith("final_retrain_ops/") and n.op == "Const"}
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +78,7 @@ def test_training_from_records_matches_training_from_the_folder(prepared, tiny_m
     from_records["tfrecord_dir"] = out
     accuracy_records = retrain.run_retraining(from_records)
     assert accuracy_records == accuracy_folder == 1.0
-    expected, got = final_weights(from_folder["output_graph"]), final_weights(
+    expected, got = final_layer_constants(from_folder["output_graph"]), final_layer_constants(
         from_records["output_graph"])
     assert sorted(expected) == sorted(got) and expected
     for name in expected:

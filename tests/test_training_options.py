@@ -12,23 +12,21 @@ import shutil
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import make_dataset, retrain_settings, run_script
+from conftest import (
+    load_graph_def,
+    make_dataset,
+    probabilities_from_bottlenecks,
+    retrain_settings,
+    run_script,
+)
 from PIL import Image
 
-import export
 import final_layer
 import label_image
 import pre_input
 import retrain
 import schedules
 from bottleneck import compute
-
-
-def load_graph_def(path):
-    graph_def = tf.compat.v1.GraphDef()
-    with open(path, "rb") as f:
-        graph_def.ParseFromString(f.read())
-    return graph_def
 
 
 def names_in_split(label, split, count, settings, prefix="extra"):
@@ -158,13 +156,7 @@ def test_hidden_layer_and_dropout_export_gives_the_cached_bottleneck_probabiliti
     assert "final_retrain_ops/hidden_weights" in names
     assert not [name for name in names if "dropout" in name.lower()]
     through_label_image = label_image.classify(graph_def, paths, 32, 32)
-    graph = tf.Graph()
-    with graph.as_default():
-        tf.compat.v1.import_graph_def(graph_def, name="")
-        with tf.compat.v1.Session(graph=graph) as sess:
-            through_cache = sess.run(
-                "final_result:0", {export.BOTTLENECK_NAME + ":0": cached.vectors}
-            )
+    through_cache = probabilities_from_bottlenecks(graph_def, cached.vectors)
     for i in range(len(paths)):
         np.testing.assert_allclose(through_label_image[i], through_cache[i], atol=1e-5)
     served = tf.saved_model.load(settings["saved_model_dir"]).signatures["serving_default"]
