@@ -286,8 +286,8 @@ def check_training_flags(values):
     if not 0 < values["learning_rate_decay"] <= 1:
         raise UsageError(f"--learning_rate_decay={values['learning_rate_decay']} must be in (0, 1].")
     if values["learning_rate_schedule"] != "exponential":
-        for name in ("learning_rate_decay", "decay_steps"):
-            if values[name] != FLAGS[name].default:
+        for name, default in (("learning_rate_decay", schedules.DEFAULT_DECAY), ("decay_steps", 0)):
+            if values[name] != default:
                 raise UsageError(
                     f"--{name} applies only to --learning_rate_schedule=exponential, not "
                     f"{values['learning_rate_schedule']}; drop it or change the schedule."
