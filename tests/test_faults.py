@@ -481,3 +481,20 @@ def test_exported_graphs_pass_the_check(trained):
     with open(trained["settings"]["output_graph"], "rb") as f:
         graph_def.ParseFromString(f.read())
     assert label_image.unsafe_ops(graph_def) == []
+
+
+def test_unreadable_file_is_skipped_with_the_reason(tmp_path, monkeypatch):
+    # Tests run as root here, for whom chmod 000 does not stop reading: the
+    # permission error is raised by hand, at the same place the OS would.
+    path = tmp_path / "secret.jpg"
+    path.write_bytes(jpeg_bytes(np.zeros((8, 8, 3), np.uint8)))
+    real_gfile = tf.io.gfile.GFile
+
+    def no_permission(name, mode="r"):
+        if str(name) == str(path):
+            raise tf.errors.PermissionDeniedError(None, None, f"{name}; Permission denied")
+        return real_gfile(name, mode)
+
+    monkeypatch.setattr(tf.io.gfile, "GFile", no_permission)
+    info = input_pipeline.inspect_image_file(str(path))
+    assert info.problem == f"cannot be read: {path}; Permission denied"
