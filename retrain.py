@@ -63,6 +63,11 @@ flags.DEFINE_integer(
     "bottleneck_batch_size", compute.DEFAULT_BATCH_SIZE,
     "Images per forward pass when computing bottlenecks.",
 )
+flags.DEFINE_bool(
+    "mixed_precision", False,
+    "Compute bottlenecks in bfloat16 (CPUs with bfloat16 instructions) or float16 (GPU); "
+    "cached under their own key. The exported graph stays float32.",
+)
 
 # Training.
 flags.DEFINE_integer("how_many_training_steps", 4000, "Training steps to run.")
@@ -304,9 +309,10 @@ def run_retraining(settings):
         logging.info("Random seed %d (pass --random_seed=%d to repeat this run).",
                      settings["random_seed"], settings["random_seed"])
     paths = [dataset.full_path(image) for image in dataset.images]
+    precision = module_lib.mixed_precision_type() if settings["mixed_precision"] else "float32"
     bottlenecks = compute.compute_bottlenecks(
         paths, settings["tfhub_module"], settings["bottleneck_dir"],
-        settings["image_size"], settings["bottleneck_batch_size"],
+        settings["image_size"], settings["bottleneck_batch_size"], precision,
     )
     row_of = {image.path: n for n, image in enumerate(dataset.images)}
     if bottlenecks.skipped:

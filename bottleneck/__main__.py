@@ -30,6 +30,11 @@ flags.DEFINE_integer(
     "Input height and width for modules whose signature does not fix them.",
 )
 flags.DEFINE_integer("batch_size", compute.DEFAULT_BATCH_SIZE, "Images per forward pass.")
+flags.DEFINE_bool(
+    "mixed_precision", False,
+    "Compute in bfloat16 (CPUs with bfloat16 instructions) or float16 (GPU); "
+    "cached under their own key, used by retrain.py --mixed_precision.",
+)
 
 
 def main(argv):
@@ -47,9 +52,10 @@ def main(argv):
             FLAGS.image_dir, 0, 0, exclude_dirs=[FLAGS.bottleneck_dir]
         )
         logging.info("Found %d images in %d classes.", len(dataset.images), len(dataset.labels))
+        precision = module_lib.mixed_precision_type() if FLAGS.mixed_precision else "float32"
         compute.compute_bottlenecks(
             [dataset.full_path(image) for image in dataset.images], FLAGS.tfhub_module,
-            FLAGS.bottleneck_dir, FLAGS.image_size, FLAGS.batch_size,
+            FLAGS.bottleneck_dir, FLAGS.image_size, FLAGS.batch_size, precision,
         )
     except (pre_input.DatasetError, module_lib.ModuleError, cache_lib.CacheError) as e:
         sys.exit(f"error: {e}")

@@ -31,6 +31,9 @@ class Bottlenecks:
     height: int  # the module's input size
     width: int
     module_key: str
+    # Images per second of the forward passes after the first batch (which also
+    # pays for graph optimisation); None when fewer than two batches ran.
+    steady_rate: float = None
 
     def summary(self):
         return (
@@ -79,26 +82,27 @@ def format_duration(seconds):
 
 def compute_bottlenecks(
     paths, handle, bottleneck_dir, default_image_size=module_lib.DEFAULT_IMAGE_SIZE,
-    batch_size=DEFAULT_BATCH_SIZE,
+    batch_size=DEFAULT_BATCH_SIZE, precision="float32",
 ):
     """Bottleneck vectors for image files, from the cache or computed and cached.
 
     paths: full paths of the images. handle: TF Hub handle or local module
-    folder. Returns Bottlenecks; images that cannot be read or decoded are
-    skipped with a warning, not fatal. Raises module.ModuleError and
-    cache.CacheError for problems that stop the work.
+    folder. precision: "float32", or "bfloat16"/"float16" for a mixed-precision
+    forward pass (cached under its own key). Returns Bottlenecks; images that
+    cannot be read or decoded are skipped with a warning, not fatal. Raises
+    module.ModuleError and cache.CacheError for problems that stop the work.
     """
     module_lib.use_gpu_memory_as_needed()
     graph = tf.Graph()
     with graph.as_default():
-        module = module_lib.load(handle, default_image_size)
+        module = module_lib.load(handle, default_image_size, precision)
         probe = tf.compat.v1.placeholder(tf.float32, [None, module.height, module.width, 3])
         dimension = int(module(probe).shape[-1])
-        key = cache_lib.module_key(handle, module.height, module.width)
+        key = cache_lib.module_key(handle, module.height, module.width, precision)
         cache = cache_lib.BottleneckCache(bottleneck_dir, key)
         logging.info(
-            "Module %s: %dx%d input, %d-d output, running on %s; cache %s",
-            handle, module.height, module.width, dimension,
+            "Module %s: %dx%d input, %d-d output, %s, running on %s; cache %s",
+            handle, module.height, module.width, dimension, precision,
             module_lib.describe_device(), cache.root,
         )
 
@@ -124,6 +128,7 @@ def compute_bottlenecks(
 
         todo = [indices[0] for indices in missing.values()]
         done = set()
+        steady_rate = None
         if todo:
             logging.info("Computing %d bottlenecks in batches of %d...", len(todo), batch_size)
             batches = input_pipeline.image_batches(
@@ -132,11 +137,13 @@ def compute_bottlenecks(
             batch_index, images = tf.compat.v1.data.make_one_shot_iterator(batches).get_next()
             features = module(images)
             progress = Progress(len(todo), "bottlenecks")
-            with tf.compat.v1.Session(graph=graph, config=module_lib.session_config()) as sess:
+            config = module_lib.session_config(precision)
+            with tf.compat.v1.Session(graph=graph, config=config) as sess:
                 sess.run([
                     tf.compat.v1.global_variables_initializer(),
                     tf.compat.v1.tables_initializer(),
                 ])
+                steady_start = steady_count = None
                 while True:
                     try:
                         indices, values = sess.run([batch_index, features])
@@ -148,6 +155,10 @@ def compute_bottlenecks(
                         vectors[missing[content]] = vector
                         done.add(j)
                     progress.update(len(indices))
+                    if steady_start is None:
+                        steady_start, steady_count = time.monotonic(), progress.done
+                if steady_start is not None and progress.done > steady_count:
+                    steady_rate = (progress.done - steady_count) / (time.monotonic() - steady_start)
 
     computed = 0
     for j, first in enumerate(todo):
@@ -160,6 +171,8 @@ def compute_bottlenecks(
                 skipped[i] = reason
     for i in sorted(skipped):
         logging.warning("Skipping %s: %s", paths[i], skipped[i])
-    result = Bottlenecks(vectors, skipped, computed, reused, module.height, module.width, key)
+    result = Bottlenecks(
+        vectors, skipped, computed, reused, module.height, module.width, key, steady_rate
+    )
     logging.info("%s", result.summary())
     return result
