@@ -76,9 +76,9 @@ def image_batches(paths, height, width, batch_size):
     that never came out. Reading and decoding run in parallel, one image per
     core, and the next batch is prefetched while the current one is used.
     """
-    # Fixed, not AUTOTUNE: with AUTOTUNE, peak memory grew with the number of
-    # images (bench/run.py, tiny module: 917 MiB for 2,000 images, 815 for 200;
-    # fixed: 854 and 817). One image per core and one batch ahead still keep
+    # Fixed, not AUTOTUNE, so the images in flight are bounded by construction
+    # (with AUTOTUNE one bench/run.py run saw peak memory 13% higher for 2,000
+    # images than for 200). One image per core and one batch ahead still keep
     # the module fed: decoding a batch takes a fraction of its forward pass.
     parallel = os.cpu_count() or 1
 
