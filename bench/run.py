@@ -1,6 +1,6 @@
 r"""The speed benchmark: every figure of the suite beside its yardstick, in one run.
 
-    python bench/run.py                                  # about 10 minutes on 2 CPU cores
+    python bench/run.py                                  # 8-12 minutes on 2 CPU cores
     python bench/run.py --images=400 --limit_batch_sizes=1,8,16,32,64
     python bench/run.py --figures=training,cache --module=tiny
 
@@ -84,7 +84,6 @@ flags.DEFINE_bool("keep_work_dir", False, "Keep the work folder at the end.")
 
 PHOTO_SIZES = ((200, 150), (333, 250), (640, 480), (1024, 768), (1600, 1200), (2592, 1944))
 CLASS_STYLES = (((200, 60, 50), "solid"), ((50, 170, 70), "stripes"), ((60, 80, 200), "checker"))
-INCEPTION_RATE_NOTE = "random Inception V3"
 
 
 @dataclasses.dataclass
