@@ -88,6 +88,11 @@ flags.DEFINE_integer(
     "max_image_pixels", input_pipeline.DEFAULT_MAX_IMAGE_PIXELS,
     "Images with more pixels (width x height) are skipped instead of decoded.",
 )
+flags.DEFINE_bool(
+    "mixed_precision", False,
+    "Compute bottlenecks in bfloat16 (CPUs with bfloat16 instructions) or float16 (GPU); "
+    "cached under their own key. The exported graph stays float32.",
+)
 
 # Training.
 flags.DEFINE_integer("how_many_training_steps", 4000, "Training steps to run.")
@@ -678,9 +683,11 @@ def run_retraining(settings):
         settings["random_seed"] = random.SystemRandom().randrange(2**31)
         logging.info("Random seed %d (pass --random_seed=%d to repeat this run).",
                      settings["random_seed"], settings["random_seed"])
+    precision = module_lib.mixed_precision_type() if settings["mixed_precision"] else "float32"
     bottlenecks = compute.compute_bottlenecks(
         images, settings["tfhub_module"], settings["bottleneck_dir"],
         settings["image_size"], settings["bottleneck_batch_size"], settings["max_image_pixels"],
+        precision=precision,
     )
     row_of = {image.path: n for n, image in enumerate(dataset.images)}
     if bottlenecks.skipped:

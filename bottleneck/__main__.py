@@ -35,6 +35,11 @@ flags.DEFINE_integer(
     "max_image_pixels", input_pipeline.DEFAULT_MAX_IMAGE_PIXELS,
     "Images with more pixels (width x height) are skipped instead of decoded.",
 )
+flags.DEFINE_bool(
+    "mixed_precision", False,
+    "Compute in bfloat16 (CPUs with bfloat16 instructions) or float16 (GPU); "
+    "cached under their own key, used by retrain.py --mixed_precision.",
+)
 
 
 def main(argv):
@@ -52,9 +57,11 @@ def main(argv):
             FLAGS.image_dir, 0, 0, exclude_dirs=[FLAGS.bottleneck_dir]
         )
         logging.info("Found %d images in %d classes.", len(dataset.images), len(dataset.labels))
+        precision = module_lib.mixed_precision_type() if FLAGS.mixed_precision else "float32"
         compute.compute_bottlenecks(
             [dataset.full_path(image) for image in dataset.images], FLAGS.tfhub_module,
             FLAGS.bottleneck_dir, FLAGS.image_size, FLAGS.batch_size, FLAGS.max_image_pixels,
+            precision=precision,
         )
     except (pre_input.DatasetError, module_lib.ModuleError, cache_lib.CacheError) as e:
         sys.exit(f"error: {e}")

@@ -31,6 +31,9 @@ class Bottlenecks:
     width: int
     module_key: str
     orientations: list  # EXIF orientation of each image, for decoding it again
+    # Images per second of the forward passes after the first batch (which also
+    # pays for graph optimisation); None when fewer than two batches ran.
+    steady_rate: float = None
 
     def summary(self):
         return (
@@ -80,15 +83,17 @@ def format_duration(seconds):
 def compute_bottlenecks(
     images, handle, bottleneck_dir, default_image_size=module_lib.DEFAULT_IMAGE_SIZE,
     batch_size=DEFAULT_BATCH_SIZE, max_image_pixels=input_pipeline.DEFAULT_MAX_IMAGE_PIXELS,
+    precision="float32",
 ):
     """Bottleneck vectors for images, from the cache or computed and cached.
 
     images: full paths of image files, or an input_pipeline.ImageFiles or
-    TFRecordImages. handle: TF Hub handle or local module folder. Returns
-    Bottlenecks, row i for image i; images that cannot be read or decoded, or
-    are larger than max_image_pixels, are skipped with a warning, not fatal.
-    Raises module.ModuleError and cache.CacheError for problems that stop the
-    work.
+    TFRecordImages. handle: TF Hub handle or local module folder. precision:
+    "float32", or "bfloat16"/"float16" for a mixed-precision forward pass
+    (cached under its own key). Returns Bottlenecks, row i for image i; images
+    that cannot be read or decoded, or are larger than max_image_pixels, are
+    skipped with a warning, not fatal. Raises module.ModuleError and
+    cache.CacheError for problems that stop the work.
     """
     if isinstance(images, (list, tuple)):
         images = input_pipeline.ImageFiles(images)
@@ -98,14 +103,14 @@ def compute_bottlenecks(
     module_lib.use_gpu_memory_as_needed()
     graph = tf.Graph()
     with graph.as_default():
-        module = module_lib.load(handle, default_image_size)
+        module = module_lib.load(handle, default_image_size, precision)
         probe = tf.compat.v1.placeholder(tf.float32, [None, module.height, module.width, 3])
         dimension = int(module(probe).shape[-1])
-        key = cache_lib.module_key(handle, module.height, module.width)
+        key = cache_lib.module_key(handle, module.height, module.width, precision)
         cache = cache_lib.BottleneckCache(bottleneck_dir, key)
         logging.info(
-            "Module %s: %dx%d input, %d-d output, running on %s; cache %s",
-            handle, module.height, module.width, dimension,
+            "Module %s: %dx%d input, %d-d output, %s, running on %s; cache %s",
+            handle, module.height, module.width, dimension, precision,
             module_lib.describe_device(), cache.root,
         )
 
@@ -124,6 +129,7 @@ def compute_bottlenecks(
 
         todo = [indices[0] for indices in missing.values()]
         done = set()
+        steady_rate = None
         if todo:
             logging.info("Computing %d bottlenecks in batches of %d...", len(todo), batch_size)
             batches = images.batches(
@@ -133,11 +139,13 @@ def compute_bottlenecks(
             batch_index, pixels = tf.compat.v1.data.make_one_shot_iterator(batches).get_next()
             features = module(pixels)
             progress = Progress(len(todo), "bottlenecks")
-            with tf.compat.v1.Session(graph=graph, config=module_lib.session_config()) as sess:
+            config = module_lib.session_config(precision)
+            with tf.compat.v1.Session(graph=graph, config=config) as sess:
                 sess.run([
                     tf.compat.v1.global_variables_initializer(),
                     tf.compat.v1.tables_initializer(),
                 ])
+                steady_start = steady_count = None
                 for indices, values in input_pipeline.each_batch(sess, [batch_index, features]):
                     for i, vector in zip(indices.tolist(), values):
                         content = contents[i]
@@ -145,6 +153,10 @@ def compute_bottlenecks(
                         vectors[missing[content]] = vector
                         done.add(i)
                     progress.update(len(indices))
+                    if steady_start is None:
+                        steady_start, steady_count = time.monotonic(), progress.done
+                if steady_start is not None and progress.done > steady_count:
+                    steady_rate = (progress.done - steady_count) / (time.monotonic() - steady_start)
 
     computed = 0
     for first in todo:
@@ -159,7 +171,7 @@ def compute_bottlenecks(
         logging.warning("Skipping %s: %s", images.name(i), skipped[i])
     result = Bottlenecks(
         vectors, skipped, computed, reused, module.height, module.width, key,
-        [f.orientation for f in files],
+        [f.orientation for f in files], steady_rate,
     )
     logging.info("%s", result.summary())
     return result

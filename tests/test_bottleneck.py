@@ -342,3 +342,34 @@ def test_cli_computes_then_reuses_all_bottlenecks(tmp_path, tiny_module, dataset
     assert second.returncode == 0, second.stderr[-3000:]
     assert re.search(r"bottlenecks: 0 computed, 36 reused, 0 skipped\s*$",
                      second.stdout + second.stderr, re.MULTILINE), second.stderr[-3000:]
+
+
+# --- mixed precision ------------------------------------------------------------------------
+
+
+def test_mixed_precision_bottlenecks_have_their_own_key_and_match_float32(
+    tmp_path, tiny_module, small_dataset
+):
+    bottleneck_dir = str(tmp_path / "bottlenecks")
+    fp32 = compute.compute_bottlenecks(small_dataset, tiny_module, bottleneck_dir)
+    bf16 = compute.compute_bottlenecks(
+        small_dataset, tiny_module, bottleneck_dir, precision="bfloat16"
+    )
+    assert "_32x32_bfloat16_" in bf16.module_key and "_32x32_float32_" in fp32.module_key
+    assert (bf16.computed, bf16.reused) == (12, 0)  # float32 entries are not reused
+    assert sorted(os.listdir(bottleneck_dir)) == sorted([fp32.module_key, bf16.module_key])
+    # bfloat16 keeps 8 bits of mantissa: within a few percent of the float32 vectors.
+    scale = np.abs(fp32.vectors).max()
+    assert np.abs(bf16.vectors - fp32.vectors).max() < 0.05 * scale
+
+
+def test_session_config_turns_on_the_rewrite_for_mixed_precision_only():
+    on = module_lib.rewriter_config_pb2.RewriterConfig.ON
+    assert module_lib.session_config("bfloat16").graph_options.rewrite_options \
+        .auto_mixed_precision_onednn_bfloat16 == on
+    assert module_lib.session_config("float16").graph_options.rewrite_options \
+        .auto_mixed_precision == on
+    plain = module_lib.session_config().graph_options.rewrite_options
+    assert plain.auto_mixed_precision != on and plain.auto_mixed_precision_onednn_bfloat16 != on
+    with pytest.raises(ValueError):
+        module_lib.session_config("int8")
