@@ -135,7 +135,8 @@ class TrainingGraph:
     bottleneck_input: tf.Tensor  # a training batch unless fed
     ground_truth: tf.Tensor  # its labels unless fed
     learning_rate: tf.Tensor  # float32 scalar, fed at every step from schedules
-    dropout_rate: tf.Tensor  # float32 scalar, 0 unless fed (feed it for training steps only)
+    dropout_rate: tf.Tensor  # float32 scalar, 0 unless fed (for training steps only); None
+    # when the graph was built without dropout
     train_step: tf.Operation
     cross_entropy: tf.Tensor  # plain mean cross entropy: no weights, smoothing or L2
     loss: tf.Tensor  # what the optimizer minimises (see LossSettings)
@@ -160,6 +161,7 @@ class TrainingGraph:
 def build_training_graph(
     dimension, class_count, final_tensor_name, optimizer, learning_rate, batch_size, seed,
     hidden_units=0, loss_settings=None, sampling="proportional", batch_source=None,
+    dropout=False,
 ):
     """The graph that trains the final layer from in-memory bottlenecks.
 
@@ -173,6 +175,7 @@ def build_training_graph(
     (bottlenecks float32 [B, D], labels int64 [B], iterator initializer): the
     training batches then come from it (distorted images through the module)
     instead of the in-memory bottlenecks. Only the final layer is trained.
+    dropout: whether to build the dropout op (its rate is fed per step).
     """
     loss_settings = loss_settings or LossSettings()
     graph = tf.Graph()
@@ -198,7 +201,10 @@ def build_training_graph(
         ground_truth = tf.compat.v1.placeholder_with_default(
             batch_labels, [None], "GroundTruthInput"
         )
-        dropout_rate = tf.compat.v1.placeholder_with_default(0.0, [], "dropout_rate")
+        # No dropout op unless asked for: drawing its random mask costs every step.
+        dropout_rate = (
+            tf.compat.v1.placeholder_with_default(0.0, [], "dropout_rate") if dropout else None
+        )
         rate = tf.compat.v1.placeholder_with_default(float(learning_rate), [], "learning_rate_input")
         logits, probabilities = add_final_layer(
             bottleneck_input, class_count, final_tensor_name, hidden_units, dropout_rate

@@ -457,6 +457,7 @@ def train(arrays, class_count, settings, export_intermediate, batch_source=None)
         hidden_units=settings["hidden_units"],
         loss_settings=loss_settings(settings, train_y, class_count),
         sampling=settings["sampling"], batch_source=batch_source,
+        dropout=settings["dropout"] > 0,
     )
     summaries_dir = settings["summaries_dir"]
     steps, interval = settings["how_many_training_steps"], settings["eval_step_interval"]
@@ -483,7 +484,9 @@ def train(arrays, class_count, settings, export_intermediate, batch_source=None)
             if batch_source is not None and step == 4:
                 per_step = (time.monotonic() - clock) / 2
                 log_distortion_cost(per_step, steps, settings["train_batch_size"])
-            feed = {g.learning_rate: rate, g.dropout_rate: settings["dropout"]}
+            feed = {g.learning_rate: rate}
+            if g.dropout_rate is not None:
+                feed[g.dropout_rate] = settings["dropout"]
             if step % interval and step != steps:
                 sess.run(g.train_step, feed)
                 continue

@@ -302,7 +302,7 @@ def our_training_rate(vectors, labels, steps, batch_size, class_count, seed=0):
         sess.run(tf.compat.v1.global_variables_initializer())
         sess.run(g.iterator_init, {g.bottlenecks: vectors, g.labels: labels})
         # Fed as retrain.train feeds them at every step.
-        feed = {g.learning_rate: 0.01, g.dropout_rate: 0.0}
+        feed = {g.learning_rate: 0.01}
         start = time.monotonic()
         for _ in range(steps):
             sess.run(g.train_step, feed)

@@ -144,7 +144,9 @@ def test_uniform_batches_are_the_same_for_the_same_seed():
 
 
 def test_dropout_acts_only_when_its_rate_is_fed():
-    g = final_layer.build_training_graph(6, 3, "final_result", "sgd", 0.1, 4, seed=2, hidden_units=8)
+    g = final_layer.build_training_graph(
+        6, 3, "final_result", "sgd", 0.1, 4, seed=2, hidden_units=8, dropout=True
+    )
     x = np.random.RandomState(0).normal(0, 1, (4, 6)).astype(np.float32)
     with tf.compat.v1.Session(graph=g.graph) as sess:
         sess.run(tf.compat.v1.global_variables_initializer())
