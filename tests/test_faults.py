@@ -2,6 +2,7 @@
 
 import hashlib
 import io
+import json
 import os
 import signal
 import struct
@@ -215,8 +216,6 @@ def test_label_image_sees_an_exif_rotated_photo_upright(trained, tmp_path):
         "label_image.py", str(tmp_path / "upright.png"), str(tmp_path / "stored_turned.png"),
         settings["output_graph"], settings["output_labels"], "--output_format=json", check=True,
     )
-    import json
-
     upright, turned = json.loads(process.stdout)
     assert upright["predictions"] == turned["predictions"]
 
