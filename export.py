@@ -41,38 +41,7 @@ def frozen_graph(handle, default_image_size, class_count, checkpoint, final_tens
                 tf.compat.v1.tables_initializer(),
             ])
             saver.restore(sess, checkpoint)
-            graph_def = tf.compat.v1.graph_util.convert_variables_to_constants(
-                sess, graph.as_graph_def(), [final_tensor_name]
-            )
-    _drop_unused_functions(graph_def)
-    return graph_def
-
-
-def _drop_unused_functions(graph_def):
-    """Remove library functions no node calls (the module's save/restore functions)."""
-    functions = {f.signature.name: f for f in graph_def.library.function}
-    used, pending = set(), [n for n in graph_def.node]
-    while pending:
-        node = pending.pop()
-        for name in _called_functions(node):
-            if name in functions and name not in used:
-                used.add(name)
-                pending.extend(functions[name].node_def)
-    kept = [f for f in graph_def.library.function if f.signature.name in used]
-    gradients = [g for g in graph_def.library.gradient if g.function_name in used]
-    del graph_def.library.function[:]
-    graph_def.library.function.extend(kept)
-    del graph_def.library.gradient[:]
-    graph_def.library.gradient.extend(gradients)
-
-
-def _called_functions(node):
-    for value in node.attr.values():
-        if value.HasField("func"):
-            yield value.func.name
-        for func in value.list.func:
-            yield func.name
-    yield node.op  # A node may call a library function by using it as its op.
+            return module_lib.constant_graph_def(sess, [final_tensor_name])
 
 
 def write_frozen_graph(graph_def, path):

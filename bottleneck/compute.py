@@ -101,50 +101,49 @@ def compute_bottlenecks(
     contents = [None if f.problem else f.sha1 for f in files]
     skipped = {i: f.problem for i, f in enumerate(files) if f.problem}
     module_lib.use_gpu_memory_as_needed()
-    graph = tf.Graph()
-    with graph.as_default():
-        module = module_lib.load(handle, default_image_size, precision)
+    with tf.Graph().as_default():
+        module = module_lib.load(handle, default_image_size)
         probe = tf.compat.v1.placeholder(tf.float32, [None, module.height, module.width, 3])
         dimension = int(module(probe).shape[-1])
-        key = cache_lib.module_key(handle, module.height, module.width, precision)
-        cache = cache_lib.BottleneckCache(bottleneck_dir, key)
-        logging.info(
-            "Module %s: %dx%d input, %d-d output, %s, running on %s; cache %s",
-            handle, module.height, module.width, dimension, precision,
-            module_lib.describe_device(), cache.root,
-        )
+    height, width = module.height, module.width
+    key = cache_lib.module_key(handle, height, width, precision)
+    cache = cache_lib.BottleneckCache(bottleneck_dir, key)
+    logging.info(
+        "Module %s: %dx%d input, %d-d output, %s, running on %s; cache %s",
+        handle, height, width, dimension, precision,
+        module_lib.describe_device(), cache.root,
+    )
 
-        vectors = np.zeros([len(images), dimension], np.float32)
-        missing = {}  # content key -> indices needing it
-        reused = 0
-        for i, content in enumerate(contents):
-            if content is None:
-                continue
-            vector = cache.lookup(content, dimension)
-            if vector is None:
-                missing.setdefault(content, []).append(i)
-            else:
-                vectors[i] = vector
-                reused += 1
+    vectors = np.zeros([len(images), dimension], np.float32)
+    missing = {}  # content key -> indices needing it
+    reused = 0
+    for i, content in enumerate(contents):
+        if content is None:
+            continue
+        vector = cache.lookup(content, dimension)
+        if vector is None:
+            missing.setdefault(content, []).append(i)
+        else:
+            vectors[i] = vector
+            reused += 1
 
-        todo = [indices[0] for indices in missing.values()]
-        done = set()
-        steady_rate = None
-        if todo:
-            logging.info("Computing %d bottlenecks in batches of %d...", len(todo), batch_size)
+    todo = [indices[0] for indices in missing.values()]
+    done = set()
+    steady_rate = None
+    if todo:
+        # Frozen only now: a run with every vector cached does not pay for it.
+        forward = module_lib.freeze(module, precision)
+        logging.info("Computing %d bottlenecks in batches of %d...", len(todo), batch_size)
+        graph = tf.Graph()
+        with graph.as_default():
             batches = images.batches(
-                todo, [files[i].orientation for i in todo], module.height, module.width,
-                batch_size,
+                todo, [files[i].orientation for i in todo], height, width, batch_size
             )
             batch_index, pixels = tf.compat.v1.data.make_one_shot_iterator(batches).get_next()
-            features = module(pixels)
+            features = forward(pixels)
             progress = Progress(len(todo), "bottlenecks")
             config = module_lib.session_config(precision)
             with tf.compat.v1.Session(graph=graph, config=config) as sess:
-                sess.run([
-                    tf.compat.v1.global_variables_initializer(),
-                    tf.compat.v1.tables_initializer(),
-                ])
                 steady_start = steady_count = None
                 for indices, values in input_pipeline.each_batch(sess, [batch_index, features]):
                     for i, vector in zip(indices.tolist(), values):
@@ -170,7 +169,7 @@ def compute_bottlenecks(
     for i in sorted(skipped):
         logging.warning("Skipping %s: %s", images.name(i), skipped[i])
     result = Bottlenecks(
-        vectors, skipped, computed, reused, module.height, module.width, key,
+        vectors, skipped, computed, reused, height, width, key,
         [f.orientation for f in files], steady_rate,
     )
     logging.info("%s", result.summary())

@@ -205,6 +205,39 @@ def test_load_of_savedmodel_that_is_not_callable_raises_module_error(tmp_path):
     assert "cannot be called" in str(raised.value)
 
 
+def test_frozen_forward_pass_matches_the_module_as_loaded_and_reads_no_variables(tiny_module):
+    images = np.random.RandomState(0).rand(3, 32, 32, 3).astype(np.float32)
+    with tf.Graph().as_default() as loaded_graph:
+        module = module_lib.load(tiny_module)
+        features = module(tf.constant(images))
+        with tf.compat.v1.Session(graph=loaded_graph) as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            expected = sess.run(features)
+    frozen = module_lib.freeze(module)
+    with tf.Graph().as_default() as graph:
+        features = frozen(tf.constant(images))
+        with tf.compat.v1.Session(graph=graph) as sess:  # No initializers: nothing to restore.
+            values = sess.run(features)
+        graph_def = graph.as_graph_def()
+    ops = {n.op for n in graph_def.node}
+    ops |= {n.op for f in graph_def.library.function for n in f.node_def}
+    assert not ops & {"VarHandleOp", "ReadVariableOp", "VariableV2"}, ops
+    assert (frozen.height, frozen.width, frozen.graph) == (32, 32, None)
+    np.testing.assert_allclose(values, expected, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(expected[0], expected[1])
+    with pytest.raises(ValueError, match="frozen already"):
+        module_lib.freeze(frozen)
+
+
+def test_freeze_refuses_weights_too_large_for_a_graph_def(tiny_module, monkeypatch):
+    monkeypatch.setattr(module_lib, "MAX_FROZEN_BYTES", 100)
+    with tf.Graph().as_default():
+        module = module_lib.load(tiny_module)
+    with pytest.raises(module_lib.ModuleError) as raised:
+        module_lib.freeze(module)
+    assert tiny_module in str(raised.value) and "smaller module" in str(raised.value)
+
+
 # --- computing bottlenecks ------------------------------------------------------------------
 
 
@@ -216,7 +249,7 @@ def small_dataset(tmp_path):
     return [dataset.full_path(image) for image in dataset.images]
 
 
-def test_second_run_reuses_every_cached_bottleneck(tmp_path, tiny_module, small_dataset):
+def test_second_run_reuses_every_cached_bottleneck(tmp_path, tiny_module, small_dataset, monkeypatch):
     bottleneck_dir = str(tmp_path / "bottlenecks")
     first = compute.compute_bottlenecks(small_dataset, tiny_module, bottleneck_dir)
     assert (first.computed, first.reused, first.skipped) == (12, 0, {})
@@ -227,6 +260,10 @@ def test_second_run_reuses_every_cached_bottleneck(tmp_path, tiny_module, small_
     entries = [name for _, _, files in os.walk(bottleneck_dir) for name in files]
     assert len(entries) == 12 and all(name.endswith(".f32") for name in entries)
 
+    def no_freezing(*args):
+        raise AssertionError("a run with every vector cached froze the module")
+
+    monkeypatch.setattr(module_lib, "freeze", no_freezing)
     second = compute.compute_bottlenecks(small_dataset, tiny_module, bottleneck_dir)
     assert (second.computed, second.reused, second.skipped) == (0, 12, {})
     np.testing.assert_array_equal(second.vectors, first.vectors)
