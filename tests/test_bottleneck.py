@@ -249,7 +249,7 @@ def small_dataset(tmp_path):
     return [dataset.full_path(image) for image in dataset.images]
 
 
-def test_second_run_reuses_every_cached_bottleneck(tmp_path, tiny_module, small_dataset, monkeypatch):
+def test_second_run_reuses_every_cached_bottleneck(tmp_path, tiny_module, small_dataset):
     bottleneck_dir = str(tmp_path / "bottlenecks")
     first = compute.compute_bottlenecks(small_dataset, tiny_module, bottleneck_dir)
     assert (first.computed, first.reused, first.skipped) == (12, 0, {})
@@ -260,10 +260,6 @@ def test_second_run_reuses_every_cached_bottleneck(tmp_path, tiny_module, small_
     entries = [name for _, _, files in os.walk(bottleneck_dir) for name in files]
     assert len(entries) == 12 and all(name.endswith(".f32") for name in entries)
 
-    def no_freezing(*args):
-        raise AssertionError("a run with every vector cached froze the module")
-
-    monkeypatch.setattr(module_lib, "freeze", no_freezing)
     second = compute.compute_bottlenecks(small_dataset, tiny_module, bottleneck_dir)
     assert (second.computed, second.reused, second.skipped) == (0, 12, {})
     np.testing.assert_array_equal(second.vectors, first.vectors)
@@ -384,11 +380,17 @@ def test_cli_computes_then_reuses_all_bottlenecks(tmp_path, tiny_module, dataset
 # --- mixed precision ------------------------------------------------------------------------
 
 
+def no_freezing(module, precision="float32"):
+    raise AssertionError(f"the module was frozen for {precision}")
+
+
 def test_mixed_precision_bottlenecks_have_their_own_key_and_match_float32(
-    tmp_path, tiny_module, small_dataset
+    tmp_path, tiny_module, small_dataset, monkeypatch
 ):
     bottleneck_dir = str(tmp_path / "bottlenecks")
-    fp32 = compute.compute_bottlenecks(small_dataset, tiny_module, bottleneck_dir)
+    with monkeypatch.context() as patch:
+        patch.setattr(module_lib, "freeze", no_freezing)  # float32 runs the module as loaded
+        fp32 = compute.compute_bottlenecks(small_dataset, tiny_module, bottleneck_dir)
     bf16 = compute.compute_bottlenecks(
         small_dataset, tiny_module, bottleneck_dir, precision="bfloat16"
     )
@@ -398,6 +400,13 @@ def test_mixed_precision_bottlenecks_have_their_own_key_and_match_float32(
     # bfloat16 keeps 8 bits of mantissa: within a few percent of the float32 vectors.
     scale = np.abs(fp32.vectors).max()
     assert np.abs(bf16.vectors - fp32.vectors).max() < 0.05 * scale
+    # A rerun with every vector cached does not pay for freezing the module.
+    monkeypatch.setattr(module_lib, "freeze", no_freezing)
+    again = compute.compute_bottlenecks(
+        small_dataset, tiny_module, bottleneck_dir, precision="bfloat16"
+    )
+    assert (again.computed, again.reused) == (0, 12)
+    np.testing.assert_array_equal(again.vectors, bf16.vectors)
 
 
 def test_session_config_turns_on_the_rewrite_for_mixed_precision_only():
