@@ -1,5 +1,7 @@
 """bench/run.py runs end to end and prints every row; timings are never asserted."""
 
+import re
+
 import pytest
 from conftest import run_script
 
@@ -19,6 +21,9 @@ def test_benchmark_prints_a_table_with_every_figure(tmp_path):
     for row in ROWS:
         assert any(line.startswith(f"| {row}") for line in table), row
     assert len(table) == 1 + len(ROWS)  # the header, then one row per figure
+    # The classic method's row says where its time goes.
+    classic = next(line for line in table if line.startswith("| 1b."))
+    assert re.search(r"per image: decode \d+ ms, module \d+ ms, text \d+ ms", classic), classic
     assert any(line.startswith("Machine: ") and "TensorFlow" in line for line in lines)
 
 
