@@ -154,10 +154,29 @@ def classify(graph_def, paths, height, width, input_layer="Placeholder",
             return_elements=[output_layer + ":0"], name="",
         )
         results = {}
-        with tf.compat.v1.Session(graph=graph) as sess:
+        with tf.compat.v1.Session(graph=graph, config=session_config()) as sess:
             for batch_indices, values in input_pipeline.each_batch(sess, [indices, probabilities]):
                 results.update(zip(batch_indices.tolist(), values))
     return results
+
+
+def session_config():
+    """ConfigProto for classifying: GPU memory as needed; on a CPU, no Grappler.
+
+    The exported graph holds the module's weights as constants, and Grappler's
+    passes over them cost more than they give a classifying run on a CPU.
+    Measured with a random Inception V3 graph on 2 cores: they added ~3 s
+    before the first batch and raised the peak memory of classifying 100
+    photos from 1.7 GiB to 3.4 GiB, for a forward pass 5% faster afterwards
+    (1.79 against 1.88 s per 32 images); the probabilities printed were the
+    same. On a GPU they stay on: their layout and fusion passes matter more
+    there, and were not measured.
+    """
+    config = tf.compat.v1.ConfigProto()
+    config.gpu_options.allow_growth = True
+    if not tf.config.list_physical_devices("GPU"):
+        config.graph_options.rewrite_options.disable_meta_optimizer = True
+    return config
 
 
 def top_labels(probabilities, labels, k):

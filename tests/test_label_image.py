@@ -4,7 +4,11 @@ import json
 import os
 import shutil
 
-from conftest import run_script
+import numpy as np
+import tensorflow as tf
+from conftest import load_graph_def, run_script
+
+import label_image
 
 
 def last_line(text):
@@ -83,3 +87,18 @@ def test_file_that_is_not_a_graph_is_one_line_error(trained, tmp_path):
     process = run_script("label_image.py", image, str(graph), trained["settings"]["output_labels"])
     assert process.returncode != 0 and "Traceback" not in process.stderr
     assert "is not a TensorFlow GraphDef file" in last_line(process.stderr)
+
+
+def test_on_a_cpu_graph_runs_without_grappler_and_gives_what_grappler_gives(trained, monkeypatch):
+    config = label_image.session_config()
+    assert config.graph_options.rewrite_options.disable_meta_optimizer  # the tests run on a CPU
+    assert config.gpu_options.allow_growth
+    graph_def = load_graph_def(trained["settings"]["output_graph"])
+    folder = os.path.join(trained["image_dir"], sorted(os.listdir(trained["image_dir"]))[0])
+    paths = [os.path.join(folder, name) for name in sorted(os.listdir(folder))[:6]]
+    plain = label_image.classify(graph_def, paths, 32, 32)
+    monkeypatch.setattr(label_image, "session_config", tf.compat.v1.ConfigProto)
+    optimised = label_image.classify(graph_def, paths, 32, 32)
+    assert sorted(plain) == sorted(optimised) == list(range(len(paths)))
+    for i in plain:
+        np.testing.assert_allclose(plain[i], optimised[i], atol=1e-5)
