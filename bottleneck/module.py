@@ -5,8 +5,8 @@ loaded object is called on float32 images `[N, H, W, 3]` with values in [0, 1]
 and returns float32 features `[N, D]`. `hub.load` inside a
 `tf.Graph().as_default()` block adds the module's functions to that graph; its
 weights are restored when the Session runs the variable initializers.
-`freeze` turns that into a forward pass with constant weights, which is
-faster and is what mixed precision rewrites.
+`freeze` turns that into a forward pass with constant weights, which the
+mixed-precision rewrite needs.
 """
 
 import dataclasses
