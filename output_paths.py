@@ -64,7 +64,7 @@ def check_apart(outputs, inputs):
     (a checkpoint is several files), and paths of one flag are not compared
     with each other.
     """
-    for n, (flag, path) in enumerate(outputs):
+    for flag, path in outputs:
         for input_flag, input_path in inputs:
             where = relation(path, input_path)
             if where:
@@ -72,6 +72,7 @@ def check_apart(outputs, inputs):
                     f"--{flag}={path} is {where} --{input_flag}={input_path}: an output "
                     "must not land on or around what the run reads; write it elsewhere."
                 )
+    for n, (flag, path) in enumerate(outputs):
         for other_flag, other in outputs[n + 1:]:
             where = relation(path, other) if other_flag != flag else None
             if where:
@@ -92,8 +93,14 @@ def _name_max(path):
         return 255
 
 
-def check_name_lengths(flag, path, longest_suffix=atomic_files.LONGEST_TEMPORARY_SUFFIX):
-    """Raise PathError if a name in path, or its last one plus longest_suffix, is too long."""
+def check_name_lengths(flag, path, longest_suffix=None):
+    """Raise PathError if a name in path, or its last one plus longest_suffix, is too long.
+
+    longest_suffix: bytes added to the last name while it is written; by
+    default atomic_files' longest temporary suffix.
+    """
+    if longest_suffix is None:
+        longest_suffix = atomic_files.LONGEST_TEMPORARY_SUFFIX
     if not is_local(path):
         return
     limit = _name_max(path)
@@ -104,11 +111,14 @@ def check_name_lengths(flag, path, longest_suffix=atomic_files.LONGEST_TEMPORARY
                 f"--{flag}={path}: the folder name {name[:40]}... is longer than this "
                 f"filesystem allows ({limit} bytes); choose a shorter one."
             )
-    if names and len(names[-1].encode()) + longest_suffix > limit:
+    size = len(names[-1].encode()) if names else 0
+    if size + longest_suffix > limit:
+        extra = (f"; it is first written under a temporary name {longest_suffix} bytes "
+                 "longer" if longest_suffix else "")
         raise PathError(
-            f"--{flag}={path}: the name {names[-1][:40]}... is {len(names[-1].encode())} bytes; "
-            f"written under a temporary name {longest_suffix} bytes longer first, it must be "
-            f"at most {limit - longest_suffix} bytes here. Choose a shorter name."
+            f"--{flag}={path}: the name {names[-1][:40]}... is {size} bytes and this "
+            f"filesystem allows {limit}{extra}, so it must be at most "
+            f"{limit - longest_suffix} bytes here. Choose a shorter name."
         )
 
 
@@ -129,7 +139,8 @@ def check_folder_output(flag, path, owned_entries=None):
     the names it writes; the folder must be absent, empty or hold only those.
     Otherwise the folder is written into, and must only not be a file.
     """
-    check_name_lengths(flag, path)
+    # Only a replaced folder is first written under a temporary name.
+    check_name_lengths(flag, path, 0 if owned_entries is None else None)
     if owned_entries is not None:
         try:
             atomic_files.check_replaceable(path, owned_entries)

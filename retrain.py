@@ -51,6 +51,7 @@ import evaluation
 import export
 import final_layer
 import input_pipeline
+import memory_budget
 import output_paths
 import pre_input
 import schedules
@@ -465,9 +466,10 @@ def check_memory(values, dimension, class_count, image_count, input_size):
 
     dimension: bottleneck size D; input_size: (height, width) of the module.
     The estimate counts float32 values: the bottlenecks [N, D]; a training
-    batch [B, D] twice (one prefetched); the layer's weights with their
-    gradients and two optimizer slots (x4); a batch's hidden activations
-    [B, H] x3 (ReLU output, its gradient, dropout); a bottleneck batch of
+    batch [B, D] twice (one prefetched) and its logits [B, C] x3; the layer's
+    weights with their gradients and two optimizer slots (x4); a batch's
+    hidden activations [B, H] x3 (ReLU output, its gradient, dropout); a
+    bottleneck batch of
     decoded images [min(batch, N), h, w, 3] twice (one prefetched), and with
     distortions a training batch of images.
     """
@@ -476,36 +478,20 @@ def check_memory(values, dimension, class_count, image_count, input_size):
     weights = dimension * hidden + hidden * class_count if hidden else dimension * class_count
     pixels = height * width * 3
     parts = {
-        "train_batch_size": 2 * batch * dimension + 3 * batch * (hidden + class_count),
-        "hidden_units": 4 * (weights + hidden + class_count),
+        "train_batch_size": 2 * batch * dimension + 3 * batch * class_count,
+        "hidden_units": 4 * (weights + hidden + class_count) + 3 * batch * hidden,
         "bottleneck_batch_size": 2 * min(values["bottleneck_batch_size"], image_count) * pixels,
     }
     if distortions_from(values).any():
         parts["train_batch_size"] += 2 * batch * pixels
     needed = 4 * (image_count * dimension + sum(parts.values()))
-    available = physical_memory()
-    if available and needed > available:
+    missing = memory_budget.shortfall(needed)
+    if missing:
         largest = max(parts, key=parts.get)
         raise UsageError(
-            f"--{largest}={values[largest]} needs about {format_bytes(needed)} of memory "
-            f"({dimension}-value bottlenecks, {class_count} classes, {image_count} images); "
-            f"this machine has {format_bytes(available)}. Lower it."
+            f"--{largest}={values[largest]} needs {missing} ({dimension}-value bottlenecks, "
+            f"{class_count} classes, {image_count} images). Lower it."
         )
-
-
-def physical_memory():
-    """Bytes of RAM on this machine, or None where the OS does not say."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError):
-        return None
-
-
-def format_bytes(count):
-    for unit in ("bytes", "KB", "MB", "GB", "TB", "PB"):
-        if count < 1000 or unit == "PB":
-            return f"{count:.0f} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"
-        count /= 1000
 
 
 def check_names_in_graphs(values):
