@@ -33,6 +33,7 @@ What happens:
 Watch training with `tensorboard --logdir /tmp/retrain_logs`.
 """
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -854,13 +855,19 @@ def run_retraining(settings):
     """
     check_flags(settings)
     check_output_paths(settings)
-    checkpoint = settings["checkpoint_path"]
+    return retrain_with_checked_flags(settings)
+
+
+@contextlib.contextmanager
+def checkpoint_lock(checkpoint):
+    """Hold <checkpoint>.lock for the block, or raise UsageError if another run holds it."""
     if not output_paths.is_local(checkpoint):
-        return retrain_with_checked_flags(settings)
+        yield  # A remote filesystem has no fcntl locks.
+        return
     try:
         with atomic_files.exclusive_lock(checkpoint + ".lock"):
-            return retrain_with_checked_flags(settings)
-    except atomic_files.Locked as e:
+            yield
+    except atomic_files.Locked as e:  # Raised on entering only: the block never raises it.
         holder = f" (pid {e})" if str(e) else ""
         raise UsageError(
             f"--checkpoint_path={checkpoint} is in use by another retrain.py run{holder}; "
@@ -869,7 +876,8 @@ def run_retraining(settings):
 
 
 def retrain_with_checked_flags(settings):
-    """run_retraining after the flag and path checks, holding the checkpoint's lock."""
+    """run_retraining after the flag and path checks: scan, check, then train holding
+    the checkpoint's lock."""
     if settings["class_weighting"] == "balanced" and settings["sampling"] == "uniform":
         logging.warning(
             "--class_weighting=balanced with --sampling=uniform corrects for class sizes "
@@ -892,6 +900,12 @@ def retrain_with_checked_flags(settings):
     check_output_locations(outputs + [os.path.join(settings["bottleneck_dir"], "x")])
     dimension, input_size = check_names_in_graphs(settings)
     check_memory(settings, dimension, len(dataset.labels), len(dataset.images), input_size)
+    with checkpoint_lock(settings["checkpoint_path"]):
+        return train_and_export(settings, dataset, images)
+
+
+def train_and_export(settings, dataset, images):
+    """Bottlenecks, training, evaluation and export, once every check has passed."""
     if settings["random_seed"] is None:
         settings["random_seed"] = random.SystemRandom().randrange(2**31)
         logging.info("Random seed %d (pass --random_seed=%d to repeat this run).",
