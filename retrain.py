@@ -443,8 +443,11 @@ def check_output_paths(values):
             output_paths.check_folder_output(
                 "saved_model_dir", values["saved_model_dir"], atomic_files.SAVED_MODEL_ENTRIES
             )
-        for name in ("summaries_dir", "intermediate_output_graphs_dir"):
-            output_paths.check_folder_output(name, values[name])
+        output_paths.check_folder_output("summaries_dir", values["summaries_dir"])
+        if values["intermediate_store_frequency"] > 0:
+            output_paths.check_folder_output(
+                "intermediate_output_graphs_dir", values["intermediate_output_graphs_dir"]
+            )
     except output_paths.PathError as e:
         raise UsageError(str(e)) from e
 
@@ -455,6 +458,7 @@ CHECKPOINT_SUFFIX_ROOM = len(".data-00000-of-00001.tempstate") + 20
 
 
 def check_final_tensor_name(name):
+    """Raise UsageError unless name is a valid op name (whether it is free is checked later)."""
     if not VALID_OP_NAME.match(name):
         raise UsageError(
             f"--final_tensor_name={name!r} is not a TensorFlow op name: letters, digits and "
@@ -470,9 +474,8 @@ def check_memory(values, dimension, class_count, image_count, input_size):
     batch [B, D] twice (one prefetched) and its logits [B, C] x3; the layer's
     weights with their gradients and two optimizer slots (x4); a batch's
     hidden activations [B, H] x3 (ReLU output, its gradient, dropout); a
-    bottleneck batch of
-    decoded images [min(batch, N), h, w, 3] twice (one prefetched), and with
-    distortions a training batch of images.
+    bottleneck batch of decoded images [min(batch, N), h, w, 3] twice (one
+    prefetched), and with distortions a training batch of images.
     """
     batch, hidden = values["train_batch_size"], values["hidden_units"]
     height, width = input_size
