@@ -407,8 +407,8 @@ def check_output_paths(values):
     around --image_dir, --tfrecord_dir, --bottleneck_dir, a local module folder
     or another output; file outputs that are not folders and whose names fit;
     a --saved_model_dir that is absent, empty or a SavedModel. The cache may
-    be inside --image_dir (it is not scanned), but not the image folder itself
-    nor around it.
+    be inside --image_dir or --tfrecord_dir (neither scan it), but not either
+    folder itself nor around it.
     """
     named = ["output_graph", "output_labels", "checkpoint_path", "summaries_dir",
              "bottleneck_dir", "tfhub_module"]
@@ -421,16 +421,13 @@ def check_output_paths(values):
         if module:
             inputs.append(("tfhub_module", module))
         cache = values["bottleneck_dir"]
-        output_paths.check_apart([("bottleneck_dir", cache)], [
-            (name, path) for name, path in inputs if name != "image_dir"
-        ])
-        if values["image_dir"] and output_paths.relation(cache, values["image_dir"]) in (
-                "the same as", "around"):
-            raise output_paths.PathError(
-                f"--bottleneck_dir={cache} is {output_paths.relation(cache, values['image_dir'])} "
-                f"--image_dir={values['image_dir']}: the cache needs a folder of its own "
-                "(a subfolder of --image_dir is fine)."
-            )
+        for name, path in inputs:
+            where = output_paths.relation(cache, path)
+            if where and (name == "tfhub_module" or where != "inside"):
+                raise output_paths.PathError(
+                    f"--bottleneck_dir={cache} is {where} --{name}={path}: the cache needs a "
+                    "folder of its own (a subfolder of the image or TFRecord folder is fine)."
+                )
         outputs = output_paths_of(values)
         output_paths.check_apart(outputs, inputs + [("bottleneck_dir", cache)])
         for name in ("output_graph", "output_labels", "eval_report"):
