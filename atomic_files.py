@@ -5,10 +5,20 @@ it into place, so a crash or a kill leaves either the previous file or the new
 one, never half of one. Works on any filesystem tf.io.gfile supports.
 """
 
+import errno
+import fcntl
 import os
 import uuid
 
 import tensorflow as tf
+
+# What a SavedModel writer puts in its folder: a folder holding only these (or
+# nothing) is one this suite may replace.
+SAVED_MODEL_ENTRIES = frozenset({"saved_model.pb", "variables", "assets", "fingerprint.pb"})
+# The longest suffix temporary_name adds (".tmp-" + a pid of up to 7 digits +
+# "-" + 8 hex), plus the ".old" of a folder being replaced: a target name must
+# leave this much room under the filesystem's name limit.
+LONGEST_TEMPORARY_SUFFIX = len(".tmp-") + 7 + 1 + 8 + len(".old")
 
 
 def temporary_name(path):
@@ -24,6 +34,9 @@ def make_parent(path):
 
 
 def write_bytes(path, data):
+    if tf.io.gfile.isdir(path):
+        # A rename over a folder would fail only after the whole write.
+        raise IsADirectoryError(errno.EISDIR, "is a folder, not a file", path)
     make_parent(path)
     temporary = temporary_name(path)
     try:
@@ -39,28 +52,90 @@ def write_text(path, text):
     write_bytes(path, text.encode("utf-8"))
 
 
-def replace_dir(path, write_into):
+def replace_dir(path, write_into, owned_entries):
     """Fill a new folder with write_into(folder), then swap it in at path.
 
     write_into receives a path that does not exist yet and must create it (as
     SavedModel builders do). An existing folder at path is replaced only once
-    the new one is complete.
+    the new one is complete, and only if it is empty or holds nothing but
+    owned_entries (names of the files and folders write_into makes): a folder
+    with anything else in it, a file or a symlink at path raise
+    FileExistsError before anything is written, and are never removed.
     """
     path = path.rstrip("/")
+    check_replaceable(path, owned_entries)
     make_parent(path)
     temporary = temporary_name(path)
     try:
         write_into(temporary)
+        if tf.io.gfile.exists(path):
+            check_replaceable(path, owned_entries)  # Again: it may have changed meanwhile.
+            retired = temporary_name(path) + ".old"
+            tf.io.gfile.rename(path, retired)
+            tf.io.gfile.rename(temporary, path)
+            tf.io.gfile.rmtree(retired)
+        else:
+            tf.io.gfile.rename(temporary, path)
     except BaseException:
         _remove_quietly(temporary)
         raise
-    if tf.io.gfile.exists(path):
-        retired = temporary_name(path) + ".old"
-        tf.io.gfile.rename(path, retired)
-        tf.io.gfile.rename(temporary, path)
-        tf.io.gfile.rmtree(retired)
-    else:
-        tf.io.gfile.rename(temporary, path)
+
+
+def check_replaceable(path, owned_entries):
+    """Raise FileExistsError unless path is absent, or a folder replace_dir may replace."""
+    path = path.rstrip("/")
+    if "://" not in path and os.path.islink(path):
+        raise FileExistsError(errno.EEXIST, "is a symlink; give the real folder", path)
+    if not tf.io.gfile.exists(path):
+        return
+    if not tf.io.gfile.isdir(path):
+        raise FileExistsError(errno.EEXIST, "is a file, not a folder", path)
+    foreign = sorted(e.rstrip("/") for e in tf.io.gfile.listdir(path)
+                     if e.rstrip("/") not in owned_entries)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise FileExistsError(
+            errno.ENOTEMPTY, f"holds files this suite did not write ({shown})", path
+        )
+
+
+class Locked(Exception):
+    """Another process holds the lock."""
+
+
+class exclusive_lock:
+    """`with exclusive_lock(path):` holds an fcntl lock on the file at path, or raises Locked.
+
+    The lock goes with the process: a killed holder never leaves it stuck. The
+    lock file (it holds the holder's pid) stays behind, empty of meaning once
+    unlocked.
+    """
+
+    def __init__(self, path):
+        self.path = path
+        self._file = None
+
+    def __enter__(self):
+        make_parent(self.path)
+        handle = open(self.path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip()
+            handle.close()
+            raise Locked(holder) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self._file = handle
+        return self
+
+    def __exit__(self, *exc):
+        self._file.close()  # Closing releases the lock.
+        self._file = None
+        return False
 
 
 def _remove_quietly(path):

@@ -17,13 +17,8 @@ INPUT_NAME = "Placeholder"
 BOTTLENECK_NAME = "bottleneck"
 
 
-def frozen_graph(handle, default_image_size, class_count, checkpoint, final_tensor_name,
-                 hidden_units=0):
-    """Module + final layer restored from checkpoint -> frozen tf.compat.v1.GraphDef.
-
-    hidden_units must be the value the layer was trained with. The layer is
-    built without dropout: the export computes exactly what evaluation did.
-    """
+def _export_graph(handle, default_image_size, class_count, final_tensor_name, hidden_units):
+    """A new graph: Placeholder -> module -> bottleneck -> final layer. -> (graph, bottleneck)."""
     graph = tf.Graph()
     with graph.as_default():
         module = module_lib.load(handle, default_image_size)
@@ -34,13 +29,48 @@ def frozen_graph(handle, default_image_size, class_count, checkpoint, final_tens
             raise ValueError(f"module {handle} already uses the op name {INPUT_NAME}")
         bottleneck = tf.identity(module(images), name=BOTTLENECK_NAME)
         final_layer.add_final_layer(bottleneck, class_count, final_tensor_name, hidden_units)
-        saver = tf.compat.v1.train.Saver(final_layer.final_layer_variables(graph))
+    return graph, bottleneck
+
+
+def check_final_tensor_name(handle, default_image_size, final_tensor_name, hidden_units=0):
+    """Build the export graph without weights. -> (module output size D, (height, width)).
+
+    Raises ValueError when final_tensor_name is not a valid op name, or is
+    taken in the graph (by the module, the input `Placeholder`, ...): what
+    export would otherwise find only after all the training.
+    """
+    _, bottleneck = _export_graph(
+        handle, default_image_size, 2, final_tensor_name, hidden_units
+    )
+    images = bottleneck.graph.get_tensor_by_name(INPUT_NAME + ":0")
+    return int(bottleneck.shape[-1]), (int(images.shape[1]), int(images.shape[2]))
+
+
+def frozen_graph(handle, default_image_size, class_count, layer, final_tensor_name,
+                 hidden_units=0):
+    """Module + the trained final layer -> frozen tf.compat.v1.GraphDef.
+
+    layer: {variable name: ndarray}, the final layer's values as trained
+    (final_layer.TrainingGraph.named_layer_values), so the export holds the
+    layer this process trained whatever else shares a checkpoint path.
+    hidden_units must be the value the layer was trained with. The layer is
+    built without dropout: the export computes exactly what evaluation did.
+    """
+    graph, _ = _export_graph(
+        handle, default_image_size, class_count, final_tensor_name, hidden_units
+    )
+    with graph.as_default():
+        variables = final_layer.final_layer_variables(graph)
+        if sorted(v.op.name for v in variables) != sorted(layer):
+            raise ValueError(f"layer values for {sorted(layer)}, graph has "
+                             f"{sorted(v.op.name for v in variables)}")
         with tf.compat.v1.Session(graph=graph, config=module_lib.session_config()) as sess:
             sess.run([
                 tf.compat.v1.global_variables_initializer(),
                 tf.compat.v1.tables_initializer(),
             ])
-            saver.restore(sess, checkpoint)
+            for variable in variables:
+                variable.load(layer[variable.op.name], sess)
             return module_lib.constant_graph_def(sess, [final_tensor_name])
 
 
@@ -80,4 +110,4 @@ def write_saved_model(graph_def, final_tensor_name, path):
                 )
                 builder.save()
 
-    atomic_files.replace_dir(path, build)
+    atomic_files.replace_dir(path, build, atomic_files.SAVED_MODEL_ENTRIES)

@@ -2,7 +2,7 @@
 
 `add_final_layer` is called both by training (on a bottleneck placeholder) and
 by export (on the module's output), so the exported graph holds exactly the
-layer that was trained, restored by variable name from the checkpoint. With
+layer that was trained, its values copied in by variable name. With
 `hidden_units` it is two layers (ReLU hidden layer, then softmax); dropout
 exists only in the training graph, never in the export.
 """
@@ -77,13 +77,16 @@ def weight_matrices(graph):
     return [v for v in final_layer_variables(graph) if v.op.name.endswith("weights")]
 
 
+def checkpoint_index_name(path):
+    """The name of the index file TF keeps beside the checkpoint with prefix path."""
+    # TF names it "checkpoint"; a checkpoint called "checkpoint" itself needs another.
+    return "checkpoint_state" if os.path.basename(path) == "checkpoint" else "checkpoint"
+
+
 def save_checkpoint(saver, sess, path):
     """Save the final layer to path (the TF checkpoint prefix)."""
-    # TF keeps an index of checkpoints in a file named "checkpoint" beside them;
-    # a checkpoint called "checkpoint" itself needs that index named otherwise.
-    index = "checkpoint_state" if os.path.basename(path) == "checkpoint" else None
     atomic_files.make_parent(path)
-    saver.save(sess, path, latest_filename=index, write_meta_graph=False)
+    saver.save(sess, path, latest_filename=checkpoint_index_name(path), write_meta_graph=False)
 
 
 def make_optimizer(name, learning_rate):
@@ -152,6 +155,10 @@ class TrainingGraph:
     def layer_values(self, sess):
         """The final layer's current variable values, [ndarray] in `variables` order."""
         return sess.run(self.variables)
+
+    def named_layer_values(self, sess):
+        """{variable name: ndarray}: the layer's current values, for export.frozen_graph."""
+        return {v.op.name: value for v, value in zip(self.variables, self.layer_values(sess))}
 
     def restore_layer_values(self, sess, values):
         """Put values from layer_values back into the variables (e.g. the best step's)."""

@@ -290,7 +290,12 @@ def print_results(paths, results, failures, labels, top_k, output_format):
 
 def run():
     define_flags()
-    app.run(main)
+    try:
+        app.run(main)
+    except KeyboardInterrupt:
+        print("interrupted: nothing was written; run the same command again to classify "
+              "the images.", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from absl import app, flags, logging
 
 import atomic_files
 import input_pipeline
+import output_paths
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 SPLITS = ("training", "validation", "testing")
@@ -342,13 +343,18 @@ def write_tfrecords(dataset, output_dir, images_per_shard=1000):
 
 def _write_shard(dataset, images, path):
     temporary = atomic_files.temporary_name(path)
-    with tf.io.TFRecordWriter(temporary) as writer:
-        for image in images:
-            with tf.io.gfile.GFile(dataset.full_path(image), "rb") as f:
-                data = f.read()
-            info = input_pipeline.inspect_image_bytes(data, max_pixels=float("inf"))
-            writer.write(_example(image, data, info).SerializeToString())
-    tf.io.gfile.rename(temporary, path, overwrite=True)
+    try:
+        with tf.io.TFRecordWriter(temporary) as writer:
+            for image in images:
+                with tf.io.gfile.GFile(dataset.full_path(image), "rb") as f:
+                    data = f.read()
+                info = input_pipeline.inspect_image_bytes(data, max_pixels=float("inf"))
+                writer.write(_example(image, data, info).SerializeToString())
+        tf.io.gfile.rename(temporary, path, overwrite=True)
+    except BaseException:  # Disk full, Ctrl-C: no half-written shard is left behind.
+        if tf.io.gfile.exists(temporary):
+            tf.io.gfile.remove(temporary)
+        raise
 
 
 def _example(image, data, info):
@@ -433,8 +439,13 @@ def main(argv):
     for name in ("image_dir", "output_dir"):
         if not FLAGS[name].value:
             sys.exit(f"error: --{name} is required (see --help).")
-    if FLAGS.images_per_shard <= 0:
-        sys.exit(f"error: --images_per_shard={FLAGS.images_per_shard} must be positive.")
+    for name in ("images_per_shard", "max_image_pixels"):
+        if FLAGS[name].value <= 0:
+            sys.exit(f"error: --{name}={FLAGS[name].value} must be positive.")
+    try:
+        check_output_dir(FLAGS.output_dir, FLAGS.image_dir)
+    except output_paths.PathError as e:
+        sys.exit(f"error: {e}")
     try:
         dataset = build_dataset(
             FLAGS.image_dir, FLAGS.validation_percentage, FLAGS.testing_percentage
@@ -450,6 +461,10 @@ def main(argv):
             written = write_tfrecords(dataset, FLAGS.output_dir, FLAGS.images_per_shard)
     except DatasetError as e:
         sys.exit(f"error: {e}")
+    except (OSError, tf.errors.OpError) as e:
+        reason = getattr(e, "strerror", None) or getattr(e, "message", None) or str(e)
+        sys.exit(f"error: cannot write into --output_dir={FLAGS.output_dir}: "
+                 f"{reason.strip().splitlines()[0]}; free some space or choose another folder.")
     warn_about_small_classes(dataset)
     print(format_count_table(dataset, bad))
     print(f"Wrote labels.txt and {', '.join(s + '.txt' for s in SPLITS)} to {FLAGS.output_dir}")
@@ -458,9 +473,23 @@ def main(argv):
         print(f"Wrote {', '.join(files)} to {FLAGS.output_dir}")
 
 
+def check_output_dir(output_dir, image_dir):
+    """Raise output_paths.PathError unless output_dir is a folder (or can be one) apart
+    from image_dir: not the same, not inside it, not around it."""
+    output_paths.check_apart([("output_dir", output_dir)], [("image_dir", image_dir)])
+    output_paths.check_folder_output("output_dir", output_dir)
+
+
 def run():
     define_flags()
-    app.run(main)
+    try:
+        app.run(main)
+    except KeyboardInterrupt:
+        # Each list and record file is written whole under a temporary name:
+        # an interrupt leaves the previous version of each, or none.
+        print("interrupted: nothing in --output_dir was left half-written; run the same "
+              "command again to check and write it all.", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

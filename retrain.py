@@ -33,9 +33,12 @@ What happens:
 Watch training with `tensorboard --logdir /tmp/retrain_logs`.
 """
 
+import contextlib
 import dataclasses
+import math
 import os
 import random
+import re
 import sys
 import time
 from typing import Optional
@@ -44,10 +47,13 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
 
+import atomic_files
 import evaluation
 import export
 import final_layer
 import input_pipeline
+import memory_budget
+import output_paths
 import pre_input
 import schedules
 from bottleneck import cache as cache_lib
@@ -231,12 +237,40 @@ class UsageError(Exception):
     """A flag value or output location the run cannot work with."""
 
 
+class OutputError(Exception):
+    """An output could not be written at the end of the run (disk full, ...)."""
+
+
 class AccuracyError(Exception):
     """The trained classifier is less accurate than --assert_accuracy_at_least."""
 
 
+# Seeds go to numpy (below 2**32) and TensorFlow; the drawn ones are below 2**31.
+MAX_RANDOM_SEED = 2**31 - 1
+# Integers TensorFlow takes as int64 (steps, sizes); larger values cannot be held.
+MAX_INTEGER = 2**63 - 1
+
+
+def check_numbers(values):
+    """Raise UsageError for a numeric flag that is NaN, infinite or out of its type's range."""
+    for name, value in sorted(values.items()):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UsageError(f"--{name}={value} must be a finite number.")
+        if isinstance(value, int) and abs(value) > MAX_INTEGER:
+            raise UsageError(f"--{name}={value} is too large (the limit is 2**63 - 1).")
+    seed = values.get("random_seed")
+    if seed is not None and not 0 <= seed <= MAX_RANDOM_SEED:
+        raise UsageError(
+            f"--random_seed={seed} must be between 0 and {MAX_RANDOM_SEED} (2**31 - 1)."
+        )
+
+
 def check_flags(values):
     """Raise UsageError for flag values that cannot work, before any work is done."""
+    check_numbers(values)
+    check_final_tensor_name(values["final_tensor_name"])
     for name, low, high in (("random_crop", 0, 100), ("random_scale", 0, 100),
                             ("random_brightness", 0, 99), ("random_rotation", 0, 180),
                             ("random_hue", 0, 0.5), ("random_saturation", 0, 1)):
@@ -344,6 +378,158 @@ def check_output_locations(paths):
             )
 
 
+# What TensorFlow accepts as an op name (tensorflow/python/framework/ops.py).
+VALID_OP_NAME = re.compile(r"^[A-Za-z0-9.][A-Za-z0-9_.\\\-/>]*$")
+
+
+def output_paths_of(values):
+    """[(flag, path)] of everything the run writes: files, folders and a checkpoint's files."""
+    outputs = [("output_graph", values["output_graph"]),
+               ("output_labels", values["output_labels"]),
+               ("summaries_dir", values["summaries_dir"])]
+    for name in ("eval_report", "saved_model_dir"):
+        if values[name]:
+            outputs.append((name, values[name]))
+    if values["intermediate_store_frequency"] > 0:
+        outputs.append(("intermediate_output_graphs_dir", values["intermediate_output_graphs_dir"]))
+    prefix = values["checkpoint_path"]
+    index = final_layer.checkpoint_index_name(prefix)
+    outputs += [("checkpoint_path", prefix + suffix)
+                for suffix in ("", ".index", ".data-00000-of-00001", ".lock")]
+    outputs.append(("checkpoint_path", os.path.join(os.path.dirname(prefix), index)))
+    return outputs
+
+
+def check_output_paths(values):
+    """Raise UsageError unless every output can be written without touching an input.
+
+    See output_paths: no empty path flags; no output the same as, inside or
+    around --image_dir, --tfrecord_dir, --bottleneck_dir, a local module folder
+    or another output; file outputs that are not folders and whose names fit;
+    a --saved_model_dir that is absent, empty or a SavedModel. The cache may
+    be inside --image_dir or --tfrecord_dir (neither scan it), but not either
+    folder itself nor around it.
+    """
+    named = ["output_graph", "output_labels", "checkpoint_path", "summaries_dir",
+             "bottleneck_dir", "tfhub_module"]
+    if values["intermediate_store_frequency"] > 0:
+        named.append("intermediate_output_graphs_dir")
+    try:
+        output_paths.check_not_empty((name, values[name]) for name in named)
+        inputs = [(name, values[name]) for name in ("image_dir", "tfrecord_dir") if values[name]]
+        module = output_paths.local_module_folder(values["tfhub_module"])
+        if module:
+            inputs.append(("tfhub_module", module))
+        cache = values["bottleneck_dir"]
+        for name, path in inputs:
+            where = output_paths.relation(cache, path)
+            if where and (name == "tfhub_module" or where != "inside"):
+                raise output_paths.PathError(
+                    f"--bottleneck_dir={cache} is {where} --{name}={path}: the cache needs a "
+                    "folder of its own (a subfolder of the image or TFRecord folder is fine)."
+                )
+        outputs = output_paths_of(values)
+        output_paths.check_apart(outputs, inputs + [("bottleneck_dir", cache)])
+        for name in ("output_graph", "output_labels", "eval_report"):
+            if values[name]:
+                output_paths.check_file_output(name, values[name])
+        output_paths.check_name_lengths(
+            "checkpoint_path", values["checkpoint_path"], CHECKPOINT_SUFFIX_ROOM
+        )
+        if values["saved_model_dir"]:
+            output_paths.check_folder_output(
+                "saved_model_dir", values["saved_model_dir"], atomic_files.SAVED_MODEL_ENTRIES
+            )
+        output_paths.check_folder_output("summaries_dir", values["summaries_dir"])
+        if values["intermediate_store_frequency"] > 0:
+            output_paths.check_folder_output(
+                "intermediate_output_graphs_dir", values["intermediate_output_graphs_dir"]
+            )
+    except output_paths.PathError as e:
+        raise UsageError(str(e)) from e
+
+
+# TensorFlow writes <prefix>.data-00000-of-00001 through a temporary name of
+# its own (<prefix>.data-00000-of-00001.tempstate + up to 20 digits).
+CHECKPOINT_SUFFIX_ROOM = len(".data-00000-of-00001.tempstate") + 20
+
+
+def check_final_tensor_name(name):
+    """Raise UsageError unless name is a valid op name (whether it is free is checked later)."""
+    if not VALID_OP_NAME.match(name):
+        raise UsageError(
+            f"--final_tensor_name={name!r} is not a TensorFlow op name: letters, digits and "
+            "_ . - / \\ >, starting with a letter, digit or '.'; e.g. final_result."
+        )
+
+
+def check_memory(values, dimension, class_count, image_count, input_size):
+    """Raise UsageError when the sizes asked for need more memory than this machine has.
+
+    dimension: bottleneck size D; input_size: (height, width) of the module.
+    The estimate counts float32 values: the bottlenecks [N, D]; a training
+    batch [B, D] twice (one prefetched) and its logits [B, C] x3; the layer's
+    weights with their gradients and two optimizer slots (x4); a batch's
+    hidden activations [B, H] x3 (ReLU output, its gradient, dropout); a
+    bottleneck batch of decoded images [min(batch, N), h, w, 3] twice (one
+    prefetched), and with distortions a training batch of images.
+    """
+    batch, hidden = values["train_batch_size"], values["hidden_units"]
+    height, width = input_size
+    weights = dimension * hidden + hidden * class_count if hidden else dimension * class_count
+    pixels = height * width * 3
+    parts = {
+        "train_batch_size": 2 * batch * dimension + 3 * batch * class_count,
+        "hidden_units": 4 * (weights + hidden + class_count) + 3 * batch * hidden,
+        "bottleneck_batch_size": 2 * min(values["bottleneck_batch_size"], image_count) * pixels,
+    }
+    if distortions_from(values).any():
+        parts["train_batch_size"] += 2 * batch * pixels
+    needed = 4 * (image_count * dimension + sum(parts.values()))
+    missing = memory_budget.shortfall(needed)
+    if missing:
+        largest = max(parts, key=parts.get)
+        raise UsageError(
+            f"--{largest}={values[largest]} needs {missing} ({dimension}-value bottlenecks, "
+            f"{class_count} classes, {image_count} images). Lower it."
+        )
+
+
+def check_names_in_graphs(values):
+    """Build the training and export graphs without training. -> (D, (height, width)).
+
+    Raises UsageError when --final_tensor_name is already taken in either (by
+    the module, `Placeholder`, an input of the training graph, ...).
+    """
+    name = values["final_tensor_name"]
+    try:
+        final_layer.build_training_graph(
+            1, 2, name, values["optimizer"], 0.1, 1, 0, hidden_units=values["hidden_units"],
+            dropout=values["dropout"] > 0,
+        )
+        dimension, input_size = export.check_final_tensor_name(
+            values["tfhub_module"], values["image_size"], name, values["hidden_units"]
+        )
+    except ValueError as e:
+        raise UsageError(
+            f"--final_tensor_name={name}: {e}; choose another name, e.g. final_result."
+        ) from e
+    return dimension, input_size
+
+
+def write_output(flag, path, write):
+    """Call write(); an OSError or TensorFlow error becomes one OutputError naming path."""
+    try:
+        write()
+    except (OSError, tf.errors.OpError) as e:
+        reason = getattr(e, "strerror", None) or getattr(e, "message", None) or str(e)
+        raise OutputError(
+            f"Cannot write --{flag}={path}: {reason.strip().splitlines()[0]}. Nothing partial "
+            "was left there; free some space or choose another location, then run again "
+            "(cached bottlenecks are reused)."
+        ) from e
+
+
 def split_arrays(dataset, bottlenecks, row_of):
     """{split: (vectors float32 [n, D], labels int64 [n], images)} for the three sets."""
     arrays = {}
@@ -407,6 +593,7 @@ class TrainingResult:
     # {split: (rows int [n] into that set's arrays, predictions int64 [n])} for the
     # evaluated sets: all validation images, test images as --test_batch_size samples.
     predictions: dict
+    layer: dict  # {variable name: ndarray}: the kept layer's values, what is exported
 
 
 def loss_settings(settings, train_y, class_count):
@@ -443,6 +630,9 @@ def validate(sess, g, val_x, val_y, rows, rate, step, writer, best):
 
 def train(arrays, class_count, settings, export_intermediate, batch_source=None):
     """Train the final layer; save the kept one to settings['checkpoint_path']. -> TrainingResult.
+
+    export_intermediate(step, {variable name: ndarray}) is called every
+    --intermediate_store_frequency steps.
 
     batch_source: see final_layer.build_training_graph (distorted training images).
     """
@@ -507,7 +697,7 @@ def train(arrays, class_count, settings, export_intermediate, batch_source=None)
             logging.info("%s", message)
             frequency = settings["intermediate_store_frequency"]
             if frequency and step % frequency == 0 and step != steps:
-                export_intermediate(sess, g.saver, step)
+                export_intermediate(step, g.named_layer_values(sess))
             if best.should_stop():
                 logging.info(
                     "Early stopping at step %d: no better validation score in %d evaluations "
@@ -528,14 +718,16 @@ def train(arrays, class_count, settings, export_intermediate, batch_source=None)
                 "cross entropy %.4f (all %d validation images).", best.step, step,
                 100 * best.accuracy, best.cross_entropy, len(val_y),
             )
-        final_layer.save_checkpoint(g.saver, sess, settings["checkpoint_path"])
+        layer = g.named_layer_values(sess)
+        write_output("checkpoint_path", settings["checkpoint_path"],
+                     lambda: final_layer.save_checkpoint(g.saver, sess, settings["checkpoint_path"]))
         predictions = {}
         for split, x, y, size in (("validation", val_x, val_y, -1),
                                   ("testing", test_x, test_y, settings["test_batch_size"])):
             if len(y):
                 rows = sample(rng, len(y), size)
                 predictions[split] = (rows, sess.run(g.predictions, {g.bottleneck_input: x[rows]}))
-    return TrainingResult(steps=step, kept_step=kept_step, predictions=predictions)
+    return TrainingResult(steps=step, kept_step=kept_step, predictions=predictions, layer=layer)
 
 
 def log_distortion_cost(per_step, steps, batch_size):
@@ -650,8 +842,8 @@ def main(argv):
     settings = {name: FLAGS[name].value for name in FLAGS}
     try:
         run_retraining(settings)
-    except (UsageError, AccuracyError, pre_input.DatasetError, module_lib.ModuleError,
-            cache_lib.CacheError) as e:
+    except (UsageError, OutputError, AccuracyError, pre_input.DatasetError,
+            module_lib.ModuleError, cache_lib.CacheError) as e:
         sys.exit(f"error: {e}")
 
 
@@ -662,6 +854,30 @@ def run_retraining(settings):
     settings['assert_accuracy_at_least'] is set and not met.
     """
     check_flags(settings)
+    check_output_paths(settings)
+    return retrain_with_checked_flags(settings)
+
+
+@contextlib.contextmanager
+def checkpoint_lock(checkpoint):
+    """Hold <checkpoint>.lock for the block, or raise UsageError if another run holds it."""
+    if not output_paths.is_local(checkpoint):
+        yield  # A remote filesystem has no fcntl locks.
+        return
+    try:
+        with atomic_files.exclusive_lock(checkpoint + ".lock"):
+            yield
+    except atomic_files.Locked as e:  # Raised on entering only: the block never raises it.
+        holder = f" (pid {e})" if str(e) else ""
+        raise UsageError(
+            f"--checkpoint_path={checkpoint} is in use by another retrain.py run{holder}; "
+            "wait for it to finish or give this run its own --checkpoint_path."
+        ) from None
+
+
+def retrain_with_checked_flags(settings):
+    """run_retraining after the flag and path checks: scan, check, then train holding
+    the checkpoint's lock."""
     if settings["class_weighting"] == "balanced" and settings["sampling"] == "uniform":
         logging.warning(
             "--class_weighting=balanced with --sampling=uniform corrects for class sizes "
@@ -682,6 +898,14 @@ def run_retraining(settings):
         if settings[name]:
             outputs.append(settings[name])
     check_output_locations(outputs + [os.path.join(settings["bottleneck_dir"], "x")])
+    dimension, input_size = check_names_in_graphs(settings)
+    check_memory(settings, dimension, len(dataset.labels), len(dataset.images), input_size)
+    with checkpoint_lock(settings["checkpoint_path"]):
+        return train_and_export(settings, dataset, images)
+
+
+def train_and_export(settings, dataset, images):
+    """Bottlenecks, training, evaluation and export, once every check has passed."""
     if settings["random_seed"] is None:
         settings["random_seed"] = random.SystemRandom().randrange(2**31)
         logging.info("Random seed %d (pass --random_seed=%d to repeat this run).",
@@ -702,21 +926,18 @@ def run_retraining(settings):
     logging.info("Images per class and set:\n%s", pre_input.format_count_table(dataset))
     arrays = split_arrays(dataset, bottlenecks, row_of)
 
-    def export_graph(path):
+    def export_graph(flag, path, layer):
         graph_def = export.frozen_graph(
             settings["tfhub_module"], settings["image_size"], len(dataset.labels),
-            settings["checkpoint_path"], settings["final_tensor_name"],
-            hidden_units=settings["hidden_units"],
+            layer, settings["final_tensor_name"], hidden_units=settings["hidden_units"],
         )
-        export.write_frozen_graph(graph_def, path)
+        write_output(flag, path, lambda: export.write_frozen_graph(graph_def, path))
         return graph_def
 
-    def export_intermediate(sess, saver, step):
-        final_layer.save_checkpoint(saver, sess, settings["checkpoint_path"])
+    def export_intermediate(step, layer):
         folder = settings["intermediate_output_graphs_dir"]
-        tf.io.gfile.makedirs(folder)
         path = os.path.join(folder, f"intermediate_{step}.pb")
-        export_graph(path)
+        export_graph("intermediate_output_graphs_dir", path, layer)
         logging.info("Wrote intermediate graph %s", path)
 
     distortions = distortions_from(settings)
@@ -736,21 +957,24 @@ def run_retraining(settings):
         dataset, reports, settings, result.steps, images, row_of, bottlenecks
     )
     if settings["eval_report"]:
-        evaluation.write_report(settings["eval_report"], {
-            "labels": dataset.labels,
-            "steps_trained": result.steps,
-            "kept_step": result.kept_step,
-            "testing": reports.get("testing"),
-            "validation": reports.get("validation"),
-        })
+        write_output("eval_report", settings["eval_report"], lambda: evaluation.write_report(
+            settings["eval_report"], {
+                "labels": dataset.labels,
+                "steps_trained": result.steps,
+                "kept_step": result.kept_step,
+                "testing": reports.get("testing"),
+                "validation": reports.get("validation"),
+            }))
         logging.info("Wrote evaluation report %s", settings["eval_report"])
     if settings["assert_accuracy_at_least"] is not None:
         check_accuracy(reports, settings["assert_accuracy_at_least"])
-    graph_def = export_graph(settings["output_graph"])
-    export.write_labels(dataset.labels, settings["output_labels"])
+    graph_def = export_graph("output_graph", settings["output_graph"], result.layer)
+    write_output("output_labels", settings["output_labels"],
+                 lambda: export.write_labels(dataset.labels, settings["output_labels"]))
     logging.info("Wrote %s and %s", settings["output_graph"], settings["output_labels"])
     if settings["saved_model_dir"]:
-        export.write_saved_model(graph_def, settings["final_tensor_name"], settings["saved_model_dir"])
+        write_output("saved_model_dir", settings["saved_model_dir"], lambda: export.write_saved_model(
+            graph_def, settings["final_tensor_name"], settings["saved_model_dir"]))
         logging.info("Wrote SavedModel %s", settings["saved_model_dir"])
     return accuracy
 
@@ -773,7 +997,17 @@ def distorted_batch_source(images, indices, labels, orientations, settings, dist
 
 
 def run():
-    app.run(main)
+    try:
+        app.run(main)
+    except KeyboardInterrupt:
+        # Cache entries and outputs are written whole under temporary names, so
+        # whatever was finished before the interrupt is complete and is reused.
+        print(
+            f"interrupted: the bottlenecks cached so far in {FLAGS['bottleneck_dir'].value} "
+            "are kept and outputs not yet written are unchanged; run the same command again "
+            "to continue.", file=sys.stderr,
+        )
+        sys.exit(130)
 
 
 if __name__ == "__main__":

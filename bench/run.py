@@ -355,7 +355,8 @@ def classic_warm_rerun(handle, text_paths, labels, splits, steps, batch_size, cl
         sess.run(g.accuracy, {g.bottleneck_input: batch_of(test), g.ground_truth: labels[test]})
         checkpoint = os.path.join(out, "classic_checkpoint")
         final_layer.save_checkpoint(g.saver, sess, checkpoint)
-    graph_def = export.frozen_graph(handle, module_lib.DEFAULT_IMAGE_SIZE, class_count, checkpoint,
+        layer = g.named_layer_values(sess)
+    graph_def = export.frozen_graph(handle, module_lib.DEFAULT_IMAGE_SIZE, class_count, layer,
                                     "final_result")
     export.write_frozen_graph(graph_def, os.path.join(out, "classic_graph.pb"))
     return time.monotonic() - start

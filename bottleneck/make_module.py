@@ -103,7 +103,7 @@ def write_module(kind, output_dir, seed=0):
     def save(folder):
         tf.saved_model.save(module, folder, signatures={"serving_default": module.__call__})
 
-    atomic_files.replace_dir(output_dir, save)
+    atomic_files.replace_dir(output_dir, save, atomic_files.SAVED_MODEL_ENTRIES)
 
 
 FLAGS = flags.FLAGS

@@ -126,7 +126,8 @@ def test_tfrecord_dir_refuses_a_split_it_cannot_apply(prepared, tiny_module, tmp
     with pytest.raises(retrain.UsageError, match="not both"):
         retrain.run_retraining(settings)
     settings = retrain_settings(tmp_path, "", tiny_module)
-    settings["tfrecord_dir"] = str(tmp_path)
+    settings["tfrecord_dir"] = str(tmp_path / "no_records")  # Outputs may not be inside it.
+    os.mkdir(settings["tfrecord_dir"])
     with pytest.raises(pre_input.DatasetError, match="no labels.txt"):
         retrain.run_retraining(settings)
 

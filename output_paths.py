@@ -1,0 +1,158 @@
+"""Checks that the outputs of a run can be written, and never land on its inputs.
+
+Run by retrain.py, pre_input.py and `python -m bottleneck` before any work:
+
+- a path flag given as an empty string is refused (an empty folder name would
+  otherwise mean the working directory);
+- no output may be the same as, inside, or around an input (the image folder,
+  the TFRecord folder, a local module folder, the bottleneck cache), nor the
+  same as, inside or around another output. Paths are compared after making
+  them absolute and resolving symlinks, so `data/../data/red` or a link to
+  the image folder is seen for what it is;
+- a file output that is an existing folder, and a name that would exceed the
+  filesystem's limit once the temporary suffix of atomic_files is added, are
+  refused; so is a folder output that holds anything this suite did not write.
+
+Each refusal is a PathError whose message is one line with the fix.
+"""
+
+import os
+
+import tensorflow as tf
+
+import atomic_files
+
+
+class PathError(Exception):
+    """An output path that would be unsafe or cannot be written."""
+
+
+def is_local(path):
+    return "://" not in path
+
+
+def resolved(path):
+    """Absolute, symlinks resolved (for the part that exists); a remote path as given."""
+    return os.path.realpath(path) if is_local(path) else path.rstrip("/")
+
+
+def relation(a, b):
+    """How path a stands to path b: 'the same as', 'inside', 'around' or None."""
+    a, b = resolved(a), resolved(b)
+    if a == b:
+        return "the same as"
+    if a.startswith(b.rstrip("/") + "/"):
+        return "inside"
+    if b.startswith(a.rstrip("/") + "/"):
+        return "around"
+    return None
+
+
+def check_not_empty(named_paths):
+    """named_paths: [(flag name, value)]. Raise PathError for a value that is ''."""
+    for flag, value in named_paths:
+        if value == "":
+            raise PathError(
+                f"--{flag} is empty; give a path (an empty one would mean the current folder)."
+            )
+
+
+def check_apart(outputs, inputs):
+    """Raise PathError if an output is the same as, inside or around an input or another output.
+
+    outputs, inputs: [(flag name, path)]; one flag may appear several times
+    (a checkpoint is several files), and paths of one flag are not compared
+    with each other.
+    """
+    for flag, path in outputs:
+        for input_flag, input_path in inputs:
+            where = relation(path, input_path)
+            if where:
+                raise PathError(
+                    f"--{flag}={path} is {where} --{input_flag}={input_path}: an output "
+                    "must not land on or around what the run reads; write it elsewhere."
+                )
+    for n, (flag, path) in enumerate(outputs):
+        for other_flag, other in outputs[n + 1:]:
+            where = relation(path, other) if other_flag != flag else None
+            if where:
+                raise PathError(
+                    f"--{flag}={path} is {where} --{other_flag}={other}: each output "
+                    "needs a place of its own; give them separate paths."
+                )
+
+
+def _name_max(path):
+    """The filesystem's longest file name for the nearest existing folder of path."""
+    folder = os.path.dirname(os.path.abspath(path)) or "/"
+    while not os.path.isdir(folder):
+        folder = os.path.dirname(folder)
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
+
+
+def check_name_lengths(flag, path, longest_suffix=None):
+    """Raise PathError if a name in path, or its last one plus longest_suffix, is too long.
+
+    longest_suffix: bytes added to the last name while it is written; by
+    default atomic_files' longest temporary suffix.
+    """
+    if longest_suffix is None:
+        longest_suffix = atomic_files.LONGEST_TEMPORARY_SUFFIX
+    if not is_local(path):
+        return
+    limit = _name_max(path)
+    names = [n for n in os.path.abspath(path).split(os.sep) if n]
+    for name in names[:-1]:
+        if len(name.encode()) > limit:
+            raise PathError(
+                f"--{flag}={path}: the folder name {name[:40]}... is longer than this "
+                f"filesystem allows ({limit} bytes); choose a shorter one."
+            )
+    size = len(names[-1].encode()) if names else 0
+    if size + longest_suffix > limit:
+        extra = (f"; it is first written under a temporary name {longest_suffix} bytes "
+                 "longer" if longest_suffix else "")
+        raise PathError(
+            f"--{flag}={path}: the name {names[-1][:40]}... is {size} bytes and this "
+            f"filesystem allows {limit}{extra}, so it must be at most "
+            f"{limit - longest_suffix} bytes here. Choose a shorter name."
+        )
+
+
+def check_file_output(flag, path):
+    """Raise PathError if the file output path cannot be written (see the module docstring)."""
+    check_name_lengths(flag, path)
+    if tf.io.gfile.isdir(path):
+        raise PathError(
+            f"--{flag}={path} is a folder; give the path of a file to write, e.g. "
+            f"{os.path.join(path.rstrip('/'), 'name')}."
+        )
+
+
+def check_folder_output(flag, path, owned_entries=None):
+    """Raise PathError if the folder output at path cannot be written.
+
+    owned_entries: for an output that replaces the whole folder (a SavedModel),
+    the names it writes; the folder must be absent, empty or hold only those.
+    Otherwise the folder is written into, and must only not be a file.
+    """
+    # Only a replaced folder is first written under a temporary name.
+    check_name_lengths(flag, path, 0 if owned_entries is None else None)
+    if owned_entries is not None:
+        try:
+            atomic_files.check_replaceable(path, owned_entries)
+        except FileExistsError as e:
+            raise PathError(
+                f"--{flag}={path} {e.strerror}: it is replaced as a whole, so only an "
+                "empty folder or one written by this suite may be there. Give a new folder."
+            ) from e
+    elif tf.io.gfile.exists(path) and not tf.io.gfile.isdir(path):
+        raise PathError(f"--{flag}={path} is a file, not a folder; give a folder.")
+
+
+def local_module_folder(handle):
+    """handle if it is a module folder on this machine, else None (a TF Hub address)."""
+    return handle if handle and is_local(handle) and os.path.exists(handle) else None
