@@ -441,10 +441,15 @@ def validate(sess, g, val_x, val_y, rows, rate, step, writer, best):
     return message
 
 
-def train(arrays, class_count, settings, export_intermediate, batch_source=None):
+def train(arrays, class_count, settings, export_intermediate, batch_source=None,
+          in_graph_loop=True):
     """Train the final layer; save the kept one to settings['checkpoint_path']. -> TrainingResult.
 
     batch_source: see final_layer.build_training_graph (distorted training images).
+    The steps between two evaluations run in one Session call (the graph's
+    train_steps loop), unless in_graph_loop is False or there is a
+    batch_source: then every step is a call of its own. Both give the same
+    layer for the same seed.
     """
     train_x, train_y, _ = arrays["training"]
     val_x, val_y, _ = arrays["validation"]
@@ -466,6 +471,14 @@ def train(arrays, class_count, settings, export_intermediate, batch_source=None)
     if not len(val_y):
         logging.info("No validation images: validation accuracy is not reported, and the "
                      "last step's layer is exported.")
+
+    def rate_at(step):
+        return schedules.learning_rate_at(
+            settings["learning_rate_schedule"], step, settings["learning_rate"], steps,
+            settings["learning_rate_decay"], settings["decay_steps"],
+        )
+
+    looping = in_graph_loop and g.train_steps is not None
     with tf.compat.v1.Session(graph=g.graph) as sess:
         train_writer = tf.compat.v1.summary.FileWriter(os.path.join(summaries_dir, "train"), g.graph)
         validation_writer = tf.compat.v1.summary.FileWriter(os.path.join(summaries_dir, "validation"))
@@ -474,10 +487,17 @@ def train(arrays, class_count, settings, export_intermediate, batch_source=None)
         start = time.monotonic()
         step = 0
         while step < steps:
-            rate = schedules.learning_rate_at(
-                settings["learning_rate_schedule"], step, settings["learning_rate"], steps,
-                settings["learning_rate_decay"], settings["decay_steps"],
-            )
+            if looping:
+                # Every step before the next evaluation in one call; the evaluation's
+                # own step then runs below as before, with its metrics.
+                evaluation_step = min(steps, (step // interval + 1) * interval)
+                if evaluation_step - 1 > step:
+                    feed = {g.learning_rates: [rate_at(s) for s in range(step, evaluation_step - 1)]}
+                    if g.dropout_rate is not None:
+                        feed[g.dropout_rate] = settings["dropout"]
+                    sess.run(g.train_steps, feed)
+                    step = evaluation_step - 1
+            rate = rate_at(step)
             step += 1
             if batch_source is not None and step == 2:
                 clock = time.monotonic()  # Step 1 paid the start-up costs.
