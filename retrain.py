@@ -50,6 +50,7 @@ import final_layer
 import input_pipeline
 import pre_input
 import schedules
+from bottleneck import batch_size as batch_size_lib
 from bottleneck import cache as cache_lib
 from bottleneck import compute
 from bottleneck import module as module_lib
@@ -81,8 +82,9 @@ flags.DEFINE_integer(
 )
 flags.DEFINE_string("bottleneck_dir", "/tmp/bottleneck", "Where bottleneck vectors are cached.")
 flags.DEFINE_integer(
-    "bottleneck_batch_size", compute.DEFAULT_BATCH_SIZE,
-    "Images per forward pass when computing bottlenecks.",
+    "bottleneck_batch_size", None,
+    "Images per forward pass when computing bottlenecks. Default: "
+    + batch_size_lib.default_description() + ".",
 )
 flags.DEFINE_integer(
     "max_image_pixels", input_pipeline.DEFAULT_MAX_IMAGE_PIXELS,
@@ -260,7 +262,7 @@ def check_flags(values):
         )
     for name in ("how_many_training_steps", "train_batch_size", "eval_step_interval",
                  "bottleneck_batch_size", "image_size", "max_image_pixels"):
-        if values[name] <= 0:
+        if values[name] is not None and values[name] <= 0:
             raise UsageError(f"--{name}={values[name]} must be positive.")
     for name in ("validation_batch_size", "test_batch_size"):
         if values[name] == 0 or values[name] < -1:
