@@ -23,7 +23,10 @@ Yardsticks, written here from the classic script's description:
 
 Rates of bottleneck computation are steady-state: the first batch (or image)
 also pays for graph optimisation and is left out, for ours and the
-yardsticks alike. The label_image and warm-rerun figures time whole command
+yardsticks alike. With our batch size measured (the default), ours is the
+rate of the images after the measuring batches, at the size chosen. Our
+training rate runs steps as retrain.py does: those between two evaluations
+(every --eval_interval) in one call. The label_image and warm-rerun figures time whole command
 lines (a fresh Python each), start-up included.
 """
 
@@ -51,6 +54,7 @@ import export  # noqa: E402
 import final_layer  # noqa: E402
 import input_pipeline  # noqa: E402
 import pre_input  # noqa: E402
+from bottleneck import batch_size as batch_size_lib  # noqa: E402
 from bottleneck import cache as cache_lib  # noqa: E402
 from bottleneck import compute, make_module  # noqa: E402
 from bottleneck import module as module_lib  # noqa: E402
@@ -65,8 +69,16 @@ flags.DEFINE_string(
     "Module to measure: a kind of bottleneck.make_module (inception_v3, tiny) written "
     "fresh, or the folder of a SavedModel feature-vector module.",
 )
-flags.DEFINE_integer("images", 96, "Photos for the bottleneck and mixed-precision figures.")
-flags.DEFINE_integer("batch_size", compute.DEFAULT_BATCH_SIZE, "Our bottleneck batch size.")
+flags.DEFINE_integer(
+    "images", 264,
+    "Photos for the bottleneck and mixed-precision figures (enough for our batch size to be "
+    "measured and then run on 32).",
+)
+flags.DEFINE_integer(
+    "batch_size", None,
+    "Our bottleneck batch size. Default: measured, as retrain.py does (at least "
+    f"{batch_size_lib.MIN_IMAGES_TO_MEASURE} --images).",
+)
 flags.DEFINE_list("limit_batch_sizes", ["8", "16", "32"], "Batch sizes tried for the limit (c).")
 flags.DEFINE_integer("steps", 4000, "Training steps (training, warm-rerun and accuracy figures).")
 flags.DEFINE_integer("classic_steps", 200, "Steps of the classic training loop (b) timed.")
@@ -459,8 +471,12 @@ class Bench:
             result = compute.compute_bottlenecks(
                 self.photos(), self.handle, self.folder("cache"), batch_size=FLAGS.batch_size
             )
-            self.fp32_rate = result.steady_rate
+            self.fp32_rate, self.fp32_batch = result.steady_rate, result.batch_size
         return self.fp32_rate
+
+    def batch_words(self):
+        how = "given" if FLAGS.batch_size else "measured"
+        return f"batch {self.fp32_batch}, {how}"
 
     def bottlenecks(self):
         paths = self.photos()
@@ -476,7 +492,7 @@ class Bench:
         self.limit = (limit, best_batch)
         self.add(
             "1a. bottlenecks (`python -m bottleneck`) vs the limit (c)",
-            f"{ours:.2f} img/s (batch {FLAGS.batch_size})",
+            f"{ours:.2f} img/s ({self.batch_words()})",
             f"{limit:.2f} img/s (batch {best_batch})", ours / limit, ">= 0.90x", ours / limit >= 0.9,
         )
         self.add(
@@ -694,12 +710,17 @@ def main(argv):
         raise app.UsageError(f"--figures: unknown {', '.join(unknown)}; choose from {', '.join(FIGURES)}.")
     for name in ("images", "batch_size", "steps", "classic_steps", "train_batch", "warm_images",
                  "label_images", "eval_interval"):
-        if FLAGS[name].value <= 0:
+        if FLAGS[name].value is not None and FLAGS[name].value <= 0:
             raise app.UsageError(f"--{name}={FLAGS[name].value} must be positive.")
-    if FLAGS.images < 2 * FLAGS.batch_size:
+    if FLAGS.batch_size and FLAGS.images < 2 * FLAGS.batch_size:
         raise app.UsageError(
             f"--images={FLAGS.images} must be at least twice --batch_size={FLAGS.batch_size}: "
             "rates leave out the first batch."
+        )
+    if not FLAGS.batch_size and FLAGS.images < batch_size_lib.MIN_IMAGES_TO_MEASURE:
+        raise app.UsageError(
+            f"--images={FLAGS.images} is too few to measure our batch size (at least "
+            f"{batch_size_lib.MIN_IMAGES_TO_MEASURE}); give more, or a --batch_size."
         )
     tf.get_logger().setLevel("ERROR")
     logging.set_verbosity(logging.INFO)
