@@ -10,6 +10,7 @@ exists only in the training graph, never in the export.
 import dataclasses
 import math
 import os
+from typing import Optional
 
 import numpy as np
 import tensorflow as tf
@@ -23,19 +24,31 @@ CLASS_WEIGHTINGS = ("none", "balanced")
 SAMPLINGS = ("proportional", "uniform")
 
 
-def add_final_layer(bottleneck, class_count, final_tensor_name, hidden_units=0, dropout_rate=None):
+def add_final_layer(bottleneck, class_count, final_tensor_name, hidden_units=0, dropout=None):
     """bottleneck float32 [N, D] -> (logits [N, C], probabilities [N, C] named final_tensor_name).
 
     hidden_units > 0 puts a ReLU layer of that width between the bottleneck and
-    the softmax. dropout_rate (a float32 scalar tensor, or None for no dropout
-    op at all, as in the export) drops that fraction of the softmax layer's
-    inputs: the hidden activations, or the bottleneck when there is no hidden
-    layer. Variable names: `final_retrain_ops/weights` and `.../biases` for the
-    softmax layer (as before hidden layers existed), `.../hidden_weights` and
-    `.../hidden_biases` for the hidden layer.
+    the softmax. dropout: None for no dropout op at all (as in the export), or
+    a function features -> features that drops a fraction of the softmax
+    layer's inputs: the hidden activations, or the bottleneck when there is no
+    hidden layer (see build_training_graph). Variable names:
+    `final_retrain_ops/weights` and `.../biases` for the softmax layer (as
+    before hidden layers existed), `.../hidden_weights` and `.../hidden_biases`
+    for the hidden layer.
     """
+    logits = layer_logits(bottleneck, class_count, hidden_units, dropout)
+    probabilities = tf.nn.softmax(logits, name=final_tensor_name)
+    if probabilities.op.name != final_tensor_name:
+        raise ValueError(f"tensor name {final_tensor_name!r} is already used in the graph")
+    return logits, probabilities
+
+
+def layer_logits(bottleneck, class_count, hidden_units=0, dropout=None):
+    """The layer's logits float32 [N, C] (see add_final_layer), its variables
+    made on the first call in a graph and reused on later ones (the training
+    loop builds the layer twice on the same variables)."""
     dimension = int(bottleneck.shape[-1])
-    with tf.compat.v1.variable_scope(SCOPE):
+    with tf.compat.v1.variable_scope(SCOPE, reuse=tf.compat.v1.AUTO_REUSE):
         features = bottleneck
         if hidden_units:
             hidden_weights = tf.compat.v1.get_variable(
@@ -52,8 +65,8 @@ def add_final_layer(bottleneck, class_count, final_tensor_name, hidden_units=0, 
                 tf.compat.v1.nn.xw_plus_b(features, hidden_weights, hidden_biases), name="hidden"
             )
             dimension = hidden_units
-        if dropout_rate is not None:
-            features = tf.nn.dropout(features, rate=dropout_rate, name="dropout")
+        if dropout is not None:
+            features = dropout(features)
         weights = tf.compat.v1.get_variable(
             "weights", [dimension, class_count],
             initializer=tf.compat.v1.truncated_normal_initializer(stddev=0.001),
@@ -61,11 +74,7 @@ def add_final_layer(bottleneck, class_count, final_tensor_name, hidden_units=0, 
         biases = tf.compat.v1.get_variable(
             "biases", [class_count], initializer=tf.compat.v1.zeros_initializer()
         )
-        logits = tf.compat.v1.nn.xw_plus_b(features, weights, biases, name="logits")
-    probabilities = tf.nn.softmax(logits, name=final_tensor_name)
-    if probabilities.op.name != final_tensor_name:
-        raise ValueError(f"tensor name {final_tensor_name!r} is already used in the graph")
-    return logits, probabilities
+        return tf.compat.v1.nn.xw_plus_b(features, weights, biases, name="logits")
 
 
 def final_layer_variables(graph):
@@ -140,7 +149,12 @@ class TrainingGraph:
     learning_rate: tf.Tensor  # float32 scalar, fed at every step from schedules
     dropout_rate: tf.Tensor  # float32 scalar, 0 unless fed (for training steps only); None
     # when the graph was built without dropout
-    train_step: tf.Operation
+    train_step: tf.Operation  # one training step
+    # Several training steps in one run: as many as there are rates fed to
+    # `learning_rates` (float32 [k], one per step), with exactly the arithmetic,
+    # batches and dropout masks of k runs of train_step. None with a batch_source.
+    train_steps: Optional[tf.Operation]
+    learning_rates: Optional[tf.Tensor]
     cross_entropy: tf.Tensor  # plain mean cross entropy: no weights, smoothing or L2
     loss: tf.Tensor  # what the optimizer minimises (see LossSettings)
     accuracy: tf.Tensor
@@ -178,10 +192,18 @@ def build_training_graph(
     and `ground_truth` instead evaluates any other set. `learning_rate` is the
     default of the fed learning-rate placeholder.
 
+    Between evaluations, `train_steps` runs many steps in one Session call: at
+    about a millisecond a step, the Python round trip of a call per step would
+    cost as much as the step. Its loop body is the same layer, loss and
+    optimizer update as train_step, on the same variables and the same
+    iterator. Dropout masks are drawn from (seed, step number), a stateless
+    draw, so a step's mask is the same whichever op runs it.
+
     batch_source: optional function called inside the graph, returning
     (bottlenecks float32 [B, D], labels int64 [B], iterator initializer): the
     training batches then come from it (distorted images through the module)
-    instead of the in-memory bottlenecks. Only the final layer is trained.
+    instead of the in-memory bottlenecks, one step per call (no train_steps:
+    its batch is computed outside any loop). Only the final layer is trained.
     dropout: whether to build the dropout op (its rate is fed per step).
     """
     loss_settings = loss_settings or LossSettings()
@@ -196,6 +218,7 @@ def build_training_graph(
             batches = input_pipeline.training_batches(bottlenecks, labels, batch_size, seed)
         else:
             raise ValueError(f"sampling must be one of {SAMPLINGS}, not {sampling!r}")
+        iterator = None
         if batch_source is None:
             iterator = tf.compat.v1.data.make_initializable_iterator(batches)
             batch, batch_labels = iterator.get_next()
@@ -208,14 +231,34 @@ def build_training_graph(
         ground_truth = tf.compat.v1.placeholder_with_default(
             batch_labels, [None], "GroundTruthInput"
         )
+        # Steps taken so far: the dropout masks' seed, and train_steps' start.
+        step_count = tf.compat.v1.get_variable(
+            "training_steps_taken", [], tf.int64, tf.compat.v1.zeros_initializer(),
+            trainable=False,
+        )
         # No dropout op unless asked for: drawing its random mask costs every step.
         dropout_rate = (
             tf.compat.v1.placeholder_with_default(0.0, [], "dropout_rate") if dropout else None
         )
+
+        def dropout_at(step):
+            if dropout_rate is None:
+                return None
+            return lambda features: tf.nn.experimental.stateless_dropout(
+                features, rate=dropout_rate, seed=tf.stack([tf.constant(seed, tf.int64), step]),
+                name="dropout",
+            )
+
         rate = tf.compat.v1.placeholder_with_default(float(learning_rate), [], "learning_rate_input")
+        # The rate is read when an update is built: `rate` for train_step, the
+        # step's own rate inside the train_steps loop.
+        current_rate = [rate]
+        opt = make_optimizer(optimizer, lambda: current_rate[0])
+        step = step_count.read_value()
         logits, probabilities = add_final_layer(
-            bottleneck_input, class_count, final_tensor_name, hidden_units, dropout_rate
+            bottleneck_input, class_count, final_tensor_name, hidden_units, dropout_at(step)
         )
+        variables = final_layer_variables(graph)
         with tf.name_scope("losses"):
             cross_entropy = tf.reduce_mean(
                 tf.nn.sparse_softmax_cross_entropy_with_logits(
@@ -224,13 +267,38 @@ def build_training_graph(
             )
             loss = training_loss(logits, ground_truth, class_count, loss_settings, graph)
         # Only the new layer learns, even when a module's variables are in the graph.
-        train_step = make_optimizer(optimizer, rate).minimize(
-            loss, var_list=final_layer_variables(graph)
-        )
+        update = opt.minimize(loss, var_list=variables)
+        with tf.control_dependencies([update]):
+            train_step = step_count.assign_add(1).op
+
+        train_steps = learning_rates = None
+        if iterator is not None:
+            learning_rates = tf.compat.v1.placeholder(tf.float32, [None], "learning_rates")
+            first = step_count.read_value()
+
+            def one_step(i):
+                step_batch, step_labels = iterator.get_next()
+                step_logits = layer_logits(
+                    step_batch, class_count, hidden_units, dropout_at(first + tf.cast(i, tf.int64))
+                )
+                step_loss = training_loss(step_logits, step_labels, class_count, loss_settings, graph)
+                current_rate[0] = learning_rates[i]
+                step_update = opt.minimize(step_loss, var_list=variables)
+                current_rate[0] = rate
+                with tf.control_dependencies([step_update]):
+                    return i + 1
+
+            count = tf.size(learning_rates)
+            # One iteration at a time: each step reads the weights the previous one wrote.
+            done = tf.compat.v1.while_loop(
+                lambda i: i < count, one_step, [tf.constant(0)], parallel_iterations=1,
+                name="train_steps",
+            )
+            with tf.control_dependencies([done]):
+                train_steps = step_count.assign_add(tf.cast(count, tf.int64)).op
         with tf.name_scope("evaluation"):
             predictions = tf.argmax(probabilities, 1)
             accuracy = tf.reduce_mean(tf.cast(tf.equal(predictions, ground_truth), tf.float32))
-        variables = final_layer_variables(graph)
         summaries = tf.compat.v1.summary.merge([
             tf.compat.v1.summary.scalar("accuracy", accuracy),
             tf.compat.v1.summary.scalar("cross_entropy", cross_entropy),
@@ -246,8 +314,9 @@ def build_training_graph(
             assign_values = tf.group(*(v.assign(x) for v, x in zip(variables, value_inputs)))
     return TrainingGraph(
         graph, bottlenecks, labels, iterator_init, bottleneck_input, ground_truth,
-        rate, dropout_rate, train_step, cross_entropy, loss, accuracy, predictions,
-        probabilities, summaries, saver, variables, assign_values, value_inputs,
+        rate, dropout_rate, train_step, train_steps, learning_rates, cross_entropy, loss,
+        accuracy, predictions, probabilities, summaries, saver, variables, assign_values,
+        value_inputs,
     )
 
 

@@ -21,6 +21,7 @@ from absl import app, flags
 
 import input_pipeline
 import pre_input
+from bottleneck import batch_size as batch_size_lib
 
 FLAGS = flags.FLAGS
 
@@ -134,18 +135,27 @@ def list_images(arguments):
 
 
 def classify(graph_def, paths, height, width, input_layer="Placeholder",
-             output_layer="final_result", input_mean=0.0, input_std=255.0, batch_size=32,
+             output_layer="final_result", input_mean=0.0, input_std=255.0, batch_size=None,
              orientations=None):
     """Run the graph on image files. -> {index: probabilities float32 [C]}.
 
-    orientations: EXIF orientation per path (see input_pipeline.inspect_image_file);
-    default upright. Images that cannot be decoded are missing from the result.
+    batch_size: images per forward pass, or None to measure the fastest (see
+    bottleneck.batch_size). orientations: EXIF orientation per path (see
+    input_pipeline.inspect_image_file); default upright. Images that cannot be
+    decoded are missing from the result.
     """
     find_node(graph_def, output_layer, "output_layer")
+    orientations = orientations or [1] * len(paths)
+    files = input_pipeline.ImageFiles(paths)
     graph = tf.Graph()
     with graph.as_default():
-        batches = input_pipeline.image_batches(paths, height, width, batch_size, orientations)
-        indices, images = tf.compat.v1.data.make_one_shot_iterator(batches).get_next()
+        run = batch_size_lib.BatchedRun(
+            lambda indices, size: files.batches(
+                indices, [orientations[i] for i in indices], height, width, size
+            ),
+            range(len(paths)), batch_size,
+        )
+        images = run.images
         if (input_mean, input_std) != (0.0, 255.0):
             # Same arithmetic as the stock label_image: (pixel - mean) / std on 0-255 values.
             images = (images * 255.0 - input_mean) / input_std
@@ -155,7 +165,7 @@ def classify(graph_def, paths, height, width, input_layer="Placeholder",
         )
         results = {}
         with tf.compat.v1.Session(graph=graph, config=session_config()) as sess:
-            for batch_indices, values in input_pipeline.each_batch(sess, [indices, probabilities]):
+            for batch_indices, values in run.batches(sess, [probabilities]):
                 results.update(zip(batch_indices.tolist(), values))
     return results
 
@@ -197,7 +207,10 @@ def define_flags():
     flags.DEFINE_float("input_mean", 0, "Subtracted from pixel values (0-255) before scaling.")
     flags.DEFINE_float("input_std", 255, "Pixel values are divided by this after the mean.")
     flags.DEFINE_integer("top_k", 5, "How many labels to print per image.")
-    flags.DEFINE_integer("batch_size", 32, "Images per forward pass.")
+    flags.DEFINE_integer(
+        "batch_size", None,
+        "Images per forward pass. Default: " + batch_size_lib.default_description() + ".",
+    )
     flags.DEFINE_enum("output_format", "text", ["text", "json"], "How to print the results.")
     flags.DEFINE_integer(
         "max_image_pixels", input_pipeline.DEFAULT_MAX_IMAGE_PIXELS,
@@ -221,6 +234,9 @@ def main(argv):
         images, graph, labels = images + positional[:-2], positional[-2], positional[-1]
     if not images or not graph or not labels:
         sys.exit("error: give an image, a graph and a labels file (see --help).")
+    if FLAGS.batch_size is not None and FLAGS.batch_size <= 0:
+        sys.exit(f"error: --batch_size={FLAGS.batch_size} must be positive (or left out to "
+                 "measure the fastest).")
     tf.get_logger().setLevel("ERROR")
     try:
         paths = list_images(images)

@@ -56,6 +56,7 @@ import memory_budget
 import output_paths
 import pre_input
 import schedules
+from bottleneck import batch_size as batch_size_lib
 from bottleneck import cache as cache_lib
 from bottleneck import compute
 from bottleneck import module as module_lib
@@ -87,8 +88,9 @@ flags.DEFINE_integer(
 )
 flags.DEFINE_string("bottleneck_dir", "/tmp/bottleneck", "Where bottleneck vectors are cached.")
 flags.DEFINE_integer(
-    "bottleneck_batch_size", compute.DEFAULT_BATCH_SIZE,
-    "Images per forward pass when computing bottlenecks.",
+    "bottleneck_batch_size", None,
+    "Images per forward pass when computing bottlenecks. Default: "
+    + batch_size_lib.default_description() + ".",
 )
 flags.DEFINE_integer(
     "max_image_pixels", input_pipeline.DEFAULT_MAX_IMAGE_PIXELS,
@@ -294,7 +296,7 @@ def check_flags(values):
         )
     for name in ("how_many_training_steps", "train_batch_size", "eval_step_interval",
                  "bottleneck_batch_size", "image_size", "max_image_pixels"):
-        if values[name] <= 0:
+        if values[name] is not None and values[name] <= 0:
             raise UsageError(f"--{name}={values[name]} must be positive.")
     for name in ("validation_batch_size", "test_batch_size"):
         if values[name] == 0 or values[name] < -1:
@@ -628,13 +630,18 @@ def validate(sess, g, val_x, val_y, rows, rate, step, writer, best):
     return message
 
 
-def train(arrays, class_count, settings, export_intermediate, batch_source=None):
+def train(arrays, class_count, settings, export_intermediate, batch_source=None,
+          in_graph_loop=True):
     """Train the final layer; save the kept one to settings['checkpoint_path']. -> TrainingResult.
 
     export_intermediate(step, {variable name: ndarray}) is called every
     --intermediate_store_frequency steps.
 
     batch_source: see final_layer.build_training_graph (distorted training images).
+    The steps between two evaluations run in one Session call (the graph's
+    train_steps loop), unless in_graph_loop is False or there is a
+    batch_source: then every step is a call of its own. Both give the same
+    layer for the same seed.
     """
     train_x, train_y, _ = arrays["training"]
     val_x, val_y, _ = arrays["validation"]
@@ -656,6 +663,14 @@ def train(arrays, class_count, settings, export_intermediate, batch_source=None)
     if not len(val_y):
         logging.info("No validation images: validation accuracy is not reported, and the "
                      "last step's layer is exported.")
+
+    def rate_at(step):
+        return schedules.learning_rate_at(
+            settings["learning_rate_schedule"], step, settings["learning_rate"], steps,
+            settings["learning_rate_decay"], settings["decay_steps"],
+        )
+
+    looping = in_graph_loop and g.train_steps is not None
     with tf.compat.v1.Session(graph=g.graph) as sess:
         train_writer = tf.compat.v1.summary.FileWriter(os.path.join(summaries_dir, "train"), g.graph)
         validation_writer = tf.compat.v1.summary.FileWriter(os.path.join(summaries_dir, "validation"))
@@ -664,10 +679,17 @@ def train(arrays, class_count, settings, export_intermediate, batch_source=None)
         start = time.monotonic()
         step = 0
         while step < steps:
-            rate = schedules.learning_rate_at(
-                settings["learning_rate_schedule"], step, settings["learning_rate"], steps,
-                settings["learning_rate_decay"], settings["decay_steps"],
-            )
+            if looping:
+                # Every step before the next evaluation in one call; the evaluation's
+                # own step then runs below as before, with its metrics.
+                evaluation_step = min(steps, (step // interval + 1) * interval)
+                if evaluation_step - 1 > step:
+                    feed = {g.learning_rates: [rate_at(s) for s in range(step, evaluation_step - 1)]}
+                    if g.dropout_rate is not None:
+                        feed[g.dropout_rate] = settings["dropout"]
+                    sess.run(g.train_steps, feed)
+                    step = evaluation_step - 1
+            rate = rate_at(step)
             step += 1
             if batch_source is not None and step == 2:
                 clock = time.monotonic()  # Step 1 paid the start-up costs.

@@ -17,6 +17,7 @@ import input_pipeline
 import memory_budget
 import output_paths
 import pre_input
+from bottleneck import batch_size as batch_size_lib
 from bottleneck import cache as cache_lib
 from bottleneck import compute
 from bottleneck import module as module_lib
@@ -32,7 +33,10 @@ flags.DEFINE_integer(
     "image_size", module_lib.DEFAULT_IMAGE_SIZE,
     "Input height and width for modules whose signature does not fix them.",
 )
-flags.DEFINE_integer("batch_size", compute.DEFAULT_BATCH_SIZE, "Images per forward pass.")
+flags.DEFINE_integer(
+    "batch_size", None,
+    "Images per forward pass. Default: " + batch_size_lib.default_description() + ".",
+)
 flags.DEFINE_integer(
     "max_image_pixels", input_pipeline.DEFAULT_MAX_IMAGE_PIXELS,
     "Images with more pixels (width x height) are skipped instead of decoded.",
@@ -51,7 +55,7 @@ def main(argv):
     if not FLAGS.image_dir:
         sys.exit("error: --image_dir is required: the folder with one subfolder per class.")
     for name in ("batch_size", "image_size", "max_image_pixels"):
-        if FLAGS[name].value <= 0:
+        if FLAGS[name].value is not None and FLAGS[name].value <= 0:
             sys.exit(f"error: --{name}={FLAGS[name].value} must be positive.")
     try:
         check_cache_location(FLAGS.bottleneck_dir, FLAGS.image_dir, FLAGS.tfhub_module)

@@ -14,10 +14,10 @@ import tensorflow as tf
 from absl import logging
 
 import input_pipeline
+from bottleneck import batch_size as batch_size_lib
 from bottleneck import cache as cache_lib
 from bottleneck import module as module_lib
 
-DEFAULT_BATCH_SIZE = 32
 PROGRESS_SECONDS = 10.0
 
 
@@ -31,9 +31,11 @@ class Bottlenecks:
     width: int
     module_key: str
     orientations: list  # EXIF orientation of each image, for decoding it again
-    # Images per second of the forward passes after the first batch (which also
-    # pays for graph optimisation); None when fewer than two batches ran.
+    # Images per second of the forward passes at the batch size used: after the
+    # first batch (which also pays for graph optimisation) or after the batches
+    # that measured the size; None when there were none.
     steady_rate: float = None
+    batch_size: int = None  # images per forward pass, given or measured; None: none ran
 
     def summary(self):
         return (
@@ -82,13 +84,15 @@ def format_duration(seconds):
 
 def compute_bottlenecks(
     images, handle, bottleneck_dir, default_image_size=module_lib.DEFAULT_IMAGE_SIZE,
-    batch_size=DEFAULT_BATCH_SIZE, max_image_pixels=input_pipeline.DEFAULT_MAX_IMAGE_PIXELS,
+    batch_size=None, max_image_pixels=input_pipeline.DEFAULT_MAX_IMAGE_PIXELS,
     precision="float32",
 ):
     """Bottleneck vectors for images, from the cache or computed and cached.
 
     images: full paths of image files, or an input_pipeline.ImageFiles or
-    TFRecordImages. handle: TF Hub handle or local module folder. precision:
+    TFRecordImages. handle: TF Hub handle or local module folder. batch_size:
+    images per forward pass, or None to measure the fastest (see
+    bottleneck.batch_size). precision:
     "float32", or "bfloat16"/"float16" for a mixed-precision forward pass
     (cached under its own key). Returns Bottlenecks, row i for image i; images
     that cannot be read or decoded, or are larger than max_image_pixels, are
@@ -130,20 +134,22 @@ def compute_bottlenecks(
 
     todo = [indices[0] for indices in missing.values()]
     done = set()
-    steady_rate = None
+    steady_rate = chosen = None
     if todo:
         forward = module  # Runs in `graph`, reading the weights from its variables.
         if precision != "float32":
             # The rewrite needs constant weights (see module.freeze). Frozen only now:
             # a run with every vector cached does not pay for it.
             forward, graph = module_lib.freeze(module, precision), tf.Graph()
-        logging.info("Computing %d bottlenecks in batches of %d...", len(todo), batch_size)
         with graph.as_default():
-            batches = images.batches(
-                todo, [files[i].orientation for i in todo], height, width, batch_size
+            run = batch_size_lib.BatchedRun(
+                lambda indices, size: images.batches(
+                    indices, [files[i].orientation for i in indices], height, width, size
+                ),
+                todo, batch_size,
             )
-            batch_index, pixels = tf.compat.v1.data.make_one_shot_iterator(batches).get_next()
-            features = forward(pixels)
+            logging.info("Computing %d bottlenecks in batches of %s...", len(todo), run.plan())
+            features = forward(run.images)
             progress = Progress(len(todo), "bottlenecks")
             config = module_lib.session_config(precision)
             with tf.compat.v1.Session(graph=graph, config=config) as sess:
@@ -151,18 +157,14 @@ def compute_bottlenecks(
                     tf.compat.v1.global_variables_initializer(),
                     tf.compat.v1.tables_initializer(),
                 ])
-                steady_start = steady_count = None
-                for indices, values in input_pipeline.each_batch(sess, [batch_index, features]):
+                for indices, values in run.batches(sess, [features]):
                     for i, vector in zip(indices.tolist(), values):
                         content = contents[i]
                         cache.store(content, vector)
                         vectors[missing[content]] = vector
                         done.add(i)
                     progress.update(len(indices))
-                    if steady_start is None:
-                        steady_start, steady_count = time.monotonic(), progress.done
-                if steady_start is not None and progress.done > steady_count:
-                    steady_rate = (progress.done - steady_count) / (time.monotonic() - steady_start)
+            steady_rate, chosen = run.steady_rate, run.chosen
 
     computed = 0
     for first in todo:
@@ -177,7 +179,7 @@ def compute_bottlenecks(
         logging.warning("Skipping %s: %s", images.name(i), skipped[i])
     result = Bottlenecks(
         vectors, skipped, computed, reused, height, width, key,
-        [f.orientation for f in files], steady_rate,
+        [f.orientation for f in files], steady_rate, chosen,
     )
     logging.info("%s", result.summary())
     return result

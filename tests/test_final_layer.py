@@ -1,6 +1,7 @@
 """final_layer.py, schedules.py and the training batches: the training options."""
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -168,3 +169,67 @@ def test_best_layer_keeps_the_highest_accuracy_then_lowest_cross_entropy_and_sto
     assert (best.step, best.values) == (30, [30])
     assert best.should_stop()
     assert not retrain.BestLayer(patience=0).should_stop()
+
+
+def synthetic_arrays(seed=0, dimension=12, classes=3):
+    """retrain.train's arrays: {split: (vectors, labels, images)}, classes of unequal size."""
+    rng = np.random.RandomState(seed)
+    arrays = {}
+    for split, count in (("training", 45), ("validation", 12), ("testing", 9)):
+        labels = np.sort(rng.randint(0, classes, count)).astype(np.int64)
+        labels[:classes] = np.arange(classes)
+        centres = np.eye(classes, dimension, dtype=np.float32) * 2
+        vectors = (centres[labels] + rng.normal(0, 1, (count, dimension))).astype(np.float32)
+        arrays[split] = (vectors, labels, [None] * count)
+    return arrays
+
+
+@pytest.mark.parametrize("options", [
+    {},
+    {"learning_rate_schedule": "cosine", "optimizer": "momentum", "dropout": 0.3},
+    {"learning_rate_schedule": "exponential", "optimizer": "adam", "hidden_units": 8,
+     "dropout": 0.2, "sampling": "uniform", "class_weighting": "balanced",
+     "l2_regularization": 0.01, "label_smoothing": 0.1, "early_stopping_patience": 2},
+])
+def test_steps_between_evaluations_in_one_call_give_the_layer_of_one_step_per_call(
+    tmp_path, options, monkeypatch, caplog
+):
+    settings = {flag.name: flag.default for flag in retrain.FLAGS.get_flags_for_module(retrain)}
+    settings.update(
+        how_many_training_steps=47, eval_step_interval=10, train_batch_size=8,
+        learning_rate=0.1, random_seed=3, validation_batch_size=5,
+        summaries_dir=str(tmp_path / "logs"), **options,
+    )
+    graphs = []
+    build = final_layer.build_training_graph
+    monkeypatch.setattr(final_layer, "build_training_graph",
+                        lambda *a, **k: graphs.append(build(*a, **k)) or graphs[-1])
+    fetched = []
+    run = tf.compat.v1.Session.run
+
+    def recording_run(self, fetches, *args, **kwargs):
+        fetched.append(fetches)
+        return run(self, fetches, *args, **kwargs)
+
+    monkeypatch.setattr(tf.compat.v1.Session, "run", recording_run)
+    caplog.set_level("INFO")
+    layers, logs, loop_calls = {}, {}, {}
+    for looping in (True, False):
+        settings["checkpoint_path"] = str(tmp_path / f"looping_{looping}" / "layer")
+        fetched.clear()
+        caplog.clear()
+        result = retrain.train(synthetic_arrays(), 3, settings, None, in_graph_loop=looping)
+        loop_calls[looping] = sum(f is graphs[-1].train_steps for f in fetched)
+        logs[looping] = [re.sub(r"in [\d.]+s \(\d+ steps/s\)", "", r.getMessage())
+                         for r in caplog.records]
+        reader = tf.train.load_checkpoint(settings["checkpoint_path"])
+        layers[looping] = {name: reader.get_tensor(name)
+                           for name in reader.get_variable_to_shape_map()}
+        layers[looping]["steps trained, kept"] = (result.steps, result.kept_step)
+    assert sorted(layers[True]) == sorted(layers[False])
+    for name in layers[True]:
+        np.testing.assert_array_equal(layers[True][name], layers[False][name], err_msg=name)
+    assert logs[True] == logs[False]
+    assert any(line.startswith("Step 10/47: ") for line in logs[True])
+    # Steps 1-9, 11-19, ... in one call each, the evaluation steps on their own.
+    assert loop_calls == {True: (layers[True]["steps trained, kept"][0] - 1) // 10 + 1, False: 0}

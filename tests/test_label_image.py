@@ -1,7 +1,9 @@
 """label_image.py: batches, folders, formats, and one-line errors."""
 
 import json
+import logging
 import os
+import re
 import shutil
 
 import numpy as np
@@ -9,6 +11,7 @@ import tensorflow as tf
 from conftest import load_graph_def, run_script
 
 import label_image
+from bottleneck import batch_size as batch_size_lib
 
 
 def last_line(text):
@@ -102,3 +105,32 @@ def test_on_a_cpu_graph_runs_without_grappler_and_gives_what_grappler_gives(trai
     assert sorted(plain) == sorted(optimised) == list(range(len(paths)))
     for i in plain:
         np.testing.assert_allclose(plain[i], optimised[i], atol=1e-5)
+
+
+def test_measured_batch_size_gives_the_probabilities_of_a_given_one(trained, monkeypatch, caplog):
+    monkeypatch.setattr(batch_size_lib, "CANDIDATES", (2, 3, 4))
+    monkeypatch.setattr(batch_size_lib, "MIN_IMAGES_TO_MEASURE", 3 * 9 + 8)
+    graph_def = load_graph_def(trained["settings"]["output_graph"])
+    image_dir = trained["image_dir"]
+    paths = sorted(os.path.join(root, name) for root, _, names in os.walk(image_dir)
+                   for name in names)
+    paths = (paths * 3)[:40]
+    caplog.set_level(logging.INFO)
+    measured = label_image.classify(graph_def, paths, 32, 32)
+    assert re.search(r"Batch size [234]: the fastest per image of 2: .*; the other 13 images",
+                     caplog.text)
+    given = label_image.classify(graph_def, paths, 32, 32, batch_size=7)
+    assert sorted(measured) == sorted(given) == list(range(len(paths)))
+    for i in given:
+        np.testing.assert_allclose(measured[i], given[i], rtol=1e-5, atol=1e-6)
+
+
+def test_batch_size_must_be_positive(trained):
+    settings = trained["settings"]
+    process = run_script(
+        "label_image.py", "--image", os.path.join(trained["image_dir"], "red"),
+        "--graph", settings["output_graph"], "--labels", settings["output_labels"],
+        "--batch_size=0",
+    )
+    assert process.returncode != 0
+    assert last_line(process.stderr).startswith("error: --batch_size=0 must be positive")
