@@ -477,13 +477,15 @@ def check_memory(values, dimension, class_count, image_count, input_size):
     prefetched), and with distortions a training batch of images.
     """
     batch, hidden = values["train_batch_size"], values["hidden_units"]
+    # Unset, the bottleneck batch size is measured among batch_size_lib.CANDIDATES.
+    bottleneck_batch = values["bottleneck_batch_size"] or max(batch_size_lib.CANDIDATES)
     height, width = input_size
     weights = dimension * hidden + hidden * class_count if hidden else dimension * class_count
     pixels = height * width * 3
     parts = {
         "train_batch_size": 2 * batch * dimension + 3 * batch * class_count,
         "hidden_units": 4 * (weights + hidden + class_count) + 3 * batch * hidden,
-        "bottleneck_batch_size": 2 * min(values["bottleneck_batch_size"], image_count) * pixels,
+        "bottleneck_batch_size": 2 * min(bottleneck_batch, image_count) * pixels,
     }
     if distortions_from(values).any():
         parts["train_batch_size"] += 2 * batch * pixels

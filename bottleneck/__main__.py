@@ -105,6 +105,7 @@ def check_batch_memory(batch_size, image_count, handle, image_size):
     """
     with tf.Graph().as_default():
         module = module_lib.load(handle, image_size)
+    batch_size = batch_size or max(batch_size_lib.CANDIDATES)  # unset: measured among these
     needed = 2 * 4 * min(batch_size, image_count) * module.height * module.width * 3
     missing = memory_budget.shortfall(needed)
     if missing:
