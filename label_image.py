@@ -135,17 +135,18 @@ def list_images(arguments):
 
 def classify(graph_def, paths, height, width, input_layer="Placeholder",
              output_layer="final_result", input_mean=0.0, input_std=255.0, batch_size=32,
-             orientations=None):
+             max_pixels=input_pipeline.DEFAULT_MAX_IMAGE_PIXELS):
     """Run the graph on image files. -> {index: probabilities float32 [C]}.
 
-    orientations: EXIF orientation per path (see input_pipeline.inspect_image_file);
-    default upright. Images that cannot be decoded are missing from the result.
+    Each file is read once, its size checked against max_pixels from its
+    header and its EXIF orientation applied. Images that cannot be read or
+    decoded, or are too large, are missing from the result.
     """
     find_node(graph_def, output_layer, "output_layer")
     graph = tf.Graph()
     with graph.as_default():
-        batches = input_pipeline.image_batches(paths, height, width, batch_size, orientations)
-        indices, images = tf.compat.v1.data.make_one_shot_iterator(batches).get_next()
+        batches = input_pipeline.image_batches(paths, height, width, batch_size, max_pixels)
+        indices, _, images = tf.compat.v1.data.make_one_shot_iterator(batches).get_next()
         if (input_mean, input_std) != (0.0, 255.0):
             # Same arithmetic as the stock label_image: (pixel - mean) / std on 0-255 values.
             images = (images * 255.0 - input_mean) / input_std
@@ -233,14 +234,10 @@ def main(argv):
         width = FLAGS.input_width or (size and size[1])
         if not height or not width:
             raise LabelError("The graph's input size is not fixed; pass --input_height and --input_width.")
-        files = [input_pipeline.inspect_image_file(p, FLAGS.max_image_pixels) for p in paths]
-        usable = [i for i, f in enumerate(files) if not f.problem]
-        found = classify(
-            graph_def, [paths[i] for i in usable], height, width, FLAGS.input_layer,
-            FLAGS.output_layer, FLAGS.input_mean, FLAGS.input_std, FLAGS.batch_size,
-            [files[i].orientation for i in usable],
+        results = classify(
+            graph_def, paths, height, width, FLAGS.input_layer, FLAGS.output_layer,
+            FLAGS.input_mean, FLAGS.input_std, FLAGS.batch_size, FLAGS.max_image_pixels,
         )
-        results = {usable[j]: probabilities for j, probabilities in found.items()}
         output_size = len(next(iter(results.values()))) if results else None
         if output_size is not None and output_size != len(label_list):
             raise LabelError(
@@ -253,7 +250,7 @@ def main(argv):
         sys.exit(f"error: cannot run graph {graph}: {str(e).splitlines()[0]}")
 
     failures = {
-        i: files[i].problem or input_pipeline.why_undecodable(path)
+        i: input_pipeline.why_undecodable(path, FLAGS.max_image_pixels)
         for i, path in enumerate(paths) if i not in results
     }
     print_results(paths, results, failures, label_list, FLAGS.top_k, FLAGS.output_format)

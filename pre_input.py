@@ -278,25 +278,20 @@ def format_count_table(dataset, skipped=()):
 def find_bad_images(dataset, max_pixels=input_pipeline.DEFAULT_MAX_IMAGE_PIXELS, batch_size=64):
     """Read and decode every image once. -> [(relative path, reason)] for those unusable."""
     paths = [dataset.full_path(image) for image in dataset.images]
-    problems = {}
-    for i, path in enumerate(paths):
-        problem = input_pipeline.inspect_image_file(path, max_pixels).problem
-        if problem:
-            problems[i] = problem
-    candidates = [i for i in range(len(paths)) if i not in problems]
     decoded = set()
     graph = tf.Graph()
     with graph.as_default():
         # Decodability is all that is checked here; a small output size keeps it cheap.
-        batches = input_pipeline.image_batches([paths[i] for i in candidates], 8, 8, batch_size)
+        # The pipeline refuses unreadable, special and oversized files itself.
+        batches = input_pipeline.image_batches(paths, 8, 8, batch_size, max_pixels)
         next_batch = tf.compat.v1.data.make_one_shot_iterator(batches).get_next()
         with tf.compat.v1.Session(graph=graph) as sess:
-            for indices, _ in input_pipeline.each_batch(sess, next_batch):
-                decoded.update(candidates[j] for j in indices.tolist())
-    for i in candidates:
-        if i not in decoded:
-            problems[i] = input_pipeline.why_undecodable(paths[i])
-    return [(dataset.images[i].path, problems[i]) for i in sorted(problems)]
+            for indices, _, _ in input_pipeline.each_batch(sess, next_batch):
+                decoded.update(indices.tolist())
+    return [
+        (dataset.images[i].path, input_pipeline.why_undecodable(paths[i], max_pixels))
+        for i in range(len(paths)) if i not in decoded
+    ]
 
 
 def write_lists(dataset, output_dir):
@@ -344,8 +339,12 @@ def _write_shard(dataset, images, path):
     temporary = atomic_files.temporary_name(path)
     with tf.io.TFRecordWriter(temporary) as writer:
         for image in images:
-            with tf.io.gfile.GFile(dataset.full_path(image), "rb") as f:
-                data = f.read()
+            data, problem = input_pipeline.read_image_file(dataset.full_path(image))
+            if problem:
+                raise DatasetError(
+                    f"{dataset.full_path(image)} {problem} while the records were written; "
+                    "run pre_input.py again."
+                )
             info = input_pipeline.inspect_image_bytes(data, max_pixels=float("inf"))
             writer.write(_example(image, data, info).SerializeToString())
     tf.io.gfile.rename(temporary, path, overwrite=True)

@@ -30,7 +30,6 @@ class Bottlenecks:
     height: int  # the module's input size
     width: int
     module_key: str
-    orientations: list  # EXIF orientation of each image, for decoding it again
     # Images per second of the forward passes after the first batch (which also
     # pays for graph optimisation); None when fewer than two batches ran.
     steady_rate: float = None
@@ -128,56 +127,89 @@ def compute_bottlenecks(
             vectors[i] = vector
             reused += 1
 
-    todo = [indices[0] for indices in missing.values()]
-    done = set()
-    steady_rate = None
-    if todo:
+    computed, steady_rate = 0, None
+    if missing:
         forward = module  # Runs in `graph`, reading the weights from its variables.
         if precision != "float32":
             # The rewrite needs constant weights (see module.freeze). Frozen only now:
             # a run with every vector cached does not pay for it.
             forward, graph = module_lib.freeze(module, precision), tf.Graph()
-        logging.info("Computing %d bottlenecks in batches of %d...", len(todo), batch_size)
-        with graph.as_default():
-            batches = images.batches(
-                todo, [files[i].orientation for i in todo], height, width, batch_size
+        logging.info("Computing %d bottlenecks in batches of %d...", len(missing), batch_size)
+        config = module_lib.session_config(precision)
+        while missing:
+            # The pipeline hashes the bytes it decodes, and the vector is stored
+            # under that hash. A file changed since inspection comes out under a
+            # new hash: its vector is its new content's, and any copies of its old
+            # content still need theirs, so they go round again.
+            todo = [indices[0] for indices in missing.values()]
+            out, rate = _compute_pass(
+                images, todo, forward, graph, config, height, width, batch_size,
+                max_image_pixels, Progress(len(todo), "bottlenecks"),
             )
-            batch_index, pixels = tf.compat.v1.data.make_one_shot_iterator(batches).get_next()
-            features = forward(pixels)
-            progress = Progress(len(todo), "bottlenecks")
-            config = module_lib.session_config(precision)
-            with tf.compat.v1.Session(graph=graph, config=config) as sess:
-                sess.run([
-                    tf.compat.v1.global_variables_initializer(),
-                    tf.compat.v1.tables_initializer(),
-                ])
-                steady_start = steady_count = None
-                for indices, values in input_pipeline.each_batch(sess, [batch_index, features]):
-                    for i, vector in zip(indices.tolist(), values):
-                        content = contents[i]
-                        cache.store(content, vector)
-                        vectors[missing[content]] = vector
-                        done.add(i)
-                    progress.update(len(indices))
-                    if steady_start is None:
-                        steady_start, steady_count = time.monotonic(), progress.done
-                if steady_start is not None and progress.done > steady_count:
-                    steady_rate = (progress.done - steady_count) / (time.monotonic() - steady_start)
+            steady_rate = steady_rate or rate
+            changed = False
+            for i, content, vector in out:
+                cache.store(content, vector)
+                old = contents[i]
+                if content == old:
+                    vectors[missing[old]] = vector
+                    computed += len(missing.pop(old))
+                    continue
+                logging.warning(
+                    "%s changed while it was being read; its new content was used.",
+                    images.name(i),
+                )
+                contents[i], vectors[i], changed = content, vector, True
+                computed += 1
+                missing[old].remove(i)
+                if not missing[old]:
+                    del missing[old]
+            came_out = {i for i, _, _ in out}
+            for first in todo:
+                if first not in came_out:
+                    reason = images.why_undecodable(first, max_image_pixels)
+                    for i in missing.pop(contents[first]):
+                        skipped[i] = reason
+            if not changed:
+                break
 
-    computed = 0
-    for first in todo:
-        indices = missing[contents[first]]
-        if first in done:
-            computed += len(indices)
-        else:
-            reason = images.why_undecodable(first)
-            for i in indices:
-                skipped[i] = reason
     for i in sorted(skipped):
         logging.warning("Skipping %s: %s", images.name(i), skipped[i])
-    result = Bottlenecks(
-        vectors, skipped, computed, reused, height, width, key,
-        [f.orientation for f in files], steady_rate,
-    )
+    result = Bottlenecks(vectors, skipped, computed, reused, height, width, key, steady_rate)
     logging.info("%s", result.summary())
     return result
+
+
+def _compute_pass(images, todo, forward, graph, config, height, width, batch_size,
+                  max_image_pixels, progress):
+    """One pipeline run over the images at `todo`. -> ([(index, content, vector)], rate).
+
+    content: hex SHA-1 of the bytes decoded; vector: float32 [D]. Images that
+    could not be read or decoded are missing. rate: images per second after
+    the first batch, or None.
+    """
+    out, rate = [], None
+    with graph.as_default():
+        batches = images.batches(todo, height, width, batch_size, max_image_pixels)
+        batch_index, batch_content, pixels = (
+            tf.compat.v1.data.make_one_shot_iterator(batches).get_next()
+        )
+        features = forward(pixels)
+        with tf.compat.v1.Session(graph=graph, config=config) as sess:
+            sess.run([
+                tf.compat.v1.global_variables_initializer(),
+                tf.compat.v1.tables_initializer(),
+            ])
+            steady_start = steady_count = None
+            fetches = [batch_index, batch_content, features]
+            for indices, contents, values in input_pipeline.each_batch(sess, fetches):
+                out.extend(
+                    (i, content.decode("ascii"), vector)
+                    for i, content, vector in zip(indices.tolist(), contents, values)
+                )
+                progress.update(len(indices))
+                if steady_start is None:
+                    steady_start, steady_count = time.monotonic(), len(out)
+            if steady_start is not None and len(out) > steady_count:
+                rate = (len(out) - steady_count) / (time.monotonic() - steady_start)
+    return out, rate
