@@ -30,6 +30,7 @@ import hashlib
 import os
 import posixpath
 import re
+import stat
 import sys
 
 import tensorflow as tf
@@ -132,13 +133,62 @@ def _same_dir(a, b):
     return os.path.normpath(os.path.abspath(a)) == os.path.normpath(os.path.abspath(b))
 
 
+def folder_entries(folder):
+    """[(name, kind)] of a folder's entries, sorted by name; kind is 'dir', 'file'
+    (a regular file, or a link that cannot be followed: reading it says why),
+    or a phrase naming a special file ('a FIFO', ...).
+
+    Only stat is used, so a FIFO or device is never opened. Local names that
+    are not valid UTF-8 come back with surrogate escapes (see name_is_utf8).
+    Raises OSError or tf.errors.OpError when the folder cannot be listed.
+    """
+    if "://" in folder:
+        return [
+            (name.rstrip("/"),
+             "dir" if tf.io.gfile.isdir(os.path.join(folder, name.rstrip("/"))) else "file")
+            for name in sorted(tf.io.gfile.listdir(folder))
+        ]
+    entries = []
+    with os.scandir(folder) as listing:
+        for entry in listing:
+            try:
+                mode = os.stat(entry.path).st_mode  # Follows links, as reading would.
+            except OSError:
+                kind = "file"
+            else:
+                kind = ("dir" if stat.S_ISDIR(mode) else "file" if stat.S_ISREG(mode)
+                        else input_pipeline.special_file_kind(mode))
+            entries.append((entry.name, kind))
+    return sorted(entries)
+
+
+def name_is_utf8(name):
+    """False for a file name holding bytes that are not UTF-8 (surrogate-escaped by Python)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def shown(path):
+    """A path for messages, with bytes that are not UTF-8 escaped (\\xff)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _reason(error):
+    return getattr(error, "strerror", None) or input_pipeline.one_line(error)
+
+
 def find_images(image_dir, exclude_dirs=()):
     """{label: [relative path, ...]} for every image file under image_dir.
 
     Subfolders of image_dir are classes; files directly inside image_dir are
     not images of any class. Hidden files and folders (starting with '.') are
     skipped, and so is any folder in exclude_dirs (a cache kept inside the
-    image folder, say). Paths are sorted and '/' separated.
+    image folder, say). Special files named like images (FIFOs, sockets,
+    devices), names that are not valid UTF-8 and folders that cannot be read
+    are skipped with a warning. Paths are sorted and '/' separated.
     """
     if not tf.io.gfile.exists(image_dir):
         raise DatasetError(f"--image_dir {image_dir} does not exist.")
@@ -147,14 +197,24 @@ def find_images(image_dir, exclude_dirs=()):
             f"--image_dir {image_dir} is a file; give the folder that holds one "
             "subfolder per class."
         )
+    try:
+        entries = folder_entries(image_dir)
+    except (OSError, tf.errors.OpError) as e:
+        raise DatasetError(
+            f"--image_dir {image_dir} cannot be read ({_reason(e)}); check its permissions."
+        ) from e
     found = {}
-    for entry in sorted(tf.io.gfile.listdir(image_dir)):
-        name = entry.rstrip("/")
+    for name, kind in entries:
         class_dir = os.path.join(image_dir, name)
-        if _is_hidden_dir(name) or not tf.io.gfile.isdir(class_dir):
+        if _is_hidden_dir(name) or kind != "dir":
             continue
         if any(_same_dir(class_dir, d) for d in exclude_dirs):
             continue
+        if not name_is_utf8(name):
+            raise DatasetError(
+                f"Class folder {shown(class_dir)} has a name that is not valid UTF-8, "
+                "and a label must be; rename the folder."
+            )
         found[name] = _images_under(class_dir, name, exclude_dirs)
     return found
 
@@ -168,26 +228,57 @@ def _images_under(class_dir, label, exclude_dirs):
     # A folder symlinked into itself would be walked forever and its images
     # counted many times: each real folder is walked once.
     seen = {_real(class_dir)}
-    for folder, subdirs, files in tf.io.gfile.walk(class_dir):
-        kept = []
-        for d in subdirs:
-            full = os.path.join(folder, d.rstrip("/"))
-            if _is_hidden_dir(d.rstrip("/")) or any(_same_dir(full, e) for e in exclude_dirs):
-                continue
-            if _real(full) in seen:
-                logging.warning("Skipping %s: it leads back to a folder already scanned.", full)
-                continue
-            seen.add(_real(full))
-            kept.append(d)
-        subdirs[:] = kept
-        relative_folder = os.path.relpath(folder, class_dir)
-        parts = [label] if relative_folder == "." else [label, *relative_folder.split(os.sep)]
-        for name in files:
+    pending = [(class_dir, [label])]
+    while pending:
+        folder, parts = pending.pop()
+        try:
+            entries = folder_entries(folder)
+        except (OSError, tf.errors.OpError) as e:
+            logging.warning("Skipping folder %s: it cannot be read (%s).", shown(folder), _reason(e))
+            continue
+        for name, kind in entries:
+            full = os.path.join(folder, name)
             if name.startswith("."):
                 continue
-            if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
+            if kind == "dir":
+                if any(_same_dir(full, e) for e in exclude_dirs):
+                    continue
+                if _real(full) in seen:
+                    logging.warning("Skipping %s: it leads back to a folder already scanned.",
+                                    shown(full))
+                    continue
+                seen.add(_real(full))
+                if not name_is_utf8(name):
+                    logging.warning("Skipping folder %s: its name is not valid UTF-8; rename it "
+                                    "to include its images.", shown(full))
+                    continue
+                pending.append((full, [*parts, name]))
+                continue
+            if os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS:
+                continue
+            if not name_is_utf8(name):
+                logging.warning("Skipping %s: its name is not valid UTF-8; rename it to include "
+                                "it.", shown(full))
+            elif kind != "file":
+                logging.warning("Skipping %s: not a regular file (%s).", shown(full), kind)
+            else:
                 paths.append(posixpath.join(*parts, name))
     return sorted(paths)
+
+
+def check_label(label):
+    """Raise DatasetError for a class name the labels file cannot hold on one line.
+
+    Readers split the labels file with str.splitlines, which breaks lines at
+    \\n and \\r but also at \\v, \\f, \\x1c-\\x1e, \\x85, U+2028 and U+2029; the
+    split lists are tab separated.
+    """
+    for char in label:
+        if char == "\t" or len(f"a{char}a".splitlines()) > 1:
+            raise DatasetError(
+                f"Class folder {label!r} has a tab or a line break ({char!r}) in its name, "
+                "which the labels file cannot hold on one line; rename the folder."
+            )
 
 
 def build_dataset(image_dir, validation_percentage, testing_percentage, exclude_dirs=()):
@@ -195,11 +286,7 @@ def build_dataset(image_dir, validation_percentage, testing_percentage, exclude_
     check_percentages(validation_percentage, testing_percentage)
     found = find_images(image_dir, exclude_dirs)
     for label in found:
-        if "\t" in label or "\n" in label or "\r" in label:
-            raise DatasetError(
-                f"Class folder {label!r} has a tab or newline in its name, which "
-                "cannot be written to the labels file; rename the folder."
-            )
+        check_label(label)
     labels = sorted(label for label, paths in found.items() if paths)
     for label in sorted(set(found) - set(labels)):
         logging.warning("Class folder %s holds no images; it is not a class.", label)
@@ -380,7 +467,13 @@ def read_tfrecords(tfrecord_dir):
             f"pre_input.py --output_dir {tfrecord_dir} --tfrecords."
         )
     with tf.io.gfile.GFile(labels_path, "rb") as f:
-        labels = f.read().decode("utf-8").splitlines()
+        data = f.read()
+    try:
+        labels = data.decode("utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise DatasetError(
+            f"{labels_path} is not UTF-8 text; write it again with pre_input.py --tfrecords."
+        ) from e
     files, images = [], []
     for split in SPLITS:
         names = sorted(tf.io.gfile.glob(os.path.join(tfrecord_dir, f"{split}*.tfrecord")))

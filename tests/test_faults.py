@@ -251,7 +251,7 @@ def test_label_with_tab_or_newline_is_refused(tmp_path, tiny_module, bad_name):
     image_dir = make_dataset(tmp_path / "data", per_class=4)
     os.rename(os.path.join(image_dir, "red"), os.path.join(image_dir, bad_name))
     settings = retrain_settings(tmp_path, image_dir, tiny_module)
-    with pytest.raises(pre_input.DatasetError, match="tab or newline"):
+    with pytest.raises(pre_input.DatasetError, match="tab or a line break"):
         retrain.run_retraining(settings)
     assert not os.path.exists(settings["bottleneck_dir"])
 
