@@ -289,17 +289,17 @@ def define_flags():
 
 
 def flag_problem(values):
-    """What is wrong with the numeric flags, as one line, or None."""
+    """What is wrong with the numeric flags (a dict: flag name -> value), as one line, or None."""
     for name in ("batch_size", "top_k", "max_image_pixels"):
-        if values[name].value < 1:
-            return f"--{name}={values[name].value} must be at least 1."
+        if values[name] < 1:
+            return f"--{name}={values[name]} must be at least 1."
     for name in ("input_height", "input_width"):
-        if values[name].value is not None and values[name].value < 1:
-            return f"--{name}={values[name].value} must be positive (or left out: from the graph)."
+        if values[name] is not None and values[name] < 1:
+            return f"--{name}={values[name]} must be positive (or left out: from the graph)."
     for name in ("input_mean", "input_std"):
-        if not math.isfinite(values[name].value):
-            return f"--{name}={values[name].value} must be a finite number."
-    if values["input_std"].value == 0:
+        if not math.isfinite(values[name]):
+            return f"--{name}={values[name]} must be a finite number."
+    if values["input_std"] == 0:
         return "--input_std=0 would divide every pixel by zero; retrain.py's graphs use 255."
     return None
 
@@ -316,7 +316,7 @@ def main(argv):
         images, graph, labels = images + positional[:-2], positional[-2], positional[-1]
     if not images or not graph or not labels:
         sys.exit("error: give an image, a graph and a labels file (see --help).")
-    problem = flag_problem(FLAGS)
+    problem = flag_problem({name: FLAGS[name].value for name in FLAGS})
     if problem:
         sys.exit(f"error: {problem}")
     tf.get_logger().setLevel("ERROR")
