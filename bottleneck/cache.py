@@ -2,12 +2,13 @@
 
 Layout: `<bottleneck_dir>/<module key>/<2 hex>/<content key>.f32`.
 
-- The module key names the module, its input size and precision, so vectors of
-  two modules never mix.
-- The content key is the SHA-1 of the image file's bytes (from
-  input_pipeline.inspect_image_file): an image changed in
-  place gets a new entry, a renamed or moved one keeps its vector, and copies
-  of one image share it.
+- The module key names the module (a local folder by its content, see
+  module_fingerprint), its input size and precision, so vectors of two modules
+  never mix.
+- The content key is the SHA-1 of the image file's bytes, the very bytes that
+  were decoded into the vector (input_pipeline's batches hash what they
+  decode): an image changed in place gets a new entry, a renamed or moved one
+  keeps its vector, and copies of one image share it.
 - An entry is the vector as little-endian float32 followed by the CRC-32 of
   those bytes (4 bytes): 8,196 bytes for a 2048-d vector, against ~20 KB for
   the classic script's text files. A truncated, garbled or non-finite entry is
