@@ -142,29 +142,35 @@ def compute_bottlenecks(
             # new hash: its vector is its new content's, and any copies of its old
             # content still need theirs, so they go round again.
             todo = [indices[0] for indices in missing.values()]
-            out, rate = _compute_pass(
+            progress = Progress(len(todo), "bottlenecks")
+            came_out, changed = set(), False
+            steady_start = steady_count = None
+            for batch in _computed_batches(
                 images, todo, forward, graph, config, height, width, batch_size,
-                max_image_pixels, Progress(len(todo), "bottlenecks"),
-            )
-            steady_rate = steady_rate or rate
-            changed = False
-            for i, content, vector in out:
-                cache.store(content, vector)
-                old = contents[i]
-                if content == old:
-                    vectors[missing[old]] = vector
-                    computed += len(missing.pop(old))
-                    continue
-                logging.warning(
-                    "%s changed while it was being read; its new content was used.",
-                    images.name(i),
-                )
-                contents[i], vectors[i], changed = content, vector, True
-                computed += 1
-                missing[old].remove(i)
-                if not missing[old]:
-                    del missing[old]
-            came_out = {i for i, _, _ in out}
+                max_image_pixels,
+            ):
+                for i, content, vector in batch:
+                    came_out.add(i)
+                    cache.store(content, vector)  # As they come: a killed run keeps them.
+                    old = contents[i]
+                    if content == old:
+                        vectors[missing[old]] = vector
+                        computed += len(missing.pop(old))
+                        continue
+                    logging.warning(
+                        "%s changed while it was being read; its new content was used.",
+                        images.name(i),
+                    )
+                    contents[i], vectors[i], changed = content, vector, True
+                    computed += 1
+                    missing[old].remove(i)
+                    if not missing[old]:
+                        del missing[old]
+                progress.update(len(batch))
+                if steady_start is None:
+                    steady_start, steady_count = time.monotonic(), progress.done
+            if steady_rate is None and steady_start is not None and progress.done > steady_count:
+                steady_rate = (progress.done - steady_count) / (time.monotonic() - steady_start)
             for first in todo:
                 if first not in came_out:
                     reason = images.why_undecodable(first, max_image_pixels)
@@ -180,15 +186,13 @@ def compute_bottlenecks(
     return result
 
 
-def _compute_pass(images, todo, forward, graph, config, height, width, batch_size,
-                  max_image_pixels, progress):
-    """One pipeline run over the images at `todo`. -> ([(index, content, vector)], rate).
+def _computed_batches(images, todo, forward, graph, config, height, width, batch_size,
+                      max_image_pixels):
+    """One pipeline run over the images at `todo`. Yields [(index, content, vector)] per batch.
 
     content: hex SHA-1 of the bytes decoded; vector: float32 [D]. Images that
-    could not be read or decoded are missing. rate: images per second after
-    the first batch, or None.
+    could not be read or decoded never come out.
     """
-    out, rate = [], None
     with graph.as_default():
         batches = images.batches(todo, height, width, batch_size, max_image_pixels)
         batch_index, batch_content, pixels = (
@@ -200,16 +204,9 @@ def _compute_pass(images, todo, forward, graph, config, height, width, batch_siz
                 tf.compat.v1.global_variables_initializer(),
                 tf.compat.v1.tables_initializer(),
             ])
-            steady_start = steady_count = None
             fetches = [batch_index, batch_content, features]
             for indices, contents, values in input_pipeline.each_batch(sess, fetches):
-                out.extend(
+                yield [
                     (i, content.decode("ascii"), vector)
                     for i, content, vector in zip(indices.tolist(), contents, values)
-                )
-                progress.update(len(indices))
-                if steady_start is None:
-                    steady_start, steady_count = time.monotonic(), len(out)
-            if steady_start is not None and len(out) > steady_count:
-                rate = (len(out) - steady_count) / (time.monotonic() - steady_start)
-    return out, rate
+                ]
