@@ -49,6 +49,10 @@ class Progress:
         self.done = 0
         self.start = self.last = clock()
 
+    def restart(self):
+        """Start the clock now, after set-up that is not part of the work timed."""
+        self.start = self.last = self.clock()
+
     def update(self, count):
         self.done += count
         now = self.clock()
@@ -147,7 +151,7 @@ def compute_bottlenecks(
             steady_start = steady_count = None
             for batch in _computed_batches(
                 images, todo, forward, graph, config, height, width, batch_size,
-                max_image_pixels,
+                max_image_pixels, progress.restart,
             ):
                 for i, content, vector in batch:
                     came_out.add(i)
@@ -187,11 +191,12 @@ def compute_bottlenecks(
 
 
 def _computed_batches(images, todo, forward, graph, config, height, width, batch_size,
-                      max_image_pixels):
+                      max_image_pixels, on_ready):
     """One pipeline run over the images at `todo`. Yields [(index, content, vector)] per batch.
 
     content: hex SHA-1 of the bytes decoded; vector: float32 [D]. Images that
-    could not be read or decoded never come out.
+    could not be read or decoded never come out. on_ready() is called once the
+    graph and Session are set up, before the first batch.
     """
     with graph.as_default():
         batches = images.batches(todo, height, width, batch_size, max_image_pixels)
@@ -204,6 +209,7 @@ def _computed_batches(images, todo, forward, graph, config, height, width, batch
                 tf.compat.v1.global_variables_initializer(),
                 tf.compat.v1.tables_initializer(),
             ])
+            on_ready()
             fetches = [batch_index, batch_content, features]
             for indices, contents, values in input_pipeline.each_batch(sess, fetches):
                 yield [
