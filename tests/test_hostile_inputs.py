@@ -179,14 +179,15 @@ def test_fifo_and_undecodable_names_are_skipped_by_pre_input_without_hanging(hos
     assert "red/folder.jpg/inside.png" in listed  # A folder named x.jpg is a folder.
 
 
-def test_fifo_in_a_class_folder_does_not_hang_bottleneck_computation(hostile_dir, tmp_path,
-                                                                    tiny_module):
-    process = run("-m", "bottleneck", f"--image_dir={hostile_dir}", f"--tfhub_module={tiny_module}",
+def test_fifo_in_a_class_folder_does_not_hang_bottleneck_computation(tmp_path, tiny_module):
+    root = make_dataset(tmp_path / "data", per_class=2)
+    os.mkfifo(os.path.join(root, "red", "fifo.jpg"))
+    process = run("-m", "bottleneck", f"--image_dir={root}", f"--tfhub_module={tiny_module}",
                   f"--bottleneck_dir={tmp_path / 'cache'}")
     no_traceback(process)
     assert process.returncode == 0, process.stderr[-3000:]
-    assert "not a regular file (a FIFO)" in process.stderr
-    assert "13 computed, 0 reused, 0 skipped" in process.stderr
+    assert "red/fifo.jpg: not a regular file (a FIFO)" in process.stderr
+    assert "6 computed, 0 reused, 0 skipped" in process.stderr
 
 
 def test_file_replaced_by_a_fifo_after_inspection_is_refused_without_blocking(tmp_path):
