@@ -217,11 +217,12 @@ def _png(image):
     return buffer.getvalue()
 
 
-def load_display_images(images, indices, orientations, height, width):
+def load_display_images(images, indices, height, width,
+                        max_pixels=input_pipeline.DEFAULT_MAX_IMAGE_PIXELS):
     """Images of a source -> {index: uint8 [height, width, 3]}, as the module saw them.
 
     images: an input_pipeline.ImageFiles or TFRecordImages; indices: which of
-    them, with their EXIF orientations. Decoded and resized by
+    them. Decoded and resized by
     input_pipeline.decode_and_resize, the function that prepared the
     bottlenecks. Images that cannot be decoded are missing from the result.
     """
@@ -229,8 +230,8 @@ def load_display_images(images, indices, orientations, height, width):
         return {}
     graph = tf.Graph()
     with graph.as_default():
-        batches = images.batches(indices, orientations, height, width, len(indices))
-        index, pixels = tf.compat.v1.data.make_one_shot_iterator(batches).get_next()
+        batches = images.batches(indices, height, width, len(indices), max_pixels)
+        index, _, pixels = tf.compat.v1.data.make_one_shot_iterator(batches).get_next()
         pixels = tf.cast(tf.round(tf.clip_by_value(pixels, 0.0, 1.0) * 255.0), tf.uint8)
         results = {}
         with tf.compat.v1.Session(graph=graph) as sess:

@@ -15,6 +15,8 @@ import hashlib
 import io
 import os
 import re
+import stat
+import struct
 import warnings
 
 import numpy as np
@@ -41,8 +43,46 @@ class ImageFile:
     sha1: str | None  # hex digest of the file's bytes; None if unreadable
     orientation: int  # EXIF orientation 1-8 (1: stored upright)
     problem: str | None  # why the file cannot be used, or None
-    width: int = 0  # as stored, from the header (0 if the header is unknown to PIL)
+    width: int = 0  # as stored, from the header (0 when there is a problem)
     height: int = 0
+
+
+def read_image_file(path):
+    """The bytes of one image file. -> (bytes, None), or (None, one-line reason).
+
+    A local path is opened non-blocking and checked with fstat on the open
+    descriptor before anything is read, so a FIFO, socket, device or folder
+    named like an image is refused instead of blocking the run forever, even
+    if it replaced a regular file after the folder was scanned.
+    """
+    if "://" in path:  # Remote file systems (gs://, ...) hold no special files.
+        try:
+            with tf.io.gfile.GFile(path, "rb") as f:
+                return f.read(), None
+        except (tf.errors.OpError, OSError) as e:
+            return None, f"cannot be read: {one_line(e)}"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        return None, f"cannot be read: {path}; {e.strerror}"
+    with open(fd, "rb", closefd=True) as f:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            return None, f"not a regular file ({special_file_kind(mode)})"
+        try:
+            return f.read(), None
+        except OSError as e:
+            return None, f"cannot be read: {path}; {e.strerror}"
+
+
+def special_file_kind(mode):
+    """What a non-regular file is, from its st_mode, as a phrase for messages."""
+    for test, kind in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return kind
+    return "not a regular file"
 
 
 def inspect_image_file(path, max_pixels=DEFAULT_MAX_IMAGE_PIXELS):
@@ -52,31 +92,99 @@ def inspect_image_file(path, max_pixels=DEFAULT_MAX_IMAGE_PIXELS):
     width x height exceeds max_pixels is refused here before it can take
     gigabytes of memory.
     """
-    try:
-        with tf.io.gfile.GFile(path, "rb") as f:
-            data = f.read()
-    except (tf.errors.OpError, OSError) as e:
-        return ImageFile(None, 1, f"cannot be read: {one_line(e)}")
+    data, problem = read_image_file(path)
+    if problem:
+        return ImageFile(None, 1, problem)
     return inspect_image_bytes(data, max_pixels)
 
 
 def inspect_image_bytes(data, max_pixels=DEFAULT_MAX_IMAGE_PIXELS):
-    """inspect_image_file for an encoded image already in memory."""
+    """inspect_image_file for an encoded image already in memory.
+
+    The size comes from image_size (the header as TensorFlow's decoders read
+    it); an image whose size cannot be read there is refused, because its
+    decoder would allocate whatever the header says.
+    """
     sha1 = hashlib.sha1(data).hexdigest()
     if not data:
         return ImageFile(sha1, 1, "empty file")
-    width, height, orientation = _header(data)
+    size = image_size(data)
+    if size is None:
+        return ImageFile(
+            sha1, 1,
+            "not a decodable image: not a JPEG, PNG, GIF or BMP file, or its header "
+            "does not say its size",
+        )
+    width, height = size
     if width * height > max_pixels:
         return ImageFile(
-            sha1, orientation,
+            sha1, 1,
             f"too large: {width}x{height} = {width * height / 1e6:.0f} Mpx, over the limit "
             f"of {max_pixels / 1e6:g} Mpx (raise --max_image_pixels to allow it)",
         )
-    return ImageFile(sha1, orientation, None, width, height)
+    return ImageFile(sha1, _orientation(data), None, width, height)
 
 
-def _header(data):
-    """(width, height, EXIF orientation) from the header alone; zeros and 1 if unparsable."""
+def image_size(data):
+    """(width, height) in pixels from an encoded image's header, or None if not found there.
+
+    Read here rather than by PIL, which gives up on headers TensorFlow's
+    decoders accept (a PNG with a damaged text chunk, say): the size checked
+    must be the size the decoder will allocate. JPEG: the first frame header
+    (SOFn); PNG: IHDR, which must come first; GIF: the logical screen; BMP:
+    the signed 32-bit fields TensorFlow reads (a negative height means
+    top-down rows). A zero size (a JPEG whose height comes later, in a DNL
+    segment) counts as unknown.
+    """
+    size = None
+    if data[:3] == b"\xff\xd8\xff":
+        size = _jpeg_size(data)
+    elif data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" and len(data) >= 24:
+        size = struct.unpack(">II", data[16:24])
+    elif data[:6] in (b"GIF87a", b"GIF89a") and len(data) >= 10:
+        size = struct.unpack("<HH", data[6:10])
+    elif data[:2] == b"BM" and len(data) >= 26:
+        width, height = struct.unpack("<ii", data[18:26])
+        size = (width, abs(height)) if width > 0 else None
+    if size is None or not all(size):
+        return None
+    return int(size[0]), int(size[1])
+
+
+# JPEG markers with no length field, and frame-header markers that are not frames.
+_JPEG_STANDALONE = frozenset([0x01, 0xD8, *range(0xD0, 0xD8)])
+_JPEG_NOT_FRAMES = frozenset([0xC4, 0xC8, 0xCC])  # DHT, JPG extension, DAC
+
+
+def _jpeg_size(data):
+    """(width, height) from a JPEG's first SOFn segment, walking segments by length."""
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # Fill byte before a marker.
+            i += 1
+            continue
+        i += 2
+        if marker in _JPEG_STANDALONE:
+            continue
+        if marker in (0xD9, 0xDA):  # End of image, or a scan before any frame header.
+            return None
+        length = int.from_bytes(data[i:i + 2], "big")
+        if length < 2:
+            return None
+        if 0xC0 <= marker <= 0xCF and marker not in _JPEG_NOT_FRAMES:
+            if i + 7 > len(data):
+                return None
+            height, width = struct.unpack(">HH", data[i + 3:i + 7])
+            return width, height
+        i += length
+    return None
+
+
+def _orientation(data):
+    """EXIF orientation 1-8 from the header; 1 if there is none or PIL cannot read it."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -85,9 +193,8 @@ def _header(data):
                 image = Image.open(io.BytesIO(data))
             finally:
                 Image.MAX_IMAGE_PIXELS = previous
-        width, height = image.size
-    except Exception:  # Not for PIL to judge: TensorFlow's decoder has the last word.
-        return 0, 0, 1
+    except Exception:  # Only the orientation is asked of PIL; the decoder judges the rest.
+        return 1
     # image.getexif() would decode a whole PNG to look for EXIF after the pixels;
     # the EXIF block in the header is where cameras and editors put it.
     orientation = 1
@@ -98,23 +205,20 @@ def _header(data):
             orientation = exif.get(_EXIF_ORIENTATION, 1)
         except Exception:  # Damaged EXIF: treat the image as stored upright.
             orientation = 1
-    return width, height, orientation if orientation in range(1, 9) else 1
+    return orientation if orientation in range(1, 9) else 1
 
 
-def why_undecodable(path):
+def why_undecodable(path, max_pixels=DEFAULT_MAX_IMAGE_PIXELS):
     """A one-line reason why the image at path cannot be read or decoded."""
-    try:
-        with tf.io.gfile.GFile(path, "rb") as f:
-            data = f.read()
-    except (tf.errors.OpError, OSError) as e:
-        return f"cannot be read: {one_line(e)}"
-    return why_bytes_undecodable(data)
+    data, problem = read_image_file(path)
+    return problem or why_bytes_undecodable(data, max_pixels)
 
 
-def why_bytes_undecodable(data):
-    """A one-line reason why encoded image bytes cannot be decoded."""
-    if not data:
-        return "empty file"
+def why_bytes_undecodable(data, max_pixels=DEFAULT_MAX_IMAGE_PIXELS):
+    """A one-line reason why encoded image bytes cannot be used (refused or undecodable)."""
+    problem = inspect_image_bytes(data, max_pixels).problem
+    if problem:
+        return problem
     try:
         tf.io.decode_image(data, channels=3, expand_animations=False)
     except (tf.errors.OpError, ValueError) as e:
@@ -211,20 +315,17 @@ def decode_and_resize(encoded, height, width, orientation=1):
     return upright
 
 
-def image_batches(paths, height, width, batch_size, orientations=None):
-    """Image files -> dataset of (index int64 [B], images float32 [B, H, W, 3]).
+def image_batches(paths, height, width, batch_size, max_pixels=DEFAULT_MAX_IMAGE_PIXELS):
+    """Image files -> dataset of (index int64 [B], content string [B], images float32 [B, H, W, 3]).
 
-    `index` is each image's position in `paths`; `orientations` (EXIF, one per
-    path, default upright) come from inspect_image_file. Files that cannot be
-    read or decoded are dropped from the stream, so a caller finds them as the
-    indices that never came out. Reading and decoding run in parallel and the
-    next batches are prefetched while the current one is being used.
+    `index` is each image's position in `paths`; `content` is the hex SHA-1 of
+    the very bytes that were decoded (see _ImageSource.batches). Files that
+    cannot be read or decoded, or are larger than max_pixels, are dropped from
+    the stream, so a caller finds them as the indices that never came out.
+    Reading and decoding run in parallel and the next batches are prefetched
+    while the current one is being used.
     """
-    if orientations is None:
-        orientations = [1] * len(paths)
-    return ImageFiles(paths).batches(
-        list(range(len(paths))), orientations, height, width, batch_size
-    )
+    return ImageFiles(paths).batches(list(range(len(paths))), height, width, batch_size, max_pixels)
 
 
 def each_batch(sess, fetches):
@@ -237,14 +338,49 @@ def each_batch(sess, fetches):
 
 
 def _decoded_batches(encoded, height, width, batch_size):
-    """(index, encoded bytes, orientation) elements -> batches of (index, image)."""
+    """(index, content, encoded bytes, orientation) elements -> batches of (index, content, image)."""
 
-    def decode(index, data, orientation):
-        return index, decode_and_resize(data, height, width, orientation)
+    def decode(index, content, data, orientation):
+        return index, content, decode_and_resize(data, height, width, orientation)
 
     dataset = encoded.map(decode, num_parallel_calls=PARALLEL_DECODES, deterministic=True)
     dataset = dataset.ignore_errors()
     return dataset.batch(batch_size).prefetch(1)
+
+
+def _checked(data, max_pixels):
+    """What the pipeline needs from the bytes it is about to decode, as numpy values.
+
+    -> (data, hex SHA-1, EXIF orientation, usable): the hash, orientation and
+    size limit all come from these bytes, never from an earlier read of the
+    file, which may have held other bytes.
+    """
+    info = inspect_image_bytes(data, max_pixels) if data is not None else None
+    if info is None or info.problem:
+        return np.array(b"", object), np.array(b"", object), np.int32(1), np.bool_(False)
+    return (np.array(data, object), np.array(info.sha1.encode("ascii"), object),
+            np.int32(info.orientation), np.bool_(True))
+
+
+def _checked_elements(dataset, check):
+    """index int64 elements -> (index, content, data, orientation) of the usable images.
+
+    check: index (numpy int64) -> _checked(...)'s tuple. Runs in parallel: the
+    Python work is reading and hashing, which release the GIL.
+    """
+
+    def load(index):
+        data, content, orientation, usable = tf.numpy_function(
+            check, [index], [tf.string, tf.string, tf.int32, tf.bool], stateful=False
+        )
+        for tensor in (data, content, orientation, usable):
+            tensor.set_shape([])
+        return index, content, data, orientation, usable
+
+    dataset = dataset.map(load, num_parallel_calls=PARALLEL_DECODES, deterministic=True)
+    dataset = dataset.filter(lambda index, content, data, orientation, usable: usable)
+    return dataset.map(lambda index, content, data, orientation, usable:
+                       (index, content, data, orientation))
 
 
 # The examples pre_input.py --tfrecords writes: one per image, the file's bytes as read.
@@ -261,12 +397,19 @@ TFRECORD_FEATURES = {
 class _ImageSource:
     """Common part of the image sources: decoding what encoded_dataset yields."""
 
-    def batches(self, indices, orientations, height, width, batch_size):
-        """Dataset of (index int64 [B], images float32 [B, H, W, 3]) for the images at
-        `indices`, each turned upright by its EXIF orientation. Undecodable images
-        are dropped, so a caller finds them as the indices that never came out."""
+    def batches(self, indices, height, width, batch_size, max_pixels=DEFAULT_MAX_IMAGE_PIXELS):
+        """Dataset of (index int64 [B], content string [B], images float32 [B, H, W, 3])
+        for the images at `indices`, each turned upright by its EXIF orientation.
+
+        Each image is read once: `content` is the hex SHA-1 of the bytes that
+        were decoded, and the orientation and size limit come from those same
+        bytes, so a file replaced since it was inspected is hashed, checked and
+        decoded as what it is now. Images that cannot be read or decoded, or
+        have more than max_pixels, are dropped, so a caller finds them as the
+        indices that never came out.
+        """
         return _decoded_batches(
-            self.encoded_dataset(indices, orientations), height, width, batch_size
+            self.encoded_dataset(indices, max_pixels), height, width, batch_size
         )
 
 
@@ -286,23 +429,28 @@ class ImageFiles(_ImageSource):
         """[ImageFile] in order: content hash, orientation, problem."""
         return [inspect_image_file(path, max_pixels) for path in self.paths]
 
-    def encoded_dataset(self, indices, orientations, shuffle_seed=None):
-        """Dataset of (index int64, encoded bytes, orientation int32) for `indices`.
+    def encoded_dataset(self, indices, max_pixels=DEFAULT_MAX_IMAGE_PIXELS, shuffle_seed=None):
+        """Dataset of (index int64, content string, encoded bytes, orientation int32).
 
-        With shuffle_seed, an endless stream in a new order each epoch (files
-        are read after shuffling, so only paths wait in the buffer).
+        Each file at `indices` is read once (see read_image_file: special files
+        are refused without blocking) and hashed and checked as read;
+        unusable ones are left out. With shuffle_seed, an endless stream in a
+        new order each epoch (files are read after shuffling, so only indices
+        wait in the buffer). Paths stay in Python: names that are not valid
+        UTF-8 never need to become string tensors.
         """
-        dataset = tf.data.Dataset.from_tensor_slices((
-            tf.constant(list(indices), tf.int64),
-            tf.constant([self.paths[i] for i in indices], tf.string),
-            tf.constant(list(orientations), tf.int32),
-        ))
+
+        def check(index):
+            data, problem = read_image_file(self.paths[int(index)])
+            return _checked(None if problem else data, max_pixels)
+
+        dataset = tf.data.Dataset.from_tensor_slices(tf.constant(list(indices), tf.int64))
         if shuffle_seed is not None:
             dataset = dataset.shuffle(len(indices), seed=shuffle_seed).repeat()
-        return dataset.map(lambda i, path, o: (i, tf.io.read_file(path), o))
+        return _checked_elements(dataset, check)
 
-    def why_undecodable(self, index):
-        return why_undecodable(self.paths[index])
+    def why_undecodable(self, index, max_pixels=DEFAULT_MAX_IMAGE_PIXELS):
+        return why_undecodable(self.paths[index], max_pixels)
 
 
 class TFRecordImages(_ImageSource):
@@ -330,34 +478,45 @@ class TFRecordImages(_ImageSource):
     def inspect(self, max_pixels):
         return [inspect_image_bytes(data, max_pixels) for data in self.encoded()]
 
-    def encoded_dataset(self, indices, orientations, shuffle_seed=None):
+    def encoded_dataset(self, indices, max_pixels=DEFAULT_MAX_IMAGE_PIXELS, shuffle_seed=None):
         """As ImageFiles.encoded_dataset; examples not in `indices` are skipped unparsed.
 
         With shuffle_seed the stream is endless and shuffled through a buffer
         of up to 1,000 encoded images.
         """
         total = max(indices) + 1 if indices else 0
-        wanted, orientation_of = [False] * total, [1] * total
-        for i, orientation in zip(indices, orientations):
-            wanted[i], orientation_of[i] = True, orientation
+        wanted = [False] * total
+        for i in indices:
+            wanted[i] = True
         wanted = tf.constant(wanted, tf.bool)
-        orientation_of = tf.constant(orientation_of, tf.int32)
         encoded_only = {"image/encoded": TFRECORD_FEATURES["image/encoded"]}
         records = tf.data.TFRecordDataset(self.record_files).take(total).enumerate()
         records = records.filter(lambda index, _: tf.gather(wanted, index))
         dataset = records.map(lambda index, record: (
-            index,
-            tf.io.parse_single_example(record, encoded_only)["image/encoded"],
-            tf.gather(orientation_of, index),
+            index, tf.io.parse_single_example(record, encoded_only)["image/encoded"],
         ))
         if shuffle_seed is not None:
             dataset = dataset.repeat().shuffle(min(len(indices), 1000), seed=shuffle_seed)
-        return dataset
 
-    def why_undecodable(self, index):
+        def check_record(index, data):
+            content, orientation, usable = tf.numpy_function(
+                lambda d: _checked(d, max_pixels)[1:], [data],
+                [tf.string, tf.int32, tf.bool], stateful=False,
+            )
+            for tensor in (content, orientation, usable):
+                tensor.set_shape([])
+            return index, content, data, orientation, usable
+
+        dataset = dataset.map(check_record, num_parallel_calls=PARALLEL_DECODES,
+                              deterministic=True)
+        dataset = dataset.filter(lambda index, content, data, orientation, usable: usable)
+        return dataset.map(lambda index, content, data, orientation, usable:
+                           (index, content, data, orientation))
+
+    def why_undecodable(self, index, max_pixels=DEFAULT_MAX_IMAGE_PIXELS):
         for i, data in enumerate(self.encoded()):
             if i == index:
-                return why_bytes_undecodable(data)
+                return why_bytes_undecodable(data, max_pixels)
         return "missing from the record files"
 
 
@@ -438,26 +597,26 @@ def rotate(image, angle):
     return rotated[0]
 
 
-def distorted_batches(images, indices, orientations, labels, height, width, batch_size,
-                      distortions, seed):
+def distorted_batches(images, indices, labels, height, width, batch_size, distortions, seed,
+                      max_pixels=DEFAULT_MAX_IMAGE_PIXELS):
     """Endless batches of randomly distorted training images for the module.
 
     images: an ImageFiles or TFRecordImages; indices: the training images in
-    it, with their EXIF orientations and int64 labels. Yields (images float32
-    [B, height, width, 3] in [0, 1], labels int64 [B]). Decoding and
-    distortion run in parallel and batches are prefetched, so the module does
-    not wait on them. Undecodable images are dropped.
+    it, with their int64 labels. Yields (images float32 [B, height, width, 3]
+    in [0, 1], labels int64 [B]). Decoding and distortion run in parallel and
+    batches are prefetched, so the module does not wait on them. Undecodable
+    images, and images over max_pixels, are dropped.
     """
     label_by_index = dict(zip(indices, labels))
     label_of = tf.constant([label_by_index.get(i, 0) for i in range(max(indices) + 1)], tf.int64)
-    encoded = images.encoded_dataset(indices, orientations, shuffle_seed=seed).enumerate()
+    encoded = images.encoded_dataset(indices, max_pixels, shuffle_seed=seed).enumerate()
     # Decode straight to the largest size distort() can ask for: the full-size
     # image is never held as floats, and the shared function turns it upright.
     largest = (1.0 + distortions.crop / 100.0) * (1.0 + distortions.scale / 100.0)
     work_height, work_width = (int(np.ceil(n * largest - 1e-3)) for n in (height, width))
 
     def load(count, element):
-        index, data, orientation = element
+        index, _, data, orientation = element
         upright = decode_and_resize(data, work_height, work_width, orientation)
         element_seed = tf.cast(tf.stack([tf.cast(seed, tf.int64), count]), tf.int32)
         return distort(upright, height, width, distortions, element_seed), tf.gather(label_of, index)

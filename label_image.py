@@ -12,7 +12,10 @@ bottlenecks, so an image gets the same probabilities here as in training.
 """
 
 import json
+import math
 import os
+import re
+import stat
 import sys
 
 import numpy as np
@@ -68,11 +71,18 @@ def load_graph(path):
 
 
 def load_labels(path):
-    """Labels file -> [label, ...] in output order."""
+    """Labels file -> [label, ...] in output order (a UTF-8 byte-order mark is dropped)."""
     if not tf.io.gfile.exists(path):
         raise LabelError(f"Labels file {path} does not exist.")
     with tf.io.gfile.GFile(path, "rb") as f:
-        return [line.rstrip("\r\n") for line in f.read().decode("utf-8").splitlines()]
+        data = f.read()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise LabelError(
+            f"Labels file {path} is not UTF-8 text; pass the labels file retrain.py wrote."
+        ) from e
+    return text.splitlines()
 
 
 def unsafe_ops(graph_def):
@@ -84,12 +94,48 @@ def unsafe_ops(graph_def):
     return sorted({n.op for n in nodes if n.op not in SAFE_OPS and n.op not in functions})
 
 
+def called_functions(node):
+    """Names of the functions a node calls through its attributes (`f` of PartitionedCall, ...)."""
+    for value in node.attr.values():
+        if value.HasField("func"):
+            yield value.func.name
+        for func in value.list.func:
+            yield func.name
+
+
+def undefined_functions(graph_def):
+    """Sorted names of functions that nodes of the graph or its functions call, but
+    that the graph's library does not define."""
+    defined = {f.signature.name for f in graph_def.library.function}
+    nodes = list(graph_def.node)
+    for function in graph_def.library.function:
+        nodes.extend(function.node_def)
+    return sorted({name for n in nodes for name in called_functions(n) if name not in defined})
+
+
+def _short_list(names, count=5, width=60):
+    shown = [name if len(name) <= width else name[:width] + "..." for name in names[:count]]
+    more = f" and {len(names) - count} more" if len(names) > count else ""
+    return ", ".join(shown) + more
+
+
+def check_functions_defined(graph_def, path):
+    """Refuse a graph calling functions its library lacks, whatever --allow_unsafe_ops says:
+    it cannot run, and TensorFlow would spend minutes building an error message for it."""
+    missing = undefined_functions(graph_def)
+    if missing:
+        raise LabelError(
+            f"Graph {path} calls functions it does not define: {_short_list(missing)}. "
+            "It is damaged or not a graph exported by retrain.py."
+        )
+
+
 def check_graph_is_safe(graph_def, path):
     unsafe = unsafe_ops(graph_def)
     if unsafe:
         raise LabelError(
             f"Graph {path} contains ops that can read or write files or run code: "
-            f"{', '.join(unsafe)}. A graph exported by retrain.py has none; if you "
+            f"{_short_list(unsafe, 20)}. A graph exported by retrain.py has none; if you "
             "trust this graph, pass --allow_unsafe_ops."
         )
 
@@ -115,43 +161,74 @@ def input_size(graph_def, input_layer):
 
 
 def list_images(arguments):
-    """Files and folders -> image files (folders: their images, sorted, non-recursive)."""
+    """Files and folders -> image files (folders: their images, sorted, non-recursive).
+
+    A folder's subfolders (even one named x.jpg) are not images, and its
+    special files (FIFOs, sockets, devices) and names that are not valid UTF-8
+    are skipped with a warning on stderr. A file given by name is classified or
+    reported as it is (a FIFO is refused without being waited on).
+    """
     images = []
     for argument in arguments:
-        if tf.io.gfile.isdir(argument):
-            names = sorted(
-                name for name in tf.io.gfile.listdir(argument)
-                if not name.startswith(".")
-                and os.path.splitext(name)[1].lower() in pre_input.IMAGE_EXTENSIONS
+        if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", argument):
+            raise LabelError(
+                f"Image {argument} is a URL; label_image.py reads local files: download "
+                "it and pass the file."
             )
-            if not names:
-                raise LabelError(f"Folder {argument} holds no images.")
-            images.extend(os.path.join(argument, name) for name in names)
-        elif tf.io.gfile.exists(argument):
+        if not pre_input.name_is_utf8(argument):
+            raise LabelError(
+                f"Image name {pre_input.shown(argument)} is not valid UTF-8; rename the file."
+            )
+        try:
+            is_folder = stat.S_ISDIR(os.stat(argument).st_mode)
+        except FileNotFoundError as e:
+            raise LabelError(f"Image {argument} does not exist.") from e
+        except OSError as e:
+            raise LabelError(f"Image {argument} cannot be read: {e.strerror}.") from e
+        if not is_folder:
             images.append(argument)
-        else:
-            raise LabelError(f"Image {argument} does not exist.")
+            continue
+        try:
+            entries = pre_input.folder_entries(argument)
+        except OSError as e:
+            raise LabelError(f"Folder {argument} cannot be read: {e.strerror}.") from e
+        names = []
+        for name, kind in entries:
+            if name.startswith(".") or kind == "dir":
+                continue
+            if os.path.splitext(name)[1].lower() not in pre_input.IMAGE_EXTENSIONS:
+                continue
+            full = os.path.join(argument, name)
+            if not pre_input.name_is_utf8(name):
+                print(f"warning: skipping {pre_input.shown(full)}: its name is not valid "
+                      "UTF-8", file=sys.stderr)
+            elif kind != "file":
+                print(f"warning: skipping {full}: not a regular file ({kind})", file=sys.stderr)
+            else:
+                names.append(name)
+        if not names:
+            raise LabelError(f"Folder {argument} holds no images.")
+        images.extend(os.path.join(argument, name) for name in names)
     return images
 
 
 def classify(graph_def, paths, height, width, input_layer="Placeholder",
              output_layer="final_result", input_mean=0.0, input_std=255.0, batch_size=None,
-             orientations=None):
+             max_pixels=input_pipeline.DEFAULT_MAX_IMAGE_PIXELS):
     """Run the graph on image files. -> {index: probabilities float32 [C]}.
 
     batch_size: images per forward pass, or None to measure the fastest (see
-    bottleneck.batch_size). orientations: EXIF orientation per path (see
-    input_pipeline.inspect_image_file); default upright. Images that cannot be
-    decoded are missing from the result.
+    bottleneck.batch_size). Each file is read once, its size checked against
+    max_pixels from its header and its EXIF orientation applied. Images that
+    cannot be read or decoded, or are too large, are missing from the result.
     """
     find_node(graph_def, output_layer, "output_layer")
-    orientations = orientations or [1] * len(paths)
     files = input_pipeline.ImageFiles(paths)
     graph = tf.Graph()
     with graph.as_default():
         run = batch_size_lib.BatchedRun(
-            lambda indices, size: files.batches(
-                indices, [orientations[i] for i in indices], height, width, size
+            lambda indices, size: files.batches(indices, height, width, size, max_pixels).map(
+                lambda index, content, images: (index, images)
             ),
             range(len(paths)), batch_size,
         )
@@ -222,6 +299,25 @@ def define_flags():
     )
 
 
+def flag_problem(values):
+    """What is wrong with the numeric flags (a dict: flag name -> value), as one line, or None."""
+    if values["batch_size"] is not None and values["batch_size"] < 1:
+        return (f"--batch_size={values['batch_size']} must be at least 1 (or left out to "
+                "measure the fastest).")
+    for name in ("top_k", "max_image_pixels"):
+        if values[name] < 1:
+            return f"--{name}={values[name]} must be at least 1."
+    for name in ("input_height", "input_width"):
+        if values[name] is not None and values[name] < 1:
+            return f"--{name}={values[name]} must be positive (or left out: from the graph)."
+    for name in ("input_mean", "input_std"):
+        if not math.isfinite(values[name]):
+            return f"--{name}={values[name]} must be a finite number."
+    if values["input_std"] == 0:
+        return "--input_std=0 would divide every pixel by zero; retrain.py's graphs use 255."
+    return None
+
+
 def main(argv):
     images, graph, labels = list(FLAGS.image), FLAGS.graph, FLAGS.labels
     positional = argv[1:]
@@ -234,29 +330,26 @@ def main(argv):
         images, graph, labels = images + positional[:-2], positional[-2], positional[-1]
     if not images or not graph or not labels:
         sys.exit("error: give an image, a graph and a labels file (see --help).")
-    if FLAGS.batch_size is not None and FLAGS.batch_size <= 0:
-        sys.exit(f"error: --batch_size={FLAGS.batch_size} must be positive (or left out to "
-                 "measure the fastest).")
+    problem = flag_problem({name: FLAGS[name].value for name in FLAGS})
+    if problem:
+        sys.exit(f"error: {problem}")
     tf.get_logger().setLevel("ERROR")
     try:
         paths = list_images(images)
         graph_def = load_graph(graph)
+        check_functions_defined(graph_def, graph)
         if not FLAGS.allow_unsafe_ops:
             check_graph_is_safe(graph_def, graph)
         label_list = load_labels(labels)
         size = input_size(graph_def, FLAGS.input_layer)
-        height = FLAGS.input_height or (size and size[0])
-        width = FLAGS.input_width or (size and size[1])
+        height = FLAGS.input_height if FLAGS.input_height is not None else size and size[0]
+        width = FLAGS.input_width if FLAGS.input_width is not None else size and size[1]
         if not height or not width:
             raise LabelError("The graph's input size is not fixed; pass --input_height and --input_width.")
-        files = [input_pipeline.inspect_image_file(p, FLAGS.max_image_pixels) for p in paths]
-        usable = [i for i, f in enumerate(files) if not f.problem]
-        found = classify(
-            graph_def, [paths[i] for i in usable], height, width, FLAGS.input_layer,
-            FLAGS.output_layer, FLAGS.input_mean, FLAGS.input_std, FLAGS.batch_size,
-            [files[i].orientation for i in usable],
+        results = classify(
+            graph_def, paths, height, width, FLAGS.input_layer, FLAGS.output_layer,
+            FLAGS.input_mean, FLAGS.input_std, FLAGS.batch_size, FLAGS.max_image_pixels,
         )
-        results = {usable[j]: probabilities for j, probabilities in found.items()}
         output_size = len(next(iter(results.values()))) if results else None
         if output_size is not None and output_size != len(label_list):
             raise LabelError(
@@ -266,10 +359,10 @@ def main(argv):
     except LabelError as e:
         sys.exit(f"error: {e}")
     except (ValueError, tf.errors.OpError) as e:
-        sys.exit(f"error: cannot run graph {graph}: {str(e).splitlines()[0]}")
+        sys.exit(f"error: cannot run graph {graph}: {input_pipeline.one_line(e)[:300]}")
 
     failures = {
-        i: files[i].problem or input_pipeline.why_undecodable(path)
+        i: input_pipeline.why_undecodable(path, FLAGS.max_image_pixels)
         for i, path in enumerate(paths) if i not in results
     }
     print_results(paths, results, failures, label_list, FLAGS.top_k, FLAGS.output_format)

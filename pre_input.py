@@ -30,6 +30,7 @@ import hashlib
 import os
 import posixpath
 import re
+import stat
 import sys
 
 import tensorflow as tf
@@ -133,13 +134,62 @@ def _same_dir(a, b):
     return os.path.normpath(os.path.abspath(a)) == os.path.normpath(os.path.abspath(b))
 
 
+def folder_entries(folder):
+    """[(name, kind)] of a folder's entries, sorted by name; kind is 'dir', 'file'
+    (a regular file, or a link that cannot be followed: reading it says why),
+    or a phrase naming a special file ('a FIFO', ...).
+
+    Only stat is used, so a FIFO or device is never opened. Local names that
+    are not valid UTF-8 come back with surrogate escapes (see name_is_utf8).
+    Raises OSError or tf.errors.OpError when the folder cannot be listed.
+    """
+    if "://" in folder:
+        return [
+            (name.rstrip("/"),
+             "dir" if tf.io.gfile.isdir(os.path.join(folder, name.rstrip("/"))) else "file")
+            for name in sorted(tf.io.gfile.listdir(folder))
+        ]
+    entries = []
+    with os.scandir(folder) as listing:
+        for entry in listing:
+            try:
+                mode = os.stat(entry.path).st_mode  # Follows links, as reading would.
+            except OSError:
+                kind = "file"
+            else:
+                kind = ("dir" if stat.S_ISDIR(mode) else "file" if stat.S_ISREG(mode)
+                        else input_pipeline.special_file_kind(mode))
+            entries.append((entry.name, kind))
+    return sorted(entries)
+
+
+def name_is_utf8(name):
+    """False for a file name holding bytes that are not UTF-8 (surrogate-escaped by Python)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def shown(path):
+    """A path for messages, with bytes that are not UTF-8 escaped (\\xff)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _reason(error):
+    return getattr(error, "strerror", None) or input_pipeline.one_line(error)
+
+
 def find_images(image_dir, exclude_dirs=()):
     """{label: [relative path, ...]} for every image file under image_dir.
 
     Subfolders of image_dir are classes; files directly inside image_dir are
     not images of any class. Hidden files and folders (starting with '.') are
     skipped, and so is any folder in exclude_dirs (a cache kept inside the
-    image folder, say). Paths are sorted and '/' separated.
+    image folder, say). Special files named like images (FIFOs, sockets,
+    devices), names that are not valid UTF-8 and folders that cannot be read
+    are skipped with a warning. Paths are sorted and '/' separated.
     """
     if not tf.io.gfile.exists(image_dir):
         raise DatasetError(f"--image_dir {image_dir} does not exist.")
@@ -148,14 +198,24 @@ def find_images(image_dir, exclude_dirs=()):
             f"--image_dir {image_dir} is a file; give the folder that holds one "
             "subfolder per class."
         )
+    try:
+        entries = folder_entries(image_dir)
+    except (OSError, tf.errors.OpError) as e:
+        raise DatasetError(
+            f"--image_dir {image_dir} cannot be read ({_reason(e)}); check its permissions."
+        ) from e
     found = {}
-    for entry in sorted(tf.io.gfile.listdir(image_dir)):
-        name = entry.rstrip("/")
+    for name, kind in entries:
         class_dir = os.path.join(image_dir, name)
-        if _is_hidden_dir(name) or not tf.io.gfile.isdir(class_dir):
+        if _is_hidden_dir(name) or kind != "dir":
             continue
         if any(_same_dir(class_dir, d) for d in exclude_dirs):
             continue
+        if not name_is_utf8(name):
+            raise DatasetError(
+                f"Class folder {shown(class_dir)} has a name that is not valid UTF-8, "
+                "and a label must be; rename the folder."
+            )
         found[name] = _images_under(class_dir, name, exclude_dirs)
     return found
 
@@ -169,26 +229,57 @@ def _images_under(class_dir, label, exclude_dirs):
     # A folder symlinked into itself would be walked forever and its images
     # counted many times: each real folder is walked once.
     seen = {_real(class_dir)}
-    for folder, subdirs, files in tf.io.gfile.walk(class_dir):
-        kept = []
-        for d in subdirs:
-            full = os.path.join(folder, d.rstrip("/"))
-            if _is_hidden_dir(d.rstrip("/")) or any(_same_dir(full, e) for e in exclude_dirs):
-                continue
-            if _real(full) in seen:
-                logging.warning("Skipping %s: it leads back to a folder already scanned.", full)
-                continue
-            seen.add(_real(full))
-            kept.append(d)
-        subdirs[:] = kept
-        relative_folder = os.path.relpath(folder, class_dir)
-        parts = [label] if relative_folder == "." else [label, *relative_folder.split(os.sep)]
-        for name in files:
+    pending = [(class_dir, [label])]
+    while pending:
+        folder, parts = pending.pop()
+        try:
+            entries = folder_entries(folder)
+        except (OSError, tf.errors.OpError) as e:
+            logging.warning("Skipping folder %s: it cannot be read (%s).", shown(folder), _reason(e))
+            continue
+        for name, kind in entries:
+            full = os.path.join(folder, name)
             if name.startswith("."):
                 continue
-            if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
+            if kind == "dir":
+                if any(_same_dir(full, e) for e in exclude_dirs):
+                    continue
+                if _real(full) in seen:
+                    logging.warning("Skipping %s: it leads back to a folder already scanned.",
+                                    shown(full))
+                    continue
+                seen.add(_real(full))
+                if not name_is_utf8(name):
+                    logging.warning("Skipping folder %s: its name is not valid UTF-8; rename it "
+                                    "to include its images.", shown(full))
+                    continue
+                pending.append((full, [*parts, name]))
+                continue
+            if os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS:
+                continue
+            if not name_is_utf8(name):
+                logging.warning("Skipping %s: its name is not valid UTF-8; rename it to include "
+                                "it.", shown(full))
+            elif kind != "file":
+                logging.warning("Skipping %s: not a regular file (%s).", shown(full), kind)
+            else:
                 paths.append(posixpath.join(*parts, name))
     return sorted(paths)
+
+
+def check_label(label):
+    """Raise DatasetError for a class name the labels file cannot hold on one line.
+
+    Readers split the labels file with str.splitlines, which breaks lines at
+    \\n and \\r but also at \\v, \\f, \\x1c-\\x1e, \\x85, U+2028 and U+2029; the
+    split lists are tab separated.
+    """
+    for char in label:
+        if char == "\t" or len(f"a{char}a".splitlines()) > 1:
+            raise DatasetError(
+                f"Class folder {label!r} has a tab or a line break ({char!r}) in its name, "
+                "which the labels file cannot hold on one line; rename the folder."
+            )
 
 
 def build_dataset(image_dir, validation_percentage, testing_percentage, exclude_dirs=()):
@@ -196,11 +287,7 @@ def build_dataset(image_dir, validation_percentage, testing_percentage, exclude_
     check_percentages(validation_percentage, testing_percentage)
     found = find_images(image_dir, exclude_dirs)
     for label in found:
-        if "\t" in label or "\n" in label or "\r" in label:
-            raise DatasetError(
-                f"Class folder {label!r} has a tab or newline in its name, which "
-                "cannot be written to the labels file; rename the folder."
-            )
+        check_label(label)
     labels = sorted(label for label, paths in found.items() if paths)
     for label in sorted(set(found) - set(labels)):
         logging.warning("Class folder %s holds no images; it is not a class.", label)
@@ -279,25 +366,20 @@ def format_count_table(dataset, skipped=()):
 def find_bad_images(dataset, max_pixels=input_pipeline.DEFAULT_MAX_IMAGE_PIXELS, batch_size=64):
     """Read and decode every image once. -> [(relative path, reason)] for those unusable."""
     paths = [dataset.full_path(image) for image in dataset.images]
-    problems = {}
-    for i, path in enumerate(paths):
-        problem = input_pipeline.inspect_image_file(path, max_pixels).problem
-        if problem:
-            problems[i] = problem
-    candidates = [i for i in range(len(paths)) if i not in problems]
     decoded = set()
     graph = tf.Graph()
     with graph.as_default():
         # Decodability is all that is checked here; a small output size keeps it cheap.
-        batches = input_pipeline.image_batches([paths[i] for i in candidates], 8, 8, batch_size)
+        # The pipeline refuses unreadable, special and oversized files itself.
+        batches = input_pipeline.image_batches(paths, 8, 8, batch_size, max_pixels)
         next_batch = tf.compat.v1.data.make_one_shot_iterator(batches).get_next()
         with tf.compat.v1.Session(graph=graph) as sess:
-            for indices, _ in input_pipeline.each_batch(sess, next_batch):
-                decoded.update(candidates[j] for j in indices.tolist())
-    for i in candidates:
-        if i not in decoded:
-            problems[i] = input_pipeline.why_undecodable(paths[i])
-    return [(dataset.images[i].path, problems[i]) for i in sorted(problems)]
+            for indices, _, _ in input_pipeline.each_batch(sess, next_batch):
+                decoded.update(indices.tolist())
+    return [
+        (dataset.images[i].path, input_pipeline.why_undecodable(paths[i], max_pixels))
+        for i in range(len(paths)) if i not in decoded
+    ]
 
 
 def write_lists(dataset, output_dir):
@@ -346,12 +428,16 @@ def _write_shard(dataset, images, path):
     try:
         with tf.io.TFRecordWriter(temporary) as writer:
             for image in images:
-                with tf.io.gfile.GFile(dataset.full_path(image), "rb") as f:
-                    data = f.read()
+                data, problem = input_pipeline.read_image_file(dataset.full_path(image))
+                if problem:
+                    raise DatasetError(
+                        f"{dataset.full_path(image)} {problem} while the records were written; "
+                        "run pre_input.py again."
+                    )
                 info = input_pipeline.inspect_image_bytes(data, max_pixels=float("inf"))
                 writer.write(_example(image, data, info).SerializeToString())
         tf.io.gfile.rename(temporary, path, overwrite=True)
-    except BaseException:  # Disk full, Ctrl-C: no half-written shard is left behind.
+    except BaseException:  # Disk full, Ctrl-C, a file gone: no half-written shard is left behind.
         if tf.io.gfile.exists(temporary):
             tf.io.gfile.remove(temporary)
         raise
@@ -387,7 +473,13 @@ def read_tfrecords(tfrecord_dir):
             f"pre_input.py --output_dir {tfrecord_dir} --tfrecords."
         )
     with tf.io.gfile.GFile(labels_path, "rb") as f:
-        labels = f.read().decode("utf-8").splitlines()
+        data = f.read()
+    try:
+        labels = data.decode("utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise DatasetError(
+            f"{labels_path} is not UTF-8 text; write it again with pre_input.py --tfrecords."
+        ) from e
     files, images = [], []
     for split in SPLITS:
         names = sorted(tf.io.gfile.glob(os.path.join(tfrecord_dir, f"{split}*.tfrecord")))

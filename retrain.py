@@ -809,7 +809,7 @@ def write_evaluation_summaries(dataset, reports, settings, step, images, row_of,
     The test set goes to a `test/` run with its accuracy and a grid of up to 16
     misclassified test images as the module saw them, decoded again from
     `images` (row_of: relative path -> index there; bottlenecks: the
-    compute.Bottlenecks, for input size and orientations). The validation
+    compute.Bottlenecks, for the input size). The validation
     set's confusion matrix and per-class accuracy go to the `validation/` run
     (its accuracy curve is already there).
     """
@@ -822,8 +822,8 @@ def write_evaluation_summaries(dataset, reports, settings, step, images, row_of,
             shown = report["misclassified"][:evaluation.MAX_MISCLASSIFIED_SHOWN]
             indices = [row_of[m["image"]] for m in shown]
             pixels = evaluation.load_display_images(
-                images, indices, [bottlenecks.orientations[i] for i in indices],
-                bottlenecks.height, bottlenecks.width,
+                images, indices, bottlenecks.height, bottlenecks.width,
+                settings["max_image_pixels"],
             )
             kept = [(i, m) for i, m in zip(indices, shown) if i in pixels]
             if kept:
@@ -969,7 +969,7 @@ def train_and_export(settings, dataset, images):
     if distortions.any():
         batch_source = distorted_batch_source(
             images, [row_of[i.path] for i in arrays["training"][2]], arrays["training"][1],
-            bottlenecks.orientations, settings, distortions,
+            settings, distortions,
         )
     result = train(arrays, len(dataset.labels), settings, export_intermediate, batch_source)
     accuracy = report_test_results(
@@ -1003,15 +1003,15 @@ def train_and_export(settings, dataset, images):
     return accuracy
 
 
-def distorted_batch_source(images, indices, labels, orientations, settings, distortions):
+def distorted_batch_source(images, indices, labels, settings, distortions):
     """A batch_source for final_layer.build_training_graph: distorted images through the module."""
 
     def build():
         module = module_lib.load(settings["tfhub_module"], settings["image_size"])
         batches = input_pipeline.distorted_batches(
-            images, indices, [orientations[i] for i in indices], labels.tolist(),
+            images, indices, labels.tolist(),
             module.height, module.width, settings["train_batch_size"], distortions,
-            settings["random_seed"],
+            settings["random_seed"], settings["max_image_pixels"],
         )
         iterator = tf.compat.v1.data.make_initializable_iterator(batches)
         pixels, batch_labels = iterator.get_next()

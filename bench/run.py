@@ -293,7 +293,7 @@ def decoded_in_memory(paths, height, width):
     graph = tf.Graph()
     with graph.as_default():
         batches = input_pipeline.image_batches(paths, height, width, 64)
-        _, images = tf.compat.v1.data.make_one_shot_iterator(batches).get_next()
+        _, _, images = tf.compat.v1.data.make_one_shot_iterator(batches).get_next()
         out = []
         with tf.compat.v1.Session(graph=graph) as sess:
             while True:

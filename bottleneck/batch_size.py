@@ -45,7 +45,7 @@ class BatchedRun:
     """One pass over images in batches through a graph, at a given or measured batch size.
 
     make_batches(positions, batch_size) -> tf.data.Dataset of (position int64
-    [B], images float32 [B, H, W, 3]) for the images at `positions` (ints,
+    [B], ..., images float32 [B, H, W, 3]) for the images at `positions` (ints,
     yielded back as each image's position); batch_size is an int or an int64
     scalar tensor. Images that cannot be decoded may be left out of the
     batches. Built in the default graph: `position` and `images` are the
@@ -84,7 +84,9 @@ class BatchedRun:
                 measured = batches if measured is None else measured.concatenate(batches)
             # Without this the first batch of each size would wait for its decoding.
             self.measure_init = iterator.make_initializer(measured.prefetch(1))
-        self.position, self.images = iterator.get_next()
+        # (position, ..., images): the first and last parts of each element.
+        self.element = iterator.get_next()
+        self.position, self.images = self.element[0], self.element[-1]
 
     def plan(self):
         """How the images will be batched, for the log."""

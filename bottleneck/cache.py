@@ -2,12 +2,13 @@
 
 Layout: `<bottleneck_dir>/<module key>/<2 hex>/<content key>.f32`.
 
-- The module key names the module, its input size and precision, so vectors of
-  two modules never mix.
-- The content key is the SHA-1 of the image file's bytes (from
-  input_pipeline.inspect_image_file): an image changed in
-  place gets a new entry, a renamed or moved one keeps its vector, and copies
-  of one image share it.
+- The module key names the module (a local folder by its content, see
+  module_fingerprint), its input size and precision, so vectors of two modules
+  never mix.
+- The content key is the SHA-1 of the image file's bytes, the very bytes that
+  were decoded into the vector (input_pipeline's batches hash what they
+  decode): an image changed in place gets a new entry, a renamed or moved one
+  keeps its vector, and copies of one image share it.
 - An entry is the vector as little-endian float32 followed by the CRC-32 of
   those bytes (4 bytes): 8,196 bytes for a 2048-d vector, against ~20 KB for
   the classic script's text files. A truncated, garbled or non-finite entry is
@@ -37,14 +38,56 @@ class CacheError(Exception):
 
 
 def module_key(handle, height, width, precision="float32"):
-    """Folder name for one module at one input size and precision."""
-    if os.path.isdir(handle):  # One key for a local module however its path is spelled.
-        handle = os.path.realpath(handle)
-    name = re.sub(r"[^A-Za-z0-9]+", "_", handle.rstrip("/")).strip("_")[-60:]
-    digest = hashlib.sha1(handle.encode("utf-8")).hexdigest()[:10]
+    """Folder name for one module at one input size and precision.
+
+    A local module folder is named by its content (module_fingerprint), so a
+    module rewritten in place gets a new key while a copy of it elsewhere
+    shares the old one; a TF Hub handle by the handle, which names one
+    published version.
+    """
+    if os.path.isdir(handle):
+        folder = os.path.realpath(handle)
+        name = os.path.basename(folder)
+        digest = module_fingerprint(folder)[:16]
+    else:
+        name = handle.rstrip("/")
+        digest = hashlib.sha1(handle.encode("utf-8")).hexdigest()[:10]
+    name = re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_")[-60:]
     # A change to preprocessing changes every vector: it must not reuse old entries.
     version = input_pipeline.PREPROCESSING_VERSION
     return f"{name}_{digest}_{height}x{width}_{precision}_p{version}"
+
+
+# What a SavedModel's vectors depend on: the graph, and the variables index,
+# which holds every variable's shape, dtype and a CRC-32C of its bytes (and
+# TensorFlow checks the data against those CRCs when it restores them).
+_FINGERPRINTED_FILES = ("saved_model.pb", "saved_model.pbtxt", "variables/variables.index")
+
+
+def module_fingerprint(folder):
+    """Hex SHA-1 of a local SavedModel's content: its graph and its variables index.
+
+    Cheap: these are small files that loading reads anyway, and the index
+    stands for the weights through their CRC-32Cs, so the large data files are
+    not read here. TensorFlow's own fingerprint.pb is not used: it is absent
+    from SavedModels written before TF 2.12, and nothing makes it follow files
+    copied over an existing folder.
+    """
+    digest = hashlib.sha1()
+    for name in _FINGERPRINTED_FILES:
+        try:
+            with open(os.path.join(folder, name), "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            raise CacheError(
+                f"Cannot read {os.path.join(folder, name)} to identify the module: "
+                f"{e.strerror}. Check the module folder's permissions."
+            ) from e
+        digest.update(f"{name}\0{len(data)}\0".encode())
+        digest.update(data)
+    return digest.hexdigest()
 
 
 def encode_entry(vector):
@@ -82,6 +125,11 @@ class BottleneckCache:
             with tf.io.gfile.GFile(path, "rb") as f:
                 data = f.read()
         except tf.errors.NotFoundError:
+            return None
+        except (tf.errors.OpError, OSError) as e:  # Unreadable, or a folder in its place.
+            logging.warning(
+                "Cannot read cache entry %s (%s); recomputing it.", path, input_pipeline.one_line(e)
+            )
             return None
         vector, damage = decode_entry(data)
         if vector is not None and dimension is not None and vector.shape[0] != dimension:

@@ -30,7 +30,6 @@ class Bottlenecks:
     height: int  # the module's input size
     width: int
     module_key: str
-    orientations: list  # EXIF orientation of each image, for decoding it again
     # Images per second of the forward passes at the batch size used: after the
     # first batch (which also pays for graph optimisation) or after the batches
     # that measured the size; None when there were none.
@@ -51,6 +50,10 @@ class Progress:
         self.total, self.what, self.interval, self.clock = total, what, interval, clock
         self.done = 0
         self.start = self.last = clock()
+
+    def restart(self):
+        """Start the clock now, after set-up that is not part of the work timed."""
+        self.start = self.last = self.clock()
 
     def update(self, count):
         self.done += count
@@ -132,54 +135,91 @@ def compute_bottlenecks(
             vectors[i] = vector
             reused += 1
 
-    todo = [indices[0] for indices in missing.values()]
-    done = set()
-    steady_rate = chosen = None
-    if todo:
+    computed, steady_rate, chosen = 0, None, None
+    if missing:
         forward = module  # Runs in `graph`, reading the weights from its variables.
         if precision != "float32":
             # The rewrite needs constant weights (see module.freeze). Frozen only now:
             # a run with every vector cached does not pay for it.
             forward, graph = module_lib.freeze(module, precision), tf.Graph()
-        with graph.as_default():
-            run = batch_size_lib.BatchedRun(
-                lambda indices, size: images.batches(
-                    indices, [files[i].orientation for i in indices], height, width, size
-                ),
-                todo, batch_size,
-            )
-            logging.info("Computing %d bottlenecks in batches of %s...", len(todo), run.plan())
-            features = forward(run.images)
+        config = module_lib.session_config(precision)
+        while missing:
+            # The pipeline hashes the bytes it decodes, and the vector is stored
+            # under that hash. A file changed since inspection comes out under a
+            # new hash: its vector is its new content's, and any copies of its old
+            # content still need theirs, so they go round again (at the batch size
+            # the first round chose).
+            todo = [indices[0] for indices in missing.values()]
             progress = Progress(len(todo), "bottlenecks")
-            config = module_lib.session_config(precision)
-            with tf.compat.v1.Session(graph=graph, config=config) as sess:
-                sess.run([
-                    tf.compat.v1.global_variables_initializer(),
-                    tf.compat.v1.tables_initializer(),
-                ])
-                for indices, values in run.batches(sess, [features]):
-                    for i, vector in zip(indices.tolist(), values):
-                        content = contents[i]
-                        cache.store(content, vector)
-                        vectors[missing[content]] = vector
-                        done.add(i)
-                    progress.update(len(indices))
-            steady_rate, chosen = run.steady_rate, run.chosen
+            came_out, changed, runs = set(), False, []
+            for batch in _computed_batches(
+                images, todo, forward, graph, config, height, width, chosen or batch_size,
+                max_image_pixels, progress.restart, runs,
+            ):
+                for i, content, vector in batch:
+                    came_out.add(i)
+                    cache.store(content, vector)  # As they come: a killed run keeps them.
+                    old = contents[i]
+                    if content == old:
+                        vectors[missing[old]] = vector
+                        computed += len(missing.pop(old))
+                        continue
+                    logging.warning(
+                        "%s changed while it was being read; its new content was used.",
+                        images.name(i),
+                    )
+                    contents[i], vectors[i], changed = content, vector, True
+                    computed += 1
+                    missing[old].remove(i)
+                    if not missing[old]:
+                        del missing[old]
+                progress.update(len(batch))
+            if chosen is None:
+                steady_rate, chosen = runs[0].steady_rate, runs[0].chosen
+            for first in todo:
+                if first not in came_out:
+                    reason = images.why_undecodable(first, max_image_pixels)
+                    for i in missing.pop(contents[first]):
+                        skipped[i] = reason
+            if not changed:
+                break
 
-    computed = 0
-    for first in todo:
-        indices = missing[contents[first]]
-        if first in done:
-            computed += len(indices)
-        else:
-            reason = images.why_undecodable(first)
-            for i in indices:
-                skipped[i] = reason
     for i in sorted(skipped):
         logging.warning("Skipping %s: %s", images.name(i), skipped[i])
     result = Bottlenecks(
-        vectors, skipped, computed, reused, height, width, key,
-        [f.orientation for f in files], steady_rate, chosen,
+        vectors, skipped, computed, reused, height, width, key, steady_rate, chosen,
     )
     logging.info("%s", result.summary())
     return result
+
+
+def _computed_batches(images, todo, forward, graph, config, height, width, batch_size,
+                      max_image_pixels, on_ready, runs):
+    """One pipeline run over the images at `todo`. Yields [(index, content, vector)] per batch.
+
+    content: hex SHA-1 of the bytes decoded; vector: float32 [D]. Images that
+    could not be read or decoded never come out. batch_size: an int, or None to
+    measure the fastest (batch_size.BatchedRun, appended to `runs` for its
+    choice and rate). on_ready() is called once the graph and Session are set
+    up, before the first batch.
+    """
+    with graph.as_default():
+        run = batch_size_lib.BatchedRun(
+            lambda indices, size: images.batches(indices, height, width, size, max_image_pixels),
+            todo, batch_size,
+        )
+        runs.append(run)
+        logging.info("Computing %d bottlenecks in batches of %s...", len(todo), run.plan())
+        batch_content, pixels = run.element[1], run.images
+        features = forward(pixels)
+        with tf.compat.v1.Session(graph=graph, config=config) as sess:
+            sess.run([
+                tf.compat.v1.global_variables_initializer(),
+                tf.compat.v1.tables_initializer(),
+            ])
+            on_ready()
+            for indices, contents, values in run.batches(sess, [batch_content, features]):
+                yield [
+                    (i, content.decode("ascii"), vector)
+                    for i, content, vector in zip(indices.tolist(), contents, values)
+                ]

@@ -152,7 +152,7 @@ def test_image_batches_yields_indices_and_skips_undecodable_files(tmp_path):
         paths.append(str(path))
 
     indices, images = [], []
-    for batch_indices, batch_images in input_pipeline.image_batches(paths, 5, 7, 2):
+    for batch_indices, _, batch_images in input_pipeline.image_batches(paths, 5, 7, 2):
         assert batch_indices.dtype == tf.int64
         assert batch_images.dtype == tf.float32
         assert batch_images.shape[1:] == (5, 7, 3)

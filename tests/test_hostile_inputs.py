@@ -1,0 +1,426 @@
+"""Hostile inputs (issue 10): what a photo folder, a module or a graph can do to a run.
+
+Each test guards one promise of README "What happens when...": the bytes
+cached are the bytes decoded, a module is known by its content, special
+files and odd names never hang or crash a run, the pixel limit holds when
+PIL cannot read a header, and label_image refuses what it cannot run.
+Hangs and tracebacks are proven absent in subprocesses with a timeout.
+"""
+
+import hashlib
+import os
+import shutil
+import stat
+import struct
+import subprocess
+import sys
+import zlib
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import ROOT, make_dataset, synthetic_image, write_image
+
+import input_pipeline
+import label_image
+import pre_input
+from bottleneck import cache as cache_lib
+from bottleneck import compute, make_module
+from bottleneck import module as module_lib
+
+TIMEOUT = 300  # A hang is the failure; a healthy run takes seconds.
+
+
+def run(*args, privileged=True):
+    """A command in a fresh process, with a timeout. -> CompletedProcess (text)."""
+    command = [sys.executable, *args]
+    if not privileged:  # Root without its permission bypass: chmod 000 really stops reading.
+        command = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", *command]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT)
+
+
+def no_traceback(process):
+    assert "Traceback" not in process.stderr, process.stderr[-3000:]
+
+
+def png_bytes(colour, size=(20, 24)):
+    path_free = synthetic_image(colour, "solid", size[0], size[1], np.random.RandomState(0))
+    return tf.io.encode_png(path_free).numpy()
+
+
+def sha1(data):
+    return hashlib.sha1(data).hexdigest()
+
+
+# --- 2. The bytes hashed are the bytes decoded -------------------------------------
+
+
+def test_photo_replaced_between_inspection_and_decoding_is_cached_under_its_new_content(
+    tmp_path, tiny_module, monkeypatch
+):
+    old, new = png_bytes((200, 30, 30)), png_bytes((30, 30, 200))
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    paths = []
+    for name, data in (("a.png", old), ("b.png", png_bytes((30, 200, 30))), ("copy_of_a.png", old)):
+        (folder / name).write_bytes(data)
+        paths.append(str(folder / name))
+    real_load = module_lib.load
+
+    def load_then_replace(*args, **kwargs):
+        # Runs after every file was inspected and before any is decoded.
+        (folder / "a.png").write_bytes(new)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(module_lib, "load", load_then_replace)
+    result = compute.compute_bottlenecks(paths, tiny_module, str(tmp_path / "cache"), batch_size=2)
+    monkeypatch.undo()
+
+    def vector_of(data, name):
+        (tmp_path / name).write_bytes(data)
+        return compute.compute_bottlenecks(
+            [str(tmp_path / name)], tiny_module, str(tmp_path / f"fresh_{name}")
+        ).vectors[0]
+
+    new_vector, old_vector = vector_of(new, "new.png"), vector_of(old, "old.png")
+    assert not np.allclose(new_vector, old_vector)
+    cache = cache_lib.BottleneckCache(str(tmp_path / "cache"), result.module_key)
+    np.testing.assert_allclose(cache.lookup(sha1(new)), new_vector, atol=1e-5)
+    # The old content's key holds the old content's vector (from its copy), never the new one.
+    np.testing.assert_allclose(cache.lookup(sha1(old)), old_vector, atol=1e-5)
+    np.testing.assert_allclose(result.vectors[0], new_vector, atol=1e-5)
+    np.testing.assert_allclose(result.vectors[2], old_vector, atol=1e-5)
+    assert result.computed == 3 and not result.skipped
+
+
+def test_photo_replaced_by_a_huge_image_after_inspection_is_refused_not_decoded(
+    tmp_path, tiny_module, monkeypatch
+):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    paths = []
+    for name, colour in (("a.png", (200, 30, 30)), ("b.png", (30, 200, 30))):
+        (folder / name).write_bytes(png_bytes(colour))
+        paths.append(str(folder / name))
+    real_load = module_lib.load
+
+    def load_then_replace(*args, **kwargs):
+        (folder / "a.png").write_bytes(png_with_bad_text_chunk(20000, 20000))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(module_lib, "load", load_then_replace)
+    result = compute.compute_bottlenecks(paths, tiny_module, str(tmp_path / "cache"))
+    assert result.skipped[0].startswith("too large: 20000x20000")
+    assert result.computed == 1
+
+
+# --- 3. The cache key knows the module's content -----------------------------------
+
+
+def test_module_rewritten_in_place_is_not_served_old_vectors(tmp_path):
+    image_dir = make_dataset(tmp_path / "data", per_class=2)
+    paths = [str(p) for p in sorted((tmp_path / "data").rglob("*")) if p.is_file()]
+    module = str(tmp_path / "module")
+    make_module.write_module("tiny", module, seed=0)
+    first = compute.compute_bottlenecks(paths, module, str(tmp_path / "cache"))
+    make_module.write_module("tiny", module, seed=1)  # Same path, same output size.
+    second = compute.compute_bottlenecks(paths, module, str(tmp_path / "cache"))
+    assert (second.computed, second.reused) == (len(paths), 0)
+    assert second.module_key != first.module_key
+    assert not np.allclose(first.vectors, second.vectors)
+    assert image_dir
+
+
+def test_module_key_follows_content_not_path(tmp_path):
+    module = str(tmp_path / "module")
+    make_module.write_module("tiny", module, seed=0)
+    shutil.copytree(module, tmp_path / "copy")
+    key = cache_lib.module_key(module, 32, 32)
+    assert cache_lib.module_key(str(tmp_path / "copy"), 32, 32).split("_", 1)[1] == key.split("_", 1)[1]
+    with open(os.path.join(module, "variables", "variables.index"), "ab") as f:
+        f.write(b"\0")  # Any change to the weights' index is a new module.
+    assert cache_lib.module_key(module, 32, 32) != key
+
+
+# --- 5. Special files and names ----------------------------------------------------
+
+
+@pytest.fixture
+def hostile_dir(tmp_path):
+    """A dataset with a FIFO, a folder named x.jpg, and non-UTF-8 file and folder names."""
+    root = make_dataset(tmp_path / "data", per_class=4)
+    os.mkfifo(os.path.join(root, "red", "fifo.jpg"))
+    os.mkdir(os.path.join(root, "red", "folder.jpg"))
+    write_image(os.path.join(root, "red", "folder.jpg", "inside.png"),
+                synthetic_image((220, 40, 40), "solid", 30, 40, np.random.RandomState(1)), "PNG")
+    good = open(os.path.join(root, "green", "img1.png"), "rb").read()
+    byte_root = os.fsencode(root)
+    fd = os.open(os.path.join(byte_root, b"green", b"\xff\xfe.png"), os.O_CREAT | os.O_WRONLY)
+    os.write(fd, good)
+    os.close(fd)
+    os.mkdir(os.path.join(byte_root, b"blue", b"sub\xff"))
+    fd = os.open(os.path.join(byte_root, b"blue", b"sub\xff", b"x.png"), os.O_CREAT | os.O_WRONLY)
+    os.write(fd, good)
+    os.close(fd)
+    return root
+
+
+def test_fifo_and_undecodable_names_are_skipped_by_pre_input_without_hanging(hostile_dir, tmp_path):
+    out = str(tmp_path / "prepared")
+    process = run("pre_input.py", f"--image_dir={hostile_dir}", f"--output_dir={out}")
+    no_traceback(process)
+    assert process.returncode == 0, process.stderr[-3000:]
+    assert "red/fifo.jpg: not a regular file (a FIFO)" in process.stderr
+    assert "\\xff\\xfe.png: its name is not valid UTF-8" in process.stderr
+    assert "sub\\xff: its name is not valid UTF-8" in process.stderr
+    listed = open(os.path.join(out, "training.txt")).read() + open(
+        os.path.join(out, "validation.txt")).read() + open(os.path.join(out, "testing.txt")).read()
+    assert "fifo" not in listed
+    assert "red/folder.jpg/inside.png" in listed  # A folder named x.jpg is a folder.
+
+
+def test_fifo_in_a_class_folder_does_not_hang_bottleneck_computation(tmp_path, tiny_module):
+    root = make_dataset(tmp_path / "data", per_class=2)
+    os.mkfifo(os.path.join(root, "red", "fifo.jpg"))
+    process = run("-m", "bottleneck", f"--image_dir={root}", f"--tfhub_module={tiny_module}",
+                  f"--bottleneck_dir={tmp_path / 'cache'}")
+    no_traceback(process)
+    assert process.returncode == 0, process.stderr[-3000:]
+    assert "red/fifo.jpg: not a regular file (a FIFO)" in process.stderr
+    assert "6 computed, 0 reused, 0 skipped" in process.stderr
+
+
+def test_file_replaced_by_a_fifo_after_inspection_is_refused_without_blocking(tmp_path):
+    path = tmp_path / "a.png"
+    path.write_bytes(png_bytes((1, 2, 3)))
+    assert input_pipeline.inspect_image_file(str(path)).problem is None
+    path.unlink()
+    os.mkfifo(path)
+    # Opened non-blocking and checked with fstat: returns at once, nothing read.
+    assert input_pipeline.read_image_file(str(path)) == (None, "not a regular file (a FIFO)")
+    assert input_pipeline.why_undecodable(str(path)) == "not a regular file (a FIFO)"
+
+
+def test_class_folder_name_that_is_not_utf8_is_one_error_line(tmp_path):
+    root = make_dataset(tmp_path / "data", per_class=2)
+    os.mkdir(os.path.join(os.fsencode(root), b"caf\xe9"))
+    shutil.copy(os.path.join(root, "red", "img0.jpg"),
+                os.path.join(os.fsencode(root), b"caf\xe9", b"x.jpg"))
+    with pytest.raises(pre_input.DatasetError, match=r"caf\\xe9 has a name that is not valid UTF-8"):
+        pre_input.build_dataset(root, 10, 10)
+
+
+@pytest.mark.parametrize("char", ["\u2028", "\u2029", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85"])
+def test_class_name_with_any_line_break_is_refused(tmp_path, char):
+    root = make_dataset(tmp_path / "data", per_class=2)
+    os.rename(os.path.join(root, "red"), os.path.join(root, f"re{char}d"))
+    with pytest.raises(pre_input.DatasetError, match="a tab or a line break"):
+        pre_input.build_dataset(root, 10, 10)
+
+
+def test_unreadable_folders_and_files_under_real_permission_loss(tmp_path):
+    root = make_dataset(tmp_path / "data", per_class=4)
+    os.mkdir(os.path.join(root, "red", "locked"))
+    shutil.copy(os.path.join(root, "red", "img0.jpg"), os.path.join(root, "red", "locked", "x.jpg"))
+    os.chmod(os.path.join(root, "red", "locked"), 0)
+    os.chmod(os.path.join(root, "green", "img1.png"), 0)
+    out = str(tmp_path / "prepared")
+    process = run("pre_input.py", f"--image_dir={root}", f"--output_dir={out}", privileged=False)
+    no_traceback(process)
+    assert process.returncode == 0, process.stderr[-3000:]
+    assert "red/locked: it cannot be read (Permission denied)" in process.stderr
+    assert "green/img1.png: cannot be read" in process.stderr
+
+    os.chmod(root, 0)
+    process = run("pre_input.py", f"--image_dir={root}", f"--output_dir={out}", privileged=False)
+    no_traceback(process)
+    assert process.returncode != 0
+    assert process.stderr.strip().splitlines()[-1] == (
+        f"error: --image_dir {root} cannot be read (Permission denied); check its permissions."
+    )
+    os.chmod(root, 0o755)
+
+
+def cache_entry(cache_dir, tiny_module, path):
+    key = cache_lib.module_key(tiny_module, 32, 32)
+    content = sha1(open(path, "rb").read())
+    return cache_lib.BottleneckCache(str(cache_dir), key).path_for(content)
+
+
+def test_unreadable_cache_entry_is_recomputed_under_real_permission_loss(
+    tmp_path, tiny_module
+):
+    root = make_dataset(tmp_path / "data", per_class=2)
+    cache_dir = tmp_path / "cache"
+    args = ("-m", "bottleneck", f"--image_dir={root}", f"--tfhub_module={tiny_module}",
+            f"--bottleneck_dir={cache_dir}")
+    assert run(*args).returncode == 0
+    entry = cache_entry(cache_dir, tiny_module, os.path.join(root, "red", "img0.jpg"))
+    os.chmod(entry, 0)
+    process = run(*args, privileged=False)
+    no_traceback(process)
+    assert process.returncode == 0, process.stderr[-3000:]
+    assert f"Cannot read cache entry {entry}" in process.stderr
+    assert "1 computed, 5 reused, 0 skipped" in process.stderr
+    assert stat.S_IMODE(os.stat(entry).st_mode) != 0  # Replaced by a fresh, readable entry.
+
+
+def test_cache_entry_that_is_a_folder_is_one_error_line(tmp_path, tiny_module):
+    root = make_dataset(tmp_path / "data", per_class=2)
+    cache_dir = tmp_path / "cache"
+    entry = cache_entry(cache_dir, tiny_module, os.path.join(root, "red", "img0.jpg"))
+    os.makedirs(entry)
+    process = run("-m", "bottleneck", f"--image_dir={root}", f"--tfhub_module={tiny_module}",
+                  f"--bottleneck_dir={cache_dir}")
+    no_traceback(process)
+    assert process.returncode != 0
+    last = process.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: Cannot write bottleneck cache entry {entry}"), last
+    assert os.path.isdir(entry)  # Not ours to remove.
+
+
+# --- 6. The pixel limit holds when PIL cannot read the header ----------------------
+
+
+def png_with_bad_text_chunk(width, height):
+    """A tiny PNG whose IHDR says width x height, with a tEXt chunk whose CRC is wrong."""
+
+    def chunk(kind, data, crc=None):
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF if crc is None else crc
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+            + chunk(b"tEXt", b"Comment\0hello", crc=0xDEADBEEF)
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+
+
+def test_png_whose_header_pil_cannot_read_is_still_held_to_the_pixel_limit(tmp_path):
+    data = png_with_bad_text_chunk(20000, 20000)
+    assert len(data) < 200
+    info = input_pipeline.inspect_image_bytes(data)
+    assert info.problem.startswith("too large: 20000x20000 = 400 Mpx")
+    root = make_dataset(tmp_path / "data", per_class=2)
+    (tmp_path / "data" / "red" / "bomb.png").write_bytes(data)
+    dataset = pre_input.build_dataset(root, 10, 10)
+    bad = dict(pre_input.find_bad_images(dataset))
+    assert bad == {"red/bomb.png": info.problem}
+
+
+@pytest.mark.parametrize("data", [
+    b"RIFF\x1a\x00\x00\x00WEBPVP8L\x0d\x00\x00\x00\x2f\x00\x00\x00\x10\x07\x10\x11\x11\x88\x88\xfe\x07\x00",
+    b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00\xff\xd9",
+    b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dtEXt",
+], ids=["webp", "jpeg_without_frame_header", "png_without_ihdr_first"])
+def test_image_whose_size_cannot_be_read_from_its_header_is_refused(data):
+    assert input_pipeline.image_size(data) is None
+    assert input_pipeline.inspect_image_bytes(data).problem.startswith("not a decodable image")
+
+
+def test_header_sizes_agree_with_what_tensorflow_decodes(tmp_path):
+    pixels = synthetic_image((10, 120, 240), "checker", 37, 53, np.random.RandomState(2))
+    for fmt in ("JPEG", "PNG", "GIF", "BMP"):
+        path = str(tmp_path / f"x.{fmt.lower()}")
+        write_image(path, pixels, fmt)
+        data = open(path, "rb").read()
+        decoded = tf.io.decode_image(data, channels=3, expand_animations=False)
+        assert input_pipeline.image_size(data) == (decoded.shape[1], decoded.shape[0]), fmt
+
+
+# --- 10. label_image ---------------------------------------------------------------
+
+
+def graph_calling(function_name):
+    """A GraphDef whose output is a PartitionedCall of a function its library lacks."""
+    graph_def = tf.compat.v1.GraphDef()
+    placeholder = graph_def.node.add(name="Placeholder", op="Placeholder")
+    placeholder.attr["dtype"].type = tf.float32.as_datatype_enum
+    placeholder.attr["shape"].shape.CopyFrom(
+        tf.TensorShape([None, 8, 8, 3]).as_proto())
+    call = graph_def.node.add(name="final_result", op="PartitionedCall", input=["Placeholder"])
+    call.attr["Tin"].list.type.append(tf.float32.as_datatype_enum)
+    call.attr["Tout"].list.type.append(tf.float32.as_datatype_enum)
+    call.attr["f"].func.name = function_name
+    return graph_def
+
+
+def test_graph_calling_an_undefined_function_is_refused_at_once(tmp_path):
+    graph_path = tmp_path / "graph.pb"
+    graph_path.write_bytes(graph_calling("WriteFile").SerializeToString())
+    (tmp_path / "labels.txt").write_text("a\nb\n")
+    (tmp_path / "x.png").write_bytes(png_bytes((1, 2, 3)))
+    for extra in ([], ["--allow_unsafe_ops"]):
+        process = run("label_image.py", str(tmp_path / "x.png"), str(graph_path),
+                      str(tmp_path / "labels.txt"), *extra)
+        no_traceback(process)
+        assert process.returncode != 0
+        assert process.stderr.strip().splitlines()[-1] == (
+            f"error: Graph {graph_path} calls functions it does not define: WriteFile. "
+            "It is damaged or not a graph exported by retrain.py."
+        )
+
+
+def test_long_undefined_function_names_are_cut_short():
+    with pytest.raises(label_image.LabelError) as raised:
+        label_image.check_functions_defined(graph_calling("W" * 100000), "g.pb")
+    assert len(str(raised.value)) < 300
+
+
+@pytest.mark.parametrize("flag, value", [
+    ("batch_size", 0), ("batch_size", -3), ("input_height", -5), ("input_width", 0),
+    ("top_k", 0), ("input_std", 0.0), ("input_std", float("nan")), ("input_mean", float("inf")),
+])
+def test_unusable_numeric_flags_are_named(flag, value):
+    values = {"batch_size": 32, "top_k": 5, "max_image_pixels": 10**8, "input_height": None,
+              "input_width": None, "input_mean": 0.0, "input_std": 255.0, flag: value}
+    assert label_image.flag_problem(values).startswith(f"--{flag}=")
+
+
+def test_input_std_zero_is_one_error_line(tmp_path):
+    process = run("label_image.py", "--input_std=0", "x.jpg", "g.pb", "l.txt")
+    no_traceback(process)
+    assert process.returncode != 0
+    assert process.stderr.strip().splitlines()[-1].startswith("error: --input_std=0 ")
+
+
+def test_labels_file_with_a_byte_order_mark_is_read_without_it(tmp_path):
+    path = tmp_path / "labels.txt"
+    path.write_bytes("\ufeffdaisy\nroses\n".encode("utf-8"))
+    assert label_image.load_labels(str(path)) == ["daisy", "roses"]
+
+
+def test_labels_file_that_is_not_utf8_is_one_line_naming_it(tmp_path):
+    path = tmp_path / "labels.txt"
+    path.write_bytes("daisy\nrosé\n".encode("latin-1"))
+    with pytest.raises(label_image.LabelError, match=f"Labels file {path} is not UTF-8 text"):
+        label_image.load_labels(str(path))
+
+
+@pytest.mark.parametrize("url", ["http://example.com/cat.jpg", "https://example.com/cat.jpg",
+                                 "gs://bucket/cat.jpg"])
+def test_image_given_as_a_url_is_refused_as_such(url):
+    with pytest.raises(label_image.LabelError, match="is a URL"):
+        label_image.list_images([url])
+
+
+def test_folder_named_like_an_image_and_fifo_are_not_images(tmp_path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "good.png").write_bytes(png_bytes((1, 2, 3)))
+    (folder / "folder.jpg").mkdir()
+    os.mkfifo(folder / "pipe.jpg")
+    assert label_image.list_images([str(folder)]) == [str(folder / "good.png")]
+    assert "pipe.jpg: not a regular file (a FIFO)" in capsys.readouterr().err
+
+
+def test_fifo_given_to_label_image_does_not_hang(trained, tmp_path):
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    good = os.path.join(trained["image_dir"], "red", "img1.png")
+    settings = trained["settings"]
+    process = run("label_image.py", str(fifo), good, settings["output_graph"],
+                  settings["output_labels"])
+    no_traceback(process)
+    assert process.returncode == 1
+    assert f"error: cannot classify {fifo}: not a regular file (a FIFO)" in process.stderr
+    assert process.stdout.splitlines()[0] == good  # The others are still classified.
