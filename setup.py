@@ -22,6 +22,9 @@ setup(
         "numpy",
         "pillow",
         "absl-py",
+        # TensorFlow 2.21 no longer installs TensorBoard; the README's
+        # `tensorboard --logdir` command needs it.
+        "tensorboard>=2.16,<2.22",
     ],
     extras_require={
         "test": ["pytest", "ruff"],
