@@ -89,9 +89,17 @@ def test_file_that_is_not_a_graph_is_one_line_error(trained, tmp_path):
     assert "is not a TensorFlow GraphDef file" in last_line(process.stderr)
 
 
+def test_session_config_keeps_grappler_on_a_gpu(monkeypatch):
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: ["GPU:0"])
+    assert not label_image.session_config().graph_options.rewrite_options.disable_meta_optimizer
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: [])
+    assert label_image.session_config().graph_options.rewrite_options.disable_meta_optimizer
+
+
 def test_on_a_cpu_graph_runs_without_grappler_and_gives_what_grappler_gives(trained, monkeypatch):
     config = label_image.session_config()
-    assert config.graph_options.rewrite_options.disable_meta_optimizer  # the tests run on a CPU
+    on_a_gpu = bool(tf.config.list_physical_devices("GPU"))
+    assert config.graph_options.rewrite_options.disable_meta_optimizer != on_a_gpu
     assert config.gpu_options.allow_growth
     graph_def = load_graph_def(trained["settings"]["output_graph"])
     folder = os.path.join(trained["image_dir"], sorted(os.listdir(trained["image_dir"]))[0])
