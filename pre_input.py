@@ -32,8 +32,12 @@ import posixpath
 import re
 import sys
 
+import command_startup
+
+command_startup.quiet_tensorflow()  # before anything imports TensorFlow
+
 import tensorflow as tf
-from absl import app, flags, logging
+from absl import flags, logging
 
 import atomic_files
 import input_pipeline
@@ -460,7 +464,7 @@ def main(argv):
 
 def run():
     define_flags()
-    app.run(main)
+    command_startup.run(main)
 
 
 if __name__ == "__main__":

@@ -40,9 +40,13 @@ import sys
 import time
 from typing import Optional
 
+import command_startup
+
+command_startup.quiet_tensorflow()  # before anything imports TensorFlow
+
 import numpy as np
 import tensorflow as tf
-from absl import app, flags, logging
+from absl import flags, logging
 
 import evaluation
 import export
@@ -773,7 +777,7 @@ def distorted_batch_source(images, indices, labels, orientations, settings, dist
 
 
 def run():
-    app.run(main)
+    command_startup.run(main)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ setup(
     python_requires=">=3.9",
     py_modules=[
         "atomic_files", "evaluation", "export", "final_layer", "input_pipeline",
-        "label_image", "pre_input", "retrain", "schedules",
+        "label_image", "pre_input", "retrain", "schedules", "command_startup",
     ],
     packages=["bottleneck"],
     install_requires=[

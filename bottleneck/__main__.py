@@ -1,4 +1,4 @@
-"""Fill the bottleneck cache without training.
+r"""Fill the bottleneck cache without training.
 
     python -m bottleneck --image_dir data/ --bottleneck_dir /tmp/bottleneck \
         --tfhub_module https://tfhub.dev/google/imagenet/inception_v3/feature_vector/5
@@ -10,8 +10,12 @@ A later retrain.py with the same module and --bottleneck_dir reuses them all.
 
 import sys
 
+import command_startup
+
+command_startup.quiet_tensorflow()  # before anything imports TensorFlow
+
 import tensorflow as tf
-from absl import app, flags, logging
+from absl import flags, logging
 
 import input_pipeline
 import pre_input
@@ -68,4 +72,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    command_startup.run(main)

@@ -34,6 +34,28 @@ def test_folder_is_classified_in_blocks_headed_by_path(trained, tmp_path):
     assert process.stdout.splitlines()[3].split()[0] == "red"
 
 
+def test_images_follow_graph_and_labels_flags_positionally(trained):
+    settings = trained["settings"]
+    images = [os.path.join(trained["image_dir"], label, "img1.png") for label in ("red", "blue")]
+    process = run_script(
+        "label_image.py", "--graph", settings["output_graph"], "--labels", settings["output_labels"],
+        *images, "--top_k=1", check=True,
+    )
+    lines = process.stdout.splitlines()
+    assert lines[0::2] == images
+    assert [line.split()[0] for line in lines[1::2]] == ["red", "blue"]
+
+
+def test_only_one_of_graph_and_labels_beside_positionals_is_refused_in_one_line(trained):
+    settings = trained["settings"]
+    image = os.path.join(trained["image_dir"], "red", "img1.png")
+    process = run_script(
+        "label_image.py", "--graph", settings["output_graph"], image, settings["output_labels"]
+    )
+    assert process.returncode != 0 and "Traceback" not in process.stderr
+    assert last_line(process.stderr).startswith("error: usage: label_image.py IMAGE [IMAGE ...] GRAPH")
+
+
 def test_undecodable_image_is_reported_and_others_still_classified(trained, tmp_path):
     bad = tmp_path / "bad.jpg"
     bad.write_text("<html>not a jpeg</html>")
