@@ -73,6 +73,11 @@ flags.DEFINE_float(
 flags.DEFINE_float(
     "validation_percentage", DEFAULT_PERCENTAGE, "Percentage of images used as the validation set."
 )
+flags.DEFINE_enum(
+    "split_by", "path", list(pre_input.SPLIT_BY),
+    "What picks an image's set (with --image_dir): a hash of its relative path (the classic "
+    "split), or of its content, which keeps every copy of a photo in one set.",
+)
 
 # Module and bottlenecks.
 flags.DEFINE_string(
@@ -253,6 +258,11 @@ def check_flags(values):
         )
     if values["image_dir"] and values["tfrecord_dir"]:
         raise UsageError("Give --image_dir or --tfrecord_dir, not both.")
+    if values["tfrecord_dir"] and values["split_by"] != "path":
+        raise UsageError(
+            "With --tfrecord_dir the split is the one in the files; to split by content, run "
+            "pre_input.py --tfrecords --split_by=content again."
+        )
     if not values["image_dir"] and not values["tfrecord_dir"]:
         raise UsageError("--image_dir is required: the folder with one subfolder per class "
                          "(or --tfrecord_dir, a folder written by pre_input.py --tfrecords).")
@@ -677,6 +687,7 @@ def run_retraining(settings):
         dataset = pre_input.build_dataset(
             settings["image_dir"], settings["validation_percentage"],
             settings["testing_percentage"], exclude_dirs=[settings["bottleneck_dir"]],
+            split_by=settings["split_by"],
         )
         images = input_pipeline.ImageFiles(dataset.full_path(image) for image in dataset.images)
     logging.info("Found %d images in %d classes.", len(dataset.images), len(dataset.labels))
@@ -700,6 +711,7 @@ def run_retraining(settings):
     if bottlenecks.skipped:
         dataset = dataset.without(dataset.images[i].path for i in bottlenecks.skipped)
         check_sets(dataset, settings)
+    log_copies(dataset, [bottlenecks.contents[row_of[i.path]] for i in dataset.images])
     pre_input.warn_about_small_classes(dataset)
     if not dataset.in_split("training"):
         raise UsageError("No training images left; lower the validation and testing percentages.")
@@ -757,6 +769,13 @@ def run_retraining(settings):
         export.write_saved_model(graph_def, settings["final_tensor_name"], settings["saved_model_dir"])
         logging.info("Wrote SavedModel %s", settings["saved_model_dir"])
     return accuracy
+
+
+def log_copies(dataset, contents):
+    """Log the copies report; a warning when copies cross sets or classes."""
+    copies = pre_input.find_copies(dataset.images, contents)
+    log = logging.warning if copies.across_sets or copies.across_classes else logging.info
+    log("%s", pre_input.format_copies(copies))
 
 
 def distorted_batch_source(images, indices, labels, orientations, settings, distortions):

@@ -34,11 +34,20 @@ class Bottlenecks:
     # Images per second of the forward passes after the first batch (which also
     # pays for graph optimisation); None when fewer than two batches ran.
     steady_rate: float = None
+    # SHA-1 hex of each image's file, None where it could not be read.
+    contents: list = None
 
     def summary(self):
+        """'bottlenecks: N images, D distinct: C computed, R reused, S skipped'.
+
+        N counts images, D their distinct contents (a copy's vector is computed
+        once); C, R and S count images and add up to N.
+        """
+        images = len(self.vectors)
+        distinct = len({c for c in self.contents or () if c is not None})
         return (
-            f"bottlenecks: {self.computed} computed, {self.reused} reused, "
-            f"{len(self.skipped)} skipped"
+            f"bottlenecks: {images} images, {distinct} distinct: {self.computed} computed, "
+            f"{self.reused} reused, {len(self.skipped)} skipped"
         )
 
 
@@ -137,7 +146,12 @@ def compute_bottlenecks(
             # The rewrite needs constant weights (see module.freeze). Frozen only now:
             # a run with every vector cached does not pay for it.
             forward, graph = module_lib.freeze(module, precision), tf.Graph()
-        logging.info("Computing %d bottlenecks in batches of %d...", len(todo), batch_size)
+        needing = sum(len(indices) for indices in missing.values())
+        copies = ""
+        if needing > len(todo):  # a copy's vector is computed once and stored for every copy
+            extra = needing - len(todo)
+            copies = f" for {needing} images ({extra} {'is a copy' if extra == 1 else 'are copies'})"
+        logging.info("Computing %d bottlenecks%s in batches of %d...", len(todo), copies, batch_size)
         with graph.as_default():
             batches = images.batches(
                 todo, [files[i].orientation for i in todo], height, width, batch_size
@@ -177,7 +191,7 @@ def compute_bottlenecks(
         logging.warning("Skipping %s: %s", images.name(i), skipped[i])
     result = Bottlenecks(
         vectors, skipped, computed, reused, height, width, key,
-        [f.orientation for f in files], steady_rate,
+        [f.orientation for f in files], steady_rate, [f.sha1 for f in files],
     )
     logging.info("%s", result.summary())
     return result
