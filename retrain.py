@@ -421,6 +421,8 @@ class TrainingResult:
     # {split: (rows int [n] into that set's arrays, predictions int64 [n])} for the
     # evaluated sets: all validation images, test images as --test_batch_size samples.
     predictions: dict
+    # {split: float32 [n, C] class probabilities}, row for row with predictions.
+    probabilities: dict = None
 
 
 def loss_settings(settings, train_y, class_count):
@@ -543,13 +545,17 @@ def train(arrays, class_count, settings, export_intermediate, batch_source=None)
                 100 * best.accuracy, best.cross_entropy, len(val_y),
             )
         final_layer.save_checkpoint(g.saver, sess, settings["checkpoint_path"])
-        predictions = {}
+        predictions, probabilities = {}, {}
         for split, x, y, size in (("validation", val_x, val_y, -1),
                                   ("testing", test_x, test_y, settings["test_batch_size"])):
             if len(y):
                 rows = sample(rng, len(y), size)
-                predictions[split] = (rows, sess.run(g.predictions, {g.bottleneck_input: x[rows]}))
-    return TrainingResult(steps=step, kept_step=kept_step, predictions=predictions)
+                predicted, probabilities[split] = sess.run(
+                    [g.predictions, g.probabilities], {g.bottleneck_input: x[rows]}
+                )
+                predictions[split] = (rows, predicted)
+    return TrainingResult(steps=step, kept_step=kept_step, predictions=predictions,
+                          probabilities=probabilities)
 
 
 def log_distortion_cost(per_step, steps, batch_size):
@@ -582,14 +588,20 @@ SET_NAMES = {"testing": "Test", "validation": "Validation"}
 
 
 def evaluation_reports(arrays, labels, result):
-    """{split: evaluation report} for the evaluated sets, with the wrong test images listed."""
+    """{split: evaluation report} for the evaluated sets, with the wrong images listed.
+
+    Each wrong image: {"image": relative path, "true": label, "predicted": label,
+    "confidence": the probability the layer gave the predicted (wrong) class}.
+    """
     reports = {}
     for split, (rows, predictions) in result.predictions.items():
         _, y, images = arrays[split]
+        probabilities = result.probabilities[split]
         report = evaluation.evaluate(y[rows], predictions, labels)
         report["misclassified"] = [
-            {"image": images[r].path, "true": images[r].label, "predicted": labels[p]}
-            for r, p in zip(rows, predictions) if p != y[r]
+            {"image": images[r].path, "true": images[r].label, "predicted": labels[p],
+             "confidence": round(float(probabilities[n, p]), 6)}
+            for n, (r, p) in enumerate(zip(rows, predictions)) if p != y[r]
         ]
         reports[split] = report
     return reports
@@ -605,7 +617,8 @@ def write_evaluation_summaries(dataset, reports, settings, step, images, row_of,
     """TensorBoard: confusion matrix, per-class accuracy (and wrong test images) at `step`.
 
     The test set goes to a `test/` run with its accuracy and a grid of up to 16
-    misclassified test images as the module saw them, decoded again from
+    misclassified test images (evaluation.mistakes_to_show: every true class
+    in turn, the most confident mistakes first) as the module saw them, decoded again from
     `images` (row_of: relative path -> index there; bottlenecks: the
     compute.Bottlenecks, for input size and orientations). The validation
     set's confusion matrix and per-class accuracy go to the `validation/` run
@@ -617,7 +630,7 @@ def write_evaluation_summaries(dataset, reports, settings, step, images, row_of,
         report = reports[split]
         grid = None
         if split == "testing" and report["misclassified"]:
-            shown = report["misclassified"][:evaluation.MAX_MISCLASSIFIED_SHOWN]
+            shown = evaluation.mistakes_to_show(report["misclassified"], dataset.labels)
             indices = [row_of[m["image"]] for m in shown]
             pixels = evaluation.load_display_images(
                 images, indices, [bottlenecks.orientations[i] for i in indices],
@@ -626,7 +639,8 @@ def write_evaluation_summaries(dataset, reports, settings, step, images, row_of,
             kept = [(i, m) for i, m in zip(indices, shown) if i in pixels]
             if kept:
                 grid = evaluation.misclassified_grid_png(
-                    [pixels[i] for i, _ in kept], [(m["true"], m["predicted"]) for _, m in kept]
+                    [pixels[i] for i, _ in kept],
+                    [(m["true"], f"{m['predicted']} ({100 * m['confidence']:.0f}%)") for _, m in kept],
                 )
         summary = evaluation.evaluation_summary(
             report, dataset.labels, grid, with_accuracy=split == "testing",
