@@ -10,8 +10,8 @@ bench/run.py), before anything imports TensorFlow, and
 
 - sets TF_CPP_MIN_LOG_LEVEL=2 (C++ errors only) for the rest of the run; and
 - imports TensorFlow and lists the devices with stderr (file descriptor 2)
-  sent to a temporary file, then writes back every line that is not one of
-  the start-up lines above. Some of those are written while the shared
+  passed through a filter that drops the start-up lines above and lets every
+  other line through as it comes. Some of those are written while the shared
   libraries load, before TensorFlow reads TF_CPP_MIN_LOG_LEVEL, so the
   variable alone does not hide them.
 
@@ -27,7 +27,7 @@ import contextlib
 import os
 import re
 import sys
-import tempfile
+import threading
 
 from absl import app
 
@@ -65,26 +65,37 @@ def without_start_up_noise(text):
 
 @contextlib.contextmanager
 def _stderr_filtered():
-    """Send file descriptor 2 to a temporary file; on exit write back what is not noise."""
+    """Pass file descriptor 2 through a filter that drops START_UP_NOISE, line by line.
+
+    A thread copies each line to the real stderr as it comes, so what a crash
+    inside the import writes is shown, not held back until the end.
+    """
     sys.stderr.flush()
     try:
         saved = os.dup(2)
     except OSError:  # No file descriptor 2 (a detached process): nothing to hide.
         yield
         return
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def forward():
+        with os.fdopen(read_end, "rb") as pipe:
+            for line in pipe:
+                if not START_UP_NOISE.search(line.decode("utf-8", "replace")):
+                    os.write(saved, line)
+
+    thread = threading.Thread(target=forward, name="start-up log filter", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)  # closes the pipe's last write end: the thread reads to the end
+        thread.join(timeout=10)
+        if not thread.is_alive():  # else a child still holds the pipe: keep the thread's fd valid
             os.close(saved)
-            captured.seek(0)
-            kept = without_start_up_noise(captured.read().decode("utf-8", "replace"))
-            if kept:
-                sys.stderr.write(kept)
-                sys.stderr.flush()
 
 
 def quiet_tensorflow(argv=None, environ=None):

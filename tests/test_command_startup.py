@@ -4,7 +4,7 @@ import os
 import re
 
 import pytest
-from conftest import make_dataset, run_script
+from conftest import ROOT, make_dataset, run_script
 
 import command_startup
 
@@ -108,3 +108,24 @@ def test_helpfull_lists_absl_flags_too_and_exits_0():
 ])
 def test_help_asked(argv, short):
     assert command_startup.help_asked(argv) == short
+
+
+FILTERED = """
+import os, sys
+sys.path.insert(0, {root!r})
+import command_startup
+with command_startup._stderr_filtered():
+    os.write(2, b"I0000 00:00:1795960322.246738    8430 port.cc:153] oneDNN custom operations are on.\\n")
+    os.write(2, b"E0000 00:00:1795960327.809358    8430 something.cc:1] a real error\\n")
+    print("python's own stderr", file=sys.stderr, flush=True)
+print("after", file=sys.stderr)
+"""
+
+
+def test_the_filter_passes_every_other_line_through_in_order():
+    process = run_script("-c", FILTERED.format(root=ROOT), check=True)
+    assert process.stderr.splitlines() == [
+        "E0000 00:00:1795960327.809358    8430 something.cc:1] a real error",
+        "python's own stderr",
+        "after",
+    ]
