@@ -355,14 +355,27 @@ def _named(groups, describe):
     return lines
 
 
+def _sizes(group):
+    """'' for a pair, else ' (41 images: 34 training, 2 validation, 5 testing)'."""
+    if len(group) == 2:
+        return ""
+    by_split = collections.Counter(i.split for i in group)
+    return f" ({len(group)} images: " + ", ".join(
+        f"{by_split[split]} {split}" for split in SPLITS if by_split[split]
+    ) + ")"
+
+
+def _same_files(group):
+    """'red/a.jpg = red/b.jpg', or the first two and the group's size."""
+    return " = ".join(i.path for i in group[:2]) + _sizes(group)
+
+
 def _evaluated_copy(group):
     """'testing red/a.jpg is a copy of training red/b.jpg': the evaluated copy first."""
     evaluated = [i for i in group if i.split != "training"]
     first = evaluated[0] if evaluated else group[0]
-    others = [i for i in group if i.split != first.split]
-    return f"{first.split} {first.path} is a copy of " + ", ".join(
-        f"{i.split} {i.path}" for i in others
-    )
+    other = next(i for i in group if i.split != first.split)
+    return f"{first.split} {first.path} is a copy of {other.split} {other.path}" + _sizes(group)
 
 
 def format_copies(copies):
@@ -375,7 +388,7 @@ def format_copies(copies):
     ]
     if copies.within_set:
         lines.append(f"  {len(copies.within_set)} within one class and set (harmless, computed once):")
-        lines += _named(copies.within_set, lambda g: " = ".join(i.path for i in g))
+        lines += _named(copies.within_set, _same_files)
     if copies.across_sets:
         lines.append(
             f"  {len(copies.across_sets)} across sets: the evaluation sees photos trained on, "
@@ -387,7 +400,7 @@ def format_copies(copies):
             f"  {len(copies.across_classes)} filed under more than one class: label noise; "
             "keep each photo in its one class:"
         )
-        lines += _named(copies.across_classes, lambda g: " = ".join(i.path for i in g))
+        lines += _named(copies.across_classes, _same_files)
     return "\n".join(lines)
 
 

@@ -478,3 +478,13 @@ def test_pre_input_script_prints_copies_and_splits_by_content(tmp_path):
     # The TFRecords hold the same split as the lists.
     dataset, _ = pre_input.read_tfrecords(str(output_dir))
     assert splits_of(dataset) == listed
+
+
+def test_a_large_group_of_copies_is_one_line_with_its_size_by_set():
+    splits = ["training"] * 5 + ["validation"] + ["testing"] * 2
+    images = [pre_input.Image(f"a/{n}.jpg", "a", 0, split) for n, split in enumerate(splits)]
+    copies = pre_input.find_copies(images, ["same"] * len(images))
+    assert pre_input.format_copies(copies).splitlines()[2] == (
+        "    validation a/5.jpg is a copy of training a/0.jpg "
+        "(8 images: 5 training, 1 validation, 2 testing)"
+    )
