@@ -139,6 +139,11 @@ def run(main, argv=None):
     printed here, before absl parses the flags.
     """
     argv = sys.argv if argv is None else argv
+    main_module = sys.modules["__main__"]
+    if not main_module.__doc__:
+        # An installed command's __main__ is pip's wrapper script, without the
+        # command's docstring, which absl prints as the usage.
+        main_module.__doc__ = sys.modules[main.__module__].__doc__
     short = help_asked(argv)
     if short is not None:
         app.usage(shorthelp=short, writeto_stdout=True)

@@ -129,3 +129,11 @@ def test_the_filter_passes_every_other_line_through_in_order():
         "python's own stderr",
         "after",
     ]
+
+
+def test_installed_command_help_shows_the_command_docstring():
+    # As pip's console-script wrapper runs it: __main__ is a module without a docstring.
+    script = "import sys; sys.argv = ['pre_input', '--help']; import pre_input; pre_input.run()"
+    process = run_script("-c", script, env=quiet_environment())
+    assert process.returncode == 0, process.stderr[-2000:]
+    assert process.stdout.startswith("Which images exist, what class each belongs to")
