@@ -5,7 +5,9 @@ From the true and predicted class of each evaluated image this module makes:
 - `evaluate`: a report (dict, JSON-ready) with the overall accuracy, per-class
   precision, recall, F1 and support, and the confusion matrix;
 - `format_report`: the same as aligned text tables for the log;
-- `confusion_matrix_png` and `misclassified_grid_png`: pictures for TensorBoard;
+- `confusion_matrix_png` and `misclassified_grid_png`: pictures for TensorBoard,
+  the grid showing `mistakes_to_show` (every true class in turn, the most
+  confident mistakes first);
 - `evaluation_summary`: a TensorBoard Summary proto with those pictures and the
   per-class accuracy scalars, written by a tf.compat.v1 FileWriter.
 
@@ -238,6 +240,27 @@ def load_display_images(images, indices, height, width,
             for batch_indices, values in input_pipeline.each_batch(sess, [index, pixels]):
                 results.update(zip(batch_indices.tolist(), values))
     return results
+
+
+def mistakes_to_show(misclassified, labels, count=MAX_MISCLASSIFIED_SHOWN):
+    """The wrong images that teach most, at most `count`, in the order to show them.
+
+    misclassified: [{"true": label, "confidence": probability of the predicted
+    class, ...}]. The true classes take turns (round robin, so a class with
+    many mistakes cannot fill the grid alone); each turn shows that class's
+    most confident mistake not shown yet, and within a round the most
+    confident come first. A confident mistake is a photo the classifier is
+    sure about and wrong on: often a mislabelled or ambiguous photo.
+    """
+    by_class = {label: [] for label in labels}
+    for mistake in misclassified:
+        by_class[mistake["true"]].append(mistake)
+    queues = [sorted(mistakes, key=lambda m: -m["confidence"]) for mistakes in by_class.values()]
+    shown = []
+    for turn in range(max(map(len, queues), default=0)):
+        this_round = [queue[turn] for queue in queues if turn < len(queue)]
+        shown += sorted(this_round, key=lambda m: -m["confidence"])
+    return shown[:count]
 
 
 def misclassified_grid_png(images, captions):

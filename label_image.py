@@ -2,6 +2,7 @@ r"""Classify images with a graph exported by retrain.py.
 
     python label_image.py photo.jpg output_graph.pb output_labels.txt
     python label_image.py --image photos/ --graph output_graph.pb --labels output_labels.txt
+    python label_image.py --graph output_graph.pb --labels output_labels.txt photos/*.jpg
 
 prints the --top_k labels with their scores, best first. Several images (or a
 folder of them) are classified in batches, each block headed by the image
@@ -18,9 +19,13 @@ import re
 import stat
 import sys
 
+import command_startup
+
+command_startup.quiet_tensorflow()  # before anything imports TensorFlow
+
 import numpy as np
 import tensorflow as tf
-from absl import app, flags
+from absl import flags
 
 import input_pipeline
 import pre_input
@@ -321,11 +326,15 @@ def flag_problem(values):
 def main(argv):
     images, graph, labels = list(FLAGS.image), FLAGS.graph, FLAGS.labels
     positional = argv[1:]
-    if positional:
+    if positional and graph and labels:
+        images += positional  # `--graph g.pb --labels l.txt photos/*.jpg`
+    elif positional:
+        # The classic form names the graph and labels last; with only one of them
+        # given as a flag, which positional is which would be a guess.
         if len(positional) < 3 or graph or labels:
             sys.exit(
                 "error: usage: label_image.py IMAGE [IMAGE ...] GRAPH LABELS, or "
-                "--image IMAGE --graph GRAPH --labels LABELS"
+                "--graph GRAPH --labels LABELS IMAGE [IMAGE ...] (or --image IMAGE)"
             )
         images, graph, labels = images + positional[:-2], positional[-2], positional[-1]
     if not images or not graph or not labels:
@@ -400,7 +409,7 @@ def print_results(paths, results, failures, labels, top_k, output_format):
 def run():
     define_flags()
     try:
-        app.run(main)
+        command_startup.run(main)
     except KeyboardInterrupt:
         print("interrupted: nothing was written; run the same command again to classify "
               "the images.", file=sys.stderr)

@@ -13,7 +13,9 @@ Each image is put in the training, validation or testing set by a hash of its
 path relative to the image folder, so the split never changes when the folder
 moves, when the OS changes, or when other images are added or removed. A file
 named `cat_nohash_2.jpg` hashes like `cat`, which keeps several shots of one
-subject in the same set.
+subject in the same set. With split_by="content" the hash is of the file's
+bytes instead, so every copy of a photo lands in the same set, whatever its
+name (`find_copies` reports the copies either way).
 
 As a script, it checks and splits a dataset ahead of training:
 
@@ -21,7 +23,8 @@ As a script, it checks and splits a dataset ahead of training:
 
 decodes every image once, and writes `labels.txt` plus `training.txt`,
 `validation.txt` and `testing.txt` (one line per image: relative path, a tab,
-label), then prints a table of counts per class.
+label), then prints a table of counts per class and the copies report (images
+whose files are byte-identical: within a set, across sets, across classes).
 """
 
 import collections
@@ -33,8 +36,12 @@ import re
 import stat
 import sys
 
+import command_startup
+
+command_startup.quiet_tensorflow()  # before anything imports TensorFlow
+
 import tensorflow as tf
-from absl import app, flags, logging
+from absl import flags, logging
 
 import atomic_files
 import input_pipeline
@@ -42,6 +49,9 @@ import output_paths
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 SPLITS = ("training", "validation", "testing")
+SPLIT_BY = ("path", "content")  # what split_for hashes: the relative path, or the file's bytes
+# Copies listed by name in the copies report, per kind; the rest are counted.
+COPIES_NAMED = 5
 MIN_IMAGES_PER_CLASS = 20
 # The classic script's constant: the largest number of files one class could
 # have before the split stopped being exact.
@@ -282,8 +292,16 @@ def check_label(label):
             )
 
 
-def build_dataset(image_dir, validation_percentage, testing_percentage, exclude_dirs=()):
-    """Scan image_dir and split it. Raises DatasetError for a folder unfit to train on."""
+def build_dataset(image_dir, validation_percentage, testing_percentage, exclude_dirs=(),
+                  split_by="path"):
+    """Scan image_dir and split it. Raises DatasetError for a folder unfit to train on.
+
+    split_by: "path" hashes each image's relative path (the classic split);
+    "content" hashes its bytes (SHA-1), which reads every file once more. A
+    file that cannot be read is split by its path; it is reported later.
+    """
+    if split_by not in SPLIT_BY:
+        raise DatasetError(f"--split_by={split_by} is not one of {', '.join(SPLIT_BY)}.")
     check_percentages(validation_percentage, testing_percentage)
     found = find_images(image_dir, exclude_dirs)
     for label in found:
@@ -292,8 +310,16 @@ def build_dataset(image_dir, validation_percentage, testing_percentage, exclude_
     for label in sorted(set(found) - set(labels)):
         logging.warning("Class folder %s holds no images; it is not a class.", label)
     _check_enough_classes(labels, image_dir)
+    def split_key(path):
+        if split_by == "content":
+            content = input_pipeline.inspect_image_file(os.path.join(image_dir, *path.split("/")))
+            if content.sha1 is not None:
+                return content.sha1
+        return path
+
     images = [
-        Image(path, label, index, split_for(path, validation_percentage, testing_percentage))
+        Image(path, label, index,
+              split_for(split_key(path), validation_percentage, testing_percentage))
         for index, label in enumerate(labels)
         for path in found[label]
     ]
@@ -361,6 +387,114 @@ def format_count_table(dataset, skipped=()):
         return "  ".join([first, *rest])
 
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+@dataclasses.dataclass
+class Copies:
+    """Images whose files are byte-identical, grouped by content.
+
+    Each group is a list of Image (two or more, sorted by label and path). A
+    group may be in both across_sets and across_classes.
+    """
+
+    images: int  # images with a known content (readable files)
+    distinct: int  # distinct contents among them
+    within_set: list  # groups of one class, all in one set: wasted work only
+    across_sets: list  # groups in more than one set: a copy is tested on what was trained
+    across_classes: list  # groups filed under more than one class: label noise
+
+    @property
+    def copies(self):
+        """Images that are a copy of an earlier one: images - distinct."""
+        return self.images - self.distinct
+
+
+def find_copies(images, contents):
+    """Copies among `images` (Image), `contents[i]` the SHA-1 of image i's file (None: unread)."""
+    groups = {}
+    for image, content in zip(images, contents):
+        if content is not None:
+            groups.setdefault(content, []).append(image)
+    within, across_sets, across_classes = [], [], []
+    for group in groups.values():
+        if len(group) < 2:
+            continue
+        group = sorted(group, key=lambda i: (i.label, i.path))
+        crosses_sets = len({i.split for i in group}) > 1
+        crosses_classes = len({i.label for i in group}) > 1
+        if crosses_sets:
+            across_sets.append(group)
+        if crosses_classes:
+            across_classes.append(group)
+        if not crosses_sets and not crosses_classes:
+            within.append(group)
+    def in_order(kind):
+        return sorted(kind, key=lambda g: (g[0].label, g[0].path))
+
+    return Copies(sum(len(g) for g in groups.values()), len(groups),
+                  in_order(within), in_order(across_sets), in_order(across_classes))
+
+
+def _named(groups, describe):
+    """Lines naming the first COPIES_NAMED groups, then a count of the rest."""
+    lines = [f"    {describe(group)}" for group in groups[:COPIES_NAMED]]
+    if len(groups) > COPIES_NAMED:
+        lines.append(f"    ... and {len(groups) - COPIES_NAMED} more")
+    return lines
+
+
+def _sizes(group):
+    """'' for a pair, else ' (41 images: 34 training, 2 validation, 5 testing)'."""
+    if len(group) == 2:
+        return ""
+    by_split = collections.Counter(i.split for i in group)
+    return f" ({len(group)} images: " + ", ".join(
+        f"{by_split[split]} {split}" for split in SPLITS if by_split[split]
+    ) + ")"
+
+
+def _same_files(group):
+    """'red/a.jpg = red/b.jpg', or the first two and the group's size."""
+    return " = ".join(i.path for i in group[:2]) + _sizes(group)
+
+
+def _evaluated_copy(group):
+    """'testing red/a.jpg is a copy of training red/b.jpg': the evaluated copy first."""
+    evaluated = [i for i in group if i.split != "training"]
+    first = evaluated[0] if evaluated else group[0]
+    other = next(i for i in group if i.split != first.split)
+    return f"{first.split} {first.path} is a copy of {other.split} {other.path}" + _sizes(group)
+
+
+def format_copies(copies):
+    """The copies report: one line of counts, then the copies by kind, as text."""
+    if not copies.copies:
+        return f"Copies: none; {copies.images} images, all distinct."
+    lines = [
+        f"Copies: {copies.images} images, {copies.distinct} distinct "
+        f"({copies.copies} {'is a copy' if copies.copies == 1 else 'are copies'} of another image)."
+    ]
+    if copies.within_set:
+        lines.append(f"  {len(copies.within_set)} within one class and set (harmless, computed once):")
+        lines += _named(copies.within_set, _same_files)
+    if copies.across_sets:
+        lines.append(
+            f"  {len(copies.across_sets)} across sets: the evaluation sees photos trained on, "
+            "which inflates the reported accuracy (--split_by=content keeps copies in one set):"
+        )
+        lines += _named(copies.across_sets, _evaluated_copy)
+    if copies.across_classes:
+        lines.append(
+            f"  {len(copies.across_classes)} filed under more than one class: label noise; "
+            "keep each photo in its one class:"
+        )
+        lines += _named(copies.across_classes, _same_files)
+    return "\n".join(lines)
+
+
+def content_hashes(dataset):
+    """[SHA-1 hex of each image's file, or None where it cannot be read], in dataset.images order."""
+    return [input_pipeline.inspect_image_file(dataset.full_path(i)).sha1 for i in dataset.images]
 
 
 def find_bad_images(dataset, max_pixels=input_pipeline.DEFAULT_MAX_IMAGE_PIXELS, batch_size=64):
@@ -512,6 +646,11 @@ def define_flags():
     flags.DEFINE_string("output_dir", None, "Where labels.txt and the split lists are written.")
     flags.DEFINE_float("validation_percentage", 10, "Percentage of images for validation.")
     flags.DEFINE_float("testing_percentage", 10, "Percentage of images for testing.")
+    flags.DEFINE_enum(
+        "split_by", "path", list(SPLIT_BY),
+        "What picks an image's set: a hash of its relative path (the classic split), or "
+        "of its content, which keeps every copy of a photo in one set.",
+    )
     flags.DEFINE_integer(
         "max_image_pixels", input_pipeline.DEFAULT_MAX_IMAGE_PIXELS,
         "Images with more pixels (width x height) are reported as bad instead of decoded.",
@@ -540,13 +679,15 @@ def main(argv):
         sys.exit(f"error: {e}")
     try:
         dataset = build_dataset(
-            FLAGS.image_dir, FLAGS.validation_percentage, FLAGS.testing_percentage
+            FLAGS.image_dir, FLAGS.validation_percentage, FLAGS.testing_percentage,
+            split_by=FLAGS.split_by,
         )
         logging.info("Checking %d images...", len(dataset.images))
         bad = find_bad_images(dataset, FLAGS.max_image_pixels)
         for path, reason in bad:
             logging.warning("Skipping %s: %s", path, reason)
         dataset = dataset.without(path for path, _ in bad)
+        copies = find_copies(dataset.images, content_hashes(dataset))
         write_lists(dataset, FLAGS.output_dir)
         if FLAGS.tfrecords:
             logging.info("Writing TFRecords...")
@@ -559,6 +700,7 @@ def main(argv):
                  f"{reason.strip().splitlines()[0]}; free some space or choose another folder.")
     warn_about_small_classes(dataset)
     print(format_count_table(dataset, bad))
+    print(format_copies(copies))
     print(f"Wrote labels.txt and {', '.join(s + '.txt' for s in SPLITS)} to {FLAGS.output_dir}")
     if FLAGS.tfrecords:
         files = [name for split in SPLITS for name in written[split]]
@@ -575,7 +717,7 @@ def check_output_dir(output_dir, image_dir):
 def run():
     define_flags()
     try:
-        app.run(main)
+        command_startup.run(main)
     except KeyboardInterrupt:
         # Each list and record file is written whole under a temporary name:
         # an interrupt leaves the previous version of each, or none.

@@ -43,9 +43,13 @@ import sys
 import time
 from typing import Optional
 
+import command_startup
+
+command_startup.quiet_tensorflow()  # before anything imports TensorFlow
+
 import numpy as np
 import tensorflow as tf
-from absl import app, flags, logging
+from absl import flags, logging
 
 import atomic_files
 import evaluation
@@ -75,6 +79,11 @@ flags.DEFINE_float(
 )
 flags.DEFINE_float(
     "validation_percentage", DEFAULT_PERCENTAGE, "Percentage of images used as the validation set."
+)
+flags.DEFINE_enum(
+    "split_by", "path", list(pre_input.SPLIT_BY),
+    "What picks an image's set (with --image_dir): a hash of its relative path (the classic "
+    "split), or of its content, which keeps every copy of a photo in one set.",
 )
 
 # Module and bottlenecks.
@@ -285,6 +294,11 @@ def check_flags(values):
         )
     if values["image_dir"] and values["tfrecord_dir"]:
         raise UsageError("Give --image_dir or --tfrecord_dir, not both.")
+    if values["tfrecord_dir"] and values["split_by"] != "path":
+        raise UsageError(
+            "With --tfrecord_dir the split is the one in the files; to split by content, run "
+            "pre_input.py --tfrecords --split_by=content again."
+        )
     if not values["image_dir"] and not values["tfrecord_dir"]:
         raise UsageError("--image_dir is required: the folder with one subfolder per class "
                          "(or --tfrecord_dir, a folder written by pre_input.py --tfrecords).")
@@ -598,6 +612,8 @@ class TrainingResult:
     # evaluated sets: all validation images, test images as --test_batch_size samples.
     predictions: dict
     layer: dict  # {variable name: ndarray}: the kept layer's values, what is exported
+    # {split: float32 [n, C] class probabilities}, row for row with predictions.
+    probabilities: dict = None
 
 
 def loss_settings(settings, train_y, class_count):
@@ -745,13 +761,17 @@ def train(arrays, class_count, settings, export_intermediate, batch_source=None,
         layer = g.named_layer_values(sess)
         write_output("checkpoint_path", settings["checkpoint_path"],
                      lambda: final_layer.save_checkpoint(g.saver, sess, settings["checkpoint_path"]))
-        predictions = {}
+        predictions, probabilities = {}, {}
         for split, x, y, size in (("validation", val_x, val_y, -1),
                                   ("testing", test_x, test_y, settings["test_batch_size"])):
             if len(y):
                 rows = sample(rng, len(y), size)
-                predictions[split] = (rows, sess.run(g.predictions, {g.bottleneck_input: x[rows]}))
-    return TrainingResult(steps=step, kept_step=kept_step, predictions=predictions, layer=layer)
+                predicted, probabilities[split] = sess.run(
+                    [g.predictions, g.probabilities], {g.bottleneck_input: x[rows]}
+                )
+                predictions[split] = (rows, predicted)
+    return TrainingResult(steps=step, kept_step=kept_step, predictions=predictions, layer=layer,
+                          probabilities=probabilities)
 
 
 def log_distortion_cost(per_step, steps, batch_size):
@@ -784,14 +804,20 @@ SET_NAMES = {"testing": "Test", "validation": "Validation"}
 
 
 def evaluation_reports(arrays, labels, result):
-    """{split: evaluation report} for the evaluated sets, with the wrong test images listed."""
+    """{split: evaluation report} for the evaluated sets, with the wrong images listed.
+
+    Each wrong image: {"image": relative path, "true": label, "predicted": label,
+    "confidence": the probability the layer gave the predicted (wrong) class}.
+    """
     reports = {}
     for split, (rows, predictions) in result.predictions.items():
         _, y, images = arrays[split]
+        probabilities = result.probabilities[split]
         report = evaluation.evaluate(y[rows], predictions, labels)
         report["misclassified"] = [
-            {"image": images[r].path, "true": images[r].label, "predicted": labels[p]}
-            for r, p in zip(rows, predictions) if p != y[r]
+            {"image": images[r].path, "true": images[r].label, "predicted": labels[p],
+             "confidence": round(float(probabilities[n, p]), 6)}
+            for n, (r, p) in enumerate(zip(rows, predictions)) if p != y[r]
         ]
         reports[split] = report
     return reports
@@ -807,7 +833,8 @@ def write_evaluation_summaries(dataset, reports, settings, step, images, row_of,
     """TensorBoard: confusion matrix, per-class accuracy (and wrong test images) at `step`.
 
     The test set goes to a `test/` run with its accuracy and a grid of up to 16
-    misclassified test images as the module saw them, decoded again from
+    misclassified test images (evaluation.mistakes_to_show: every true class
+    in turn, the most confident mistakes first) as the module saw them, decoded again from
     `images` (row_of: relative path -> index there; bottlenecks: the
     compute.Bottlenecks, for the input size). The validation
     set's confusion matrix and per-class accuracy go to the `validation/` run
@@ -819,7 +846,7 @@ def write_evaluation_summaries(dataset, reports, settings, step, images, row_of,
         report = reports[split]
         grid = None
         if split == "testing" and report["misclassified"]:
-            shown = report["misclassified"][:evaluation.MAX_MISCLASSIFIED_SHOWN]
+            shown = evaluation.mistakes_to_show(report["misclassified"], dataset.labels)
             indices = [row_of[m["image"]] for m in shown]
             pixels = evaluation.load_display_images(
                 images, indices, bottlenecks.height, bottlenecks.width,
@@ -828,7 +855,8 @@ def write_evaluation_summaries(dataset, reports, settings, step, images, row_of,
             kept = [(i, m) for i, m in zip(indices, shown) if i in pixels]
             if kept:
                 grid = evaluation.misclassified_grid_png(
-                    [pixels[i] for i, _ in kept], [(m["true"], m["predicted"]) for _, m in kept]
+                    [pixels[i] for i, _ in kept],
+                    [(m["true"], f"{m['predicted']} ({100 * m['confidence']:.0f}%)") for _, m in kept],
                 )
         summary = evaluation.evaluation_summary(
             report, dataset.labels, grid, with_accuracy=split == "testing",
@@ -913,6 +941,7 @@ def retrain_with_checked_flags(settings):
         dataset = pre_input.build_dataset(
             settings["image_dir"], settings["validation_percentage"],
             settings["testing_percentage"], exclude_dirs=[settings["bottleneck_dir"]],
+            split_by=settings["split_by"],
         )
         images = input_pipeline.ImageFiles(dataset.full_path(image) for image in dataset.images)
     logging.info("Found %d images in %d classes.", len(dataset.images), len(dataset.labels))
@@ -944,6 +973,7 @@ def train_and_export(settings, dataset, images):
     if bottlenecks.skipped:
         dataset = dataset.without(dataset.images[i].path for i in bottlenecks.skipped)
         check_sets(dataset, settings)
+    log_copies(dataset, [bottlenecks.contents[row_of[i.path]] for i in dataset.images])
     pre_input.warn_about_small_classes(dataset)
     if not dataset.in_split("training"):
         raise UsageError("No training images left; lower the validation and testing percentages.")
@@ -1003,6 +1033,13 @@ def train_and_export(settings, dataset, images):
     return accuracy
 
 
+def log_copies(dataset, contents):
+    """Log the copies report; a warning when copies cross sets or classes."""
+    copies = pre_input.find_copies(dataset.images, contents)
+    log = logging.warning if copies.across_sets or copies.across_classes else logging.info
+    log("%s", pre_input.format_copies(copies))
+
+
 def distorted_batch_source(images, indices, labels, settings, distortions):
     """A batch_source for final_layer.build_training_graph: distorted images through the module."""
 
@@ -1022,7 +1059,7 @@ def distorted_batch_source(images, indices, labels, settings, distortions):
 
 def run():
     try:
-        app.run(main)
+        command_startup.run(main)
     except KeyboardInterrupt:
         # Cache entries and outputs are written whole under temporary names, so
         # whatever was finished before the interrupt is complete and is reused.

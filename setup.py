@@ -14,6 +14,7 @@ setup(
     py_modules=[
         "atomic_files", "evaluation", "export", "final_layer", "input_pipeline",
         "label_image", "memory_budget", "output_paths", "pre_input", "retrain", "schedules",
+        "command_startup",
     ],
     packages=["bottleneck"],
     install_requires=[
@@ -22,6 +23,9 @@ setup(
         "numpy",
         "pillow",
         "absl-py",
+        # TensorFlow 2.21 no longer installs TensorBoard; the README's
+        # `tensorboard --logdir` command needs it.
+        "tensorboard>=2.16,<2.22",
     ],
     extras_require={
         "test": ["pytest", "ruff"],

@@ -45,6 +45,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+import command_startup  # noqa: E402
+
+command_startup.quiet_tensorflow()  # before anything imports TensorFlow
+
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
@@ -748,4 +752,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    command_startup.run(main)

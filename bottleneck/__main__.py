@@ -1,17 +1,22 @@
-"""Fill the bottleneck cache without training.
+r"""Fill the bottleneck cache without training.
 
     python -m bottleneck --image_dir data/ --bottleneck_dir /tmp/bottleneck \
         --tfhub_module https://tfhub.dev/google/imagenet/inception_v3/feature_vector/5
 
 Computes the vector of every image not cached yet for that module, exactly as
-retrain.py would, and ends with `bottlenecks: N computed, M reused, K skipped`.
-A later retrain.py with the same module and --bottleneck_dir reuses them all.
+retrain.py would, and ends with
+`bottlenecks: N images, D distinct: C computed, R reused, K skipped`. A later
+retrain.py with the same module and --bottleneck_dir reuses them all.
 """
 
 import sys
 
+import command_startup
+
+command_startup.quiet_tensorflow()  # before anything imports TensorFlow
+
 import tensorflow as tf
-from absl import app, flags, logging
+from absl import flags, logging
 
 import input_pipeline
 import memory_budget
@@ -117,7 +122,7 @@ def check_batch_memory(batch_size, image_count, handle, image_size):
 
 def run():
     try:
-        app.run(main)
+        command_startup.run(main)
     except KeyboardInterrupt:
         # Entries are written whole under temporary names: each is complete or absent.
         print(f"interrupted: the bottlenecks cached so far in {FLAGS['bottleneck_dir'].value} "

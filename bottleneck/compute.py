@@ -35,11 +35,20 @@ class Bottlenecks:
     # that measured the size; None when there were none.
     steady_rate: float = None
     batch_size: int = None  # images per forward pass, given or measured; None: none ran
+    # SHA-1 hex of each image's bytes (as decoded), None where it could not be read.
+    contents: list = None
 
     def summary(self):
+        """'bottlenecks: N images, D distinct: C computed, R reused, S skipped'.
+
+        N counts images, D their distinct contents (a copy's vector is computed
+        once); C, R and S count images and add up to N.
+        """
+        images = len(self.vectors)
+        distinct = len({c for c in self.contents or () if c is not None})
         return (
-            f"bottlenecks: {self.computed} computed, {self.reused} reused, "
-            f"{len(self.skipped)} skipped"
+            f"bottlenecks: {images} images, {distinct} distinct: {self.computed} computed, "
+            f"{self.reused} reused, {len(self.skipped)} skipped"
         )
 
 
@@ -150,11 +159,16 @@ def compute_bottlenecks(
             # content still need theirs, so they go round again (at the batch size
             # the first round chose).
             todo = [indices[0] for indices in missing.values()]
+            needing = sum(len(indices) for indices in missing.values())
+            what = f"{len(todo)} bottlenecks"
+            if needing > len(todo):  # a copy's vector is computed once and stored for every copy
+                extra = needing - len(todo)
+                what += f" for {needing} images ({extra} {'is a copy' if extra == 1 else 'are copies'})"
             progress = Progress(len(todo), "bottlenecks")
             came_out, changed, runs = set(), False, []
             for batch in _computed_batches(
                 images, todo, forward, graph, config, height, width, chosen or batch_size,
-                max_image_pixels, progress.restart, runs,
+                max_image_pixels, progress.restart, runs, what,
             ):
                 for i, content, vector in batch:
                     came_out.add(i)
@@ -188,20 +202,22 @@ def compute_bottlenecks(
         logging.warning("Skipping %s: %s", images.name(i), skipped[i])
     result = Bottlenecks(
         vectors, skipped, computed, reused, height, width, key, steady_rate, chosen,
+        contents,
     )
     logging.info("%s", result.summary())
     return result
 
 
 def _computed_batches(images, todo, forward, graph, config, height, width, batch_size,
-                      max_image_pixels, on_ready, runs):
+                      max_image_pixels, on_ready, runs, what):
     """One pipeline run over the images at `todo`. Yields [(index, content, vector)] per batch.
 
     content: hex SHA-1 of the bytes decoded; vector: float32 [D]. Images that
     could not be read or decoded never come out. batch_size: an int, or None to
     measure the fastest (batch_size.BatchedRun, appended to `runs` for its
-    choice and rate). on_ready() is called once the graph and Session are set
-    up, before the first batch.
+    choice and rate). what: the work, for the log ("36 bottlenecks for 40
+    images (4 are copies)"). on_ready() is called once the graph and Session
+    are set up, before the first batch.
     """
     with graph.as_default():
         run = batch_size_lib.BatchedRun(
@@ -209,7 +225,7 @@ def _computed_batches(images, todo, forward, graph, config, height, width, batch
             todo, batch_size,
         )
         runs.append(run)
-        logging.info("Computing %d bottlenecks in batches of %s...", len(todo), run.plan())
+        logging.info("Computing %s in batches of %s...", what, run.plan())
         batch_content, pixels = run.element[1], run.images
         features = forward(pixels)
         with tf.compat.v1.Session(graph=graph, config=config) as sess:

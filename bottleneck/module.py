@@ -196,18 +196,25 @@ def mixed_precision_type():
     """
     if tf.config.list_physical_devices("GPU"):
         return "float16"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = set(f.read().split())
-    except OSError:
-        flags = set()
-    if not flags & set(BFLOAT16_CPU_FLAGS):
+    if not cpu_flags() & set(BFLOAT16_CPU_FLAGS):
         raise ModuleError(
             "--mixed_precision needs a GPU or a CPU with bfloat16 instructions "
             f"({' or '.join(BFLOAT16_CPU_FLAGS)}), and this machine has neither; "
             "run without --mixed_precision."
         )
     return "bfloat16"
+
+
+def cpu_flags(cpuinfo="/proc/cpuinfo"):
+    """The words of /proc/cpuinfo, among them the CPU's feature flags ("avx512_bf16", ...).
+
+    Empty where the file cannot be read (not Linux).
+    """
+    try:
+        with open(cpuinfo, encoding="utf-8") as f:
+            return set(f.read().split())
+    except OSError:
+        return set()
 
 
 def _static_image_size(loaded):

@@ -123,10 +123,12 @@ def probabilities_from_bottlenecks(graph_def, vectors):
             return sess.run("final_result:0", {export.BOTTLENECK_NAME + ":0": vectors})
 
 
-def run_script(*args, check=False):
-    """Run one of the project's scripts in a fresh Python. -> CompletedProcess (text)."""
+def run_script(*args, check=False, env=None):
+    """Run one of the project's scripts in a fresh Python (environment `env`, default ours).
+
+    -> CompletedProcess (text)."""
     process = subprocess.run(
-        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env
     )
     if check and process.returncode != 0:
         raise AssertionError(

@@ -3,9 +3,19 @@
 import re
 
 import pytest
-from conftest import run_script
+from conftest import ROOT, run_script
 
-ROWS = ("1a.", "1b.", "2a.", "2b.", "3.", "4.", "5a.", "5b.", "6.", "7.", "8.")
+from bottleneck import module as module_lib
+
+
+def expected_rows():
+    """The rows this machine's run prints: figure 2 has two rows only where mixed precision runs."""
+    try:
+        module_lib.mixed_precision_type()
+        mixed = ("2a.", "2b.")
+    except module_lib.ModuleError:
+        mixed = ("2.",)
+    return ("1a.", "1b.", *mixed, "3.", "4.", "5a.", "5b.", "6.", "7.", "8.")
 
 
 @pytest.mark.slow
@@ -18,9 +28,10 @@ def test_benchmark_prints_a_table_with_every_figure(tmp_path):
     lines = process.stdout.splitlines()
     assert "| figure | ours | yardstick | ratio | target | met? |" in lines
     table = [line for line in lines if line.startswith("| ")]
-    for row in ROWS:
-        assert any(line.startswith(f"| {row}") for line in table), row
-    assert len(table) == 1 + len(ROWS)  # the header, then one row per figure
+    rows = expected_rows()
+    for row in rows:
+        assert any(line.startswith(f"| {row} ") for line in table), row
+    assert len(table) == 1 + len(rows)  # the header, then one row per figure
     # The classic method's row says where its time goes.
     classic = next(line for line in table if line.startswith("| 1b."))
     assert re.search(r"per image: decode \d+ ms, module \d+ ms, text \d+ ms", classic), classic
@@ -31,3 +42,45 @@ def test_benchmark_rejects_an_unknown_figure_in_one_line():
     process = run_script("bench/run.py", "--figures=bottlenecks,speed")
     assert process.returncode != 0
     assert "--figures: unknown speed" in process.stderr
+
+
+# Runs bench/run.py as a script with mixed_precision_type answering as it does on
+# a CPU without bfloat16 instructions.
+WITHOUT_BFLOAT16 = """
+import runpy, sys
+sys.path.insert(0, {root!r})
+from bottleneck import module
+
+def no_bfloat16():
+    raise module.ModuleError("--mixed_precision needs a GPU or a CPU with bfloat16 (faked)")
+
+module.mixed_precision_type = no_bfloat16
+sys.argv = ["bench/run.py", *{args!r}]
+runpy.run_path("bench/run.py", run_name="__main__")
+"""
+
+
+def test_benchmark_without_bfloat16_prints_one_not_available_row(tmp_path):
+    args = ["--figures=mixed_precision", "--module=tiny", "--images=8", "--batch_size=4",
+            f"--work_dir={tmp_path}"]
+    process = run_script("-c", WITHOUT_BFLOAT16.format(root=ROOT, args=args), check=True)
+    table = [line for line in process.stdout.splitlines() if line.startswith("| ")]
+    assert table[1:] == [
+        "| 2. --mixed_precision | not available: --mixed_precision needs a GPU or a CPU with "
+        "bfloat16 (faked) |  |  | >= 1.50x | n/a |"
+    ]
+
+
+def test_mixed_precision_type_follows_the_cpu_flags(monkeypatch, tmp_path):
+    monkeypatch.setattr(module_lib.tf.config, "list_physical_devices", lambda kind=None: [])
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f\n")
+    assert "avx512f" in module_lib.cpu_flags(str(cpuinfo))
+    read_flags = module_lib.cpu_flags
+    monkeypatch.setattr(module_lib, "cpu_flags", lambda: read_flags(str(cpuinfo)))
+    with pytest.raises(module_lib.ModuleError, match="run without --mixed_precision"):
+        module_lib.mixed_precision_type()
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16\n")
+    assert module_lib.mixed_precision_type() == "bfloat16"
+    monkeypatch.setattr(module_lib.tf.config, "list_physical_devices", lambda kind=None: ["GPU:0"])
+    assert module_lib.mixed_precision_type() == "float16"

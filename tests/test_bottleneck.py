@@ -257,7 +257,7 @@ def test_second_run_reuses_every_cached_bottleneck(tmp_path, tiny_module, small_
     assert first.vectors.shape == (12, 64) and first.vectors.dtype == np.float32
     assert np.all(np.abs(first.vectors).sum(axis=1) > 0)
     assert (first.height, first.width) == (32, 32)
-    assert first.summary() == "bottlenecks: 12 computed, 0 reused, 0 skipped"
+    assert first.summary() == "bottlenecks: 12 images, 12 distinct: 12 computed, 0 reused, 0 skipped"
     entries = [name for _, _, files in os.walk(bottleneck_dir) for name in files]
     assert len(entries) == 12 and all(name.endswith(".f32") for name in entries)
 
@@ -296,15 +296,18 @@ def test_copies_and_moves_of_an_image_share_its_cache_entry(tmp_path, tiny_modul
 
 
 def test_identical_files_in_one_run_are_computed_once_and_both_filled(
-    tmp_path, tiny_module, small_dataset
+    tmp_path, tiny_module, small_dataset, caplog
 ):
     copy = str(tmp_path / "copy_of_first.png")
     with open(small_dataset[0], "rb") as src, open(copy, "wb") as dst:
         dst.write(src.read())
     paths = [small_dataset[0], small_dataset[1], copy]
     bottleneck_dir = str(tmp_path / "bottlenecks")
-    result = compute.compute_bottlenecks(paths, tiny_module, bottleneck_dir)
+    with caplog.at_level(logging.INFO, logger="absl"):
+        result = compute.compute_bottlenecks(paths, tiny_module, bottleneck_dir)
     assert result.skipped == {} and result.computed + result.reused == 3
+    assert "Computing 2 bottlenecks for 3 images (1 is a copy) in batches of" in caplog.text
+    assert result.summary() == "bottlenecks: 3 images, 2 distinct: 3 computed, 0 reused, 0 skipped"
     np.testing.assert_array_equal(result.vectors[2], result.vectors[0])
     assert np.abs(result.vectors[2]).sum() > 0
     assert not np.allclose(result.vectors[0], result.vectors[1])
@@ -328,7 +331,7 @@ def test_undecodable_and_unreadable_files_are_skipped_with_reasons(
     assert set(result.skipped) == {3, 13}
     assert result.skipped[3].startswith("not a decodable image")
     assert result.skipped[13].startswith("cannot be read")
-    assert result.summary() == "bottlenecks: 12 computed, 0 reused, 2 skipped"
+    assert result.summary() == "bottlenecks: 14 images, 13 distinct: 12 computed, 0 reused, 2 skipped"
     np.testing.assert_array_equal(result.vectors[[3, 13]], 0)
     assert np.all(np.abs(np.delete(result.vectors, [3, 13], axis=0)).sum(axis=1) > 0)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -370,11 +373,11 @@ def test_cli_computes_then_reuses_all_bottlenecks(tmp_path, tiny_module, dataset
             f"--bottleneck_dir={tmp_path / 'bottlenecks'}", f"--tfhub_module={tiny_module}"]
     first = run_script(*args)
     assert first.returncode == 0, first.stderr[-3000:]
-    assert re.search(r"bottlenecks: 36 computed, 0 reused, 0 skipped\s*$",
+    assert re.search(r"bottlenecks: 36 images, 36 distinct: 36 computed, 0 reused, 0 skipped\s*$",
                      first.stdout + first.stderr, re.MULTILINE), first.stderr[-3000:]
     second = run_script(*args)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert re.search(r"bottlenecks: 0 computed, 36 reused, 0 skipped\s*$",
+    assert re.search(r"bottlenecks: 36 images, 36 distinct: 0 computed, 36 reused, 0 skipped\s*$",
                      second.stdout + second.stderr, re.MULTILINE), second.stderr[-3000:]
 
 

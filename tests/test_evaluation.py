@@ -1,5 +1,6 @@
 """evaluation.py: metrics against a hand-computed confusion matrix, tables, pictures."""
 
+import collections
 import io
 import json
 
@@ -98,6 +99,41 @@ def test_misclassified_grid_has_four_columns_and_at_most_sixteen_tiles():
     assert (width // tile_width, height // tile_height) == (4, 4)
     width, height = png_size(evaluation.misclassified_grid_png(tiles[:2], captions[:2]))
     assert (width // tile_width, height // tile_height) == (2, 1)
+
+
+def test_grid_takes_every_class_in_turn_most_confident_mistakes_first():
+    labels = ["daisy", "dandelion", "roses", "sunflowers", "tulips"]
+    rng = np.random.RandomState(0)
+    # 50 mistakes in label order, most of them daisies and dandelions, as in a real run.
+    counts = {"daisy": 20, "dandelion": 20, "roses": 4, "sunflowers": 3, "tulips": 3}
+    misclassified = [
+        {"image": f"{label}/{n}.jpg", "true": label, "predicted": "x",
+         "confidence": float(rng.uniform(0.3, 1.0))}
+        for label, count in counts.items() for n in range(count)
+    ]
+    shown = evaluation.mistakes_to_show(misclassified, labels)
+    assert len(shown) == evaluation.MAX_MISCLASSIFIED_SHOWN == 16
+    assert {m["true"] for m in shown} == set(labels)
+    assert {m["true"] for m in shown[:5]} == set(labels)  # the first round: one of each class
+    for label in labels:
+        mine = [m["confidence"] for m in shown if m["true"] == label]
+        theirs = sorted((m["confidence"] for m in misclassified if m["true"] == label), reverse=True)
+        assert mine == theirs[:len(mine)], label  # the most confident of that class, in order
+    first_round = [m["confidence"] for m in shown[:5]]
+    assert first_round == sorted(first_round, reverse=True)
+    # Three full rounds (15 tiles: every class has 3 or more mistakes), then the most
+    # confident of the fourth round's daisy, dandelion and roses.
+    per_class = collections.Counter(m["true"] for m in shown)
+    assert all(per_class[label] >= 3 for label in labels) and max(per_class.values()) == 4
+    fourth = [m for m in misclassified if m["true"] in ("daisy", "dandelion", "roses")]
+    assert shown[15]["true"] == max(
+        ("daisy", "dandelion", "roses"),
+        key=lambda label: sorted(m["confidence"] for m in fourth if m["true"] == label)[-4],
+    )
+    assert evaluation.mistakes_to_show([], labels) == []
+    assert evaluation.mistakes_to_show(misclassified[:3], labels) == sorted(
+        misclassified[:3], key=lambda m: -m["confidence"]
+    )
 
 
 def test_summary_proto_has_scalars_per_class_and_images():

@@ -37,6 +37,28 @@ def test_folder_is_classified_in_blocks_headed_by_path(trained, tmp_path):
     assert process.stdout.splitlines()[3].split()[0] == "red"
 
 
+def test_images_follow_graph_and_labels_flags_positionally(trained):
+    settings = trained["settings"]
+    images = [os.path.join(trained["image_dir"], label, "img1.png") for label in ("red", "blue")]
+    process = run_script(
+        "label_image.py", "--graph", settings["output_graph"], "--labels", settings["output_labels"],
+        *images, "--top_k=1", check=True,
+    )
+    lines = process.stdout.splitlines()
+    assert lines[0::2] == images
+    assert [line.split()[0] for line in lines[1::2]] == ["red", "blue"]
+
+
+def test_only_one_of_graph_and_labels_beside_positionals_is_refused_in_one_line(trained):
+    settings = trained["settings"]
+    image = os.path.join(trained["image_dir"], "red", "img1.png")
+    process = run_script(
+        "label_image.py", "--graph", settings["output_graph"], image, settings["output_labels"]
+    )
+    assert process.returncode != 0 and "Traceback" not in process.stderr
+    assert last_line(process.stderr).startswith("error: usage: label_image.py IMAGE [IMAGE ...] GRAPH")
+
+
 def test_undecodable_image_is_reported_and_others_still_classified(trained, tmp_path):
     bad = tmp_path / "bad.jpg"
     bad.write_text("<html>not a jpeg</html>")
@@ -92,9 +114,17 @@ def test_file_that_is_not_a_graph_is_one_line_error(trained, tmp_path):
     assert "is not a TensorFlow GraphDef file" in last_line(process.stderr)
 
 
+def test_session_config_keeps_grappler_on_a_gpu(monkeypatch):
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: ["GPU:0"])
+    assert not label_image.session_config().graph_options.rewrite_options.disable_meta_optimizer
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: [])
+    assert label_image.session_config().graph_options.rewrite_options.disable_meta_optimizer
+
+
 def test_on_a_cpu_graph_runs_without_grappler_and_gives_what_grappler_gives(trained, monkeypatch):
     config = label_image.session_config()
-    assert config.graph_options.rewrite_options.disable_meta_optimizer  # the tests run on a CPU
+    on_a_gpu = bool(tf.config.list_physical_devices("GPU"))
+    assert config.graph_options.rewrite_options.disable_meta_optimizer != on_a_gpu
     assert config.gpu_options.allow_growth
     graph_def = load_graph_def(trained["settings"]["output_graph"])
     folder = os.path.join(trained["image_dir"], sorted(os.listdir(trained["image_dir"]))[0])

@@ -362,3 +362,129 @@ def test_pre_input_script_without_image_dir_flag_fails_in_one_line(tmp_path):
     assert process.returncode != 0
     assert "Traceback" not in process.stderr
     assert process.stderr.strip().splitlines()[-1] == "error: --image_dir is required (see --help)."
+
+
+# --- copies: within a set, across sets, across classes ---------------------------------------
+
+
+def dataset_with_copies(root, validation=30, testing=30):
+    """A 3-class dataset plus byte-identical copies: -> (image_dir, {kind: [(copy, original)]}).
+
+    Copies are named so their path hash (30/30/40 split) puts them where each kind needs.
+    """
+    image_dir = make_dataset(root, per_class=6)
+
+    def split(path):
+        return pre_input.split_for(path, validation, testing)
+
+    def copy_named(original, folder, wanted):
+        """Copy `original` into `folder` under the first name whose split is `wanted`'s."""
+        for n in range(1000):
+            path = f"{folder}/copy{n}{os.path.splitext(original)[1]}"
+            if wanted(split(path)) and not os.path.exists(os.path.join(image_dir, path)):
+                os.makedirs(os.path.join(image_dir, folder), exist_ok=True)
+                shutil.copy(os.path.join(image_dir, original), os.path.join(image_dir, path))
+                return path
+        raise AssertionError("no name found")
+
+    def first_in(label, wanted_split):
+        return next(path for path in sorted(f"{label}/{n}" for n in os.listdir(os.path.join(
+            image_dir, label))) if split(path) == wanted_split)
+
+    made = {}
+    original = first_in("red", "training")
+    made["within"] = [(copy_named(original, "red", lambda s: s == "training"), original)]
+    original = first_in("green", "training")
+    made["across_sets"] = [(copy_named(original, "green/more", lambda s: s == "testing"), original)]
+    original = first_in("blue", "training")
+    made["across_classes"] = [(copy_named(original, "red", lambda s: s == "training"), original)]
+    return image_dir, made
+
+
+def test_copies_report_names_each_kind_and_the_evaluated_copy(tmp_path):
+    image_dir, made = dataset_with_copies(tmp_path / "data")
+    dataset = pre_input.build_dataset(image_dir, 30, 30)
+    copies = pre_input.find_copies(dataset.images, pre_input.content_hashes(dataset))
+    assert (copies.images, copies.distinct, copies.copies) == (21, 18, 3)
+
+    def paths(groups):
+        return [sorted(i.path for i in group) for group in groups]
+
+    assert paths(copies.within_set) == [sorted(made["within"][0])]
+    assert paths(copies.across_sets) == [sorted(made["across_sets"][0])]
+    assert paths(copies.across_classes) == [sorted(made["across_classes"][0])]
+    report = pre_input.format_copies(copies).splitlines()
+    assert report[0] == "Copies: 21 images, 18 distinct (3 are copies of another image)."
+    test_copy, original = made["across_sets"][0]
+    assert f"    testing {test_copy} is a copy of training {original}" in report
+    assert "    " + " = ".join(sorted(made["across_classes"][0])) in report
+    assert "    " + " = ".join(sorted(made["within"][0])) in report
+    assert any("inflates the reported accuracy" in line for line in report)
+    assert any("label noise" in line for line in report)
+
+
+def test_copies_report_without_copies_is_one_line():
+    images = [pre_input.Image(f"a/{n}.jpg", "a", 0, "training") for n in range(3)]
+    copies = pre_input.find_copies(images, ["1", "2", None])
+    assert pre_input.format_copies(copies) == "Copies: none; 2 images, all distinct."
+
+
+def test_copies_report_names_five_groups_of_a_kind_then_counts(tmp_path):
+    images = [pre_input.Image(f"a/{n}_{k}.jpg", "a", 0, "training") for n in range(7) for k in (0, 1)]
+    copies = pre_input.find_copies(images, [str(n) for n in range(7) for _ in (0, 1)])
+    report = pre_input.format_copies(copies).splitlines()
+    assert report[1].startswith("  7 within one class and set")
+    assert report[2:] == [f"    a/{n}_0.jpg = a/{n}_1.jpg" for n in range(5)] + ["    ... and 2 more"]
+
+
+def test_split_by_content_puts_every_copy_in_one_set_and_is_stable(tmp_path):
+    image_dir = make_dataset(tmp_path / "data", per_class=3)
+    original = os.path.join(image_dir, "red", "img0.jpg")
+    for n in range(30):  # 30 names: by path they spread over all three sets
+        folder = "red" if n % 2 else "blue"
+        shutil.copy(original, os.path.join(image_dir, folder, f"copy{n}.jpg"))
+
+    def copy_splits(dataset):
+        return {i.split for i in dataset.images if "copy" in i.path or i.path == "red/img0.jpg"}
+
+    assert copy_splits(pre_input.build_dataset(image_dir, 30, 30)) == set(pre_input.SPLITS)
+    by_content = pre_input.build_dataset(image_dir, 30, 30, split_by="content")
+    assert len(copy_splits(by_content)) == 1
+    moved = shutil.copytree(image_dir, tmp_path / "elsewhere")
+    assert splits_of(pre_input.build_dataset(str(moved), 30, 30, split_by="content")) \
+        == splits_of(by_content)
+    digest = hashlib.sha1(open(original, "rb").read()).hexdigest()
+    assert copy_splits(by_content) == {expected_split(digest, 30, 30)}
+    with pytest.raises(pre_input.DatasetError, match="--split_by=name"):
+        pre_input.build_dataset(image_dir, 30, 30, split_by="name")
+
+
+def test_pre_input_script_prints_copies_and_splits_by_content(tmp_path):
+    image_dir, made = dataset_with_copies(tmp_path / "data")
+    output_dir = tmp_path / "prepared"
+    process = run_script(
+        "pre_input.py", f"--image_dir={image_dir}", f"--output_dir={output_dir}",
+        "--validation_percentage=30", "--testing_percentage=30", "--split_by=content", "--tfrecords",
+        check=True,
+    )
+    assert "Copies: 21 images, 18 distinct (3 are copies of another image)." in process.stdout
+    listed = {}
+    for split in pre_input.SPLITS:
+        for line in (output_dir / f"{split}.txt").read_text(encoding="utf-8").splitlines():
+            listed[line.split("\t")[0]] = split
+    for kind in ("within", "across_sets"):
+        copy, original = made[kind][0]
+        assert listed[copy] == listed[original], kind
+    # The TFRecords hold the same split as the lists.
+    dataset, _ = pre_input.read_tfrecords(str(output_dir))
+    assert splits_of(dataset) == listed
+
+
+def test_a_large_group_of_copies_is_one_line_with_its_size_by_set():
+    splits = ["training"] * 5 + ["validation"] + ["testing"] * 2
+    images = [pre_input.Image(f"a/{n}.jpg", "a", 0, split) for n, split in enumerate(splits)]
+    copies = pre_input.find_copies(images, ["same"] * len(images))
+    assert pre_input.format_copies(copies).splitlines()[2] == (
+        "    validation a/5.jpg is a copy of training a/0.jpg "
+        "(8 images: 5 training, 1 validation, 2 testing)"
+    )

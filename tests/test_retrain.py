@@ -32,7 +32,8 @@ def images_in_split(image_dir, split, settings):
 
 def test_command_line_run_trains_to_full_accuracy_and_reports(trained):
     log = trained["process"].stderr
-    assert "bottlenecks: 60 computed, 0 reused, 0 skipped" in log
+    assert "bottlenecks: 60 images, 60 distinct: 60 computed, 0 reused, 0 skipped" in log
+    assert "Copies: none; 60 images, all distinct." in log
     assert "Final test accuracy = 100.0% (N=" in log
     assert "validation accuracy" in log and "cross entropy" in log
     settings = trained["settings"]
@@ -179,7 +180,41 @@ def test_second_run_computes_no_bottlenecks(trained, tiny_module, tmp_path, capl
     )
     caplog.set_level("INFO")
     retrain.run_retraining(settings)
-    assert "bottlenecks: 0 computed, 60 reused, 0 skipped" in caplog.text
+    assert "bottlenecks: 60 images, 60 distinct: 0 computed, 60 reused, 0 skipped" in caplog.text
+
+
+def test_copies_across_sets_are_reported_and_split_by_content_keeps_them_together(
+    trained, tmp_path, caplog
+):
+    image_dir = shutil.copytree(trained["image_dir"], tmp_path / "data")
+    settings = dict(trained["settings"])
+    settings.update(
+        image_dir=str(image_dir), output_graph=str(tmp_path / "g.pb"),
+        output_labels=str(tmp_path / "l.txt"), saved_model_dir="",
+        summaries_dir=str(tmp_path / "logs"), checkpoint_path=str(tmp_path / "ckpt"),
+        how_many_training_steps=20, eval_step_interval=10,
+    )
+    dataset, training = images_in_split(str(image_dir), "training", settings)
+    original = next(i.path for i in training if i.label == "red")
+    copy = next(f"red/copy{n}.png" for n in range(1000) if pre_input.split_for(
+        f"red/copy{n}.png", settings["validation_percentage"], settings["testing_percentage"]
+    ) == "testing")
+    shutil.copy(image_dir / original, image_dir / copy)
+    caplog.set_level("INFO")
+    retrain.run_retraining(settings)
+    assert "bottlenecks: 61 images, 60 distinct: 0 computed, 61 reused, 0 skipped" in caplog.text
+    report = next(r for r in caplog.records if r.getMessage().startswith("Copies:"))
+    assert report.levelname == "WARNING"
+    assert report.getMessage().splitlines()[0] == (
+        "Copies: 61 images, 60 distinct (1 is a copy of another image)."
+    )
+    assert f"    testing {copy} is a copy of training {original}" in report.getMessage().splitlines()
+
+    caplog.clear()
+    retrain.run_retraining({**settings, "split_by": "content"})
+    report = next(r for r in caplog.records if r.getMessage().startswith("Copies:"))
+    assert report.levelname == "INFO" and "across sets" not in report.getMessage()
+    assert "1 within one class and set" in report.getMessage()
 
 
 def trained_weights(graph_path):

@@ -98,7 +98,7 @@ def test_switching_to_records_reuses_every_bottleneck(prepared, tiny_module, tmp
                                 how_many_training_steps=10, eval_step_interval=5)
     settings["tfrecord_dir"] = out
     retrain.run_retraining(settings)
-    assert "bottlenecks: 0 computed, 48 reused, 0 skipped" in caplog.text
+    assert "bottlenecks: 48 images, 48 distinct: 0 computed, 48 reused, 0 skipped" in caplog.text
 
 
 def test_large_splits_are_sharded_and_stale_shards_removed(tmp_path):
@@ -120,6 +120,10 @@ def test_tfrecord_dir_refuses_a_split_it_cannot_apply(prepared, tiny_module, tmp
     settings = retrain_settings(tmp_path, "", tiny_module, validation_percentage=30)
     settings["tfrecord_dir"] = out
     with pytest.raises(retrain.UsageError, match="split is the one in the files"):
+        retrain.run_retraining(settings)
+    settings = retrain_settings(tmp_path, "", tiny_module, split_by="content")
+    settings["tfrecord_dir"] = out
+    with pytest.raises(retrain.UsageError, match="--tfrecords --split_by=content"):
         retrain.run_retraining(settings)
     settings = retrain_settings(tmp_path, image_dir, tiny_module)
     settings["tfrecord_dir"] = out

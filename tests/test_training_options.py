@@ -106,6 +106,9 @@ def test_eval_report_json_matches_the_logged_tables(evaluated):
     assert len(wrong) == matrix.sum() - np.trace(matrix)
     assert all(m["true"] == "green" and m["predicted"] == "red"
                for path, m in wrong.items() if "mislabelled" in path)
+    # A mistake's confidence is the probability of the wrong class it was given: at least
+    # 1/3 (3 classes) since that class won, and at most 1.
+    assert all(1 / 3 <= m["confidence"] <= 1 for m in wrong.values())
     assert report["validation"]["count"] > 0 and report["steps_trained"] == 200
     log = evaluated["log"]
     assert f"Test accuracy {100 * testing['accuracy']:.1f}% (N={testing['count']})" in log

@@ -1,0 +1,139 @@
+"""Every command starts quietly (no TensorFlow C++ start-up lines) and --help succeeds."""
+
+import os
+import re
+
+import pytest
+from conftest import ROOT, make_dataset, run_script
+
+import command_startup
+
+COMMANDS = (["retrain.py"], ["label_image.py"], ["pre_input.py"], ["-m", "bottleneck"], ["bench/run.py"])
+# What TensorFlow 2.21 writes at start-up on a machine like this one (with or without a GPU).
+NOISE = re.compile(r"absl::InitializeLog|cuInit|oneDNN custom operations|cpu_feature_guard|"
+                   r"cudart_stub|^[IWE]\d{4} .*\.cc:\d+\] ", re.M)
+
+
+def quiet_environment():
+    """Our environment without TF_CPP_MIN_LOG_LEVEL: as a user who did not ask for the C++ log."""
+    return {name: value for name, value in os.environ.items() if name != "TF_CPP_MIN_LOG_LEVEL"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: c[-1])
+def test_help_exits_0_without_start_up_lines(command):
+    process = run_script(*command, "--help", env=quiet_environment())
+    assert process.returncode == 0, process.stderr[-2000:]
+    assert "--helpfull" in process.stdout and "flags:" in process.stdout
+    assert not NOISE.search(process.stderr), process.stderr
+
+
+def test_a_flag_error_still_exits_non_zero():
+    process = run_script("pre_input.py", "--images_per_shard=many", env=quiet_environment())
+    assert process.returncode != 0 and "images_per_shard" in process.stderr
+    assert not NOISE.search(process.stderr), process.stderr
+
+
+def test_a_run_that_uses_the_device_has_only_its_own_log(tmp_path, tiny_module):
+    image_dir = make_dataset(tmp_path / "data", per_class=2)
+    process = run_script(
+        "-m", "bottleneck", f"--image_dir={image_dir}", f"--bottleneck_dir={tmp_path / 'cache'}",
+        f"--tfhub_module={tiny_module}", env=quiet_environment(), check=True,
+    )
+    assert "bottlenecks: " in process.stderr
+    assert not NOISE.search(process.stderr), process.stderr
+
+
+def test_retrain_run_has_no_start_up_lines(trained):
+    if "TF_CPP_MIN_LOG_LEVEL" in os.environ:
+        pytest.skip("TF_CPP_MIN_LOG_LEVEL is set here: the C++ log was asked for")
+    assert "Final test accuracy" in trained["process"].stderr
+    assert not NOISE.search(trained["process"].stderr), trained["process"].stderr[:3000]
+
+
+@pytest.mark.parametrize("argv, environ, wanted", [
+    (["retrain.py"], {}, False),
+    (["retrain.py", "--logging_verbosity=DEBUG"], {}, True),
+    (["retrain.py", "--logging_verbosity", "debug"], {}, True),
+    (["retrain.py", "-logging_verbosity=DEBUG"], {}, True),
+    (["retrain.py", "--logging_verbosity=INFO"], {}, False),
+    (["retrain.py", "--", "--logging_verbosity=DEBUG"], {}, False),  # after --: not a flag
+    (["retrain.py"], {"TF_CPP_MIN_LOG_LEVEL": "0"}, True),
+    (["retrain.py"], {"TF_CPP_MIN_LOG_LEVEL": "2"}, True),  # the user's own choice stands
+])
+def test_tensorflow_log_is_wanted_on_debug_or_a_level_set_by_the_user(argv, environ, wanted):
+    assert command_startup.tensorflow_log_wanted(argv, environ) == wanted
+
+
+def test_only_start_up_noise_is_dropped():
+    text = (
+        "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+        "I0000 00:00:1795960322.246738    8430 port.cc:153] oneDNN custom operations are on.\n"
+        "W0000 00:00:1795960322.249117    8430 cudart_stub.cc:31] Could not find cuda drivers.\n"
+        "E0000 00:00:1795960327.809358    8430 cuda_platform.cc:52] failed call to cuInit: INTERNAL\n"
+        "To enable the following instructions: AVX2 FMA, in other operations, rebuild TensorFlow "
+        "with the appropriate compiler flags.\n"
+        "E0000 00:00:1795960327.809358    8430 something.cc:1] a real error\n"
+        "/x.py:3: DeprecationWarning: kept\n"
+        "I1129 13:58:11.068155 140554558049152 retrain.py:63] Python's own log: kept\n"
+    )
+    assert command_startup.without_start_up_noise(text) == (
+        "E0000 00:00:1795960327.809358    8430 something.cc:1] a real error\n"
+        "/x.py:3: DeprecationWarning: kept\n"
+        "I1129 13:58:11.068155 140554558049152 retrain.py:63] Python's own log: kept\n"
+    )
+
+
+def test_the_quiet_start_leaves_a_level_the_user_set(tmp_path):
+    script = (
+        "import os, sys\nimport command_startup\ncommand_startup.quiet_tensorflow()\n"
+        "print(os.environ.get('TF_CPP_MIN_LOG_LEVEL'))\n"
+    )
+    quiet = run_script("-c", script, env=quiet_environment(), check=True)
+    assert quiet.stdout.strip() == "2"
+    debug = run_script("-c", script, "--logging_verbosity=DEBUG", env=quiet_environment(), check=True)
+    assert debug.stdout.strip() == "None"
+    mine = run_script("-c", script, env={**quiet_environment(), "TF_CPP_MIN_LOG_LEVEL": "1"}, check=True)
+    assert mine.stdout.strip() == "1"
+
+
+def test_helpfull_lists_absl_flags_too_and_exits_0():
+    process = run_script("pre_input.py", "--helpfull", env=quiet_environment())
+    assert process.returncode == 0 and "--image_dir" in process.stdout and "--verbosity" in process.stdout
+
+
+@pytest.mark.parametrize("argv, short", [
+    (["x"], None), (["x", "--help"], True), (["x", "-?"], True), (["x", "--image_dir=d", "-help"], True),
+    (["x", "--helpfull"], False), (["x", "--", "--help"], None), (["x", "--helper"], None),
+])
+def test_help_asked(argv, short):
+    assert command_startup.help_asked(argv) == short
+
+
+FILTERED = """
+import os, sys
+sys.path.insert(0, {root!r})
+import command_startup
+with command_startup._stderr_filtered():
+    os.write(2, b"I0000 00:00:1795960322.246738    8430 port.cc:153] oneDNN custom operations are on.\\n")
+    os.write(2, b"E0000 00:00:1795960327.809358    8430 something.cc:1] a real error\\n")
+    print("python's own stderr", file=sys.stderr, flush=True)
+print("after", file=sys.stderr)
+"""
+
+
+def test_the_filter_passes_every_other_line_through_in_order():
+    process = run_script("-c", FILTERED.format(root=ROOT), check=True)
+    assert process.stderr.splitlines() == [
+        "E0000 00:00:1795960327.809358    8430 something.cc:1] a real error",
+        "python's own stderr",
+        "after",
+    ]
+
+
+def test_installed_command_help_shows_the_command_docstring():
+    # As pip's console-script wrapper runs it: __main__ is a module without a docstring.
+    script = "import sys; sys.argv = ['pre_input', '--help']; import pre_input; pre_input.run()"
+    process = run_script("-c", script, env=quiet_environment())
+    assert process.returncode == 0, process.stderr[-2000:]
+    assert process.stdout.startswith("Which images exist, what class each belongs to")
