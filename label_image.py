@@ -307,7 +307,7 @@ def define_flags():
 def flag_problem(values):
     """What is wrong with the numeric flags (a dict: flag name -> value), as one line, or None."""
     if values["batch_size"] is not None and values["batch_size"] < 1:
-        return (f"--batch_size={values['batch_size']} must be at least 1 (or left out to "
+        return (f"--batch_size={values['batch_size']} must be positive (or left out to "
                 "measure the fastest).")
     for name in ("top_k", "max_image_pixels"):
         if values[name] < 1:
