@@ -35,7 +35,8 @@ class Bottlenecks:
     # that measured the size; None when there were none.
     steady_rate: float = None
     batch_size: int = None  # images per forward pass, given or measured; None: none ran
-    # SHA-1 hex of each image's bytes (as decoded), None where it could not be read.
+    # SHA-1 hex of each image's bytes (as decoded; as read for a file refused), None where
+    # it could not be read.
     contents: list = None
 
     def summary(self):
@@ -115,6 +116,7 @@ def compute_bottlenecks(
         images = input_pipeline.ImageFiles(images)
     files = images.inspect(max_image_pixels)
     contents = [None if f.problem else f.sha1 for f in files]
+    hashes = [f.sha1 for f in files]  # also of files read but refused, for the copies count
     skipped = {i: f.problem for i, f in enumerate(files) if f.problem}
     module_lib.use_gpu_memory_as_needed()
     graph = tf.Graph()
@@ -183,6 +185,7 @@ def compute_bottlenecks(
                         images.name(i),
                     )
                     contents[i], vectors[i], changed = content, vector, True
+                    hashes[i] = content
                     computed += 1
                     missing[old].remove(i)
                     if not missing[old]:
@@ -201,8 +204,7 @@ def compute_bottlenecks(
     for i in sorted(skipped):
         logging.warning("Skipping %s: %s", images.name(i), skipped[i])
     result = Bottlenecks(
-        vectors, skipped, computed, reused, height, width, key, steady_rate, chosen,
-        contents,
+        vectors, skipped, computed, reused, height, width, key, steady_rate, chosen, hashes,
     )
     logging.info("%s", result.summary())
     return result
