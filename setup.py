@@ -1,6 +1,11 @@
-"""Install the retraining suite: `pip install -e .` (add `[test]` for the tests, `[gpu]` for CUDA)."""
+"""Install the retraining suite: `pip install -e .` (add `[test]` for the tests, `[gpu]` for CUDA).
 
-from setuptools import setup
+Installs one import package, `retrain_suite`, and the commands `retrain`,
+`label_image` and `pre_input`; nothing else, so it never overwrites another
+distribution's files (PyPI's `bottleneck` included).
+"""
+
+from setuptools import find_packages, setup
 
 setup(
     name="retrain-suite",
@@ -11,12 +16,7 @@ setup(
         "classic retrain.py)."
     ),
     python_requires=">=3.9",
-    py_modules=[
-        "atomic_files", "evaluation", "export", "final_layer", "input_pipeline",
-        "label_image", "memory_budget", "output_paths", "pre_input", "retrain", "schedules",
-        "command_startup",
-    ],
-    packages=["bottleneck"],
+    packages=find_packages(include=["retrain_suite", "retrain_suite.*"]),
     install_requires=[
         "tensorflow>=2.16,<2.22",
         "tensorflow-hub>=0.16,<0.17",
@@ -33,9 +33,9 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "retrain=retrain:run",
-            "label_image=label_image:run",
-            "pre_input=pre_input:run",
+            "retrain=retrain_suite.cli.commands:retrain",
+            "label_image=retrain_suite.cli.commands:label_image",
+            "pre_input=retrain_suite.cli.commands:pre_input",
         ],
     },
 )

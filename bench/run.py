@@ -41,27 +41,23 @@ import sys
 import tempfile
 import time
 
+startup.quiet_tensorflow()  # before anything imports TensorFlow
+
+import numpy as np
+import tensorflow as tf
+from absl import app, flags, logging
+from PIL import Image
+
+from retrain_suite import dataset as dataset_lib
+from retrain_suite import export, final_layer, input_pipeline
+from retrain_suite.bottleneck import batch_size as batch_size_lib
+from retrain_suite.bottleneck import cache as cache_lib
+from retrain_suite.bottleneck import compute, make_module
+from retrain_suite.bottleneck import module as module_lib
+from retrain_suite.cli import startup
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
-import command_startup  # noqa: E402
-
-command_startup.quiet_tensorflow()  # before anything imports TensorFlow
-
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
-from PIL import Image  # noqa: E402
-
-import export  # noqa: E402
-import final_layer  # noqa: E402
-import input_pipeline  # noqa: E402
-import pre_input  # noqa: E402
-from bottleneck import batch_size as batch_size_lib  # noqa: E402
-from bottleneck import cache as cache_lib  # noqa: E402
-from bottleneck import compute, make_module  # noqa: E402
-from bottleneck import module as module_lib  # noqa: E402
 
 FIGURES = ("bottlenecks", "mixed_precision", "training", "warm_rerun", "cache", "memory",
            "label_image", "gpu")
@@ -573,7 +569,7 @@ class Bench:
                 f.write(",".join(str(x) for x in vector))
             paths.append(path)
             labels.append(label)
-            splits.append(pre_input.split_for(f"class{label}/img{i:05d}.jpg", 10, 10))
+            splits.append(dataset_lib.split_for(f"class{label}/img{i:05d}.jpg", 10, 10))
             texts.append(text)
             contents.append(content)
         self._warm = dict(folder=folder, cache_dir=cache_dir, cache=cache, paths=paths,
@@ -752,4 +748,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    command_startup.run(main)
+    startup.run(main)

@@ -1,12 +1,7 @@
-"""Bottlenecks: a pretrained module's feature vector for each image, cached on disk.
+"""`python -m bottleneck` fills the bottleneck cache without training (see __main__.py).
 
-- `module`: load a TF Hub image feature-vector module and read its input size.
-- `cache`: the on-disk store of one vector per image content.
-- `compute`: the batched forward pass that fills the cache, with progress.
-- `batch_size`: the batch size of a forward pass, measured when not given
-  (label_image.py uses it too).
-- `make_module`: write random-weight modules for offline tests and benchmarks.
-
-`python -m bottleneck --image_dir ... --bottleneck_dir ... --tfhub_module ...`
-fills the cache without training.
+The module, the cache and the batched computation live in
+`retrain_suite.bottleneck`. This folder is a command of the checkout only and is
+not installed: PyPI's `bottleneck` (the NumPy accelerator pandas uses) owns that
+import name in an environment, and installing ours would overwrite its files.
 """

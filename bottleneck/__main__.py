@@ -1,134 +1,14 @@
-r"""Fill the bottleneck cache without training.
+"""Fill the bottleneck cache without training.
 
     python -m bottleneck --image_dir data/ --bottleneck_dir /tmp/bottleneck \
         --tfhub_module https://tfhub.dev/google/imagenet/inception_v3/feature_vector/5
 
 Computes the vector of every image not cached yet for that module, exactly as
-retrain.py would, and ends with
-`bottlenecks: N images, D distinct: C computed, R reused, K skipped`. A later
-retrain.py with the same module and --bottleneck_dir reuses them all.
+retrain.py would, and ends with `bottlenecks: N computed, M reused, K skipped`.
+A later retrain.py with the same module and --bottleneck_dir reuses them all.
 """
 
-import sys
-
-import command_startup
-
-command_startup.quiet_tensorflow()  # before anything imports TensorFlow
-
-import tensorflow as tf
-from absl import flags, logging
-
-import input_pipeline
-import memory_budget
-import output_paths
-import pre_input
-from bottleneck import batch_size as batch_size_lib
-from bottleneck import cache as cache_lib
-from bottleneck import compute
-from bottleneck import module as module_lib
-
-FLAGS = flags.FLAGS
-flags.DEFINE_string("image_dir", None, "Folder with one subfolder of images per class.")
-flags.DEFINE_string("bottleneck_dir", "/tmp/bottleneck", "Where bottleneck vectors are cached.")
-flags.DEFINE_string(
-    "tfhub_module", module_lib.DEFAULT_MODULE,
-    "TF Hub handle or local SavedModel folder of an image feature-vector module.",
-)
-flags.DEFINE_integer(
-    "image_size", module_lib.DEFAULT_IMAGE_SIZE,
-    "Input height and width for modules whose signature does not fix them.",
-)
-flags.DEFINE_integer(
-    "batch_size", None,
-    "Images per forward pass. Default: " + batch_size_lib.default_description() + ".",
-)
-flags.DEFINE_integer(
-    "max_image_pixels", input_pipeline.DEFAULT_MAX_IMAGE_PIXELS,
-    "Images with more pixels (width x height) are skipped instead of decoded.",
-)
-flags.DEFINE_bool(
-    "mixed_precision", False,
-    "Compute in bfloat16 (CPUs with bfloat16 instructions) or float16 (GPU); "
-    "cached under their own key, used by retrain.py --mixed_precision.",
-)
-
-
-def main(argv):
-    if len(argv) > 1:
-        sys.exit(f"error: unexpected arguments {' '.join(argv[1:])}; every option is a --flag.")
-    tf.get_logger().setLevel("ERROR")
-    if not FLAGS.image_dir:
-        sys.exit("error: --image_dir is required: the folder with one subfolder per class.")
-    for name in ("batch_size", "image_size", "max_image_pixels"):
-        if FLAGS[name].value is not None and FLAGS[name].value <= 0:
-            sys.exit(f"error: --{name}={FLAGS[name].value} must be positive.")
-    try:
-        check_cache_location(FLAGS.bottleneck_dir, FLAGS.image_dir, FLAGS.tfhub_module)
-    except output_paths.PathError as e:
-        sys.exit(f"error: {e}")
-    try:
-        # The split does not matter here; any valid percentages will do.
-        dataset = pre_input.build_dataset(
-            FLAGS.image_dir, 0, 0, exclude_dirs=[FLAGS.bottleneck_dir]
-        )
-        logging.info("Found %d images in %d classes.", len(dataset.images), len(dataset.labels))
-        check_batch_memory(FLAGS.batch_size, len(dataset.images), FLAGS.tfhub_module,
-                           FLAGS.image_size)
-        precision = module_lib.mixed_precision_type() if FLAGS.mixed_precision else "float32"
-        compute.compute_bottlenecks(
-            [dataset.full_path(image) for image in dataset.images], FLAGS.tfhub_module,
-            FLAGS.bottleneck_dir, FLAGS.image_size, FLAGS.batch_size, FLAGS.max_image_pixels,
-            precision=precision,
-        )
-    except (pre_input.DatasetError, module_lib.ModuleError, cache_lib.CacheError,
-            memory_budget.TooBig) as e:
-        sys.exit(f"error: {e}")
-
-
-def check_cache_location(bottleneck_dir, image_dir, handle):
-    """Raise output_paths.PathError for an empty --bottleneck_dir, or one that is the
-    image folder, around it, or the same as, inside or around a local module folder.
-    A subfolder of the image folder is fine: it is not scanned as a class."""
-    output_paths.check_not_empty([("bottleneck_dir", bottleneck_dir)])
-    where = output_paths.relation(bottleneck_dir, image_dir)
-    if where in ("the same as", "around"):
-        raise output_paths.PathError(
-            f"--bottleneck_dir={bottleneck_dir} is {where} --image_dir={image_dir}: the "
-            "cache needs a folder of its own (a subfolder of --image_dir is fine)."
-        )
-    module = output_paths.local_module_folder(handle)
-    if module:
-        output_paths.check_apart([("bottleneck_dir", bottleneck_dir)], [("tfhub_module", module)])
-    output_paths.check_folder_output("bottleneck_dir", bottleneck_dir)
-
-
-def check_batch_memory(batch_size, image_count, handle, image_size):
-    """Raise memory_budget.TooBig when a batch of decoded images cannot fit in memory.
-
-    A batch is float32 [min(batch_size, images), h, w, 3] at the module's input
-    size, held twice (one being computed, one prefetched).
-    """
-    with tf.Graph().as_default():
-        module = module_lib.load(handle, image_size)
-    batch_size = batch_size or max(batch_size_lib.CANDIDATES)  # unset: measured among these
-    needed = 2 * 4 * min(batch_size, image_count) * module.height * module.width * 3
-    missing = memory_budget.shortfall(needed)
-    if missing:
-        raise memory_budget.TooBig(
-            f"--batch_size={batch_size} needs {missing} for batches of "
-            f"{module.height}x{module.width} images. Lower it."
-        )
-
-
-def run():
-    try:
-        command_startup.run(main)
-    except KeyboardInterrupt:
-        # Entries are written whole under temporary names: each is complete or absent.
-        print(f"interrupted: the bottlenecks cached so far in {FLAGS['bottleneck_dir'].value} "
-              "are kept; run the same command again to compute only the rest.", file=sys.stderr)
-        sys.exit(130)
-
+from retrain_suite.cli import commands
 
 if __name__ == "__main__":
-    run()
+    commands.bottleneck()

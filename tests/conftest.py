@@ -6,15 +6,15 @@ import sys
 
 import numpy as np
 import pytest
+from absl import logging
 from PIL import Image
 
+from retrain_suite import config as config_lib
+from retrain_suite import export
+from retrain_suite.bottleneck import make_module
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
-from absl import logging  # noqa: E402
-
-from bottleneck import make_module  # noqa: E402
 
 # In-process runs log through absl, which stays at WARNING until flags are parsed.
 logging.set_verbosity(logging.INFO)
@@ -114,7 +114,6 @@ def probabilities_from_bottlenecks(graph_def, vectors):
     """Run a frozen graph from its `bottleneck` tensor: float32 [N, D] -> [N, C]."""
     import tensorflow as tf
 
-    import export
 
     graph = tf.Graph()
     with graph.as_default():
@@ -140,9 +139,8 @@ def run_script(*args, check=False, env=None):
 
 def retrain_settings(tmp_path, image_dir, module, **overrides):
     """Plain settings for retrain.run_retraining, every output under tmp_path."""
-    import retrain
 
-    settings = {flag.name: flag.default for flag in retrain.FLAGS.get_flags_for_module(retrain)}
+    settings = {name: config_lib.default(name) for name in config_lib.field_names()}
     settings.update(
         image_dir=image_dir,
         tfhub_module=module,
@@ -173,7 +171,6 @@ CLASSIC_DEFAULTS = {
     "random_crop": 0,
     "random_scale": 0,
     "random_brightness": 0,
-    "logging_verbosity": "INFO",
 }
 
 
@@ -191,5 +188,6 @@ def trained(tmp_path_factory, tiny_module):
     )
     settings.update(CLASSIC_DEFAULTS)
     args = [f"--{name}={value}" for name, value in settings.items() if value is not None]
+    args.append("--logging_verbosity=INFO")  # a classic flag too, but not part of the config
     process = run_script("retrain.py", *args, check=True)
     return {"settings": settings, "process": process, "image_dir": image_dir, "root": root}

@@ -9,12 +9,12 @@ import pytest
 import tensorflow as tf
 from conftest import make_dataset, run_script, synthetic_image, write_image
 
-import input_pipeline
-import pre_input
-from bottleneck import batch_size as batch_size_lib
-from bottleneck import cache as cache_lib
-from bottleneck import compute
-from bottleneck import module as module_lib
+from retrain_suite import dataset as dataset_lib
+from retrain_suite import input_pipeline
+from retrain_suite.bottleneck import batch_size as batch_size_lib
+from retrain_suite.bottleneck import cache as cache_lib
+from retrain_suite.bottleneck import compute
+from retrain_suite.bottleneck import module as module_lib
 
 
 def sample_vector(dimension=64, seed=0):
@@ -246,7 +246,7 @@ def test_freeze_refuses_weights_too_large_for_a_graph_def(tiny_module, monkeypat
 def small_dataset(tmp_path):
     """12 images, 4 per class, mixed formats. -> list of full paths."""
     image_dir = make_dataset(tmp_path / "data", per_class=4)
-    dataset = pre_input.build_dataset(image_dir, 0, 0)
+    dataset = dataset_lib.build_dataset(image_dir, 0, 0)
     return [dataset.full_path(image) for image in dataset.images]
 
 
@@ -475,7 +475,7 @@ def test_measured_batch_size_is_logged_and_gives_the_vectors_of_a_given_size(
 ):
     small_candidates(monkeypatch)
     image_dir = make_dataset(tmp_path / "data", per_class=12)
-    dataset = pre_input.build_dataset(image_dir, 0, 0)
+    dataset = dataset_lib.build_dataset(image_dir, 0, 0)
     paths = [dataset.full_path(image) for image in dataset.images]
     assert len(paths) == 36
     caplog.set_level(logging.INFO)

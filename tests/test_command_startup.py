@@ -6,7 +6,7 @@ import re
 import pytest
 from conftest import ROOT, make_dataset, run_script
 
-import command_startup
+from retrain_suite.cli import startup
 
 COMMANDS = (["retrain.py"], ["label_image.py"], ["pre_input.py"], ["-m", "bottleneck"], ["bench/run.py"])
 # What TensorFlow 2.21 writes at start-up on a machine like this one (with or without a GPU).
@@ -62,7 +62,7 @@ def test_retrain_run_has_no_start_up_lines(trained):
     (["retrain.py"], {"TF_CPP_MIN_LOG_LEVEL": "2"}, True),  # the user's own choice stands
 ])
 def test_tensorflow_log_is_wanted_on_debug_or_a_level_set_by_the_user(argv, environ, wanted):
-    assert command_startup.tensorflow_log_wanted(argv, environ) == wanted
+    assert startup.tensorflow_log_wanted(argv, environ) == wanted
 
 
 def test_only_start_up_noise_is_dropped():
@@ -77,7 +77,7 @@ def test_only_start_up_noise_is_dropped():
         "/x.py:3: DeprecationWarning: kept\n"
         "I1129 13:58:11.068155 140554558049152 retrain.py:63] Python's own log: kept\n"
     )
-    assert command_startup.without_start_up_noise(text) == (
+    assert startup.without_start_up_noise(text) == (
         "E0000 00:00:1795960327.809358    8430 something.cc:1] a real error\n"
         "/x.py:3: DeprecationWarning: kept\n"
         "I1129 13:58:11.068155 140554558049152 retrain.py:63] Python's own log: kept\n"
@@ -107,13 +107,12 @@ def test_helpfull_lists_absl_flags_too_and_exits_0():
     (["x", "--helpfull"], False), (["x", "--", "--help"], None), (["x", "--helper"], None),
 ])
 def test_help_asked(argv, short):
-    assert command_startup.help_asked(argv) == short
+    assert startup.help_asked(argv) == short
 
 
 FILTERED = """
 import os, sys
 sys.path.insert(0, {root!r})
-import command_startup
 with command_startup._stderr_filtered():
     os.write(2, b"I0000 00:00:1795960322.246738    8430 port.cc:153] oneDNN custom operations are on.\\n")
     os.write(2, b"E0000 00:00:1795960327.809358    8430 something.cc:1] a real error\\n")

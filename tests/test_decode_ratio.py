@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-import input_pipeline
+from retrain_suite import input_pipeline
 
 
 def jpeg_bytes(pixels, quality=95):

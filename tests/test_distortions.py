@@ -8,9 +8,9 @@ import pytest
 import tensorflow as tf
 from conftest import retrain_settings, run_script
 
-import input_pipeline
-import retrain
-from input_pipeline import Distortions
+from retrain_suite import config as config_lib
+from retrain_suite import input_pipeline, job
+from retrain_suite.input_pipeline import Distortions
 
 SIZE = 24
 
@@ -119,7 +119,7 @@ def test_distorted_run_trains_exports_and_label_image_runs(dataset_dir, tiny_mod
         random_brightness=10, random_rotation=10, random_hue=0.05, random_saturation=0.2,
         train_batch_size=16,
     )
-    assert retrain.run_retraining(settings) == 1.0
+    assert job.run_retraining(config_lib.from_flat(settings)) == 1.0
     assert "Distortions are on: every step decodes, distorts and runs the module on 16" in caplog.text
     assert "StatefulPartitionedCall" in training_graph_ops(settings["summaries_dir"])
     image = os.path.join(dataset_dir, "green", "img1.png")
@@ -133,7 +133,7 @@ def test_without_distortions_training_reads_only_cached_bottlenecks(dataset_dir,
     caplog.set_level("INFO")
     settings = retrain_settings(tmp_path, dataset_dir, tiny_module, how_many_training_steps=20,
                                 eval_step_interval=10)
-    retrain.run_retraining(settings)
+    job.run_retraining(config_lib.from_flat(settings))
     ops = training_graph_ops(settings["summaries_dir"])
     assert "MatMul" in ops and "StatefulPartitionedCall" not in ops
     assert "Distortions are on" not in caplog.text
@@ -151,5 +151,5 @@ def test_unusable_distortion_flags_are_refused(dataset_dir, tiny_module, tmp_pat
                                                message):
     settings = retrain_settings(tmp_path, dataset_dir, tiny_module)
     settings.update(override)
-    with pytest.raises(retrain.UsageError, match=message):
-        retrain.run_retraining(settings)
+    with pytest.raises(config_lib.UsageError, match=message):
+        job.run_retraining(config_lib.from_flat(settings))

@@ -9,8 +9,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-import evaluation
-import input_pipeline
+from retrain_suite import evaluation, input_pipeline
 
 LABELS = ["a", "b", "c", "d"]
 # Ten images of a, b and c (none of d); rows true, columns predicted:

@@ -27,13 +27,11 @@ from conftest import (
 )
 from PIL import Image, ImageOps
 
-import atomic_files
-import input_pipeline
-import label_image
-import pre_input
-import retrain
-from bottleneck import cache as cache_lib
-from bottleneck import compute
+from retrain_suite import atomic_files, classifier, input_pipeline, job
+from retrain_suite import config as config_lib
+from retrain_suite import dataset as dataset_lib
+from retrain_suite.bottleneck import cache as cache_lib
+from retrain_suite.bottleneck import compute
 
 GOOD_PER_CLASS = 12
 
@@ -155,7 +153,7 @@ def test_bad_files_are_skipped_counted_and_reported_while_the_run_goes_on(
     before = snapshot(messy)
     caplog.set_level("INFO")
     settings = retrain_settings(tmp_path, messy, tiny_module, testing_percentage=25)
-    retrain.run_retraining(settings)
+    job.run_retraining(config_lib.from_flat(settings))
     log = caplog.text
     for name, reason in BAD_FILES.items():
         lines = [line for line in log.splitlines() if f"red/{name}:" in line and "Skipping" in line]
@@ -179,7 +177,7 @@ def test_pre_input_lists_the_same_bad_files(messy, tmp_path):
                    for line in process.stderr.splitlines()), name
     listed = "".join(
         open(os.path.join(tmp_path, "prepared", f"{s}.txt"), encoding="utf-8").read()
-        for s in pre_input.SPLITS
+        for s in dataset_lib.SPLITS
     )
     for name in ODD_GOOD_FILES:
         assert f"red/{name}\tred\n" in listed
@@ -227,9 +225,9 @@ def test_bottleneck_dir_inside_image_dir_is_not_a_class(dataset_dir, tiny_module
         tmp_path, dataset_dir, tiny_module, bottleneck_dir=os.path.join(dataset_dir, "cache"),
         how_many_training_steps=20, eval_step_interval=10,
     )
-    retrain.run_retraining(settings)
+    job.run_retraining(config_lib.from_flat(settings))
     assert os.listdir(os.path.join(dataset_dir, "cache"))
-    retrain.run_retraining(settings)  # The cache now holds files: still not a class.
+    job.run_retraining(config_lib.from_flat(settings))  # The cache now holds files: still not a class.
     with open(settings["output_labels"]) as f:
         assert f.read() == "blue\ngreen\nred\n"
 
@@ -242,8 +240,8 @@ def test_output_location_that_cannot_be_written_is_refused_before_any_work(
     settings = retrain_settings(
         tmp_path, dataset_dir, tiny_module, output_graph=str(blocker / "sub" / "graph.pb")
     )
-    with pytest.raises(retrain.UsageError, match="a_file is a file, not a folder"):
-        retrain.run_retraining(settings)
+    with pytest.raises(config_lib.UsageError, match="a_file is a file, not a folder"):
+        job.run_retraining(config_lib.from_flat(settings))
     assert not os.path.exists(settings["bottleneck_dir"])
     assert not os.path.exists(os.path.dirname(settings["output_labels"]))
 
@@ -253,8 +251,8 @@ def test_label_with_tab_or_newline_is_refused(tmp_path, tiny_module, bad_name):
     image_dir = make_dataset(tmp_path / "data", per_class=4)
     os.rename(os.path.join(image_dir, "red"), os.path.join(image_dir, bad_name))
     settings = retrain_settings(tmp_path, image_dir, tiny_module)
-    with pytest.raises(pre_input.DatasetError, match="tab or a line break"):
-        retrain.run_retraining(settings)
+    with pytest.raises(dataset_lib.DatasetError, match="tab or a line break"):
+        job.run_retraining(config_lib.from_flat(settings))
     assert not os.path.exists(settings["bottleneck_dir"])
 
 
@@ -474,7 +472,7 @@ def test_unsafe_op_hidden_in_a_function_is_found():
 
         images = tf.compat.v1.placeholder(tf.float32, [None], name="Placeholder")
         tf.identity(sneaky(images), name="final_result")
-    unsafe = label_image.unsafe_ops(graph.as_graph_def())
+    unsafe = classifier.unsafe_ops(graph.as_graph_def())
     assert "WriteFile" in unsafe
 
 
@@ -482,7 +480,7 @@ def test_exported_graphs_pass_the_check(trained):
     graph_def = tf.compat.v1.GraphDef()
     with open(trained["settings"]["output_graph"], "rb") as f:
         graph_def.ParseFromString(f.read())
-    assert label_image.unsafe_ops(graph_def) == []
+    assert classifier.unsafe_ops(graph_def) == []
 
 
 def test_unreadable_file_is_skipped_with_the_reason(tmp_path, monkeypatch):

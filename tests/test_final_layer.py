@@ -7,10 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import final_layer
-import input_pipeline
-import retrain
-import schedules
+from retrain_suite import config as config_lib
+from retrain_suite import final_layer, input_pipeline, schedules, training
 
 
 def test_constant_schedule_keeps_the_base_rate():
@@ -160,7 +158,7 @@ def test_dropout_acts_only_when_its_rate_is_fed():
 
 
 def test_best_layer_keeps_the_highest_accuracy_then_lowest_cross_entropy_and_stops():
-    best = retrain.BestLayer(patience=2)
+    best = training.BestLayer(patience=2)
     evaluations = [  # step, accuracy, cross entropy
         (10, 0.50, 1.0), (20, 0.80, 0.9), (30, 0.80, 0.7), (40, 0.75, 0.5), (50, 0.80, 0.8),
     ]
@@ -168,7 +166,7 @@ def test_best_layer_keeps_the_highest_accuracy_then_lowest_cross_entropy_and_sto
     assert improved == [True, True, True, False, False]
     assert (best.step, best.values) == (30, [30])
     assert best.should_stop()
-    assert not retrain.BestLayer(patience=0).should_stop()
+    assert not training.BestLayer(patience=0).should_stop()
 
 
 def synthetic_arrays(seed=0, dimension=12, classes=3):
@@ -194,7 +192,7 @@ def synthetic_arrays(seed=0, dimension=12, classes=3):
 def test_steps_between_evaluations_in_one_call_give_the_layer_of_one_step_per_call(
     tmp_path, options, monkeypatch, caplog
 ):
-    settings = {flag.name: flag.default for flag in retrain.FLAGS.get_flags_for_module(retrain)}
+    settings = {name: config_lib.default(name) for name in config_lib.field_names()}
     settings.update(
         how_many_training_steps=47, eval_step_interval=10, train_batch_size=8,
         learning_rate=0.1, random_seed=3, validation_batch_size=5,
@@ -218,7 +216,9 @@ def test_steps_between_evaluations_in_one_call_give_the_layer_of_one_step_per_ca
         settings["checkpoint_path"] = str(tmp_path / f"looping_{looping}" / "layer")
         fetched.clear()
         caplog.clear()
-        result = retrain.train(synthetic_arrays(), 3, settings, None, in_graph_loop=looping)
+        result = training.train(
+            synthetic_arrays(), 3, config_lib.from_flat(settings), None, in_graph_loop=looping
+        )
         loop_calls[looping] = sum(f is graphs[-1].train_steps for f in fetched)
         logs[looping] = [re.sub(r"in [\d.]+s \(\d+ steps/s\)", "", r.getMessage())
                          for r in caplog.records]

@@ -21,12 +21,11 @@ import pytest
 import tensorflow as tf
 from conftest import ROOT, make_dataset, synthetic_image, write_image
 
-import input_pipeline
-import label_image
-import pre_input
-from bottleneck import cache as cache_lib
-from bottleneck import compute, make_module
-from bottleneck import module as module_lib
+from retrain_suite import classifier, input_pipeline
+from retrain_suite import dataset as dataset_lib
+from retrain_suite.bottleneck import cache as cache_lib
+from retrain_suite.bottleneck import compute, make_module
+from retrain_suite.bottleneck import module as module_lib
 
 TIMEOUT = 300  # A hang is the failure; a healthy run takes seconds.
 
@@ -206,16 +205,16 @@ def test_class_folder_name_that_is_not_utf8_is_one_error_line(tmp_path):
     os.mkdir(os.path.join(os.fsencode(root), b"caf\xe9"))
     shutil.copy(os.path.join(root, "red", "img0.jpg"),
                 os.path.join(os.fsencode(root), b"caf\xe9", b"x.jpg"))
-    with pytest.raises(pre_input.DatasetError, match=r"caf\\xe9 has a name that is not valid UTF-8"):
-        pre_input.build_dataset(root, 10, 10)
+    with pytest.raises(dataset_lib.DatasetError, match=r"caf\\xe9 has a name that is not valid UTF-8"):
+        dataset_lib.build_dataset(root, 10, 10)
 
 
 @pytest.mark.parametrize("char", ["\u2028", "\u2029", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85"])
 def test_class_name_with_any_line_break_is_refused(tmp_path, char):
     root = make_dataset(tmp_path / "data", per_class=2)
     os.rename(os.path.join(root, "red"), os.path.join(root, f"re{char}d"))
-    with pytest.raises(pre_input.DatasetError, match="a tab or a line break"):
-        pre_input.build_dataset(root, 10, 10)
+    with pytest.raises(dataset_lib.DatasetError, match="a tab or a line break"):
+        dataset_lib.build_dataset(root, 10, 10)
 
 
 def test_unreadable_folders_and_files_under_real_permission_loss(tmp_path):
@@ -302,8 +301,8 @@ def test_png_whose_header_pil_cannot_read_is_still_held_to_the_pixel_limit(tmp_p
     assert info.problem.startswith("too large: 20000x20000 = 400 Mpx")
     root = make_dataset(tmp_path / "data", per_class=2)
     (tmp_path / "data" / "red" / "bomb.png").write_bytes(data)
-    dataset = pre_input.build_dataset(root, 10, 10)
-    bad = dict(pre_input.find_bad_images(dataset))
+    dataset = dataset_lib.build_dataset(root, 10, 10)
+    bad = dict(dataset_lib.find_bad_images(dataset))
     assert bad == {"red/bomb.png": info.problem}
 
 
@@ -361,8 +360,8 @@ def test_graph_calling_an_undefined_function_is_refused_at_once(tmp_path):
 
 
 def test_long_undefined_function_names_are_cut_short():
-    with pytest.raises(label_image.LabelError) as raised:
-        label_image.check_functions_defined(graph_calling("W" * 100000), "g.pb")
+    with pytest.raises(classifier.LabelError) as raised:
+        classifier.check_functions_defined(graph_calling("W" * 100000), "g.pb")
     assert len(str(raised.value)) < 300
 
 
@@ -373,7 +372,7 @@ def test_long_undefined_function_names_are_cut_short():
 def test_unusable_numeric_flags_are_named(flag, value):
     values = {"batch_size": 32, "top_k": 5, "max_image_pixels": 10**8, "input_height": None,
               "input_width": None, "input_mean": 0.0, "input_std": 255.0, flag: value}
-    assert label_image.flag_problem(values).startswith(f"--{flag}=")
+    assert classifier.flag_problem(values).startswith(f"--{flag}=")
 
 
 def test_input_std_zero_is_one_error_line(tmp_path):
@@ -386,21 +385,21 @@ def test_input_std_zero_is_one_error_line(tmp_path):
 def test_labels_file_with_a_byte_order_mark_is_read_without_it(tmp_path):
     path = tmp_path / "labels.txt"
     path.write_bytes("\ufeffdaisy\nroses\n".encode("utf-8"))
-    assert label_image.load_labels(str(path)) == ["daisy", "roses"]
+    assert classifier.load_labels(str(path)) == ["daisy", "roses"]
 
 
 def test_labels_file_that_is_not_utf8_is_one_line_naming_it(tmp_path):
     path = tmp_path / "labels.txt"
     path.write_bytes("daisy\nrosé\n".encode("latin-1"))
-    with pytest.raises(label_image.LabelError, match=f"Labels file {path} is not UTF-8 text"):
-        label_image.load_labels(str(path))
+    with pytest.raises(classifier.LabelError, match=f"Labels file {path} is not UTF-8 text"):
+        classifier.load_labels(str(path))
 
 
 @pytest.mark.parametrize("url", ["http://example.com/cat.jpg", "https://example.com/cat.jpg",
                                  "gs://bucket/cat.jpg"])
 def test_image_given_as_a_url_is_refused_as_such(url):
-    with pytest.raises(label_image.LabelError, match="is a URL"):
-        label_image.list_images([url])
+    with pytest.raises(classifier.LabelError, match="is a URL"):
+        classifier.list_images([url])
 
 
 def test_folder_named_like_an_image_and_fifo_are_not_images(tmp_path, capsys):
@@ -409,7 +408,7 @@ def test_folder_named_like_an_image_and_fifo_are_not_images(tmp_path, capsys):
     (folder / "good.png").write_bytes(png_bytes((1, 2, 3)))
     (folder / "folder.jpg").mkdir()
     os.mkfifo(folder / "pipe.jpg")
-    assert label_image.list_images([str(folder)]) == [str(folder / "good.png")]
+    assert classifier.list_images([str(folder)]) == [str(folder / "good.png")]
     assert "pipe.jpg: not a regular file (a FIFO)" in capsys.readouterr().err
 
 

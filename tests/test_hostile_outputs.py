@@ -23,9 +23,8 @@ from conftest import (
     run_script,
 )
 
-import atomic_files
-import memory_budget
-import retrain
+from retrain_suite import atomic_files, export, job, memory_budget, reporting
+from retrain_suite import config as config_lib
 
 
 def snapshot(folder):
@@ -48,8 +47,8 @@ def a_photo(image_dir):
 
 
 def refused_before_any_work(settings, match):
-    with pytest.raises(retrain.UsageError, match=match):
-        retrain.run_retraining(settings)
+    with pytest.raises(config_lib.UsageError, match=match):
+        job.run_retraining(config_lib.from_flat(settings))
     assert not os.path.exists(settings["bottleneck_dir"])
     assert not os.path.exists(settings["output_graph"]) or os.path.isdir(settings["output_graph"])
 
@@ -92,8 +91,8 @@ def test_outputs_on_or_around_inputs_or_each_other_are_refused_and_photos_stay_i
     module_before = snapshot(tiny_module)
     for override, match in hostile_overrides(image_dir, tiny_module, tmp_path):
         settings = retrain_settings(tmp_path, image_dir, tiny_module, **override)
-        with pytest.raises(retrain.UsageError, match=match):
-            retrain.run_retraining(settings)
+        with pytest.raises(config_lib.UsageError, match=match):
+            job.run_retraining(config_lib.from_flat(settings))
         assert not os.path.exists(tmp_path / "bottlenecks"), override
         assert not os.path.exists(tmp_path / "out"), override
         assert snapshot(image_dir) == before, override
@@ -163,8 +162,8 @@ def test_empty_path_flags_are_refused(tmp_path, tiny_module, flag, monkeypatch):
     work.mkdir()
     monkeypatch.chdir(work)
     settings = retrain_settings(tmp_path, image_dir, tiny_module, **{flag: ""})
-    with pytest.raises(retrain.UsageError, match=f"--{flag} is empty"):
-        retrain.run_retraining(settings)
+    with pytest.raises(config_lib.UsageError, match=f"--{flag} is empty"):
+        job.run_retraining(config_lib.from_flat(settings))
     assert os.listdir(work) == []
 
 
@@ -310,8 +309,8 @@ def test_full_disk_at_export_is_one_error_naming_the_path_and_leaves_nothing(
             raise OSError(errno.ENOSPC, "No space left on device")
 
         monkeypatch.setattr(tf.compat.v1.saved_model.Builder, "save", full_disk)
-    with pytest.raises(retrain.OutputError) as raised:
-        retrain.run_retraining(settings)
+    with pytest.raises(export.OutputError) as raised:
+        job.run_retraining(config_lib.from_flat(settings))
     message = str(raised.value)
     assert f"--{flag}={target}" in message and "No space left on device" in message
     assert "\n" not in message
@@ -329,13 +328,13 @@ def test_export_holds_the_layer_this_run_trained_even_if_the_checkpoint_is_overw
     image_dir = make_dataset(tmp_path / "data", per_class=6)
     clean = retrain_settings(tmp_path / "clean", image_dir, tiny_module,
                              how_many_training_steps=30, eval_step_interval=10, random_seed=1)
-    retrain.run_retraining(clean)
+    job.run_retraining(config_lib.from_flat(clean))
     other = retrain_settings(tmp_path / "other", image_dir, tiny_module,
                              how_many_training_steps=30, eval_step_interval=10, random_seed=2)
-    retrain.run_retraining(other)
+    job.run_retraining(config_lib.from_flat(other))
     shared = retrain_settings(tmp_path / "shared", image_dir, tiny_module,
                               how_many_training_steps=30, eval_step_interval=10, random_seed=1)
-    report = retrain.report_test_results
+    report = reporting.report_test_results
 
     def meanwhile_another_run_saves(*args):
         # Another run writing the same --checkpoint_path between training and export.
@@ -347,8 +346,8 @@ def test_export_holds_the_layer_this_run_trained_even_if_the_checkpoint_is_overw
                     f.write(data)
         return report(*args)
 
-    monkeypatch.setattr(retrain, "report_test_results", meanwhile_another_run_saves)
-    retrain.run_retraining(shared)
+    monkeypatch.setattr(reporting, "report_test_results", meanwhile_another_run_saves)
+    job.run_retraining(config_lib.from_flat(shared))
     expected = final_layer_constants(clean["output_graph"])
     got = final_layer_constants(shared["output_graph"])
     assert expected.keys() == got.keys()

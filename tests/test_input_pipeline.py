@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-import input_pipeline
+from retrain_suite import input_pipeline
 
 TOP = (200, 30, 40)  # reddish, top half
 BOTTOM = (20, 60, 220)  # bluish, bottom half

@@ -10,8 +10,8 @@ import numpy as np
 import tensorflow as tf
 from conftest import load_graph_def, run_script
 
-import label_image
-from bottleneck import batch_size as batch_size_lib
+from retrain_suite import classifier
+from retrain_suite.bottleneck import batch_size as batch_size_lib
 
 
 def last_line(text):
@@ -116,22 +116,22 @@ def test_file_that_is_not_a_graph_is_one_line_error(trained, tmp_path):
 
 def test_session_config_keeps_grappler_on_a_gpu(monkeypatch):
     monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: ["GPU:0"])
-    assert not label_image.session_config().graph_options.rewrite_options.disable_meta_optimizer
+    assert not classifier.session_config().graph_options.rewrite_options.disable_meta_optimizer
     monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: [])
-    assert label_image.session_config().graph_options.rewrite_options.disable_meta_optimizer
+    assert classifier.session_config().graph_options.rewrite_options.disable_meta_optimizer
 
 
 def test_on_a_cpu_graph_runs_without_grappler_and_gives_what_grappler_gives(trained, monkeypatch):
-    config = label_image.session_config()
+    config = classifier.session_config()
     on_a_gpu = bool(tf.config.list_physical_devices("GPU"))
     assert config.graph_options.rewrite_options.disable_meta_optimizer != on_a_gpu
     assert config.gpu_options.allow_growth
     graph_def = load_graph_def(trained["settings"]["output_graph"])
     folder = os.path.join(trained["image_dir"], sorted(os.listdir(trained["image_dir"]))[0])
     paths = [os.path.join(folder, name) for name in sorted(os.listdir(folder))[:6]]
-    plain = label_image.classify(graph_def, paths, 32, 32)
-    monkeypatch.setattr(label_image, "session_config", tf.compat.v1.ConfigProto)
-    optimised = label_image.classify(graph_def, paths, 32, 32)
+    plain = classifier.classify(graph_def, paths, 32, 32)
+    monkeypatch.setattr(classifier, "session_config", tf.compat.v1.ConfigProto)
+    optimised = classifier.classify(graph_def, paths, 32, 32)
     assert sorted(plain) == sorted(optimised) == list(range(len(paths)))
     for i in plain:
         np.testing.assert_allclose(plain[i], optimised[i], atol=1e-5)
@@ -146,10 +146,10 @@ def test_measured_batch_size_gives_the_probabilities_of_a_given_one(trained, mon
                    for name in names)
     paths = (paths * 3)[:40]
     caplog.set_level(logging.INFO)
-    measured = label_image.classify(graph_def, paths, 32, 32)
+    measured = classifier.classify(graph_def, paths, 32, 32)
     assert re.search(r"Batch size [234]: the fastest per image of 2: .*; the other 13 images",
                      caplog.text)
-    given = label_image.classify(graph_def, paths, 32, 32, batch_size=7)
+    given = classifier.classify(graph_def, paths, 32, 32, batch_size=7)
     assert sorted(measured) == sorted(given) == list(range(len(paths)))
     for i in given:
         np.testing.assert_allclose(measured[i], given[i], rtol=1e-5, atol=1e-6)

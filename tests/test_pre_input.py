@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from conftest import make_dataset, run_script, synthetic_image, write_image
 
-import pre_input
+from retrain_suite import dataset as dataset_lib
+from retrain_suite import tfrecords
 
 
 def expected_split(relative_path, validation, testing):
@@ -50,7 +51,7 @@ KNOWN_NAMES = [
 
 @pytest.mark.parametrize("validation, testing", [(10, 10), (30, 25), (0, 0), (0, 50)])
 def test_split_for_matches_sha1_formula_on_known_names(validation, testing):
-    got = [pre_input.split_for(name, validation, testing) for name in KNOWN_NAMES]
+    got = [dataset_lib.split_for(name, validation, testing) for name in KNOWN_NAMES]
     want = [expected_split(name, validation, testing) for name in KNOWN_NAMES]
     assert got == want
     # The names are enough to land in every set the percentages allow.
@@ -77,7 +78,7 @@ def test_split_for_matches_sha1_formula_on_known_names(validation, testing):
 def test_split_for_known_names_is_pinned(name, validation, testing, split):
     # Pinned values, so that a change to the formula shows even if the
     # independent implementation above were changed the same way.
-    assert pre_input.split_for(name, validation, testing) == split
+    assert dataset_lib.split_for(name, validation, testing) == split
 
 
 def test_build_dataset_splits_by_relative_posix_path(tmp_path):
@@ -85,9 +86,9 @@ def test_build_dataset_splits_by_relative_posix_path(tmp_path):
     names = [f"cls{c}/nested/deeper/img{i}.jpg" for c in range(2) for i in range(40)]
     for name in names:
         touch(os.path.join(image_dir, *name.split("/")))
-    dataset = pre_input.build_dataset(str(image_dir), 20, 20)
+    dataset = dataset_lib.build_dataset(str(image_dir), 20, 20)
     assert splits_of(dataset) == {name: expected_split(name, 20, 20) for name in names}
-    assert set(splits_of(dataset).values()) == set(pre_input.SPLITS)
+    assert set(splits_of(dataset).values()) == set(dataset_lib.SPLITS)
 
 
 def test_nohash_variants_share_a_split(tmp_path):
@@ -97,7 +98,7 @@ def test_nohash_variants_share_a_split(tmp_path):
         for subject in subjects:
             for shot, ext in enumerate([".jpg", ".png", ".JPG"]):
                 touch(image_dir / label / f"{subject}_nohash_{shot}{ext}")
-    dataset = pre_input.build_dataset(str(image_dir), 30, 30)
+    dataset = dataset_lib.build_dataset(str(image_dir), 30, 30)
     by_subject = {}
     for image in dataset.images:
         subject = image.path.split("_nohash_")[0]
@@ -105,28 +106,28 @@ def test_nohash_variants_share_a_split(tmp_path):
     assert len(by_subject) == 60
     assert all(len(splits) == 1 for splits in by_subject.values()), by_subject
     # Not trivially true because everything went to one set.
-    assert {next(iter(s)) for s in by_subject.values()} == set(pre_input.SPLITS)
+    assert {next(iter(s)) for s in by_subject.values()} == set(dataset_lib.SPLITS)
     for subject, splits in by_subject.items():
         assert splits == {expected_split(subject, 30, 30)}
 
 
 def test_nohash_in_folder_name_does_not_collapse_the_folder_into_one_split():
     paths = [f"big_nohash_cats/img{i}.jpg" for i in range(60)]
-    splits = {pre_input.split_for(path, 30, 30) for path in paths}
-    assert splits == set(pre_input.SPLITS)
+    splits = {dataset_lib.split_for(path, 30, 30) for path in paths}
+    assert splits == set(dataset_lib.SPLITS)
 
 
 def test_split_is_stable_when_folder_moves(tmp_path):
     original = make_dataset(tmp_path / "data", per_class=12)
-    before = splits_of(pre_input.build_dataset(original, 25, 25))
+    before = splits_of(dataset_lib.build_dataset(original, 25, 25))
     moved = tmp_path / "elsewhere" / "much" / "deeper"
     shutil.copytree(original, moved / "copy")
-    copied = splits_of(pre_input.build_dataset(str(moved / "copy"), 25, 25))
+    copied = splits_of(dataset_lib.build_dataset(str(moved / "copy"), 25, 25))
     shutil.move(original, str(tmp_path / "renamed"))
-    renamed = splits_of(pre_input.build_dataset(str(tmp_path / "renamed"), 25, 25))
+    renamed = splits_of(dataset_lib.build_dataset(str(tmp_path / "renamed"), 25, 25))
     assert copied == before
     assert renamed == before
-    assert set(before.values()) == set(pre_input.SPLITS)
+    assert set(before.values()) == set(dataset_lib.SPLITS)
 
 
 def test_split_of_existing_images_is_unchanged_when_images_are_added(tmp_path):
@@ -134,13 +135,13 @@ def test_split_of_existing_images_is_unchanged_when_images_are_added(tmp_path):
     for label in ("b", "c"):
         for i in range(30):
             touch(image_dir / label / f"img{i}.jpg")
-    before = pre_input.build_dataset(str(image_dir), 20, 20)
+    before = dataset_lib.build_dataset(str(image_dir), 20, 20)
     # New images in existing classes and a new class sorting first, which
     # shifts every label index.
     for label in ("a", "b", "c"):
         for i in range(30, 60):
             touch(image_dir / label / f"img{i}.jpg")
-    after = pre_input.build_dataset(str(image_dir), 20, 20)
+    after = dataset_lib.build_dataset(str(image_dir), 20, 20)
     after_splits = splits_of(after)
     assert len(after.images) == 150
     assert {path: after_splits[path] for path in splits_of(before)} == splits_of(before)
@@ -151,7 +152,7 @@ def test_labels_are_folder_names_exactly_as_written_and_sorted(tmp_path):
     names = ["café", "猫", "Zebra", "apple", "with space", "Ωmega"]
     for name in names:
         touch(tmp_path / "data" / name / "one.jpg")
-    dataset = pre_input.build_dataset(str(tmp_path / "data"), 10, 10)
+    dataset = dataset_lib.build_dataset(str(tmp_path / "data"), 10, 10)
     assert dataset.labels == sorted(names)
     for image in dataset.images:
         assert image.path == f"{image.label}/one.jpg"
@@ -173,12 +174,12 @@ def test_every_image_extension_found_once_and_other_files_ignored(tmp_path):
     ]
     for name in wanted + ignored:
         touch(os.path.join(image_dir, *name.split("/")))
-    found = pre_input.find_images(str(image_dir))
+    found = dataset_lib.find_images(str(image_dir))
     assert found == {
         "a": sorted(n for n in wanted if n.startswith("a/")),
         "b": ["b/10.jpg"],
     }
-    dataset = pre_input.build_dataset(str(image_dir), 10, 10)
+    dataset = dataset_lib.build_dataset(str(image_dir), 10, 10)
     assert sorted(i.path for i in dataset.images) == sorted(wanted)
     assert dataset.labels == ["a", "b"]
 
@@ -187,9 +188,9 @@ def test_exclude_dirs_excludes_a_folder_inside_image_dir(tmp_path):
     image_dir = tmp_path / "data"
     for name in ["a/1.jpg", "b/2.jpg", "cache/c.jpg", "a/cache_here/d.jpg"]:
         touch(os.path.join(image_dir, *name.split("/")))
-    everything = pre_input.find_images(str(image_dir))
+    everything = dataset_lib.find_images(str(image_dir))
     assert set(everything) == {"a", "b", "cache"}
-    found = pre_input.find_images(
+    found = dataset_lib.find_images(
         str(image_dir),
         exclude_dirs=[str(image_dir / "cache") + "/", str(image_dir / "a" / "cache_here")],
     )
@@ -201,29 +202,29 @@ def test_fewer_than_two_classes_raises_dataset_error(tmp_path):
     touch(image_dir / "only" / "1.jpg")
     touch(image_dir / "empty" / "readme.txt")  # A folder without images is no class.
     touch(image_dir / "loose.jpg")
-    with pytest.raises(pre_input.DatasetError, match="at least two"):
-        pre_input.build_dataset(str(image_dir), 10, 10)
+    with pytest.raises(dataset_lib.DatasetError, match="at least two"):
+        dataset_lib.build_dataset(str(image_dir), 10, 10)
     touch(image_dir / "second" / "2.png")
-    assert pre_input.build_dataset(str(image_dir), 10, 10).labels == ["only", "second"]
+    assert dataset_lib.build_dataset(str(image_dir), 10, 10).labels == ["only", "second"]
 
 
 def test_missing_or_file_image_dir_raises_dataset_error(tmp_path):
-    with pytest.raises(pre_input.DatasetError, match="does not exist"):
-        pre_input.build_dataset(str(tmp_path / "nope"), 10, 10)
+    with pytest.raises(dataset_lib.DatasetError, match="does not exist"):
+        dataset_lib.build_dataset(str(tmp_path / "nope"), 10, 10)
     touch(tmp_path / "file.jpg")
-    with pytest.raises(pre_input.DatasetError, match="is a file"):
-        pre_input.build_dataset(str(tmp_path / "file.jpg"), 10, 10)
+    with pytest.raises(dataset_lib.DatasetError, match="is a file"):
+        dataset_lib.build_dataset(str(tmp_path / "file.jpg"), 10, 10)
 
 
 def test_class_with_fewer_than_20_images_logs_a_warning(tmp_path, caplog):
     image_dir = tmp_path / "data"
     for i in range(5):
         touch(image_dir / "small" / f"{i}.jpg")
-    for i in range(pre_input.MIN_IMAGES_PER_CLASS):
+    for i in range(dataset_lib.MIN_IMAGES_PER_CLASS):
         touch(image_dir / "big" / f"{i}.jpg")
-    dataset = pre_input.build_dataset(str(image_dir), 10, 10)
+    dataset = dataset_lib.build_dataset(str(image_dir), 10, 10)
     with caplog.at_level(logging.WARNING, logger="absl"):
-        pre_input.warn_about_small_classes(dataset)
+        dataset_lib.warn_about_small_classes(dataset)
     messages = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert any("small" in m and "only 5 images" in m for m in messages), messages
     assert not any("big" in m and "only" in m for m in messages), messages
@@ -237,13 +238,13 @@ def test_bad_percentages_raise_dataset_error(tmp_path, validation, testing):
     image_dir = tmp_path / "data"
     touch(image_dir / "a" / "1.jpg")
     touch(image_dir / "b" / "1.jpg")
-    with pytest.raises(pre_input.DatasetError):
-        pre_input.build_dataset(str(image_dir), validation, testing)
+    with pytest.raises(dataset_lib.DatasetError):
+        dataset_lib.build_dataset(str(image_dir), validation, testing)
 
 
 @pytest.mark.parametrize("validation, testing", [(0, 0), (49.5, 50), (99, 0), (0, 99.9)])
 def test_percentages_inside_range_are_accepted(validation, testing):
-    pre_input.check_percentages(validation, testing)
+    dataset_lib.check_percentages(validation, testing)
 
 
 @pytest.mark.parametrize("bad_name", ["tab\tname", "new\nline"])
@@ -252,8 +253,8 @@ def test_class_folder_with_tab_or_newline_raises_dataset_error(tmp_path, bad_nam
     touch(image_dir / "fine" / "1.jpg")
     touch(image_dir / "other" / "1.jpg")
     touch(image_dir / bad_name / "1.jpg")
-    with pytest.raises(pre_input.DatasetError, match="rename the folder"):
-        pre_input.build_dataset(str(image_dir), 10, 10)
+    with pytest.raises(dataset_lib.DatasetError, match="rename the folder"):
+        dataset_lib.build_dataset(str(image_dir), 10, 10)
 
 
 def test_without_renumbers_labels_and_drops_empty_classes(tmp_path):
@@ -261,7 +262,7 @@ def test_without_renumbers_labels_and_drops_empty_classes(tmp_path):
     for label in ("a", "b", "c"):
         for i in range(3):
             touch(image_dir / label / f"{i}.jpg")
-    dataset = pre_input.build_dataset(str(image_dir), 10, 10)
+    dataset = dataset_lib.build_dataset(str(image_dir), 10, 10)
     assert [i.label_index for i in dataset.images if i.label == "c"] == [2, 2, 2]
 
     smaller = dataset.without(["b/0.jpg", "b/1.jpg", "b/2.jpg", "a/1.jpg"])
@@ -277,7 +278,7 @@ def test_without_renumbers_labels_and_drops_empty_classes(tmp_path):
     assert partly.labels == ["a", "b", "c"]
     assert len(partly.images) == 8
 
-    with pytest.raises(pre_input.DatasetError):
+    with pytest.raises(dataset_lib.DatasetError):
         dataset.without([f"{label}/{i}.jpg" for label in "bc" for i in range(3)])
 
 
@@ -301,9 +302,9 @@ def test_find_bad_images_reports_undecodable_and_empty_files(tmp_path):
         os.path.join(image_dir, "blue", "really_png.jpg"),
         np.full((10, 12, 3), 90, np.uint8), "PNG",
     )
-    dataset = pre_input.build_dataset(image_dir, 10, 10)
+    dataset = dataset_lib.build_dataset(image_dir, 10, 10)
     assert len(dataset.images) == 9
-    bad = dict(pre_input.find_bad_images(dataset))
+    bad = dict(dataset_lib.find_bad_images(dataset))
     assert set(bad) == {"red/text.jpg", "red/empty.jpg"}
     assert bad["red/empty.jpg"] == "empty file"
     assert bad["red/text.jpg"].startswith("not a decodable image")
@@ -321,9 +322,9 @@ def test_pre_input_script_writes_lists_and_prints_table(tmp_path):
     assert process.returncode == 0, process.stderr[-3000:]
 
     assert (output_dir / "labels.txt").read_text(encoding="utf-8") == "blue\ngreen\nred\n"
-    dataset = pre_input.build_dataset(image_dir, 20, 15).without(["green/broken.jpg"])
+    dataset = dataset_lib.build_dataset(image_dir, 20, 15).without(["green/broken.jpg"])
     listed = {}
-    for split in pre_input.SPLITS:
+    for split in dataset_lib.SPLITS:
         text = (output_dir / f"{split}.txt").read_text(encoding="utf-8")
         for line in text.splitlines():
             path, label = line.split("\t")
@@ -337,9 +338,9 @@ def test_pre_input_script_writes_lists_and_prints_table(tmp_path):
     assert header.split() == ["class", "training", "validation", "testing", "total", "skipped"]
     rows = {line.split()[0]: line.split()[1:] for line in lines if line.split()
             and line.split()[0] in ("blue", "green", "red", "TOTAL")}
-    counts = pre_input.counts_by_class(dataset)
+    counts = dataset_lib.counts_by_class(dataset)
     for label in ("blue", "green", "red"):
-        want = [counts[label][s] for s in pre_input.SPLITS] + [12, int(label == "green")]
+        want = [counts[label][s] for s in dataset_lib.SPLITS] + [12, int(label == "green")]
         assert rows[label] == [str(n) for n in want]
     assert rows["TOTAL"][-2:] == ["36", "1"]
 
@@ -375,7 +376,7 @@ def dataset_with_copies(root, validation=30, testing=30):
     image_dir = make_dataset(root, per_class=6)
 
     def split(path):
-        return pre_input.split_for(path, validation, testing)
+        return dataset_lib.split_for(path, validation, testing)
 
     def copy_named(original, folder, wanted):
         """Copy `original` into `folder` under the first name whose split is `wanted`'s."""
@@ -403,8 +404,8 @@ def dataset_with_copies(root, validation=30, testing=30):
 
 def test_copies_report_names_each_kind_and_the_evaluated_copy(tmp_path):
     image_dir, made = dataset_with_copies(tmp_path / "data")
-    dataset = pre_input.build_dataset(image_dir, 30, 30)
-    copies = pre_input.find_copies(dataset.images, pre_input.content_hashes(dataset))
+    dataset = dataset_lib.build_dataset(image_dir, 30, 30)
+    copies = dataset_lib.find_copies(dataset.images, dataset_lib.content_hashes(dataset))
     assert (copies.images, copies.distinct, copies.copies) == (21, 18, 3)
 
     def paths(groups):
@@ -413,7 +414,7 @@ def test_copies_report_names_each_kind_and_the_evaluated_copy(tmp_path):
     assert paths(copies.within_set) == [sorted(made["within"][0])]
     assert paths(copies.across_sets) == [sorted(made["across_sets"][0])]
     assert paths(copies.across_classes) == [sorted(made["across_classes"][0])]
-    report = pre_input.format_copies(copies).splitlines()
+    report = dataset_lib.format_copies(copies).splitlines()
     assert report[0] == "Copies: 21 images, 18 distinct (3 are copies of another image)."
     test_copy, original = made["across_sets"][0]
     assert f"    testing {test_copy} is a copy of training {original}" in report
@@ -424,15 +425,15 @@ def test_copies_report_names_each_kind_and_the_evaluated_copy(tmp_path):
 
 
 def test_copies_report_without_copies_is_one_line():
-    images = [pre_input.Image(f"a/{n}.jpg", "a", 0, "training") for n in range(3)]
-    copies = pre_input.find_copies(images, ["1", "2", None])
-    assert pre_input.format_copies(copies) == "Copies: none; 2 images, all distinct."
+    images = [dataset_lib.Image(f"a/{n}.jpg", "a", 0, "training") for n in range(3)]
+    copies = dataset_lib.find_copies(images, ["1", "2", None])
+    assert dataset_lib.format_copies(copies) == "Copies: none; 2 images, all distinct."
 
 
 def test_copies_report_names_five_groups_of_a_kind_then_counts(tmp_path):
-    images = [pre_input.Image(f"a/{n}_{k}.jpg", "a", 0, "training") for n in range(7) for k in (0, 1)]
-    copies = pre_input.find_copies(images, [str(n) for n in range(7) for _ in (0, 1)])
-    report = pre_input.format_copies(copies).splitlines()
+    images = [dataset_lib.Image(f"a/{n}_{k}.jpg", "a", 0, "training") for n in range(7) for k in (0, 1)]
+    copies = dataset_lib.find_copies(images, [str(n) for n in range(7) for _ in (0, 1)])
+    report = dataset_lib.format_copies(copies).splitlines()
     assert report[1].startswith("  7 within one class and set")
     assert report[2:] == [f"    a/{n}_0.jpg = a/{n}_1.jpg" for n in range(5)] + ["    ... and 2 more"]
 
@@ -447,16 +448,16 @@ def test_split_by_content_puts_every_copy_in_one_set_and_is_stable(tmp_path):
     def copy_splits(dataset):
         return {i.split for i in dataset.images if "copy" in i.path or i.path == "red/img0.jpg"}
 
-    assert copy_splits(pre_input.build_dataset(image_dir, 30, 30)) == set(pre_input.SPLITS)
-    by_content = pre_input.build_dataset(image_dir, 30, 30, split_by="content")
+    assert copy_splits(dataset_lib.build_dataset(image_dir, 30, 30)) == set(dataset_lib.SPLITS)
+    by_content = dataset_lib.build_dataset(image_dir, 30, 30, split_by="content")
     assert len(copy_splits(by_content)) == 1
     moved = shutil.copytree(image_dir, tmp_path / "elsewhere")
-    assert splits_of(pre_input.build_dataset(str(moved), 30, 30, split_by="content")) \
+    assert splits_of(dataset_lib.build_dataset(str(moved), 30, 30, split_by="content")) \
         == splits_of(by_content)
     digest = hashlib.sha1(open(original, "rb").read()).hexdigest()
     assert copy_splits(by_content) == {expected_split(digest, 30, 30)}
-    with pytest.raises(pre_input.DatasetError, match="--split_by=name"):
-        pre_input.build_dataset(image_dir, 30, 30, split_by="name")
+    with pytest.raises(dataset_lib.DatasetError, match="--split_by=name"):
+        dataset_lib.build_dataset(image_dir, 30, 30, split_by="name")
 
 
 def test_pre_input_script_prints_copies_and_splits_by_content(tmp_path):
@@ -469,22 +470,22 @@ def test_pre_input_script_prints_copies_and_splits_by_content(tmp_path):
     )
     assert "Copies: 21 images, 18 distinct (3 are copies of another image)." in process.stdout
     listed = {}
-    for split in pre_input.SPLITS:
+    for split in dataset_lib.SPLITS:
         for line in (output_dir / f"{split}.txt").read_text(encoding="utf-8").splitlines():
             listed[line.split("\t")[0]] = split
     for kind in ("within", "across_sets"):
         copy, original = made[kind][0]
         assert listed[copy] == listed[original], kind
     # The TFRecords hold the same split as the lists.
-    dataset, _ = pre_input.read_tfrecords(str(output_dir))
+    dataset, _ = tfrecords.read_tfrecords(str(output_dir))
     assert splits_of(dataset) == listed
 
 
 def test_a_large_group_of_copies_is_one_line_with_its_size_by_set():
     splits = ["training"] * 5 + ["validation"] + ["testing"] * 2
-    images = [pre_input.Image(f"a/{n}.jpg", "a", 0, split) for n, split in enumerate(splits)]
-    copies = pre_input.find_copies(images, ["same"] * len(images))
-    assert pre_input.format_copies(copies).splitlines()[2] == (
+    images = [dataset_lib.Image(f"a/{n}.jpg", "a", 0, split) for n, split in enumerate(splits)]
+    copies = dataset_lib.find_copies(images, ["same"] * len(images))
+    assert dataset_lib.format_copies(copies).splitlines()[2] == (
         "    validation a/5.jpg is a copy of training a/0.jpg "
         "(8 images: 5 training, 1 validation, 2 testing)"
     )

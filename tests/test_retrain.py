@@ -17,14 +17,14 @@ from conftest import (
     run_script,
 )
 
-import label_image
-import pre_input
-import retrain
-from bottleneck import compute
+from retrain_suite import classifier, job
+from retrain_suite import config as config_lib
+from retrain_suite import dataset as dataset_lib
+from retrain_suite.bottleneck import compute
 
 
 def images_in_split(image_dir, split, settings):
-    dataset = pre_input.build_dataset(
+    dataset = dataset_lib.build_dataset(
         image_dir, settings["validation_percentage"], settings["testing_percentage"]
     )
     return dataset, dataset.in_split(split)
@@ -119,7 +119,7 @@ def test_stock_label_image_recipe_agrees_with_label_image(trained):
     graph_def = load_graph_def(settings["output_graph"])
     for image in testing[:4]:
         path = dataset.full_path(image)
-        ours = label_image.classify(graph_def, [path], 32, 32)[0]
+        ours = classifier.classify(graph_def, [path], 32, 32)[0]
         stock = stock_label_image_probabilities(settings["output_graph"], path, 32, 32)
         assert np.argmax(stock) == np.argmax(ours) == image.label_index
         # Only the resize's pixel-centre convention differs between the two.
@@ -133,7 +133,7 @@ def test_training_image_gets_same_probabilities_as_its_cached_bottleneck(trained
     cached = compute.compute_bottlenecks(paths, tiny_module, settings["bottleneck_dir"])
     assert cached.reused == len(paths) and cached.computed == 0
     graph_def = load_graph_def(settings["output_graph"])
-    through_label_image = label_image.classify(graph_def, paths, 32, 32)
+    through_label_image = classifier.classify(graph_def, paths, 32, 32)
     through_cache = probabilities_from_bottlenecks(graph_def, cached.vectors)
     for i in range(len(paths)):
         np.testing.assert_allclose(through_label_image[i], through_cache[i], atol=1e-5)
@@ -179,7 +179,7 @@ def test_second_run_computes_no_bottlenecks(trained, tiny_module, tmp_path, capl
         eval_step_interval=10,
     )
     caplog.set_level("INFO")
-    retrain.run_retraining(settings)
+    job.run_retraining(config_lib.from_flat(settings))
     assert "bottlenecks: 60 images, 60 distinct: 0 computed, 60 reused, 0 skipped" in caplog.text
 
 
@@ -196,12 +196,12 @@ def test_copies_across_sets_are_reported_and_split_by_content_keeps_them_togethe
     )
     dataset, training = images_in_split(str(image_dir), "training", settings)
     original = next(i.path for i in training if i.label == "red")
-    copy = next(f"red/copy{n}.png" for n in range(1000) if pre_input.split_for(
+    copy = next(f"red/copy{n}.png" for n in range(1000) if dataset_lib.split_for(
         f"red/copy{n}.png", settings["validation_percentage"], settings["testing_percentage"]
     ) == "testing")
     shutil.copy(image_dir / original, image_dir / copy)
     caplog.set_level("INFO")
-    retrain.run_retraining(settings)
+    job.run_retraining(config_lib.from_flat(settings))
     assert "bottlenecks: 61 images, 60 distinct: 0 computed, 61 reused, 0 skipped" in caplog.text
     report = next(r for r in caplog.records if r.getMessage().startswith("Copies:"))
     assert report.levelname == "WARNING"
@@ -211,7 +211,7 @@ def test_copies_across_sets_are_reported_and_split_by_content_keeps_them_togethe
     assert f"    testing {copy} is a copy of training {original}" in report.getMessage().splitlines()
 
     caplog.clear()
-    retrain.run_retraining({**settings, "split_by": "content"})
+    job.run_retraining(config_lib.from_flat({**settings, "split_by": "content"}))
     report = next(r for r in caplog.records if r.getMessage().startswith("Copies:"))
     assert report.levelname == "INFO" and "across sets" not in report.getMessage()
     assert "1 within one class and set" in report.getMessage()
@@ -229,7 +229,7 @@ def test_same_seed_gives_same_weights_and_accuracy(dataset_dir, tiny_module, tmp
             bottleneck_dir=str(tmp_path / "shared_cache"), how_many_training_steps=30,
             eval_step_interval=10,
         )
-        accuracy = retrain.run_retraining(settings)
+        accuracy = job.run_retraining(config_lib.from_flat(settings))
         runs.append((accuracy, trained_weights(settings["output_graph"])))
     assert runs[0][0] == runs[1][0]
     np.testing.assert_array_equal(runs[0][1], runs[1][1])
@@ -242,7 +242,7 @@ def test_other_optimizers_train(dataset_dir, tiny_module, tmp_path, optimizer):
         tmp_path, dataset_dir, tiny_module, optimizer=optimizer, testing_percentage=30,
         how_many_training_steps=100,
     )
-    assert retrain.run_retraining(settings) == 1.0
+    assert job.run_retraining(config_lib.from_flat(settings)) == 1.0
 
 
 def test_empty_validation_and_testing_sets_are_skipped_with_a_note(
@@ -253,7 +253,7 @@ def test_empty_validation_and_testing_sets_are_skipped_with_a_note(
         how_many_training_steps=20, eval_step_interval=10,
     )
     caplog.set_level("INFO")
-    assert retrain.run_retraining(settings) is None
+    assert job.run_retraining(config_lib.from_flat(settings)) is None
     assert "No validation images" in caplog.text
     assert "No testing images" in caplog.text
     assert os.path.exists(settings["output_graph"])
@@ -262,7 +262,7 @@ def test_empty_validation_and_testing_sets_are_skipped_with_a_note(
 def first_name_in_split(split, prefix, settings):
     for i in range(1000):
         name = f"{prefix}{i}.png"
-        if pre_input.split_for(f"green/{name}", settings["validation_percentage"],
+        if dataset_lib.split_for(f"green/{name}", settings["validation_percentage"],
                                settings["testing_percentage"]) == split:
             return name
     raise AssertionError("no name found")
@@ -278,7 +278,7 @@ def test_misclassified_test_images_are_listed(tmp_path, tiny_module, caplog):
     name = first_name_in_split("testing", "mislabelled", settings)
     shutil.copy(os.path.join(image_dir, "red", "img1.png"), os.path.join(image_dir, "green", name))
     caplog.set_level("INFO")
-    accuracy = retrain.run_retraining(settings)
+    accuracy = job.run_retraining(config_lib.from_flat(settings))
     assert accuracy < 1.0
     assert f"green/{name}  true: green  predicted: red" in caplog.text
 
@@ -288,7 +288,7 @@ def test_intermediate_graphs_are_written(dataset_dir, tiny_module, tmp_path):
         tmp_path, dataset_dir, tiny_module, intermediate_store_frequency=50,
         how_many_training_steps=120,
     )
-    retrain.run_retraining(settings)
+    job.run_retraining(config_lib.from_flat(settings))
     folder = settings["intermediate_output_graphs_dir"]
     assert sorted(os.listdir(folder)) == ["intermediate_100.pb", "intermediate_50.pb"]
     first = trained_weights(os.path.join(folder, "intermediate_50.pb"))
@@ -314,8 +314,8 @@ def test_unusable_flags_are_refused_before_any_work(
 ):
     settings = retrain_settings(tmp_path, dataset_dir, tiny_module)
     settings.update(override)
-    with pytest.raises(retrain.UsageError, match=message):
-        retrain.run_retraining(settings)
+    with pytest.raises(config_lib.UsageError, match=message):
+        job.run_retraining(config_lib.from_flat(settings))
     assert not os.path.exists(settings["bottleneck_dir"])
     assert not os.path.exists(settings["output_graph"])
 
@@ -350,7 +350,7 @@ def test_module_without_network_names_handle_and_fix(dataset_dir, tmp_path):
     os.environ.update(env_blocked)
     try:
         with pytest.raises(Exception) as raised:
-            retrain.run_retraining(settings)
+            job.run_retraining(config_lib.from_flat(settings))
     finally:
         for key, value in old.items():
             if value is None:
@@ -370,12 +370,12 @@ def test_full_inception_v3_module_end_to_end(tmp_path, inception_module):
         eval_step_interval=50, testing_percentage=25, learning_rate=0.01,
     )
     # Random weights, but calibrated features: plain colours still separate.
-    assert retrain.run_retraining(settings) == 1.0
+    assert job.run_retraining(config_lib.from_flat(settings)) == 1.0
     graph_def = load_graph_def(settings["output_graph"])
     shape = [d.size for n in graph_def.node if n.name == "Placeholder"
              for d in n.attr["shape"].shape.dim]
     assert shape == [-1, 299, 299, 3]
     path = os.path.join(image_dir, "red", "img0.jpg")
-    probabilities = label_image.classify(graph_def, [path], 299, 299)[0]
+    probabilities = classifier.classify(graph_def, [path], 299, 299)[0]
     assert probabilities.shape == (3,) and np.argmax(probabilities) == 2  # red
     assert abs(float(np.sum(probabilities)) - 1.0) < 1e-4

@@ -7,9 +7,9 @@ import pytest
 import tensorflow as tf
 from conftest import final_layer_constants, make_dataset, retrain_settings, run_script
 
-import input_pipeline
-import pre_input
-import retrain
+from retrain_suite import config as config_lib
+from retrain_suite import dataset as dataset_lib
+from retrain_suite import input_pipeline, job, tfrecords
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def test_records_parse_with_plain_tfrecorddataset_and_hold_the_files_bytes(prepa
     _, image_dir, out, process = prepared
     assert "broken.jpg" in process.stderr  # Bad images are reported and left out.
     labels = open(os.path.join(out, "labels.txt")).read().split()
-    for split in pre_input.SPLITS:
+    for split in dataset_lib.SPLITS:
         examples = read_all([os.path.join(out, f"{split}.tfrecord")])
         listed = open(os.path.join(out, f"{split}.txt"), encoding="utf-8").read().splitlines()
         assert [e["image/path"].numpy().decode() for e in examples] == [
@@ -73,10 +73,10 @@ def test_training_from_records_matches_training_from_the_folder(prepared, tiny_m
         tmp_path / "folder", image_dir, tiny_module, validation_percentage=15,
         testing_percentage=25, **common,
     )
-    accuracy_folder = retrain.run_retraining(from_folder)
+    accuracy_folder = job.run_retraining(config_lib.from_flat(from_folder))
     from_records = retrain_settings(tmp_path / "records", "", tiny_module, **common)
     from_records["tfrecord_dir"] = out
-    accuracy_records = retrain.run_retraining(from_records)
+    accuracy_records = job.run_retraining(config_lib.from_flat(from_records))
     assert accuracy_records == accuracy_folder == 1.0
     expected, got = final_layer_constants(from_folder["output_graph"]), final_layer_constants(
         from_records["output_graph"])
@@ -91,27 +91,27 @@ def test_switching_to_records_reuses_every_bottleneck(prepared, tiny_module, tmp
     cache = str(tmp_path / "cache")
     settings = retrain_settings(tmp_path / "a", image_dir, tiny_module, bottleneck_dir=cache,
                                 how_many_training_steps=10, eval_step_interval=5)
-    retrain.run_retraining(settings)
+    job.run_retraining(config_lib.from_flat(settings))
     caplog.clear()
     caplog.set_level("INFO")
     settings = retrain_settings(tmp_path / "b", "", tiny_module, bottleneck_dir=cache,
                                 how_many_training_steps=10, eval_step_interval=5)
     settings["tfrecord_dir"] = out
-    retrain.run_retraining(settings)
+    job.run_retraining(config_lib.from_flat(settings))
     assert "bottlenecks: 48 images, 48 distinct: 0 computed, 48 reused, 0 skipped" in caplog.text
 
 
 def test_large_splits_are_sharded_and_stale_shards_removed(tmp_path):
     image_dir = make_dataset(tmp_path / "data", per_class=10)
-    dataset = pre_input.build_dataset(image_dir, 10, 10)
+    dataset = dataset_lib.build_dataset(image_dir, 10, 10)
     out = str(tmp_path / "out")
-    written = pre_input.write_tfrecords(dataset, out, images_per_shard=5)
+    written = tfrecords.write_tfrecords(dataset, out, images_per_shard=5)
     training = dataset.in_split("training")
     shards = -(-len(training) // 5)
     assert written["training"] == [
         f"training-{n:05d}-of-{shards:05d}.tfrecord" for n in range(shards)]
     assert len(read_all([os.path.join(out, f) for f in written["training"]])) == len(training)
-    pre_input.write_tfrecords(dataset, out, images_per_shard=1000)
+    tfrecords.write_tfrecords(dataset, out, images_per_shard=1000)
     assert sorted(f for f in os.listdir(out) if f.startswith("training")) == ["training.tfrecord"]
 
 
@@ -119,21 +119,21 @@ def test_tfrecord_dir_refuses_a_split_it_cannot_apply(prepared, tiny_module, tmp
     _, image_dir, out, _ = prepared
     settings = retrain_settings(tmp_path, "", tiny_module, validation_percentage=30)
     settings["tfrecord_dir"] = out
-    with pytest.raises(retrain.UsageError, match="split is the one in the files"):
-        retrain.run_retraining(settings)
+    with pytest.raises(config_lib.UsageError, match="split is the one in the files"):
+        job.run_retraining(config_lib.from_flat(settings))
     settings = retrain_settings(tmp_path, "", tiny_module, split_by="content")
     settings["tfrecord_dir"] = out
-    with pytest.raises(retrain.UsageError, match="--tfrecords --split_by=content"):
-        retrain.run_retraining(settings)
+    with pytest.raises(config_lib.UsageError, match="--tfrecords --split_by=content"):
+        job.run_retraining(config_lib.from_flat(settings))
     settings = retrain_settings(tmp_path, image_dir, tiny_module)
     settings["tfrecord_dir"] = out
-    with pytest.raises(retrain.UsageError, match="not both"):
-        retrain.run_retraining(settings)
+    with pytest.raises(config_lib.UsageError, match="not both"):
+        job.run_retraining(config_lib.from_flat(settings))
     settings = retrain_settings(tmp_path, "", tiny_module)
     settings["tfrecord_dir"] = str(tmp_path / "no_records")  # Outputs may not be inside it.
     os.mkdir(settings["tfrecord_dir"])
-    with pytest.raises(pre_input.DatasetError, match="no labels.txt"):
-        retrain.run_retraining(settings)
+    with pytest.raises(dataset_lib.DatasetError, match="no labels.txt"):
+        job.run_retraining(config_lib.from_flat(settings))
 
 
 def test_distortions_read_training_images_from_the_records(prepared, tiny_module, tmp_path,
@@ -144,5 +144,5 @@ def test_distortions_read_training_images_from_the_records(prepared, tiny_module
                                 eval_step_interval=50, flip_left_right=True, random_crop=10,
                                 train_batch_size=32)
     settings["tfrecord_dir"] = out
-    assert retrain.run_retraining(settings) == 1.0
+    assert job.run_retraining(config_lib.from_flat(settings)) == 1.0
     assert "Distortions are on" in caplog.text

@@ -21,12 +21,10 @@ from conftest import (
 )
 from PIL import Image
 
-import final_layer
-import label_image
-import pre_input
-import retrain
-import schedules
-from bottleneck import compute
+from retrain_suite import classifier, final_layer, job, reporting, schedules
+from retrain_suite import config as config_lib
+from retrain_suite import dataset as dataset_lib
+from retrain_suite.bottleneck import compute
 
 
 def names_in_split(label, split, count, settings, prefix="extra"):
@@ -34,7 +32,7 @@ def names_in_split(label, split, count, settings, prefix="extra"):
     names = []
     for i in range(10000):
         name = f"{prefix}{i}.png"
-        if pre_input.split_for(f"{label}/{name}", settings["validation_percentage"],
+        if dataset_lib.split_for(f"{label}/{name}", settings["validation_percentage"],
                                settings["testing_percentage"]) == split:
             names.append(name)
             if len(names) == count:
@@ -70,7 +68,7 @@ def evaluated(tmp_path_factory, tiny_module):
     handler = _Collect()
     std_logging.getLogger("absl").addHandler(handler)
     try:
-        accuracy = retrain.run_retraining(settings)
+        accuracy = job.run_retraining(config_lib.from_flat(settings))
     finally:
         std_logging.getLogger("absl").removeHandler(handler)
     return {"settings": settings, "accuracy": accuracy, "log": "\n".join(handler.messages),
@@ -148,7 +146,7 @@ def test_hidden_layer_and_dropout_export_gives_the_cached_bottleneck_probabiliti
     evaluated, tiny_module
 ):
     settings = evaluated["settings"]
-    dataset = pre_input.build_dataset(
+    dataset = dataset_lib.build_dataset(
         evaluated["image_dir"], settings["validation_percentage"], settings["testing_percentage"]
     )
     paths = [dataset.full_path(image) for image in dataset.in_split("training")[:5]]
@@ -158,7 +156,7 @@ def test_hidden_layer_and_dropout_export_gives_the_cached_bottleneck_probabiliti
     names = {node.name for node in graph_def.node}
     assert "final_retrain_ops/hidden_weights" in names
     assert not [name for name in names if "dropout" in name.lower()]
-    through_label_image = label_image.classify(graph_def, paths, 32, 32)
+    through_label_image = classifier.classify(graph_def, paths, 32, 32)
     through_cache = probabilities_from_bottlenecks(graph_def, cached.vectors)
     for i in range(len(paths)):
         np.testing.assert_allclose(through_label_image[i], through_cache[i], atol=1e-5)
@@ -185,7 +183,7 @@ def test_training_options_reach_the_training_graph(dataset_dir, tiny_module, tmp
         hidden_units=8, class_weighting="balanced", label_smoothing=0.1, l2_regularization=0.5,
         sampling="uniform",
     )
-    retrain.run_retraining(settings)
+    job.run_retraining(config_lib.from_flat(settings))
     assert seen["hidden_units"] == 8 and seen["sampling"] == "uniform"
     loss = seen["loss_settings"]
     assert loss.label_smoothing == 0.1 and loss.l2_regularization == 0.5
@@ -195,7 +193,7 @@ def test_training_options_reach_the_training_graph(dataset_dir, tiny_module, tmp
 def mislabel_validation(image_dir, settings):
     """Give every validation image the content of another class's image: a layer that
     learns the classes gets them all wrong, more confidently at every evaluation."""
-    dataset = pre_input.build_dataset(
+    dataset = dataset_lib.build_dataset(
         image_dir, settings["validation_percentage"], settings["testing_percentage"]
     )
     validation = dataset.in_split("validation")
@@ -216,7 +214,7 @@ def test_early_stopping_stops_and_exports_the_best_layer(tmp_path, tiny_module, 
     )
     mislabel_validation(image_dir, settings)
     caplog.set_level("INFO")
-    retrain.run_retraining(settings)
+    job.run_retraining(config_lib.from_flat(settings))
     # The logged sample is 3 images; the choice is scored on all of them.
     assert re.search(r"validation accuracy \d+\.\d% \(N=3\), all \d+: ", caplog.text)
     stopped = int(re.search(r"Early stopping at step (\d+)", caplog.text).group(1))
@@ -238,12 +236,12 @@ def test_early_stopping_stops_and_exports_the_best_layer(tmp_path, tiny_module, 
     assert not np.array_equal(exported, weights(os.path.join(folder, f"intermediate_{stopped}.pb")))
     # Every later evaluation was worse on the whole validation set.
     graph_def = load_graph_def(settings["output_graph"])
-    dataset = pre_input.build_dataset(image_dir, 25, 0)
+    dataset = dataset_lib.build_dataset(image_dir, 25, 0)
     paths = [dataset.full_path(i) for i in dataset.in_split("validation")]
     truth = [i.label_index for i in dataset.in_split("validation")]
 
     def validation_cross_entropy(graph):
-        probabilities = label_image.classify(graph, paths, 32, 32)
+        probabilities = classifier.classify(graph, paths, 32, 32)
         return -np.mean([np.log(probabilities[n][t]) for n, t in enumerate(truth)])
 
     for step in range(kept + 10, stopped + 1, 10):
@@ -260,7 +258,7 @@ def test_without_keep_best_the_last_layer_is_exported(tmp_path, tiny_module, cap
     )
     mislabel_validation(image_dir, settings)
     caplog.set_level("INFO")
-    retrain.run_retraining(settings)
+    job.run_retraining(config_lib.from_flat(settings))
     assert "Keeping the final layer" not in caplog.text
     with open(settings["eval_report"], encoding="utf-8") as f:
         assert json.load(f)["kept_step"] == 40
@@ -295,8 +293,8 @@ def test_assert_uses_the_test_set_when_there_is_one(tmp_path, tiny_module):
         tmp_path, image_dir, tiny_module, testing_percentage=25, how_many_training_steps=20,
         eval_step_interval=10, assert_accuracy_at_least=1.0, learning_rate=1e-6,
     )
-    with pytest.raises(retrain.AccuracyError, match=r"^test accuracy .* is below"):
-        retrain.run_retraining(settings)
+    with pytest.raises(reporting.AccuracyError, match=r"^test accuracy .* is below"):
+        job.run_retraining(config_lib.from_flat(settings))
     assert not os.path.exists(settings["output_graph"])
     assert not os.path.exists(settings["output_labels"])
 
@@ -326,8 +324,8 @@ def test_unusable_training_flags_are_refused_before_any_work(
 ):
     settings = retrain_settings(tmp_path, dataset_dir, tiny_module)
     settings.update(override)
-    with pytest.raises(retrain.UsageError, match=message) as raised:
-        retrain.run_retraining(settings)
+    with pytest.raises(config_lib.UsageError, match=message) as raised:
+        job.run_retraining(config_lib.from_flat(settings))
     assert "\n" not in str(raised.value)
     assert not os.path.exists(settings["bottleneck_dir"])
     assert not os.path.exists(settings["output_graph"])

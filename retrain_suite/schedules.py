@@ -1,4 +1,4 @@
-"""Learning-rate schedules of the final layer's training, as pure functions.
+r"""Learning-rate schedules of the final layer's training, as pure functions.
 
 The training loop asks `learning_rate_at` for the rate of every step and feeds
 it to the graph, so the numbers TensorBoard and the tests see are exactly the
@@ -11,6 +11,8 @@ ones computed here; there is no second copy of the formula in graph ops.
 import math
 
 SCHEDULES = ("constant", "exponential", "cosine")
+
+
 DEFAULT_DECAY = 0.1
 
 

@@ -1,4 +1,4 @@
-"""Up-front memory estimates, checked against this machine's RAM.
+r"""Up-front memory estimates, checked against this machine's RAM.
 
 A size flag that cannot fit (a batch of a hundred million, a billion hidden
 units) is refused before any work, with the memory it would need, instead of

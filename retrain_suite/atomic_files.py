@@ -1,4 +1,4 @@
-"""Outputs written whole or not at all.
+r"""Outputs written whole or not at all.
 
 Each writer puts the data under a temporary name beside the target and renames
 it into place, so a crash or a kill leaves either the previous file or the new
@@ -15,6 +15,8 @@ import tensorflow as tf
 # What a SavedModel writer puts in its folder: a folder holding only these (or
 # nothing) is one this suite may replace.
 SAVED_MODEL_ENTRIES = frozenset({"saved_model.pb", "variables", "assets", "fingerprint.pb"})
+
+
 # The longest suffix temporary_name adds (".tmp-" + a pid of up to 7 digits +
 # "-" + 8 hex), plus the ".old" of a folder being replaced: a target name must
 # leave this much room under the filesystem's name limit.

@@ -1,4 +1,4 @@
-"""Checks that the outputs of a run can be written, and never land on its inputs.
+r"""Checks that the outputs of a run can be written, and never land on its inputs.
 
 Run by retrain.py, pre_input.py and `python -m bottleneck` before any work:
 
@@ -20,7 +20,7 @@ import os
 
 import tensorflow as tf
 
-import atomic_files
+from retrain_suite import atomic_files
 
 
 class PathError(Exception):

@@ -1,4 +1,4 @@
-"""The new classification layer trained on top of the bottlenecks.
+r"""The new classification layer trained on top of the bottlenecks.
 
 `add_final_layer` is called both by training (on a bottleneck placeholder) and
 by export (on the module's output), so the exported graph holds exactly the
@@ -15,12 +15,17 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
-import atomic_files
-import input_pipeline
+from retrain_suite import atomic_files, input_pipeline
 
 SCOPE = "final_retrain_ops"
+
+
 OPTIMIZERS = ("sgd", "momentum", "adam")
+
+
 CLASS_WEIGHTINGS = ("none", "balanced")
+
+
 SAMPLINGS = ("proportional", "uniform")
 
 

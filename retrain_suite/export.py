@@ -1,4 +1,4 @@
-"""Export of the retrained classifier: frozen graph, labels file, SavedModel.
+r"""Export of the retrained classifier: frozen graph, labels file, SavedModel.
 
 The frozen graph takes `Placeholder`, float32 [None, H, W, 3] with values in
 [0, 1], and gives `final_result` (or --final_tensor_name), float32 [None, C]
@@ -7,13 +7,15 @@ are constants in it, so it runs anywhere TensorFlow can import a GraphDef,
 including TensorFlow's stock label_image example.
 """
 
+
 import tensorflow as tf
 
-import atomic_files
-import final_layer
-from bottleneck import module as module_lib
+from retrain_suite import atomic_files, final_layer
+from retrain_suite.bottleneck import module as module_lib
 
 INPUT_NAME = "Placeholder"
+
+
 BOTTLENECK_NAME = "bottleneck"
 
 
@@ -111,3 +113,20 @@ def write_saved_model(graph_def, final_tensor_name, path):
                 builder.save()
 
     atomic_files.replace_dir(path, build, atomic_files.SAVED_MODEL_ENTRIES)
+
+
+class OutputError(Exception):
+    """An output could not be written at the end of the run (disk full, ...)."""
+
+
+def write_output(flag, path, write):
+    """Call write(); an OSError or TensorFlow error becomes one OutputError naming path."""
+    try:
+        write()
+    except (OSError, tf.errors.OpError) as e:
+        reason = getattr(e, "strerror", None) or getattr(e, "message", None) or str(e)
+        raise OutputError(
+            f"Cannot write --{flag}={path}: {reason.strip().splitlines()[0]}. Nothing partial "
+            "was left there; free some space or choose another location, then run again "
+            "(cached bottlenecks are reused)."
+        ) from e

@@ -1,4 +1,4 @@
-"""The batch size of a forward pass over many images, measured when not given.
+r"""The batch size of a forward pass over many images, measured when not given.
 
 Which size is fastest depends on the CPU (or GPU) and the module: with a
 random-weight Inception V3 on a 2-core Xeon, batches of 8 ran 15% faster than
@@ -19,11 +19,17 @@ import time
 import tensorflow as tf
 from absl import logging
 
-import input_pipeline
+from retrain_suite import input_pipeline
 
 CANDIDATES = (8, 16, 32)
+
+
 TIMED_BATCHES = 2
+
+
 DEFAULT_BATCH_SIZE = 32
+
+
 # The measuring batches, and at least two full batches at whichever size wins.
 MIN_IMAGES_TO_MEASURE = (1 + TIMED_BATCHES) * sum(CANDIDATES) + 2 * max(CANDIDATES)
 

@@ -1,4 +1,4 @@
-"""The on-disk bottleneck cache.
+r"""The on-disk bottleneck cache.
 
 Layout: `<bottleneck_dir>/<module key>/<2 hex>/<content key>.f32`.
 
@@ -27,8 +27,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-import atomic_files
-import input_pipeline
+from retrain_suite import atomic_files, input_pipeline
 
 ENTRY_SUFFIX = ".f32"
 

@@ -1,4 +1,4 @@
-"""What a trained classifier gets right and wrong, in numbers, tables and pictures.
+r"""What a trained classifier gets right and wrong, in numbers, tables and pictures.
 
 From the true and predicted class of each evaluated image this module makes:
 
@@ -25,12 +25,17 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image, ImageDraw, ImageFont
 
-import atomic_files
-import input_pipeline
+from retrain_suite import atomic_files, input_pipeline
 
 MAX_MISCLASSIFIED_SHOWN = 16
+
+
 TILE = 160  # pixels, side of one image in the misclassified grid
+
+
 CAPTION = 36  # pixels, height of the caption band under each tile
+
+
 GAP = 4  # pixels between tiles
 
 

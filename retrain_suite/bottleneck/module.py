@@ -1,4 +1,4 @@
-"""Loading a TF Hub image feature-vector module into a TF1-style graph.
+r"""Loading a TF Hub image feature-vector module into a TF1-style graph.
 
 The convention (TF Hub's "image feature vector", TF2 SavedModel format): the
 loaded object is called on float32 images `[N, H, W, 3]` with values in [0, 1]
@@ -18,10 +18,18 @@ from absl import logging
 from tensorflow.core.protobuf import rewriter_config_pb2
 
 DEFAULT_MODULE = "https://tfhub.dev/google/imagenet/inception_v3/feature_vector/5"
+
+
 DEFAULT_IMAGE_SIZE = 299
+
+
 PRECISIONS = ("float32", "bfloat16", "float16")
+
+
 # CPU flags (Linux /proc/cpuinfo names) of instructions that compute in bfloat16.
 BFLOAT16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
 # The most weight bytes freeze() puts into a GraphDef: protocol buffers stop at
 # 2 GiB, and the graph's own structure needs some room.
 MAX_FROZEN_BYTES = 2**31 - 2**26

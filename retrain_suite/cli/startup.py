@@ -1,4 +1,4 @@
-"""What every command does before its main: a quiet TensorFlow start-up, and --help that succeeds.
+r"""What every command does before its main: a quiet TensorFlow start-up, and --help that succeeds.
 
 Importing TensorFlow 2.21 and looking for devices writes C++ log lines to
 stderr: `WARNING: All log messages before absl::InitializeLog() is called are

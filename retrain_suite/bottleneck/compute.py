@@ -1,4 +1,4 @@
-"""The batched forward pass that turns images into cached bottleneck vectors.
+r"""The batched forward pass that turns images into cached bottleneck vectors.
 
 Only images whose content is not in the cache are computed. They flow through
 one tf.data pipeline (parallel read, decode and resize, prefetch) into one
@@ -13,10 +13,10 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-import input_pipeline
-from bottleneck import batch_size as batch_size_lib
-from bottleneck import cache as cache_lib
-from bottleneck import module as module_lib
+from retrain_suite import input_pipeline
+from retrain_suite.bottleneck import batch_size as batch_size_lib
+from retrain_suite.bottleneck import cache as cache_lib
+from retrain_suite.bottleneck import module as module_lib
 
 PROGRESS_SECONDS = 10.0
 

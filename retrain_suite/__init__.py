@@ -1,0 +1,19 @@
+"""The retraining suite's library: everything behind retrain.py, label_image.py,
+pre_input.py, input_pipeline.py and python -m bottleneck.
+
+Rooms, in the order an image goes through them:
+
+- `dataset`: scan a class-per-folder tree, split by a stable hash, count.
+- `tfrecords`: write and read the same dataset as TFRecord files.
+- `input_pipeline`: every tf.data pipeline and the one preprocessing function.
+- `bottleneck`: the feature-vector module, the on-disk cache, the batched computation.
+- `final_layer`, `schedules`: the new layer, its loss, its learning rate.
+- `training`: the training loop and the choice of the layer kept.
+- `evaluation`, `reporting`: metrics, tables, JSON, TensorBoard pictures.
+- `export`, `atomic_files`: frozen graph, labels, SavedModel, written whole or not at all.
+- `classifier`: running an exported graph on new images (label_image.py).
+- `config`, `job`: the typed configuration of a run, and the run itself.
+- `cli`: the command lines (flags -> configuration -> the library).
+
+Library functions take a configuration or plain values; only `cli` reads flags.
+"""

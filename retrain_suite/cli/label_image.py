@@ -1,0 +1,108 @@
+"""The label_image command line: flags -> classifier (graph, labels, images) -> printed labels."""
+
+import sys
+
+import tensorflow as tf
+from absl import flags
+
+from retrain_suite import classifier, input_pipeline
+from retrain_suite.bottleneck import batch_size as batch_size_lib
+from retrain_suite.cli import flags as shared_flags
+from retrain_suite.cli import startup
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+    """The command line's flags (defined on demand, so that importing this module is free)."""
+    flags.DEFINE_multi_string("image", [], "Image file or folder of images; repeat for more.")
+    flags.DEFINE_string("graph", None, "Frozen graph (.pb) written by retrain.py.")
+    flags.DEFINE_string("labels", None, "Labels file written by retrain.py.")
+    flags.DEFINE_string("input_layer", "Placeholder", "Name of the graph's image input.")
+    flags.DEFINE_string("output_layer", "final_result", "Name of the graph's probabilities output.")
+    flags.DEFINE_integer("input_height", None, "Image height fed to the graph; default: from the graph.")
+    flags.DEFINE_integer("input_width", None, "Image width fed to the graph; default: from the graph.")
+    flags.DEFINE_float("input_mean", 0, "Subtracted from pixel values (0-255) before scaling.")
+    flags.DEFINE_float("input_std", 255, "Pixel values are divided by this after the mean.")
+    flags.DEFINE_integer("top_k", 5, "How many labels to print per image.")
+    flags.DEFINE_integer(
+        "batch_size", None,
+        "Images per forward pass. Default: " + batch_size_lib.default_description() + ".",
+    )
+    flags.DEFINE_enum("output_format", "text", ["text", "json"], "How to print the results.")
+    flags.DEFINE_integer(
+        "max_image_pixels", input_pipeline.DEFAULT_MAX_IMAGE_PIXELS,
+        "Images with more pixels (width x height) are refused instead of decoded.",
+    )
+    flags.DEFINE_bool(
+        "allow_unsafe_ops", False,
+        "Run a graph even if it holds ops that can read or write files or run code.",
+    )
+
+
+def main(argv):
+    images, graph, labels = list(FLAGS.image), FLAGS.graph, FLAGS.labels
+    positional = argv[1:]
+    if positional and graph and labels:
+        images += positional  # `--graph g.pb --labels l.txt photos/*.jpg`
+    elif positional:
+        # The classic form names the graph and labels last; with only one of them
+        # given as a flag, which positional is which would be a guess.
+        if len(positional) < 3 or graph or labels:
+            sys.exit(
+                "error: usage: label_image.py IMAGE [IMAGE ...] GRAPH LABELS, or "
+                "--graph GRAPH --labels LABELS IMAGE [IMAGE ...] (or --image IMAGE)"
+            )
+        images, graph, labels = images + positional[:-2], positional[-2], positional[-1]
+    if not images or not graph or not labels:
+        sys.exit("error: give an image, a graph and a labels file (see --help).")
+    problem = classifier.flag_problem({name: FLAGS[name].value for name in FLAGS})
+    if problem:
+        sys.exit(f"error: {problem}")
+    tf.get_logger().setLevel("ERROR")
+    try:
+        paths = classifier.list_images(images)
+        graph_def = classifier.load_graph(graph)
+        classifier.check_functions_defined(graph_def, graph)
+        if not FLAGS.allow_unsafe_ops:
+            classifier.check_graph_is_safe(graph_def, graph)
+        label_list = classifier.load_labels(labels)
+        size = classifier.input_size(graph_def, FLAGS.input_layer)
+        height = FLAGS.input_height if FLAGS.input_height is not None else size and size[0]
+        width = FLAGS.input_width if FLAGS.input_width is not None else size and size[1]
+        if not height or not width:
+            raise classifier.LabelError(
+                "The graph's input size is not fixed; pass --input_height and --input_width."
+            )
+        results = classifier.classify(
+            graph_def, paths, height, width, FLAGS.input_layer, FLAGS.output_layer,
+            FLAGS.input_mean, FLAGS.input_std, FLAGS.batch_size, FLAGS.max_image_pixels,
+        )
+        output_size = len(next(iter(results.values()))) if results else None
+        if output_size is not None and output_size != len(label_list):
+            raise classifier.LabelError(
+                f"The labels file {labels} has {len(label_list)} labels but the graph "
+                f"outputs {output_size} classes; use the labels file written with this graph."
+            )
+    except classifier.LabelError as e:
+        sys.exit(f"error: {e}")
+    except (ValueError, tf.errors.OpError) as e:
+        sys.exit(f"error: cannot run graph {graph}: {input_pipeline.one_line(e)[:300]}")
+
+    failures = {
+        i: input_pipeline.why_undecodable(path, FLAGS.max_image_pixels)
+        for i, path in enumerate(paths) if i not in results
+    }
+    classifier.print_results(paths, results, failures, label_list, FLAGS.top_k, FLAGS.output_format)
+    if failures:
+        sys.exit(1)
+
+
+def run():
+    shared_flags.define_command_flags(define_flags)
+    try:
+        startup.run(main)
+    except KeyboardInterrupt:
+        print("interrupted: nothing was written; run the same command again to classify "
+              "the images.", file=sys.stderr)
+        sys.exit(130)

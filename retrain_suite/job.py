@@ -1,0 +1,283 @@
+"""The whole retraining run from a config.RetrainConfig, in order.
+
+check the configuration -> scan (or read TFRecords) and split -> compute or
+reuse bottlenecks -> train the final layer -> report on the test and
+validation sets -> export the frozen graph, labels (and SavedModel). See
+retrain.py's docstring for what each step means to the user.
+"""
+
+import contextlib
+import os
+import random
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from retrain_suite import (
+    atomic_files,
+    evaluation,
+    export,
+    final_layer,
+    input_pipeline,
+    memory_budget,
+    output_paths,
+    reporting,
+    tfrecords,
+    training,
+)
+from retrain_suite import config as config_lib
+from retrain_suite import dataset as dataset_lib
+from retrain_suite.bottleneck import batch_size as batch_size_lib
+from retrain_suite.bottleneck import compute
+from retrain_suite.bottleneck import module as module_lib
+
+
+def check_sets(dataset, config):
+    """Raise UsageError when a flag needs validation or test images the dataset lacks."""
+    has_validation = bool(dataset.in_split("validation"))
+    if config.training.early_stopping_patience and not has_validation:
+        raise config_lib.UsageError(
+            "--early_stopping_patience needs validation images; raise "
+            "--validation_percentage or drop the flag."
+        )
+    if (config.evaluation.assert_accuracy_at_least is not None and not has_validation
+            and not dataset.in_split("testing")):
+        raise config_lib.UsageError(
+            "--assert_accuracy_at_least needs test or validation images; raise "
+            "--testing_percentage or drop the flag."
+        )
+
+
+def check_memory(config, dimension, class_count, image_count, input_size):
+    """Raise UsageError when the sizes asked for need more memory than this machine has.
+
+    dimension: bottleneck size D; input_size: (height, width) of the module.
+    The estimate counts float32 config: the bottlenecks [N, D]; a training
+    batch [B, D] twice (one prefetched) and its logits [B, C] x3; the layer's
+    weights with their gradients and two optimizer slots (x4); a batch's
+    hidden activations [B, H] x3 (ReLU output, its gradient, dropout); a
+    bottleneck batch of decoded images [min(batch, N), h, w, 3] twice (one
+    prefetched), and with distortions a training batch of images.
+    """
+    batch, hidden = config.training.train_batch_size, config.training.hidden_units
+    # Unset, the bottleneck batch size is measured among batch_size_lib.CANDIDATES.
+    bottleneck_batch = config.module.bottleneck_batch_size or max(batch_size_lib.CANDIDATES)
+    height, width = input_size
+    weights = dimension * hidden + hidden * class_count if hidden else dimension * class_count
+    pixels = height * width * 3
+    parts = {
+        "train_batch_size": 2 * batch * dimension + 3 * batch * class_count,
+        "hidden_units": 4 * (weights + hidden + class_count) + 3 * batch * hidden,
+        "bottleneck_batch_size": 2 * min(bottleneck_batch, image_count) * pixels,
+    }
+    if config_lib.distortions_from(config).any():
+        parts["train_batch_size"] += 2 * batch * pixels
+    needed = 4 * (image_count * dimension + sum(parts.values()))
+    missing = memory_budget.shortfall(needed)
+    if missing:
+        largest = max(parts, key=parts.get)
+        raise config_lib.UsageError(
+            f"--{largest}={config_lib.value_of(config, largest)} needs {missing} "
+            f"({dimension}-value bottlenecks, "
+            f"{class_count} classes, {image_count} images). Lower it."
+        )
+
+
+def check_names_in_graphs(config):
+    """Build the training and export graphs without training. -> (D, (height, width)).
+
+    Raises UsageError when --final_tensor_name is already taken in either (by
+    the module, `Placeholder`, an input of the training graph, ...).
+    """
+    name = config.outputs.final_tensor_name
+    try:
+        final_layer.build_training_graph(
+            1, 2, name, config.training.optimizer, 0.1, 1, 0, hidden_units=config.training.hidden_units,
+            dropout=config.training.dropout > 0,
+        )
+        dimension, input_size = export.check_final_tensor_name(
+            config.module.tfhub_module, config.module.image_size, name, config.training.hidden_units
+        )
+    except ValueError as e:
+        raise config_lib.UsageError(
+            f"--final_tensor_name={name}: {e}; choose another name, e.g. final_result."
+        ) from e
+    return dimension, input_size
+
+
+def split_arrays(dataset, bottlenecks, row_of):
+    """{split: (vectors float32 [n, D], labels int64 [n], images)} for the three sets."""
+    arrays = {}
+    for split in dataset_lib.SPLITS:
+        # A canonical order: the same images give the same arrays, and so the same
+        # training, whether they came from a folder or from TFRecords.
+        images = sorted(dataset.in_split(split), key=lambda i: (i.label_index, i.path))
+        rows = [row_of[image.path] for image in images]
+        arrays[split] = (
+            bottlenecks.vectors[rows].reshape(len(rows), bottlenecks.vectors.shape[1]),
+            np.array([image.label_index for image in images], np.int64),
+            images,
+        )
+    return arrays
+
+
+def run_retraining(config):
+    """The whole job from a config.RetrainConfig. -> final test accuracy or None.
+
+    Raises AccuracyError, before anything is exported, when
+    config.evaluation.assert_accuracy_at_least is set and not met.
+    """
+    config.validate()
+    config_lib.check_output_paths(config)
+    return retrain_with_checked_flags(config)
+
+
+@contextlib.contextmanager
+def checkpoint_lock(checkpoint):
+    """Hold <checkpoint>.lock for the block, or raise UsageError if another run holds it."""
+    if not output_paths.is_local(checkpoint):
+        yield  # A remote filesystem has no fcntl locks.
+        return
+    try:
+        with atomic_files.exclusive_lock(checkpoint + ".lock"):
+            yield
+    except atomic_files.Locked as e:  # Raised on entering only: the block never raises it.
+        holder = f" (pid {e})" if str(e) else ""
+        raise config_lib.UsageError(
+            f"--checkpoint_path={checkpoint} is in use by another retrain.py run{holder}; "
+            "wait for it to finish or give this run its own --checkpoint_path."
+        ) from None
+
+
+def retrain_with_checked_flags(config):
+    """run_retraining after the flag and path checks: scan, check, then train holding
+    the checkpoint's lock."""
+    if config.training.class_weighting == "balanced" and config.training.sampling == "uniform":
+        logging.warning(
+            "--class_weighting=balanced with --sampling=uniform corrects for class sizes "
+            "twice: small classes end up counting more than large ones. Use one of them."
+        )
+    if config.data.tfrecord_dir:
+        dataset, images = tfrecords.read_tfrecords(config.data.tfrecord_dir)
+    else:
+        dataset = dataset_lib.build_dataset(
+            config.data.image_dir, config.data.validation_percentage,
+            config.data.testing_percentage, exclude_dirs=[config.module.bottleneck_dir],
+            split_by=config.data.split_by,
+        )
+        images = input_pipeline.ImageFiles(dataset.full_path(image) for image in dataset.images)
+    logging.info("Found %d images in %d classes.", len(dataset.images), len(dataset.labels))
+    check_sets(dataset, config)
+    outputs = [config.outputs.output_graph, config.outputs.output_labels, config.outputs.checkpoint_path]
+    for name in ("saved_model_dir", "eval_report"):
+        if config_lib.value_of(config, name):
+            outputs.append(config_lib.value_of(config, name))
+    config_lib.check_output_locations(outputs + [os.path.join(config.module.bottleneck_dir, "x")])
+    dimension, input_size = check_names_in_graphs(config)
+    check_memory(config, dimension, len(dataset.labels), len(dataset.images), input_size)
+    with checkpoint_lock(config.outputs.checkpoint_path):
+        return train_and_export(config, dataset, images)
+
+
+def train_and_export(config, dataset, images):
+    """Bottlenecks, training, evaluation and export, once every check has passed."""
+    if config.training.random_seed is None:
+        config = config.with_seed(random.SystemRandom().randrange(2**31))
+        logging.info("Random seed %d (pass --random_seed=%d to repeat this run).",
+                     config.training.random_seed, config.training.random_seed)
+    precision = module_lib.mixed_precision_type() if config.module.mixed_precision else "float32"
+    bottlenecks = compute.compute_bottlenecks(
+        images, config.module.tfhub_module, config.module.bottleneck_dir,
+        config.module.image_size, config.module.bottleneck_batch_size, config.data.max_image_pixels,
+        precision=precision,
+    )
+    row_of = {image.path: n for n, image in enumerate(dataset.images)}
+    if bottlenecks.skipped:
+        dataset = dataset.without(dataset.images[i].path for i in bottlenecks.skipped)
+        check_sets(dataset, config)
+    log_copies(dataset, [bottlenecks.contents[row_of[i.path]] for i in dataset.images])
+    dataset_lib.warn_about_small_classes(dataset)
+    if not dataset.in_split("training"):
+        raise config_lib.UsageError("No training images left; lower the validation and testing percentages.")
+    logging.info("Images per class and set:\n%s", dataset_lib.format_count_table(dataset))
+    arrays = split_arrays(dataset, bottlenecks, row_of)
+
+    def export_graph(flag, path, layer):
+        graph_def = export.frozen_graph(
+            config.module.tfhub_module, config.module.image_size, len(dataset.labels),
+            layer, config.outputs.final_tensor_name, hidden_units=config.training.hidden_units,
+        )
+        export.write_output(flag, path, lambda: export.write_frozen_graph(graph_def, path))
+        return graph_def
+
+    def export_intermediate(step, layer):
+        folder = config.outputs.intermediate_output_graphs_dir
+        path = os.path.join(folder, f"intermediate_{step}.pb")
+        export_graph("intermediate_output_graphs_dir", path, layer)
+        logging.info("Wrote intermediate graph %s", path)
+
+    distortions = config_lib.distortions_from(config)
+    batch_source = None
+    if distortions.any():
+        batch_source = distorted_batch_source(
+            images, [row_of[i.path] for i in arrays["training"][2]], arrays["training"][1],
+            config, distortions,
+        )
+    result = training.train(arrays, len(dataset.labels), config, export_intermediate, batch_source)
+    accuracy = reporting.report_test_results(
+        arrays, dataset.labels, result, config.evaluation.print_misclassified_test_images
+    )
+    reports = reporting.evaluation_reports(arrays, dataset.labels, result)
+    reporting.log_reports(reports, dataset.labels)
+    reporting.write_evaluation_summaries(
+        dataset, reports, config, result.steps, images, row_of, bottlenecks
+    )
+    if config.evaluation.eval_report:
+        export.write_output("eval_report", config.evaluation.eval_report, lambda: evaluation.write_report(
+            config.evaluation.eval_report, {
+                "labels": dataset.labels,
+                "steps_trained": result.steps,
+                "kept_step": result.kept_step,
+                "testing": reports.get("testing"),
+                "validation": reports.get("validation"),
+            }))
+        logging.info("Wrote evaluation report %s", config.evaluation.eval_report)
+    if config.evaluation.assert_accuracy_at_least is not None:
+        reporting.check_accuracy(reports, config.evaluation.assert_accuracy_at_least)
+    graph_def = export_graph("output_graph", config.outputs.output_graph, result.layer)
+    export.write_output("output_labels", config.outputs.output_labels,
+                 lambda: export.write_labels(dataset.labels, config.outputs.output_labels))
+    logging.info("Wrote %s and %s", config.outputs.output_graph, config.outputs.output_labels)
+    if config.outputs.saved_model_dir:
+        export.write_output(
+            "saved_model_dir", config.outputs.saved_model_dir,
+            lambda: export.write_saved_model(
+                graph_def, config.outputs.final_tensor_name, config.outputs.saved_model_dir),
+        )
+        logging.info("Wrote SavedModel %s", config.outputs.saved_model_dir)
+    return accuracy
+
+
+def log_copies(dataset, contents):
+    """Log the copies report; a warning when copies cross sets or classes."""
+    copies = dataset_lib.find_copies(dataset.images, contents)
+    log = logging.warning if copies.across_sets or copies.across_classes else logging.info
+    log("%s", dataset_lib.format_copies(copies))
+
+
+def distorted_batch_source(images, indices, labels, config, distortions):
+    """A batch_source for final_layer.build_training_graph: distorted images through the module."""
+
+    def build():
+        module = module_lib.load(config.module.tfhub_module, config.module.image_size)
+        batches = input_pipeline.distorted_batches(
+            images, indices, labels.tolist(),
+            module.height, module.width, config.training.train_batch_size, distortions,
+            config.training.random_seed, config.data.max_image_pixels,
+        )
+        iterator = tf.compat.v1.data.make_initializable_iterator(batches)
+        pixels, batch_labels = iterator.get_next()
+        return module(pixels), batch_labels, iterator.initializer
+
+    return build
