@@ -1,0 +1,84 @@
+"""retrain_suite.atomic_files and its callers: outputs are never written in place."""
+
+import builtins
+
+import pytest
+import tensorflow as tf
+
+from retrain_suite import atomic_files, evaluation, export
+
+
+@pytest.fixture
+def writes(monkeypatch):
+    """Paths opened for writing, through tf.io.gfile or open()."""
+    opened = []
+    real_gfile, real_open = tf.io.gfile.GFile, builtins.open
+
+    class SpyGFile(real_gfile):
+        def __init__(self, name, mode="r"):
+            if any(m in mode for m in "wa"):
+                opened.append(str(name))
+            super().__init__(name, mode)
+
+    def spy_open(file, mode="r", *args, **kwargs):
+        if isinstance(file, (str, bytes)) and any(m in mode for m in "wax+"):
+            opened.append(str(file))
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(tf.io.gfile, "GFile", SpyGFile)
+    monkeypatch.setattr(builtins, "open", spy_open)
+    return opened
+
+
+def test_every_output_is_written_under_a_temporary_name_then_renamed(tmp_path, writes):
+    targets = {
+        "labels": tmp_path / "out" / "labels.txt",
+        "graph": tmp_path / "out" / "graph.pb",
+        "report": tmp_path / "out" / "report.json",
+        "bytes": tmp_path / "out" / "data.bin",
+    }
+    for path in targets.values():  # an earlier run's outputs, to be replaced
+        path.parent.mkdir(exist_ok=True)
+        path.write_text("old")
+    writes.clear()
+    graph_def = tf.compat.v1.GraphDef()
+    graph_def.node.add(name="x", op="NoOp")
+    export.write_labels(["a", "b"], str(targets["labels"]))
+    export.write_frozen_graph(graph_def, str(targets["graph"]))
+    evaluation.write_report(str(targets["report"]), {"accuracy": 1.0})
+    atomic_files.write_bytes(str(targets["bytes"]), b"new")
+    assert writes, "the spy saw no writes"
+    for path in writes:
+        assert ".tmp-" in path, f"{path} was opened for writing in place"
+    assert targets["labels"].read_text() == "a\nb\n"
+    assert targets["bytes"].read_bytes() == b"new"
+    assert not [p for p in (tmp_path / "out").iterdir() if ".tmp-" in p.name]
+
+
+def test_a_failed_write_keeps_the_previous_file_and_leaves_no_temporary(tmp_path, monkeypatch):
+    target = tmp_path / "labels.txt"
+    target.write_text("previous\n")
+
+    def broken_rename(*args, **kwargs):
+        raise tf.errors.UnavailableError(None, None, "disk went away")
+
+    monkeypatch.setattr(tf.io.gfile, "rename", broken_rename)
+    with pytest.raises(tf.errors.UnavailableError):
+        atomic_files.write_text(str(target), "new\n")
+    assert target.read_text() == "previous\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["labels.txt"]
+
+
+def test_a_folder_is_built_beside_the_target_and_swapped_in_whole(tmp_path):
+    target = tmp_path / "model"
+    seen = []
+
+    def build(folder):
+        seen.append(folder)
+        tf.io.gfile.makedirs(folder)
+        with tf.io.gfile.GFile(folder + "/saved_model.pb", "wb") as f:
+            f.write(b"x")
+
+    atomic_files.replace_dir(str(target), build)
+    assert seen[0] != str(target) and ".tmp-" in seen[0]
+    assert (target / "saved_model.pb").read_bytes() == b"x"

@@ -1,0 +1,70 @@
+"""retrain_suite.classifier and the label_image command: what reaches the graph."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import tensorflow as tf
+from conftest import ROOT, load_graph_def, synthetic_image, write_image
+
+from retrain_suite import classifier, input_pipeline
+
+
+def test_input_mean_and_std_apply_to_0_255_pixel_values(trained, tmp_path):
+    # The stock label_image's arithmetic: (pixel - mean) / std on 0-255 values.
+    graph_def = load_graph_def(trained["settings"]["output_graph"])
+    rng = np.random.RandomState(0)
+    paths = []
+    for i, colour in enumerate([(220, 40, 40), (40, 190, 60), (40, 60, 210)]):
+        path = str(tmp_path / f"img{i}.png")
+        write_image(path, synthetic_image(colour, "stripes", 32, 32, rng), "PNG")
+        paths.append(path)
+    mean, std = 127.5, 127.5
+    found = classifier.classify(graph_def, paths, 32, 32, input_mean=mean, input_std=std)
+    graph = tf.Graph()
+    with graph.as_default():
+        pixels = tf.stack([
+            input_pipeline.decode_and_resize(tf.io.read_file(p), 32, 32) for p in paths
+        ])
+        (probabilities,) = tf.compat.v1.import_graph_def(
+            graph_def, input_map={"Placeholder:0": (pixels * 255.0 - mean) / std},
+            return_elements=["final_result:0"], name="",
+        )
+        with tf.compat.v1.Session(graph=graph) as sess:
+            expected = sess.run(probabilities)
+    np.testing.assert_allclose(np.stack([found[i] for i in range(3)]), expected, atol=1e-5)
+    # And the default (0, 255) feeds [0, 1] pixels unchanged: a different answer here.
+    plain = classifier.classify(graph_def, paths, 32, 32)
+    assert np.abs(np.stack([plain[i] for i in range(3)]) - expected).max() > 1e-4
+
+
+def test_images_that_fail_inspection_never_reach_the_decoder(trained, tmp_path):
+    rng = np.random.RandomState(0)
+    good = str(tmp_path / "good.png")
+    large = str(tmp_path / "large.png")
+    write_image(good, synthetic_image((220, 40, 40), "solid", 32, 32, rng), "PNG")
+    write_image(large, synthetic_image((220, 40, 40), "solid", 100, 100, rng), "PNG")
+    settings = trained["settings"]
+    spy = f"""
+import atexit, sys
+from retrain_suite import classifier
+from retrain_suite.cli import label_image
+seen = []
+real = classifier.classify
+def spy(graph_def, paths, *args, **kwargs):
+    seen.extend(paths)
+    return real(graph_def, paths, *args, **kwargs)
+classifier.classify = spy
+atexit.register(lambda: print("SENT", seen))
+sys.argv = ["label_image.py", "--max_image_pixels=2000", "--image", {good!r}, "--image", {large!r},
+            "--graph", {settings["output_graph"]!r}, "--labels", {settings["output_labels"]!r}]
+label_image.run()
+"""
+    process = subprocess.run([sys.executable, "-c", spy], cwd=ROOT, capture_output=True,
+                             text=True, timeout=300)
+    assert process.returncode == 1, process.stderr[-2000:]
+    assert f"SENT {[good]!r}" in process.stdout
+    assert f"error: cannot classify {large}:" in process.stderr
+    assert "pixels" in process.stderr.splitlines()[-1] or "pixels" in process.stderr
+    assert os.path.exists(large)
