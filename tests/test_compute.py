@@ -1,13 +1,183 @@
 """retrain_suite.bottleneck.compute: what reaches the module, and what is skipped."""
 
+import logging
 import os
 
 import numpy as np
+import pytest
 import tensorflow as tf
-from conftest import synthetic_image, write_image
+from conftest import make_dataset, synthetic_image, write_image
 from PIL import Image
 
+from retrain_suite import dataset as dataset_lib
+from retrain_suite import input_pipeline
 from retrain_suite.bottleneck import compute, make_module
+from retrain_suite.bottleneck import module as module_lib
+
+
+@pytest.fixture
+def small_dataset(tmp_path):
+    """12 images, 4 per class, mixed formats. -> list of full paths."""
+    image_dir = make_dataset(tmp_path / "data", per_class=4)
+    dataset = dataset_lib.build_dataset(image_dir, 0, 0)
+    return [dataset.full_path(image) for image in dataset.images]
+
+
+def test_second_run_reuses_every_cached_bottleneck(tmp_path, tiny_module, small_dataset):
+    bottleneck_dir = str(tmp_path / "bottlenecks")
+    first = compute.compute_bottlenecks(small_dataset, tiny_module, bottleneck_dir)
+    assert (first.computed, first.reused, first.skipped) == (12, 0, {})
+    assert first.vectors.shape == (12, 64) and first.vectors.dtype == np.float32
+    assert np.all(np.abs(first.vectors).sum(axis=1) > 0)
+    assert (first.height, first.width) == (32, 32)
+    assert first.summary() == "bottlenecks: 12 images, 12 distinct: 12 computed, 0 reused, 0 skipped"
+    entries = [name for _, _, files in os.walk(bottleneck_dir) for name in files]
+    assert len(entries) == 12 and all(name.endswith(".f32") for name in entries)
+
+    second = compute.compute_bottlenecks(small_dataset, tiny_module, bottleneck_dir)
+    assert (second.computed, second.reused, second.skipped) == (0, 12, {})
+    np.testing.assert_array_equal(second.vectors, first.vectors)
+    assert second.module_key == first.module_key
+
+
+def test_image_changed_in_place_is_recomputed(tmp_path, tiny_module, small_dataset):
+    bottleneck_dir = str(tmp_path / "bottlenecks")
+    first = compute.compute_bottlenecks(small_dataset, tiny_module, bottleneck_dir)
+    changed = 5
+    assert small_dataset[changed].lower().endswith((".png", ".jpg", ".jpeg"))
+    pixels = synthetic_image((250, 250, 0), "checker", 40, 40, np.random.RandomState(9))
+    fmt = "PNG" if small_dataset[changed].lower().endswith(".png") else "JPEG"
+    write_image(small_dataset[changed], pixels, fmt)
+
+    second = compute.compute_bottlenecks(small_dataset, tiny_module, bottleneck_dir)
+    assert (second.computed, second.reused, second.skipped) == (1, 11, {})
+    others = [i for i in range(12) if i != changed]
+    np.testing.assert_array_equal(second.vectors[others], first.vectors[others])
+    assert not np.allclose(second.vectors[changed], first.vectors[changed])
+
+
+def test_copies_and_moves_of_an_image_share_its_cache_entry(tmp_path, tiny_module, small_dataset):
+    bottleneck_dir = str(tmp_path / "bottlenecks")
+    first = compute.compute_bottlenecks(small_dataset, tiny_module, bottleneck_dir)
+    copy = str(tmp_path / "elsewhere" / "renamed_copy.bin.png")
+    os.makedirs(os.path.dirname(copy))
+    with open(small_dataset[0], "rb") as src, open(copy, "wb") as dst:
+        dst.write(src.read())
+    second = compute.compute_bottlenecks([copy, *small_dataset], tiny_module, bottleneck_dir)
+    assert (second.computed, second.reused) == (0, 13)
+    np.testing.assert_array_equal(second.vectors[0], first.vectors[0])
+
+
+def test_identical_files_in_one_run_are_computed_once_and_both_filled(
+    tmp_path, tiny_module, small_dataset, caplog
+):
+    copy = str(tmp_path / "copy_of_first.png")
+    with open(small_dataset[0], "rb") as src, open(copy, "wb") as dst:
+        dst.write(src.read())
+    paths = [small_dataset[0], small_dataset[1], copy]
+    bottleneck_dir = str(tmp_path / "bottlenecks")
+    with caplog.at_level(logging.INFO, logger="absl"):
+        result = compute.compute_bottlenecks(paths, tiny_module, bottleneck_dir)
+    assert result.skipped == {} and result.computed + result.reused == 3
+    assert "Computing 2 bottlenecks for 3 images (1 is a copy) in batches of" in caplog.text
+    assert result.summary() == "bottlenecks: 3 images, 2 distinct: 3 computed, 0 reused, 0 skipped"
+    np.testing.assert_array_equal(result.vectors[2], result.vectors[0])
+    assert np.abs(result.vectors[2]).sum() > 0
+    assert not np.allclose(result.vectors[0], result.vectors[1])
+    entries = [name for _, _, files in os.walk(bottleneck_dir) for name in files]
+    assert len(entries) == 2
+
+
+def test_undecodable_and_unreadable_files_are_skipped_with_reasons(
+    tmp_path, tiny_module, small_dataset, caplog
+):
+    text = str(tmp_path / "data" / "red" / "not_really.jpg")
+    with open(text, "w") as f:
+        f.write("plain text, not a JPEG\n")
+    missing = str(tmp_path / "data" / "red" / "gone.png")
+    paths = [*small_dataset[:3], text, *small_dataset[3:], missing]
+    bottleneck_dir = str(tmp_path / "bottlenecks")
+
+    with caplog.at_level(logging.WARNING, logger="absl"):
+        result = compute.compute_bottlenecks(paths, tiny_module, bottleneck_dir)
+    assert (result.computed, result.reused) == (12, 0)
+    assert set(result.skipped) == {3, 13}
+    assert result.skipped[3].startswith("not a decodable image")
+    assert result.skipped[13].startswith("cannot be read")
+    assert result.summary() == "bottlenecks: 14 images, 13 distinct: 12 computed, 0 reused, 2 skipped"
+    np.testing.assert_array_equal(result.vectors[[3, 13]], 0)
+    assert np.all(np.abs(np.delete(result.vectors, [3, 13], axis=0)).sum(axis=1) > 0)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(text in w for w in warnings) and any(missing in w for w in warnings)
+
+    again = compute.compute_bottlenecks(paths, tiny_module, bottleneck_dir)
+    assert (again.computed, again.reused, set(again.skipped)) == (0, 12, {3, 13})
+    np.testing.assert_array_equal(again.vectors, result.vectors)
+
+
+def test_graph_bottlenecks_equal_eager_module_call(tmp_path, tiny_module, small_dataset):
+    result = compute.compute_bottlenecks(
+        small_dataset, tiny_module, str(tmp_path / "bottlenecks"), batch_size=5
+    )
+    images = tf.stack([
+        input_pipeline.decode_and_resize(tf.io.read_file(path), 32, 32)
+        for path in small_dataset
+    ])
+    eager = tf.saved_model.load(tiny_module)(images).numpy()
+    assert eager.shape == (12, 64)
+    np.testing.assert_allclose(result.vectors, eager, rtol=1e-4, atol=1e-5)
+    # Different images give different vectors: the comparison is not vacuous.
+    assert not np.allclose(eager[0], eager[-1])
+
+
+def test_compute_bottlenecks_raises_module_error_for_missing_module(tmp_path, small_dataset):
+    with pytest.raises(module_lib.ModuleError):
+        compute.compute_bottlenecks(
+            small_dataset, str(tmp_path / "missing_module"), str(tmp_path / "bottlenecks")
+        )
+    assert not os.path.exists(tmp_path / "bottlenecks")
+
+
+def no_freezing(module, precision="float32"):
+    raise AssertionError(f"the module was frozen for {precision}")
+
+
+def test_mixed_precision_bottlenecks_have_their_own_key_and_match_float32(
+    tmp_path, tiny_module, small_dataset, monkeypatch
+):
+    bottleneck_dir = str(tmp_path / "bottlenecks")
+    with monkeypatch.context() as patch:
+        patch.setattr(module_lib, "freeze", no_freezing)  # float32 runs the module as loaded
+        fp32 = compute.compute_bottlenecks(small_dataset, tiny_module, bottleneck_dir)
+    bf16 = compute.compute_bottlenecks(
+        small_dataset, tiny_module, bottleneck_dir, precision="bfloat16"
+    )
+    assert "_32x32_bfloat16_" in bf16.module_key and "_32x32_float32_" in fp32.module_key
+    assert (bf16.computed, bf16.reused) == (12, 0)  # float32 entries are not reused
+    assert sorted(os.listdir(bottleneck_dir)) == sorted([fp32.module_key, bf16.module_key])
+    # bfloat16 keeps 8 bits of mantissa: within a few percent of the float32 vectors.
+    scale = np.abs(fp32.vectors).max()
+    assert np.abs(bf16.vectors - fp32.vectors).max() < 0.05 * scale
+    # A rerun with every vector cached does not pay for freezing the module.
+    monkeypatch.setattr(module_lib, "freeze", no_freezing)
+    again = compute.compute_bottlenecks(
+        small_dataset, tiny_module, bottleneck_dir, precision="bfloat16"
+    )
+    assert (again.computed, again.reused) == (0, 12)
+    np.testing.assert_array_equal(again.vectors, bf16.vectors)
+
+
+def test_session_config_turns_on_the_rewrite_for_mixed_precision_only():
+    on = module_lib.rewriter_config_pb2.RewriterConfig.ON
+    assert module_lib.session_config("bfloat16").graph_options.rewrite_options \
+        .auto_mixed_precision_onednn_bfloat16 == on
+    assert module_lib.session_config("float16").graph_options.rewrite_options \
+        .auto_mixed_precision == on
+    plain = module_lib.session_config().graph_options.rewrite_options
+    assert plain.auto_mixed_precision != on and plain.auto_mixed_precision_onednn_bfloat16 != on
+    with pytest.raises(ValueError):
+        module_lib.session_config("int8")
+
 
 SIZE = 32
 

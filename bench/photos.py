@@ -1,0 +1,85 @@
+"""The benchmark's synthetic photos and its module: sizes from 200x150 to 2592x1944, mostly JPEG."""
+
+import io
+import os
+
+import numpy as np
+from absl import app, logging
+from PIL import Image
+
+from retrain_suite.bottleneck import make_module
+
+PHOTO_SIZES = ((200, 150), (333, 250), (640, 480), (1024, 768), (1600, 1200), (2592, 1944))
+
+
+CLASS_STYLES = (((200, 60, 50), "solid"), ((50, 170, 70), "stripes"), ((60, 80, 200), "checker"))
+
+
+def photo_pixels(size, style, rng):
+    """uint8 [h, w, 3]: a smooth colour field with a class pattern and sensor-like noise."""
+    width, height = size
+    colour, pattern = style
+    small_h, small_w = max(height // 8, 4), max(width // 8, 4)
+    y, x = np.mgrid[0:small_h, 0:small_w]
+    if pattern == "stripes":
+        mask = (x // 2) % 2 == 0
+    elif pattern == "checker":
+        mask = ((x // 3) + (y // 3)) % 2 == 0
+    else:
+        mask = np.ones((small_h, small_w), bool)
+    shade = 0.6 + 0.4 * rng.rand() * (x + y) / (small_h + small_w)
+    base = np.where(mask[..., None], np.array(colour), np.array(colour) // 3) * shade[..., None]
+    base = np.clip(base + rng.randint(-25, 26, base.shape), 0, 255).astype(np.uint8)
+    image = np.asarray(Image.fromarray(base).resize((width, height), Image.BILINEAR))
+    noise = rng.randint(-6, 7, (height, width, 1))
+    return np.clip(image.astype(np.int16) + noise, 0, 255).astype(np.uint8)
+
+
+def encode(pixels, fmt):
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+    return buffer.getvalue()
+
+
+def write_photos(folder, count, seed=0, distinct=None):
+    """Write `count` photos in class subfolders (3 classes); -> sorted paths.
+
+    Sizes cycle through PHOTO_SIZES; one in eight is a PNG. With distinct=k,
+    only k photos are drawn and the rest are byte-wise variants of them
+    (unique bytes after the end of the image, which decoders ignore): a
+    different file and cache entry each, quick to write by the thousand.
+    """
+    rng = np.random.RandomState(seed)
+    distinct = count if distinct is None else min(distinct, count)
+    drawn = []
+    for i in range(distinct):
+        fmt = "PNG" if i % 8 == 7 else "JPEG"
+        style = CLASS_STYLES[i % len(CLASS_STYLES)]
+        size = PHOTO_SIZES[(i // len(CLASS_STYLES)) % len(PHOTO_SIZES)]
+        drawn.append((encode(photo_pixels(size, style, rng), fmt), fmt))
+    paths = []
+    for i in range(count):
+        data, fmt = drawn[i % distinct]
+        if i >= distinct:
+            data += b"\0variant %d" % i
+        label = f"class{(i % distinct) % len(CLASS_STYLES)}"
+        path = os.path.join(folder, label, f"photo{i:05d}.{'png' if fmt == 'PNG' else 'jpg'}")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(data)
+        paths.append(path)
+    return sorted(paths)
+
+
+def module_path(kind_or_path, work_dir):
+    if kind_or_path in make_module.KINDS:
+        path = os.path.join(work_dir, "modules", kind_or_path)
+        if not os.path.isdir(path):
+            logging.info("Writing the random-weight %s module...", kind_or_path)
+            make_module.write_module(kind_or_path, path)
+        return path
+    if not os.path.isdir(kind_or_path):
+        raise app.UsageError(
+            f"--module {kind_or_path} is neither {' nor '.join(make_module.KINDS)} nor a folder."
+        )
+    return kind_or_path

@@ -1,0 +1,105 @@
+"""retrain_suite.bottleneck.batch_size: the batch size measured, or given."""
+
+import logging
+import os
+import re
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import make_dataset, run_script
+
+from retrain_suite import dataset as dataset_lib
+from retrain_suite.bottleneck import batch_size as batch_size_lib
+from retrain_suite.bottleneck import compute
+
+
+def small_candidates(monkeypatch):
+    """Measure batch sizes 2, 3 and 4, so that 36 images are enough to measure."""
+    monkeypatch.setattr(batch_size_lib, "CANDIDATES", (2, 3, 4))
+    monkeypatch.setattr(batch_size_lib, "MIN_IMAGES_TO_MEASURE", 3 * 9 + 8)
+
+
+def test_fastest_batch_size_has_the_fewest_seconds_per_image_the_larger_on_a_tie():
+    assert batch_size_lib.fastest_batch_size({8: 0.2, 16: 0.1, 32: 0.15}) == 16
+    assert batch_size_lib.fastest_batch_size({8: 0.1, 16: 0.1, 32: 0.15}) == 16
+    assert batch_size_lib.fastest_batch_size({8: 0.05, 16: 0.1, 32: 0.15}) == 8
+
+
+def test_measured_batch_size_is_the_fastest_by_the_clock_and_warm_ups_are_not_timed():
+    count = batch_size_lib.MIN_IMAGES_TO_MEASURE + 20
+    # Seconds of each measuring batch: a warm-up, then two timed, per size. The warm-ups
+    # are slowest per image at 16, which must not count; timed, 16 is the fastest.
+    durations = iter([8.0, 1.0, 1.6, 100.0, 1.2, 1.3, 8.0, 3.2, 3.3])
+    now, calls = [0.0], [0]
+
+    def clock():
+        calls[0] += 1
+        if calls[0] % 2 == 0:  # The end of a batch.
+            now[0] += next(durations, 1.0)
+        return now[0]
+
+    def make_batches(positions, size):
+        return tf.data.Dataset.from_tensor_slices(
+            tf.constant(positions, tf.int64)
+        ).batch(size).map(lambda p: (p, tf.zeros([tf.size(p), 1, 1, 3])))
+
+    with tf.Graph().as_default():
+        run = batch_size_lib.BatchedRun(make_batches, range(count))
+        with tf.compat.v1.Session() as sess:
+            seen = [p for p, _ in run.batches(sess, [run.images], clock)]
+    sizes = [len(p) for p in seen]
+    assert run.chosen == 16
+    assert run.seconds_per_image == pytest.approx({8: 1.0 / 8, 16: 1.2 / 16, 32: 3.2 / 32})
+    assert sizes[:9] == [8, 8, 8, 16, 16, 16, 32, 32, 32]
+    assert set(sizes[9:-1]) == {16} and 0 < sizes[-1] <= 16
+    assert sorted(np.concatenate(seen).tolist()) == list(range(count))
+
+
+def test_measured_batch_size_is_logged_and_gives_the_vectors_of_a_given_size(
+    tmp_path, tiny_module, caplog, monkeypatch
+):
+    small_candidates(monkeypatch)
+    image_dir = make_dataset(tmp_path / "data", per_class=12)
+    dataset = dataset_lib.build_dataset(image_dir, 0, 0)
+    paths = [dataset.full_path(image) for image in dataset.images]
+    assert len(paths) == 36
+    caplog.set_level(logging.INFO)
+    measured = compute.compute_bottlenecks(paths, tiny_module, str(tmp_path / "measured"))
+    match = re.search(
+        r"Batch size ([234]): the fastest per image of 2: [\d.]+ ms, 3: [\d.]+ ms, "
+        r"4: [\d.]+ ms; the other 9 images run in batches of (\d)", caplog.text
+    )
+    assert match and match.group(1) == match.group(2)
+    given = compute.compute_bottlenecks(paths, tiny_module, str(tmp_path / "given"), batch_size=5)
+    assert measured.computed == given.computed == 36
+    np.testing.assert_allclose(measured.vectors, given.vectors, rtol=1e-5, atol=1e-6)
+    assert measured.steady_rate > 0
+
+
+def test_given_batch_size_is_used_without_measuring(tmp_path, tiny_module, caplog, monkeypatch):
+    small_candidates(monkeypatch)
+    monkeypatch.setattr(batch_size_lib, "fastest_batch_size", None)  # Fails if called.
+    image_dir = make_dataset(tmp_path / "data", per_class=12)
+    caplog.set_level(logging.INFO)
+    process = run_script(
+        "-m", "bottleneck", f"--image_dir={image_dir}", f"--tfhub_module={tiny_module}",
+        f"--bottleneck_dir={tmp_path / 'cache'}", "--batch_size=5", check=True,
+    )
+    assert "Computing 36 bottlenecks in batches of 5..." in process.stderr
+    assert "the fastest per image" not in process.stderr
+    seen = []
+    batches = batch_size_lib.BatchedRun.batches
+
+    def recording(self, *args, **kwargs):
+        for values in batches(self, *args, **kwargs):
+            seen.append(len(values[0]))
+            yield values
+
+    monkeypatch.setattr(batch_size_lib.BatchedRun, "batches", recording)
+    result = compute.compute_bottlenecks(
+        [os.path.join(root, name) for root, _, names in os.walk(image_dir) for name in names],
+        tiny_module, str(tmp_path / "in_process"), batch_size=5,
+    )
+    assert result.computed == 36 and seen == [5] * 7 + [1]
+    assert "the fastest per image" not in caplog.text

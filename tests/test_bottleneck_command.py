@@ -1,0 +1,18 @@
+"""python -m bottleneck: filling the cache from the command line."""
+
+import re
+
+from conftest import run_script
+
+
+def test_cli_computes_then_reuses_all_bottlenecks(tmp_path, tiny_module, dataset_dir):
+    args = ["-m", "bottleneck", f"--image_dir={dataset_dir}",
+            f"--bottleneck_dir={tmp_path / 'bottlenecks'}", f"--tfhub_module={tiny_module}"]
+    first = run_script(*args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert re.search(r"bottlenecks: 36 images, 36 distinct: 36 computed, 0 reused, 0 skipped\s*$",
+                     first.stdout + first.stderr, re.MULTILINE), first.stderr[-3000:]
+    second = run_script(*args)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert re.search(r"bottlenecks: 36 images, 36 distinct: 0 computed, 36 reused, 0 skipped\s*$",
+                     second.stdout + second.stderr, re.MULTILINE), second.stderr[-3000:]

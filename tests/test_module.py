@@ -1,0 +1,108 @@
+"""retrain_suite.bottleneck.module: loading, input size, freezing."""
+
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import write_image
+
+from retrain_suite.bottleneck import compute
+from retrain_suite.bottleneck import module as module_lib
+
+
+def test_load_reads_static_input_size_from_signature(tiny_module):
+    with tf.Graph().as_default():
+        module = module_lib.load(tiny_module, default_image_size=99)
+        assert (module.height, module.width) == (32, 32)
+        features = module(tf.compat.v1.placeholder(tf.float32, [None, 32, 32, 3]))
+        assert features.shape.as_list() == [None, 64]
+
+
+@pytest.fixture(scope="module")
+def any_size_module(tmp_path_factory):
+    """A module whose signature leaves height and width open: mean colour, [N, 3]."""
+
+    class MeanColour(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
+        def __call__(self, images):
+            return tf.reduce_mean(images, axis=[1, 2])
+
+    path = str(tmp_path_factory.mktemp("modules") / "mean_colour")
+    tf.saved_model.save(MeanColour(), path)
+    return path
+
+
+def test_load_uses_default_size_when_signature_leaves_it_open(any_size_module):
+    with tf.Graph().as_default():
+        module = module_lib.load(any_size_module, default_image_size=48)
+        assert (module.height, module.width) == (48, 48)
+        features = module(tf.fill([2, 48, 48, 3], 0.25))
+        with tf.compat.v1.Session() as sess:
+            values = sess.run(features)
+    np.testing.assert_allclose(values, np.full((2, 3), 0.25), atol=1e-6)
+
+
+def test_compute_bottlenecks_uses_default_size_for_open_signature(tmp_path, any_size_module):
+    path = str(tmp_path / "img.png")
+    write_image(path, np.full((20, 30, 3), (255, 0, 51), np.uint8), "PNG")
+    result = compute.compute_bottlenecks(
+        [path], any_size_module, str(tmp_path / "bn"), default_image_size=24
+    )
+    assert (result.height, result.width) == (24, 24)
+    assert "_24x24_float32" in result.module_key
+    np.testing.assert_allclose(result.vectors, [[1.0, 0.0, 0.2]], atol=1e-5)
+
+
+def test_load_of_nonexistent_path_raises_module_error_naming_it(tmp_path):
+    missing = str(tmp_path / "no_module_here")
+    with tf.Graph().as_default(), pytest.raises(module_lib.ModuleError) as raised:
+        module_lib.load(missing)
+    assert missing in str(raised.value)
+    assert "\n" not in str(raised.value)
+
+
+def test_load_of_savedmodel_that_is_not_callable_raises_module_error(tmp_path):
+    class NotCallable(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.weights = tf.Variable([1.0, 2.0])
+
+    path = str(tmp_path / "not_callable")
+    tf.saved_model.save(NotCallable(), path)
+    with tf.Graph().as_default(), pytest.raises(module_lib.ModuleError) as raised:
+        module_lib.load(path)
+    assert path in str(raised.value)
+    assert "cannot be called" in str(raised.value)
+
+
+def test_frozen_forward_pass_matches_the_module_as_loaded_and_reads_no_variables(tiny_module):
+    images = np.random.RandomState(0).rand(3, 32, 32, 3).astype(np.float32)
+    with tf.Graph().as_default() as loaded_graph:
+        module = module_lib.load(tiny_module)
+        features = module(tf.constant(images))
+        with tf.compat.v1.Session(graph=loaded_graph) as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            expected = sess.run(features)
+    frozen = module_lib.freeze(module)
+    with tf.Graph().as_default() as graph:
+        features = frozen(tf.constant(images))
+        with tf.compat.v1.Session(graph=graph) as sess:  # No initializers: nothing to restore.
+            values = sess.run(features)
+        graph_def = graph.as_graph_def()
+    ops = {n.op for n in graph_def.node}
+    ops |= {n.op for f in graph_def.library.function for n in f.node_def}
+    assert not ops & {"VarHandleOp", "ReadVariableOp", "VariableV2"}, ops
+    assert (frozen.height, frozen.width, frozen.graph) == (32, 32, None)
+    np.testing.assert_allclose(values, expected, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(expected[0], expected[1])
+    with pytest.raises(ValueError, match="frozen already"):
+        module_lib.freeze(frozen)
+
+
+def test_freeze_refuses_weights_too_large_for_a_graph_def(tiny_module, monkeypatch):
+    monkeypatch.setattr(module_lib, "MAX_FROZEN_BYTES", 100)
+    with tf.Graph().as_default():
+        module = module_lib.load(tiny_module)
+    with pytest.raises(module_lib.ModuleError) as raised:
+        module_lib.freeze(module)
+    assert tiny_module in str(raised.value) and "smaller module" in str(raised.value)
