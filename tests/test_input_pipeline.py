@@ -1,5 +1,7 @@
 """input_pipeline: decoding every image kind, batching files, shuffling bottlenecks."""
 
+import hashlib
+import inspect
 import io
 
 import numpy as np
@@ -217,3 +219,33 @@ def test_training_batches_continue_across_epoch_boundaries():
     order = np.concatenate([labels for _, labels in batches])
     for epoch in order.reshape(4, 10):
         assert sorted(epoch.tolist()) == list(range(10))
+
+
+# The source of the shared preprocessing, as of each PREPROCESSING_VERSION. Cached
+# bottlenecks are keyed by that version: a change to these functions that is not
+# matched by a new version would serve vectors of the old preprocessing forever.
+PREPROCESSING_SOURCE_SHA256 = {
+    3: "fd7366517d22043f273565930060d7e14891040300d56b439636e5c526efd0ae",
+}
+
+
+def preprocessing_source_digest():
+    parts = [inspect.getsource(f) for f in (
+        input_pipeline.decode_and_resize, input_pipeline._decode_uint8,
+        input_pipeline.jpeg_decode_ratio, input_pipeline.orient,
+    )]
+    parts.append(repr(input_pipeline.JPEG_DECODE_RATIOS))
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def test_a_change_to_the_preprocessing_comes_with_a_new_cache_version():
+    version = input_pipeline.PREPROCESSING_VERSION
+    assert version in PREPROCESSING_SOURCE_SHA256, (
+        f"PREPROCESSING_VERSION {version} has no recorded digest; add "
+        f"{version}: {preprocessing_source_digest()!r} here."
+    )
+    assert preprocessing_source_digest() == PREPROCESSING_SOURCE_SHA256[version], (
+        "decode_and_resize (or a function it uses) changed: if its output changes, raise "
+        "input_pipeline.PREPROCESSING_VERSION and record the new digest here; if it does "
+        "not (a comment, a rename), record the new digest under the same version."
+    )

@@ -1,0 +1,101 @@
+"""retrain_suite.config: the typed configuration, its defaults and its checks."""
+
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT, make_dataset
+
+from retrain_suite import config as config_lib
+
+
+def valid(**flat):
+    return config_lib.from_flat({"image_dir": "/photos", **flat})
+
+
+def test_a_config_with_an_image_folder_and_defaults_is_valid():
+    valid().validate()
+
+
+def test_sections_are_frozen_and_field_names_are_flag_names():
+    config = valid()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.training.learning_rate = 1.0
+    assert config.data.image_dir == "/photos"
+    assert config_lib.value_of(config, "learning_rate") == config.training.learning_rate
+    names = config_lib.field_names()
+    assert names["output_graph"] == "outputs" and names["random_crop"] == "distortions"
+    with pytest.raises(KeyError):
+        config_lib.from_flat({"no_such_flag": 1})
+
+
+def test_with_seed_changes_only_the_seed():
+    config = valid(learning_rate=0.5)
+    seeded = config.with_seed(7)
+    assert seeded.training.random_seed == 7 and config.training.random_seed is None
+    assert dataclasses.replace(seeded.training, random_seed=None) == config.training
+
+
+@pytest.mark.parametrize(
+    "flat, message",
+    [
+        ({"image_dir": ""}, "--image_dir is required"),
+        ({"tfrecord_dir": "/records"}, "not both"),
+        ({"how_many_training_steps": 0}, "--how_many_training_steps=0 must be positive"),
+        ({"learning_rate": -1}, "--learning_rate=-1 must be positive"),
+        ({"dropout": 1.0}, "--dropout=1.0 must be in [0, 1)"),
+        ({"random_hue": 0.7}, "--random_hue=0.7 must be between 0 and 0.5"),
+        ({"learning_rate_decay": 0.5}, "applies only to --learning_rate_schedule=exponential"),
+        ({"assert_accuracy_at_least": 90}, "must be a fraction in [0, 1]"),
+        ({"validation_percentage": 60, "testing_percentage": 40}, "add up to 100"),
+        ({"random_crop": 10, "sampling": "uniform"}, "--sampling=uniform"),
+    ],
+)
+def test_values_that_cannot_work_are_one_line_usage_errors(flat, message):
+    with pytest.raises(config_lib.UsageError) as error:
+        valid(**flat).validate()
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_command_line_defaults_are_the_config_defaults():
+    # Each flag takes its default from the dataclasses; parse no arguments and
+    # the command line's config is RetrainConfig().
+    code = (
+        "import sys\n"
+        "from absl import flags\n"
+        "from retrain_suite import config\n"
+        "from retrain_suite.cli import flags as shared, retrain\n"
+        "shared.define_retrain_flags()\n"
+        "flags.FLAGS(['retrain'])\n"
+        "print(retrain.config_from_flags() == config.RetrainConfig())\n"
+    )
+    process = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                             text=True, timeout=120)
+    assert process.stdout.strip() == "True", process.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_a_run_configured_from_python_needs_no_flags(tmp_path, tiny_module):
+    image_dir = make_dataset(tmp_path / "data", per_class=8)
+    code = f"""
+from retrain_suite import config, job
+run = config.RetrainConfig(
+    data=config.DataConfig(image_dir={image_dir!r}),
+    module=config.ModuleConfig(tfhub_module={tiny_module!r},
+                               bottleneck_dir={str(tmp_path / "cache")!r}),
+    training=config.TrainingConfig(how_many_training_steps=30, learning_rate=0.1,
+                                   random_seed=2),
+    outputs=config.OutputConfig(output_graph={str(tmp_path / "g.pb")!r},
+                                output_labels={str(tmp_path / "l.txt")!r},
+                                checkpoint_path={str(tmp_path / "ckpt")!r},
+                                summaries_dir={str(tmp_path / "logs")!r}),
+)
+job.run_retraining(run)
+"""
+    process = subprocess.run([sys.executable, "-c", code], cwd=str(tmp_path),
+                             capture_output=True, text=True, timeout=300)
+    assert process.returncode == 0, process.stderr[-3000:]
+    assert (tmp_path / "g.pb").stat().st_size > 0
+    assert (tmp_path / "l.txt").read_text() == "blue\ngreen\nred\n"
