@@ -1,0 +1,51 @@
+"""retrain_suite.export: the frozen graph's and the SavedModel's contract, and the labels file."""
+
+import numpy as np
+import tensorflow as tf
+from conftest import load_graph_def
+
+from retrain_suite import export
+
+
+def test_frozen_graph_has_placeholder_input_and_final_result_output(trained):
+    graph_def = load_graph_def(trained["settings"]["output_graph"])
+    nodes = {node.name: node for node in graph_def.node}
+    placeholder = nodes["Placeholder"]
+    assert placeholder.op == "Placeholder"
+    assert [d.size for d in placeholder.attr["shape"].shape.dim] == [-1, 32, 32, 3]
+    assert nodes["final_result"].op == "Softmax"
+    ops = {node.op for node in graph_def.node}
+    ops |= {n.op for f in graph_def.library.function for n in f.node_def}
+    assert not ops & {"VarHandleOp", "VariableV2", "SaveV2", "RestoreV2", "ReadVariableOp"}
+
+
+def test_saved_model_has_a_serving_signature(trained):
+    loaded = tf.saved_model.load(trained["settings"]["saved_model_dir"])
+    serve = loaded.signatures["serving_default"]
+    images = tf.random.uniform([4, 32, 32, 3])
+    prediction = serve(image=images)["prediction"].numpy()
+    assert prediction.shape == (4, 3)
+    np.testing.assert_allclose(prediction.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_labels_file_is_one_label_per_line_in_class_order_in_utf8(tmp_path):
+    path = tmp_path / "labels.txt"
+    export.write_labels(["daisy", "pâquerette", "roses with spaces"], str(path))
+    assert path.read_bytes() == "daisy\npâquerette\nroses with spaces\n".encode()
+
+
+def test_exported_graph_gives_the_probabilities_of_its_cached_bottleneck_path(trained):
+    # The graph's `bottleneck` tensor feeds the same layer as the image path does.
+    graph_def = load_graph_def(trained["settings"]["output_graph"])
+    images = np.random.RandomState(0).rand(2, 32, 32, 3).astype(np.float32)
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.compat.v1.import_graph_def(graph_def, name="")
+        with tf.compat.v1.Session(graph=graph) as sess:
+            vectors, probabilities = sess.run(
+                [export.BOTTLENECK_NAME + ":0", "final_result:0"],
+                {export.INPUT_NAME + ":0": images},
+            )
+            again = sess.run("final_result:0", {export.BOTTLENECK_NAME + ":0": vectors})
+    np.testing.assert_allclose(probabilities, again, atol=1e-6)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
