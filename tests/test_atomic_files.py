@@ -79,6 +79,6 @@ def test_a_folder_is_built_beside_the_target_and_swapped_in_whole(tmp_path):
         with tf.io.gfile.GFile(folder + "/saved_model.pb", "wb") as f:
             f.write(b"x")
 
-    atomic_files.replace_dir(str(target), build)
+    atomic_files.replace_dir(str(target), build, atomic_files.SAVED_MODEL_ENTRIES)
     assert seen[0] != str(target) and ".tmp-" in seen[0]
     assert (target / "saved_model.pb").read_bytes() == b"x"
