@@ -49,6 +49,7 @@ def test_benchmark_rejects_an_unknown_figure_in_one_line():
 WITHOUT_BFLOAT16 = """
 import runpy, sys
 sys.path.insert(0, {root!r})
+from retrain_suite.bottleneck import module
 
 def no_bfloat16():
     raise module.ModuleError("--mixed_precision needs a GPU or a CPU with bfloat16 (faked)")
