@@ -86,7 +86,7 @@ def test_only_start_up_noise_is_dropped():
 
 def test_the_quiet_start_leaves_a_level_the_user_set(tmp_path):
     script = (
-        "import os, sys\nimport command_startup\ncommand_startup.quiet_tensorflow()\n"
+        "import os, sys\nfrom retrain_suite.cli import startup\nstartup.quiet_tensorflow()\n"
         "print(os.environ.get('TF_CPP_MIN_LOG_LEVEL'))\n"
     )
     quiet = run_script("-c", script, env=quiet_environment(), check=True)
@@ -113,7 +113,8 @@ def test_help_asked(argv, short):
 FILTERED = """
 import os, sys
 sys.path.insert(0, {root!r})
-with command_startup._stderr_filtered():
+from retrain_suite.cli import startup
+with startup._stderr_filtered():
     os.write(2, b"I0000 00:00:1795960322.246738    8430 port.cc:153] oneDNN custom operations are on.\\n")
     os.write(2, b"E0000 00:00:1795960327.809358    8430 something.cc:1] a real error\\n")
     print("python's own stderr", file=sys.stderr, flush=True)
@@ -132,7 +133,8 @@ def test_the_filter_passes_every_other_line_through_in_order():
 
 def test_installed_command_help_shows_the_command_docstring():
     # As pip's console-script wrapper runs it: __main__ is a module without a docstring.
-    script = "import sys; sys.argv = ['pre_input', '--help']; import pre_input; pre_input.run()"
+    script = ("import sys; sys.argv = ['pre_input', '--help']; "
+              "from retrain_suite.cli.commands import pre_input; pre_input()")
     process = run_script("-c", script, env=quiet_environment())
     assert process.returncode == 0, process.stderr[-2000:]
-    assert process.stdout.startswith("Which images exist, what class each belongs to")
+    assert process.stdout.startswith("The pre_input command line: check and split a dataset")

@@ -445,23 +445,25 @@ def test_ctrl_c_in_the_other_commands_prints_one_line_and_exits_130(
 ):
     image_dir = make_dataset(tmp_path / "data", per_class=4)
     if script == "pre_input":
-        hook = ("import pre_input\nfind = pre_input.find_bad_images\n"
+        hook = ("from retrain_suite import dataset\nfind = dataset.find_bad_images\n"
                 f"def hooked(*a, **k):\n    {SELF_INTERRUPT}\n    return find(*a, **k)\n"
-                "pre_input.find_bad_images = hooked\npre_input.run()")
+                "dataset.find_bad_images = hooked\n"
+                "from retrain_suite.cli import commands\ncommands.pre_input()")
         args = [f"--image_dir={image_dir}", f"--output_dir={tmp_path}/out"]
         expected = "interrupted: nothing in --output_dir was left half-written"
     elif script == "bottleneck":
-        hook = ("from bottleneck import cache\nstore = cache.BottleneckCache.store\n"
+        hook = ("from retrain_suite.bottleneck import cache\nstore = cache.BottleneckCache.store\n"
                 f"def hooked(*a):\n    store(*a)\n    {SELF_INTERRUPT}\n"
                 "cache.BottleneckCache.store = hooked\n"
-                "import bottleneck.__main__ as command\ncommand.run()")
+                "from retrain_suite.cli import commands\ncommands.bottleneck()")
         args = [f"--image_dir={image_dir}", f"--bottleneck_dir={tmp_path}/cache",
                 f"--tfhub_module={tiny_module}", "--batch_size=2"]
         expected = f"interrupted: the bottlenecks cached so far in {tmp_path}/cache are kept"
     else:
-        hook = ("import label_image\nclassify = label_image.classify\n"
+        hook = ("from retrain_suite import classifier\nclassify = classifier.classify\n"
                 f"def hooked(*a, **k):\n    {SELF_INTERRUPT}\n    return classify(*a, **k)\n"
-                "label_image.classify = hooked\nlabel_image.run()")
+                "classifier.classify = hooked\n"
+                "from retrain_suite.cli import commands\ncommands.label_image()")
         args = [a_photo(image_dir), trained["settings"]["output_graph"],
                 trained["settings"]["output_labels"]]
         expected = "interrupted: nothing was written"
