@@ -28,7 +28,12 @@ What happens:
    --assert_accuracy_at_least stops here, with an error, when the classifier
    is not good enough. Otherwise the module plus the new layer are exported as
    a frozen graph (--output_graph) with its labels file (--output_labels),
-   ready for label_image.py.
+   ready for label_image.py, and if asked as a SavedModel (--saved_model_dir)
+   and a TFLite model with its labels inside (--tflite_output_file,
+   quantized with --tflite_quantization).
+5. Each exported file is loaded again and run on the test set, and one table
+   gives its size, accuracy, agreement with training and time per image;
+   --assert_accuracy_at_least applies to each of them.
 
 Watch training with `tensorboard --logdir /tmp/retrain_logs`.
 """

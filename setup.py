@@ -20,6 +20,10 @@ setup(
     install_requires=[
         "tensorflow>=2.16,<2.22",
         "tensorflow-hub>=0.16,<0.17",
+        # LiteRT's interpreter runs the TFLite export (tf.lite.Interpreter is deprecated);
+        # 2.3 is the version tested beside TensorFlow 2.21. Its schema bindings and
+        # flatbuffer tools write the metadata into the model.
+        "ai-edge-litert>=2.3,<3",
         "numpy",
         "pillow",
         "absl-py",

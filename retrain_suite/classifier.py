@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from retrain_suite import dataset as dataset_lib
-from retrain_suite import input_pipeline
+from retrain_suite import input_pipeline, tflite, tflite_metadata
 from retrain_suite.bottleneck import batch_size as batch_size_lib
 
 # Ops a retrained classifier (any TF Hub image feature-vector module plus the new
@@ -308,3 +308,38 @@ def print_results(paths, results, failures, labels, top_k, output_format):
             print(path)
         for label, score in top_labels(results[i], labels, top_k):
             print(f"{'  ' if several else ''}{label} {score:.5f}")
+
+
+def load_tflite(path):
+    """TFLite file -> (tflite.TFLiteClassifier, labels from its metadata or None)."""
+    if not tf.io.gfile.exists(path):
+        raise LabelError(f"Model file {path} does not exist.")
+    with tf.io.gfile.GFile(path, "rb") as f:
+        model = f.read()
+    try:
+        return tflite.TFLiteClassifier(model), tflite_metadata.packed_labels(model)
+    except tflite_metadata.MetadataError as e:
+        raise LabelError(f"Cannot read the labels inside {path}: {e}.") from e
+    except ValueError as e:
+        raise LabelError(f"{path} is not an image classifier this command can run ({e}).") from e
+
+
+def classify_tflite(model, paths, input_mean=0.0, input_std=255.0, batch_size=None,
+                    max_pixels=input_pipeline.DEFAULT_MAX_IMAGE_PIXELS):
+    """As classify, with a tflite.TFLiteClassifier: one image per interpreter call.
+
+    Images are read once, checked and decoded by the same pipeline as
+    classify, in batches of batch_size (unset: the default; the interpreter
+    takes one image at a time whatever the decoding batch). -> {index:
+    probabilities float32 [C]}; images that cannot be used are missing.
+    """
+    batches = input_pipeline.image_batches(
+        paths, model.height, model.width, batch_size or batch_size_lib.DEFAULT_BATCH_SIZE, max_pixels
+    )
+    results = {}
+    for indices, _, images in batches.as_numpy_iterator():
+        if (input_mean, input_std) != (0.0, 255.0):
+            images = (images * 255.0 - input_mean) / input_std
+        for index, image in zip(indices.tolist(), images):
+            results[index] = model.probabilities(image)
+    return results

@@ -22,7 +22,7 @@ from typing import Optional
 
 import tensorflow as tf
 
-from retrain_suite import atomic_files, final_layer, input_pipeline, output_paths, schedules
+from retrain_suite import atomic_files, final_layer, input_pipeline, output_paths, schedules, tflite
 from retrain_suite import dataset as dataset_lib
 from retrain_suite.bottleneck import module as module_lib
 
@@ -107,6 +107,8 @@ class OutputConfig:
     output_labels: str = "/tmp/output_labels.txt"
     final_tensor_name: str = "final_result"
     saved_model_dir: str = ""  # "": no SavedModel
+    tflite_output_file: str = ""  # "": no TFLite model
+    tflite_quantization: str = "none"  # one of tflite.QUANTIZATIONS
     intermediate_output_graphs_dir: str = "/tmp/intermediate_graph/"
     intermediate_store_frequency: int = 0  # steps; 0: off
     checkpoint_path: str = "/tmp/_retrain_checkpoint"
@@ -264,6 +266,7 @@ def check_flags(config):
     if config.training.learning_rate <= 0:
         raise UsageError(f"--learning_rate={config.training.learning_rate} must be positive.")
     check_training_flags(config)
+    check_tflite_flags(config)
     try:
         dataset_lib.check_percentages(
             config.data.validation_percentage, config.data.testing_percentage
@@ -295,6 +298,19 @@ def check_training_flags(config):
     if threshold is not None and not 0 <= threshold <= 1:
         raise UsageError(
             f"--assert_accuracy_at_least={threshold} must be a fraction in [0, 1] (0.9 for 90%)."
+        )
+
+
+def check_tflite_flags(config):
+    """The part of check_flags about --tflite_output_file and --tflite_quantization."""
+    quantization = config.outputs.tflite_quantization
+    if quantization not in tflite.QUANTIZATIONS:
+        raise UsageError(
+            f"--tflite_quantization={quantization} must be one of {', '.join(tflite.QUANTIZATIONS)}."
+        )
+    if quantization != "none" and not config.outputs.tflite_output_file:
+        raise UsageError(
+            f"--tflite_quantization={quantization} needs --tflite_output_file (where to write it)."
         )
 
 
@@ -331,7 +347,7 @@ def output_paths_of(config):
     outputs = [("output_graph", config.outputs.output_graph),
                ("output_labels", config.outputs.output_labels),
                ("summaries_dir", config.outputs.summaries_dir)]
-    for name in ("eval_report", "saved_model_dir"):
+    for name in ("eval_report", "saved_model_dir", "tflite_output_file"):
         if value_of(config, name):
             outputs.append((name, value_of(config, name)))
     if config.outputs.intermediate_store_frequency > 0:
@@ -375,7 +391,7 @@ def check_output_paths(config):
                 )
         outputs = output_paths_of(config)
         output_paths.check_apart(outputs, inputs + [("bottleneck_dir", cache)])
-        for name in ("output_graph", "output_labels", "eval_report"):
+        for name in ("output_graph", "output_labels", "eval_report", "tflite_output_file"):
             if value_of(config, name):
                 output_paths.check_file_output(name, value_of(config, name))
         output_paths.check_name_lengths(

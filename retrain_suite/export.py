@@ -120,9 +120,9 @@ class OutputError(Exception):
 
 
 def write_output(flag, path, write):
-    """Call write(); an OSError or TensorFlow error becomes one OutputError naming path."""
+    """write() -> its result; an OSError or TensorFlow error becomes one OutputError naming path."""
     try:
-        write()
+        return write()
     except (OSError, tf.errors.OpError) as e:
         reason = getattr(e, "strerror", None) or getattr(e, "message", None) or str(e)
         raise OutputError(

@@ -2,7 +2,8 @@
 
 check the configuration -> scan (or read TFRecords) and split -> compute or
 reuse bottlenecks -> train the final layer -> report on the test and
-validation sets -> export the frozen graph, labels (and SavedModel). See
+validation sets -> export the frozen graph, labels (and SavedModel, and
+TFLite model) -> run each exported file on the test set (artifact_check). See
 retrain.py's docstring for what each step means to the user.
 """
 
@@ -15,6 +16,7 @@ import tensorflow as tf
 from absl import logging
 
 from retrain_suite import (
+    artifact_check,
     atomic_files,
     evaluation,
     export,
@@ -23,6 +25,7 @@ from retrain_suite import (
     memory_budget,
     output_paths,
     reporting,
+    tflite,
     tfrecords,
     training,
 )
@@ -170,7 +173,7 @@ def retrain_with_checked_flags(config):
     logging.info("Found %d images in %d classes.", len(dataset.images), len(dataset.labels))
     check_sets(dataset, config)
     outputs = [config.outputs.output_graph, config.outputs.output_labels, config.outputs.checkpoint_path]
-    for name in ("saved_model_dir", "eval_report"):
+    for name in ("saved_model_dir", "eval_report", "tflite_output_file"):
         if config_lib.value_of(config, name):
             outputs.append(config_lib.value_of(config, name))
     config_lib.check_output_locations(outputs + [os.path.join(config.module.bottleneck_dir, "x")])
@@ -233,15 +236,16 @@ def train_and_export(config, dataset, images):
     reporting.write_evaluation_summaries(
         dataset, reports, config, result.steps, images, row_of, bottlenecks
     )
+    report = {
+        "labels": dataset.labels,
+        "steps_trained": result.steps,
+        "kept_step": result.kept_step,
+        "testing": reports.get("testing"),
+        "validation": reports.get("validation"),
+    }
     if config.evaluation.eval_report:
-        export.write_output("eval_report", config.evaluation.eval_report, lambda: evaluation.write_report(
-            config.evaluation.eval_report, {
-                "labels": dataset.labels,
-                "steps_trained": result.steps,
-                "kept_step": result.kept_step,
-                "testing": reports.get("testing"),
-                "validation": reports.get("validation"),
-            }))
+        export.write_output("eval_report", config.evaluation.eval_report,
+                            lambda: evaluation.write_report(config.evaluation.eval_report, report))
         logging.info("Wrote evaluation report %s", config.evaluation.eval_report)
     if config.evaluation.assert_accuracy_at_least is not None:
         reporting.check_accuracy(reports, config.evaluation.assert_accuracy_at_least)
@@ -256,6 +260,32 @@ def train_and_export(config, dataset, images):
                 graph_def, config.outputs.final_tensor_name, config.outputs.saved_model_dir),
         )
         logging.info("Wrote SavedModel %s", config.outputs.saved_model_dir)
+    if config.outputs.tflite_output_file:
+        calibrated = export.write_output(
+            "tflite_output_file", config.outputs.tflite_output_file,
+            lambda: tflite.export_for_run(
+                config, graph_def, dataset.labels, images,
+                [row_of[i.path] for i in arrays["training"][2]], bottlenecks.height, bottlenecks.width,
+            ),
+        )
+        logging.info("Wrote TFLite model %s (quantization %s%s)", config.outputs.tflite_output_file,
+                     config.outputs.tflite_quantization,
+                     f", calibrated on {calibrated} training images" if calibrated else "")
+    checked = artifact_check.check_run(
+        config, arrays, result, images, row_of, bottlenecks.height, bottlenecks.width,
+    )
+    if checked:
+        set_name, artifacts = checked
+        logging.info("Exported files on the %s set:\n%s", set_name,
+                     artifact_check.format_table(artifacts, set_name))
+        if config.evaluation.eval_report:
+            report["artifacts"] = {"set": set_name, "files": [a.as_dict() for a in artifacts]}
+            export.write_output("eval_report", config.evaluation.eval_report,
+                                lambda: evaluation.write_report(config.evaluation.eval_report, report))
+        if config.evaluation.assert_accuracy_at_least is not None:
+            artifact_check.check_accuracy(
+                artifacts, config.evaluation.assert_accuracy_at_least, set_name
+            )
     return accuracy
 
 

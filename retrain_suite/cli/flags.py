@@ -11,7 +11,7 @@ from absl import flags
 
 from retrain_suite import config as config_lib
 from retrain_suite import dataset as dataset_lib
-from retrain_suite import final_layer, schedules
+from retrain_suite import final_layer, schedules, tflite
 from retrain_suite.bottleneck import batch_size as batch_size_lib
 
 FLAGS = flags.FLAGS
@@ -189,7 +189,8 @@ def define_retrain_flags():
     flags.DEFINE_float(
         "assert_accuracy_at_least", _d("assert_accuracy_at_least"),
         "Fail (exit status 1) without exporting when the test accuracy (validation accuracy "
-        "if there are no test images) is below this fraction, e.g. 0.9.",
+        "if there are no test images) is below this fraction, e.g. 0.9; and, after export, "
+        "when any exported file scores below it on the same images (the files stay written).",
     )
     # Outputs.
     flags.DEFINE_string("output_graph", _d("output_graph"), "Where to write the frozen graph.")
@@ -197,6 +198,16 @@ def define_retrain_flags():
     flags.DEFINE_string("final_tensor_name", _d("final_tensor_name"), "Name of the output softmax op.")
     flags.DEFINE_string(
         "saved_model_dir", _d("saved_model_dir"), "If set, also write a SavedModel for serving here."
+    )
+    flags.DEFINE_string(
+        "tflite_output_file", _d("tflite_output_file"),
+        "If set, also write the classifier as a TFLite model here, with its labels and input "
+        "normalization inside as TFLite Model Metadata.",
+    )
+    flags.DEFINE_enum(
+        "tflite_quantization", _d("tflite_quantization"), tflite.QUANTIZATIONS,
+        "none; dynamic (int8 weights); float16 (float16 weights); int8 (integer-only, uint8 "
+        "input and output, calibrated on up to 300 training images chosen by --random_seed).",
     )
     flags.DEFINE_string(
         "intermediate_output_graphs_dir", _d("intermediate_output_graphs_dir"),

@@ -5,7 +5,7 @@ import sys
 import tensorflow as tf
 from absl import flags
 
-from retrain_suite import classifier, input_pipeline
+from retrain_suite import classifier, input_pipeline, tflite
 from retrain_suite.bottleneck import batch_size as batch_size_lib
 from retrain_suite.cli import flags as shared_flags
 from retrain_suite.cli import startup
@@ -16,8 +16,13 @@ FLAGS = flags.FLAGS
 def define_flags():
     """The command line's flags (defined on demand, so that importing this module is free)."""
     flags.DEFINE_multi_string("image", [], "Image file or folder of images; repeat for more.")
-    flags.DEFINE_string("graph", None, "Frozen graph (.pb) written by retrain.py.")
-    flags.DEFINE_string("labels", None, "Labels file written by retrain.py.")
+    flags.DEFINE_string(
+        "graph", None, "Frozen graph (.pb) or TFLite model (.tflite) written by retrain.py."
+    )
+    flags.DEFINE_string(
+        "labels", None, "Labels file written by retrain.py; default for a TFLite model: the "
+        "labels inside it.",
+    )
     flags.DEFINE_string("input_layer", "Placeholder", "Name of the graph's image input.")
     flags.DEFINE_string("output_layer", "final_result", "Name of the graph's probabilities output.")
     flags.DEFINE_integer("input_height", None, "Image height fed to the graph; default: from the graph.")
@@ -43,7 +48,10 @@ def define_flags():
 def main(argv):
     images, graph, labels = list(FLAGS.image), FLAGS.graph, FLAGS.labels
     positional = argv[1:]
-    if positional and graph and labels:
+    if positional and not graph and not labels and len(positional) >= 2 and (
+            tflite.is_tflite_file(positional[-1])):
+        images, graph, positional = images + positional[:-1], positional[-1], []
+    if positional and graph and (labels or tflite.is_tflite_file(graph)):
         images += positional  # `--graph g.pb --labels l.txt photos/*.jpg`
     elif positional:
         # The classic form names the graph and labels last; with only one of them
@@ -51,14 +59,18 @@ def main(argv):
         if len(positional) < 3 or graph or labels:
             sys.exit(
                 "error: usage: label_image.py IMAGE [IMAGE ...] GRAPH LABELS, or "
+                "label_image.py IMAGE [IMAGE ...] MODEL.tflite, or "
                 "--graph GRAPH --labels LABELS IMAGE [IMAGE ...] (or --image IMAGE)"
             )
         images, graph, labels = images + positional[:-2], positional[-2], positional[-1]
-    if not images or not graph or not labels:
-        sys.exit("error: give an image, a graph and a labels file (see --help).")
     problem = classifier.flag_problem({name: FLAGS[name].value for name in FLAGS})
     if problem:
         sys.exit(f"error: {problem}")
+    if images and graph and tflite.is_tflite_file(graph):
+        sys.exit(run_tflite(images, graph, labels))
+    if not images or not graph or not labels:
+        sys.exit("error: give an image, a graph and a labels file, or an image and a TFLite "
+                 "model (see --help).")
     tf.get_logger().setLevel("ERROR")
     try:
         paths = classifier.list_images(images)
@@ -96,6 +108,50 @@ def main(argv):
     classifier.print_results(paths, results, failures, label_list, FLAGS.top_k, FLAGS.output_format)
     if failures:
         sys.exit(1)
+
+
+def run_tflite(images, model_path, labels):
+    """label_image with a TFLite model. -> exit status."""
+    for name in ("input_layer", "output_layer"):
+        if FLAGS[name].present:
+            sys.exit(f"error: --{name} names a frozen graph's tensor; a TFLite model has one "
+                     "input and one output, so drop it.")
+    try:
+        paths = classifier.list_images(images)
+        model, packed = classifier.load_tflite(model_path)
+        for name, size in (("input_height", model.height), ("input_width", model.width)):
+            if FLAGS[name].value is not None and FLAGS[name].value != size:
+                raise classifier.LabelError(
+                    f"--{name}={FLAGS[name].value}, but the TFLite model takes {size}; drop the flag."
+                )
+        if labels:
+            label_list = classifier.load_labels(labels)
+        elif packed is not None:
+            label_list = packed
+        else:
+            raise classifier.LabelError(
+                f"{model_path} holds no labels in its metadata; pass its labels file."
+            )
+        results = classifier.classify_tflite(
+            model, paths, FLAGS.input_mean, FLAGS.input_std, FLAGS.batch_size,
+            FLAGS.max_image_pixels,
+        )
+        output_size = len(next(iter(results.values()))) if results else None
+        if output_size is not None and output_size != len(label_list):
+            raise classifier.LabelError(
+                f"The labels ({labels or 'inside the model'}) are {len(label_list)} but the model "
+                f"outputs {output_size} classes; use the labels written with this model."
+            )
+    except classifier.LabelError as e:
+        return f"error: {e}"
+    except (ValueError, RuntimeError) as e:
+        return f"error: cannot run TFLite model {model_path}: {str(e).splitlines()[0]}"
+    failures = {
+        i: input_pipeline.why_undecodable(path, FLAGS.max_image_pixels)
+        for i, path in enumerate(paths) if i not in results
+    }
+    classifier.print_results(paths, results, failures, label_list, FLAGS.top_k, FLAGS.output_format)
+    return 1 if failures else 0
 
 
 def run():

@@ -7,7 +7,7 @@ from absl import flags, logging
 
 from retrain_suite import config as config_lib
 from retrain_suite import dataset as dataset_lib
-from retrain_suite import export, job, reporting
+from retrain_suite import export, job, reporting, tflite
 from retrain_suite.bottleneck import cache as cache_lib
 from retrain_suite.bottleneck import module as module_lib
 from retrain_suite.cli import flags as shared_flags
@@ -29,7 +29,8 @@ def main(argv):
     try:
         job.run_retraining(config_from_flags())
     except (config_lib.UsageError, export.OutputError, reporting.AccuracyError,
-            dataset_lib.DatasetError, module_lib.ModuleError, cache_lib.CacheError) as e:
+            dataset_lib.DatasetError, module_lib.ModuleError, cache_lib.CacheError,
+            tflite.TFLiteError) as e:
         sys.exit(f"error: {e}")
 
 

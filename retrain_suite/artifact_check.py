@@ -1,0 +1,218 @@
+r"""Every file the run exported, loaded again and run on the test set: one table.
+
+After export, each artifact (frozen graph, SavedModel when asked, TFLite when
+asked) is loaded from disk and run with its own runtime: TensorFlow for the
+graph and the SavedModel, LiteRT's interpreter for TFLite. The test images
+are decoded once, in batches, by the same function as in training
+(input_pipeline.decode_and_resize), and each batch goes through every
+artifact in turn, so memory stays bounded by one batch.
+
+Per artifact the table gives: the file's size, its accuracy on the test set,
+its agreement with the in-training predictions (the fraction of the images
+that training's final evaluation also predicted on which the file's top
+class is the same), and its mean latency per image on this machine (graph and
+SavedModel run BATCH_SIZE images per call, TFLite one; the first call, which
+pays for loading, is not timed).
+"""
+
+import dataclasses
+import os
+import time
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from retrain_suite import classifier, export, reporting, tflite
+
+BATCH_SIZE = 32  # test images decoded, and run through the graph and SavedModel, per call
+
+
+@dataclasses.dataclass
+class ArtifactResult:
+    format: str  # "frozen graph", "SavedModel", "TFLite (int8)", ...
+    path: str
+    size_bytes: int
+    images_per_call: int
+    count: int  # test images run
+    accuracy: float
+    agreement: float | None  # None when training predicted none of these images
+    latency_ms: float  # mean per image
+
+    def as_dict(self):
+        return dataclasses.asdict(self)
+
+
+class GraphRunner:
+    """A frozen graph file run by a TensorFlow Session."""
+
+    images_per_call = BATCH_SIZE
+
+    def __init__(self, path, final_tensor_name):
+        graph_def = classifier.load_graph(path)
+        self.graph = tf.Graph()
+        with self.graph.as_default():
+            tf.compat.v1.import_graph_def(graph_def, name="")
+        self.session = tf.compat.v1.Session(graph=self.graph, config=classifier.session_config())
+        self.input = export.INPUT_NAME + ":0"
+        self.output = final_tensor_name + ":0"
+
+    def predict(self, images):
+        return self.session.run(self.output, {self.input: images})
+
+    def close(self):
+        self.session.close()
+
+
+class SavedModelRunner:
+    """A SavedModel folder run through its serving_default signature."""
+
+    images_per_call = BATCH_SIZE
+
+    def __init__(self, path):
+        self.serve = tf.saved_model.load(path).signatures["serving_default"]
+
+    def predict(self, images):
+        return self.serve(image=tf.constant(images))["prediction"].numpy()
+
+    def close(self):
+        pass
+
+
+class TFLiteRunner:
+    """A TFLite file run by LiteRT's interpreter, one image per call."""
+
+    images_per_call = 1
+
+    def __init__(self, path):
+        with tf.io.gfile.GFile(path, "rb") as f:
+            self.model = tflite.TFLiteClassifier(f.read())
+
+    def predict(self, images):
+        return self.model.predict(images)
+
+    def close(self):
+        pass
+
+
+def size_of(path):
+    """Bytes of a file, or of every file under a folder."""
+    if not tf.io.gfile.isdir(path):
+        return tf.io.gfile.stat(path).length
+    return sum(
+        tf.io.gfile.stat(os.path.join(folder, name)).length
+        for folder, _, names in tf.io.gfile.walk(path) for name in names
+    )
+
+
+def check_artifacts(artifacts, batches, truth, trained_predictions):
+    """Run each artifact on the test images. -> [ArtifactResult] in the order given.
+
+    artifacts: [(format, path, runner factory)]; batches: iterable of
+    (positions int [B] into truth, images float32 [B, H, W, 3] in [0, 1]);
+    truth: int [N] true class per test image; trained_predictions:
+    {position: class predicted in training} (a sample when --test_batch_size
+    sampled).
+    """
+    runners = [(name, path, make()) for name, path, make in artifacts]
+    predicted = [{} for _ in runners]
+    seconds = [0.0] * len(runners)
+    warm = [False] * len(runners)
+    try:
+        for positions, images in batches:
+            for n, (_, _, runner) in enumerate(runners):
+                if not warm[n]:
+                    runner.predict(images[:1])  # loading and first-call costs, not timed
+                    warm[n] = True
+                start = time.perf_counter()
+                probabilities = runner.predict(images)
+                seconds[n] += time.perf_counter() - start
+                predicted[n].update(zip(positions.tolist(), np.argmax(probabilities, axis=1).tolist()))
+    finally:
+        for _, _, runner in runners:
+            runner.close()
+    results = []
+    for n, (name, path, runner) in enumerate(runners):
+        positions = sorted(predicted[n])
+        guesses = np.array([predicted[n][p] for p in positions])
+        shared = [p for p in positions if p in trained_predictions]
+        results.append(ArtifactResult(
+            format=name, path=path, size_bytes=size_of(path),
+            images_per_call=runner.images_per_call, count=len(positions),
+            accuracy=float(np.mean(guesses == np.asarray(truth)[positions])) if positions else 0.0,
+            agreement=(float(np.mean([predicted[n][p] == trained_predictions[p] for p in shared]))
+                       if shared else None),
+            latency_ms=1000 * seconds[n] / max(len(positions), 1),
+        ))
+    return results
+
+
+def format_table(results, set_name):
+    """The results as an aligned text table for the log."""
+    rows = [("format", "size", f"{set_name} accuracy", "agrees with training", "ms/image", "images/call")]
+    for r in results:
+        rows.append((
+            r.format, format_size(r.size_bytes), f"{100 * r.accuracy:.1f}% (N={r.count})",
+            "-" if r.agreement is None else f"{100 * r.agreement:.1f}%",
+            f"{r.latency_ms:.2f}", str(r.images_per_call),
+        ))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows
+    )
+
+
+def format_size(size_bytes):
+    for unit, scale in (("MB", 1e6), ("kB", 1e3)):
+        if size_bytes >= scale:
+            return f"{size_bytes / scale:.1f} {unit}"
+    return f"{size_bytes} B"
+
+
+def check_accuracy(results, threshold, set_name):
+    """Raise reporting.AccuracyError naming every artifact whose accuracy is below threshold."""
+    failing = [r for r in results if r.accuracy < threshold]
+    if failing:
+        raise reporting.AccuracyError(
+            "; ".join(f"{r.format} {set_name} accuracy {100 * r.accuracy:.1f}% (N={r.count})"
+                      for r in failing)
+            + f" below --assert_accuracy_at_least={threshold:g} ({100 * threshold:.1f}%); "
+            "the files were written. Choose a milder --tflite_quantization, or lower the bar."
+        )
+    logging.info("Every exported file meets --assert_accuracy_at_least=%g.", threshold)
+
+
+def check_run(config, arrays, result, images, row_of, height, width):
+    """Check the run's exported files on its test set (validation set if it has no test images).
+
+    arrays: job.split_arrays; result: the training.TrainingResult; images:
+    the input_pipeline image source; row_of: image path -> index there.
+    -> (set name, [ArtifactResult]), or None when there are no such images.
+    """
+    split = "testing" if len(arrays["testing"][1]) else "validation"
+    _, truth, split_images = arrays[split]
+    if not len(truth):
+        logging.info("No test or validation images: the exported files are not checked.")
+        return None
+    rows = [row_of[image.path] for image in split_images]
+    position_of = {row: n for n, row in enumerate(rows)}
+    trained = {}
+    if split in result.predictions:
+        trained_rows, trained_classes = result.predictions[split]
+        trained = dict(zip(np.asarray(trained_rows).tolist(), np.asarray(trained_classes).tolist()))
+    artifacts = [("frozen graph", config.outputs.output_graph,
+                  lambda: GraphRunner(config.outputs.output_graph, config.outputs.final_tensor_name))]
+    if config.outputs.saved_model_dir:
+        artifacts.append(("SavedModel", config.outputs.saved_model_dir,
+                          lambda: SavedModelRunner(config.outputs.saved_model_dir)))
+    if config.outputs.tflite_output_file:
+        artifacts.append((f"TFLite ({config.outputs.tflite_quantization})",
+                          config.outputs.tflite_output_file,
+                          lambda: TFLiteRunner(config.outputs.tflite_output_file)))
+    decoded = images.batches(rows, height, width, BATCH_SIZE, config.data.max_image_pixels)
+    batches = (
+        (np.array([position_of[i] for i in indices.tolist()]), pixels)
+        for indices, _, pixels in decoded.as_numpy_iterator()
+    )
+    name = reporting.SET_NAMES[split].lower()
+    return name, check_artifacts(artifacts, batches, truth, trained)

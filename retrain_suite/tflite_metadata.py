@@ -1,0 +1,262 @@
+r"""TFLite Model Metadata for an image classifier: written by hand, read back for label_image.
+
+The TFLite Task Library, MediaPipe Tasks' ImageClassifier and Android
+Studio's ML binding find a classifier's labels and input normalization in the
+model file itself, in two places:
+
+- a `ModelMetadata` flatbuffer (schema `metadata_schema.fbs` of
+  tensorflow/tflite-support, file identifier "M001") stored as one of the
+  model's buffers and named "TFLITE_METADATA" in the model's `metadata` list;
+- the files it names (here the labels, one per line in output order) packed
+  uncompressed in a zip archive appended to the model file. A flatbuffer is
+  read from its start and a zip from its end, so the one file is both.
+
+The packages that write this (`tflite-support`, `mediapipe`) cannot be
+installed beside TensorFlow 2.21 (their protobuf pins conflict), so the
+tables are built here with the `flatbuffers` runtime from the published
+schema. Only fields of schema version 1.0.0 are used, so
+`min_parser_version` is "1.0.0". Field numbers below are the order of the
+fields in the schema's tables; a union field takes two numbers (its type,
+then its value).
+"""
+
+import io
+import zipfile
+
+import flatbuffers
+import numpy as np
+from ai_edge_litert import schema_py_generated as tflite_schema
+from ai_edge_litert.tools import flatbuffer_utils
+
+METADATA_NAME = "TFLITE_METADATA"  # the model's metadata entry that holds ModelMetadata
+METADATA_IDENTIFIER = b"M001"
+MIN_PARSER_VERSION = "1.0.0"
+LABELS_FILE_NAME = "labels.txt"
+
+# Enum values and union member numbers from metadata_schema.fbs.
+TENSOR_AXIS_LABELS = 2  # AssociatedFileType
+RGB = 1  # ColorSpaceType
+FEATURE_PROPERTIES, IMAGE_PROPERTIES = 1, 2  # ContentProperties
+NORMALIZATION_OPTIONS = 1  # ProcessUnitOptions
+
+# Field numbers of the tables used here.
+_MODEL = {"name": 0, "description": 1, "version": 2, "subgraph_metadata": 3,
+          "min_parser_version": 7}
+_SUBGRAPH = {"name": 0, "description": 1, "input_tensor_metadata": 2, "output_tensor_metadata": 3}
+_TENSOR = {"name": 0, "description": 1, "content": 3, "process_units": 4, "stats": 5,
+           "associated_files": 6}
+_CONTENT = {"content_properties_type": 0, "content_properties": 1}
+_IMAGE_PROPERTIES = {"color_space": 0}
+_PROCESS_UNIT = {"options_type": 0, "options": 1}
+_NORMALIZATION = {"mean": 0, "std": 1}
+_STATS = {"max": 0, "min": 1}
+_ASSOCIATED_FILE = {"name": 0, "description": 1, "type": 2}
+
+
+class MetadataError(Exception):
+    """A TFLite file whose metadata or packed labels cannot be read."""
+
+
+def _slot(field_number):
+    """The vtable offset of a field: flatbuffers' layout, 4 bytes of header then 2 per field."""
+    return 4 + 2 * field_number
+
+
+class _Writer:
+    """Thin helpers over flatbuffers.Builder for tables of strings, vectors and offsets."""
+
+    def __init__(self):
+        self.builder = flatbuffers.Builder(1024)
+
+    def table(self, fields, values):
+        """values: {field name: ("offset" | "byte", value)} -> the table's offset."""
+        b = self.builder
+        b.StartObject(max(fields.values()) + 1)
+        for name, (kind, value) in values.items():
+            if kind == "offset":
+                b.PrependUOffsetTRelativeSlot(fields[name], value, 0)
+            else:
+                b.PrependInt8Slot(fields[name], value, 0)
+        return b.EndObject()
+
+    def string(self, text):
+        return ("offset", self.builder.CreateString(text))
+
+    def floats(self, values):
+        return ("offset", self.builder.CreateNumpyVector(np.asarray(values, np.float32)))
+
+    def tables(self, offsets):
+        b = self.builder
+        b.StartVector(4, len(offsets), 4)
+        for offset in reversed(offsets):
+            b.PrependUOffsetTRelative(offset)
+        return ("offset", b.EndVector())
+
+
+def image_classifier_metadata(name, description, height, width, class_count, mean, std):
+    """The ModelMetadata flatbuffer (bytes) of a one-input, one-output image classifier.
+
+    Input: RGB image [1, height, width, 3]; the model takes (pixel - mean) /
+    std of 0-255 pixel values (quantized models: that value quantized with
+    the input tensor's own parameters). Output: class_count probabilities,
+    labelled by the packed LABELS_FILE_NAME.
+    """
+    w = _Writer()
+    labels_file = w.table(_ASSOCIATED_FILE, {
+        "name": w.string(LABELS_FILE_NAME),
+        "description": w.string("Class names, one per line, in the order of the output."),
+        "type": ("byte", TENSOR_AXIS_LABELS),
+    })
+    image_properties = w.table(_IMAGE_PROPERTIES, {"color_space": ("byte", RGB)})
+    normalization = w.table(_NORMALIZATION, {"mean": w.floats([mean]), "std": w.floats([std])})
+    process_unit = w.table(_PROCESS_UNIT, {
+        "options_type": ("byte", NORMALIZATION_OPTIONS), "options": ("offset", normalization),
+    })
+    input_stats = w.table(_STATS, {
+        "max": w.floats([(255.0 - mean) / std]), "min": w.floats([(0.0 - mean) / std]),
+    })
+    input_content = w.table(_CONTENT, {
+        "content_properties_type": ("byte", IMAGE_PROPERTIES),
+        "content_properties": ("offset", image_properties),
+    })
+    input_tensor = w.table(_TENSOR, {
+        "name": w.string("image"),
+        "description": w.string(
+            f"RGB image, {height}x{width} pixels, resized without keeping the aspect ratio."
+        ),
+        "content": ("offset", input_content),
+        "process_units": w.tables([process_unit]),
+        "stats": ("offset", input_stats),
+    })
+    feature_properties = _empty_table(w.builder)  # FeatureProperties has no fields
+    output_content = w.table(_CONTENT, {
+        "content_properties_type": ("byte", FEATURE_PROPERTIES),
+        "content_properties": ("offset", feature_properties),
+    })
+    output_stats = w.table(_STATS, {"max": w.floats([1.0]), "min": w.floats([0.0])})
+    output_tensor = w.table(_TENSOR, {
+        "name": w.string("probability"),
+        "description": w.string(f"Probabilities of the {class_count} classes."),
+        "content": ("offset", output_content),
+        "stats": ("offset", output_stats),
+        "associated_files": w.tables([labels_file]),
+    })
+    subgraph = w.table(_SUBGRAPH, {
+        "name": w.string("image_classifier"),
+        "input_tensor_metadata": w.tables([input_tensor]),
+        "output_tensor_metadata": w.tables([output_tensor]),
+    })
+    model = w.table(_MODEL, {
+        "name": w.string(name),
+        "description": w.string(description),
+        "subgraph_metadata": w.tables([subgraph]),
+        "min_parser_version": w.string(MIN_PARSER_VERSION),
+    })
+    w.builder.Finish(model, file_identifier=METADATA_IDENTIFIER)
+    return bytes(w.builder.Output())
+
+
+def _empty_table(builder):
+    builder.StartObject(0)
+    return builder.EndObject()
+
+
+def with_metadata(model, metadata, labels):
+    """A TFLite model (bytes) with metadata (bytes) and the labels file packed in. -> bytes.
+
+    An existing "TFLITE_METADATA" entry is replaced. The model is repacked
+    through LiteRT's object API, as TensorFlow's converter does when it adds
+    its own conversion metadata; the labels are appended as a zip archive,
+    stored uncompressed so that a runtime can read them in place.
+    """
+    model_object = flatbuffer_utils.convert_bytearray_to_object(bytearray(model))
+    buffer = tflite_schema.BufferT()
+    buffer.data = np.frombuffer(metadata, np.uint8)
+    entries = [m for m in (model_object.metadata or []) if _text(m.name) != METADATA_NAME]
+    model_object.buffers.append(buffer)
+    entry = tflite_schema.MetadataT()
+    entry.name = METADATA_NAME
+    entry.buffer = len(model_object.buffers) - 1
+    model_object.metadata = entries + [entry]
+    stream = io.BytesIO(bytes(flatbuffer_utils.convert_object_to_bytearray(model_object)))
+    stream.seek(0, io.SEEK_END)
+    with zipfile.ZipFile(stream, "a", zipfile.ZIP_STORED) as archive:
+        # A fixed date: the same model and labels give the same bytes.
+        info = zipfile.ZipInfo(LABELS_FILE_NAME, date_time=(1980, 1, 1, 0, 0, 0))
+        archive.writestr(info, "".join(f"{label}\n" for label in labels).encode("utf-8"))
+    return stream.getvalue()
+
+
+def _text(value):
+    return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+def metadata_buffer(model):
+    """The ModelMetadata flatbuffer (bytes) stored in a TFLite model, or None when it has none."""
+    try:
+        root = tflite_schema.Model.GetRootAs(model, 0)
+        for i in range(root.MetadataLength()):
+            entry = root.Metadata(i)
+            if _text(entry.Name()) == METADATA_NAME:
+                return root.Buffers(entry.Buffer()).DataAsNumpy().tobytes()
+    except Exception as e:  # flatbuffers raises whatever a bad offset leads to
+        raise MetadataError(f"the model's flatbuffer cannot be read ({e})") from e
+    return None
+
+
+def _table(buf, position):
+    return flatbuffers.table.Table(buf, position)
+
+
+def _field_table(table, field_number):
+    """The sub-table in a field, or None."""
+    offset = table.Offset(_slot(field_number))
+    return _table(table.Bytes, table.Indirect(offset + table.Pos)) if offset else None
+
+
+def _field_tables(table, field_number):
+    """The tables of a vector-of-tables field ([] when absent)."""
+    offset = table.Offset(_slot(field_number))
+    if not offset:
+        return []
+    start = table.Vector(offset)
+    return [_table(table.Bytes, table.Indirect(start + 4 * i)) for i in range(table.VectorLen(offset))]
+
+
+def _field_string(table, field_number):
+    offset = table.Offset(_slot(field_number))
+    return table.String(offset + table.Pos).decode("utf-8") if offset else None
+
+
+def _field_byte(table, field_number):
+    offset = table.Offset(_slot(field_number))
+    return table.Get(flatbuffers.number_types.Int8Flags, offset + table.Pos) if offset else 0
+
+
+def packed_labels(model):
+    """The labels (list of str) of the first output, from a model's metadata and packed files.
+
+    -> None when the model has no metadata or no labels file for its output.
+    Raises MetadataError when the metadata names a labels file that is not packed.
+    """
+    metadata = metadata_buffer(model)
+    if metadata is None:
+        return None
+    if metadata[4:8] != METADATA_IDENTIFIER:
+        raise MetadataError("its TFLITE_METADATA is not a ModelMetadata flatbuffer")
+    root = _table(metadata, flatbuffers.encode.Get(flatbuffers.packer.uoffset, metadata, 0))
+    name = None
+    for subgraph in _field_tables(root, _MODEL["subgraph_metadata"])[:1]:
+        for tensor in _field_tables(subgraph, _SUBGRAPH["output_tensor_metadata"])[:1]:
+            for associated in _field_tables(tensor, _TENSOR["associated_files"]):
+                if _field_byte(associated, _ASSOCIATED_FILE["type"]) == TENSOR_AXIS_LABELS:
+                    name = _field_string(associated, _ASSOCIATED_FILE["name"])
+                    break
+    if name is None:
+        return None
+    try:
+        with zipfile.ZipFile(io.BytesIO(model)) as archive:
+            text = archive.read(name).decode("utf-8")
+    except (zipfile.BadZipFile, KeyError) as e:
+        raise MetadataError(f"its metadata names the labels file {name}, which is not packed in it") from e
+    return text.splitlines()

@@ -1,0 +1,268 @@
+"""TFLite export: the float model's probabilities, int8's uint8 contract, the metadata read back
+by a reader of its own, label_image on a .tflite, and the accuracy gate on every exported file."""
+
+import io
+import json
+import os
+import zipfile
+
+import flatbuffers
+import numpy as np
+import pytest
+import tensorflow as tf
+from ai_edge_litert import schema_py_generated as tflite_schema
+from ai_edge_litert.interpreter import Interpreter
+from conftest import load_graph_def, make_dataset, retrain_settings, run_script
+
+from retrain_suite import config as config_lib
+from retrain_suite import input_pipeline, job, reporting, tflite
+
+
+@pytest.fixture(scope="module")
+def int8_run(tmp_path_factory, tiny_module):
+    """One in-process run writing an int8 TFLite file, a SavedModel and the JSON report."""
+    root = tmp_path_factory.mktemp("tflite")
+    image_dir = make_dataset(root / "data", per_class=20)
+    settings = retrain_settings(
+        root, image_dir, tiny_module, validation_percentage=15, testing_percentage=25,
+        saved_model_dir=str(root / "out" / "saved_model"),
+        tflite_output_file=str(root / "out" / "model.tflite"), tflite_quantization="int8",
+        eval_report=str(root / "out" / "report.json"),
+    )
+    job.run_retraining(config_lib.from_flat(settings))
+    return {"settings": settings, "root": root, "image_dir": image_dir}
+
+
+def decoded_images(run):
+    """float32 [N, 32, 32, 3] in [0, 1]: every image of the run's folder, decoded as in training."""
+    paths = sorted(
+        os.path.join(folder, name)
+        for folder, _, names in os.walk(run["image_dir"]) for name in names
+    )
+    batches = input_pipeline.image_batches(paths, 32, 32, 64)
+    return np.concatenate([images for _, _, images in batches.as_numpy_iterator()])
+
+
+def graph_probabilities(graph_path, images):
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.compat.v1.import_graph_def(load_graph_def(graph_path), name="")
+        with tf.compat.v1.Session(graph=graph) as sess:
+            return sess.run("final_result:0", {"Placeholder:0": images})
+
+
+def tflite_probabilities(model, images):
+    """Run a TFLite model with the interpreter directly, one image per call (float input only)."""
+    interpreter = Interpreter(model_content=model)
+    interpreter.allocate_tensors()
+    (given,), (taken,) = interpreter.get_input_details(), interpreter.get_output_details()
+    out = []
+    for image in images:
+        interpreter.set_tensor(given["index"], image[np.newaxis])
+        interpreter.invoke()
+        out.append(interpreter.get_tensor(taken["index"])[0].copy())
+    return np.array(out)
+
+
+@pytest.mark.slow
+def test_float_tflite_agrees_with_the_frozen_graph(int8_run, tmp_path):
+    graph_path = int8_run["settings"]["output_graph"]
+    model = tflite.convert(load_graph_def(graph_path), 32, 32, "final_result", "none")
+    images = decoded_images(int8_run)
+    expected = graph_probabilities(graph_path, images)
+    # Same float32 arithmetic in other kernels (XNNPACK): rounding differences only.
+    np.testing.assert_allclose(tflite_probabilities(model, images), expected, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_int8_file_has_uint8_input_and_output_and_its_accuracy_is_in_the_report(int8_run):
+    with open(int8_run["settings"]["tflite_output_file"], "rb") as f:
+        interpreter = Interpreter(model_content=f.read())
+    (given,), (taken,) = interpreter.get_input_details(), interpreter.get_output_details()
+    assert given["dtype"] == np.uint8 and taken["dtype"] == np.uint8
+    assert list(given["shape"]) == [1, 32, 32, 3]
+    # The uint8 input is the 0-255 pixel value: what MediaPipe and the Task Library feed.
+    scale, zero_point = given["quantization"]
+    assert zero_point == 0 and scale == pytest.approx(1 / 255)
+    with open(int8_run["settings"]["eval_report"]) as f:
+        report = json.load(f)
+    files = {row["format"]: row for row in report["artifacts"]["files"]}
+    assert set(files) == {"frozen graph", "SavedModel", "TFLite (int8)"}
+    assert report["artifacts"]["set"] == "test"
+    tflite_row = files["TFLite (int8)"]
+    assert tflite_row["count"] == report["testing"]["count"]
+    assert tflite_row["size_bytes"] == os.path.getsize(int8_run["settings"]["tflite_output_file"])
+    # The colours are easy: int8 keeps the float graph's test accuracy here.
+    assert tflite_row["accuracy"] == files["frozen graph"]["accuracy"] == report["testing"]["accuracy"]
+    assert files["frozen graph"]["agreement"] == 1.0
+
+
+# An independent reader of the metadata: generic flatbuffer table access with the
+# field numbers of tensorflow/tflite-support's metadata_schema.fbs (1.0.0), nothing
+# from retrain_suite. A union field takes two numbers: its type, then its value.
+def _field(table, number):
+    offset = table.Offset(4 + 2 * number)
+    return offset + table.Pos if offset else None
+
+
+def _sub_table(table, number):
+    at = _field(table, number)
+    return flatbuffers.table.Table(table.Bytes, table.Indirect(at)) if at else None
+
+
+def _tables(table, number):
+    offset = table.Offset(4 + 2 * number)
+    start = table.Vector(offset)
+    return [flatbuffers.table.Table(table.Bytes, table.Indirect(start + 4 * i))
+            for i in range(table.VectorLen(offset))]
+
+
+def _string(table, number):
+    return table.String(_field(table, number)).decode()
+
+
+def _byte(table, number):
+    return table.Get(flatbuffers.number_types.Int8Flags, _field(table, number))
+
+
+def _floats(table, number):
+    return table.GetVectorAsNumpy(flatbuffers.number_types.Float32Flags, table.Offset(4 + 2 * number))
+
+
+def read_metadata(model):
+    """The parts of a model's ModelMetadata a classifier needs, and its packed files."""
+    root = tflite_schema.Model.GetRootAs(model, 0)
+    (entry,) = [root.Metadata(i) for i in range(root.MetadataLength())
+                if root.Metadata(i).Name() == b"TFLITE_METADATA"]
+    buf = root.Buffers(entry.Buffer()).DataAsNumpy().tobytes()
+    assert buf[4:8] == b"M001"
+    metadata = flatbuffers.table.Table(bytearray(buf), int.from_bytes(buf[:4], "little"))
+    (subgraph,) = _tables(metadata, 3)
+    (image,), (probability,) = _tables(subgraph, 2), _tables(subgraph, 3)
+    content = _sub_table(image, 3)
+    (unit,) = _tables(image, 4)
+    normalization = _sub_table(unit, 1)
+    (labels_file,) = _tables(probability, 6)
+    archive = zipfile.ZipFile(io.BytesIO(model))
+    return {
+        "name": _string(metadata, 0),
+        "min_parser_version": _string(metadata, 7),
+        "input_content_type": _byte(content, 0),  # 2: ImageProperties
+        "color_space": _byte(_sub_table(content, 1), 0),  # 1: RGB
+        "unit_type": _byte(unit, 0),  # 1: NormalizationOptions
+        "mean": _floats(normalization, 0).tolist(),
+        "std": _floats(normalization, 1).tolist(),
+        "labels_file": _string(labels_file, 0),
+        "labels_file_type": _byte(labels_file, 2),  # 2: TENSOR_AXIS_LABELS
+        "packed": {info.filename: info.compress_type for info in archive.infolist()},
+        "labels": archive.read(_string(labels_file, 0)).decode().splitlines(),
+    }
+
+
+@pytest.mark.slow
+def test_metadata_holds_the_labels_in_order_and_the_normalization(int8_run, tmp_path):
+    graph_path = int8_run["settings"]["output_graph"]
+    model = tflite.convert(load_graph_def(graph_path), 32, 32, "final_result", "none")
+    labels = ["zebra", "pâquerette", "roses with spaces"]  # not sorted: the order is kept
+    path = tmp_path / "model.tflite"
+    tflite.write_tflite(str(path), model, labels, 32, 32, "three classes")
+    written = path.read_bytes()
+    found = read_metadata(written)
+    assert found["labels"] == labels
+    assert found["labels_file_type"] == 2 and found["packed"] == {
+        found["labels_file"]: zipfile.ZIP_STORED
+    }
+    assert (found["input_content_type"], found["color_space"], found["unit_type"]) == (2, 1, 1)
+    assert found["mean"] == [0.0] and found["std"] == [255.0]
+    assert found["min_parser_version"] == "1.0.0" and found["name"]
+    # The metadata changed nothing the interpreter computes.
+    images = decoded_images(int8_run)[:4]
+    np.testing.assert_array_equal(
+        tflite_probabilities(written, images), tflite_probabilities(model, images)
+    )
+
+
+@pytest.mark.slow
+def test_the_run_s_int8_file_carries_the_run_s_labels(int8_run):
+    with open(int8_run["settings"]["tflite_output_file"], "rb") as f:
+        found = read_metadata(f.read())
+    with open(int8_run["settings"]["output_labels"]) as f:
+        assert found["labels"] == f.read().splitlines() == ["blue", "green", "red"]
+
+
+@pytest.mark.slow
+def test_label_image_on_tflite_prints_the_graph_s_top_labels(int8_run):
+    settings = int8_run["settings"]
+    images = [os.path.join(int8_run["image_dir"], label, name)
+              for label in ("blue", "green", "red") for name in ("img0.jpg", "img3_gray.png")]
+    on_graph = run_script("label_image.py", *images, settings["output_graph"],
+                          settings["output_labels"], "--top_k=1", "--output_format=json",
+                          check=True)
+    # No labels file: they come from the model's metadata.
+    on_tflite = run_script("label_image.py", *images, settings["tflite_output_file"],
+                           "--top_k=1", "--output_format=json", check=True)
+    top = [[d["image"], d["predictions"][0]["label"]] for d in json.loads(on_graph.stdout)]
+    assert [[d["image"], d["predictions"][0]["label"]] for d in json.loads(on_tflite.stdout)] == top
+    assert len(top) == 6
+
+
+def test_quantization_without_an_output_file_is_a_usage_error(tmp_path):
+    with pytest.raises(config_lib.UsageError, match="needs --tflite_output_file"):
+        config_lib.from_flat({"image_dir": str(tmp_path), "tflite_quantization": "int8"}).validate()
+
+
+def test_calibration_sample_is_reproducible_from_the_seed():
+    assert tflite.calibration_indices(1000, 7) == tflite.calibration_indices(1000, 7)
+    assert tflite.calibration_indices(1000, 7) != tflite.calibration_indices(1000, 8)
+    assert len(tflite.calibration_indices(1000, 7)) == tflite.CALIBRATION_IMAGES
+    assert tflite.calibration_indices(5, 7) == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.slow
+def test_an_exported_file_below_the_accuracy_gate_fails_the_run_but_stays_written(
+        int8_run, tmp_path, monkeypatch):
+    # A quantization that costs everything: the TFLite file's answers shifted by one class.
+    real = tflite.TFLiteClassifier.probabilities
+    monkeypatch.setattr(tflite.TFLiteClassifier, "probabilities",
+                        lambda self, image: np.roll(real(self, image), 1))
+    settings = dict(int8_run["settings"], **{
+        name: str(tmp_path / "out" / os.path.basename(int8_run["settings"][name]))
+        for name in ("output_graph", "output_labels", "tflite_output_file", "eval_report",
+                     "checkpoint_path", "saved_model_dir")
+    })
+    settings.update(summaries_dir=str(tmp_path / "logs"), assert_accuracy_at_least=0.9)
+    with pytest.raises(reporting.AccuracyError, match=r"TFLite \(int8\) test accuracy") as error:
+        job.run_retraining(config_lib.from_flat(settings))
+    assert "frozen graph" not in str(error.value)
+    assert os.path.getsize(settings["tflite_output_file"]) > 0
+    with open(settings["eval_report"]) as f:
+        assert len(json.load(f)["artifacts"]["files"]) == 3
+
+
+def test_a_graph_tflite_cannot_run_is_one_line_error_not_a_traceback():
+    graph = tf.Graph()
+    with graph.as_default():
+        images = tf.compat.v1.placeholder(tf.float32, [None, 8, 8, 3], "Placeholder")
+        # Betainc has no TFLite kernel, as some modules' ops have none.
+        odd = tf.math.betainc(tf.ones_like(images), tf.ones_like(images), images)
+        tf.nn.softmax(tf.reduce_mean(odd, [1, 2]), name="final_result")
+    with pytest.raises(tflite.TFLiteError, match="Betainc") as error:
+        tflite.convert(graph.as_graph_def(), 8, 8, "final_result", "none")
+    assert "\n" not in str(error.value) and "--tflite_output_file" in str(error.value)
+
+
+@pytest.mark.slow
+def test_label_image_on_a_tflite_without_labels_inside_asks_for_a_labels_file(int8_run, tmp_path):
+    settings = int8_run["settings"]
+    bare = tmp_path / "bare.tflite"  # converted, but no metadata written into it
+    bare.write_bytes(tflite.convert(load_graph_def(settings["output_graph"]), 32, 32,
+                                    "final_result", "none"))
+    image = os.path.join(int8_run["image_dir"], "red", "img0.jpg")
+    refused = run_script("label_image.py", image, str(bare))
+    assert refused.returncode != 0
+    assert refused.stderr.strip().splitlines()[-1] == (
+        f"error: {bare} holds no labels in its metadata; pass its labels file."
+    )
+    given = run_script("label_image.py", "--image", image, "--graph", str(bare),
+                       "--labels", settings["output_labels"], "--top_k=1", check=True)
+    assert given.stdout.split()[0] == "red"
