@@ -1,4 +1,4 @@
-"""Fill the bottleneck cache without training.
+r"""Fill the bottleneck cache without training.
 
     python -m bottleneck --image_dir data/ --bottleneck_dir /tmp/bottleneck \
         --tfhub_module https://tfhub.dev/google/imagenet/inception_v3/feature_vector/5

@@ -6,7 +6,7 @@ import tensorflow as tf
 from absl import flags, logging
 
 from retrain_suite import dataset as dataset_lib
-from retrain_suite import input_pipeline, memory_budget, output_paths
+from retrain_suite import memory_budget, output_paths
 from retrain_suite.bottleneck import batch_size as batch_size_lib
 from retrain_suite.bottleneck import cache as cache_lib
 from retrain_suite.bottleneck import compute
@@ -97,26 +97,10 @@ def run():
 
 def define_flags():
     """The command line's flags (defined on demand, not on import)."""
-    flags.DEFINE_string("image_dir", None, "Folder with one subfolder of images per class.")
-    flags.DEFINE_string("bottleneck_dir", "/tmp/bottleneck", "Where bottleneck vectors are cached.")
-    flags.DEFINE_string(
-        "tfhub_module", module_lib.DEFAULT_MODULE,
-        "TF Hub handle or local SavedModel folder of an image feature-vector module.",
-    )
-    flags.DEFINE_integer(
-        "image_size", module_lib.DEFAULT_IMAGE_SIZE,
-        "Input height and width for modules whose signature does not fix them.",
-    )
+    shared_flags.define_image_dir(required=True)
+    shared_flags.define_module_flags()
     flags.DEFINE_integer(
         "batch_size", None,
         "Images per forward pass. Default: " + batch_size_lib.default_description() + ".",
     )
-    flags.DEFINE_integer(
-        "max_image_pixels", input_pipeline.DEFAULT_MAX_IMAGE_PIXELS,
-        "Images with more pixels (width x height) are skipped instead of decoded.",
-    )
-    flags.DEFINE_bool(
-        "mixed_precision", False,
-        "Compute in bfloat16 (CPUs with bfloat16 instructions) or float16 (GPU); "
-        "cached under their own key, used by retrain.py --mixed_precision.",
-    )
+    shared_flags.define_max_image_pixels()

@@ -51,16 +51,17 @@ def define_split_flags():
 def define_split_by():
     flags.DEFINE_enum(
         "split_by", _d("split_by"), list(dataset_lib.SPLIT_BY),
-        "What picks an image's set (with --image_dir): a hash of its relative path (the classic "
-        "split), or of its content, which keeps every copy of a photo in one set.",
+        "What picks an image's set: a hash of its relative path (the classic split), or of "
+        "its content, which keeps every copy of a photo in one set.",
     )
 
 
 def define_max_image_pixels():
     flags.DEFINE_integer(
         "max_image_pixels", _d("max_image_pixels"),
-        "Images with more pixels (width x height, read from the header) are skipped "
-        "instead of decoded.",
+        "Images with more pixels (width x height, read from the header) are refused "
+        "(skipped and reported) instead of decoded; so is an image whose header does not "
+        "give its size.",
     )
 
 

@@ -35,10 +35,7 @@ def define_flags():
         "Images per forward pass. Default: " + batch_size_lib.default_description() + ".",
     )
     flags.DEFINE_enum("output_format", "text", ["text", "json"], "How to print the results.")
-    flags.DEFINE_integer(
-        "max_image_pixels", input_pipeline.DEFAULT_MAX_IMAGE_PIXELS,
-        "Images with more pixels (width x height) are refused instead of decoded.",
-    )
+    shared_flags.define_max_image_pixels()
     flags.DEFINE_bool(
         "allow_unsafe_ops", False,
         "Run a graph even if it holds ops that can read or write files or run code.",

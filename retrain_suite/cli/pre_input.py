@@ -14,7 +14,7 @@ import tensorflow as tf
 from absl import flags, logging
 
 from retrain_suite import dataset as dataset_lib
-from retrain_suite import input_pipeline, output_paths, tfrecords
+from retrain_suite import output_paths, tfrecords
 from retrain_suite.cli import flags as shared_flags
 from retrain_suite.cli import startup
 
@@ -22,19 +22,11 @@ FLAGS = flags.FLAGS
 
 
 def define_flags():
-    flags.DEFINE_string("image_dir", None, "Folder with one subfolder of images per class.")
+    shared_flags.define_image_dir(required=True)
     flags.DEFINE_string("output_dir", None, "Where labels.txt and the split lists are written.")
-    flags.DEFINE_float("validation_percentage", 10, "Percentage of images for validation.")
-    flags.DEFINE_float("testing_percentage", 10, "Percentage of images for testing.")
-    flags.DEFINE_enum(
-        "split_by", "path", list(dataset_lib.SPLIT_BY),
-        "What picks an image's set: a hash of its relative path (the classic split), or "
-        "of its content, which keeps every copy of a photo in one set.",
-    )
-    flags.DEFINE_integer(
-        "max_image_pixels", input_pipeline.DEFAULT_MAX_IMAGE_PIXELS,
-        "Images with more pixels (width x height) are reported as bad instead of decoded.",
-    )
+    shared_flags.define_split_flags()
+    shared_flags.define_split_by()
+    shared_flags.define_max_image_pixels()
     flags.DEFINE_bool(
         "tfrecords", False,
         "Also write training/validation/testing .tfrecord files holding the encoded images.",
