@@ -86,13 +86,11 @@ def check_batch_memory(batch_size, image_count, handle, image_size):
 
 def run():
     shared_flags.define_command_flags(define_flags)
-    try:
-        startup.run(main)
-    except KeyboardInterrupt:
-        # Entries are written whole under temporary names: each is complete or absent.
-        print(f"interrupted: the bottlenecks cached so far in {FLAGS['bottleneck_dir'].value} "
-              "are kept; run the same command again to compute only the rest.", file=sys.stderr)
-        sys.exit(130)
+    # Entries are written whole under temporary names: each is complete or absent.
+    startup.run(main, lambda: (
+        f"interrupted: the bottlenecks cached so far in {FLAGS['bottleneck_dir'].value} "
+        "are kept; run the same command again to compute only the rest."
+    ))
 
 
 def define_flags():

@@ -153,9 +153,6 @@ def run_tflite(images, model_path, labels):
 
 def run():
     shared_flags.define_command_flags(define_flags)
-    try:
-        startup.run(main)
-    except KeyboardInterrupt:
-        print("interrupted: nothing was written; run the same command again to classify "
-              "the images.", file=sys.stderr)
-        sys.exit(130)
+    startup.run(main, lambda: (
+        "interrupted: nothing was written; run the same command again to classify the images."
+    ))

@@ -81,11 +81,9 @@ def main(argv):
 
 def run():
     shared_flags.define_command_flags(define_flags)
-    try:
-        startup.run(main)
-    except KeyboardInterrupt:
-        # Each list and record file is written whole under a temporary name:
-        # an interrupt leaves the previous version of each, or none.
-        print("interrupted: nothing in --output_dir was left half-written; run the same "
-              "command again to check and write it all.", file=sys.stderr)
-        sys.exit(130)
+    # Each list and record file is written whole under a temporary name: an
+    # interrupt leaves the previous version of each, or none.
+    startup.run(main, lambda: (
+        "interrupted: nothing in --output_dir was left half-written; run the same command "
+        "again to check and write it all."
+    ))

@@ -36,14 +36,10 @@ def main(argv):
 
 def run():
     shared_flags.define_command_flags(shared_flags.define_retrain_flags)
-    try:
-        startup.run(main)
-    except KeyboardInterrupt:
-        # Cache entries and outputs are written whole under temporary names, so
-        # whatever was finished before the interrupt is complete and is reused.
-        print(
-            f"interrupted: the bottlenecks cached so far in {FLAGS['bottleneck_dir'].value} "
-            "are kept and outputs not yet written are unchanged; run the same command again "
-            "to continue.", file=sys.stderr,
-        )
-        sys.exit(130)
+    # Cache entries and outputs are written whole under temporary names, so
+    # whatever was finished before the interrupt is complete and is reused.
+    startup.run(main, lambda: (
+        f"interrupted: the bottlenecks cached so far in {FLAGS['bottleneck_dir'].value} "
+        "are kept and outputs not yet written are unchanged; run the same command again "
+        "to continue."
+    ))

@@ -131,8 +131,10 @@ def help_asked(argv):
     return None
 
 
-def run(main, argv=None):
-    """app.run(main), except that --help (and -?, --helpshort, --helpfull) exits 0, not 1.
+def run(main, interrupted=None, argv=None):
+    """app.run(main), except that --help (and -?, --helpshort, --helpfull) exits 0, not 1,
+    and, given interrupted, Ctrl-C prints interrupted() (one line: what was kept,
+    how to continue) and exits 130 instead of a KeyboardInterrupt traceback.
 
     absl's help flags print the usage and exit with status 1, which scripts and
     CI read as a failure; asking for help is not one. The same usage text is
@@ -150,4 +152,10 @@ def run(main, argv=None):
         if short:
             print("\nTry --helpfull to get a list of all flags.")
         sys.exit(0)
-    app.run(main, argv=argv)
+    try:
+        app.run(main, argv=argv)
+    except KeyboardInterrupt:
+        if interrupted is None:
+            raise
+        print(interrupted(), file=sys.stderr)
+        sys.exit(130)
