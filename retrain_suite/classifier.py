@@ -62,6 +62,19 @@ def load_graph(path):
     return graph_def
 
 
+def check_label_count(results, labels, source, what):
+    """Raise LabelError unless each result ({index: probabilities [C]}) has one per label.
+
+    source names where the labels came from; what is "graph" or "model".
+    """
+    output_size = len(next(iter(results.values()))) if results else None
+    if output_size is not None and output_size != len(labels):
+        raise LabelError(
+            f"{source} has {len(labels)} labels but the {what} outputs {output_size} classes; "
+            f"use the labels written with this {what}."
+        )
+
+
 def load_labels(path):
     """Labels file -> [label, ...] in output order (a UTF-8 byte-order mark is dropped)."""
     if not tf.io.gfile.exists(path):

@@ -87,12 +87,7 @@ def main(argv):
             graph_def, paths, height, width, FLAGS.input_layer, FLAGS.output_layer,
             FLAGS.input_mean, FLAGS.input_std, FLAGS.batch_size, FLAGS.max_image_pixels,
         )
-        output_size = len(next(iter(results.values()))) if results else None
-        if output_size is not None and output_size != len(label_list):
-            raise classifier.LabelError(
-                f"The labels file {labels} has {len(label_list)} labels but the graph "
-                f"outputs {output_size} classes; use the labels file written with this graph."
-            )
+        classifier.check_label_count(results, label_list, f"The labels file {labels}", "graph")
     except classifier.LabelError as e:
         sys.exit(f"error: {e}")
     except (ValueError, tf.errors.OpError) as e:
@@ -133,12 +128,8 @@ def run_tflite(images, model_path, labels):
             model, paths, FLAGS.input_mean, FLAGS.input_std, FLAGS.batch_size,
             FLAGS.max_image_pixels,
         )
-        output_size = len(next(iter(results.values()))) if results else None
-        if output_size is not None and output_size != len(label_list):
-            raise classifier.LabelError(
-                f"The labels ({labels or 'inside the model'}) are {len(label_list)} but the model "
-                f"outputs {output_size} classes; use the labels written with this model."
-            )
+        source = f"The labels file {labels}" if labels else "The metadata inside the model"
+        classifier.check_label_count(results, label_list, source, "model")
     except classifier.LabelError as e:
         return f"error: {e}"
     except (ValueError, RuntimeError) as e:
