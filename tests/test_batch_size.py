@@ -28,9 +28,10 @@ def test_fastest_batch_size_has_the_fewest_seconds_per_image_the_larger_on_a_tie
 
 def test_measured_batch_size_is_the_fastest_by_the_clock_and_warm_ups_are_not_timed():
     count = batch_size_lib.MIN_IMAGES_TO_MEASURE + 20
-    # Seconds of each measuring batch: a warm-up, then two timed, per size. The warm-ups
-    # are slowest per image at 16, which must not count; timed, 16 is the fastest.
-    durations = iter([8.0, 1.0, 1.6, 100.0, 1.2, 1.3, 8.0, 3.2, 3.3])
+    # Seconds of each measuring batch: a round of warm-ups (8, 16, 32), then two timed
+    # rounds. The warm-ups are slowest per image at 16, which must not count; timed,
+    # 16 is the fastest.
+    durations = iter([8.0, 100.0, 8.0, 1.0, 1.2, 3.2, 1.6, 1.3, 3.3])
     now, calls = [0.0], [0]
 
     def clock():
@@ -51,7 +52,7 @@ def test_measured_batch_size_is_the_fastest_by_the_clock_and_warm_ups_are_not_ti
     sizes = [len(p) for p in seen]
     assert run.chosen == 16
     assert run.seconds_per_image == pytest.approx({8: 1.0 / 8, 16: 1.2 / 16, 32: 3.2 / 32})
-    assert sizes[:9] == [8, 8, 8, 16, 16, 16, 32, 32, 32]
+    assert sizes[:9] == [8, 16, 32] * 3
     assert set(sizes[9:-1]) == {16} and 0 < sizes[-1] <= 16
     assert sorted(np.concatenate(seen).tolist()) == list(range(count))
 

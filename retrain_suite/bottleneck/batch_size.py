@@ -3,12 +3,15 @@ r"""The batch size of a forward pass over many images, measured when not given.
 Which size is fastest depends on the CPU (or GPU) and the module: with a
 random-weight Inception V3 on a 2-core Xeon, batches of 8 ran 15% faster than
 batches of 32, and on other machines larger batches win. So unless the user
-gives one, the first images are run at each of CANDIDATES in turn: one batch
+gives one, the first images are run at each of CANDIDATES: one batch of each
 to warm up (the first batch of a new shape also pays for allocating and
 preparing the kernels of that shape, so it is not timed), then TIMED_BATCHES
-timed ones. The rest run at the size with the fewest seconds per image. Every
-batch's results are kept, so measuring costs only the difference in speed of
-the slower sizes on those first images, not extra work.
+rounds of one timed batch of each size in turn. Taking turns spreads whatever
+else the machine is doing over all the sizes instead of landing on one, and
+each size's best batch counts (other work only ever slows a batch down). The
+rest run at the size with the fewest seconds per image. Every batch's results
+are kept, so measuring costs only the difference in speed of the slower sizes
+on those first images, not extra work.
 
 Too few images to measure (fewer than MIN_IMAGES_TO_MEASURE) run at
 DEFAULT_BATCH_SIZE: measuring would then cost more than it could save.
@@ -64,10 +67,10 @@ class BatchedRun:
         self.segments = []  # (batch size, positions) run first to measure, in order
         if batch_size is None and len(positions) >= MIN_IMAGES_TO_MEASURE:
             start = 0
-            for size in CANDIDATES:
-                count = (1 + TIMED_BATCHES) * size
-                self.segments.append((size, positions[start:start + count]))
-                start += count
+            for _ in range(1 + TIMED_BATCHES):  # A warm-up round, then the timed ones.
+                for size in CANDIDATES:
+                    self.segments.append((size, positions[start:start + size]))
+                    start += size
             self.rest = positions[start:]
         else:
             self.rest = positions
@@ -108,8 +111,11 @@ class BatchedRun:
         """Yield sess.run([position, *fetches]) for every batch, measuring first if asked.
 
         Sets `chosen`, `seconds_per_image` (when measured) and `steady_rate`:
-        images/s of the batches after the measuring ones or, without
-        measuring, after the first (which also pays for graph optimisation).
+        images/s of the batches after the first one at the size used. The
+        first pays for set-up: graph optimisation without measuring; after
+        measuring, the restart of the input pipeline at the chosen size (no
+        batch is decoded ahead yet). When that first batch is the only one,
+        the rate is the measured one at the chosen size.
         """
         fetches = [self.position, *fetches]
         if self.segments:
@@ -147,10 +153,7 @@ class BatchedRun:
         if not self.rest:
             return
         sess.run(self.rest_init, {self.rest_size: self.chosen})
-        # After measuring, the chosen size is warmed up and every batch counts;
-        # otherwise the first batch, which pays for graph optimisation, does not.
-        start = clock() if self.segments else None
-        count = 0
+        start, count = None, 0
         for values in input_pipeline.each_batch(sess, fetches):
             yield values
             if start is None:
@@ -159,3 +162,5 @@ class BatchedRun:
                 count += len(values[0])
         if count:
             self.steady_rate = count / max(clock() - start, 1e-9)
+        elif self.chosen in self.seconds_per_image:
+            self.steady_rate = 1.0 / self.seconds_per_image[self.chosen]
