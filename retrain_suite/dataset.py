@@ -258,6 +258,10 @@ def _images_under(class_dir, label, exclude_dirs):
                     logging.warning("Skipping folder %s: its name is not valid UTF-8; rename it "
                                     "to include its images.", shown(full))
                     continue
+                if line_breaking_char(name):
+                    logging.warning("Skipping folder %s: %s; rename it to include its images.",
+                                    shown(full), ONE_LINE_PROBLEM)
+                    continue
                 pending.append((full, [*parts, name]))
                 continue
             if os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS:
@@ -265,6 +269,9 @@ def _images_under(class_dir, label, exclude_dirs):
             if not name_is_utf8(name):
                 logging.warning("Skipping %s: its name is not valid UTF-8; rename it to include "
                                 "it.", shown(full))
+            elif line_breaking_char(name):
+                logging.warning("Skipping %s: %s; rename it to include it.", shown(full),
+                                ONE_LINE_PROBLEM)
             elif kind != "file":
                 logging.warning("Skipping %s: not a regular file (%s).", shown(full), kind)
             else:
@@ -272,19 +279,32 @@ def _images_under(class_dir, label, exclude_dirs):
     return sorted(paths)
 
 
-def check_label(label):
-    """Raise DatasetError for a class name the labels file cannot hold on one line.
+# Why a file or folder whose name line_breaking_char finds is left out of the scan.
+ONE_LINE_PROBLEM = ("its name holds a tab or a line break, which the split lists of "
+                    "pre_input.py ('<path>\\t<label>' a line) cannot hold")
 
-    Readers split the labels file with str.splitlines, which breaks lines at
-    \\n and \\r but also at \\v, \\f, \\x1c-\\x1e, \\x85, U+2028 and U+2029; the
-    split lists are tab separated.
+
+def line_breaking_char(name):
+    """The first tab or line break in name, or None.
+
+    Readers split the labels file and the split lists with str.splitlines,
+    which breaks lines at \\n and \\r but also at \\v, \\f, \\x1c-\\x1e, \\x85,
+    U+2028 and U+2029; the split lists are tab separated.
     """
-    for char in label:
+    for char in name:
         if char == "\t" or len(f"a{char}a".splitlines()) > 1:
-            raise DatasetError(
-                f"Class folder {label!r} has a tab or a line break ({char!r}) in its name, "
-                "which the labels file cannot hold on one line; rename the folder."
-            )
+            return char
+    return None
+
+
+def check_label(label):
+    """Raise DatasetError for a class name the labels file cannot hold on one line."""
+    char = line_breaking_char(label)
+    if char:
+        raise DatasetError(
+            f"Class folder {label!r} has a tab or a line break ({char!r}) in its name, "
+            "which the labels file cannot hold on one line; rename the folder."
+        )
 
 
 def build_dataset(image_dir, validation_percentage, testing_percentage, exclude_dirs=(),

@@ -257,6 +257,25 @@ def test_class_folder_with_tab_or_newline_raises_dataset_error(tmp_path, bad_nam
         dataset_lib.build_dataset(str(image_dir), 10, 10)
 
 
+@pytest.mark.parametrize("bad_name", ["a\tb.jpg", "c\nd.jpg", "e\u2028f.jpg", "sub\rfolder/g.jpg"])
+def test_file_or_subfolder_with_tab_or_line_break_is_skipped_and_lists_stay_one_line_each(
+    tmp_path, caplog, bad_name
+):
+    image_dir = tmp_path / "data"
+    for label in ("one", "two"):
+        for i in range(3):
+            touch(image_dir / label / f"{i}.jpg")
+    touch(image_dir / "one" / bad_name)
+    caplog.set_level(logging.WARNING)
+    dataset = dataset_lib.build_dataset(str(image_dir), 0, 0)
+    assert len(dataset.images) == 6
+    assert "its name holds a tab or a line break" in caplog.text
+    dataset_lib.write_lists(dataset, str(tmp_path / "lists"))
+    with open(tmp_path / "lists" / "training.txt", encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    assert len(lines) == 6 and all(len(line.split("\t")) == 2 for line in lines)
+
+
 def test_without_renumbers_labels_and_drops_empty_classes(tmp_path):
     image_dir = tmp_path / "data"
     for label in ("a", "b", "c"):
