@@ -32,7 +32,8 @@ setup(
         "tensorboard>=2.16,<2.22",
     ],
     extras_require={
-        "test": ["pytest", "ruff"],
+        # pytest-xdist: pytest.ini runs the suite on two worker processes.
+        "test": ["pytest", "pytest-xdist>=3.5", "ruff"],
         "gpu": ["tensorflow[and-cuda]>=2.16,<2.22"],
     },
     entry_points={

@@ -4,14 +4,21 @@ import os
 import subprocess
 import sys
 
-import numpy as np
-import pytest
-from absl import logging
-from PIL import Image
+from retrain_suite.cli import startup
 
-from retrain_suite import config as config_lib
-from retrain_suite import export
-from retrain_suite.bottleneck import make_module
+# The pytest workers import TensorFlow here; without this their C++ start-up lines
+# land in pytest's output. The environment given is a throwaway: os.environ stays as
+# it is, so the commands the tests start behave as a user's would.
+startup.quiet_tensorflow(argv=[], environ={})
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from absl import logging  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from retrain_suite import config as config_lib  # noqa: E402
+from retrain_suite import export  # noqa: E402
+from retrain_suite.bottleneck import make_module  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
