@@ -83,7 +83,7 @@ def frozen_graph(handle, default_image_size, class_count, layer, final_tensor_na
             ])
             for variable in variables:
                 variable.load(layer[variable.op.name], sess)
-            for variable, value in zip(module_variables, module_values):
+            for variable, value in zip(module_variables, module_values or []):
                 variable.load(value, sess)
             return module_lib.constant_graph_def(sess, [final_tensor_name])
 
