@@ -20,9 +20,16 @@ from retrain_suite.bottleneck import module as module_lib
 
 def tinted_image(label, rng, size=32):
     """uint8 [size, size, 3]: a random grey level, strong pixel noise, and a faint
-    red (label 0) or green (label 1) tint. The tiny module's random features are
-    dominated by the grey level and the noise, so a layer on them separates the two
-    classes poorly; tuned convolutions pick out the tint."""
+    red (label 0) or green (label 1) tint.
+
+    The tiny module's features of these images are large and dominated by the
+    grey level and the noise: the tests' bottleneck training (learning rate 0.1,
+    200 steps) keeps a layer near chance on them, while fine-tuning at 0.02 tunes
+    the convolutions to the tint and reaches 100% (5 data and module seeds tried).
+    A slower, longer bottleneck training (Adam at 0.001, 2000 steps) also reaches
+    100% here: the test shows fine-tuning improving on the bottleneck training it
+    starts from, not on the best bottleneck training there could be.
+    """
     grey = rng.uniform(0.1, 0.9) * np.ones((size, size, 3)) + rng.normal(0, 0.3, (size, size, 3))
     tint = np.array([0.05, -0.05, 0.0]) * (1 if label == 0 else -1)
     pixels = grey + tint + rng.normal(0, 0.03, (size, size, 3))
