@@ -68,7 +68,7 @@ class FineTuningResult:
 
 
 @dataclasses.dataclass
-class _Graph:
+class FineTuningGraph:
     graph: tf.Graph
     module: module_lib.FeatureVectorModule
     iterator_init: tf.Operation
@@ -82,9 +82,14 @@ class _Graph:
     every: list  # every global variable of the graph: what the checkpoint holds
 
 
-def _build_graph(config, class_count, images, train_rows, train_y, eval_rows, first_step,
-                 loss_settings):
-    """The fine-tuning graph: image batches -> module -> final layer -> loss -> update."""
+def build_graph(config, class_count, images, train_rows, train_y, eval_rows, first_step,
+                loss_settings):
+    """The fine-tuning graph: image batches -> module -> final layer -> loss -> update.
+
+    train_rows, train_y: the training images' positions in `images` and their
+    labels; eval_rows: {split: positions} of the images evaluated whole;
+    first_step: the step the batches start at (input_pipeline.fine_tuning_batches).
+    """
     tuning = config.fine_tuning
     seed = config.training.random_seed
     graph = tf.Graph()
@@ -138,7 +143,7 @@ def _build_graph(config, class_count, images, train_rows, train_y, eval_rows, fi
         every = tf.compat.v1.global_variables()
         values = {v.op.name: tf.compat.v1.placeholder(v.dtype.base_dtype, v.shape) for v in every}
         assign = tf.group(*(v.assign(values[v.op.name]) for v in every))
-    return _Graph(graph, module, iterator.initializer, train_step, loss, step, evaluations,
+    return FineTuningGraph(graph, module, iterator.initializer, train_step, loss, step, evaluations,
                   layer_variables, assign, values, every)
 
 
@@ -262,8 +267,8 @@ def fine_tune(config, labels, arrays, images, row_of, contents, result, loss_set
     path = checkpoint_file(config.outputs.checkpoint_path)
     resumed = _read_checkpoint(path, fingerprint)
     first_step = resumed[0] if resumed else 0
-    g = _build_graph(config, len(labels), images, [row_of[i.path] for i in train_images],
-                     train_y.tolist(), eval_rows, first_step, loss_settings)
+    g = build_graph(config, len(labels), images, [row_of[i.path] for i in train_images],
+                    train_y.tolist(), eval_rows, first_step, loss_settings)
     learning_rate = config_lib.fine_tune_learning_rate(config)
     logging.info(
         "Fine-tuning %s for %d steps (%d images a step, %s, learning rate %g, batch "
