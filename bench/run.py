@@ -60,6 +60,7 @@ FIGURES = (
     "memory",
     "label_image",
     "gpu",
+    "fine_tuning",
 )
 
 
@@ -111,6 +112,14 @@ flags.DEFINE_integer(
     10,
     "Steps from one evaluation to the next in our training loop (retrain.py's --eval_step_interval default).",
 )
+
+
+flags.DEFINE_integer(
+    "fine_tune_steps", 6, "Fine-tuning steps timed (ours and the limit (d)), after 2 untimed."
+)
+
+
+flags.DEFINE_integer("fine_tune_batch", 8, "Images per fine-tuning step.")
 
 
 flags.DEFINE_integer("warm_images", 4000, "Images of the warm-rerun and cache figures.")
@@ -170,6 +179,8 @@ def main(argv):
         "warm_images",
         "label_images",
         "eval_interval",
+        "fine_tune_steps",
+        "fine_tune_batch",
     ):
         if FLAGS[name].value is not None and FLAGS[name].value <= 0:
             raise app.UsageError(f"--{name}={FLAGS[name].value} must be positive.")

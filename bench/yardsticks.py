@@ -79,6 +79,34 @@ def limit_rate(images, handle, batch_sizes):
     return best
 
 
+def fine_tuning_limit_rate(images, handle, batch_size, steps, class_count=3):
+    """Yardstick (d): fine-tuning steps on one pre-decoded batch fed from memory.
+
+    images float32 [N, H, W, 3], N >= batch_size. Each step is the module's
+    forward and backward pass and a momentum update of its trainable variables
+    and a softmax layer, as in fine-tuning, without reading or decoding.
+    -> images/s over `steps` steps after two untimed ones.
+    """
+    graph = tf.Graph()
+    with graph.as_default():
+        module = module_lib.load(handle)
+        image_input = tf.compat.v1.placeholder(tf.float32, [None, module.height, module.width, 3])
+        labels = tf.constant(np.arange(batch_size) % class_count, tf.int64)
+        logits = final_layer.layer_logits(module(image_input, training=False), class_count)
+        loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
+        variables = module.trainable_variables + final_layer.final_layer_variables(graph)
+        step = final_layer.make_optimizer("momentum", 1e-4).minimize(loss, var_list=variables)
+        batch = images[:batch_size]
+        with tf.compat.v1.Session(graph=graph, config=module_lib.session_config()) as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            for _ in range(2):
+                sess.run(step, {image_input: batch})
+            start = time.monotonic()
+            for _ in range(steps):
+                sess.run(step, {image_input: batch})
+            return steps * batch_size / (time.monotonic() - start)
+
+
 def decoded_in_memory(paths, height, width):
     """The photos decoded and resized by the shared pipeline. -> float32 [N, H, W, 3]."""
     graph = tf.Graph()

@@ -1,7 +1,7 @@
 """The configuration of a retraining run: frozen dataclasses, and the checks on them.
 
 `RetrainConfig` holds one section per concern (data, module, training,
-distortions, evaluation, outputs). Field names are the command-line flag
+fine-tuning, distortions, evaluation, outputs). Field names are the command-line flag
 names, and the command line takes its defaults from here, so a run started
 from Python:
 
@@ -74,6 +74,23 @@ class TrainingConfig:
     random_seed: Optional[int] = None  # None: a fresh seed, drawn and logged by the run
 
 
+# Unset, --fine_tune_learning_rate is --learning_rate divided by this: the
+# module's weights already work, and large steps would throw that away.
+FINE_TUNE_LEARNING_RATE_DIVISOR = 100
+
+
+@dataclasses.dataclass(frozen=True)
+class FineTuningConfig:
+    """Training the module's own weights with the final layer, after the layer has trained."""
+
+    fine_tune_steps: int = 0  # 0: off
+    fine_tune_learning_rate: Optional[float] = None  # None: learning_rate / FINE_TUNE_LEARNING_RATE_DIVISOR
+    fine_tune_batch_size: int = 32  # images per step
+    fine_tune_optimizer: str = "momentum"  # one of final_layer.OPTIMIZERS
+    fine_tune_eval_interval: int = 100  # steps between whole-model validations (and checkpoints)
+    fine_tune_batch_norm: bool = False  # call the module with training=True (batch statistics)
+
+
 @dataclasses.dataclass(frozen=True)
 class DistortionConfig:
     """Random changes to training images (each trains from images, not the cache)."""
@@ -122,6 +139,7 @@ class RetrainConfig:
     data: "DataConfig" = DataConfig()
     module: "ModuleConfig" = ModuleConfig()
     training: "TrainingConfig" = TrainingConfig()
+    fine_tuning: "FineTuningConfig" = FineTuningConfig()
     distortions: "DistortionConfig" = DistortionConfig()
     evaluation: "EvaluationConfig" = EvaluationConfig()
     outputs: "OutputConfig" = OutputConfig()
@@ -140,7 +158,8 @@ class RetrainConfig:
 SECTIONS = {field.name: field.type.strip('"') for field in dataclasses.fields(RetrainConfig)}
 _SECTION_CLASSES = {
     "data": DataConfig, "module": ModuleConfig, "training": TrainingConfig,
-    "distortions": DistortionConfig, "evaluation": EvaluationConfig, "outputs": OutputConfig,
+    "fine_tuning": FineTuningConfig, "distortions": DistortionConfig,
+    "evaluation": EvaluationConfig, "outputs": OutputConfig,
 }
 
 
@@ -184,6 +203,12 @@ def flat_values(config):
 
 
 DEFAULT_PERCENTAGE = 10
+
+
+def fine_tune_learning_rate(config):
+    """--fine_tune_learning_rate, or unset, --learning_rate / FINE_TUNE_LEARNING_RATE_DIVISOR."""
+    rate = config.fine_tuning.fine_tune_learning_rate
+    return rate if rate is not None else config.training.learning_rate / FINE_TUNE_LEARNING_RATE_DIVISOR
 
 
 def distortions_from(config):
@@ -266,6 +291,7 @@ def check_flags(config):
     if config.training.learning_rate <= 0:
         raise UsageError(f"--learning_rate={config.training.learning_rate} must be positive.")
     check_training_flags(config)
+    check_fine_tuning_flags(config)
     check_tflite_flags(config)
     try:
         dataset_lib.check_percentages(
@@ -298,6 +324,44 @@ def check_training_flags(config):
     if threshold is not None and not 0 <= threshold <= 1:
         raise UsageError(
             f"--assert_accuracy_at_least={threshold} must be a fraction in [0, 1] (0.9 for 90%)."
+        )
+
+
+def check_fine_tuning_flags(config):
+    """The part of check_flags about --fine_tune_*."""
+    tuning = config.fine_tuning
+    if tuning.fine_tune_steps < 0:
+        raise UsageError(f"--fine_tune_steps={tuning.fine_tune_steps} must be 0 (off) or positive.")
+    if not tuning.fine_tune_steps:
+        for field in dataclasses.fields(FineTuningConfig):
+            if field.name != "fine_tune_steps" and value_of(config, field.name) != field.default:
+                raise UsageError(
+                    f"--{field.name}={value_of(config, field.name)} applies only to fine-tuning; "
+                    "set --fine_tune_steps to fine-tune, or drop it."
+                )
+        return
+    for name in ("fine_tune_batch_size", "fine_tune_eval_interval"):
+        if value_of(config, name) <= 0:
+            raise UsageError(f"--{name}={value_of(config, name)} must be positive.")
+    if tuning.fine_tune_learning_rate is not None and tuning.fine_tune_learning_rate <= 0:
+        raise UsageError(
+            f"--fine_tune_learning_rate={tuning.fine_tune_learning_rate} must be positive "
+            "(or unset: --learning_rate / 100)."
+        )
+    if tuning.fine_tune_optimizer not in final_layer.OPTIMIZERS:
+        raise UsageError(
+            f"--fine_tune_optimizer={tuning.fine_tune_optimizer} must be one of "
+            f"{', '.join(final_layer.OPTIMIZERS)}."
+        )
+    if config.training.sampling == "uniform":
+        raise UsageError(
+            "--sampling=uniform works on cached bottlenecks, and fine-tuning trains from "
+            "images; use --class_weighting=balanced for small classes instead."
+        )
+    if config.data.tfrecord_dir:
+        raise UsageError(
+            "--fine_tune_steps reads training images by position, which TFRecord files do "
+            "not allow; fine-tune from --image_dir instead."
         )
 
 
@@ -354,8 +418,9 @@ def output_paths_of(config):
         outputs.append(("intermediate_output_graphs_dir", config.outputs.intermediate_output_graphs_dir))
     prefix = config.outputs.checkpoint_path
     index = final_layer.checkpoint_index_name(prefix)
+    # ".fine_tuning": fine_tuning.CHECKPOINT_SUFFIX (that module imports this one).
     outputs += [("checkpoint_path", prefix + suffix)
-                for suffix in ("", ".index", ".data-00000-of-00001", ".lock")]
+                for suffix in ("", ".index", ".data-00000-of-00001", ".lock", ".fine_tuning")]
     outputs.append(("checkpoint_path", os.path.join(os.path.dirname(prefix), index)))
     return outputs
 

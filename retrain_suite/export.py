@@ -20,7 +20,9 @@ BOTTLENECK_NAME = "bottleneck"
 
 
 def _export_graph(handle, default_image_size, class_count, final_tensor_name, hidden_units):
-    """A new graph: Placeholder -> module -> bottleneck -> final layer. -> (graph, bottleneck)."""
+    """A new graph: Placeholder -> module -> bottleneck -> final layer.
+
+    -> (graph, bottleneck, module_lib.FeatureVectorModule)."""
     graph = tf.Graph()
     with graph.as_default():
         module = module_lib.load(handle, default_image_size)
@@ -31,7 +33,7 @@ def _export_graph(handle, default_image_size, class_count, final_tensor_name, hi
             raise ValueError(f"module {handle} already uses the op name {INPUT_NAME}")
         bottleneck = tf.identity(module(images), name=BOTTLENECK_NAME)
         final_layer.add_final_layer(bottleneck, class_count, final_tensor_name, hidden_units)
-    return graph, bottleneck
+    return graph, bottleneck, module
 
 
 def check_final_tensor_name(handle, default_image_size, final_tensor_name, hidden_units=0):
@@ -41,7 +43,7 @@ def check_final_tensor_name(handle, default_image_size, final_tensor_name, hidde
     taken in the graph (by the module, the input `Placeholder`, ...): what
     export would otherwise find only after all the training.
     """
-    _, bottleneck = _export_graph(
+    _, bottleneck, _ = _export_graph(
         handle, default_image_size, 2, final_tensor_name, hidden_units
     )
     images = bottleneck.graph.get_tensor_by_name(INPUT_NAME + ":0")
@@ -49,7 +51,7 @@ def check_final_tensor_name(handle, default_image_size, final_tensor_name, hidde
 
 
 def frozen_graph(handle, default_image_size, class_count, layer, final_tensor_name,
-                 hidden_units=0):
+                 hidden_units=0, module_values=None):
     """Module + the trained final layer -> frozen tf.compat.v1.GraphDef.
 
     layer: {variable name: ndarray}, the final layer's values as trained
@@ -57,8 +59,13 @@ def frozen_graph(handle, default_image_size, class_count, layer, final_tensor_na
     layer this process trained whatever else shares a checkpoint path.
     hidden_units must be the value the layer was trained with. The layer is
     built without dropout: the export computes exactly what evaluation did.
+    module_values: None for the module's own weights, or fine-tuned ones:
+    [ndarray], one per variable of the loaded module's `variables`, in that
+    order (fine_tuning.FineTuningResult.module_values). The order is the one
+    the module saved, the same in every graph it is loaded into; a count,
+    shape or dtype that differs is a ValueError, never a silent mismatch.
     """
-    graph, _ = _export_graph(
+    graph, _, module = _export_graph(
         handle, default_image_size, class_count, final_tensor_name, hidden_units
     )
     with graph.as_default():
@@ -66,6 +73,9 @@ def frozen_graph(handle, default_image_size, class_count, layer, final_tensor_na
         if sorted(v.op.name for v in variables) != sorted(layer):
             raise ValueError(f"layer values for {sorted(layer)}, graph has "
                              f"{sorted(v.op.name for v in variables)}")
+        module_variables = module.variables if module_values is not None else []
+        if module_values is not None:
+            check_module_values(module_variables, module_values)
         with tf.compat.v1.Session(graph=graph, config=module_lib.session_config()) as sess:
             sess.run([
                 tf.compat.v1.global_variables_initializer(),
@@ -73,7 +83,22 @@ def frozen_graph(handle, default_image_size, class_count, layer, final_tensor_na
             ])
             for variable in variables:
                 variable.load(layer[variable.op.name], sess)
+            for variable, value in zip(module_variables, module_values or []):
+                variable.load(value, sess)
             return module_lib.constant_graph_def(sess, [final_tensor_name])
+
+
+def check_module_values(variables, values):
+    """Raise ValueError unless values ([ndarray]) fit variables one for one (shape, dtype)."""
+    if len(variables) != len(values):
+        raise ValueError(f"{len(values)} module values for {len(variables)} module variables")
+    for variable, value in zip(variables, values):
+        if (tuple(variable.shape.as_list()) != value.shape
+                or variable.dtype.base_dtype.as_numpy_dtype != value.dtype):
+            raise ValueError(
+                f"module variable {variable.op.name} is {variable.shape} {variable.dtype.base_dtype}, "
+                f"its value {value.shape} {value.dtype}"
+            )
 
 
 def write_frozen_graph(graph_def, path):

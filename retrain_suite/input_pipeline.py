@@ -453,14 +453,15 @@ class ImageFiles(_ImageSource):
         UTF-8 never need to become string tensors.
         """
 
-        def check(index):
-            data, problem = read_image_file(self.paths[int(index)])
-            return _checked(None if problem else data, max_pixels)
-
         dataset = tf.data.Dataset.from_tensor_slices(tf.constant(list(indices), tf.int64))
         if shuffle_seed is not None:
             dataset = dataset.shuffle(len(indices), seed=shuffle_seed).repeat()
-        return _checked_elements(dataset, check)
+        return _checked_elements(dataset, lambda index: self.read_checked(index, max_pixels))
+
+    def read_checked(self, index, max_pixels=DEFAULT_MAX_IMAGE_PIXELS):
+        """The file at position index (numpy int), read once: _checked's tuple."""
+        data, problem = read_image_file(self.paths[int(index)])
+        return _checked(None if problem else data, max_pixels)
 
     def why_undecodable(self, index, max_pixels=DEFAULT_MAX_IMAGE_PIXELS):
         return why_undecodable(self.paths[index], max_pixels)
@@ -636,6 +637,57 @@ def distorted_batches(images, indices, labels, height, width, batch_size, distor
 
     dataset = encoded.map(load, num_parallel_calls=PARALLEL_DECODES, deterministic=True)
     dataset = dataset.ignore_errors()
+    return dataset.batch(batch_size).prefetch(1)
+
+
+def fine_tuning_batches(images, indices, labels, height, width, batch_size, distortions, seed,
+                        first_step=0, max_pixels=DEFAULT_MAX_IMAGE_PIXELS):
+    """Endless batches of training images for fine-tuning, from first_step on.
+
+    images: an ImageFiles (read by position); indices: the training images in
+    it, with their int64 labels. Yields (images float32 [B, height, width, 3]
+    in [0, 1], labels int64 [B]). Element j of the stream (in batch
+    j // batch_size) is image j % N of epoch j // N, in an order drawn
+    statelessly from (seed, epoch), and distorted (when any distortion is on)
+    with a variant drawn from (seed, j): every batch is a function of (seed,
+    step) alone, so a run resumed at first_step trains on exactly the batches
+    an uninterrupted one does. An image that cannot be read or decoded any
+    more is dropped, which shifts the batches after it.
+    """
+    count = len(indices)
+    order = tf.constant(list(indices), tf.int64)
+    label_of = tf.constant(list(labels), tf.int64)
+    first = first_step * batch_size
+    first_epoch = first // count
+
+    def epoch(number):
+        positions = tf.argsort(tf.random.stateless_uniform(
+            [count], tf.stack([tf.cast(seed, tf.int64), number])))
+        elements = number * count + tf.range(count, dtype=tf.int64)
+        return tf.data.Dataset.from_tensor_slices(
+            (elements, tf.gather(order, positions), tf.gather(label_of, positions)))
+
+    stream = tf.data.Dataset.counter(first_epoch, dtype=tf.int64).flat_map(epoch)
+    stream = stream.skip(first - first_epoch * count)
+    largest = (1.0 + distortions.crop / 100.0) * (1.0 + distortions.scale / 100.0)
+    work_height, work_width = (int(np.ceil(n * largest - 1e-3)) for n in (height, width))
+
+    def load(element, index, label):
+        data, _, orientation, usable = tf.numpy_function(
+            lambda i: images.read_checked(i, max_pixels), [index],
+            [tf.string, tf.string, tf.int32, tf.bool], stateful=False,
+        )
+        for tensor in (data, orientation, usable):
+            tensor.set_shape([])
+        if not distortions.any():
+            return decode_and_resize(data, height, width, orientation), label, usable
+        upright = decode_and_resize(data, work_height, work_width, orientation)
+        element_seed = tf.cast(tf.stack([tf.cast(seed, tf.int64), element]), tf.int32)
+        return distort(upright, height, width, distortions, element_seed), label, usable
+
+    dataset = stream.map(load, num_parallel_calls=PARALLEL_DECODES, deterministic=True)
+    dataset = dataset.ignore_errors().filter(lambda image, label, usable: usable)
+    dataset = dataset.map(lambda image, label, usable: (image, label))
     return dataset.batch(batch_size).prefetch(1)
 
 

@@ -1,13 +1,15 @@
 """The whole retraining run from a config.RetrainConfig, in order.
 
 check the configuration -> scan (or read TFRecords) and split -> compute or
-reuse bottlenecks -> train the final layer -> report on the test and
+reuse bottlenecks -> train the final layer (-> fine-tune the module with it
+on images, keeping the better) -> report on the test and
 validation sets -> export the frozen graph, labels (and SavedModel, and
 TFLite model) -> run each exported file on the test set (artifact_check). See
 retrain.py's docstring for what each step means to the user.
 """
 
 import contextlib
+import dataclasses
 import os
 import random
 
@@ -21,6 +23,7 @@ from retrain_suite import (
     evaluation,
     export,
     final_layer,
+    fine_tuning,
     input_pipeline,
     memory_budget,
     output_paths,
@@ -44,6 +47,12 @@ def check_sets(dataset, config):
             "--early_stopping_patience needs validation images; raise "
             "--validation_percentage or drop the flag."
         )
+    if config.fine_tuning.fine_tune_steps and not has_validation:
+        raise config_lib.UsageError(
+            "--fine_tune_steps needs validation images: fine-tuning is checked against the "
+            "bottleneck-trained model on them so that it never makes the classifier worse; "
+            "raise --validation_percentage or drop the flag."
+        )
     if (config.evaluation.assert_accuracy_at_least is not None and not has_validation
             and not dataset.in_split("testing")):
         raise config_lib.UsageError(
@@ -61,7 +70,9 @@ def check_memory(config, dimension, class_count, image_count, input_size):
     weights with their gradients and two optimizer slots (x4); a batch's
     hidden activations [B, H] x3 (ReLU output, its gradient, dropout); a
     bottleneck batch of decoded images [min(batch, N), h, w, 3] twice (one
-    prefetched), and with distortions a training batch of images.
+    prefetched), and with distortions a training batch of images; with
+    fine-tuning, a fine-tuning batch of images twice (the module's own
+    activations and gradients for it are not counted: they depend on the module).
     """
     batch, hidden = config.training.train_batch_size, config.training.hidden_units
     # Unset, the bottleneck batch size is measured among batch_size_lib.CANDIDATES.
@@ -76,6 +87,8 @@ def check_memory(config, dimension, class_count, image_count, input_size):
     }
     if config_lib.distortions_from(config).any():
         parts["train_batch_size"] += 2 * batch * pixels
+    if config.fine_tuning.fine_tune_steps:
+        parts["fine_tune_batch_size"] = 2 * config.fine_tuning.fine_tune_batch_size * pixels
     needed = 4 * (image_count * dimension + sum(parts.values()))
     missing = memory_budget.shortfall(needed)
     if missing:
@@ -172,12 +185,15 @@ def retrain_with_checked_flags(config):
         images = input_pipeline.ImageFiles(dataset.full_path(image) for image in dataset.images)
     logging.info("Found %d images in %d classes.", len(dataset.images), len(dataset.labels))
     check_sets(dataset, config)
-    outputs = [config.outputs.output_graph, config.outputs.output_labels, config.outputs.checkpoint_path]
+    outputs = [config.outputs.output_graph, config.outputs.output_labels, config.outputs.checkpoint_path,
+               fine_tuning.checkpoint_file(config.outputs.checkpoint_path)]
     for name in ("saved_model_dir", "eval_report", "tflite_output_file"):
         if config_lib.value_of(config, name):
             outputs.append(config_lib.value_of(config, name))
     config_lib.check_output_locations(outputs + [os.path.join(config.module.bottleneck_dir, "x")])
     dimension, input_size = check_names_in_graphs(config)
+    if config.fine_tuning.fine_tune_steps:
+        module_lib.check_fine_tunable(config.module.tfhub_module, config.module.image_size)
     check_memory(config, dimension, len(dataset.labels), len(dataset.images), input_size)
     with checkpoint_lock(config.outputs.checkpoint_path):
         return train_and_export(config, dataset, images)
@@ -206,10 +222,11 @@ def train_and_export(config, dataset, images):
     logging.info("Images per class and set:\n%s", dataset_lib.format_count_table(dataset))
     arrays = split_arrays(dataset, bottlenecks, row_of)
 
-    def export_graph(flag, path, layer):
+    def export_graph(flag, path, layer, module_values=None):
         graph_def = export.frozen_graph(
             config.module.tfhub_module, config.module.image_size, len(dataset.labels),
             layer, config.outputs.final_tensor_name, hidden_units=config.training.hidden_units,
+            module_values=module_values,
         )
         export.write_output(flag, path, lambda: export.write_frozen_graph(graph_def, path))
         return graph_def
@@ -228,6 +245,17 @@ def train_and_export(config, dataset, images):
             config, distortions,
         )
     result = training.train(arrays, len(dataset.labels), config, export_intermediate, batch_source)
+    tuned = None
+    if config.fine_tuning.fine_tune_steps:
+        tuned = fine_tuning.fine_tune(
+            config, dataset.labels, arrays, images, row_of,
+            {i.path: bottlenecks.contents[row_of[i.path]] for i in dataset.images}, result,
+            training.loss_settings(config, arrays["training"][1], len(dataset.labels)),
+        )
+        # What is reported, checked and exported from here on is the kept whole model,
+        # measured on images: the cached bottlenecks no longer describe a tuned module.
+        result = dataclasses.replace(result, layer=tuned.layer, predictions=tuned.predictions,
+                                     probabilities=tuned.probabilities)
     accuracy = reporting.report_test_results(
         arrays, dataset.labels, result, config.evaluation.print_misclassified_test_images
     )
@@ -243,13 +271,17 @@ def train_and_export(config, dataset, images):
         "testing": reports.get("testing"),
         "validation": reports.get("validation"),
     }
+    if tuned is not None:
+        report["fine_tuning"] = {"steps_trained": tuned.steps, "kept_step": tuned.kept_step,
+                                 "diverged": tuned.diverged}
     if config.evaluation.eval_report:
         export.write_output("eval_report", config.evaluation.eval_report,
                             lambda: evaluation.write_report(config.evaluation.eval_report, report))
         logging.info("Wrote evaluation report %s", config.evaluation.eval_report)
     if config.evaluation.assert_accuracy_at_least is not None:
         reporting.check_accuracy(reports, config.evaluation.assert_accuracy_at_least)
-    graph_def = export_graph("output_graph", config.outputs.output_graph, result.layer)
+    graph_def = export_graph("output_graph", config.outputs.output_graph, result.layer,
+                             tuned.module_values if tuned is not None else None)
     export.write_output("output_labels", config.outputs.output_labels,
                  lambda: export.write_labels(dataset.labels, config.outputs.output_labels))
     logging.info("Wrote %s and %s", config.outputs.output_graph, config.outputs.output_labels)

@@ -191,8 +191,7 @@ class _Pixels(tf.Module):
 
 
 def pixel_module(path):
-    module = make_module._FeatureVector(_Pixels(), SIZE, SIZE, False)
-    tf.saved_model.save(module, path, signatures={"serving_default": module.__call__})
+    make_module.save(make_module._FeatureVector(_Pixels(), SIZE, SIZE, False), path)
     return path
 
 

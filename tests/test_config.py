@@ -50,6 +50,16 @@ def test_with_seed_changes_only_the_seed():
         ({"assert_accuracy_at_least": 90}, "must be a fraction in [0, 1]"),
         ({"validation_percentage": 60, "testing_percentage": 40}, "add up to 100"),
         ({"random_crop": 10, "sampling": "uniform"}, "--sampling=uniform"),
+        ({"fine_tune_steps": -1}, "--fine_tune_steps=-1 must be 0 (off) or positive"),
+        ({"fine_tune_learning_rate": 0.001}, "applies only to fine-tuning; set --fine_tune_steps"),
+        ({"fine_tune_batch_norm": True}, "--fine_tune_batch_norm=True applies only to fine-tuning"),
+        ({"fine_tune_steps": 10, "fine_tune_learning_rate": 0.0}, "must be positive"),
+        ({"fine_tune_steps": 10, "fine_tune_learning_rate": float("nan")}, "must be a finite number"),
+        ({"fine_tune_steps": 10, "fine_tune_batch_size": 0}, "--fine_tune_batch_size=0 must be positive"),
+        ({"fine_tune_steps": 10, "fine_tune_eval_interval": -5}, "must be positive"),
+        ({"fine_tune_steps": 2**64}, "too large"),
+        ({"fine_tune_steps": 10, "fine_tune_optimizer": "rmsprop"}, "must be one of sgd"),
+        ({"fine_tune_steps": 10, "sampling": "uniform"}, "fine-tuning trains from images"),
     ],
 )
 def test_values_that_cannot_work_are_one_line_usage_errors(flat, message):
@@ -99,3 +109,11 @@ job.run_retraining(run)
     assert process.returncode == 0, process.stderr[-3000:]
     assert (tmp_path / "g.pb").stat().st_size > 0
     assert (tmp_path / "l.txt").read_text() == "blue\ngreen\nred\n"
+
+
+def test_fine_tune_learning_rate_defaults_to_a_fraction_of_the_learning_rate():
+    assert config_lib.fine_tune_learning_rate(valid(learning_rate=0.5)) == 0.5 / 100
+    assert config_lib.fine_tune_learning_rate(valid(fine_tune_learning_rate=0.02)) == 0.02
+    valid(fine_tune_steps=10, fine_tune_learning_rate=0.02, fine_tune_batch_norm=True).validate()
+    with pytest.raises(config_lib.UsageError, match="TFRecord"):
+        config_lib.from_flat({"tfrecord_dir": "/records", "fine_tune_steps": 5}).validate()

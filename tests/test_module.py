@@ -106,3 +106,24 @@ def test_freeze_refuses_weights_too_large_for_a_graph_def(tiny_module, monkeypat
     with pytest.raises(module_lib.ModuleError) as raised:
         module_lib.freeze(module)
     assert tiny_module in str(raised.value) and "smaller module" in str(raised.value)
+
+
+def test_made_modules_follow_the_reusable_saved_model_api(tiny_module):
+    # Fine-tuning needs `training=`, variables and regularization losses from hub.load.
+    with tf.Graph().as_default():
+        module = module_lib.load(tiny_module)
+        images = tf.compat.v1.placeholder(tf.float32, [None, 32, 32, 3])
+        inference, training = module(images), module(images, training=True)
+        trainable = module.trainable_variables
+        assert len(trainable) == 4 and len(module.variables) == 4
+        losses = module.regularization_losses()
+        assert len(losses) == 1
+        gradients = tf.gradients(tf.reduce_sum(training) + losses[0], trainable)
+        with tf.compat.v1.Session() as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            batch = np.random.RandomState(0).rand(2, 32, 32, 3).astype(np.float32)
+            first, second, loss, grads = sess.run(
+                [inference, training, losses[0], gradients], {images: batch})
+    np.testing.assert_array_equal(first, second)  # no layer of the tiny module differs in training
+    assert loss > 0 and all(np.abs(g).sum() > 0 for g in grads)
+    module_lib.check_fine_tunable(tiny_module)

@@ -4,9 +4,11 @@ r"""Write random-weight image feature-vector modules, for working offline.
     python -m bottleneck.make_module --kind=tiny --output_dir=/tmp/tiny
 
 Both follow TF Hub's image feature-vector convention (a TF2 SavedModel called
-on float32 [N, H, W, 3] in [0, 1], returning float32 [N, D]) and load with
-`hub.load` exactly like a downloaded module, so tests and benchmarks exercise
-the real loading path without network:
+on float32 [N, H, W, 3] in [0, 1], returning float32 [N, D]) and its Reusable
+SavedModel API (`__call__(images, training=...)`, `variables`,
+`trainable_variables`, `regularization_losses`), and load with `hub.load`
+exactly like a downloaded module, so tests and benchmarks exercise the real
+loading and fine-tuning paths without network:
 
 - `inception_v3`: the real Inception V3 architecture (299x299 in, 2048-d out),
   randomly initialised, with batch-norm statistics measured on one batch of
@@ -14,6 +16,7 @@ the real loading path without network:
   one; the features carry no ImageNet knowledge.
 - `tiny`: two small convolutions and global pooling (32x32 in, 64-d out), for
   fast tests. Its random features still separate plain colours and patterns.
+  Its one regularization loss is a tiny weight decay on the convolutions.
 """
 
 import tensorflow as tf
@@ -26,22 +29,39 @@ KINDS = ("inception_v3", "tiny")
 TINY_SIZE = 32
 
 
-class _FeatureVector(tf.Module):
-    """Wraps a float32 [N, H, W, 3] -> [N, D] function with a fixed input signature."""
+class _FeatureVector(tf.train.Checkpoint):
+    """A float32 [N, H, W, 3] -> [N, D] network as a Reusable SavedModel (TF Hub's API).
 
-    def __init__(self, network, height, width, scale_to_minus_one_one):
+    `__call__(images, training=False)` is traced for training True and False;
+    `variables`, `trainable_variables` and `regularization_losses` (functions
+    of no arguments returning scalar losses) are saved beside it, so the
+    loaded module can be fine-tuned. A tf.train.Checkpoint rather than a
+    tf.Module: tf.Module computes `variables` as a property, which is not
+    saved.
+    """
+
+    def __init__(self, network, height, width, scale_to_minus_one_one, regularization_losses=()):
         super().__init__()
         self.network = network
         self._scale = scale_to_minus_one_one
-        self.__call__ = tf.function(
-            self._features,
-            input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32, name="images")],
-        )
+        self.__call__ = tf.function(self._features)
+        self.images_spec = tf.TensorSpec([None, height, width, 3], tf.float32, name="images")
+        for training in (False, True):
+            self.__call__.get_concrete_function(self.images_spec, training=training)
+        self.variables = list(network.variables)
+        self.trainable_variables = list(network.trainable_variables)
+        self.regularization_losses = [
+            tf.function(loss, input_signature=[]) for loss in regularization_losses
+        ]
 
-    def _features(self, images):
+    def _features(self, images, training=False):
         if self._scale:
             images = images * 2.0 - 1.0
-        return self.network(images, training=False)
+        return self.network(images, training=training)
+
+    def serving_signature(self):
+        """The inference call as the SavedModel's serving_default signature."""
+        return self.__call__.get_concrete_function(self.images_spec, training=False)
 
 
 class _TinyNetwork(tf.Module):
@@ -52,6 +72,13 @@ class _TinyNetwork(tf.Module):
         self.bias1 = tf.Variable(tf.zeros([16]), name="bias1")
         self.conv2 = tf.Variable(init([3, 3, 16, 32], seed=[seed, 2]) * 0.15, name="conv2")
         self.bias2 = tf.Variable(tf.zeros([32]), name="bias2")
+
+    # Small enough not to change what a few hundred fine-tuning steps learn; there
+    # so that the module's regularization_losses have something to carry.
+    WEIGHT_DECAY = 1e-5
+
+    def weight_decay(self):
+        return self.WEIGHT_DECAY * (tf.reduce_sum(self.conv1**2) + tf.reduce_sum(self.conv2**2))
 
     def __call__(self, images, training=False):
         del training  # No layer behaves differently in training.
@@ -64,7 +91,8 @@ class _TinyNetwork(tf.Module):
 def build(kind, seed=0):
     """A tf.Module following the feature-vector convention."""
     if kind == "tiny":
-        return _FeatureVector(_TinyNetwork(seed), TINY_SIZE, TINY_SIZE, False)
+        network = _TinyNetwork(seed)
+        return _FeatureVector(network, TINY_SIZE, TINY_SIZE, False, [network.weight_decay])
     if kind == "inception_v3":
         tf.keras.utils.set_random_seed(seed)
         network = tf.keras.applications.InceptionV3(
@@ -95,11 +123,15 @@ def _calibrate_batch_norm(network, seed, count=16):
         layer.momentum = 0.99
 
 
+def save(module, folder):
+    """Write a _FeatureVector to folder as a SavedModel (serving_default: inference)."""
+    tf.saved_model.save(module, folder, signatures={"serving_default": module.serving_signature()})
+
+
 def write_module(kind, output_dir, seed=0):
     """Write a random-weight module of `kind` as a SavedModel folder at output_dir."""
     module = build(kind, seed)
 
-    def save(folder):
-        tf.saved_model.save(module, folder, signatures={"serving_default": module.__call__})
-
-    atomic_files.replace_dir(output_dir, save, atomic_files.SAVED_MODEL_ENTRIES)
+    atomic_files.replace_dir(
+        output_dir, lambda folder: save(module, folder), atomic_files.SAVED_MODEL_ENTRIES
+    )

@@ -48,9 +48,17 @@ class FeatureVectorModule:
     precision: str = "float32"  # what the forward pass computes in; see session_config
     graph: object = None  # the graph whose variables hold the weights; None when frozen
 
-    def __call__(self, images):
-        """float32 [N, height, width, 3] in [0, 1] -> float32 [N, D]."""
-        features = self._callable(images)
+    def __call__(self, images, training=None):
+        """float32 [N, height, width, 3] in [0, 1] -> float32 [N, D].
+
+        training: None calls the module as bottlenecks always have (its
+        default, inference); True or False is passed on as the Reusable
+        SavedModel API's `training` argument (see check_fine_tunable).
+        """
+        if training is None:
+            features = self._callable(images)
+        else:
+            features = self._callable(images, training=training)
         if isinstance(features, dict):
             raise ModuleError(
                 f"Module {self.handle} returns a dict of outputs; it is not an image "
@@ -62,6 +70,55 @@ class FeatureVectorModule:
                 "it is not an image feature-vector module."
             )
         return features
+
+
+    @property
+    def variables(self):
+        """The module's variables in the order it saved them (Reusable SavedModel API)."""
+        return list(getattr(self._callable, "variables", None) or [])
+
+    @property
+    def trainable_variables(self):
+        return list(getattr(self._callable, "trainable_variables", None) or [])
+
+    def regularization_losses(self):
+        """The module's own regularization losses: [float32 scalar] (empty if it has none)."""
+        return [loss() for loss in getattr(self._callable, "regularization_losses", None) or []]
+
+
+def check_fine_tunable(handle, default_image_size=DEFAULT_IMAGE_SIZE):
+    """Raise ModuleError, in one line, unless the module can be fine-tuned.
+
+    Fine-tuning needs TF Hub's Reusable SavedModel API: trainable variables
+    listed in `trainable_variables` (each also in `variables`, which export
+    copies), and a `__call__` that takes `training=True` and `training=False`.
+    Loads the module into a scratch graph: a load error is ModuleError too.
+    """
+    with tf.Graph().as_default():
+        module = load(handle, default_image_size)
+        trainable, every = module.trainable_variables, module.variables
+        fix = ("Fine-tuning needs a TF2 SavedModel that follows TF Hub's Reusable SavedModel "
+               "API; use such a module or drop --fine_tune_steps.")
+        if not trainable:
+            raise ModuleError(
+                f"Module {handle} lists no trainable variables (`trainable_variables` is "
+                "missing or empty: its weights are frozen, or it was saved without the "
+                f"attributes fine-tuning needs). {fix}"
+            )
+        if not {id(v) for v in trainable} <= {id(v) for v in every}:
+            raise ModuleError(
+                f"Module {handle} lists trainable variables missing from its `variables`, "
+                f"so fine-tuned weights could not be exported. {fix}"
+            )
+        images = tf.compat.v1.placeholder(tf.float32, [None, module.height, module.width, 3])
+        for training in (True, False):
+            try:
+                module(images, training=training)
+            except (TypeError, ValueError) as e:
+                raise ModuleError(
+                    f"Module {handle} cannot be called with training={training} "
+                    f"({_one_line(e).rstrip('.')}). {fix}"
+                ) from e
 
 
 def _fix_for(handle):

@@ -89,6 +89,37 @@ def define_logging_verbosity():
     )
 
 
+def define_fine_tuning_flags():
+    """The --fine_tune_* flags: training the module itself after the final layer."""
+    flags.DEFINE_integer(
+        "fine_tune_steps", _d("fine_tune_steps"),
+        "After the final layer has trained on bottlenecks, train the module's own weights "
+        "with it for this many steps on images; 0 (default) does not fine-tune.",
+    )
+    flags.DEFINE_float(
+        "fine_tune_learning_rate", _d("fine_tune_learning_rate"),
+        "Learning rate of fine-tuning. Default: --learning_rate / "
+        f"{config_lib.FINE_TUNE_LEARNING_RATE_DIVISOR}.",
+    )
+    flags.DEFINE_integer(
+        "fine_tune_batch_size", _d("fine_tune_batch_size"), "Images per fine-tuning step."
+    )
+    flags.DEFINE_enum(
+        "fine_tune_optimizer", _d("fine_tune_optimizer"), final_layer.OPTIMIZERS,
+        "Optimizer of fine-tuning (momentum: 0.9).",
+    )
+    flags.DEFINE_integer(
+        "fine_tune_eval_interval", _d("fine_tune_eval_interval"),
+        "Fine-tuning steps between evaluations of the whole model on the validation images "
+        "(each also writes the fine-tuning checkpoint).",
+    )
+    flags.DEFINE_bool(
+        "fine_tune_batch_norm", _d("fine_tune_batch_norm"),
+        "Call the module with training=True while fine-tuning: batch normalization uses each "
+        "batch's statistics and updates its moving averages (use with large batches only).",
+    )
+
+
 def define_retrain_flags():
     """Every flag of retrain.py, one per field of config.RetrainConfig (plus logging)."""
     # Input and split.
@@ -166,6 +197,7 @@ def define_retrain_flags():
         "Seed for weights, shuffling and sampling; the same seed and data give the same "
         "result. Default: a fresh seed, printed in the log.",
     )
+    define_fine_tuning_flags()
     # Evaluation.
     flags.DEFINE_integer(
         "eval_step_interval", _d("eval_step_interval"), "How often (in steps) to evaluate and log."
