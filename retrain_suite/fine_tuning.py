@@ -33,6 +33,7 @@ import hashlib
 import io
 import json
 import math
+import os
 import time
 
 import numpy as np
@@ -47,6 +48,10 @@ from retrain_suite.bottleneck import module as module_lib
 
 # Written next to --checkpoint_path, under its lock.
 CHECKPOINT_SUFFIX = ".fine_tuning"
+
+
+# The TensorBoard run (a folder of --summaries_dir) of the fine-tuning curves.
+TENSORBOARD_RUN = "fine_tuning"
 
 
 def checkpoint_file(checkpoint_path):
@@ -276,7 +281,11 @@ def fine_tune(config, labels, arrays, images, row_of, contents, result, loss_set
         "steps.", config.module.tfhub_module, steps, tuning.fine_tune_batch_size,
         tuning.fine_tune_optimizer, learning_rate,
         "trained" if tuning.fine_tune_batch_norm else "in inference mode", len(val_y), interval)
-    with tf.compat.v1.Session(graph=g.graph, config=module_lib.session_config()) as sess:
+    with g.graph.as_default():  # FileWriter refuses to run eagerly.
+        writer = tf.compat.v1.summary.FileWriter(
+            os.path.join(config.outputs.summaries_dir, TENSORBOARD_RUN), filename_suffix=".fine_tuning"
+        )
+    with writer, tf.compat.v1.Session(graph=g.graph, config=module_lib.session_config()) as sess:
         sess.run(tf.compat.v1.global_variables_initializer())
         start_values = sess.run(g.every)  # the module as loaded; the layer set below
         by_name = dict(zip((v.op.name for v in g.every), start_values))
@@ -300,6 +309,8 @@ def fine_tune(config, labels, arrays, images, row_of, contents, result, loss_set
             _, accuracy, cross_entropy = _evaluate(
                 sess, g, "validation", eval_rows["validation"], val_y)
             best = _Best(0, accuracy, cross_entropy)
+            _write_scalars(writer, 0, validation_accuracy=accuracy,
+                           validation_cross_entropy=cross_entropy)
             start_score = (accuracy, cross_entropy)
             logging.info(
                 "Fine-tuning step 0/%d (the bottleneck-trained model): validation accuracy "
@@ -326,6 +337,8 @@ def fine_tune(config, labels, arrays, images, row_of, contents, result, loss_set
                 continue
             _, accuracy, cross_entropy = _evaluate(
                 sess, g, "validation", eval_rows["validation"], val_y)
+            _write_scalars(writer, step, loss=loss, validation_accuracy=accuracy,
+                           validation_cross_entropy=cross_entropy)
             message = (f"Fine-tuning step {step}/{steps}: loss {loss:.4f}, validation accuracy "
                        f"{100 * accuracy:.1f}%, cross entropy {cross_entropy:.4f}")
             if not math.isfinite(cross_entropy):
@@ -370,6 +383,14 @@ def fine_tune(config, labels, arrays, images, row_of, contents, result, loss_set
         module_values=[kept[n] for n in module_names] if kept_step else None,
         predictions=predictions, probabilities=probabilities,
     )
+
+
+def _write_scalars(writer, step, **values):
+    """One TensorBoard point per value (a float) at fine-tuning step `step`."""
+    writer.add_summary(tf.compat.v1.Summary(value=[
+        tf.compat.v1.Summary.Value(tag=tag, simple_value=float(value))
+        for tag, value in values.items()
+    ]), step)
 
 
 def _log_choice(kept_step, steps, kept_score, start_score, diverged, count):

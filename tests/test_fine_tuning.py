@@ -100,7 +100,9 @@ def runs(tmp_path_factory, tiny_module):
     plain_log, _ = run_logged(plain)
     cached = cache_state(cache)
     tuned = settings_for(root / "tuned", image_dir, tiny_module, cache,
-                         saved_model_dir=str(root / "tuned" / "out" / "saved_model"), **FINE_TUNING)
+                         saved_model_dir=str(root / "tuned" / "out" / "saved_model"),
+                         tflite_output_file=str(root / "tuned" / "out" / "model.tflite"),
+                         **FINE_TUNING)
     with pytest.MonkeyPatch.context() as monkeypatch:
         tuned_log, result = run_logged(tuned, monkeypatch)
     return {"root": root, "image_dir": image_dir, "cache": cache, "plain": plain,
@@ -121,12 +123,29 @@ def test_fine_tuning_raises_validation_and_test_accuracy(runs):
     assert "Fine-tuning step 0/100 (the bottleneck-trained model)" in runs["tuned_log"]
     assert "Keeping the fine-tuned model from fine-tuning step" in runs["tuned_log"]
     assert "points over the bottleneck-trained model" in runs["tuned_log"]
-    # The exported files are the tuned model: each scores what training measured.
+    # The exported files (frozen graph, SavedModel, TFLite) are the tuned model: each
+    # scores what training measured.
+    assert len(tuned["artifacts"]["files"]) == 3
     for artifact in tuned["artifacts"]["files"]:
         assert artifact["agreement"] == 1.0
         assert artifact["accuracy"] == tuned["testing"]["accuracy"]
     # Tuned features would poison the cache: it must be exactly as bottleneck training left it.
     assert runs["cached_after"] == runs["cached_before"]
+
+
+def test_fine_tuning_curves_are_in_tensorboard(runs):
+    folder = os.path.join(runs["tuned"]["summaries_dir"], fine_tuning.TENSORBOARD_RUN)
+    points = {}
+    for name in os.listdir(folder):
+        for event in tf.compat.v1.train.summary_iterator(os.path.join(folder, name)):
+            for value in event.summary.value:
+                points.setdefault(value.tag, {})[event.step] = value.simple_value
+    assert sorted(points["validation_accuracy"]) == [0, 25, 50, 75, 100]
+    assert sorted(points["loss"]) == [25, 50, 75, 100]
+    tuned = report(runs["tuned"])
+    kept = tuned["fine_tuning"]["kept_step"]
+    assert points["validation_accuracy"][kept] == pytest.approx(tuned["validation"]["accuracy"])
+    assert points["validation_accuracy"][0] < points["validation_accuracy"][kept]
 
 
 def test_exported_graph_reproduces_the_in_run_probabilities(runs):
