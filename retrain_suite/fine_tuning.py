@@ -35,6 +35,7 @@ import json
 import math
 import os
 import time
+import zipfile
 
 import numpy as np
 import tensorflow as tf
@@ -196,12 +197,15 @@ def _read_checkpoint(path, fingerprint):
     """-> (step, current values {name: ndarray}, _Best, start score) or None, logged."""
     if not tf.io.gfile.exists(path):
         return None
+    # Read like an image: a FIFO or device put there is refused, never waited on.
+    data, problem = input_pipeline.read_regular_file(path)
     try:
-        with tf.io.gfile.GFile(path, "rb") as f:
-            stored = np.load(io.BytesIO(f.read()), allow_pickle=False)
+        if problem:
+            raise ValueError(problem)
+        with np.load(io.BytesIO(data), allow_pickle=False) as stored:
             meta = json.loads(str(stored["meta"]))
             arrays = {name: stored[name] for name in stored.files if name != "meta"}
-    except (OSError, ValueError, KeyError, tf.errors.OpError) as e:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, tf.errors.OpError) as e:
         logging.warning("Ignoring the fine-tuning checkpoint %s: it cannot be read (%s); "
                         "fine-tuning starts from step 0.", path, input_pipeline.one_line(e))
         return None

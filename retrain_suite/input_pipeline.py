@@ -58,8 +58,8 @@ class ImageFile:
     height: int = 0
 
 
-def read_image_file(path):
-    """The bytes of one image file. -> (bytes, None), or (None, one-line reason).
+def read_regular_file(path):
+    """The bytes of one file (an image, a checkpoint). -> (bytes, None), or (None, one-line reason).
 
     A local path is opened non-blocking and checked with fstat on the open
     descriptor before anything is read, so a FIFO, socket, device or folder
@@ -103,7 +103,7 @@ def inspect_image_file(path, max_pixels=DEFAULT_MAX_IMAGE_PIXELS):
     width x height exceeds max_pixels is refused here before it can take
     gigabytes of memory.
     """
-    data, problem = read_image_file(path)
+    data, problem = read_regular_file(path)
     if problem:
         return ImageFile(None, 1, problem)
     return inspect_image_bytes(data, max_pixels)
@@ -223,7 +223,7 @@ def _orientation(data):
 
 def why_undecodable(path, max_pixels=DEFAULT_MAX_IMAGE_PIXELS):
     """A one-line reason why the image at path cannot be read or decoded."""
-    data, problem = read_image_file(path)
+    data, problem = read_regular_file(path)
     return problem or why_bytes_undecodable(data, max_pixels)
 
 
@@ -445,7 +445,7 @@ class ImageFiles(_ImageSource):
     def encoded_dataset(self, indices, max_pixels=DEFAULT_MAX_IMAGE_PIXELS, shuffle_seed=None):
         """Dataset of (index int64, content string, encoded bytes, orientation int32).
 
-        Each file at `indices` is read once (see read_image_file: special files
+        Each file at `indices` is read once (see read_regular_file: special files
         are refused without blocking) and hashed and checked as read;
         unusable ones are left out. With shuffle_seed, an endless stream in a
         new order each epoch (files are read after shuffling, so only indices
@@ -460,7 +460,7 @@ class ImageFiles(_ImageSource):
 
     def read_checked(self, index, max_pixels=DEFAULT_MAX_IMAGE_PIXELS):
         """The file at position index (numpy int), read once: _checked's tuple."""
-        data, problem = read_image_file(self.paths[int(index)])
+        data, problem = read_regular_file(self.paths[int(index)])
         return _checked(None if problem else data, max_pixels)
 
     def why_undecodable(self, index, max_pixels=DEFAULT_MAX_IMAGE_PIXELS):

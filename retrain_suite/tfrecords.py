@@ -50,7 +50,7 @@ def _write_shard(dataset, images, path):
     try:
         with tf.io.TFRecordWriter(temporary) as writer:
             for image in images:
-                data, problem = input_pipeline.read_image_file(dataset.full_path(image))
+                data, problem = input_pipeline.read_regular_file(dataset.full_path(image))
                 if problem:
                     raise dataset_lib.DatasetError(
                         f"{dataset.full_path(image)} {problem} while the records were written; "

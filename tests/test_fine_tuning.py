@@ -6,6 +6,7 @@ import json
 import logging as std_logging
 import os
 import shutil
+import threading
 
 import numpy as np
 import pytest
@@ -179,6 +180,40 @@ def test_diverging_fine_tuning_exports_the_bottleneck_trained_model(runs, tiny_m
     assert report(settings)["fine_tuning"]["kept_step"] == 0
     assert report(settings)["fine_tuning"]["diverged"]
     assert constants(settings["output_graph"]) == constants(runs["plain"]["output_graph"])
+
+
+@pytest.mark.parametrize("kind", ["fifo", "damaged"])
+def test_a_fifo_or_damaged_fine_tuning_checkpoint_is_ignored_not_waited_on(runs, tiny_module, kind):
+    root = runs["root"] / f"checkpoint_{kind}"
+    settings = settings_for(root, runs["image_dir"], tiny_module, runs["cache"],
+                            **{**FINE_TUNING, "fine_tune_steps": 2, "fine_tune_eval_interval": 2})
+    path = fine_tuning.checkpoint_file(settings["checkpoint_path"])
+    os.makedirs(os.path.dirname(path))
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        with open(path, "wb") as f:
+            f.write(b"PK\x03\x04 not the rest of a zip file")
+    # Were the FIFO waited on, this writer would end the wait (with no bytes) after a
+    # minute, and the test would fail on the reason instead of hanging.
+    release = threading.Timer(60, release_fifo, [path])
+    release.start()
+    try:
+        log, _ = run_logged(settings)
+    finally:
+        release.cancel()
+    reason = "not a regular file (a FIFO)" if kind == "fifo" else "cannot be read"
+    assert "Ignoring the fine-tuning checkpoint" in log and reason in log
+    assert report(settings)["fine_tuning"]["steps_trained"] == 2
+    with open(path, "rb") as f:  # replaced by this run's own checkpoint
+        assert f.read(2) == b"PK"
+
+
+def release_fifo(path):
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+    except OSError:  # No reader waits on it (or it is no FIFO now): nothing to release.
+        pass
 
 
 def constants(path):

@@ -196,7 +196,7 @@ def test_file_replaced_by_a_fifo_after_inspection_is_refused_without_blocking(tm
     path.unlink()
     os.mkfifo(path)
     # Opened non-blocking and checked with fstat: returns at once, nothing read.
-    assert input_pipeline.read_image_file(str(path)) == (None, "not a regular file (a FIFO)")
+    assert input_pipeline.read_regular_file(str(path)) == (None, "not a regular file (a FIFO)")
     assert input_pipeline.why_undecodable(str(path)) == "not a regular file (a FIFO)"
 
 
