@@ -70,20 +70,23 @@ def check_memory(config, dimension, class_count, image_count, input_size):
     weights with their gradients and two optimizer slots (x4); a batch's
     hidden activations [B, H] x3 (ReLU output, its gradient, dropout); a
     bottleneck batch of decoded images [min(batch, N), h, w, 3] twice (one
-    prefetched), and with distortions a training batch of images; with
+    prefetched; with the batch size measured, one batch of each candidate size
+    decoded ahead and the largest running), and with distortions a training batch of images; with
     fine-tuning, a fine-tuning batch of images twice (the module's own
     activations and gradients for it are not counted: they depend on the module).
     """
     batch, hidden = config.training.train_batch_size, config.training.hidden_units
-    # Unset, the bottleneck batch size is measured among batch_size_lib.CANDIDATES.
-    bottleneck_batch = config.module.bottleneck_batch_size or max(batch_size_lib.CANDIDATES)
+    # Decoded images held at once: two batches of a given size; while measuring, one
+    # batch of each candidate size ahead (batch_size.BatchedRun) and the largest running.
+    bottleneck_images = (2 * config.module.bottleneck_batch_size if config.module.bottleneck_batch_size
+                         else sum(batch_size_lib.CANDIDATES) + max(batch_size_lib.CANDIDATES))
     height, width = input_size
     weights = dimension * hidden + hidden * class_count if hidden else dimension * class_count
     pixels = height * width * 3
     parts = {
         "train_batch_size": 2 * batch * dimension + 3 * batch * class_count,
         "hidden_units": 4 * (weights + hidden + class_count) + 3 * batch * hidden,
-        "bottleneck_batch_size": 2 * min(bottleneck_batch, image_count) * pixels,
+        "bottleneck_batch_size": min(bottleneck_images, image_count) * pixels,
     }
     if config_lib.distortions_from(config).any():
         parts["train_batch_size"] += 2 * batch * pixels

@@ -57,6 +57,34 @@ def test_measured_batch_size_is_the_fastest_by_the_clock_and_warm_ups_are_not_ti
     assert sorted(np.concatenate(seen).tolist()) == list(range(count))
 
 
+def test_images_dropped_while_measuring_cost_no_other_image():
+    """A size whose images mostly fail to decode runs out of batches early: its
+    turns are skipped, and every other image still comes out."""
+    count = batch_size_lib.MIN_IMAGES_TO_MEASURE + 20
+    with tf.Graph().as_default():
+        probe = batch_size_lib.BatchedRun(lambda positions, size: make_plain_batches(positions, size),
+                                          range(count))
+        eights = [p for size, part in probe.segments if size == 8 for p in part]
+    dropped = set(eights[:16])  # two of the three batches of 8: only one is left
+
+    def make_batches(positions, size):
+        kept = [p for p in positions if p not in dropped]
+        return make_plain_batches(kept, size)
+
+    with tf.Graph().as_default():
+        run = batch_size_lib.BatchedRun(make_batches, range(count))
+        with tf.compat.v1.Session() as sess:
+            seen = [p for p, _ in run.batches(sess, [run.images])]
+    assert sorted(np.concatenate(seen).tolist()) == sorted(set(range(count)) - dropped)
+    assert run.chosen in batch_size_lib.CANDIDATES
+
+
+def make_plain_batches(positions, size):
+    return tf.data.Dataset.from_tensor_slices(
+        tf.constant(positions, tf.int64)
+    ).batch(size).map(lambda p: (p, tf.zeros([tf.size(p), 1, 1, 3])))
+
+
 def test_measured_batch_size_is_logged_and_gives_the_vectors_of_a_given_size(
     tmp_path, tiny_module, caplog, monkeypatch
 ):

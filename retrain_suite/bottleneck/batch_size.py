@@ -87,10 +87,21 @@ class BatchedRun:
         self.rest_init = iterator.make_initializer(rest)
         self.measure_init = None
         if self.segments:
-            measured = None
-            for size, part in self.segments:
-                batches = make_batches(part, size)
-                measured = batches if measured is None else measured.concatenate(batches)
+            # One pipeline per size, over all of that size's positions, taking turns in
+            # the order of the segments. A pipeline per segment (nine) measured 100 MiB
+            # more peak memory over 2,000 images. An image that cannot be decoded makes
+            # its size's pipeline end a batch early; that turn is skipped, not the others.
+            sizes = [size for size, _ in self.segments]
+            pipelines = [
+                make_batches([p for s, part in self.segments if s == size for p in part], size)
+                for size in CANDIDATES
+            ]
+            turns = tf.data.Dataset.from_tensor_slices(
+                tf.constant([CANDIDATES.index(size) for size in sizes], tf.int64)
+            )
+            measured = tf.data.Dataset.choose_from_datasets(
+                pipelines, turns, stop_on_empty_dataset=False
+            )
             # Without this the first batch of each size would wait for its decoding.
             self.measure_init = iterator.make_initializer(measured.prefetch(1))
         # (position, ..., images): the first and last parts of each element.
