@@ -611,6 +611,20 @@ def rotate(image, angle):
     return rotated[0]
 
 
+def decoded_distorted(data, orientation, height, width, distortions, seed, element):
+    """Encoded bytes -> float32 [height, width, 3], distorted with a variant drawn
+    from (seed, element), a scalar int64: the same element gets the same distortion.
+
+    Decodes straight to the largest size distort() can ask for: the full-size
+    image is never held as floats, and the shared function turns it upright.
+    """
+    largest = (1.0 + distortions.crop / 100.0) * (1.0 + distortions.scale / 100.0)
+    work_height, work_width = (int(np.ceil(n * largest - 1e-3)) for n in (height, width))
+    upright = decode_and_resize(data, work_height, work_width, orientation)
+    element_seed = tf.cast(tf.stack([tf.cast(seed, tf.int64), element]), tf.int32)
+    return distort(upright, height, width, distortions, element_seed)
+
+
 def distorted_batches(images, indices, labels, height, width, batch_size, distortions, seed,
                       max_pixels=DEFAULT_MAX_IMAGE_PIXELS):
     """Endless batches of randomly distorted training images for the module.
@@ -624,16 +638,11 @@ def distorted_batches(images, indices, labels, height, width, batch_size, distor
     label_by_index = dict(zip(indices, labels))
     label_of = tf.constant([label_by_index.get(i, 0) for i in range(max(indices) + 1)], tf.int64)
     encoded = images.encoded_dataset(indices, max_pixels, shuffle_seed=seed).enumerate()
-    # Decode straight to the largest size distort() can ask for: the full-size
-    # image is never held as floats, and the shared function turns it upright.
-    largest = (1.0 + distortions.crop / 100.0) * (1.0 + distortions.scale / 100.0)
-    work_height, work_width = (int(np.ceil(n * largest - 1e-3)) for n in (height, width))
 
     def load(count, element):
         index, _, data, orientation = element
-        upright = decode_and_resize(data, work_height, work_width, orientation)
-        element_seed = tf.cast(tf.stack([tf.cast(seed, tf.int64), count]), tf.int32)
-        return distort(upright, height, width, distortions, element_seed), tf.gather(label_of, index)
+        image = decoded_distorted(data, orientation, height, width, distortions, seed, count)
+        return image, tf.gather(label_of, index)
 
     dataset = encoded.map(load, num_parallel_calls=PARALLEL_DECODES, deterministic=True)
     dataset = dataset.ignore_errors()
@@ -669,8 +678,6 @@ def fine_tuning_batches(images, indices, labels, height, width, batch_size, dist
 
     stream = tf.data.Dataset.counter(first_epoch, dtype=tf.int64).flat_map(epoch)
     stream = stream.skip(first - first_epoch * count)
-    largest = (1.0 + distortions.crop / 100.0) * (1.0 + distortions.scale / 100.0)
-    work_height, work_width = (int(np.ceil(n * largest - 1e-3)) for n in (height, width))
 
     def load(element, index, label):
         data, _, orientation, usable = tf.numpy_function(
@@ -681,9 +688,8 @@ def fine_tuning_batches(images, indices, labels, height, width, batch_size, dist
             tensor.set_shape([])
         if not distortions.any():
             return decode_and_resize(data, height, width, orientation), label, usable
-        upright = decode_and_resize(data, work_height, work_width, orientation)
-        element_seed = tf.cast(tf.stack([tf.cast(seed, tf.int64), element]), tf.int32)
-        return distort(upright, height, width, distortions, element_seed), label, usable
+        image = decoded_distorted(data, orientation, height, width, distortions, seed, element)
+        return image, label, usable
 
     dataset = stream.map(load, num_parallel_calls=PARALLEL_DECODES, deterministic=True)
     dataset = dataset.ignore_errors().filter(lambda image, label, usable: usable)
