@@ -20,6 +20,7 @@ import tensorflow as tf
 from retrain_suite import dataset as dataset_lib
 from retrain_suite import input_pipeline, tflite, tflite_metadata
 from retrain_suite.bottleneck import batch_size as batch_size_lib
+from retrain_suite.bottleneck import inlining
 
 # Ops a retrained classifier (any TF Hub image feature-vector module plus the new
 # layer) is made of: arithmetic, neural-network and array ops, and calls to the
@@ -99,15 +100,6 @@ def unsafe_ops(graph_def):
     return sorted({n.op for n in nodes if n.op not in SAFE_OPS and n.op not in functions})
 
 
-def called_functions(node):
-    """Names of the functions a node calls through its attributes (`f` of PartitionedCall, ...)."""
-    for value in node.attr.values():
-        if value.HasField("func"):
-            yield value.func.name
-        for func in value.list.func:
-            yield func.name
-
-
 def undefined_functions(graph_def):
     """Sorted names of functions that nodes of the graph or its functions call, but
     that the graph's library does not define."""
@@ -115,7 +107,7 @@ def undefined_functions(graph_def):
     nodes = list(graph_def.node)
     for function in graph_def.library.function:
         nodes.extend(function.node_def)
-    return sorted({name for n in nodes for name in called_functions(n) if name not in defined})
+    return sorted({name for n in nodes for name in inlining.called_functions(n) if name not in defined})
 
 
 def _short_list(names, count=5, width=60):

@@ -142,13 +142,80 @@ def no_freezing(module, precision="float32"):
     raise AssertionError(f"the module was frozen for {precision}")
 
 
+def test_float32_bottlenecks_are_computed_frozen_and_a_cached_rerun_does_not_freeze(
+    tmp_path, tiny_module, small_dataset, monkeypatch, caplog
+):
+    bottleneck_dir = str(tmp_path / "bottlenecks")
+    frozen_for, freeze = [], module_lib.freeze
+
+    def spy(module, precision="float32"):
+        frozen_for.append(precision)
+        return freeze(module, precision)
+
+    with monkeypatch.context() as patch, caplog.at_level(logging.INFO, logger="absl"):
+        patch.setattr(module_lib, "freeze", spy)
+        first = compute.compute_bottlenecks(small_dataset, tiny_module, bottleneck_dir)
+    assert frozen_for == ["float32"] and first.computed == 12
+    assert "Froze the module's weights into the graph in" in caplog.text
+    monkeypatch.setattr(module_lib, "freeze", no_freezing)
+    again = compute.compute_bottlenecks(small_dataset, tiny_module, bottleneck_dir)
+    assert (again.computed, again.reused) == (0, 12)
+
+
+def test_float32_runs_the_module_as_loaded_when_it_cannot_be_frozen(
+    tmp_path, tiny_module, small_dataset, monkeypatch, caplog
+):
+    frozen = compute.compute_bottlenecks(small_dataset, tiny_module, str(tmp_path / "frozen"))
+    monkeypatch.setattr(module_lib, "MAX_FROZEN_BYTES", 100)
+    with caplog.at_level(logging.WARNING, logger="absl"):
+        loaded = compute.compute_bottlenecks(small_dataset, tiny_module, str(tmp_path / "loaded"))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "could not be frozen" in warnings[0], warnings
+    assert "MiB of weights" in warnings[0] and "\n" not in warnings[0]
+    assert loaded.computed == 12
+    np.testing.assert_allclose(loaded.vectors, frozen.vectors, rtol=1e-5, atol=1e-5)
+    # Mixed precision has no way on without frozen weights: the error stops it.
+    with pytest.raises(module_lib.ModuleError, match="MiB of weights"):
+        compute.compute_bottlenecks(
+            small_dataset, tiny_module, str(tmp_path / "mixed"), precision="bfloat16"
+        )
+
+
+def test_float32_runs_the_module_as_loaded_where_freezing_would_take_too_much_memory(
+    tmp_path, tiny_module, small_dataset, monkeypatch, caplog
+):
+    with tf.Graph().as_default():
+        weights = module_lib.weight_bytes(module_lib.load(tiny_module))
+    extra = compute.FROZEN_MEMORY_PER_WEIGHT_BYTE * weights
+    frozen_for, freeze = [], module_lib.freeze
+
+    def spy(module, precision="float32"):
+        frozen_for.append(precision)
+        return freeze(module, precision)
+
+    monkeypatch.setattr(module_lib, "freeze", spy)
+    # Just enough memory: frozen.
+    monkeypatch.setattr(compute.memory_budget, "physical_memory", lambda: 4 * extra)
+    compute.compute_bottlenecks(small_dataset, tiny_module, str(tmp_path / "enough"))
+    assert frozen_for == ["float32"]
+    # A byte less: as loaded, and the log says why.
+    monkeypatch.setattr(compute.memory_budget, "physical_memory", lambda: 4 * extra - 1)
+    with caplog.at_level(logging.INFO, logger="absl"):
+        loaded = compute.compute_bottlenecks(small_dataset, tiny_module, str(tmp_path / "short"))
+    assert frozen_for == ["float32"] and loaded.computed == 12
+    assert "freezing them into the graph would take about" in caplog.text
+    # Mixed precision needs frozen weights, whatever the memory.
+    compute.compute_bottlenecks(
+        small_dataset, tiny_module, str(tmp_path / "mixed"), precision="bfloat16"
+    )
+    assert frozen_for == ["float32", "bfloat16"]
+
+
 def test_mixed_precision_bottlenecks_have_their_own_key_and_match_float32(
     tmp_path, tiny_module, small_dataset, monkeypatch
 ):
     bottleneck_dir = str(tmp_path / "bottlenecks")
-    with monkeypatch.context() as patch:
-        patch.setattr(module_lib, "freeze", no_freezing)  # float32 runs the module as loaded
-        fp32 = compute.compute_bottlenecks(small_dataset, tiny_module, bottleneck_dir)
+    fp32 = compute.compute_bottlenecks(small_dataset, tiny_module, bottleneck_dir)
     bf16 = compute.compute_bottlenecks(
         small_dataset, tiny_module, bottleneck_dir, precision="bfloat16"
     )

@@ -1,0 +1,86 @@
+"""retrain_suite.bottleneck.inlining: function calls in a GraphDef replaced by their bodies."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from retrain_suite.bottleneck import inlining
+
+
+def run(graph_def, fetches, feeds):
+    with tf.Graph().as_default() as graph:
+        tf.compat.v1.import_graph_def(graph_def, name="")
+        with tf.compat.v1.Session(graph=graph) as sess:
+            return sess.run(fetches, feeds)
+
+
+def call_ops(graph_def):
+    ops = [n.op for n in graph_def.node]
+    ops += [n.op for f in graph_def.library.function for n in f.node_def]
+    return [op for op in ops if op in inlining.CALL_OPS]
+
+
+def nested_call_graph():
+    """x, y -> a = relu(2x) + 1 times y, b = relu(2y) + 1, through a function calling a function."""
+
+    @tf.function
+    def inner(v):
+        return tf.nn.relu(v * 2.0) + 1.0
+
+    @tf.function
+    def outer(x, y):
+        return inner(x) * y, inner(y)
+
+    with tf.Graph().as_default() as graph:
+        x = tf.compat.v1.placeholder(tf.float32, [None], name="x")
+        y = tf.compat.v1.placeholder(tf.float32, [None], name="y")
+        a, b = outer(x, y)
+        tf.identity(a, name="a")
+        tf.identity(b, name="b")
+    return graph.as_graph_def()
+
+
+def test_nested_calls_are_inlined_and_compute_the_same():
+    graph_def = nested_call_graph()
+    assert len(call_ops(graph_def)) == 3  # the outer call, and two of the inner in its body
+    flat = inlining.inline_function_calls(graph_def)
+    assert call_ops(flat) == []
+    feeds = {"x:0": [-1.0, 0.5, 3.0], "y:0": [2.0, -4.0, 0.25]}
+    expected = run(graph_def, ["a:0", "b:0"], feeds)
+    values = run(flat, ["a:0", "b:0"], feeds)
+    np.testing.assert_array_equal(values[0], expected[0])
+    np.testing.assert_array_equal(values[1], expected[1])
+    np.testing.assert_array_equal(values[1], [5.0, 1.0, 1.5])
+    # The input is not modified.
+    assert len(call_ops(graph_def)) == 3
+
+
+def test_body_nodes_do_not_collide_with_nodes_named_like_them():
+    graph_def = nested_call_graph()
+    (call,) = [n for n in graph_def.node if n.op in inlining.CALL_OPS]
+    # Top-level nodes already named as the body's nodes would be, under the call's name.
+    with tf.Graph().as_default() as graph:
+        tf.constant(7.0, name=call.name + "/mul")
+        tf.constant(8.0, name=call.name + "/x")
+    graph_def.node.extend(graph.as_graph_def().node)
+    flat = inlining.inline_function_calls(graph_def)
+    names = [n.name for n in flat.node]
+    assert len(names) == len(set(names))
+    values = run(flat, ["a:0", call.name + "/mul:0", call.name + "/x:0"], {"x:0": [1.0], "y:0": [3.0]})
+    assert values[0].tolist() == [9.0] and values[1:] == [7.0, 8.0]
+
+
+def test_a_body_s_side_effects_still_run_before_the_outputs_are_read():
+    @tf.function
+    def checked(v):
+        tf.debugging.assert_positive(v, message="not positive")
+        return v + 1.0
+
+    with tf.Graph().as_default() as graph:
+        x = tf.compat.v1.placeholder(tf.float32, [None], name="x")
+        tf.identity(checked(x), name="out")
+    flat = inlining.inline_function_calls(graph.as_graph_def())
+    assert call_ops(flat) == []
+    assert run(flat, "out:0", {"x:0": [1.0]}).tolist() == [2.0]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="not positive"):
+        run(flat, "out:0", {"x:0": [-1.0]})
