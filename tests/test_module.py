@@ -6,8 +6,7 @@ import pytest
 import tensorflow as tf
 from conftest import write_image
 
-from retrain_suite.bottleneck import compute
-from retrain_suite.bottleneck import inlining
+from retrain_suite.bottleneck import compute, inlining
 from retrain_suite.bottleneck import module as module_lib
 
 
