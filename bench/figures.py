@@ -33,8 +33,8 @@ class Settings:
     images: int
     label_images: int
     limit_batch_sizes: list
-    rss_counts: list
     rounds: int
+    rss_counts: list
     rss_module: str
     steps: int
     train_batch: int

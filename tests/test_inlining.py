@@ -70,17 +70,26 @@ def test_body_nodes_do_not_collide_with_nodes_named_like_them():
     assert values[0].tolist() == [9.0] and values[1:] == [7.0, 8.0]
 
 
-def test_a_body_s_side_effects_still_run_before_the_outputs_are_read():
+def test_a_body_s_side_effects_still_run_for_those_that_wait_on_the_call():
     @tf.function
     def checked(v):
-        tf.debugging.assert_positive(v, message="not positive")
-        return v + 1.0
+        tf.debugging.assert_positive(v, message="not positive")  # no output depends on it
 
     with tf.Graph().as_default() as graph:
         x = tf.compat.v1.placeholder(tf.float32, [None], name="x")
-        tf.identity(checked(x), name="out")
+        checked(x)
+        (call,) = [op for op in graph.get_operations() if op.type in inlining.CALL_OPS]
+        with tf.control_dependencies([call]):
+            tf.identity(x, name="out")
     flat = inlining.inline_function_calls(graph.as_graph_def())
     assert call_ops(flat) == []
-    assert run(flat, "out:0", {"x:0": [1.0]}).tolist() == [2.0]
+    assert run(flat, "out:0", {"x:0": [1.0]}).tolist() == [1.0]
     with pytest.raises(tf.errors.InvalidArgumentError, match="not positive"):
         run(flat, "out:0", {"x:0": [-1.0]})
+
+
+def test_calls_that_would_multiply_without_end_are_refused(monkeypatch):
+    graph_def = nested_call_graph()  # 1 outer call whose body makes 2 inner calls
+    monkeypatch.setattr(inlining, "MAX_INLINED_NODES", 12)
+    with pytest.raises(ValueError, match="over 12 nodes"):
+        inlining.inline_function_calls(graph_def)

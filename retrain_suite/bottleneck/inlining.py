@@ -24,6 +24,10 @@ CALL_OPS = ("PartitionedCall", "StatefulPartitionedCall")
 # Nested calls deeper than this are left as calls (a function that calls itself).
 MAX_DEPTH = 32
 
+# The most nodes inlining may create: a function that calls another twice, nested
+# 32 deep, would otherwise need billions. Real modules need thousands.
+MAX_INLINED_NODES = 1_000_000
+
 
 def inline_function_calls(graph_def):
     """A copy of graph_def with every call of a library function by a top-level
@@ -35,7 +39,11 @@ def inline_function_calls(graph_def):
     outputs and control edges, so every consumer reads the same tensors.
     Functions with attributes of their own (type-polymorphic) and calls
     through other ops (If, While) stay calls; the library keeps the functions
-    still called, and only those.
+    still called, and only those. Nodes of the body that have no inputs
+    (constants) do not wait for the call's control inputs.
+
+    Raises ValueError when inlining would create more than MAX_INLINED_NODES
+    nodes.
     """
     library = {f.signature.name: f for f in graph_def.library.function}
     result = tf.compat.v1.GraphDef()
@@ -46,6 +54,7 @@ def inline_function_calls(graph_def):
     with tf.Graph().as_default():
         tf.compat.v1.import_graph_def(_library_only(graph_def), name="")
         pending = [(node, 0) for node in graph_def.node]
+        created = 0
         while pending:
             node, depth = pending.pop()
             function = library.get(node.attr["f"].func.name) if node.op in CALL_OPS else None
@@ -53,6 +62,12 @@ def inline_function_calls(graph_def):
                 result.node.add().CopyFrom(node)
                 continue
             body = _body_nodes(node, function, names)
+            created += len(body)
+            if created > MAX_INLINED_NODES:
+                raise ValueError(
+                    f"inlining the graph's function calls would create over {MAX_INLINED_NODES:,} "
+                    "nodes (calls nested and repeated too deep)"
+                )
             names.update(n.name for n in body)
             pending.extend((n, depth + 1) for n in body)
     drop_unused_functions(result)
