@@ -93,3 +93,10 @@ def test_calls_that_would_multiply_without_end_are_refused(monkeypatch):
     monkeypatch.setattr(inlining, "MAX_INLINED_NODES", 12)
     with pytest.raises(ValueError, match="over 12 nodes"):
         inlining.inline_function_calls(graph_def)
+
+
+def test_a_tensorflow_without_the_conversion_refuses_with_value_error(monkeypatch):
+    # compute falls back to the module as loaded on ValueError (test_compute).
+    monkeypatch.setattr(inlining, "function_def_to_graph_def", None)
+    with pytest.raises(ValueError, match="no function_def_to_graph_def"):
+        inlining.inline_function_calls(nested_call_graph())

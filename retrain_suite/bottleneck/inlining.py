@@ -17,7 +17,11 @@ is about 8% faster.
 """
 
 import tensorflow as tf
-from tensorflow.python.framework import function_def_to_graph
+
+try:  # Not in TensorFlow's public API: a release without it cannot inline (ValueError).
+    from tensorflow.python.framework.function_def_to_graph import function_def_to_graph_def
+except ImportError:
+    function_def_to_graph_def = None
 
 CALL_OPS = ("PartitionedCall", "StatefulPartitionedCall")
 
@@ -45,6 +49,8 @@ def inline_function_calls(graph_def):
     Raises ValueError when inlining would create more than MAX_INLINED_NODES
     nodes.
     """
+    if function_def_to_graph_def is None:
+        raise ValueError("this TensorFlow has no function_def_to_graph_def to inline calls with")
     library = {f.signature.name: f for f in graph_def.library.function}
     result = tf.compat.v1.GraphDef()
     result.versions.CopyFrom(graph_def.versions)
@@ -94,7 +100,7 @@ def _inlinable(function, call):
 
 def _body_nodes(call, function, taken):
     """The nodes that replace `call`: its function's body under a fresh prefix."""
-    body, flat_names = function_def_to_graph.function_def_to_graph_def(function)
+    body, flat_names = function_def_to_graph_def(function)
     prefix, number = call.name + "/", 0
     while any(name.startswith(prefix) for name in taken):
         number += 1
