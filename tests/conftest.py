@@ -1,8 +1,10 @@
 """Shared fixtures: synthetic image folders and generated modules, all offline."""
 
 import os
+import signal
 import subprocess
 import sys
+import threading
 
 from retrain_suite.cli import startup
 
@@ -21,6 +23,14 @@ from retrain_suite import export  # noqa: E402
 from retrain_suite.bottleneck import make_module  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# The Ctrl-C tests send SIGINT to the commands they start. A suite started with
+# SIGINT ignored (a background job of a script, nohup) would pass that on to them,
+# and they would run on: an ignored signal stays ignored across exec, while a
+# handled one goes back to its default, which Python turns into Ctrl-C handling.
+if (signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        and threading.current_thread() is threading.main_thread()):
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 # In-process runs log through absl, which stays at WARNING until flags are parsed.

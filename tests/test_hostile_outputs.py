@@ -379,7 +379,12 @@ def wait_for(log, text, process, seconds=300):
 def interrupt(process, log):
     """SIGINT, as Ctrl-C sends it. -> (exit status, stderr lines)."""
     process.send_signal(signal.SIGINT)
-    status = process.wait(timeout=120)
+    try:
+        status = process.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        process.kill()  # Not left running (some of them train for ever).
+        process.wait()
+        raise
     with open(log) as f:
         return status, f.read().strip().splitlines()
 
