@@ -103,7 +103,7 @@ flags.DEFINE_list("limit_batch_sizes", ["8", "16", "32"], "Batch sizes tried for
 
 flags.DEFINE_integer(
     "rounds",
-    2,
+    3,
     "Rounds of the bottleneck rows: each measures the limit (c), ours and the classic "
     "method (a) one after the other, and each figure is its best round (for 2a, ours in "
     "float32 and in mixed precision alike).",

@@ -36,9 +36,9 @@ def test_benchmark_prints_a_table_with_every_figure(tmp_path):
     # The classic method's row says where its time goes.
     classic = next(line for line in table if line.startswith("| 1b."))
     assert re.search(r"per image: decode \d+ ms, module \d+ ms, text \d+ ms", classic), classic
-    # Rows 1a and 1b are each figure's best of two rounds (the default).
-    assert "best of 2 rounds" in classic
-    assert "Round 2 of 2: limit " in process.stderr
+    # Rows 1a and 1b are each figure's best of three rounds (the default).
+    assert "best of 3 rounds" in classic
+    assert "Round 3 of 3: limit " in process.stderr
     assert any(line.startswith("Machine: ") and "TensorFlow" in line for line in lines)
 
 
