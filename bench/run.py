@@ -1,6 +1,6 @@
 r"""The speed benchmark: every figure of the suite beside its yardstick, in one run.
 
-    python bench/run.py                                  # about 19 minutes on 2 CPU cores
+    python bench/run.py                                  # about 20 minutes on 2 CPU cores
     python bench/run.py --images=400 --limit_batch_sizes=1,8,16,32,64
     python bench/run.py --figures=training,cache --module=tiny
 
