@@ -142,18 +142,24 @@ def no_freezing(module, precision="float32"):
     raise AssertionError(f"the module was frozen for {precision}")
 
 
-def test_float32_bottlenecks_are_computed_frozen_and_a_cached_rerun_does_not_freeze(
-    tmp_path, tiny_module, small_dataset, monkeypatch, caplog
-):
-    bottleneck_dir = str(tmp_path / "bottlenecks")
+def spy_on_freezing(patch):
+    """Make module.freeze record each precision it freezes for. -> that list."""
     frozen_for, freeze = [], module_lib.freeze
 
     def spy(module, precision="float32"):
         frozen_for.append(precision)
         return freeze(module, precision)
 
+    patch.setattr(module_lib, "freeze", spy)
+    return frozen_for
+
+
+def test_float32_bottlenecks_are_computed_frozen_and_a_cached_rerun_does_not_freeze(
+    tmp_path, tiny_module, small_dataset, monkeypatch, caplog
+):
+    bottleneck_dir = str(tmp_path / "bottlenecks")
     with monkeypatch.context() as patch, caplog.at_level(logging.INFO, logger="absl"):
-        patch.setattr(module_lib, "freeze", spy)
+        frozen_for = spy_on_freezing(patch)
         first = compute.compute_bottlenecks(small_dataset, tiny_module, bottleneck_dir)
     assert frozen_for == ["float32"] and first.computed == 12
     assert "Froze the module's weights into the graph in" in caplog.text
@@ -187,13 +193,7 @@ def test_float32_runs_the_module_as_loaded_where_freezing_would_take_too_much_me
     with tf.Graph().as_default():
         weights = module_lib.weight_bytes(module_lib.load(tiny_module))
     extra = compute.FROZEN_MEMORY_PER_WEIGHT_BYTE * weights
-    frozen_for, freeze = [], module_lib.freeze
-
-    def spy(module, precision="float32"):
-        frozen_for.append(precision)
-        return freeze(module, precision)
-
-    monkeypatch.setattr(module_lib, "freeze", spy)
+    frozen_for = spy_on_freezing(monkeypatch)
     # Just enough memory: frozen.
     monkeypatch.setattr(compute.memory_budget, "physical_memory", lambda: 4 * extra)
     compute.compute_bottlenecks(small_dataset, tiny_module, str(tmp_path / "enough"))
