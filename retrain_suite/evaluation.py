@@ -11,8 +11,11 @@ From the true and predicted class of each evaluated image this module makes:
 - `evaluation_summary`: a TensorBoard Summary proto with those pictures and the
   per-class accuracy scalars, written by a tf.compat.v1 FileWriter.
 
-Conventions: the confusion matrix is int [C, C] with rows the true class and
-columns the predicted class, both in label order. A ratio whose denominator is
+Conventions: the confusion matrix has rows the true class and columns the
+predicted class, both in label order; it is kept as its non-zero cells
+(`confusion_counts`), whose number grows with the images, not with the square
+of the classes. Everything shown (tables, pictures, scalars) is bounded at any
+number of classes; the report holds every class. A ratio whose denominator is
 zero (precision of a class never predicted, recall of a class with no images)
 is None in the report (null in JSON) and "-" in the tables, not a made-up 0.
 """
@@ -30,6 +33,22 @@ from retrain_suite import atomic_files, input_pipeline
 MAX_MISCLASSIFIED_SHOWN = 16
 
 
+# What is shown must stay readable at 10,000 classes; the --eval_report JSON
+# holds every class whatever the count.
+MAX_CLASSES_LISTED = 30  # rows of the log's per-class table; per-class TensorBoard scalars
+
+
+MAX_MATRIX_TABLE_CLASSES = 20  # the log's confusion matrix table; past it, a list of
+# the most frequent confusions (MAX_CLASSES_LISTED of them)
+
+
+MAX_PICTURE_CLASSES = 40  # classes drawn in the confusion matrix picture: its side
+# stays under about 1,400 pixels (PIL refuses to open pictures of over 179M pixels)
+
+
+MAX_DENSE_CLASSES = 100  # the report's dense confusion_matrix (10,000 cells)
+
+
 TILE = 160  # pixels, side of one image in the misclassified grid
 
 
@@ -39,10 +58,25 @@ CAPTION = 36  # pixels, height of the caption band under each tile
 GAP = 4  # pixels between tiles
 
 
-def confusion_matrix(truth, predictions, class_count):
-    """truth, predictions int [N] class indices -> int64 [C, C], rows true, columns predicted."""
+def confusion_counts(truth, predictions, class_count):
+    """truth, predictions int [N] class indices -> int64 [K, 3], the non-zero cells of
+    the confusion matrix as (true class, predicted class, images), row by row.
+
+    K is at most N and at most C * C: memory and time grow with the images, not
+    with the square of the classes (a dense [C, C] int64 matrix of 10,000
+    classes is 800 MB).
+    """
+    truth = np.asarray(truth, np.int64)
+    predictions = np.asarray(predictions, np.int64)
+    cells, images = np.unique(truth * class_count + predictions, return_counts=True)
+    return np.stack([cells // class_count, cells % class_count, images], axis=1).reshape(-1, 3)
+
+
+def dense_matrix(counts, class_count):
+    """confusion_counts' cells -> int64 [C, C], rows true, columns predicted."""
+    counts = np.asarray(counts, np.int64).reshape(-1, 3)
     matrix = np.zeros([class_count, class_count], np.int64)
-    np.add.at(matrix, (np.asarray(truth, np.int64), np.asarray(predictions, np.int64)), 1)
+    matrix[counts[:, 0], counts[:, 1]] = counts[:, 2]
     return matrix
 
 
@@ -51,19 +85,25 @@ def _ratio(numerator, denominator):
 
 
 def evaluate(truth, predictions, labels):
-    """The report of one set: {'count', 'accuracy', 'classes', 'macro_avg', 'confusion_matrix'}.
+    """The report of one set: {'count', 'accuracy', 'classes', 'macro_avg',
+    'confusion_counts', 'confusion_matrix'}.
 
     truth, predictions: int [N] class indices; labels: [C] class names.
     classes: one {'label', 'precision', 'recall', 'f1', 'support'} per label, in
     label order; support is the number of images of that class. F1 is
     2 TP / (2 TP + FP + FN), defined whenever the class occurs at all.
     macro_avg: the unweighted mean of each ratio over the classes where it is
-    defined. accuracy is None for an empty set.
+    defined. accuracy is None for an empty set. confusion_counts: the non-zero
+    cells, [[true index, predicted index, images], ...] row by row, at any
+    number of classes; confusion_matrix: the same as a dense [C][C] list up to
+    MAX_DENSE_CLASSES classes, None past it (its size grows as C squared).
     """
-    matrix = confusion_matrix(truth, predictions, len(labels))
-    true_positives = np.diag(matrix)
-    predicted = matrix.sum(axis=0)
-    support = matrix.sum(axis=1)
+    truth = np.asarray(truth, np.int64)
+    predictions = np.asarray(predictions, np.int64)
+    class_count = len(labels)
+    support = np.bincount(truth, minlength=class_count)
+    predicted = np.bincount(predictions, minlength=class_count)
+    true_positives = np.bincount(truth[truth == predictions], minlength=class_count)
     classes = []
     for c, label in enumerate(labels):
         tp, fp, fn = true_positives[c], predicted[c] - true_positives[c], support[c] - true_positives[c]
@@ -78,13 +118,16 @@ def evaluate(truth, predictions, labels):
     for name in ("precision", "recall", "f1"):
         defined = [c[name] for c in classes if c[name] is not None]
         macro[name] = float(np.mean(defined)) if defined else None
-    count = int(matrix.sum())
+    count = len(truth)
+    counts = confusion_counts(truth, predictions, class_count)
     return {
         "count": count,
         "accuracy": _ratio(true_positives.sum(), count),
         "classes": classes,
         "macro_avg": macro,
-        "confusion_matrix": matrix.tolist(),
+        "confusion_counts": counts.tolist(),
+        "confusion_matrix": (dense_matrix(counts, class_count).tolist()
+                             if class_count <= MAX_DENSE_CLASSES else None),
     }
 
 
@@ -113,25 +156,84 @@ def _percent(value):
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
+def _worst_first(values):
+    """Indices of values (floats or None) from the lowest up, None last, ties by index."""
+    return sorted(range(len(values)), key=lambda i: (values[i] is None, values[i] or 0.0, i))
+
+
+def _class_table(report):
+    """The per-class rows of the table: every class in label order, or, past
+    MAX_CLASSES_LISTED classes, the lowest F1 first. -> (heading or None, rows, note)."""
+    classes = report["classes"]
+
+    def row(c):
+        return [c["label"], _percent(c["precision"]), _percent(c["recall"]), _percent(c["f1"]),
+                c["support"]]
+
+    if len(classes) <= MAX_CLASSES_LISTED:
+        return None, [row(c) for c in classes], None
+    shown = _worst_first([c["f1"] for c in classes])[:MAX_CLASSES_LISTED]
+    return (
+        f"The {len(shown)} classes with the lowest F1, of {len(classes)}:",
+        [row(classes[i]) for i in shown],
+        f"... and {len(classes) - len(shown)} more classes (every class is in the "
+        "--eval_report JSON).",
+    )
+
+
+def most_frequent_confusions(report, count=MAX_CLASSES_LISTED):
+    """The off-diagonal cells with the most images, at most count. -> [(true index,
+    predicted index, images)], the most images first, then the largest share of
+    the true class's images, then in label order."""
+    support = [c["support"] for c in report["classes"]]
+    wrong = [(t, p, n) for t, p, n in report["confusion_counts"] if t != p]
+    return sorted(wrong, key=lambda cell: (-cell[2], -cell[2] / support[cell[0]], cell[0], cell[1]))[
+        :count]
+
+
+def _confusion_lines(name, report, labels):
+    """The confusion matrix for the log: a table up to MAX_MATRIX_TABLE_CLASSES
+    classes, else the most frequent confusions."""
+    if len(labels) <= MAX_MATRIX_TABLE_CLASSES:
+        matrix_rows = [["true \\ predicted", *labels]]
+        for label, counts in zip(labels, dense_matrix(report["confusion_counts"], len(labels))):
+            matrix_rows.append([label, *counts.tolist()])
+        return [f"{name} confusion matrix (rows: true class, columns: predicted class):",
+                *_aligned(matrix_rows)]
+    wrong = sum(1 for t, p, _ in report["confusion_counts"] if t != p)
+    if not wrong:
+        return [f"{name}: no image of the {len(labels)} classes was taken for another class."]
+    shown = most_frequent_confusions(report)
+    support = [c["support"] for c in report["classes"]]
+    rows = [["true class", "predicted class", "images", "of its class"], None]
+    rows += [[labels[t], labels[p], n, _percent(n / support[t])] for t, p, n in shown]
+    return [f"{name}: the {len(shown)} most frequent confusions, of {wrong} pairs of classes "
+            f"confused (the whole matrix of the {len(labels)} classes is in the --eval_report "
+            "JSON):",
+            *_aligned(rows, left_columns=2)]
+
+
 def format_report(name, report, labels):
-    """A set's report as text: accuracy line, per-class table, confusion matrix table."""
+    """A set's report as text: accuracy line, per-class table, confusion matrix table.
+
+    Bounded whatever the number of classes: past MAX_CLASSES_LISTED classes the
+    table lists the classes with the lowest F1 and says how many more there are;
+    past MAX_MATRIX_TABLE_CLASSES the confusion matrix becomes a list of the
+    most frequent confusions.
+    """
+    heading, class_rows, note = _class_table(report)
     header = ["class", "precision", "recall", "F1", "support"]
-    rows = [header, None]
-    for c in report["classes"]:
-        rows.append([c["label"], _percent(c["precision"]), _percent(c["recall"]),
-                     _percent(c["f1"]), c["support"]])
     macro = report["macro_avg"]
-    rows.append(["(macro average)", _percent(macro["precision"]), _percent(macro["recall"]),
-                 _percent(macro["f1"]), report["count"]])
-    matrix_rows = [["true \\ predicted", *labels]]
-    for label, counts in zip(labels, report["confusion_matrix"]):
-        matrix_rows.append([label, *counts])
+    rows = [header, None, *class_rows,
+            ["(macro average)", _percent(macro["precision"]), _percent(macro["recall"]),
+             _percent(macro["f1"]), report["count"]]]
     return "\n".join([
         f"{name} accuracy {_percent(report['accuracy'])} (N={report['count']})",
+        *([heading] if heading else []),
         *_aligned(rows),
+        *([note] if note else []),
         "",
-        f"{name} confusion matrix (rows: true class, columns: predicted class):",
-        *_aligned(matrix_rows),
+        *_confusion_lines(name, report, labels),
     ])
 
 
@@ -162,50 +264,93 @@ def _heat_colour(fraction):
     return tuple(int(v) for v in np.round(white + (blue - white) * fraction))
 
 
-def confusion_matrix_png(matrix, labels, title="Confusion matrix"):
+def most_confused_classes(counts, class_count, limit=MAX_PICTURE_CLASSES):
+    """The classes in the most mistakes, at most limit. -> sorted int indices.
+
+    counts: confusion_counts' cells. A class's mistakes are its images taken
+    for another class plus other classes' images taken for it; ties (classes
+    without mistakes among them) go to the earlier label.
+    """
+    counts = np.asarray(counts, np.int64).reshape(-1, 3)
+    wrong = counts[counts[:, 0] != counts[:, 1]]
+    mistakes = (np.bincount(wrong[:, 0], wrong[:, 2], class_count)
+                + np.bincount(wrong[:, 1], wrong[:, 2], class_count))
+    # A stable sort on the negated counts keeps label order among equals.
+    return np.sort(np.argsort(-mistakes, kind="stable")[:limit])
+
+
+OTHER_CLASSES = "(other classes)"
+
+
+def confusion_matrix_png(counts, labels, title="Confusion matrix"):
     """A labelled heat map of the confusion matrix -> PNG bytes.
 
-    Rows are true classes (names on the left), columns predicted classes
-    (names on top, written vertically); each cell shows its count, and its
-    colour is the count's share of its row (the true class's images), so a
-    perfect classifier is a dark diagonal whatever the class sizes.
+    counts: confusion_counts' cells. Rows are true classes (names on the left),
+    columns predicted classes (names on top, written vertically); each cell
+    shows its count, and its colour is the count's share of its row (all the
+    true class's images), so a perfect classifier is a dark diagonal whatever
+    the class sizes. Past MAX_PICTURE_CLASSES classes, only the
+    most_confused_classes are drawn, a last column counts each row's images
+    taken for a class not drawn, and a line under the title says so: the
+    picture's side stays bounded (about 1,400 pixels) at any number of classes.
     """
-    matrix = np.asarray(matrix)
-    count = len(labels)
-    cell = int(min(56, max(18, 1100 // max(count, 1))))
+    counts = np.asarray(counts, np.int64).reshape(-1, 3)
+    row_totals = np.bincount(counts[:, 0], counts[:, 2], len(labels))
+    shown = np.arange(len(labels))
+    legend = None
+    if len(labels) > MAX_PICTURE_CLASSES:
+        shown = most_confused_classes(counts, len(labels))
+        legend = (f"Only the {len(shown)} classes with the most mistakes, of {len(labels)}, "
+                  f"are drawn; {OTHER_CLASSES}: images taken for a class not drawn.")
+    position = np.full(len(labels), -1, np.int64)
+    position[shown] = np.arange(len(shown))
+    cells = counts[position[counts[:, 0]] >= 0]
+    rows = len(shown)
+    columns = rows + (legend is not None)
+    matrix = np.zeros([rows, columns], np.int64)
+    column_of = np.where(position[cells[:, 1]] >= 0, position[cells[:, 1]], columns - 1)
+    np.add.at(matrix, (position[cells[:, 0]], column_of), cells[:, 2])
+    names = [str(labels[c]) for c in shown] + ([OTHER_CLASSES] if legend else [])
+    cell = int(min(56, max(18, 1100 // max(columns, 1))))
     font, small = _font(14), _font(max(9, min(14, cell // 3)))
     scratch = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    name_width = min(220, max(_text_size(scratch, str(label), font)[0] for label in labels) + 8)
+    name_width = min(220, max(_text_size(scratch, name, font)[0] for name in names) + 8)
     margin, title_height = 10, 24
+    headings = [title] + ([legend] if legend else [])
     left = margin + 18 + name_width  # axis caption, then class names
-    top = margin + title_height + 18 + name_width
-    title_width = _text_size(scratch, title, font)[0]
-    width = max(left + count * cell, margin + title_width) + margin
-    height = top + count * cell + margin
+    top = margin + title_height * len(headings) + 18 + name_width
+    # Neither a long title nor the legend may widen the picture past the grid's width or 900.
+    text_room = max(left + columns * cell, 900) - 2 * margin
+    headings = [_shorten(scratch, text, font, text_room) for text in headings]
+    text_width = max(_text_size(scratch, text, font)[0] for text in headings)
+    width = max(left + columns * cell, margin + text_width) + margin
+    height = top + rows * cell + margin
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
-    draw.text((margin, margin), title, fill="black", font=font)
+    for n, text in enumerate(headings):
+        draw.text((margin, margin + n * title_height), text, fill="black", font=font)
     caption_width = _text_size(draw, "predicted class", font)[0]
-    draw.text((left + max(0, (count * cell - caption_width) // 2), margin + title_height),
+    draw.text((left + max(0, (columns * cell - caption_width) // 2),
+               margin + title_height * len(headings)),
               "predicted class", fill="black", font=font)
-    caption = Image.new("RGB", (max(count * cell, caption_width), 18), "white")
+    caption = Image.new("RGB", (max(rows * cell, caption_width), 18), "white")
     caption_draw = ImageDraw.Draw(caption)
     caption_draw.text(((caption.width - _text_size(caption_draw, "true class", font)[0]) // 2, 0),
                       "true class", fill="black", font=font)
     image.paste(caption.rotate(90, expand=True), (margin, top))
-    row_totals = matrix.sum(axis=1)
-    for i, label in enumerate(labels):
-        name = _shorten(draw, str(label), font, name_width - 8)
+    for i, full_name in enumerate(names):
+        name = _shorten(draw, full_name, font, name_width - 8)
         text_height = _text_size(draw, name, font)[1]
-        draw.text((left - 6 - _text_size(draw, name, font)[0], top + i * cell + (cell - text_height) // 2),
-                  name, fill="black", font=font)
+        if i < rows:
+            draw.text((left - 6 - _text_size(draw, name, font)[0],
+                       top + i * cell + (cell - text_height) // 2), name, fill="black", font=font)
         vertical = Image.new("RGB", (name_width, cell), "white")
         vertical_draw = ImageDraw.Draw(vertical)
         vertical_draw.text((4, (cell - text_height) // 2), name, fill="black", font=font)
         image.paste(vertical.rotate(90, expand=True), (left + i * cell, top - name_width))
-    for i in range(count):
-        for j in range(count):
-            fraction = matrix[i, j] / row_totals[i] if row_totals[i] else 0.0
+    for i, c in enumerate(shown):
+        for j in range(columns):
+            fraction = matrix[i, j] / row_totals[c] if row_totals[c] else 0.0
             box = [left + j * cell, top + i * cell, left + (j + 1) * cell - 1, top + (i + 1) * cell - 1]
             draw.rectangle(box, fill=_heat_colour(fraction), outline=(200, 200, 200))
             text = str(int(matrix[i, j]))
@@ -260,9 +405,12 @@ def mistakes_to_show(misclassified, labels, count=MAX_MISCLASSIFIED_SHOWN):
     by_class = {label: [] for label in labels}
     for mistake in misclassified:
         by_class[mistake["true"]].append(mistake)
-    queues = [sorted(mistakes, key=lambda m: -m["confidence"]) for mistakes in by_class.values()]
+    queues = [sorted(mistakes, key=lambda m: -m["confidence"])
+              for mistakes in by_class.values() if mistakes]
     shown = []
-    for turn in range(max(map(len, queues), default=0)):
+    # Every round shows one mistake or more: `count` rounds are enough, whatever the
+    # number of classes and of mistakes in the largest.
+    for turn in range(min(count, max(map(len, queues), default=0))):
         this_round = [queue[turn] for queue in queues if turn < len(queue)]
         shown += sorted(this_round, key=lambda m: -m["confidence"])
     return shown[:count]
@@ -298,7 +446,7 @@ def misclassified_grid_png(images, captions):
 
 
 def _image_value(tag, png):
-    width, height = Image.open(io.BytesIO(png)).size
+    width, height = Image.open(io.BytesIO(png)).size  # reads the header only
     return tf.compat.v1.Summary.Value(
         tag=tag,
         image=tf.compat.v1.Summary.Image(
@@ -314,18 +462,22 @@ def evaluation_summary(report, labels, misclassified_png=None, with_accuracy=Tru
     Tags: 'accuracy' (scalar, 0-1; left out with with_accuracy=False, for a run
     that already has an accuracy curve), 'per_class_accuracy/<label>' (scalar,
     the class's recall: the share of its images classified right; classes
-    without images are left out), 'confusion_matrix' (image) and, when given,
-    'misclassified' (image). title heads the confusion matrix picture.
+    without images are left out, and past MAX_CLASSES_LISTED classes only the
+    MAX_CLASSES_LISTED with the lowest are written), 'confusion_matrix' (image)
+    and, when given, 'misclassified' (image). title heads the confusion matrix picture.
     """
     values = []
     if with_accuracy:
         values.append(tf.compat.v1.Summary.Value(tag="accuracy", simple_value=report["accuracy"]))
-    for c in report["classes"]:
-        if c["recall"] is not None:
-            values.append(tf.compat.v1.Summary.Value(
-                tag=f"per_class_accuracy/{c['label']}", simple_value=c["recall"]
-            ))
-    picture = confusion_matrix_png(report["confusion_matrix"], labels, title)
+    classes = [c for c in report["classes"] if c["recall"] is not None]
+    if len(report["classes"]) > MAX_CLASSES_LISTED:
+        classes = [classes[i] for i in _worst_first([c["recall"] for c in classes])]
+        classes = classes[:MAX_CLASSES_LISTED]
+    for c in classes:
+        values.append(tf.compat.v1.Summary.Value(
+            tag=f"per_class_accuracy/{c['label']}", simple_value=c["recall"]
+        ))
+    picture = confusion_matrix_png(report["confusion_counts"], labels, title)
     values.append(_image_value("confusion_matrix", picture))
     if misclassified_png is not None:
         values.append(_image_value("misclassified", misclassified_png))

@@ -75,37 +75,52 @@ def write_evaluation_summaries(dataset, reports, config, step, images, row_of, b
     compute.Bottlenecks, for the input size). The validation
     set's confusion matrix and per-class accuracy go to the `validation/` run
     (its accuracy curve is already there).
+
+    These pictures come after training, before export: a run that cannot write
+    them (a full disk, a file where the run's folder belongs, a picture that
+    cannot be drawn) logs a warning and goes on to export what it trained.
     """
     for split, run in (("testing", "test"), ("validation", "validation")):
         if split not in reports:
             continue
-        report = reports[split]
-        grid = None
-        if split == "testing" and report["misclassified"]:
-            shown = evaluation.mistakes_to_show(report["misclassified"], dataset.labels)
-            indices = [row_of[m["image"]] for m in shown]
-            pixels = evaluation.load_display_images(
-                images, indices, bottlenecks.height, bottlenecks.width,
-                config.data.max_image_pixels,
-            )
-            kept = [(i, m) for i, m in zip(indices, shown) if i in pixels]
-            if kept:
-                grid = evaluation.misclassified_grid_png(
-                    [pixels[i] for i, _ in kept],
-                    [(m["true"], f"{m['predicted']} ({100 * m['confidence']:.0f}%)") for _, m in kept],
-                )
-        summary = evaluation.evaluation_summary(
-            report, dataset.labels, grid, with_accuracy=split == "testing",
-            title=f"{SET_NAMES[split]} set, step {step}: confusion matrix (N={report['count']})",
+        folder = os.path.join(config.outputs.summaries_dir, run)
+        try:
+            summary = _evaluation_summary(dataset, reports[split], split, config, step, images,
+                                          row_of, bottlenecks)
+            _write_summary(folder, summary, step)
+        except (OSError, tf.errors.OpError) as e:
+            logging.warning("Could not write the %s set's TensorBoard evaluation to %s (%s); "
+                            "the run goes on without it.", split, folder, e)
+
+
+def _evaluation_summary(dataset, report, split, config, step, images, row_of, bottlenecks):
+    grid = None
+    if split == "testing" and report["misclassified"]:
+        shown = evaluation.mistakes_to_show(report["misclassified"], dataset.labels)
+        indices = [row_of[m["image"]] for m in shown]
+        pixels = evaluation.load_display_images(
+            images, indices, bottlenecks.height, bottlenecks.width,
+            config.data.max_image_pixels,
         )
-        with tf.Graph().as_default():  # FileWriter refuses to run eagerly.
-            # Event files are named by the second they were opened in; the suffix keeps
-            # this one from overwriting the training loop's file of the same second.
-            writer = tf.compat.v1.summary.FileWriter(
-                os.path.join(config.outputs.summaries_dir, run), filename_suffix=".evaluation"
+        kept = [(i, m) for i, m in zip(indices, shown) if i in pixels]
+        if kept:
+            grid = evaluation.misclassified_grid_png(
+                [pixels[i] for i, _ in kept],
+                [(m["true"], f"{m['predicted']} ({100 * m['confidence']:.0f}%)") for _, m in kept],
             )
-            writer.add_summary(summary, step)
-            writer.close()
+    return evaluation.evaluation_summary(
+        report, dataset.labels, grid, with_accuracy=split == "testing",
+        title=f"{SET_NAMES[split]} set, step {step}: confusion matrix (N={report['count']})",
+    )
+
+
+def _write_summary(folder, summary, step):
+    with tf.Graph().as_default():  # FileWriter refuses to run eagerly.
+        # Event files are named by the second they were opened in; the suffix keeps
+        # this one from overwriting the training loop's file of the same second.
+        writer = tf.compat.v1.summary.FileWriter(folder, filename_suffix=".evaluation")
+        writer.add_summary(summary, step)
+        writer.close()
 
 
 def check_accuracy(reports, threshold):

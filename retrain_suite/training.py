@@ -1,6 +1,7 @@
 """Training the final layer on cached bottlenecks, and choosing the layer that is kept.
 
-`train` runs the loop: one training step per sess.run, an evaluation every
+`train` runs the loop: training steps (many per sess.run, in calls short
+enough for Ctrl-C to stop the run promptly), an evaluation every
 eval_step_interval steps (logged, and written to TensorBoard), and, with
 validation images, the choice of the layer to keep (`BestLayer`: best on the
 whole validation set) and early stopping. It saves the kept layer to the
@@ -72,11 +73,40 @@ class TrainingResult:
     probabilities: dict = None
 
 
+SECONDS_PER_CALL = 0.1  # the aim for one call of the train_steps loop
+
+
+class StepsPerCall:
+    """How many steps the next call of the in-graph train_steps loop runs.
+
+    Python handles Ctrl-C (SIGINT) only between Session calls: one call of
+    every step before the next evaluation (a million of them with
+    --eval_step_interval=1000000) left Ctrl-C waiting for minutes. A call runs
+    as many steps as took about SECONDS_PER_CALL on the calls so far: it
+    starts at one step and at most doubles from one call to the next, so
+    neither a first call slowed by start-up nor a lucky fast one makes a long
+    call. How the steps are cut into calls never changes the result: the loop
+    runs exactly the arithmetic, batches and dropout masks of one call per step.
+    """
+
+    def __init__(self):
+        self.steps = 1
+
+    def next(self, left):
+        """The steps of the next call, of `left` still to run before an evaluation."""
+        return min(self.steps, left)
+
+    def measured(self, steps, seconds):
+        """Record that a call of `steps` steps took `seconds`."""
+        fitting = steps * SECONDS_PER_CALL / max(seconds, 1e-9)
+        self.steps = int(max(1, min(2 * self.steps, fitting)))
+
+
 def loss_settings(config, train_y, class_count):
     weights = None
     if config.training.class_weighting == "balanced":
         weights = final_layer.balanced_class_weights(train_y, class_count)
-        logging.info("Class weights (balanced): %s", ", ".join(f"{w:.3f}" for w in weights))
+        logging.info("Class weights (balanced): %s", format_weights(weights))
     return final_layer.LossSettings(
         class_weights=weights, label_smoothing=config.training.label_smoothing,
         l2_regularization=config.training.l2_regularization,
@@ -112,10 +142,10 @@ def train(arrays, class_count, config, export_intermediate, batch_source=None,
     --intermediate_store_frequency steps.
 
     batch_source: see final_layer.build_training_graph (distorted training images).
-    The steps between two evaluations run in one Session call (the graph's
-    train_steps loop), unless in_graph_loop is False or there is a
-    batch_source: then every step is a call of its own. Both give the same
-    layer for the same seed.
+    The steps between two evaluations run in the graph's train_steps loop, in
+    calls of about SECONDS_PER_CALL each (StepsPerCall), unless in_graph_loop is
+    False or there is a batch_source: then every step is a call of its own.
+    Both give the same layer for the same seed.
     """
     train_x, train_y, _ = arrays["training"]
     val_x, val_y, _ = arrays["validation"]
@@ -147,6 +177,7 @@ def train(arrays, class_count, config, export_intermediate, batch_source=None,
         )
 
     looping = in_graph_loop and g.train_steps is not None
+    chunks = StepsPerCall()
     with tf.compat.v1.Session(graph=g.graph) as sess:
         train_writer = tf.compat.v1.summary.FileWriter(os.path.join(summaries_dir, "train"), g.graph)
         validation_writer = tf.compat.v1.summary.FileWriter(os.path.join(summaries_dir, "validation"))
@@ -156,15 +187,19 @@ def train(arrays, class_count, config, export_intermediate, batch_source=None,
         step = 0
         while step < steps:
             if looping:
-                # Every step before the next evaluation in one call; the evaluation's
-                # own step then runs below as before, with its metrics.
+                # The steps before the next evaluation in calls of the train_steps loop,
+                # each short enough for Ctrl-C (see StepsPerCall); the evaluation's own
+                # step then runs below as before, with its metrics.
                 evaluation_step = min(steps, (step // interval + 1) * interval)
-                if evaluation_step - 1 > step:
-                    feed = {g.learning_rates: [rate_at(s) for s in range(step, evaluation_step - 1)]}
+                while evaluation_step - 1 > step:
+                    count = chunks.next(evaluation_step - 1 - step)
+                    feed = {g.learning_rates: [rate_at(s) for s in range(step, step + count)]}
                     if g.dropout_rate is not None:
                         feed[g.dropout_rate] = config.training.dropout
+                    called = time.monotonic()
                     sess.run(g.train_steps, feed)
-                    step = evaluation_step - 1
+                    chunks.measured(count, time.monotonic() - called)
+                    step += count
             rate = rate_at(step)
             step += 1
             if batch_source is not None and step == 2:
@@ -238,3 +273,15 @@ def log_distortion_cost(per_step, steps, batch_size):
         "images instead of reading cached bottlenecks: %.2f s a step here, about %s for "
         "%d steps.", batch_size, per_step, compute.format_duration(per_step * steps), steps,
     )
+
+
+MAX_WEIGHTS_LOGGED = 30  # classes; past it the log gives the weights' range
+
+
+def format_weights(weights):
+    """Class weights for the log: each one, or past MAX_WEIGHTS_LOGGED classes their range."""
+    if len(weights) <= MAX_WEIGHTS_LOGGED:
+        return ", ".join(f"{w:.3f}" for w in weights)
+    present = weights[weights > 0]
+    return (f"{present.min():.3f} to {present.max():.3f} over the {len(present)} classes with "
+            f"training images (0 for the {len(weights) - len(present)} without)")

@@ -205,9 +205,9 @@ def test_steps_between_evaluations_in_one_call_give_the_layer_of_one_step_per_ca
     fetched = []
     run = tf.compat.v1.Session.run
 
-    def recording_run(self, fetches, *args, **kwargs):
-        fetched.append(fetches)
-        return run(self, fetches, *args, **kwargs)
+    def recording_run(self, fetches, feed_dict=None, *args, **kwargs):
+        fetched.append((fetches, feed_dict))
+        return run(self, fetches, feed_dict, *args, **kwargs)
 
     monkeypatch.setattr(tf.compat.v1.Session, "run", recording_run)
     caplog.set_level("INFO")
@@ -219,7 +219,9 @@ def test_steps_between_evaluations_in_one_call_give_the_layer_of_one_step_per_ca
         result = training.train(
             synthetic_arrays(), 3, config_lib.from_flat(settings), None, in_graph_loop=looping
         )
-        loop_calls[looping] = sum(f is graphs[-1].train_steps for f in fetched)
+        # The steps each call of the in-graph loop ran.
+        loop_calls[looping] = [len(feed[graphs[-1].learning_rates]) for f, feed in fetched
+                               if f is graphs[-1].train_steps]
         logs[looping] = [re.sub(r"in [\d.]+s \(\d+ steps/s\)", "", r.getMessage())
                          for r in caplog.records]
         reader = tf.train.load_checkpoint(settings["checkpoint_path"])
@@ -231,5 +233,8 @@ def test_steps_between_evaluations_in_one_call_give_the_layer_of_one_step_per_ca
         np.testing.assert_array_equal(layers[True][name], layers[False][name], err_msg=name)
     assert logs[True] == logs[False]
     assert any(line.startswith("Step 10/47: ") for line in logs[True])
-    # Steps 1-9, 11-19, ... in one call each, the evaluation steps on their own.
-    assert loop_calls == {True: (layers[True]["steps trained, kept"][0] - 1) // 10 + 1, False: 0}
+    # Steps 1-9, 11-19, ... in the loop (in calls as long as suit this machine: see
+    # training.StepsPerCall), the evaluation steps on their own.
+    steps = layers[True]["steps trained, kept"][0]
+    assert loop_calls[False] == [] and loop_calls[True][0] == 1
+    assert sum(loop_calls[True]) == steps - ((steps - 1) // 10 + 1)

@@ -1,12 +1,17 @@
 """retrain_suite.training (through a whole run): what the final layer is trained on."""
 
+import os
 import re
+import subprocess
+import sys
+import time
 
 import numpy as np
-from conftest import retrain_settings, synthetic_image, write_image
+import pytest
+from conftest import ROOT, make_dataset, retrain_settings, synthetic_image, write_image
 
 from retrain_suite import config as config_lib
-from retrain_suite import job
+from retrain_suite import job, training
 
 
 def test_test_images_are_never_trained_on(tmp_path, tiny_module, caplog):
@@ -34,3 +39,77 @@ def test_test_images_are_never_trained_on(tmp_path, tiny_module, caplog):
     # ~32 test images: by chance, 75% or more has a probability below 0.3%
     # (binomial, n=32, p=0.5); memorised, they would score ~100%.
     assert accuracy is not None and accuracy < 0.75, accuracy
+
+
+
+# Run in a fresh Python as retrain.py: half a second into the first call of training's
+# in-graph loop (train_steps), a thread says so and sends SIGINT, as Ctrl-C would.
+INTERRUPT_IN_THE_LOOP = """
+import os, signal, sys, threading
+sys.argv = ["retrain.py"] + sys.argv[1:]
+import tensorflow as tf
+from retrain_suite import final_layer
+build, run, loops = final_layer.build_training_graph, tf.compat.v1.Session.run, []
+
+def recording_build(*args, **kwargs):
+    graph = build(*args, **kwargs)
+    loops.append(graph.train_steps)
+    return graph
+
+def interrupt():
+    print("sending SIGINT", file=sys.stderr, flush=True)
+    os.kill(os.getpid(), signal.SIGINT)
+
+def interrupting_run(self, fetches, *args, **kwargs):
+    if loops and fetches is loops[-1] and not interrupting_run.sent:
+        interrupting_run.sent = True
+        threading.Timer(0.5, interrupt).start()
+    return run(self, fetches, *args, **kwargs)
+
+interrupting_run.sent = False
+final_layer.build_training_graph = recording_build
+tf.compat.v1.Session.run = interrupting_run
+from retrain_suite.cli import commands
+commands.retrain()
+"""
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_a_long_stretch_between_evaluations_stops_the_run(tmp_path, tiny_module):
+    # With a million steps between evaluations, Ctrl-C must not wait for them: Python
+    # handles it between Session calls only, so no call may run for long.
+    image_dir = make_dataset(tmp_path / "data", per_class=4)
+    settings = retrain_settings(tmp_path, image_dir, tiny_module,
+                                how_many_training_steps=10**7, eval_step_interval=10**6)
+    log = tmp_path / "log"
+    with open(log, "w") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-c", INTERRUPT_IN_THE_LOOP,
+             *(f"--{k}={v}" for k, v in settings.items() if v is not None)],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr,
+        )
+    try:
+        while "sending SIGINT" not in log.read_text() and process.poll() is None:
+            time.sleep(0.2)
+        try:
+            # A liveness bound, not a speed: the run without it went on for minutes.
+            status = process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            status = "still running 20 s after SIGINT"
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    lines = log.read_text().strip().splitlines()
+    assert "sending SIGINT" in lines, lines[-20:]
+    assert status == 130, lines[-20:]
+    assert lines[-1].startswith("interrupted: the bottlenecks cached so far in "), lines[-1]
+    assert not os.path.exists(settings["output_graph"])
+
+
+def test_balanced_class_weights_of_10000_classes_are_logged_in_one_short_line():
+    weights = np.linspace(0.5, 2.0, 10_000).astype(np.float32)
+    weights[:3] = 0  # classes without training images
+    line = training.format_weights(weights)
+    assert line == "0.500 to 2.000 over the 9997 classes with training images (0 for the 3 without)"
+    assert training.format_weights(np.array([0.5, 2.0], np.float32)) == "0.500, 2.000"
