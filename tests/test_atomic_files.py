@@ -120,11 +120,31 @@ def test_a_saved_model_written_twice_is_replaced_and_leaves_nothing_beside_it(tm
     np.testing.assert_allclose(second, tf.nn.softmax(3.0 * mean).numpy(), rtol=1e-5)
 
 
-def test_a_saved_model_dir_holding_a_foreign_subfolder_is_never_replaced(tmp_path):
+# (where the user's folder is put in an earlier SavedModel, how it is, what the refusal names)
+FOREIGN_FOLDERS = [
+    ("notes", "folder", "(notes)"),
+    ("variables/notes", "folder", "(variables/notes)"),
+    # A link to a folder, under a name the suite writes or below one: removing
+    # the old model would delete what the linked folder holds.
+    ("assets", "link", "(the link assets)"),
+    ("variables/mine", "link", "(the link variables/mine)"),
+]
+
+
+@pytest.mark.parametrize("where, kind, named", FOREIGN_FOLDERS)
+def test_a_saved_model_dir_holding_a_foreign_subfolder_is_never_replaced(
+    tmp_path, where, kind, named
+):
     target = tmp_path / "model"
     export.write_saved_model(classifier_graph_def(1.0), "final_result", str(target))
-    (target / "notes").mkdir()  # the user's own folder, put in after the first export
-    (target / "notes" / "todo.txt").write_text("precious")
+    photos = tmp_path / "photos"  # the user's own folder, put in after the first export
+    photos.mkdir()
+    (photos / "cat.jpg").write_bytes(b"precious")
+    if kind == "link":
+        os.symlink(photos, target / where)
+    else:
+        os.rename(photos, target / where)
+        photos = target / where
     earlier = (target / "saved_model.pb").read_bytes()
 
     def write():
@@ -134,7 +154,8 @@ def test_a_saved_model_dir_holding_a_foreign_subfolder_is_never_replaced(tmp_pat
         export.write_output("saved_model_dir", str(target), write)
     message = str(raised.value)
     assert "\n" not in message  # printed as one `error:` line
-    assert "--saved_model_dir=" in message and "did not write (notes)" in message
-    assert (target / "notes" / "todo.txt").read_text() == "precious"
+    assert "--saved_model_dir=" in message and f"did not write {named}" in message
+    assert (photos / "cat.jpg").read_bytes() == b"precious"
     assert (target / "saved_model.pb").read_bytes() == earlier
-    assert os.listdir(tmp_path) == ["model"]
+    beside = ["model", "photos"] if kind == "link" else ["model"]
+    assert sorted(os.listdir(tmp_path)) == beside  # no temporary, no retired copy

@@ -7,6 +7,7 @@ is written, and the photos are byte-for-byte and time-for-time as they were.
 import errno
 import hashlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -131,25 +132,32 @@ def test_saved_model_dir_holding_foreign_files_is_refused_and_kept(tmp_path, tin
     assert (folder / "notes.txt").read_text() == "precious"
 
 
+@pytest.mark.parametrize("link", [False, True], ids=["folder", "link"])
 def test_saved_model_dir_holding_a_foreign_subfolder_is_refused_in_one_line_and_kept(
-    tmp_path, tiny_module
+    tmp_path, tiny_module, link
 ):
     image_dir = make_dataset(tmp_path / "data", per_class=4)
     folder = tmp_path / "model"
     (folder / "variables").mkdir(parents=True)  # what an earlier export left ...
     (folder / "saved_model.pb").write_bytes(b"earlier")
-    (folder / "notes").mkdir()  # ... and the user's own folder beside it
-    (folder / "notes" / "todo.txt").write_text("precious")
-    before = snapshot(folder)
+    if link:  # ... and, under a name a SavedModel has, a link to the user's folder
+        os.symlink(os.path.join(image_dir, "red"), folder / "assets")
+        named = "(the link assets)"
+    else:  # ... and the user's own folder beside it
+        (folder / "notes").mkdir()
+        (folder / "notes" / "todo.txt").write_text("precious")
+        named = "(notes)"
+    before, photos = snapshot(folder), snapshot(image_dir)
     settings = retrain_settings(tmp_path, image_dir, tiny_module, saved_model_dir=str(folder))
     with pytest.raises(config_lib.UsageError) as raised:
         config_lib.check_output_paths(config_lib.from_flat(settings))
     message = str(raised.value)
     assert "\n" not in message  # the command prints it as one `error:` line
     assert message.startswith(f"--saved_model_dir={folder} holds files this suite did not "
-                              "write (notes)")
-    refused_before_any_work(settings, "did not write \\(notes\\)")
+                              f"write {named}")
+    refused_before_any_work(settings, "did not write " + re.escape(named))
     assert snapshot(folder) == before
+    assert snapshot(image_dir) == photos
 
 
 def test_outputs_beside_an_input_whose_name_they_start_with_are_accepted(tmp_path, tiny_module):
