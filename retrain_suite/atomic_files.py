@@ -75,7 +75,11 @@ def replace_dir(path, write_into, owned_entries):
             check_replaceable(path, owned_entries)  # Again: it may have changed meanwhile.
             retired = temporary_name(path) + ".old"
             tf.io.gfile.rename(path, retired)
-            tf.io.gfile.rename(temporary, path)
+            try:
+                tf.io.gfile.rename(temporary, path)
+            except BaseException:
+                tf.io.gfile.rename(retired, path)  # The previous folder back, not a gap.
+                raise
             tf.io.gfile.rmtree(retired)
         else:
             tf.io.gfile.rename(temporary, path)

@@ -159,3 +159,22 @@ def test_a_saved_model_dir_holding_a_foreign_subfolder_is_never_replaced(
     assert (target / "saved_model.pb").read_bytes() == earlier
     beside = ["model", "photos"] if kind == "link" else ["model"]
     assert sorted(os.listdir(tmp_path)) == beside  # no temporary, no retired copy
+
+
+def test_a_saved_model_swap_that_fails_puts_the_previous_model_back(tmp_path, monkeypatch):
+    target = tmp_path / "model"
+    export.write_saved_model(classifier_graph_def(1.0), "final_result", str(target))
+    real_rename = tf.io.gfile.rename
+
+    def rename(source, destination, overwrite=False):
+        if ".tmp-" in source and not source.endswith(".old"):  # the new model into place
+            raise tf.errors.UnavailableError(None, None, "disk went away")
+        real_rename(source, destination, overwrite)
+
+    monkeypatch.setattr(tf.io.gfile, "rename", rename)
+    with pytest.raises(tf.errors.UnavailableError):
+        export.write_saved_model(classifier_graph_def(3.0), "final_result", str(target))
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == ["model"]
+    np.testing.assert_allclose(saved_model_prediction(str(target), IMAGES),
+                               tf.nn.softmax(IMAGES.mean(axis=(1, 2))).numpy(), rtol=1e-5)
