@@ -60,9 +60,10 @@ def replace_dir(path, write_into, owned_entries):
     write_into receives a path that does not exist yet and must create it (as
     SavedModel builders do). An existing folder at path is replaced only once
     the new one is complete, and only if it is empty or holds nothing but
-    owned_entries (names of the files and folders write_into makes): a folder
-    with anything else in it, a file or a symlink at path raise
-    FileExistsError before anything is written, and are never removed.
+    owned_entries (names of the files and folders write_into makes; see
+    check_replaceable): a folder with anything else in it, a file or a symlink
+    at path raise FileExistsError before anything is written, and are never
+    removed.
     """
     path = path.rstrip("/")
     check_replaceable(path, owned_entries)
@@ -74,7 +75,11 @@ def replace_dir(path, write_into, owned_entries):
             check_replaceable(path, owned_entries)  # Again: it may have changed meanwhile.
             retired = temporary_name(path) + ".old"
             tf.io.gfile.rename(path, retired)
-            tf.io.gfile.rename(temporary, path)
+            try:
+                tf.io.gfile.rename(temporary, path)
+            except BaseException:
+                tf.io.gfile.rename(retired, path)  # The previous folder back, not a gap.
+                raise
             tf.io.gfile.rmtree(retired)
         else:
             tf.io.gfile.rename(temporary, path)
@@ -84,21 +89,44 @@ def replace_dir(path, write_into, owned_entries):
 
 
 def check_replaceable(path, owned_entries):
-    """Raise FileExistsError unless path is absent, or a folder replace_dir may replace."""
+    """Raise FileExistsError unless path is absent, or a folder replace_dir may replace.
+
+    That is an empty folder, or one holding nothing but owned_entries, with
+    only files in those that are folders (as a SavedModel writer leaves
+    variables/ and assets/). Anything else in it is someone else's, so it is
+    refused: another name, a folder below an owned folder, and a link
+    anywhere, even one named as an owned entry (tf.io.gfile.rmtree follows a
+    link to a folder and deletes what that folder holds).
+    """
     path = path.rstrip("/")
-    if "://" not in path and os.path.islink(path):
+    if _is_link(path):
         raise FileExistsError(errno.EEXIST, "is a symlink; give the real folder", path)
     if not tf.io.gfile.exists(path):
         return
     if not tf.io.gfile.isdir(path):
         raise FileExistsError(errno.EEXIST, "is a file, not a folder", path)
-    foreign = sorted(e.rstrip("/") for e in tf.io.gfile.listdir(path)
-                     if e.rstrip("/") not in owned_entries)
+    foreign = []
+    for entry in sorted(e.rstrip("/") for e in tf.io.gfile.listdir(path)):
+        full = f"{path}/{entry}"
+        if _is_link(full):
+            foreign.append(f"the link {entry}")
+        elif entry not in owned_entries:
+            foreign.append(entry)
+        elif tf.io.gfile.isdir(full):
+            for inner in sorted(e.rstrip("/") for e in tf.io.gfile.listdir(full)):
+                if _is_link(f"{full}/{inner}"):
+                    foreign.append(f"the link {entry}/{inner}")
+                elif tf.io.gfile.isdir(f"{full}/{inner}"):
+                    foreign.append(f"{entry}/{inner}")
     if foreign:
         shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
         raise FileExistsError(
             errno.ENOTEMPTY, f"holds files this suite did not write ({shown})", path
         )
+
+
+def _is_link(path):
+    return "://" not in path and os.path.islink(path)
 
 
 class Locked(Exception):

@@ -1,7 +1,9 @@
 """retrain_suite.atomic_files and its callers: outputs are never written in place."""
 
 import builtins
+import os
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -82,3 +84,97 @@ def test_a_folder_is_built_beside_the_target_and_swapped_in_whole(tmp_path):
     atomic_files.replace_dir(str(target), build, atomic_files.SAVED_MODEL_ENTRIES)
     assert seen[0] != str(target) and ".tmp-" in seen[0]
     assert (target / "saved_model.pb").read_bytes() == b"x"
+
+
+def classifier_graph_def(scale):
+    """A frozen-graph stand-in: Placeholder [None, 2, 2, 3] -> final_result, softmax of
+    scale times the mean colour."""
+    with tf.Graph().as_default() as graph:
+        images = tf.compat.v1.placeholder(tf.float32, [None, 2, 2, 3], export.INPUT_NAME)
+        tf.nn.softmax(scale * tf.reduce_mean(images, [1, 2]), name="final_result")
+    return graph.as_graph_def()
+
+
+def saved_model_prediction(path, images):
+    with tf.Graph().as_default() as graph, tf.compat.v1.Session(graph=graph) as sess:
+        meta_graph = tf.compat.v1.saved_model.loader.load(sess, [tf.saved_model.SERVING], path)
+        signature = meta_graph.signature_def[tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY]
+        return sess.run(signature.outputs["prediction"].name,
+                        {signature.inputs["image"].name: images})
+
+
+IMAGES = np.linspace(0, 1, 2 * 2 * 2 * 3, dtype=np.float32).reshape(2, 2, 2, 3)
+
+
+def test_a_saved_model_written_twice_is_replaced_and_leaves_nothing_beside_it(tmp_path):
+    target = tmp_path / "model"
+    export.write_saved_model(classifier_graph_def(1.0), "final_result", str(target))
+    first = saved_model_prediction(str(target), IMAGES)
+    export.write_saved_model(classifier_graph_def(3.0), "final_result", str(target))
+    # No temporary folder, and no retired copy of the first model.
+    assert os.listdir(tmp_path) == ["model"]
+    assert set(os.listdir(target)) <= atomic_files.SAVED_MODEL_ENTRIES
+    second = saved_model_prediction(str(target), IMAGES)
+    mean = IMAGES.mean(axis=(1, 2))
+    np.testing.assert_allclose(first, tf.nn.softmax(mean).numpy(), rtol=1e-5)
+    np.testing.assert_allclose(second, tf.nn.softmax(3.0 * mean).numpy(), rtol=1e-5)
+
+
+# (where the user's folder is put in an earlier SavedModel, how it is, what the refusal names)
+FOREIGN_FOLDERS = [
+    ("notes", "folder", "(notes)"),
+    ("variables/notes", "folder", "(variables/notes)"),
+    # A link to a folder, under a name the suite writes or below one: removing
+    # the old model would delete what the linked folder holds.
+    ("assets", "link", "(the link assets)"),
+    ("variables/mine", "link", "(the link variables/mine)"),
+]
+
+
+@pytest.mark.parametrize("where, kind, named", FOREIGN_FOLDERS)
+def test_a_saved_model_dir_holding_a_foreign_subfolder_is_never_replaced(
+    tmp_path, where, kind, named
+):
+    target = tmp_path / "model"
+    export.write_saved_model(classifier_graph_def(1.0), "final_result", str(target))
+    photos = tmp_path / "photos"  # the user's own folder, put in after the first export
+    photos.mkdir()
+    (photos / "cat.jpg").write_bytes(b"precious")
+    if kind == "link":
+        os.symlink(photos, target / where)
+    else:
+        os.rename(photos, target / where)
+        photos = target / where
+    earlier = (target / "saved_model.pb").read_bytes()
+
+    def write():
+        export.write_saved_model(classifier_graph_def(3.0), "final_result", str(target))
+
+    with pytest.raises(export.OutputError) as raised:
+        export.write_output("saved_model_dir", str(target), write)
+    message = str(raised.value)
+    assert "\n" not in message  # printed as one `error:` line
+    assert "--saved_model_dir=" in message and f"did not write {named}" in message
+    assert (photos / "cat.jpg").read_bytes() == b"precious"
+    assert (target / "saved_model.pb").read_bytes() == earlier
+    beside = ["model", "photos"] if kind == "link" else ["model"]
+    assert sorted(os.listdir(tmp_path)) == beside  # no temporary, no retired copy
+
+
+def test_a_saved_model_swap_that_fails_puts_the_previous_model_back(tmp_path, monkeypatch):
+    target = tmp_path / "model"
+    export.write_saved_model(classifier_graph_def(1.0), "final_result", str(target))
+    real_rename = tf.io.gfile.rename
+
+    def rename(source, destination, overwrite=False):
+        if ".tmp-" in source and not source.endswith(".old"):  # the new model into place
+            raise tf.errors.UnavailableError(None, None, "disk went away")
+        real_rename(source, destination, overwrite)
+
+    monkeypatch.setattr(tf.io.gfile, "rename", rename)
+    with pytest.raises(tf.errors.UnavailableError):
+        export.write_saved_model(classifier_graph_def(3.0), "final_result", str(target))
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == ["model"]
+    np.testing.assert_allclose(saved_model_prediction(str(target), IMAGES),
+                               tf.nn.softmax(IMAGES.mean(axis=(1, 2))).numpy(), rtol=1e-5)

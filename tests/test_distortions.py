@@ -6,10 +6,10 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import retrain_settings, run_script
+from conftest import retrain_settings, run_script, synthetic_image, write_image
 
 from retrain_suite import config as config_lib
-from retrain_suite import input_pipeline, job
+from retrain_suite import input_pipeline, job, training
 from retrain_suite.input_pipeline import Distortions
 
 SIZE = 24
@@ -153,3 +153,89 @@ def test_unusable_distortion_flags_are_refused(dataset_dir, tiny_module, tmp_pat
     settings.update(override)
     with pytest.raises(config_lib.UsageError, match=message):
         job.run_retraining(config_lib.from_flat(settings))
+
+
+def three_images(folder):
+    """Three small PNGs of different colours. -> input_pipeline.ImageFiles."""
+    rng = np.random.RandomState(0)
+    paths = []
+    for n, colour in enumerate([(200, 40, 40), (40, 200, 40), (40, 40, 200)]):
+        paths.append(os.path.join(folder, f"img{n}.png"))
+        write_image(paths[-1], synthetic_image(colour, "checker", 20, 26, rng), "PNG")
+    return input_pipeline.ImageFiles(paths)
+
+
+def variants_by_label(batches, count):
+    """{label: [image, ...]} of the first count batches, in the order they came."""
+    found = {}
+    for images, labels in batches.take(count).as_numpy_iterator():
+        for image, label in zip(images, labels):
+            found.setdefault(int(label), []).append(image)
+    return found
+
+
+def assert_each_epoch_distorts_anew(found, epochs):
+    """Each image came once per epoch, and no two of its variants are the same."""
+    assert sorted(found) == [0, 1, 2]
+    for label, images in found.items():
+        assert len(images) == epochs, label
+        for i in range(epochs):
+            for j in range(i):
+                same = np.array_equal(images[i], images[j])
+                assert not same, f"image {label} got one distortion in epochs {j} and {i}"
+
+
+DISTORTED = Distortions(crop=20, brightness=20)
+
+
+def test_each_epoch_of_a_distorted_run_distorts_a_training_image_anew(tmp_path):
+    # Each image has its own label, so the labels tell whose variant is whose.
+    images = three_images(str(tmp_path))
+    batches = input_pipeline.distorted_batches(
+        images, [0, 1, 2], [0, 1, 2], SIZE, SIZE, 3, DISTORTED, seed=5)
+    assert_each_epoch_distorts_anew(variants_by_label(batches, 4), 4)
+
+
+def test_each_epoch_of_fine_tuning_distorts_a_training_image_anew(tmp_path):
+    images = three_images(str(tmp_path))
+    batches = input_pipeline.fine_tuning_batches(
+        images, [0, 1, 2], [0, 1, 2], SIZE, SIZE, 3, DISTORTED, seed=5)
+    assert_each_epoch_distorts_anew(variants_by_label(batches, 4), 4)
+
+
+def test_training_on_distorted_images_sees_each_image_distorted_anew_each_epoch(
+    tmp_path, tiny_module
+):
+    # The run's own wiring: job's batch source, and training's step loop,
+    # which must not start the stream over (at an evaluation, say).
+    images = three_images(str(tmp_path / "images"))
+    settings = retrain_settings(
+        tmp_path, str(tmp_path / "images"), tiny_module, random_crop=20, random_brightness=20,
+        train_batch_size=3, how_many_training_steps=4, eval_step_interval=2,
+    )
+    config = config_lib.from_flat(settings)
+    source = job.distorted_batch_source(images, [0, 1, 2], np.array([0, 1, 2]), config,
+                                        config_lib.distortions_from(config))
+    seen = []
+
+    def recording_source():
+        features, labels, initializer = source()
+
+        def record(features, labels):
+            seen.append((features.copy(), labels.copy()))
+            return features
+
+        recorded = tf.numpy_function(record, [features, labels], tf.float32)
+        recorded.set_shape(features.shape)
+        return recorded, labels, initializer
+
+    dimension = 64  # the tiny module's feature vector
+    empty = (np.zeros([0, dimension], np.float32), np.zeros([0], np.int64), [])
+    arrays = {"training": (np.zeros([3, dimension], np.float32), np.array([0, 1, 2]), []),
+              "validation": empty, "testing": empty}
+    training.train(arrays, 3, config, lambda step, values: None, recording_source)
+    found = {}
+    for features, labels in seen:
+        for vector, label in zip(features, labels):
+            found.setdefault(int(label), []).append(vector)
+    assert_each_epoch_distorts_anew(found, 4)

@@ -7,6 +7,7 @@ is written, and the photos are byte-for-byte and time-for-time as they were.
 import errno
 import hashlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -23,8 +24,10 @@ from conftest import (
     run_script,
 )
 
-from retrain_suite import atomic_files, export, job, memory_budget, reporting
+from retrain_suite import atomic_files, export, job, memory_budget, output_paths, reporting
 from retrain_suite import config as config_lib
+from retrain_suite import dataset as dataset_lib
+from retrain_suite.cli import bottleneck as bottleneck_command
 
 
 def snapshot(folder):
@@ -127,6 +130,64 @@ def test_saved_model_dir_holding_foreign_files_is_refused_and_kept(tmp_path, tin
     settings = retrain_settings(tmp_path, image_dir, tiny_module, saved_model_dir=str(folder))
     refused_before_any_work(settings, r"holds files this suite did not write \(notes.txt\)")
     assert (folder / "notes.txt").read_text() == "precious"
+
+
+@pytest.mark.parametrize("link", [False, True], ids=["folder", "link"])
+def test_saved_model_dir_holding_a_foreign_subfolder_is_refused_in_one_line_and_kept(
+    tmp_path, tiny_module, link
+):
+    image_dir = make_dataset(tmp_path / "data", per_class=4)
+    folder = tmp_path / "model"
+    (folder / "variables").mkdir(parents=True)  # what an earlier export left ...
+    (folder / "saved_model.pb").write_bytes(b"earlier")
+    if link:  # ... and, under a name a SavedModel has, a link to the user's folder
+        os.symlink(os.path.join(image_dir, "red"), folder / "assets")
+        named = "(the link assets)"
+    else:  # ... and the user's own folder beside it
+        (folder / "notes").mkdir()
+        (folder / "notes" / "todo.txt").write_text("precious")
+        named = "(notes)"
+    before, photos = snapshot(folder), snapshot(image_dir)
+    settings = retrain_settings(tmp_path, image_dir, tiny_module, saved_model_dir=str(folder))
+    with pytest.raises(config_lib.UsageError) as raised:
+        config_lib.check_output_paths(config_lib.from_flat(settings))
+    message = str(raised.value)
+    assert "\n" not in message  # the command prints it as one `error:` line
+    assert message.startswith(f"--saved_model_dir={folder} holds files this suite did not "
+                              f"write {named}")
+    refused_before_any_work(settings, "did not write " + re.escape(named))
+    assert snapshot(folder) == before
+    assert snapshot(image_dir) == photos
+
+
+def test_outputs_beside_an_input_whose_name_they_start_with_are_accepted(tmp_path, tiny_module):
+    # data_out/ is not inside data/, nor model_cache/ inside model/: a check of
+    # string prefixes would say they are.
+    image_dir = str(tmp_path / "data")
+    os.mkdir(image_dir)
+    out = str(tmp_path / "data_out")
+    settings = retrain_settings(
+        tmp_path, image_dir, tiny_module,
+        bottleneck_dir=tiny_module + "_cache",
+        output_graph=os.path.join(out, "graph.pb"),
+        output_labels=os.path.join(out, "labels.txt"),
+        checkpoint_path=os.path.join(out, "checkpoint"),
+        eval_report=os.path.join(out, "report.json"),
+        summaries_dir=image_dir + "_logs",
+        saved_model_dir=out + "_model",  # and beside another output named like it
+        tflite_output_file=tiny_module + "_out.tflite",
+    )
+    config_lib.check_output_paths(config_lib.from_flat(settings))
+    dataset_lib.check_output_dir(out, image_dir)  # pre_input.py --output_dir
+    bottleneck_command.check_cache_location(image_dir + "_cache", image_dir, tiny_module)
+    assert output_paths.relation(os.path.join(out, "graph.pb"), image_dir) is None
+    assert output_paths.relation(image_dir, out) is None
+    # Still refused one level down.
+    assert output_paths.relation(os.path.join(image_dir, "out"), image_dir) == "inside"
+    assert output_paths.relation(image_dir, os.path.join(image_dir, "out")) == "around"
+    with pytest.raises(output_paths.PathError, match="is inside --image_dir"):
+        dataset_lib.check_output_dir(os.path.join(image_dir, "out"), image_dir)
+    assert sorted(os.listdir(tmp_path)) == ["data"]  # checking wrote nothing
 
 
 def test_replace_dir_never_removes_what_it_did_not_write(tmp_path):

@@ -100,3 +100,60 @@ def test_a_tensorflow_without_the_conversion_refuses_with_value_error(monkeypatc
     monkeypatch.setattr(inlining, "function_def_to_graph_def", None)
     with pytest.raises(ValueError, match="no function_def_to_graph_def"):
         inlining.inline_function_calls(nested_call_graph())
+
+
+def colocated_call_graph():
+    """x -> a = (2x + 1) x, b = (2a + 1) a: two calls of a function, nested in a third, whose
+    nodes are colocated (`_class: loc:@...`) with other nodes of the body and its argument."""
+
+    @tf.function
+    def colocated(v):
+        doubled = tf.multiply(v, 2.0, name="double")
+        with tf.compat.v1.colocate_with(doubled.op):
+            plus = tf.add(doubled, 1.0, name="plus")
+        with tf.compat.v1.colocate_with(v.op):
+            return tf.multiply(plus, v, name="times")
+
+    @tf.function
+    def twice(x):
+        a = colocated(x)
+        return a, colocated(a)
+
+    with tf.Graph().as_default() as graph:
+        x = tf.compat.v1.placeholder(tf.float32, [None], name="x")
+        a, b = twice(x)
+        tf.identity(a, name="a")
+        tf.identity(b, name="b")
+    return graph.as_graph_def()
+
+
+def colocations(nodes):
+    """{node name: [the names it is colocated with]}."""
+    return {
+        node.name: [group.decode()[len("loc:@"):] for group in node.attr["_class"].list.s]
+        for node in nodes if "_class" in node.attr
+    }
+
+
+def test_colocations_in_a_body_name_the_inlined_nodes_and_it_computes_the_same():
+    graph_def = colocated_call_graph()
+    in_bodies = colocations(n for f in graph_def.library.function for n in f.node_def)
+    assert set(sum(in_bodies.values(), [])) >= {"double", "v"}  # what the test is about
+    flat = inlining.inline_function_calls(graph_def)
+    assert call_ops(flat) == []
+    names = {node.name for node in flat.node}
+    colocated = colocations(flat.node)
+    # Kept on the nodes of both inner calls, or dropped from all of them.
+    assert len(colocated) in (0, 2 * len(in_bodies))
+    for name, groups in colocated.items():
+        (body_name,) = [b for b in in_bodies if name.endswith("/" + b)]
+        prefix = name[:-len(body_name)]
+        # With the node's own inlined call's copies, not another call's, nor the body's names.
+        assert groups == [prefix + group for group in in_bodies[body_name]], name
+        assert set(groups) <= names, name
+    feeds = {"x:0": [-1.0, 0.5, 3.0]}
+    expected = run(graph_def, ["a:0", "b:0"], feeds)
+    values = run(flat, ["a:0", "b:0"], feeds)
+    np.testing.assert_array_equal(values[0], expected[0])
+    np.testing.assert_array_equal(values[1], expected[1])
+    np.testing.assert_array_equal(values[0], [1.0, 1.0, 21.0])

@@ -14,9 +14,14 @@ from retrain_suite import tfrecords
 
 
 def expected_split(relative_path, validation, testing):
-    """The documented split formula, written out independently of pre_input."""
-    cut = relative_path.find("_nohash_")
-    name = relative_path if cut < 0 else relative_path[:cut]
+    """The documented split formula, written out independently of pre_input.
+
+    `_nohash_` and what follows it are cut from the file name only: a folder
+    named `x_nohash_y` is part of every path under it.
+    """
+    folder, slash, file_name = relative_path.rpartition("/")
+    cut = file_name.find("_nohash_")
+    name = relative_path if cut < 0 else folder + slash + file_name[:cut]
     h = int(hashlib.sha1(name.encode("utf-8")).hexdigest(), 16)
     p = (h % 2**27) * (100.0 / (2**27 - 1))
     if p < validation:
@@ -45,6 +50,8 @@ KNOWN_NAMES = [
     "猫/写真.JPG",
     "dogs/rex_nohash_1.jpg",
     "dogs/sub dir/with space.bmp",
+    "big_nohash_cats/img1.jpg",
+    "dogs/shoot_nohash_2/rex_nohash_1.jpg",
     *(f"class{i % 3}/img{i}.jpg" for i in range(200)),
 ]
 
@@ -73,6 +80,12 @@ def test_split_for_matches_sha1_formula_on_known_names(validation, testing):
         ("daisy/photo1.jpg", 88.6, 0, "validation"),
         ("daisy/photo1.jpg", 88.4, 0.2, "testing"),
         ("daisy/photo1.jpg", 88.4, 0.1, "training"),
+        # `_nohash_` in a folder name is kept: 37.44 for the whole path, where
+        # "big" would be 53.26 and "big/img1.jpg" 85.59.
+        ("big_nohash_cats/img1.jpg", 30, 20, "testing"),
+        # Hashed as "dogs/shoot_nohash_2/rex": 4.43; "dogs/shoot" would be
+        # 35.43, "dogs/shoot/rex" 46.98, the whole path 31.88.
+        ("dogs/shoot_nohash_2/rex_nohash_1.jpg", 10, 30, "validation"),
     ],
 )
 def test_split_for_known_names_is_pinned(name, validation, testing, split):
@@ -115,6 +128,28 @@ def test_nohash_in_folder_name_does_not_collapse_the_folder_into_one_split():
     paths = [f"big_nohash_cats/img{i}.jpg" for i in range(60)]
     splits = {dataset_lib.split_for(path, 30, 30) for path in paths}
     assert splits == set(dataset_lib.SPLITS)
+
+
+def test_nohash_in_a_folder_name_is_kept_and_only_the_file_name_is_cut(tmp_path):
+    image_dir = tmp_path / "data"
+    plain = [f"cats_nohash_big/img{i}.jpg" for i in range(40)]
+    shots = [f"dogs/shoot_nohash_{s}/rex{i}_nohash_{k}.jpg"
+             for s in range(2) for i in range(20) for k in range(2)]
+    for name in plain + shots:
+        touch(os.path.join(image_dir, *name.split("/")))
+    splits = splits_of(dataset_lib.build_dataset(str(image_dir), 30, 30))
+    # Each image of the class folder by its own full path, so they spread over the sets.
+    assert {name: splits[name] for name in plain} == {
+        name: expected_split(name, 30, 30) for name in plain}
+    assert {splits[name] for name in plain} == set(dataset_lib.SPLITS)
+    # Shots of one subject stay together; each subject is hashed with its folder.
+    assert {name: splits[name] for name in shots} == {
+        name: expected_split(name, 30, 30) for name in shots}
+    by_subject = {}
+    for name in shots:
+        by_subject.setdefault(name.rsplit("_nohash_", 1)[0], set()).add(splits[name])
+    assert len(by_subject) == 40 and all(len(s) == 1 for s in by_subject.values())
+    assert {splits[name] for name in shots} == set(dataset_lib.SPLITS)
 
 
 def test_split_is_stable_when_folder_moves(tmp_path):
