@@ -8,6 +8,7 @@ one, never half of one. Works on any filesystem tf.io.gfile supports.
 import errno
 import fcntl
 import os
+import re
 import uuid
 
 import tensorflow as tf
@@ -15,6 +16,14 @@ import tensorflow as tf
 # What a SavedModel writer puts in its folder: a folder holding only these (or
 # nothing) is one this suite may replace.
 SAVED_MODEL_ENTRIES = frozenset({"saved_model.pb", "variables", "assets", "fingerprint.pb"})
+
+
+# The files a SavedModel writer puts inside its folders, by folder (the suite's
+# models have no assets): a file named otherwise there is someone else's.
+_OWNED_FILES_INSIDE = {
+    "variables": re.compile(r"variables\.(index|data-\d{5}-of-\d{5})"),
+    "assets": re.compile(r"(?!)"),
+}
 
 
 # The longest suffix temporary_name adds (".tmp-" + a pid of up to 7 digits +
@@ -92,11 +101,12 @@ def check_replaceable(path, owned_entries):
     """Raise FileExistsError unless path is absent, or a folder replace_dir may replace.
 
     That is an empty folder, or one holding nothing but owned_entries, with
-    only files in those that are folders (as a SavedModel writer leaves
-    variables/ and assets/). Anything else in it is someone else's, so it is
-    refused: another name, a folder below an owned folder, and a link
-    anywhere, even one named as an owned entry (tf.io.gfile.rmtree follows a
-    link to a folder and deletes what that folder holds).
+    only the files a SavedModel writer names in those that are folders
+    (variables/variables.index and variables.data-NNNNN-of-NNNNN). Anything
+    else in it is someone else's, so it is refused: another name, a folder or
+    a differently named file below an owned folder (notes.txt in variables/),
+    and a link anywhere, even one named as an owned entry (tf.io.gfile.rmtree
+    follows a link to a folder and deletes what that folder holds).
     """
     path = path.rstrip("/")
     if _is_link(path):
@@ -116,13 +126,20 @@ def check_replaceable(path, owned_entries):
             for inner in sorted(e.rstrip("/") for e in tf.io.gfile.listdir(full)):
                 if _is_link(f"{full}/{inner}"):
                     foreign.append(f"the link {entry}/{inner}")
-                elif tf.io.gfile.isdir(f"{full}/{inner}"):
+                elif (tf.io.gfile.isdir(f"{full}/{inner}")
+                      or not _owned_inside(entry, inner)):
                     foreign.append(f"{entry}/{inner}")
     if foreign:
         shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
         raise FileExistsError(
             errno.ENOTEMPTY, f"holds files this suite did not write ({shown})", path
         )
+
+
+def _owned_inside(folder, name):
+    """Whether a file called name inside an owned folder is one a SavedModel writer makes."""
+    pattern = _OWNED_FILES_INSIDE.get(folder)
+    return pattern is None or pattern.fullmatch(name) is not None
 
 
 def _is_link(path):

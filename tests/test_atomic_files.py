@@ -161,6 +161,24 @@ def test_a_saved_model_dir_holding_a_foreign_subfolder_is_never_replaced(
     assert sorted(os.listdir(tmp_path)) == beside  # no temporary, no retired copy
 
 
+@pytest.mark.parametrize("where", ["variables/notes.txt", "assets/readme.txt",
+                                   "variables/variables.data-0-of-1"])
+def test_a_users_file_inside_a_saved_models_own_folders_is_never_removed(tmp_path, where):
+    target = tmp_path / "model"
+    export.write_saved_model(classifier_graph_def(1.0), "final_result", str(target))
+    (target / where).parent.mkdir(exist_ok=True)  # the suite's models have no assets/
+    (target / where).write_bytes(b"precious")
+
+    def write():
+        export.write_saved_model(classifier_graph_def(3.0), "final_result", str(target))
+
+    with pytest.raises(export.OutputError) as raised:
+        export.write_output("saved_model_dir", str(target), write)
+    assert f"did not write ({where})" in str(raised.value)
+    assert (target / where).read_bytes() == b"precious"
+    assert sorted(os.listdir(tmp_path)) == ["model"]
+
+
 def test_a_saved_model_swap_that_fails_puts_the_previous_model_back(tmp_path, monkeypatch):
     target = tmp_path / "model"
     export.write_saved_model(classifier_graph_def(1.0), "final_result", str(target))
