@@ -1,5 +1,6 @@
-"""TFLite export: the float model's probabilities, int8's uint8 contract, the metadata read back
-by a reader of its own, label_image on a .tflite, and the accuracy gate on every exported file."""
+"""TFLite export: the float model's probabilities, int8's uint8 contract and the images it is
+calibrated on, float16's weights, the metadata read back by a reader of its own, label_image on
+a .tflite, and the accuracy gate on every exported file."""
 
 import io
 import json
