@@ -325,7 +325,7 @@ def test_int8_calibration_decodes_300_training_images_when_there_are_more(
     images = input_pipeline.ImageFiles(paths * 12)
     training_rows = list(range(0, len(images), 2))
     read = record_files_read_by_tflite_export(monkeypatch)
-    # ... and the images the converter's calibration is given, which read files are.
+    # ... and the samples the converter calibrates on: one image each, all that was read.
     given, real_convert = [], tf.lite.TFLiteConverter.convert
 
     def convert(converter):
