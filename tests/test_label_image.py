@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 from conftest import load_graph_def, run_script
 
-from retrain_suite import classifier
+from retrain_suite import classifier, input_pipeline, tflite
 from retrain_suite.bottleneck import batch_size as batch_size_lib
 
 
@@ -164,3 +164,36 @@ def test_batch_size_must_be_positive(trained):
     )
     assert process.returncode != 0
     assert last_line(process.stderr).startswith("error: --batch_size=0 must be positive")
+
+
+def test_tflite_model_takes_input_mean_and_std_as_the_frozen_graph_does(trained, tmp_path):
+    settings = trained["settings"]
+    graph_def = load_graph_def(settings["output_graph"])
+    labels = classifier.load_labels(settings["output_labels"])
+    model = tmp_path / "model.tflite"  # float: its input takes any value, as the graph's does
+    tflite.write_tflite(str(model), tflite.convert(graph_def, 32, 32, "final_result", "none"),
+                        labels, 32, 32, "float32")
+    paths = [os.path.join(trained["image_dir"], label, name)
+             for label in ("blue", "green", "red") for name in ("img0.jpg", "img3_gray.png")]
+    mean, std = 100.0, 80.0
+    # What the flags mean: the graph fed (pixel - mean) / std of the 0-255 pixel values.
+    ((_, _, decoded),) = input_pipeline.image_batches(paths, 32, 32, len(paths)).as_numpy_iterator()
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.compat.v1.import_graph_def(graph_def, name="")
+        with tf.compat.v1.Session(graph=graph) as sess:
+            expected, plain = (sess.run("final_result:0", {"Placeholder:0": images})
+                               for images in ((decoded * 255.0 - mean) / std, decoded))
+    assert np.abs(expected - plain).max() > 0.05  # else ignoring the flags would pass
+    on_graph = classifier.classify(graph_def, paths, 32, 32, input_mean=mean, input_std=std,
+                                   batch_size=len(paths))
+    np.testing.assert_allclose([on_graph[i] for i in range(len(paths))], expected, atol=1e-5)
+    process = run_script("label_image.py", *paths, str(model), f"--input_mean={mean}",
+                         f"--input_std={std}", f"--top_k={len(labels)}", "--output_format=json",
+                         check=True)
+    printed = json.loads(process.stdout)
+    assert [entry["image"] for entry in printed] == paths
+    for entry, probabilities in zip(printed, expected):
+        scores = {p["label"]: p["score"] for p in entry["predictions"]}
+        np.testing.assert_allclose([scores[label] for label in labels], probabilities, atol=1e-4)
+        assert entry["predictions"][0]["label"] == labels[np.argmax(probabilities)]

@@ -1,5 +1,6 @@
-"""TFLite export: the float model's probabilities, int8's uint8 contract, the metadata read back
-by a reader of its own, label_image on a .tflite, and the accuracy gate on every exported file."""
+"""TFLite export: the float model's probabilities, int8's uint8 contract and the images it is
+calibrated on, float16's weights, the metadata read back by a reader of its own, label_image on
+a .tflite, and the accuracy gate on every exported file."""
 
 import io
 import json
@@ -15,12 +16,37 @@ from ai_edge_litert.interpreter import Interpreter
 from conftest import load_graph_def, make_dataset, retrain_settings, run_script
 
 from retrain_suite import config as config_lib
+from retrain_suite import dataset as dataset_lib
 from retrain_suite import input_pipeline, job, reporting, tflite
+
+
+def record_files_read_by_tflite_export(patch):
+    """-> the list, filled as files are read, of the image files (index into their source,
+    path) read while tflite.export_for_run runs: what int8 calibration decodes."""
+    read, exporting = [], []
+    real_read, real_export = input_pipeline.ImageFiles.read_checked, tflite.export_for_run
+
+    def read_checked(self, index, *args, **kwargs):
+        if exporting:
+            read.append((int(index), self.paths[int(index)]))
+        return real_read(self, index, *args, **kwargs)
+
+    def export_for_run(*args, **kwargs):
+        exporting.append(True)
+        try:
+            return real_export(*args, **kwargs)
+        finally:
+            exporting.clear()
+
+    patch.setattr(input_pipeline.ImageFiles, "read_checked", read_checked)
+    patch.setattr(tflite, "export_for_run", export_for_run)
+    return read
 
 
 @pytest.fixture(scope="module")
 def int8_run(tmp_path_factory, tiny_module):
-    """One in-process run writing an int8 TFLite file, a SavedModel and the JSON report."""
+    """One in-process run writing an int8 TFLite file, a SavedModel and the JSON report,
+    with the image files its TFLite export read recorded."""
     root = tmp_path_factory.mktemp("tflite")
     image_dir = make_dataset(root / "data", per_class=20)
     settings = retrain_settings(
@@ -29,8 +55,11 @@ def int8_run(tmp_path_factory, tiny_module):
         tflite_output_file=str(root / "out" / "model.tflite"), tflite_quantization="int8",
         eval_report=str(root / "out" / "report.json"),
     )
-    job.run_retraining(config_lib.from_flat(settings))
-    return {"settings": settings, "root": root, "image_dir": image_dir}
+    with pytest.MonkeyPatch.context() as patch:
+        calibration_reads = record_files_read_by_tflite_export(patch)
+        job.run_retraining(config_lib.from_flat(settings))
+    return {"settings": settings, "root": root, "image_dir": image_dir,
+            "calibration_reads": calibration_reads}
 
 
 def decoded_images(run):
@@ -142,6 +171,7 @@ def read_metadata(model):
     content = _sub_table(image, 3)
     (unit,) = _tables(image, 4)
     normalization = _sub_table(unit, 1)
+    input_stats = _sub_table(image, 5)
     (labels_file,) = _tables(probability, 6)
     archive = zipfile.ZipFile(io.BytesIO(model))
     return {
@@ -152,6 +182,8 @@ def read_metadata(model):
         "unit_type": _byte(unit, 0),  # 1: NormalizationOptions
         "mean": _floats(normalization, 0).tolist(),
         "std": _floats(normalization, 1).tolist(),
+        "input_max": _floats(input_stats, 0).tolist(),
+        "input_min": _floats(input_stats, 1).tolist(),
         "labels_file": _string(labels_file, 0),
         "labels_file_type": _byte(labels_file, 2),  # 2: TENSOR_AXIS_LABELS
         "packed": {info.filename: info.compress_type for info in archive.infolist()},
@@ -174,6 +206,8 @@ def test_metadata_holds_the_labels_in_order_and_the_normalization(int8_run, tmp_
     }
     assert (found["input_content_type"], found["color_space"], found["unit_type"]) == (2, 1, 1)
     assert found["mean"] == [0.0] and found["std"] == [255.0]
+    # The range of what the model takes: (0 - mean) / std to (255 - mean) / std.
+    assert found["input_min"] == [0.0] and found["input_max"] == [1.0]
     assert found["min_parser_version"] == "1.0.0" and found["name"]
     # The metadata changed nothing the interpreter computes.
     images = decoded_images(int8_run)[:4]
@@ -188,6 +222,8 @@ def test_the_run_s_int8_file_carries_the_run_s_labels(int8_run):
         found = read_metadata(f.read())
     with open(int8_run["settings"]["output_labels"]) as f:
         assert found["labels"] == f.read().splitlines() == ["blue", "green", "red"]
+    assert (found["mean"], found["std"]) == ([0.0], [255.0])
+    assert (found["input_min"], found["input_max"]) == ([0.0], [1.0])
 
 
 @pytest.mark.slow
@@ -266,3 +302,89 @@ def test_label_image_on_a_tflite_without_labels_inside_asks_for_a_labels_file(in
     given = run_script("label_image.py", "--image", image, "--graph", str(bare),
                        "--labels", settings["output_labels"], "--top_k=1", check=True)
     assert given.stdout.split()[0] == "red"
+
+
+@pytest.mark.slow
+def test_int8_calibration_decodes_every_training_image_once_and_no_other(int8_run):
+    settings = int8_run["settings"]
+    dataset = dataset_lib.build_dataset(
+        int8_run["image_dir"], settings["validation_percentage"], settings["testing_percentage"]
+    )
+    training = sorted(dataset.full_path(image) for image in dataset.in_split("training"))
+    assert 0 < len(training) < tflite.CALIBRATION_IMAGES  # so every one of them is used
+    assert sorted(path for _, path in int8_run["calibration_reads"]) == training
+
+
+@pytest.mark.slow
+def test_int8_calibration_decodes_300_training_images_when_there_are_more(
+        int8_run, tmp_path, monkeypatch):
+    settings = int8_run["settings"]
+    paths = sorted(os.path.join(folder, name)
+                   for folder, _, names in os.walk(int8_run["image_dir"]) for name in names)
+    # 720 images in the source; the even rows, 360 of them, are the training images.
+    images = input_pipeline.ImageFiles(paths * 12)
+    training_rows = list(range(0, len(images), 2))
+    read = record_files_read_by_tflite_export(monkeypatch)
+    # ... and the samples the converter calibrates on: one image each, all that was read.
+    given, real_convert = [], tf.lite.TFLiteConverter.convert
+
+    def convert(converter):
+        dataset = converter.representative_dataset
+
+        def counted():
+            for sample in dataset():
+                given.append([np.shape(tensor) for tensor in sample])
+                yield sample
+
+        converter.representative_dataset = counted
+        return real_convert(converter)
+
+    monkeypatch.setattr(tf.lite.TFLiteConverter, "convert", convert)
+    config = config_lib.from_flat(dict(settings, tflite_output_file=str(tmp_path / "m.tflite")))
+    calibrated = tflite.export_for_run(config, load_graph_def(settings["output_graph"]),
+                                       ["blue", "green", "red"], images, training_rows, 32, 32)
+    rows = [row for row, _ in read]
+    assert calibrated == len(rows) == len(set(rows)) == 300
+    assert set(rows) <= set(training_rows)
+    assert given == [[(1, 32, 32, 3)]] * 300
+
+
+def constant_bytes_by_type(model):
+    """{TensorType name: bytes} of a TFLite model's constant tensors (those holding data)."""
+    root = tflite_schema.Model.GetRootAs(model, 0)
+    names = {value: name for name, value in vars(tflite_schema.TensorType).items()
+             if not name.startswith("_")}
+    found = {}
+    subgraph = root.Subgraphs(0)
+    for i in range(subgraph.TensorsLength()):
+        tensor = subgraph.Tensors(i)
+        size = root.Buffers(tensor.Buffer()).DataLength()
+        if size:
+            found[names[tensor.Type()]] = found.get(names[tensor.Type()], 0) + size
+    return found
+
+
+@pytest.mark.slow
+def test_float16_file_holds_its_weights_as_float16_and_agrees_with_the_frozen_graph(
+        int8_run, tmp_path):
+    settings = int8_run["settings"]
+    graph_path = settings["output_graph"]
+    written = {}
+    for quantization in ("none", "float16"):
+        path = tmp_path / f"{quantization}.tflite"
+        config = config_lib.from_flat(dict(
+            settings, tflite_quantization=quantization, tflite_output_file=str(path)))
+        tflite.export_for_run(config, load_graph_def(graph_path), ["blue", "green", "red"],
+                              input_pipeline.ImageFiles([]), [], 32, 32)
+        written[quantization] = path.read_bytes()
+    weights = {name: constant_bytes_by_type(model) for name, model in written.items()}
+    # Every float weight is float16, at half the bytes; none is left float32 or made int8.
+    assert weights["float16"].keys() - {"INT32"} == {"FLOAT16"}
+    assert weights["none"].keys() - {"INT32"} == {"FLOAT32"}
+    assert weights["float16"]["FLOAT16"] * 2 == weights["none"]["FLOAT32"]
+    # The tiny module's few weights leave the file's own structure a large share of it.
+    assert len(written["float16"]) < 0.65 * len(written["none"])
+    images = decoded_images(int8_run)
+    # Weights rounded to float16 (11 significant bits), arithmetic still float32.
+    np.testing.assert_allclose(tflite_probabilities(written["float16"], images),
+                               graph_probabilities(graph_path, images), atol=1e-3)
