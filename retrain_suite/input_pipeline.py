@@ -58,32 +58,54 @@ class ImageFile:
     height: int = 0
 
 
-def read_regular_file(path):
-    """The bytes of one file (an image, a checkpoint). -> (bytes, None), or (None, one-line reason).
+def read_regular_file(path, max_bytes=None):
+    """The bytes of one file the suite reads. -> (bytes, None), or (None, one-line reason).
 
-    A local path is opened non-blocking and checked with fstat on the open
-    descriptor before anything is read, so a FIFO, socket, device or folder
-    named like an image is refused instead of blocking the run forever, even
-    if it replaced a regular file after the folder was scanned.
+    Every local file the suite reads goes through here (images, cache entries,
+    labels files, graphs, TFLite models, checkpoints). A local path is opened
+    non-blocking and checked with fstat on the open descriptor before anything
+    is read, so a FIFO, socket, device or folder put where a file was expected
+    is refused instead of blocking the run forever, even if it replaced a
+    regular file after the folder was scanned. With max_bytes, a larger file
+    is refused without being read whole (at most max_bytes + 1 bytes are
+    read, so a file that grows while it is read is caught too). A missing
+    file's reason starts with MISSING.
     """
     if "://" in path:  # Remote file systems (gs://, ...) hold no special files.
         try:
             with tf.io.gfile.GFile(path, "rb") as f:
-                return f.read(), None
+                data = f.read(-1 if max_bytes is None else max_bytes + 1)
+        except tf.errors.NotFoundError:
+            return None, MISSING
         except (tf.errors.OpError, OSError) as e:
             return None, f"cannot be read: {one_line(e)}"
+        return _within(data, max_bytes)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None, MISSING
     except OSError as e:
         return None, f"cannot be read: {path}; {e.strerror}"
-    with open(fd, "rb", closefd=True) as f:
+    try:
         mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
+        if not stat.S_ISREG(mode):  # Checked before open(), which fails on a folder.
             return None, f"not a regular file ({special_file_kind(mode)})"
-        try:
-            return f.read(), None
-        except OSError as e:
-            return None, f"cannot be read: {path}; {e.strerror}"
+        with open(fd, "rb", closefd=False) as f:
+            data = f.read(-1 if max_bytes is None else max_bytes + 1)
+    except OSError as e:
+        return None, f"cannot be read: {path}; {e.strerror}"
+    finally:
+        os.close(fd)
+    return _within(data, max_bytes)
+
+
+MISSING = "does not exist"  # read_regular_file's reason for a file that is not there
+
+
+def _within(data, max_bytes):
+    if max_bytes is not None and len(data) > max_bytes:
+        return None, f"larger than the {max_bytes:,} bytes allowed for it"
+    return data, None
 
 
 def special_file_kind(mode):
