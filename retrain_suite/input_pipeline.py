@@ -69,17 +69,32 @@ def read_regular_file(path, max_bytes=None):
     regular file after the folder was scanned. With max_bytes, a larger file
     is refused without being read whole (at most max_bytes + 1 bytes are
     read, so a file that grows while it is read is caught too). A missing
-    file's reason starts with MISSING.
+    file's reason is MISSING.
     """
+    data, problem = _read_regular(path, None if max_bytes is None else max_bytes + 1)
+    if problem is None and max_bytes is not None and len(data) > max_bytes:
+        return None, f"larger than the {max_bytes:,} bytes allowed for it"
+    return data, problem
+
+
+def read_file_start(path, count):
+    """Up to count bytes from the start of a file, read as read_regular_file reads.
+
+    -> (bytes, None), or (None, one-line reason).
+    """
+    return _read_regular(path, count)
+
+
+def _read_regular(path, count):
+    """read_regular_file's reading: the whole file, or its first count bytes."""
     if "://" in path:  # Remote file systems (gs://, ...) hold no special files.
         try:
             with tf.io.gfile.GFile(path, "rb") as f:
-                data = f.read(-1 if max_bytes is None else max_bytes + 1)
+                return f.read(-1 if count is None else count), None
         except tf.errors.NotFoundError:
             return None, MISSING
         except (tf.errors.OpError, OSError) as e:
             return None, f"cannot be read: {one_line(e)}"
-        return _within(data, max_bytes)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -91,21 +106,14 @@ def read_regular_file(path, max_bytes=None):
         if not stat.S_ISREG(mode):  # Checked before open(), which fails on a folder.
             return None, f"not a regular file ({special_file_kind(mode)})"
         with open(fd, "rb", closefd=False) as f:
-            data = f.read(-1 if max_bytes is None else max_bytes + 1)
+            return f.read(-1 if count is None else count), None
     except OSError as e:
         return None, f"cannot be read: {path}; {e.strerror}"
     finally:
         os.close(fd)
-    return _within(data, max_bytes)
 
 
 MISSING = "does not exist"  # read_regular_file's reason for a file that is not there
-
-
-def _within(data, max_bytes):
-    if max_bytes is not None and len(data) > max_bytes:
-        return None, f"larger than the {max_bytes:,} bytes allowed for it"
-    return data, None
 
 
 def special_file_kind(mode):
