@@ -85,8 +85,7 @@ class TFLiteRunner:
     images_per_call = 1
 
     def __init__(self, path):
-        with tf.io.gfile.GFile(path, "rb") as f:
-            self.model = tflite.TFLiteClassifier(f.read())
+        self.model = tflite.TFLiteClassifier(classifier.read_input_file(path, "TFLite file"))
 
     def predict(self, images):
         return self.model.predict(images)

@@ -51,13 +51,26 @@ class LabelError(Exception):
     """A problem with the user's images, graph or labels."""
 
 
+def read_input_file(path, what):
+    """The bytes of a file the user named (what: "Graph file", ...); LabelError if unusable.
+
+    Read without blocking (input_pipeline.read_regular_file): a FIFO or device
+    named as a graph, labels file or model is refused, never waited on.
+    """
+    data, problem = input_pipeline.read_regular_file(path)
+    if problem == input_pipeline.MISSING:
+        raise LabelError(f"{what} {path} does not exist.")
+    if problem:
+        raise LabelError(f"{what} {path} cannot be used: {problem}.")
+    return data
+
+
 def load_graph(path):
     """Frozen graph file -> tf.compat.v1.GraphDef."""
-    if not tf.io.gfile.exists(path):
-        raise LabelError(f"Graph file {path} does not exist.")
+    data = read_input_file(path, "Graph file")
     graph_def = tf.compat.v1.GraphDef()
     try:
-        graph_def.ParseFromString(tf.io.gfile.GFile(path, "rb").read())
+        graph_def.ParseFromString(data)
     except Exception as e:  # protobuf raises its own DecodeError
         raise LabelError(f"{path} is not a TensorFlow GraphDef file ({e}).") from e
     return graph_def
@@ -78,10 +91,7 @@ def check_label_count(results, labels, source, what):
 
 def load_labels(path):
     """Labels file -> [label, ...] in output order (a UTF-8 byte-order mark is dropped)."""
-    if not tf.io.gfile.exists(path):
-        raise LabelError(f"Labels file {path} does not exist.")
-    with tf.io.gfile.GFile(path, "rb") as f:
-        data = f.read()
+    data = read_input_file(path, "Labels file")
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -317,10 +327,7 @@ def print_results(paths, results, failures, labels, top_k, output_format):
 
 def load_tflite(path):
     """TFLite file -> (tflite.TFLiteClassifier, labels from its metadata or None)."""
-    if not tf.io.gfile.exists(path):
-        raise LabelError(f"Model file {path} does not exist.")
-    with tf.io.gfile.GFile(path, "rb") as f:
-        model = f.read()
+    model = read_input_file(path, "Model file")
     try:
         return tflite.TFLiteClassifier(model), tflite_metadata.packed_labels(model)
     except tflite_metadata.MetadataError as e:

@@ -58,32 +58,62 @@ class ImageFile:
     height: int = 0
 
 
-def read_regular_file(path):
-    """The bytes of one file (an image, a checkpoint). -> (bytes, None), or (None, one-line reason).
+def read_regular_file(path, max_bytes=None):
+    """The bytes of one file the suite reads. -> (bytes, None), or (None, one-line reason).
 
-    A local path is opened non-blocking and checked with fstat on the open
-    descriptor before anything is read, so a FIFO, socket, device or folder
-    named like an image is refused instead of blocking the run forever, even
-    if it replaced a regular file after the folder was scanned.
+    Every local file the suite reads goes through here (images, cache entries,
+    labels files, graphs, TFLite models, checkpoints). A local path is opened
+    non-blocking and checked with fstat on the open descriptor before anything
+    is read, so a FIFO, socket, device or folder put where a file was expected
+    is refused instead of blocking the run forever, even if it replaced a
+    regular file after the folder was scanned. With max_bytes, a larger file
+    is refused without being read whole (at most max_bytes + 1 bytes are
+    read, so a file that grows while it is read is caught too). A missing
+    file's reason is MISSING.
     """
+    data, problem = _read_regular(path, None if max_bytes is None else max_bytes + 1)
+    if problem is None and max_bytes is not None and len(data) > max_bytes:
+        return None, f"larger than the {max_bytes:,} bytes allowed for it"
+    return data, problem
+
+
+def read_file_start(path, count):
+    """Up to count bytes from the start of a file, read as read_regular_file reads.
+
+    -> (bytes, None), or (None, one-line reason).
+    """
+    return _read_regular(path, count)
+
+
+def _read_regular(path, count):
+    """read_regular_file's reading: the whole file, or its first count bytes."""
     if "://" in path:  # Remote file systems (gs://, ...) hold no special files.
         try:
             with tf.io.gfile.GFile(path, "rb") as f:
-                return f.read(), None
+                return f.read(-1 if count is None else count), None
+        except tf.errors.NotFoundError:
+            return None, MISSING
         except (tf.errors.OpError, OSError) as e:
             return None, f"cannot be read: {one_line(e)}"
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None, MISSING
     except OSError as e:
         return None, f"cannot be read: {path}; {e.strerror}"
-    with open(fd, "rb", closefd=True) as f:
+    try:
         mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
+        if not stat.S_ISREG(mode):  # Checked before open(), which fails on a folder.
             return None, f"not a regular file ({special_file_kind(mode)})"
-        try:
-            return f.read(), None
-        except OSError as e:
-            return None, f"cannot be read: {path}; {e.strerror}"
+        with open(fd, "rb", closefd=False) as f:
+            return f.read(-1 if count is None else count), None
+    except OSError as e:
+        return None, f"cannot be read: {path}; {e.strerror}"
+    finally:
+        os.close(fd)
+
+
+MISSING = "does not exist"  # read_regular_file's reason for a file that is not there
 
 
 def special_file_kind(mode):
@@ -142,7 +172,12 @@ def image_size(data):
     Read here rather than by PIL, which gives up on headers TensorFlow's
     decoders accept (a PNG with a damaged text chunk, say): the size checked
     must be the size the decoder will allocate. JPEG: the first frame header
-    (SOFn); PNG: IHDR, which must come first; GIF: the logical screen; BMP:
+    (SOFn); PNG: IHDR, which must come first (libpng allocates that, and
+    TensorFlow decodes an APNG's default image only); GIF: the logical
+    screen, or the first frame's descriptor where it is wider or taller (the
+    decoder allocates both, and a file may declare a 16x16 screen around a
+    20000x20000 frame); only the first frame is ever decoded (see
+    decodable_bytes), so later frames do not count; BMP:
     the signed 32-bit fields TensorFlow reads (a negative height means
     top-down rows). A zero size (a JPEG whose height comes later, in a DNL
     segment) counts as unknown.
@@ -152,14 +187,80 @@ def image_size(data):
         size = _jpeg_size(data)
     elif data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" and len(data) >= 24:
         size = struct.unpack(">II", data[16:24])
-    elif data[:6] in (b"GIF87a", b"GIF89a") and len(data) >= 10:
-        size = struct.unpack("<HH", data[6:10])
+    elif data[:6] in (b"GIF87a", b"GIF89a"):
+        frame = _gif_first_frame(data)
+        if frame is not None:
+            (screen_width, screen_height), (frame_width, frame_height), _ = frame
+            size = (max(screen_width, frame_width), max(screen_height, frame_height))
     elif data[:2] == b"BM" and len(data) >= 26:
         width, height = struct.unpack("<ii", data[18:26])
         size = (width, abs(height)) if width > 0 else None
     if size is None or not all(size):
         return None
     return int(size[0]), int(size[1])
+
+
+def decodable_bytes(data):
+    """The part of an encoded image that is handed to the decoder (bytes).
+
+    A GIF: its header and first frame, then a trailer. TensorFlow's GIF
+    decoder reads every frame into memory (giflib's DGifSlurp) and keeps an
+    output frame per frame before the first is taken, so a 300-frame
+    animation cost ~300 times one frame; cut here, the decoder sees a
+    one-frame GIF with the same first frame, and the size checked by
+    image_size is all it allocates. Other formats: the bytes unchanged. The
+    image's content hash is always that of the whole file.
+    """
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        frame = _gif_first_frame(data)
+        if frame is not None:
+            return data[:frame[2]] + _GIF_TRAILER
+    return data
+
+
+_GIF_EXTENSION, _GIF_IMAGE, _GIF_TRAILER = 0x21, 0x2C, b"\x3b"
+
+
+def _gif_first_frame(data):
+    """GIF bytes -> ((screen width, height), (first frame width, height), end of the first
+    frame's data), walking the blocks; None if the file ends or breaks before it."""
+    if len(data) < 13:
+        return None
+    screen_width, screen_height, flags = struct.unpack("<HHB", data[6:11])
+    i = 13 + _gif_colour_table_bytes(flags)  # after the logical screen, its colour table
+    while i < len(data):
+        if data[i] == _GIF_EXTENSION:  # introducer, label, then data sub-blocks
+            i = _gif_sub_blocks_end(data, i + 2)
+        elif data[i] == _GIF_IMAGE:  # introducer, left, top, width, height, flags
+            if i + 10 > len(data):
+                return None
+            frame_width, frame_height, flags = struct.unpack("<HHB", data[i + 5:i + 10])
+            i += 10 + _gif_colour_table_bytes(flags)  # the frame's own colour table
+            end = _gif_sub_blocks_end(data, i + 1)  # after the LZW minimum code size
+            if end is None:
+                return None
+            return (screen_width, screen_height), (frame_width, frame_height), end
+        else:  # the trailer, or bytes that are no block: no frame to decode
+            return None
+        if i is None:
+            return None
+    return None
+
+
+def _gif_colour_table_bytes(flags):
+    """Bytes of the colour table that a GIF screen or frame descriptor's flags announce."""
+    return 3 << ((flags & 7) + 1) if flags & 0x80 else 0
+
+
+def _gif_sub_blocks_end(data, i):
+    """Position after the data sub-blocks starting at i (each: a size byte, then that
+    many bytes; a zero size ends them), or None if the data ends first."""
+    while i < len(data):
+        size = data[i]
+        i += 1 + size
+        if size == 0:
+            return i
+    return None
 
 
 # JPEG markers with no length field, and frame-header markers that are not frames.
@@ -233,7 +334,7 @@ def why_bytes_undecodable(data, max_pixels=DEFAULT_MAX_IMAGE_PIXELS):
     if problem:
         return problem
     try:
-        tf.io.decode_image(data, channels=3, expand_animations=False)
+        tf.io.decode_image(decodable_bytes(data), channels=3, expand_animations=False)
     except (tf.errors.OpError, ValueError) as e:
         return f"not a decodable image: {one_line(e)}"
     return "could not be decoded"
@@ -364,14 +465,16 @@ def _decoded_batches(encoded, height, width, batch_size):
 def _checked(data, max_pixels):
     """What the pipeline needs from the bytes it is about to decode, as numpy values.
 
-    -> (data, hex SHA-1, EXIF orientation, usable): the hash, orientation and
-    size limit all come from these bytes, never from an earlier read of the
-    file, which may have held other bytes.
+    -> (bytes to decode, hex SHA-1, EXIF orientation, usable): the hash,
+    orientation and size limit all come from these bytes, never from an
+    earlier read of the file, which may have held other bytes. The bytes to
+    decode are decodable_bytes(data) (a GIF's first frame); the hash is of
+    the whole data.
     """
     info = inspect_image_bytes(data, max_pixels) if data is not None else None
     if info is None or info.problem:
         return np.array(b"", object), np.array(b"", object), np.int32(1), np.bool_(False)
-    return (np.array(data, object), np.array(info.sha1.encode("ascii"), object),
+    return (np.array(decodable_bytes(data), object), np.array(info.sha1.encode("ascii"), object),
             np.int32(info.orientation), np.bool_(True))
 
 

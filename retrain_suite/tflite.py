@@ -202,7 +202,5 @@ def export_for_run(config, graph_def, labels, images, training_rows, height, wid
 
 def is_tflite_file(path):
     """Whether the file at path is a TFLite flatbuffer (by its content, not its name)."""
-    if not tf.io.gfile.exists(path) or tf.io.gfile.isdir(path):
-        return False
-    with tf.io.gfile.GFile(path, "rb") as f:
-        return is_tflite(f.read(8))
+    start, problem = input_pipeline.read_file_start(path, 8)  # a FIFO is not waited on
+    return problem is None and is_tflite(start)

@@ -21,7 +21,9 @@ then its value).
 """
 
 import io
+import struct
 import zipfile
+import zlib
 
 import flatbuffers
 import numpy as np
@@ -51,6 +53,11 @@ _PROCESS_UNIT = {"options_type": 0, "options": 1}
 _NORMALIZATION = {"mean": 0, "std": 1}
 _STATS = {"max": 0, "min": 1}
 _ASSOCIATED_FILE = {"name": 0, "description": 1, "type": 2}
+
+
+# The most bytes a packed labels file may hold when read back: room for a million
+# classes of 60-byte names, far from the gigabytes a small zip member can inflate to.
+MAX_LABELS_BYTES = 64 * 1024 * 1024
 
 
 class MetadataError(Exception):
@@ -219,8 +226,10 @@ def _field_tables(table, field_number):
     offset = table.Offset(_slot(field_number))
     if not offset:
         return []
-    start = table.Vector(offset)
-    return [_table(table.Bytes, table.Indirect(start + 4 * i)) for i in range(table.VectorLen(offset))]
+    start, count = table.Vector(offset), table.VectorLen(offset)
+    if start + 4 * count > len(table.Bytes):  # A length that says more than the buffer holds.
+        raise MetadataError("its metadata holds a table list longer than the metadata")
+    return [_table(table.Bytes, table.Indirect(start + 4 * i)) for i in range(count)]
 
 
 def _field_string(table, field_number):
@@ -237,26 +246,70 @@ def packed_labels(model):
     """The labels (list of str) of the first output, from a model's metadata and packed files.
 
     -> None when the model has no metadata or no labels file for its output.
-    Raises MetadataError when the metadata names a labels file that is not packed.
+    Raises MetadataError, with one line saying why, when the metadata cannot
+    be read, names a labels file that is not packed, or the packed file is
+    damaged, larger than MAX_LABELS_BYTES or not UTF-8 text.
     """
     metadata = metadata_buffer(model)
     if metadata is None:
         return None
     if metadata[4:8] != METADATA_IDENTIFIER:
         raise MetadataError("its TFLITE_METADATA is not a ModelMetadata flatbuffer")
+    try:
+        name = _labels_file_name(metadata)
+    except (IndexError, struct.error, ValueError) as e:  # offsets pointing outside the buffer
+        raise MetadataError(f"its metadata flatbuffer is damaged ({type(e).__name__})") from e
+    if name is None:
+        return None
+    text = _packed_file(model, name)
+    try:
+        text = text.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise MetadataError(f"its packed labels file {_shown(name)} is not UTF-8 text") from e
+    return text.splitlines()
+
+
+def _labels_file_name(metadata):
+    """The name of the first output's labels file in ModelMetadata (bytes), or None."""
     root = _table(metadata, flatbuffers.encode.Get(flatbuffers.packer.uoffset, metadata, 0))
-    name = None
     for subgraph in _field_tables(root, _MODEL["subgraph_metadata"])[:1]:
         for tensor in _field_tables(subgraph, _SUBGRAPH["output_tensor_metadata"])[:1]:
             for associated in _field_tables(tensor, _TENSOR["associated_files"]):
                 if _field_byte(associated, _ASSOCIATED_FILE["type"]) == TENSOR_AXIS_LABELS:
-                    name = _field_string(associated, _ASSOCIATED_FILE["name"])
-                    break
-    if name is None:
-        return None
+                    return _field_string(associated, _ASSOCIATED_FILE["name"])
+    return None
+
+
+def _packed_file(model, name):
+    """The bytes of the file packed in the model's zip archive under name, read with a cap.
+
+    A member is inflated from a stream, so a 2 MB archive can claim, and
+    inflate to, gigabytes. One claiming more than MAX_LABELS_BYTES is refused
+    unread; zipfile stops inflating at the size a member claims (and then
+    checks its CRC), so one whose header understates its size is stopped
+    there. Any damage is one MetadataError line.
+    """
+    shown = _shown(name)
     try:
         with zipfile.ZipFile(io.BytesIO(model)) as archive:
-            text = archive.read(name).decode("utf-8")
-    except (zipfile.BadZipFile, KeyError) as e:
-        raise MetadataError(f"its metadata names the labels file {name}, which is not packed in it") from e
-    return text.splitlines()
+            info = archive.getinfo(name)
+            if info.file_size > MAX_LABELS_BYTES:
+                raise MetadataError(f"its packed labels file {shown} holds {info.file_size:,} "
+                                    f"bytes, more than the {MAX_LABELS_BYTES:,} allowed")
+            return archive.read(info)
+    except KeyError as e:
+        raise MetadataError(
+            f"its metadata names the labels file {shown}, which is not packed in it") from e
+    except zipfile.BadZipFile as e:
+        if "File is not a zip file" in str(e):
+            raise MetadataError(
+                f"its metadata names the labels file {shown}, which is not packed in it") from e
+        raise MetadataError(f"its packed files are damaged ({e})") from e
+    except (zlib.error, EOFError, OSError, RuntimeError, NotImplementedError, ValueError,
+            struct.error) as e:  # a damaged stream, encryption, an unknown compression
+        raise MetadataError(f"its packed labels file {shown} cannot be read ({e})") from e
+
+
+def _shown(name):
+    """A file name from the metadata, as one short line for a message."""
+    return repr(name if len(name) <= 60 else name[:60] + "...")

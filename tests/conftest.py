@@ -208,3 +208,36 @@ def trained(tmp_path_factory, tiny_module):
     args.append("--logging_verbosity=INFO")  # a classic flag too, but not part of the config
     process = run_script("retrain.py", *args, check=True)
     return {"settings": settings, "process": process, "image_dir": image_dir, "root": root}
+
+
+class unblocking_fifo:
+    """`with unblocking_fifo(path):` a FIFO at path that a blocking reader cannot hang on.
+
+    A reader that opens it blocking (the bug the tests guard against) is let
+    go at once by a writer that opens and closes the other end: it reads
+    nothing instead of waiting for ever, so a broken build fails its
+    assertion instead of hanging the suite. A non-blocking reader never meets
+    the writer, which gives up when the block ends.
+    """
+
+    def __init__(self, path):
+        self.path = str(path)
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._release_readers, daemon=True)
+
+    def _release_readers(self):
+        while not self._done.wait(0.01):
+            try:  # Fails (ENXIO) while no reader has the FIFO open.
+                os.close(os.open(self.path, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:
+                pass
+
+    def __enter__(self):
+        os.mkfifo(self.path)
+        self._thread.start()
+        return self.path
+
+    def __exit__(self, *exc):
+        self._done.set()
+        self._thread.join()
+        return False

@@ -6,6 +6,7 @@ import re
 
 import numpy as np
 import pytest
+from conftest import unblocking_fifo
 
 from retrain_suite.bottleneck import cache as cache_lib
 
@@ -17,17 +18,21 @@ def sample_vector(dimension=64, seed=0):
     return vector
 
 
+CONTENT = "cd" + "1" * 38
+
+
 def test_entry_encode_decode_round_trip_is_exact():
     vector = sample_vector()
-    data = cache_lib.encode_entry(vector)
+    data = cache_lib.encode_entry(vector, CONTENT)
     assert isinstance(data, bytes)
-    assert len(data) == 64 * 4 + 4
-    decoded, damage = cache_lib.decode_entry(data)
+    assert len(data) == 64 * 4 + 20 + 4
+    decoded, damage = cache_lib.decode_entry(data, CONTENT)
     assert damage is None
     assert decoded.dtype == np.float32
     np.testing.assert_array_equal(decoded, vector)
-    # Little-endian float32 body, whatever the machine.
-    np.testing.assert_array_equal(np.frombuffer(data[:-4], "<f4"), vector)
+    # Little-endian float32 body, whatever the machine, then the key it was written for.
+    np.testing.assert_array_equal(np.frombuffer(data[:64 * 4], "<f4"), vector)
+    assert data[64 * 4:-4] == bytes.fromhex(CONTENT)
 
 
 def test_cache_store_then_lookup_returns_the_vector(tmp_path):
@@ -66,31 +71,37 @@ def too_short(entry):
 
 def wrong_dimension(entry):
     del entry
-    return cache_lib.encode_entry(sample_vector(32))
+    return cache_lib.encode_entry(sample_vector(32), CONTENT)
 
 
 def with_nan(entry):
     del entry
     vector = sample_vector()
     vector[5] = np.nan
-    return cache_lib.encode_entry(vector)
+    return cache_lib.encode_entry(vector, CONTENT)
 
 
 def with_inf(entry):
     del entry
     vector = sample_vector()
     vector[7] = -np.inf
-    return cache_lib.encode_entry(vector)
+    return cache_lib.encode_entry(vector, CONTENT)
+
+
+def another_images_entry(entry):
+    """A valid entry of another image, as a copy or rename over this one leaves it."""
+    del entry
+    return cache_lib.encode_entry(sample_vector(seed=1), "ab" + "0" * 38)
 
 
 @pytest.mark.parametrize(
     "damage",
     [truncated_mid_value, truncated_whole_values, garbage, bit_flipped, too_short,
-     wrong_dimension, with_nan, with_inf],
+     wrong_dimension, with_nan, with_inf, another_images_entry],
 )
 def test_damaged_cache_entry_is_detected_and_logged(tmp_path, caplog, damage):
     cache = cache_lib.BottleneckCache(str(tmp_path), "key")
-    content = "cd" + "1" * 38
+    content = CONTENT
     cache.store(content, sample_vector())
     path = cache.path_for(content)
     with open(path, "rb") as f:
@@ -102,6 +113,35 @@ def test_damaged_cache_entry_is_detected_and_logged(tmp_path, caplog, damage):
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1, warnings
     assert "Damaged cache entry" in warnings[0] and path in warnings[0]
+
+
+def test_entry_linked_to_another_images_entry_is_not_served(tmp_path, caplog):
+    """A file name never vouches for a vector: the entry must hold the key it is read for."""
+    cache = cache_lib.BottleneckCache(str(tmp_path), "key")
+    other = "ab" + "0" * 38
+    cache.store(other, sample_vector(seed=1))
+    os.makedirs(os.path.dirname(cache.path_for(CONTENT)))
+    os.symlink(cache.path_for(other), cache.path_for(CONTENT))
+    with caplog.at_level(logging.WARNING, logger="absl"):
+        assert cache.lookup(CONTENT, 64) is None
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and f"holds the vector of another image, {other}" in warnings[0]
+    np.testing.assert_array_equal(cache.lookup(other, 64), sample_vector(seed=1))
+
+
+def test_fifo_in_place_of_an_entry_is_recomputed_not_waited_on(tmp_path, caplog):
+    cache = cache_lib.BottleneckCache(str(tmp_path), "key")
+    os.makedirs(os.path.dirname(cache.path_for(CONTENT)))
+    with unblocking_fifo(cache.path_for(CONTENT)), caplog.at_level(logging.WARNING, logger="absl"):
+        assert cache.lookup(CONTENT, 64) is None
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "not a regular file (a FIFO)" in warnings[0], warnings
+
+
+def test_module_key_names_the_entry_format_so_older_caches_are_not_read():
+    """Entries of an older layout live in another folder: recomputed, not misread as damaged."""
+    assert cache_lib.module_key("/modules/a", 32, 32).endswith(f"_e{cache_lib.ENTRY_FORMAT}")
+    assert cache_lib.ENTRY_FORMAT >= 2  # 1: vector and CRC, no key
 
 
 def test_missing_cache_entry_is_not_reported_as_damaged(tmp_path, caplog):

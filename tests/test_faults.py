@@ -310,7 +310,8 @@ def test_two_runs_sharing_a_cache_do_not_corrupt_it(dataset_dir, tiny_module, tm
     assert len(entries) == 36  # No temporary files left behind by either run.
     for path in entries:
         with open(path, "rb") as f:
-            assert cache_lib.decode_entry(f.read())[1] is None
+            content = os.path.basename(path)[:-len(cache_lib.ENTRY_SUFFIX)]
+            assert cache_lib.decode_entry(f.read(), content)[1] is None
 
 
 # --- Killed runs ----------------------------------------------------------------------

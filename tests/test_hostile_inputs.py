@@ -423,3 +423,39 @@ def test_fifo_given_to_label_image_does_not_hang(trained, tmp_path):
     assert process.returncode == 1
     assert f"error: cannot classify {fifo}: not a regular file (a FIFO)" in process.stderr
     assert process.stdout.splitlines()[0] == good  # The others are still classified.
+
+
+# --- Trust, third round: the cache's own files ---------------------------------------
+
+
+def test_cache_entry_linked_to_another_images_entry_is_recomputed_not_served(
+    tmp_path, tiny_module
+):
+    root = make_dataset(tmp_path / "data", per_class=2)
+    cache_dir = tmp_path / "cache"
+    args = ("-m", "bottleneck", f"--image_dir={root}", f"--tfhub_module={tiny_module}",
+            f"--bottleneck_dir={cache_dir}")
+    assert run(*args).returncode == 0
+    entry = cache_entry(cache_dir, tiny_module, os.path.join(root, "red", "img0.jpg"))
+    other = cache_entry(cache_dir, tiny_module, os.path.join(root, "blue", "img1.png"))
+    os.remove(entry)
+    os.symlink(other, entry)  # A valid entry, of another image, under this image's name.
+    process = run(*args)
+    no_traceback(process)
+    assert process.returncode == 0, process.stderr[-3000:]
+    assert f"Damaged cache entry {entry} (it holds the vector of another image" in process.stderr
+    assert "1 computed, 5 reused, 0 skipped" in process.stderr
+
+
+def test_fifo_in_place_of_a_cache_entry_does_not_hang_the_run(tmp_path, tiny_module):
+    root = make_dataset(tmp_path / "data", per_class=2)
+    cache_dir = tmp_path / "cache"
+    args = ("-m", "bottleneck", f"--image_dir={root}", f"--tfhub_module={tiny_module}",
+            f"--bottleneck_dir={cache_dir}")
+    assert run(*args).returncode == 0
+    entry = cache_entry(cache_dir, tiny_module, os.path.join(root, "red", "img0.jpg"))
+    os.remove(entry)
+    os.mkfifo(entry)
+    process = run(*args)  # A blocking read of the FIFO would wait until TIMEOUT.
+    no_traceback(process)
+    assert f"Cannot read cache entry {entry} (not a regular file (a FIFO))" in process.stderr

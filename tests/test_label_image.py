@@ -5,10 +5,13 @@ import logging
 import os
 import re
 import shutil
+import subprocess
+import sys
 
 import numpy as np
+import pytest
 import tensorflow as tf
-from conftest import load_graph_def, run_script
+from conftest import ROOT, load_graph_def, run_script, unblocking_fifo
 
 from retrain_suite import classifier, input_pipeline, tflite
 from retrain_suite.bottleneck import batch_size as batch_size_lib
@@ -197,3 +200,36 @@ def test_tflite_model_takes_input_mean_and_std_as_the_frozen_graph_does(trained,
         scores = {p["label"]: p["score"] for p in entry["predictions"]}
         np.testing.assert_allclose([scores[label] for label in labels], probabilities, atol=1e-4)
         assert entry["predictions"][0]["label"] == labels[np.argmax(probabilities)]
+
+
+@pytest.mark.parametrize("load, what", [
+    (classifier.load_graph, "Graph file"), (classifier.load_labels, "Labels file"),
+    (classifier.load_tflite, "Model file"),
+])
+def test_fifo_named_as_graph_labels_or_model_is_refused_not_waited_on(tmp_path, load, what):
+    with unblocking_fifo(tmp_path / "pipe") as fifo:
+        with pytest.raises(classifier.LabelError) as raised:
+            load(fifo)
+    assert str(raised.value) == f"{what} {fifo} cannot be used: not a regular file (a FIFO)."
+
+
+def test_fifo_given_as_graph_is_one_error_line_not_a_hang(trained, tmp_path):
+    """The command looks at the graph's first bytes (is it a TFLite model?) before
+    loading it: both reads refuse the FIFO without waiting for a writer."""
+    fifo = tmp_path / "pipe.tflite"
+    os.mkfifo(fifo)
+    image = os.path.join(trained["image_dir"], "red", "img1.png")
+    process = subprocess.run(
+        [sys.executable, "label_image.py", "--graph", str(fifo), "--labels",
+         trained["settings"]["output_labels"], image],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,  # a hang is the failure
+    )
+    assert process.returncode == 1 and "Traceback" not in process.stderr, process.stderr
+    assert last_line(process.stderr) == (
+        f"error: Graph file {fifo} cannot be used: not a regular file (a FIFO).")
+
+
+def test_folder_named_as_graph_is_one_line_error(tmp_path):
+    (tmp_path / "graph.pb").mkdir()
+    with pytest.raises(classifier.LabelError, match="cannot be used: not a regular file"):
+        classifier.load_graph(str(tmp_path / "graph.pb"))

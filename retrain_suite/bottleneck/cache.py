@@ -9,10 +9,15 @@ Layout: `<bottleneck_dir>/<module key>/<2 hex>/<content key>.f32`.
   were decoded into the vector (input_pipeline's batches hash what they
   decode): an image changed in place gets a new entry, a renamed or moved one
   keeps its vector, and copies of one image share it.
-- An entry is the vector as little-endian float32 followed by the CRC-32 of
-  those bytes (4 bytes): 8,196 bytes for a 2048-d vector, against ~20 KB for
-  the classic script's text files. A truncated, garbled or non-finite entry is
-  detected on reading and recomputed.
+- An entry is the vector as little-endian float32, then the content key it
+  was written for (the 20 bytes of the SHA-1), then the CRC-32 of all that
+  (4 bytes): 8,216 bytes for a 2048-d vector, against ~20 KB for the classic
+  script's text files. A truncated, garbled or non-finite entry, and an
+  entry holding another image's key (copied, linked or renamed over this
+  one), is detected on reading and recomputed: a file name alone never
+  vouches for a vector.
+- Entries are read like images (input_pipeline.read_regular_file): a FIFO or
+  device in an entry's place is refused and recomputed, never waited on.
 - Entries are written to a temporary name and renamed, so a killed run never
   leaves half an entry, and two runs sharing a cache never see each other's
   partial writes.
@@ -30,6 +35,14 @@ from absl import logging
 from retrain_suite import atomic_files, input_pipeline
 
 ENTRY_SUFFIX = ".f32"
+
+
+# Raise whenever the entry layout changes: it is part of the folder name, so an
+# older cache is left alone and its vectors recomputed, never misread.
+ENTRY_FORMAT = 2  # 2: the content key is inside the entry
+
+
+_KEY_BYTES = 20  # a SHA-1 digest
 
 
 class CacheError(Exception):
@@ -54,7 +67,7 @@ def module_key(handle, height, width, precision="float32"):
     name = re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_")[-60:]
     # A change to preprocessing changes every vector: it must not reuse old entries.
     version = input_pipeline.PREPROCESSING_VERSION
-    return f"{name}_{digest}_{height}x{width}_{precision}_p{version}"
+    return f"{name}_{digest}_{height}x{width}_{precision}_p{version}_e{ENTRY_FORMAT}"
 
 
 # What a SavedModel's vectors depend on: the graph, and the variables index,
@@ -74,33 +87,42 @@ def module_fingerprint(folder):
     """
     digest = hashlib.sha1()
     for name in _FINGERPRINTED_FILES:
-        try:
-            with open(os.path.join(folder, name), "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
+        path = os.path.join(folder, name)
+        data, problem = input_pipeline.read_regular_file(path)
+        if problem == input_pipeline.MISSING:
             continue
-        except OSError as e:
+        if problem:
             raise CacheError(
-                f"Cannot read {os.path.join(folder, name)} to identify the module: "
-                f"{e.strerror}. Check the module folder's permissions."
-            ) from e
+                f"Cannot read {path} to identify the module: it {_as_clause(problem)}. "
+                "Check the module folder."
+            )
         digest.update(f"{name}\0{len(data)}\0".encode())
         digest.update(data)
     return digest.hexdigest()
 
 
-def encode_entry(vector):
-    data = np.asarray(vector, dtype="<f4").tobytes()
+def _as_clause(problem):
+    """A read_regular_file reason as a clause after "it": "is not a regular file (a FIFO)"."""
+    return problem if problem.startswith(("cannot", "does")) else "is " + problem
+
+
+def encode_entry(vector, content):
+    """float32 [D] vector stored under content (hex SHA-1) -> the entry's bytes."""
+    data = np.asarray(vector, dtype="<f4").tobytes() + bytes.fromhex(content)
     return data + zlib.crc32(data).to_bytes(4, "little")
 
 
-def decode_entry(data):
-    """Entry bytes -> float32 [D] vector, or None with the reason why it is damaged."""
-    if len(data) < 8 or len(data) % 4:
+def decode_entry(data, content):
+    """Entry bytes read for content (hex SHA-1) -> float32 [D] vector, or None with the
+    reason why it cannot be used."""
+    if len(data) < 4 + _KEY_BYTES + 4 or len(data) % 4:
         return None, f"wrong length ({len(data)} bytes)"
-    body, crc = data[:-4], data[-4:]
-    if zlib.crc32(body).to_bytes(4, "little") != crc:
+    checked, crc = data[:-4], data[-4:]
+    if zlib.crc32(checked).to_bytes(4, "little") != crc:
         return None, "checksum mismatch"
+    body, key = checked[:-_KEY_BYTES], checked[-_KEY_BYTES:]
+    if key != bytes.fromhex(content):
+        return None, f"it holds the vector of another image, {key.hex()}"
     vector = np.frombuffer(body, dtype="<f4").astype(np.float32)
     if not np.all(np.isfinite(vector)):
         return None, "non-finite values"
@@ -120,17 +142,13 @@ class BottleneckCache:
     def lookup(self, content, dimension=None):
         """The cached vector, or None if absent or damaged (damage is logged)."""
         path = self.path_for(content)
-        try:
-            with tf.io.gfile.GFile(path, "rb") as f:
-                data = f.read()
-        except tf.errors.NotFoundError:
+        data, problem = input_pipeline.read_regular_file(path)
+        if problem == input_pipeline.MISSING:
             return None
-        except (tf.errors.OpError, OSError) as e:  # Unreadable, or a folder in its place.
-            logging.warning(
-                "Cannot read cache entry %s (%s); recomputing it.", path, input_pipeline.one_line(e)
-            )
+        if problem:  # Unreadable, or a folder or FIFO in its place.
+            logging.warning("Cannot read cache entry %s (%s); recomputing it.", path, problem)
             return None
-        vector, damage = decode_entry(data)
+        vector, damage = decode_entry(data, content)
         if vector is not None and dimension is not None and vector.shape[0] != dimension:
             vector, damage = None, f"{vector.shape[0]} values, expected {dimension}"
         if damage:
@@ -144,7 +162,7 @@ class BottleneckCache:
             if folder not in self._made_dirs:
                 tf.io.gfile.makedirs(folder)
                 self._made_dirs.add(folder)
-            atomic_files.write_bytes(path, encode_entry(vector))
+            atomic_files.write_bytes(path, encode_entry(vector, content))
         except (tf.errors.OpError, OSError) as e:
             message = getattr(e, "message", None) or str(e)
             raise CacheError(
