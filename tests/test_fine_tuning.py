@@ -338,11 +338,18 @@ def test_killed_fine_tuning_resumes_to_the_uninterrupted_result(runs, tiny_modul
     settings = settings_for(runs["root"] / "killed", runs["image_dir"], tiny_module, runs["cache"],
                             **FINE_TUNING)
     settings["eval_report"] = None
-    kill_when(cli_args(settings), lambda log: "Fine-tuning step 25/100" in log)
-    assert os.path.exists(fine_tuning.checkpoint_file(settings["checkpoint_path"]))
+    path = fine_tuning.checkpoint_file(settings["checkpoint_path"])
+    # Step 25 is logged before its checkpoint is written: killed on the log line
+    # alone, the run could leave only step 0's, and the rerun would start over.
+    kill_when(cli_args(settings), lambda log: "Fine-tuning step 25/100" in log
+              and (checkpoint_step(path) or 0) >= 25)
+    killed_at = checkpoint_step(path)  # 25, unless this machine stalled the poll
+    assert 0 < killed_at < 100
     finished = run_script("retrain.py", *cli_args(settings), check=True).stderr
-    assert "Resuming fine-tuning from step" in finished
+    assert f"Resuming fine-tuning from step {killed_at} " in finished
     assert "Fine-tuning step 0/100" not in finished
+    assert f"Fine-tuning step {killed_at}/100" not in finished
+    assert f"Fine-tuning step {killed_at + 25}/100" in finished
     expected = runs["result"].probabilities["testing"]
     graph_def = load_graph_def(settings["output_graph"])
     split = dataset.build_dataset(runs["image_dir"], 25, 25).in_split("testing")
@@ -352,6 +359,17 @@ def test_killed_fine_tuning_resumes_to_the_uninterrupted_result(runs, tiny_modul
     classified = classifier.classify(graph_def, paths, 32, 32)
     np.testing.assert_allclose(np.array([classified[n] for n in range(len(paths))]), expected,
                                atol=1e-6)
+
+
+def checkpoint_step(path):
+    """The step of the fine-tuning checkpoint at path; None while there is none.
+
+    It is written under another name and renamed, so what is there is whole."""
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            return json.loads(str(stored["meta"]))["step"]
+    except FileNotFoundError:
+        return None
 
 
 def write_untrainable_module(path, listed_variables):
