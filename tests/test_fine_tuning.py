@@ -15,8 +15,9 @@ import tensorflow as tf
 from conftest import load_graph_def, retrain_settings, run_script, write_image
 from test_faults import kill_when
 
-from retrain_suite import classifier, dataset, fine_tuning, job
+from retrain_suite import classifier, dataset, export, fine_tuning, job
 from retrain_suite import config as config_lib
+from retrain_suite.bottleneck import make_module
 from retrain_suite.bottleneck import module as module_lib
 
 
@@ -287,6 +288,60 @@ def test_fine_tuning_that_only_gets_worse_exports_the_bottleneck_trained_model(
     assert report(tuned)["fine_tuning"]["kept_step"] == 0
     assert report(tuned)["validation"]["accuracy"] == pytest.approx(start / 100, abs=5e-4)
     assert constants(tuned["output_graph"]) == constants(plain["output_graph"])
+
+
+@pytest.fixture(scope="module")
+def batch_norm_module(tmp_path_factory):
+    """A 32x32 module of one convolution, batch normalization and pooling. Its stored
+    statistics (mean 0, variance 1) are far from the tinted images' and move half way
+    to each batch's at every step trained with training=True (momentum 0.5), so
+    inference mode and batch statistics score very differently."""
+    network = tf.keras.Sequential([
+        tf.keras.Input((32, 32, 3)),
+        tf.keras.layers.Conv2D(16, 3, padding="same",
+                               kernel_initializer=tf.keras.initializers.GlorotUniform(seed=0)),
+        tf.keras.layers.BatchNormalization(momentum=0.5),
+        tf.keras.layers.ReLU(),
+        tf.keras.layers.GlobalAveragePooling2D(),
+    ])
+    path = str(tmp_path_factory.mktemp("modules") / "batch_norm")
+    make_module.save(make_module._FeatureVector(network, 32, 32, False), path)
+    return path
+
+
+def test_with_batch_norm_trained_each_logged_validation_score_is_the_exported_graphs(
+        runs, batch_norm_module, tmp_path, monkeypatch):
+    settings = settings_for(tmp_path, runs["image_dir"], batch_norm_module,
+                            str(tmp_path / "bottlenecks"), keep_best=False,
+                            **{**FINE_TUNING, "fine_tune_steps": 4, "fine_tune_eval_interval": 2,
+                               "fine_tune_batch_norm": True})
+    evaluated = {}  # step: every variable's value, as each evaluation saves them
+    write_checkpoint = fine_tuning._write_checkpoint
+
+    def spy(path, fingerprint, step, current, *rest):
+        evaluated[step] = current
+        write_checkpoint(path, fingerprint, step, current, *rest)
+
+    monkeypatch.setattr(fine_tuning, "_write_checkpoint", spy)
+    log, result = run_logged(settings, monkeypatch)
+    logged = logged_evaluations(log)
+    assert sorted(logged) == sorted(evaluated) == [0, 2, 4]
+    with tf.Graph().as_default():
+        names = [v.op.name for v in module_lib.load(batch_norm_module).variables]
+    assert any("moving" in name for name in names)
+    for step, values in evaluated.items():
+        graph_def = export.frozen_graph(
+            batch_norm_module, 32, 2, {name: values[name] for name in result.layer},
+            "final_result", module_values=[values[name] for name in names])
+        _, accuracy, cross_entropy = validation_scores(graph_def, runs["image_dir"])
+        assert f"{100 * accuracy:.1f}" == logged[step][0], step
+        assert cross_entropy == pytest.approx(logged[step][1], abs=2e-4), step
+    # The moving statistics trained are exported: the file scores what step 4 logged.
+    assert result.kept_step == 4
+    _, accuracy, cross_entropy = validation_scores(
+        load_graph_def(settings["output_graph"]), runs["image_dir"])
+    assert (f"{100 * accuracy:.1f}", cross_entropy) == (
+        logged[4][0], pytest.approx(logged[4][1], abs=2e-4))
 
 
 @pytest.mark.parametrize("kind", ["fifo", "damaged"])
