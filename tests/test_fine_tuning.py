@@ -5,6 +5,7 @@ modules it cannot train."""
 import json
 import logging as std_logging
 import os
+import re
 import shutil
 import threading
 
@@ -14,8 +15,9 @@ import tensorflow as tf
 from conftest import load_graph_def, retrain_settings, run_script, write_image
 from test_faults import kill_when
 
-from retrain_suite import classifier, dataset, fine_tuning, job
+from retrain_suite import classifier, dataset, export, fine_tuning, job
 from retrain_suite import config as config_lib
+from retrain_suite.bottleneck import make_module
 from retrain_suite.bottleneck import module as module_lib
 
 
@@ -37,11 +39,17 @@ def tinted_image(label, rng, size=32):
     return np.clip(pixels * 255, 0, 255).astype(np.uint8)
 
 
-def write_tinted_dataset(root, per_class=40):
+def write_tinted_dataset(root, per_class=40, swap_validation_tints=False):
+    """Two classes of tinted_image. swap_validation_tints: the validation images (at
+    the tests' 25/25 split) get the other class's tint, so a model that learns the
+    tint gets them wrong; every other image is the same as without it."""
     rng = np.random.RandomState(0)
     for label, name in enumerate(("reddish", "greenish")):
         for i in range(per_class):
-            write_image(os.path.join(root, name, f"img{i}.png"), tinted_image(label, rng), "PNG")
+            tint = label
+            if swap_validation_tints and dataset.split_for(f"{name}/img{i}.png", 25, 25) == "validation":
+                tint = 1 - label
+            write_image(os.path.join(root, name, f"img{i}.png"), tinted_image(tint, rng), "PNG")
     return str(root)
 
 
@@ -182,6 +190,160 @@ def test_diverging_fine_tuning_exports_the_bottleneck_trained_model(runs, tiny_m
     assert constants(settings["output_graph"]) == constants(runs["plain"]["output_graph"])
 
 
+def validation_images(image_dir):
+    """-> (paths, labels) of the validation images, in the order of the run's arrays."""
+    split = dataset.build_dataset(image_dir, 25, 25).in_split("validation")
+    images = sorted(split, key=lambda i: (i.label_index, i.path))
+    return [os.path.join(image_dir, i.path) for i in images], [i.label_index for i in images]
+
+
+def validation_scores(graph_def, image_dir):
+    """What a frozen graph scores on the validation images.
+    -> (probabilities [n, C], accuracy, mean cross entropy)."""
+    paths, truth = validation_images(image_dir)
+    classified = classifier.classify(graph_def, paths, 32, 32)
+    probabilities = np.array([classified[n] for n in range(len(paths))])
+    return (probabilities, float(np.mean(np.argmax(probabilities, axis=1) == truth)),
+            float(np.mean(-np.log(probabilities[np.arange(len(truth)), truth]))))
+
+
+def logged_evaluations(log):
+    """{fine-tuning step: (validation accuracy text, cross entropy)} from a run's log."""
+    return {int(step): (accuracy, float(entropy)) for step, accuracy, entropy in re.findall(
+        r"Fine-tuning step (\d+)/\d+[^\n]*?validation accuracy ([\d.]+)%, cross entropy ([\d.]+)",
+        log)}
+
+
+def script_validation_scores(monkeypatch, scores):
+    """Make fine-tuning's choice see scores [(accuracy, cross entropy)], one per
+    validation evaluation in order (step 0 first): what is best is then up to the
+    test. Evaluations past the script (the kept model's, measured for the report)
+    are real. -> {step: the real probabilities [n, C] of each scripted evaluation}."""
+    real, scripted, measured = fine_tuning._evaluate, iter(scores), {}
+
+    def evaluate(sess, g, split, rows, truth):
+        probabilities, accuracy, cross_entropy = real(sess, g, split, rows, truth)
+        score = next(scripted, None) if split == "validation" else None
+        if score is None:
+            return probabilities, accuracy, cross_entropy
+        measured[int(sess.run(g.step))] = probabilities
+        return (probabilities, *score)
+
+    monkeypatch.setattr(fine_tuning, "_evaluate", evaluate)
+    return measured
+
+
+@pytest.fixture(scope="module")
+def peaked(runs, tiny_module):
+    """Fine-tuning whose validation score peaks at step 25: then a tie in accuracy
+    with a higher cross entropy (step 50), then a lower accuracy (step 75), where
+    --early_stopping_patience=2 stops it."""
+    settings = settings_for(runs["root"] / "peaked", runs["image_dir"], tiny_module,
+                            runs["cache"], early_stopping_patience=2,
+                            **{**FINE_TUNING, "fine_tune_steps": 200})
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        measured = script_validation_scores(
+            monkeypatch, [(0.5, 1.0), (0.8, 0.5), (0.8, 0.6), (0.7, 0.1)])
+        log, result = run_logged(settings, monkeypatch)
+    return {"settings": settings, "log": log, "result": result, "measured": measured}
+
+
+def test_a_later_worse_evaluation_is_not_the_one_kept(peaked, runs):
+    result, settings = peaked["result"], peaked["settings"]
+    assert (result.kept_step, report(settings)["fine_tuning"]["kept_step"]) == (25, 25)
+    assert "Keeping the fine-tuned model from fine-tuning step 25 of 75" in peaked["log"]
+    # The exported graph is the model step 25 evaluated, not the last one (step 75).
+    exported, _, _ = validation_scores(load_graph_def(settings["output_graph"]),
+                                       runs["image_dir"])
+    np.testing.assert_allclose(exported, peaked["measured"][25], atol=1e-5)
+    assert np.abs(exported - peaked["measured"][75]).max() > 1e-3
+
+
+def test_fine_tuning_stops_early_patience_evaluations_after_its_best(peaked):
+    log = peaked["log"]
+    assert ("Early stopping of fine-tuning at step 75: no better validation score in 2 "
+            "evaluations since step 25.") in log
+    assert "Fine-tuning step 75/200" in log and "Fine-tuning step 100/200" not in log
+    assert peaked["result"].steps == 75
+    assert report(peaked["settings"])["fine_tuning"]["steps_trained"] == 75
+
+
+def test_fine_tuning_that_only_gets_worse_exports_the_bottleneck_trained_model(
+        runs, tiny_module):
+    """The validation images carry the other class's tint: the better fine-tuning learns
+    the tint, the worse it scores there, and its loss stays finite."""
+    root = runs["root"] / "worse"
+    image_dir = write_tinted_dataset(root / "data", swap_validation_tints=True)
+    plain = settings_for(root / "plain", image_dir, tiny_module, runs["cache"])
+    run_logged(plain)
+    tuned = settings_for(root / "tuned", image_dir, tiny_module, runs["cache"],
+                         **{**FINE_TUNING, "fine_tune_eval_interval": 50})
+    log, _ = run_logged(tuned)
+    scores = logged_evaluations(log)
+    assert sorted(scores) == [0, 50, 100]
+    start = float(scores[0][0])
+    assert all(float(accuracy) < start for accuracy, _ in (scores[50], scores[100]))
+    assert "diverged" not in log and not report(tuned)["fine_tuning"]["diverged"]
+    assert "Keeping the bottleneck-trained model (module unchanged)" in log
+    assert report(tuned)["fine_tuning"]["kept_step"] == 0
+    assert report(tuned)["validation"]["accuracy"] == pytest.approx(start / 100, abs=5e-4)
+    assert constants(tuned["output_graph"]) == constants(plain["output_graph"])
+
+
+@pytest.fixture(scope="module")
+def batch_norm_module(tmp_path_factory):
+    """A 32x32 module of one convolution, batch normalization and pooling. Its stored
+    statistics (mean 0, variance 1) are far from the tinted images' and move half way
+    to each batch's at every step trained with training=True (momentum 0.5), so
+    inference mode and batch statistics score very differently."""
+    network = tf.keras.Sequential([
+        tf.keras.Input((32, 32, 3)),
+        tf.keras.layers.Conv2D(16, 3, padding="same",
+                               kernel_initializer=tf.keras.initializers.GlorotUniform(seed=0)),
+        tf.keras.layers.BatchNormalization(momentum=0.5),
+        tf.keras.layers.ReLU(),
+        tf.keras.layers.GlobalAveragePooling2D(),
+    ])
+    path = str(tmp_path_factory.mktemp("modules") / "batch_norm")
+    make_module.save(make_module._FeatureVector(network, 32, 32, False), path)
+    return path
+
+
+def test_with_batch_norm_trained_each_logged_validation_score_is_the_exported_graphs(
+        runs, batch_norm_module, tmp_path, monkeypatch):
+    settings = settings_for(tmp_path, runs["image_dir"], batch_norm_module,
+                            str(tmp_path / "bottlenecks"), keep_best=False,
+                            **{**FINE_TUNING, "fine_tune_steps": 4, "fine_tune_eval_interval": 2,
+                               "fine_tune_batch_norm": True})
+    evaluated = {}  # step: every variable's value, as each evaluation saves them
+    write_checkpoint = fine_tuning._write_checkpoint
+
+    def spy(path, fingerprint, step, current, *rest):
+        evaluated[step] = current
+        write_checkpoint(path, fingerprint, step, current, *rest)
+
+    monkeypatch.setattr(fine_tuning, "_write_checkpoint", spy)
+    log, result = run_logged(settings, monkeypatch)
+    logged = logged_evaluations(log)
+    assert sorted(logged) == sorted(evaluated) == [0, 2, 4]
+    with tf.Graph().as_default():
+        names = [v.op.name for v in module_lib.load(batch_norm_module).variables]
+    assert any("moving" in name for name in names)
+    for step, values in evaluated.items():
+        graph_def = export.frozen_graph(
+            batch_norm_module, 32, 2, {name: values[name] for name in result.layer},
+            "final_result", module_values=[values[name] for name in names])
+        _, accuracy, cross_entropy = validation_scores(graph_def, runs["image_dir"])
+        assert f"{100 * accuracy:.1f}" == logged[step][0], step
+        assert cross_entropy == pytest.approx(logged[step][1], abs=2e-4), step
+    # The moving statistics trained are exported: the file scores what step 4 logged.
+    assert result.kept_step == 4
+    _, accuracy, cross_entropy = validation_scores(
+        load_graph_def(settings["output_graph"]), runs["image_dir"])
+    assert (f"{100 * accuracy:.1f}", cross_entropy) == (
+        logged[4][0], pytest.approx(logged[4][1], abs=2e-4))
+
+
 @pytest.mark.parametrize("kind", ["fifo", "damaged"])
 def test_a_fifo_or_damaged_fine_tuning_checkpoint_is_ignored_not_waited_on(runs, tiny_module, kind):
     root = runs["root"] / f"checkpoint_{kind}"
@@ -231,11 +393,18 @@ def test_killed_fine_tuning_resumes_to_the_uninterrupted_result(runs, tiny_modul
     settings = settings_for(runs["root"] / "killed", runs["image_dir"], tiny_module, runs["cache"],
                             **FINE_TUNING)
     settings["eval_report"] = None
-    kill_when(cli_args(settings), lambda log: "Fine-tuning step 25/100" in log)
-    assert os.path.exists(fine_tuning.checkpoint_file(settings["checkpoint_path"]))
+    path = fine_tuning.checkpoint_file(settings["checkpoint_path"])
+    # Step 25 is logged before its checkpoint is written: killed on the log line
+    # alone, the run could leave only step 0's, and the rerun would start over.
+    kill_when(cli_args(settings), lambda log: "Fine-tuning step 25/100" in log
+              and (checkpoint_step(path) or 0) >= 25)
+    killed_at = checkpoint_step(path)  # 25, unless this machine stalled the poll
+    assert 0 < killed_at < 100
     finished = run_script("retrain.py", *cli_args(settings), check=True).stderr
-    assert "Resuming fine-tuning from step" in finished
+    assert f"Resuming fine-tuning from step {killed_at} " in finished
     assert "Fine-tuning step 0/100" not in finished
+    assert f"Fine-tuning step {killed_at}/100" not in finished
+    assert f"Fine-tuning step {killed_at + 25}/100" in finished
     expected = runs["result"].probabilities["testing"]
     graph_def = load_graph_def(settings["output_graph"])
     split = dataset.build_dataset(runs["image_dir"], 25, 25).in_split("testing")
@@ -245,6 +414,17 @@ def test_killed_fine_tuning_resumes_to_the_uninterrupted_result(runs, tiny_modul
     classified = classifier.classify(graph_def, paths, 32, 32)
     np.testing.assert_allclose(np.array([classified[n] for n in range(len(paths))]), expected,
                                atol=1e-6)
+
+
+def checkpoint_step(path):
+    """The step of the fine-tuning checkpoint at path; None while there is none.
+
+    It is written under another name and renamed, so what is there is whole."""
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            return json.loads(str(stored["meta"]))["step"]
+    except FileNotFoundError:
+        return None
 
 
 def write_untrainable_module(path, listed_variables):

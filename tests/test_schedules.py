@@ -24,6 +24,11 @@ def test_exponential_decay_steps_sets_the_period():
     assert schedules.default_decay_steps(0) == 1  # never a division by zero
 
 
+def test_exponential_with_decay_one_keeps_the_base_rate():
+    # --learning_rate_decay is documented in (0, 1]: at 1 nothing is taken off.
+    assert {schedules.learning_rate_at("exponential", s, 0.1, 100, decay=1) for s in (0, 37, 100)} == {0.1}
+
+
 def test_cosine_goes_from_the_full_rate_to_zero_after_the_last_step():
     assert schedules.learning_rate_at("cosine", 0, 0.2, 40) == pytest.approx(0.2)
     assert schedules.learning_rate_at("cosine", 20, 0.2, 40) == pytest.approx(0.1)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import (
+    final_layer_constants,
     load_graph_def,
     make_dataset,
     probabilities_from_bottlenecks,
@@ -262,6 +263,48 @@ def test_without_keep_best_the_last_layer_is_exported(tmp_path, tiny_module, cap
     assert "Keeping the final layer" not in caplog.text
     with open(settings["eval_report"], encoding="utf-8") as f:
         assert json.load(f)["kept_step"] == 40
+
+
+def test_early_stopping_without_keep_best_exports_the_last_layer(tmp_path, tiny_module, caplog):
+    image_dir = make_dataset(tmp_path / "data", per_class=12)
+    settings = retrain_settings(
+        tmp_path, image_dir, tiny_module, validation_percentage=25, testing_percentage=0,
+        keep_best=False, early_stopping_patience=2, eval_step_interval=10,
+        intermediate_store_frequency=10, how_many_training_steps=200,
+        eval_report=str(tmp_path / "report.json"),
+    )
+    mislabel_validation(image_dir, settings)
+    caplog.set_level("INFO")
+    job.run_retraining(config_lib.from_flat(settings))
+    stopped, best = map(int, re.search(
+        r"Early stopping at step (\d+): no better validation score in 2 evaluations since "
+        r"step (\d+)", caplog.text).groups())
+    assert stopped == best + 2 * 10 and stopped < 200
+    assert "Keeping the final layer" not in caplog.text
+    with open(settings["eval_report"], encoding="utf-8") as f:
+        report = json.load(f)
+    assert (report["steps_trained"], report["kept_step"]) == (stopped, stopped)
+    exported = final_layer_constants(settings["output_graph"])
+    folder = settings["intermediate_output_graphs_dir"]
+    last = final_layer_constants(os.path.join(folder, f"intermediate_{stopped}.pb"))
+    best_layer = final_layer_constants(os.path.join(folder, f"intermediate_{best}.pb"))
+    assert exported.keys() == last.keys()
+    for name in exported:
+        np.testing.assert_array_equal(exported[name], last[name])
+    assert any(not np.array_equal(exported[n], best_layer[n]) for n in exported)
+
+
+def test_exponential_schedule_accepts_a_decay_of_one(dataset_dir, tiny_module, tmp_path):
+    # Documented as in (0, 1]: 1 is the schedule that keeps the base rate.
+    settings = retrain_settings(
+        tmp_path, dataset_dir, tiny_module, how_many_training_steps=20, eval_step_interval=10,
+        learning_rate_schedule="exponential", learning_rate_decay=1.0,
+    )
+    job.run_retraining(config_lib.from_flat(settings))
+    train = events(os.path.join(settings["summaries_dir"], "train"))
+    rates = {step: value.simple_value for step, value in train["learning_rate"]}
+    assert sorted(rates) == [10, 20]
+    assert all(rate == pytest.approx(0.1) for rate in rates.values())
 
 
 def test_failed_assert_exits_with_both_numbers_and_exports_nothing(tmp_path, tiny_module):
