@@ -262,7 +262,7 @@ def train_and_export(config, dataset, images):
         # What is reported, checked and exported from here on is the kept whole model,
         # measured on images: the cached bottlenecks no longer describe a tuned module.
         result = dataclasses.replace(result, layer=tuned.layer, predictions=tuned.predictions,
-                                     probabilities=tuned.probabilities)
+                                     confidences=tuned.confidences)
     accuracy = reporting.report_test_results(
         arrays, dataset.labels, result, config.evaluation.print_misclassified_test_images
     )
