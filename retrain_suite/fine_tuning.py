@@ -70,7 +70,7 @@ class FineTuningResult:
     module_values: list
     # As training.TrainingResult's, measured by the kept whole model on images.
     predictions: dict
-    probabilities: dict
+    confidences: dict
 
 
 @dataclasses.dataclass
@@ -236,22 +236,33 @@ def _write_checkpoint(path, fingerprint, step, current, best, start_score):
 
 
 def _evaluate(sess, g, split, rows, truth):
-    """Run the whole model on the images at rows. -> (probabilities [n, C] row for row,
-    accuracy, mean cross entropy); rows whose image could not be decoded get NaN."""
+    """Run the whole model on the images at rows. -> ((predictions int64 [n],
+    confidences float32 [n]: the probability of each predicted class), accuracy,
+    mean cross entropy), row for row; a row whose image could not be decoded is
+    predicted as class 0 with a NaN confidence, and makes the cross entropy NaN.
+
+    Only these per-image values are kept from each batch's probabilities [B, C]:
+    the whole [n, C] would grow with images times classes.
+    """
     init, fetches = g.evaluations[split]
     sess.run(init)
     position_of = {row: n for n, row in enumerate(rows)}
-    probabilities = None
+    predictions = np.zeros(len(rows), np.int64)
+    confidences = np.full(len(rows), np.nan, np.float32)
+    chosen = np.full(len(rows), np.nan, np.float32)  # the probability of the true class
+    finite = np.zeros(len(rows), bool)
     for indices, batch in input_pipeline.each_batch(sess, fetches):
-        if probabilities is None:
-            probabilities = np.full((len(rows), batch.shape[1]), np.nan, np.float32)
-        probabilities[[position_of[i] for i in indices.tolist()]] = batch
-    chosen = probabilities[np.arange(len(rows)), truth]
-    accuracy = float(np.mean(np.argmax(probabilities, axis=1) == truth))
+        at = np.array([position_of[i] for i in indices.tolist()], np.int64)
+        predicted = np.argmax(batch, axis=1)
+        predictions[at] = predicted
+        confidences[at] = batch[np.arange(len(at)), predicted]
+        chosen[at] = batch[np.arange(len(at)), truth[at]]
+        finite[at] = np.all(np.isfinite(batch), axis=1)
+    accuracy = float(np.mean(predictions == truth))
     cross_entropy = float(np.mean(-np.log(np.maximum(chosen, 1e-30))))
-    if not np.all(np.isfinite(probabilities)):
+    if not np.all(finite):
         cross_entropy = math.nan
-    return probabilities, accuracy, cross_entropy
+    return (predictions, confidences), accuracy, cross_entropy
 
 
 def fine_tune(config, labels, arrays, images, row_of, contents, result, loss_settings):
@@ -371,13 +382,13 @@ def fine_tune(config, labels, arrays, images, row_of, contents, result, loss_set
             # Never the diverged state: at worst the bottleneck-trained model.
             kept_step = best.step
             load(best.values if best.values is not None else start_values)
-        predictions, probabilities, scores = {}, {}, {}
+        predictions, confidences, scores = {}, {}, {}
         for split, truth, rows in (("validation", val_y, np.arange(len(val_y))),
                                    ("testing", test_y, np.asarray(test_rows))):
             if split in eval_rows:
-                probabilities[split], *scores[split] = _evaluate(
+                (predicted, confidences[split]), *scores[split] = _evaluate(
                     sess, g, split, eval_rows[split], truth[rows])
-                predictions[split] = (rows, np.argmax(probabilities[split], axis=1))
+                predictions[split] = (rows, predicted)
         _log_choice(kept_step, step, scores["validation"], start_score, diverged, len(val_y))
         kept = snapshot()
     module_names = [v.op.name for v in g.module.variables]
@@ -385,7 +396,7 @@ def fine_tune(config, labels, arrays, images, row_of, contents, result, loss_set
         steps=step, kept_step=kept_step, diverged=diverged,
         layer={v.op.name: kept[v.op.name] for v in g.layer_variables},
         module_values=[kept[n] for n in module_names] if kept_step else None,
-        predictions=predictions, probabilities=probabilities,
+        predictions=predictions, confidences=confidences,
     )
 
 

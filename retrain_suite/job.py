@@ -219,10 +219,14 @@ def train_and_export(config, dataset, images):
         dataset = dataset.without(dataset.images[i].path for i in bottlenecks.skipped)
         check_sets(dataset, config)
     log_copies(dataset, [bottlenecks.contents[row_of[i.path]] for i in dataset.images])
-    dataset_lib.warn_about_small_classes(dataset)
+    # Past dataset_lib.MAX_CLASSES_LISTED classes the log shows the smallest; the
+    # report's images_per_class holds every class.
+    full_counts = ("every class's counts are in the --eval_report JSON"
+                   if config.evaluation.eval_report else "--eval_report writes every class's counts")
+    dataset_lib.warn_about_small_classes(dataset, full_counts)
     if not dataset.in_split("training"):
         raise config_lib.UsageError("No training images left; lower the validation and testing percentages.")
-    logging.info("Images per class and set:\n%s", dataset_lib.format_count_table(dataset))
+    logging.info("Images per class and set:\n%s", dataset_lib.format_count_table(dataset, (), full_counts))
     arrays = split_arrays(dataset, bottlenecks, row_of)
 
     def export_graph(flag, path, layer, module_values=None):
@@ -258,7 +262,7 @@ def train_and_export(config, dataset, images):
         # What is reported, checked and exported from here on is the kept whole model,
         # measured on images: the cached bottlenecks no longer describe a tuned module.
         result = dataclasses.replace(result, layer=tuned.layer, predictions=tuned.predictions,
-                                     probabilities=tuned.probabilities)
+                                     confidences=tuned.confidences)
     accuracy = reporting.report_test_results(
         arrays, dataset.labels, result, config.evaluation.print_misclassified_test_images
     )
@@ -271,6 +275,8 @@ def train_and_export(config, dataset, images):
         "labels": dataset.labels,
         "steps_trained": result.steps,
         "kept_step": result.kept_step,
+        "images_per_class": [{"label": label, **by_split}
+                             for label, by_split in dataset_lib.counts_by_class(dataset).items()],
         "testing": reports.get("testing"),
         "validation": reports.get("validation"),
     }

@@ -48,11 +48,11 @@ def evaluation_reports(arrays, labels, result):
     reports = {}
     for split, (rows, predictions) in result.predictions.items():
         _, y, images = arrays[split]
-        probabilities = result.probabilities[split]
+        confidences = result.confidences[split]
         report = evaluation.evaluate(y[rows], predictions, labels)
         report["misclassified"] = [
             {"image": images[r].path, "true": images[r].label, "predicted": labels[p],
-             "confidence": round(float(probabilities[n, p]), 6)}
+             "confidence": round(float(confidences[n]), 6)}
             for n, (r, p) in enumerate(zip(rows, predictions)) if p != y[r]
         ]
         reports[split] = report

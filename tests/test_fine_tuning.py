@@ -162,11 +162,13 @@ def test_exported_graph_reproduces_the_in_run_probabilities(runs):
     graph_def = load_graph_def(settings["output_graph"])
     split = dataset.build_dataset(runs["image_dir"], 25, 25).in_split("testing")
     images = sorted(split, key=lambda i: (i.label_index, i.path))
-    rows, _ = result.predictions["testing"]
+    rows, predicted = result.predictions["testing"]
     paths = [os.path.join(runs["image_dir"], images[r].path) for r in rows]
     classified = classifier.classify(graph_def, paths, 32, 32)
     got = np.array([classified[n] for n in range(len(paths))])
-    np.testing.assert_allclose(got, result.probabilities["testing"], atol=1e-5)
+    np.testing.assert_array_equal(np.argmax(got, axis=1), predicted)
+    np.testing.assert_allclose(got[np.arange(len(rows)), predicted], result.confidences["testing"],
+                               atol=1e-5)
     # The module's weights in the graph are the tuned ones, not the module's own.
     assert result.module_values is not None
     assert constants(settings["output_graph"]) != constants(runs["plain"]["output_graph"])
@@ -218,16 +220,17 @@ def script_validation_scores(monkeypatch, scores):
     """Make fine-tuning's choice see scores [(accuracy, cross entropy)], one per
     validation evaluation in order (step 0 first): what is best is then up to the
     test. Evaluations past the script (the kept model's, measured for the report)
-    are real. -> {step: the real probabilities [n, C] of each scripted evaluation}."""
+    are real. -> {step: the real (predictions [n], confidences [n]) of each scripted
+    evaluation}."""
     real, scripted, measured = fine_tuning._evaluate, iter(scores), {}
 
     def evaluate(sess, g, split, rows, truth):
-        probabilities, accuracy, cross_entropy = real(sess, g, split, rows, truth)
+        predicted, accuracy, cross_entropy = real(sess, g, split, rows, truth)
         score = next(scripted, None) if split == "validation" else None
         if score is None:
-            return probabilities, accuracy, cross_entropy
-        measured[int(sess.run(g.step))] = probabilities
-        return (probabilities, *score)
+            return predicted, accuracy, cross_entropy
+        measured[int(sess.run(g.step))] = predicted
+        return (predicted, *score)
 
     monkeypatch.setattr(fine_tuning, "_evaluate", evaluate)
     return measured
@@ -255,8 +258,18 @@ def test_a_later_worse_evaluation_is_not_the_one_kept(peaked, runs):
     # The exported graph is the model step 25 evaluated, not the last one (step 75).
     exported, _, _ = validation_scores(load_graph_def(settings["output_graph"]),
                                        runs["image_dir"])
-    np.testing.assert_allclose(exported, peaked["measured"][25], atol=1e-5)
-    assert np.abs(exported - peaked["measured"][75]).max() > 1e-3
+    rows = np.arange(len(exported))
+
+    def as_evaluated(probabilities):  # what _evaluate keeps of them
+        predicted = np.argmax(probabilities, axis=1)
+        return predicted, probabilities[rows, predicted]
+
+    predicted, confidences = as_evaluated(exported)
+    np.testing.assert_array_equal(predicted, peaked["measured"][25][0])
+    np.testing.assert_allclose(confidences, peaked["measured"][25][1], atol=1e-5)
+    last_predicted, last_confidences = peaked["measured"][75]
+    assert (np.any(predicted != last_predicted)
+            or np.abs(confidences - last_confidences).max() > 1e-3)
 
 
 def test_fine_tuning_stops_early_patience_evaluations_after_its_best(peaked):
@@ -405,15 +418,16 @@ def test_killed_fine_tuning_resumes_to_the_uninterrupted_result(runs, tiny_modul
     assert "Fine-tuning step 0/100" not in finished
     assert f"Fine-tuning step {killed_at}/100" not in finished
     assert f"Fine-tuning step {killed_at + 25}/100" in finished
-    expected = runs["result"].probabilities["testing"]
-    graph_def = load_graph_def(settings["output_graph"])
     split = dataset.build_dataset(runs["image_dir"], 25, 25).in_split("testing")
     images = sorted(split, key=lambda i: (i.label_index, i.path))
     rows, _ = runs["result"].predictions["testing"]
     paths = [os.path.join(runs["image_dir"], images[r].path) for r in rows]
-    classified = classifier.classify(graph_def, paths, 32, 32)
-    np.testing.assert_allclose(np.array([classified[n] for n in range(len(paths))]), expected,
-                               atol=1e-6)
+    # The uninterrupted run's exported probabilities (its in-run ones: see
+    # test_exported_graph_reproduces_the_in_run_probabilities).
+    expected = classifier.classify(load_graph_def(runs["tuned"]["output_graph"]), paths, 32, 32)
+    classified = classifier.classify(load_graph_def(settings["output_graph"]), paths, 32, 32)
+    np.testing.assert_allclose(np.array([classified[n] for n in range(len(paths))]),
+                               np.array([expected[n] for n in range(len(paths))]), atol=1e-6)
 
 
 def checkpoint_step(path):

@@ -14,6 +14,7 @@ from conftest import retrain_settings, write_image
 from PIL import Image
 
 from retrain_suite import config as config_lib
+from retrain_suite import dataset as dataset_lib
 from retrain_suite import evaluation, job, reporting
 
 
@@ -96,3 +97,20 @@ def test_a_run_of_800_classes_of_3_images_exports_with_bounded_pictures_and_tabl
                 if r.getMessage().startswith("Test accuracy ")]
     assert len(table.splitlines()) < 2 * evaluation.MAX_CLASSES_LISTED + 20
     assert f"... and {classes - evaluation.MAX_CLASSES_LISTED} more classes" in table
+    # The counts per class and set: the smallest classes in the log, every class in the report.
+    listed = dataset_lib.MAX_CLASSES_LISTED
+    (counts,) = [r.getMessage() for r in caplog.records
+                 if r.getMessage().startswith("Images per class and set:")]
+    assert len(counts.splitlines()) == listed + 6
+    assert counts.splitlines()[-1] == (f"... and {classes - listed} more classes (every class's "
+                                       "counts are in the --eval_report JSON).")
+    with open(settings["eval_report"], encoding="utf-8") as f:
+        per_class = json.load(f)["images_per_class"]
+    assert [c["label"] for c in per_class] == [f"class{c:03d}" for c in range(classes)]
+    assert all(sum(c[s] for s in dataset_lib.SPLITS) == 3 for c in per_class)
+    assert sum(c["testing"] for c in per_class) == testing["count"]
+    warnings = [r.getMessage() for r in caplog.records
+                if r.name == "absl" and r.levelname == "WARNING"]
+    assert len(warnings) <= listed + 5, warnings[listed:]
+    assert any(w.startswith("... and ") and f"more warnings about classes: {classes} of the "
+               f"{classes} classes have fewer than 20 images" in w for w in warnings), warnings

@@ -1,5 +1,6 @@
 """retrain_suite.training (through a whole run): what the final layer is trained on."""
 
+import dataclasses
 import os
 import re
 import subprocess
@@ -8,10 +9,11 @@ import time
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from conftest import ROOT, make_dataset, retrain_settings, synthetic_image, write_image
 
 from retrain_suite import config as config_lib
-from retrain_suite import job, training
+from retrain_suite import final_layer, job, training
 
 
 def test_test_images_are_never_trained_on(tmp_path, tiny_module, caplog):
@@ -113,3 +115,88 @@ def test_balanced_class_weights_of_10000_classes_are_logged_in_one_short_line():
     line = training.format_weights(weights)
     assert line == "0.500 to 2.000 over the 9997 classes with training images (0 for the 3 without)"
     assert training.format_weights(np.array([0.5, 2.0], np.float32)) == "0.500, 2.000"
+
+
+def many_class_arrays(classes=2000, dimension=8, seed=0):
+    """train's arrays for `classes` classes and a few dozen images: every class
+    has two training images; 30 validation and 20 test images."""
+    rng = np.random.RandomState(seed)
+    centres = rng.normal(0, 1, (classes, dimension)).astype(np.float32)
+    arrays = {}
+    for split, labels in (("training", np.repeat(np.arange(classes), 2)),
+                          ("validation", rng.randint(0, classes, 30)),
+                          ("testing", rng.randint(0, classes, 20))):
+        labels = np.sort(labels).astype(np.int64)
+        vectors = (centres[labels] + rng.normal(0, 0.1, (len(labels), dimension))).astype(np.float32)
+        arrays[split] = (vectors, labels, [None] * len(labels))
+    return arrays
+
+
+def train_recording_feeds(tmp_path, monkeypatch, caplog, arrays, classes, **settings_overrides):
+    """training.train on arrays -> (result, log lines without timings, largest
+    number of bottlenecks fed to one Session call)."""
+    settings = {name: config_lib.default(name) for name in config_lib.field_names()}
+    settings.update(how_many_training_steps=6, eval_step_interval=3, train_batch_size=16,
+                    learning_rate=0.5, random_seed=3, validation_batch_size=5,
+                    summaries_dir=str(tmp_path / "logs"),
+                    checkpoint_path=str(tmp_path / "out" / "layer"), **settings_overrides)
+    fed = []
+    run = tf.compat.v1.Session.run
+
+    def recording_run(self, fetches, feed_dict=None, *args, **kwargs):
+        fed.extend(len(value) for key, value in (feed_dict or {}).items()
+                   if getattr(key, "name", "").startswith("BottleneckInputPlaceholder"))
+        return run(self, fetches, feed_dict, *args, **kwargs)
+
+    monkeypatch.setattr(tf.compat.v1.Session, "run", recording_run)
+    caplog.clear()
+    caplog.set_level("INFO")
+    result = training.train(arrays, classes, config_lib.from_flat(settings), None)
+    monkeypatch.setattr(tf.compat.v1.Session, "run", run)
+    lines = [re.sub(r"in [\d.]+s \(\d+ steps/s\)", "", r.getMessage()) for r in caplog.records
+             if r.name == "absl"]
+    return result, lines, max(fed)
+
+
+def test_final_evaluation_keeps_one_probability_per_image_computed_in_bounded_calls(
+    tmp_path, monkeypatch, caplog
+):
+    classes = 2000
+    arrays = many_class_arrays(classes)
+    whole, whole_log, whole_fed = train_recording_feeds(
+        tmp_path / "whole", monkeypatch, caplog, arrays, classes, keep_best=True)
+    # Every set in one call at the default bound (these sets are small) ...
+    assert whole_fed == len(arrays["validation"][1])
+    # ... and in calls of 7 images when the bound is 7 images' probabilities.
+    monkeypatch.setattr(training, "EVALUATION_CELLS", 7 * classes + 6)
+    batched, batched_log, batched_fed = train_recording_feeds(
+        tmp_path / "batched", monkeypatch, caplog, arrays, classes, keep_best=True)
+    assert batched_fed == 7
+    # The same choices and scores (the whole validation set's, weighted by each
+    # call's images), predictions and confidences.
+    assert any(", all 30: " in line for line in whole_log), whole_log
+    assert batched_log == whole_log
+    assert (batched.steps, batched.kept_step) == (whole.steps, whole.kept_step)
+    weights = whole.layer[final_layer.SCOPE + "/weights"]
+    biases = whole.layer[final_layer.SCOPE + "/biases"]
+    for split in ("validation", "testing"):
+        rows, predicted = batched.predictions[split]
+        np.testing.assert_array_equal(rows, whole.predictions[split][0])
+        np.testing.assert_array_equal(predicted, whole.predictions[split][1])
+        # One float32 per image, not [n, C]: the probability of the predicted class.
+        confidences = batched.confidences[split]
+        assert confidences.shape == (len(rows),) and confidences.dtype == np.float32
+        np.testing.assert_array_equal(confidences, whole.confidences[split])
+        logits = arrays[split][0][rows].astype(np.float64) @ weights + biases
+        expected = np.exp(logits - logits.max(axis=1, keepdims=True))
+        expected /= expected.sum(axis=1, keepdims=True)
+        np.testing.assert_array_equal(predicted, np.argmax(expected, axis=1))
+        np.testing.assert_allclose(confidences, expected.max(axis=1), rtol=1e-4)
+    # Nothing the result keeps but the layer itself has an axis of the classes.
+    for field in dataclasses.fields(batched):
+        if field.name == "layer":
+            continue
+        held = getattr(batched, field.name)
+        values = held.values() if isinstance(held, dict) else [held]
+        shapes = [np.shape(a) for v in values for a in (v if isinstance(v, tuple) else [v])]
+        assert all(classes not in shape for shape in shapes), (field.name, shapes)

@@ -70,8 +70,10 @@ def main(argv):
         reason = getattr(e, "strerror", None) or getattr(e, "message", None) or str(e)
         sys.exit(f"error: cannot write into --output_dir={FLAGS.output_dir}: "
                  f"{reason.strip().splitlines()[0]}; free some space or choose another folder.")
-    dataset_lib.warn_about_small_classes(dataset)
-    print(dataset_lib.format_count_table(dataset, bad))
+    # Past dataset_lib.MAX_CLASSES_LISTED classes the table shows the smallest.
+    full_counts = "the lists in --output_dir give every image's class and set"
+    dataset_lib.warn_about_small_classes(dataset, full_counts)
+    print(dataset_lib.format_count_table(dataset, bad, full_counts))
     print(dataset_lib.format_copies(copies))
     print(f"Wrote labels.txt and {', '.join(s + '.txt' for s in dataset_lib.SPLITS)} to {FLAGS.output_dir}")
     if FLAGS.tfrecords:
