@@ -76,10 +76,11 @@ def read_regular_file(path):
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as e:
         return None, f"cannot be read: {path}; {e.strerror}"
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):  # Checked before open() wraps fd: it raises for a folder.
+        os.close(fd)
+        return None, f"not a regular file ({special_file_kind(mode)})"
     with open(fd, "rb", closefd=True) as f:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            return None, f"not a regular file ({special_file_kind(mode)})"
         try:
             return f.read(), None
         except OSError as e:
