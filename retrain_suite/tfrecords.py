@@ -202,7 +202,7 @@ def read_tfrecords(tfrecord_dir):
         )
     data, problem = input_pipeline.read_regular_file(labels_path)
     if problem:
-        raise dataset_lib.DatasetError(f"{labels_path} {problem}; {WRITE_AGAIN}.")
+        raise dataset_lib.DatasetError(f"{labels_path}: {problem}; {WRITE_AGAIN}.")
     try:
         labels = data.decode("utf-8").splitlines()
     except UnicodeDecodeError as e:

@@ -270,8 +270,10 @@ def test_a_record_damaged_after_it_was_read_is_a_dataset_error_when_read_again(t
         images.why_undecodable(2)
 
 
-def test_a_fifo_named_like_a_shard_is_refused_not_waited_on(tmp_path):
-    path = write_records(tmp_path / "records", good_examples())
+@pytest.mark.parametrize("name", ["training.tfrecord", "labels.txt"])
+def test_a_fifo_named_like_a_shard_or_the_labels_is_refused_not_waited_on(tmp_path, name):
+    write_records(tmp_path / "records", good_examples())
+    path = str(tmp_path / "records" / name)
     os.remove(path)
     os.mkfifo(path)
     # Were the FIFO waited on, this writer would end the wait (with no bytes) after a
@@ -291,3 +293,13 @@ def test_the_same_image_twice_in_the_records_is_refused(tmp_path):
     write_records(tmp_path / "records", examples)
     with pytest.raises(dataset_lib.DatasetError, match="in the records twice"):
         tfrecords.read_tfrecords(str(tmp_path / "records"))
+
+
+def test_retrain_on_damaged_records_ends_in_one_error_line(tmp_path):
+    path = write_records(tmp_path / "records", good_examples())
+    damaged("truncated", path)
+    process = run_script("retrain.py", f"--tfrecord_dir={tmp_path / 'records'}",
+                         f"--bottleneck_dir={tmp_path / 'cache'}",
+                         f"--output_graph={tmp_path / 'out' / 'g.pb'}")
+    assert process.returncode == 1 and "Traceback" not in process.stderr, process.stderr[-3000:]
+    assert process.stderr.strip().splitlines()[-1].startswith(f"error: {path}, record 3: ")
