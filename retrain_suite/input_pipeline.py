@@ -506,9 +506,10 @@ class TFRecordImages(_ImageSource):
         for i in indices:
             wanted[i] = True
         wanted = tf.constant(wanted, tf.bool)
-        # The records were checked when read (read_encoded); one that lost its image
-        # since reads as no bytes: an undecodable image, left out and then explained
-        # by why_undecodable, which reads it through read_encoded again.
+        # The records were checked when read (read_encoded). One damaged since is left
+        # out: without its image it reads as no bytes (undecodable); a cut or overwritten
+        # file ends the stream (the decoding drops errors). why_undecodable then reads
+        # it again through read_encoded, which names the file and the record.
         encoded_only = {"image/encoded": tf.io.FixedLenFeature([], tf.string, default_value=b"")}
         records = tf.data.TFRecordDataset(self.record_files).take(total).enumerate()
         records = records.filter(lambda index, _: tf.gather(wanted, index))

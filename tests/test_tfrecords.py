@@ -197,11 +197,11 @@ def png(colour):
     return tf.io.encode_png(tf.constant([[colour] * 4] * 4, tf.uint8)).numpy()
 
 
-def good_examples():
-    """Two classes, two images each: {feature name: value} per example."""
-    return [{"image/encoded": png([200 * (n % 2), 30, 30]), "image/label": n % 2,
+def good_examples(count=4):
+    """Two classes, count // 2 images each: {feature name: value} per example."""
+    return [{"image/encoded": png([200 * (n % 2), 30 + n, 30]), "image/label": n % 2,
              "image/label_text": [b"blue", b"red"][n % 2], "image/path": f"x/{n}.png".encode(),
-             "image/height": 4, "image/width": 4} for n in range(4)]
+             "image/height": 4, "image/width": 4} for n in range(count)]
 
 
 def write_records(folder, examples):
@@ -303,3 +303,27 @@ def test_retrain_on_damaged_records_ends_in_one_error_line(tmp_path):
                          f"--output_graph={tmp_path / 'out' / 'g.pb'}")
     assert process.returncode == 1 and "Traceback" not in process.stderr, process.stderr[-3000:]
     assert process.stderr.strip().splitlines()[-1].startswith(f"error: {path}, record 3: ")
+
+
+def test_records_damaged_while_the_run_reads_them_are_one_dataset_error(
+        tmp_path, tiny_module, monkeypatch):
+    path = write_records(tmp_path / "records", good_examples(8))
+    settings = retrain_settings(tmp_path, "", tiny_module, how_many_training_steps=2)
+    settings["tfrecord_dir"] = str(tmp_path / "records")
+    read = tfrecords.read_tfrecords
+
+    def read_then_damage_after_inspection(folder):
+        dataset, images = read(folder)
+        inspect = images.inspect
+
+        def inspect_then_cut(max_pixels):
+            files = inspect(max_pixels)
+            damaged("bad checksum", path)  # Between the checked read and the tf.data pipeline.
+            return files
+
+        images.inspect = inspect_then_cut
+        return dataset, images
+
+    monkeypatch.setattr(tfrecords, "read_tfrecords", read_then_damage_after_inspection)
+    with pytest.raises(dataset_lib.DatasetError, match=f"{path}, record 7: "):
+        job.run_retraining(config_lib.from_flat(settings))
