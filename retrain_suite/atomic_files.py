@@ -9,6 +9,7 @@ import errno
 import fcntl
 import os
 import re
+import stat
 import uuid
 
 import tensorflow as tf
@@ -150,12 +151,21 @@ class Locked(Exception):
     """Another process holds the lock."""
 
 
+class NotALockFile(Exception):
+    """The file at a lock's path is not one exclusive_lock wrote: a user's, or a special file."""
+
+
+# What exclusive_lock leaves in its file: the holder's pid, one line.
+LOCK_CONTENT = re.compile(r"\d+\n?")
+
+
 class exclusive_lock:
     """`with exclusive_lock(path):` holds an fcntl lock on the file at path, or raises Locked.
 
     The lock goes with the process: a killed holder never leaves it stuck. The
     lock file (it holds the holder's pid) stays behind, empty of meaning once
-    unlocked.
+    unlocked. A file at path that holds anything else, or is not a regular
+    file, is someone else's: NotALockFile is raised and it is left as it was.
     """
 
     def __init__(self, path):
@@ -164,14 +174,22 @@ class exclusive_lock:
 
     def __enter__(self):
         make_parent(self.path)
-        handle = open(self.path, "a+")
+        # Non-blocking: a FIFO at path is refused below, not waited on.
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise NotALockFile(f"{self.path} is not a regular file")
+        handle = os.fdopen(fd, "r+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip()
+            holder = handle.read(64).strip()
             handle.close()
             raise Locked(holder) from None
+        content = handle.read(64)
+        if content and not LOCK_CONTENT.fullmatch(content):
+            handle.close()
+            raise NotALockFile(f"{self.path} holds something other than a lock's pid")
         handle.seek(0)
         handle.truncate()
         handle.write(f"{os.getpid()}\n")

@@ -462,6 +462,13 @@ def check_output_paths(config):
         output_paths.check_name_lengths(
             "checkpoint_path", config.outputs.checkpoint_path, CHECKPOINT_SUFFIX_ROOM
         )
+        for flag, path in outputs:  # The checkpoint's files, written late in the run.
+            if flag == "checkpoint_path" and path != config.outputs.checkpoint_path and (
+                    tf.io.gfile.isdir(path)):
+                raise output_paths.PathError(
+                    f"--checkpoint_path={config.outputs.checkpoint_path} writes {path}, which is "
+                    "a folder; move it away or give another --checkpoint_path."
+                )
         if config.outputs.saved_model_dir:
             output_paths.check_folder_output(
                 "saved_model_dir", config.outputs.saved_model_dir, atomic_files.SAVED_MODEL_ENTRIES

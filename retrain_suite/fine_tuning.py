@@ -41,7 +41,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from retrain_suite import atomic_files, final_layer, input_pipeline
+from retrain_suite import atomic_files, export, final_layer, input_pipeline
 from retrain_suite import config as config_lib
 from retrain_suite.bottleneck import cache as cache_lib
 from retrain_suite.bottleneck import compute
@@ -193,8 +193,20 @@ class _Best:
         return (accuracy, -cross_entropy) > (self.accuracy, -self.cross_entropy)
 
 
+# What _write_checkpoint puts in the checkpoint's meta, and the types read back.
+CHECKPOINT_META = {"fingerprint": str, "step": int, "best_step": int,
+                   "best_accuracy": (int, float), "best_cross_entropy": (int, float),
+                   "evaluations_without_improvement": int, "start_score": list}
+
+
 def _read_checkpoint(path, fingerprint):
-    """-> (step, current values {name: ndarray}, _Best, start score) or None, logged."""
+    """-> (step, current values {name: ndarray}, _Best, start score) or None, logged.
+
+    A checkpoint that cannot be read (not a regular file, not the zip
+    _write_checkpoint writes, its meta not the one CHECKPOINT_META describes)
+    is ignored with a warning, like one of another run: fine-tuning starts
+    from step 0 and writes its own in its place.
+    """
     if not tf.io.gfile.exists(path):
         return None
     # Read like an image: a FIFO or device put there is refused, never waited on.
@@ -203,13 +215,13 @@ def _read_checkpoint(path, fingerprint):
         if problem:
             raise ValueError(problem)
         with np.load(io.BytesIO(data), allow_pickle=False) as stored:
-            meta = json.loads(str(stored["meta"]))
+            meta = _checked_meta(json.loads(str(stored["meta"])))
             arrays = {name: stored[name] for name in stored.files if name != "meta"}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, tf.errors.OpError) as e:
         logging.warning("Ignoring the fine-tuning checkpoint %s: it cannot be read (%s); "
                         "fine-tuning starts from step 0.", path, input_pipeline.one_line(e))
         return None
-    if meta.get("fingerprint") != fingerprint:
+    if meta["fingerprint"] != fingerprint:
         logging.warning(
             "Ignoring the fine-tuning checkpoint %s: it was written by a run with other flags, "
             "data or starting layer; fine-tuning starts from step 0 and replaces it.", path)
@@ -222,6 +234,20 @@ def _read_checkpoint(path, fingerprint):
     return meta["step"], current, best, tuple(meta["start_score"])
 
 
+def _checked_meta(meta):
+    """meta, if it is what _write_checkpoint writes (CHECKPOINT_META); else ValueError."""
+    if not isinstance(meta, dict):
+        raise ValueError(f"its meta is a JSON {type(meta).__name__}, not an object")
+    for key, kind in CHECKPOINT_META.items():
+        if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool):
+            raise ValueError(f"its meta has no {key} of the right type")
+    if min(meta["step"], meta["best_step"], meta["evaluations_without_improvement"]) < 0 or (
+            len(meta["start_score"]) != 2 or not all(
+                isinstance(x, (int, float)) for x in meta["start_score"])):
+        raise ValueError("its meta holds values no run writes")
+    return meta
+
+
 def _write_checkpoint(path, fingerprint, step, current, best, start_score):
     arrays = {f"current/{name}": value for name, value in current.items()}
     if best.values is not None:
@@ -232,7 +258,9 @@ def _write_checkpoint(path, fingerprint, step, current, best, start_score):
             "start_score": list(start_score)}
     buffer = io.BytesIO()
     np.savez(buffer, meta=np.array(json.dumps(meta)), **arrays)
-    atomic_files.write_bytes(path, buffer.getvalue())
+    # A full disk or a folder at path: one error naming it (the previous checkpoint stays).
+    export.write_output("checkpoint_path", path,
+                        lambda: atomic_files.write_bytes(path, buffer.getvalue()))
 
 
 def _evaluate(sess, g, split, rows, truth):
@@ -317,7 +345,10 @@ def fine_tune(config, labels, arrays, images, row_of, contents, result, loss_set
             _, current, best, start_score = resumed
             if set(current) != set(start_values) or any(
                     current[n].shape != start_values[n].shape for n in current):
-                raise ValueError(f"fine-tuning checkpoint {path} does not fit the graph")
+                raise config_lib.UsageError(
+                    f"The fine-tuning checkpoint {path} does not fit this run's graph though "
+                    "it was written for the same flags and data; delete it to fine-tune "
+                    "from step 0.")
             load(current)
         else:
             load(start_values)

@@ -574,11 +574,15 @@ class TFRecordImages(_ImageSource):
     """Images stored in TFRecord files written by pre_input.py --tfrecords.
 
     An image's index counts examples across the files in the order given.
+    read_encoded() yields each example's encoded image bytes in that order,
+    checking each record as it goes (tfrecords.read_records: the one reader
+    of examples, which raises the suite's error for a damaged one).
     """
 
-    def __init__(self, record_files, names):
+    def __init__(self, record_files, names, read_encoded):
         self.record_files = list(record_files)
         self.names = list(names)  # one per example, for messages
+        self.read_encoded = read_encoded
 
     def __len__(self):
         return len(self.names)
@@ -588,9 +592,7 @@ class TFRecordImages(_ImageSource):
 
     def encoded(self):
         """Yield each example's encoded image bytes, in order (eagerly)."""
-        for record in tf.data.TFRecordDataset(self.record_files).as_numpy_iterator():
-            example = tf.train.Example.FromString(record)
-            yield example.features.feature["image/encoded"].bytes_list.value[0]
+        return self.read_encoded()
 
     def inspect(self, max_pixels):
         return [inspect_image_bytes(data, max_pixels) for data in self.encoded()]
@@ -606,7 +608,11 @@ class TFRecordImages(_ImageSource):
         for i in indices:
             wanted[i] = True
         wanted = tf.constant(wanted, tf.bool)
-        encoded_only = {"image/encoded": TFRECORD_FEATURES["image/encoded"]}
+        # The records were checked when read (read_encoded). One damaged since is left
+        # out: without its image it reads as no bytes (undecodable); a cut or overwritten
+        # file ends the stream (the decoding drops errors). why_undecodable then reads
+        # it again through read_encoded, which names the file and the record.
+        encoded_only = {"image/encoded": tf.io.FixedLenFeature([], tf.string, default_value=b"")}
         records = tf.data.TFRecordDataset(self.record_files).take(total).enumerate()
         records = records.filter(lambda index, _: tf.gather(wanted, index))
         dataset = records.map(lambda index, record: (

@@ -5,14 +5,33 @@ Each split goes to its own sharded files (`training-00000-of-00002.tfrecord`),
 one example per image holding the encoded bytes as stored, its label and its
 path relative to the image folder (input_pipeline.TFRECORD_FEATURES), so the
 split, the labels and the bottleneck cache keys are those of the folder.
+
+The folder may hold other files: only names of the shard pattern
+(SHARD_NAME) are read, and a writer removes only those, so a user's
+`training_backup.tfrecord` is neither read as data nor deleted. Every example
+read back goes through read_records, which refuses damage (a cut or
+overwritten file, a missing feature, a label outside labels.txt) with one
+DatasetError naming the file and the record.
 """
 
+import dataclasses
 import os
+import re
+import stat
 
 import tensorflow as tf
+from google.protobuf import message
 
 from retrain_suite import atomic_files, input_pipeline
 from retrain_suite import dataset as dataset_lib
+
+# The names write_tfrecords gives: `training.tfrecord`, or `training-00000-of-00002.tfrecord`.
+SHARD_NAME = re.compile(
+    r"(?P<split>training|validation|testing)(?:-(?P<number>\d{5})-of-(?P<count>\d{5}))?\.tfrecord"
+)
+
+# What a damaged record file's message ends with.
+WRITE_AGAIN = "write the records again with pre_input.py --tfrecords"
 
 
 def shard_names(split, count):
@@ -22,12 +41,23 @@ def shard_names(split, count):
     return [f"{split}-{n:05d}-of-{count:05d}.tfrecord" for n in range(count)]
 
 
+def shards_in(folder, split):
+    """Names in folder of the shape write_tfrecords gives split's shards, sorted."""
+    names = []
+    for entry in tf.io.gfile.listdir(folder):
+        match = SHARD_NAME.fullmatch(entry.rstrip("/"))
+        if match and match["split"] == split:
+            names.append(entry.rstrip("/"))
+    return sorted(names)
+
+
 def write_tfrecords(dataset, output_dir, images_per_shard=1000):
     """Write each split's images as TFRecord shards of input_pipeline.TFRECORD_FEATURES.
 
     Each example holds the image file's bytes as read (not decoded pixels), so
     the records are about the size of the images. Returns {split: [file names]}.
-    Shards of an earlier run that the new split does not use are removed.
+    Shards of an earlier run that the new split does not use are removed;
+    nothing else in output_dir is.
     """
     tf.io.gfile.makedirs(output_dir)
     written = {}
@@ -38,9 +68,9 @@ def write_tfrecords(dataset, output_dir, images_per_shard=1000):
         for n, name in enumerate(names):
             shard = images[n * images_per_shard:(n + 1) * images_per_shard]
             _write_shard(dataset, shard, os.path.join(output_dir, name))
-        for stale in tf.io.gfile.glob(os.path.join(output_dir, f"{split}*.tfrecord")):
-            if os.path.basename(stale) not in names:
-                tf.io.gfile.remove(stale)
+        for stale in shards_in(output_dir, split):
+            if stale not in names:
+                tf.io.gfile.remove(os.path.join(output_dir, stale))
         written[split] = names
     return written
 
@@ -82,6 +112,82 @@ def _example(image, data, info):
     }))
 
 
+@dataclasses.dataclass(frozen=True)
+class Record:
+    """One example as read back and checked."""
+
+    path: str  # relative to the image folder the records were written from
+    label: str
+    label_index: int  # in labels.txt
+    encoded: bytes  # the image file's bytes
+
+
+def read_records(files, labels):
+    """Yield (file, Record) for every example of files, in order, each one checked.
+
+    The one way the suite reads examples back. A file that is not a regular
+    file, a cut or overwritten record (the TFRecord checksums), an example
+    without one of its features, text that is not UTF-8 or a label not at its
+    index in labels raise DatasetError naming the file and the record.
+    """
+    for file in files:
+        _check_regular(file)
+        number = 0
+        try:
+            for data in tf.data.TFRecordDataset([file]).as_numpy_iterator():
+                yield file, _parsed(data, labels, file, number)
+                number += 1
+        except tf.errors.OpError as e:
+            raise _damaged(file, number, input_pipeline.one_line(e)) from e
+
+
+def _check_regular(file):
+    """DatasetError unless a local file is a regular one: a FIFO is refused, not waited on."""
+    if "://" in file:
+        return
+    try:
+        mode = os.stat(file).st_mode
+    except OSError as e:
+        raise dataset_lib.DatasetError(f"{file} cannot be read: {e.strerror}.") from e
+    if not stat.S_ISREG(mode):
+        raise dataset_lib.DatasetError(
+            f"{file} is not a regular file ({input_pipeline.special_file_kind(mode)}); move it "
+            f"away and {WRITE_AGAIN}."
+        )
+
+
+def _parsed(data, labels, file, number):
+    example = tf.train.Example()
+    try:
+        example.ParseFromString(data)
+    except message.DecodeError as e:
+        raise _damaged(file, number, "not a tf.train.Example") from e
+    features = example.features.feature
+
+    def single(name, kind):
+        values = getattr(features[name], kind).value if name in features else []
+        if len(values) != 1:
+            raise _damaged(file, number, f"{name} holds {len(values)} values, not one")
+        return values[0]
+
+    def text(name):
+        try:
+            return single(name, "bytes_list").decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise _damaged(file, number, f"{name} is not UTF-8 text") from e
+
+    encoded, index = single("image/encoded", "bytes_list"), single("image/label", "int64_list")
+    label, path = text("image/label_text"), text("image/path")
+    if not 0 <= index < len(labels) or labels[index] != label:
+        raise _damaged(file, number, f"label {label!r} has index {index}, which is not its "
+                                     "line in labels.txt")
+    return Record(path, label, index, encoded)
+
+
+def _damaged(file, number, problem):
+    return dataset_lib.DatasetError(f"{file}, record {number}: {problem}; {WRITE_AGAIN}.")
+
+
 def read_tfrecords(tfrecord_dir):
     """A folder written by write_tfrecords -> (Dataset, input_pipeline.TFRecordImages).
 
@@ -94,33 +200,44 @@ def read_tfrecords(tfrecord_dir):
             f"{tfrecord_dir} has no labels.txt; write it with "
             f"pre_input.py --output_dir {tfrecord_dir} --tfrecords."
         )
-    with tf.io.gfile.GFile(labels_path, "rb") as f:
-        data = f.read()
+    data, problem = input_pipeline.read_regular_file(labels_path)
+    if problem:
+        raise dataset_lib.DatasetError(f"{labels_path}: {problem}; {WRITE_AGAIN}.")
     try:
         labels = data.decode("utf-8").splitlines()
     except UnicodeDecodeError as e:
         raise dataset_lib.DatasetError(
             f"{labels_path} is not UTF-8 text; write it again with pre_input.py --tfrecords."
         ) from e
-    files, images = [], []
+    files, images, seen = [], [], set()
     for split in dataset_lib.SPLITS:
-        names = sorted(tf.io.gfile.glob(os.path.join(tfrecord_dir, f"{split}*.tfrecord")))
+        names = [os.path.join(tfrecord_dir, name) for name in _one_set_of_shards(tfrecord_dir, split)]
         files.extend(names)
-        spec = {k: v for k, v in input_pipeline.TFRECORD_FEATURES.items() if k != "image/encoded"}
-        for record in tf.data.TFRecordDataset(names).as_numpy_iterator():
-            example = tf.io.parse_single_example(record, spec)
-            label = example["image/label_text"].numpy().decode("utf-8")
-            index = int(example["image/label"].numpy())
-            if index >= len(labels) or labels[index] != label:
+        for file, record in read_records(names, labels):
+            if record.path in seen:  # Rows are found by path: a second one would hide the first.
                 raise dataset_lib.DatasetError(
-                    f"The records in {tfrecord_dir} do not match its labels.txt "
-                    f"({label!r} has index {index}); write them again with pre_input.py."
+                    f"{file}: the image {record.path!r} is in the records twice; {WRITE_AGAIN}."
                 )
-            path = example["image/path"].numpy().decode("utf-8")
-            images.append(dataset_lib.Image(path, label, index, split))
+            seen.add(record.path)
+            images.append(dataset_lib.Image(record.path, record.label, record.label_index, split))
     if not images:
         raise dataset_lib.DatasetError(f"{tfrecord_dir} holds no TFRecord examples.")
     dataset_lib._check_enough_classes(sorted({i.label for i in images}), tfrecord_dir)
     names = [f"{tfrecord_dir}:{image.path}" for image in images]
     return (dataset_lib.Dataset(tfrecord_dir, labels, images),
-            input_pipeline.TFRecordImages(files, names))
+            input_pipeline.TFRecordImages(
+                files, names, lambda: (record.encoded for _, record in read_records(files, labels))))
+
+
+def _one_set_of_shards(folder, split):
+    """split's shard names in folder: one file, or every shard of one count. DatasetError for
+    a set with shards missing or of two writes (one killed before it removed the old)."""
+    names = shards_in(folder, split)
+    counts = {SHARD_NAME.fullmatch(name)["count"] for name in names}
+    if names and (len(counts) > 1 or names != shard_names(split, int(counts.pop() or 1))):
+        shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+        raise dataset_lib.DatasetError(
+            f"{folder} holds {split} shards that are not one complete set ({shown}); "
+            f"{WRITE_AGAIN}."
+        )
+    return names

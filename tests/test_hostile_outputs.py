@@ -541,3 +541,58 @@ def test_ctrl_c_in_the_other_commands_prints_one_line_and_exits_130(
     if script == "bottleneck":
         entries = [f for _, _, files in os.walk(tmp_path / "cache") for f in files]
         assert entries and not [f for f in entries if ".tmp-" in f]
+
+
+# --- the user's files beside the outputs -------------------------------------------------
+
+# Files a user may keep in the folders the suite writes into, named like its outputs.
+USERS_FILES = ("training_2019_backup.tfrecord", "validation.tfrecord.bak", "testing-old.tfrecord",
+               "checkpoint.lock.txt", "notes.txt", "events.out.tfevents.mine")
+
+
+def put_users_files(folder):
+    os.makedirs(folder, exist_ok=True)
+    for name in USERS_FILES:
+        with open(os.path.join(folder, name), "w") as f:
+            f.write(f"the user's own {name}\n")
+
+
+def test_the_users_files_in_every_output_folder_survive_every_command(tmp_path, tiny_module):
+    image_dir = make_dataset(tmp_path / "data", per_class=6)
+    out = tmp_path / "out"
+    folders = [out, tmp_path / "prepared", tmp_path / "summaries", tmp_path / "intermediate",
+               tmp_path / "cache"]
+    for folder in folders:
+        put_users_files(folder)
+    before = {str(f): snapshot(f) for f in folders}
+    run_script("pre_input.py", f"--image_dir={image_dir}", f"--output_dir={tmp_path / 'prepared'}",
+               "--tfrecords", "--images_per_shard=4", check=True)
+    run_script("-m", "bottleneck", f"--image_dir={image_dir}", f"--tfhub_module={tiny_module}",
+               f"--bottleneck_dir={tmp_path / 'cache'}", check=True)
+    common = dict(bottleneck_dir=str(tmp_path / "cache"), summaries_dir=str(tmp_path / "summaries"),
+                  intermediate_output_graphs_dir=str(tmp_path / "intermediate"),
+                  intermediate_store_frequency=2, how_many_training_steps=4,
+                  eval_step_interval=2, eval_report=str(out / "report.json"))
+    from_records = retrain_settings(tmp_path, "", tiny_module, **common)
+    from_records["tfrecord_dir"] = str(tmp_path / "prepared")
+    job.run_retraining(config_lib.from_flat(from_records))
+    fine_tuned = retrain_settings(tmp_path, image_dir, tiny_module, fine_tune_steps=2,
+                                  validation_percentage=25,
+                                  fine_tune_eval_interval=1, fine_tune_batch_size=4, **common)
+    for _ in range(2):  # The second run resumes, replaces and removes what the first wrote.
+        job.run_retraining(config_lib.from_flat(fine_tuned))
+    for folder in folders:
+        after = snapshot(folder)
+        for name in USERS_FILES:
+            assert after[name] == before[str(folder)][name], (folder, name)
+
+
+def test_make_module_into_a_folder_of_the_users_is_one_error_line_and_leaves_it(tmp_path):
+    folder = tmp_path / "mine"
+    put_users_files(folder)
+    before = snapshot(folder)
+    process = run_script("-m", "bottleneck.make_module", f"--output_dir={folder}")
+    assert process.returncode == 1 and "Traceback" not in process.stderr, process.stderr[-2000:]
+    assert process.stderr.strip().splitlines()[-1].startswith(
+        f"error: --output_dir={folder} holds files this suite did not write")
+    assert snapshot(folder) == before

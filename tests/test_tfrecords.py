@@ -1,11 +1,13 @@
 """pre_input.py --tfrecords and retrain.py --tfrecord_dir."""
 
 import os
+import threading
 
 import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import final_layer_constants, make_dataset, retrain_settings, run_script
+from test_fine_tuning import release_fifo
 
 from retrain_suite import config as config_lib
 from retrain_suite import dataset as dataset_lib
@@ -146,3 +148,182 @@ def test_distortions_read_training_images_from_the_records(prepared, tiny_module
     settings["tfrecord_dir"] = out
     assert job.run_retraining(config_lib.from_flat(settings)) == 1.0
     assert "Distortions are on" in caplog.text
+
+
+# --- the folder's other files, and damaged records -----------------------------------
+
+
+def test_a_users_own_tfrecord_files_in_the_folder_are_neither_deleted_nor_read(tmp_path):
+    image_dir = make_dataset(tmp_path / "data", per_class=10)
+    dataset = dataset_lib.build_dataset(image_dir, 10, 10)
+    out = tmp_path / "out"
+    written = tfrecords.write_tfrecords(dataset, str(out), images_per_shard=5)
+    # The user's own files beside the suite's: one a copy of real records.
+    backup = out / "training_2019_backup.tfrecord"
+    kept = (out / written["training"][0]).read_bytes()
+    backup.write_bytes(kept)
+    (out / "testing.old.tfrecord").write_bytes(b"mine")
+    dataset_lib.write_lists(dataset, str(out))
+    read, _ = tfrecords.read_tfrecords(str(out))
+    assert [i.path for i in read.images] == [
+        i.path for split in dataset_lib.SPLITS for i in dataset.in_split(split)]
+    tfrecords.write_tfrecords(dataset, str(out), images_per_shard=1000)
+    assert backup.read_bytes() == kept
+    assert (out / "testing.old.tfrecord").read_bytes() == b"mine"
+    assert sorted(f for f in os.listdir(out) if f.endswith(".tfrecord")) == [
+        "testing.old.tfrecord", "testing.tfrecord", "training.tfrecord",
+        "training_2019_backup.tfrecord", "validation.tfrecord"]
+
+
+def test_shards_of_two_writes_are_refused_not_read_twice(tmp_path):
+    image_dir = make_dataset(tmp_path / "data", per_class=10)
+    dataset = dataset_lib.build_dataset(image_dir, 10, 10)
+    out = tmp_path / "out"
+    written = tfrecords.write_tfrecords(dataset, str(out), images_per_shard=5)
+    dataset_lib.write_lists(dataset, str(out))
+    # A write killed after its new shard and before removing the old ones.
+    (out / "training.tfrecord").write_bytes((out / written["training"][0]).read_bytes())
+    with pytest.raises(dataset_lib.DatasetError, match="not one complete set"):
+        tfrecords.read_tfrecords(str(out))
+
+
+def feature(value):
+    if isinstance(value, int):
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+
+def png(colour):
+    return tf.io.encode_png(tf.constant([[colour] * 4] * 4, tf.uint8)).numpy()
+
+
+def good_examples(count=4):
+    """Two classes, count // 2 images each: {feature name: value} per example."""
+    return [{"image/encoded": png([200 * (n % 2), 30 + n, 30]), "image/label": n % 2,
+             "image/label_text": [b"blue", b"red"][n % 2], "image/path": f"x/{n}.png".encode(),
+             "image/height": 4, "image/width": 4} for n in range(count)]
+
+
+def write_records(folder, examples):
+    """labels.txt and training.tfrecord holding examples. -> the record file's path."""
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "labels.txt"), "w") as f:
+        f.write("blue\nred\n")
+    path = os.path.join(folder, "training.tfrecord")
+    with tf.io.TFRecordWriter(path) as writer:
+        for values in examples:
+            writer.write(tf.train.Example(features=tf.train.Features(
+                feature={k: feature(v) for k, v in values.items()})).SerializeToString())
+    return path
+
+
+def damaged(kind, path):
+    """Damage the record file at path the way `kind` says."""
+    data = bytearray(open(path, "rb").read())
+    if kind == "truncated":
+        data = data[:-7]
+    else:  # a flipped byte inside the last record's image: its checksum no longer holds
+        data[-30] ^= 0xFF
+    with open(path, "wb") as f:
+        f.write(bytes(data))
+
+
+EDITS = {
+    "label -1": lambda e: e.update({"image/label": -1}),  # labels[-1] is 'red': it passed
+    "label past the labels": lambda e: e.update({"image/label": 2}),
+    "no label": lambda e: e.pop("image/label"),
+    "label_text not UTF-8": lambda e: e.update({"image/label_text": b"\xffred"}),
+    "no image": lambda e: e.pop("image/encoded"),
+    "path not UTF-8": lambda e: e.update({"image/path": b"x/\xff.png"}),
+}
+
+
+@pytest.mark.parametrize("kind", ["truncated", "bad checksum", *EDITS])
+def test_damaged_records_are_one_dataset_error_naming_the_file(tmp_path, kind):
+    examples = good_examples()
+    if kind in EDITS:
+        examples[3]["image/label_text"] = b"red"
+        examples[3]["image/label"] = 1
+        EDITS[kind](examples[3])
+    path = write_records(tmp_path / "records", examples)
+    if kind not in EDITS:
+        damaged(kind, path)
+    with pytest.raises(dataset_lib.DatasetError) as raised:
+        tfrecords.read_tfrecords(str(tmp_path / "records"))
+    message = str(raised.value)
+    assert message.startswith(f"{path}, record 3: ") and "pre_input.py --tfrecords" in message
+    assert "\n" not in message
+
+
+def test_a_record_damaged_after_it_was_read_is_a_dataset_error_when_read_again(tmp_path):
+    path = write_records(tmp_path / "records", good_examples())
+    dataset, images = tfrecords.read_tfrecords(str(tmp_path / "records"))
+    assert len(images.inspect(10**6)) == len(dataset.images) == 4
+    examples = good_examples()
+    del examples[2]["image/encoded"]
+    write_records(tmp_path / "records", examples)
+    with pytest.raises(dataset_lib.DatasetError, match=f"{path}, record 2: image/encoded holds 0"):
+        images.inspect(10**6)
+    # The graph reader takes the lost image as undecodable, and the reason is asked of
+    # the checked reader.
+    with pytest.raises(dataset_lib.DatasetError, match="record 2"):
+        images.why_undecodable(2)
+
+
+@pytest.mark.parametrize("name", ["training.tfrecord", "labels.txt"])
+def test_a_fifo_named_like_a_shard_or_the_labels_is_refused_not_waited_on(tmp_path, name):
+    write_records(tmp_path / "records", good_examples())
+    path = str(tmp_path / "records" / name)
+    os.remove(path)
+    os.mkfifo(path)
+    # Were the FIFO waited on, this writer would end the wait (with no bytes) after a
+    # while, and the test would fail on the missing error instead of hanging.
+    release = threading.Timer(20, release_fifo, [path])
+    release.start()
+    try:
+        with pytest.raises(dataset_lib.DatasetError, match="not a regular file .a FIFO"):
+            tfrecords.read_tfrecords(str(tmp_path / "records"))
+    finally:
+        release.cancel()
+
+
+def test_the_same_image_twice_in_the_records_is_refused(tmp_path):
+    examples = good_examples()
+    examples[3]["image/path"] = examples[1]["image/path"]
+    write_records(tmp_path / "records", examples)
+    with pytest.raises(dataset_lib.DatasetError, match="in the records twice"):
+        tfrecords.read_tfrecords(str(tmp_path / "records"))
+
+
+def test_retrain_on_damaged_records_ends_in_one_error_line(tmp_path):
+    path = write_records(tmp_path / "records", good_examples())
+    damaged("truncated", path)
+    process = run_script("retrain.py", f"--tfrecord_dir={tmp_path / 'records'}",
+                         f"--bottleneck_dir={tmp_path / 'cache'}",
+                         f"--output_graph={tmp_path / 'out' / 'g.pb'}")
+    assert process.returncode == 1 and "Traceback" not in process.stderr, process.stderr[-3000:]
+    assert process.stderr.strip().splitlines()[-1].startswith(f"error: {path}, record 3: ")
+
+
+def test_records_damaged_while_the_run_reads_them_are_one_dataset_error(
+        tmp_path, tiny_module, monkeypatch):
+    path = write_records(tmp_path / "records", good_examples(8))
+    settings = retrain_settings(tmp_path, "", tiny_module, how_many_training_steps=2)
+    settings["tfrecord_dir"] = str(tmp_path / "records")
+    read = tfrecords.read_tfrecords
+
+    def read_then_damage_after_inspection(folder):
+        dataset, images = read(folder)
+        inspect = images.inspect
+
+        def inspect_then_cut(max_pixels):
+            files = inspect(max_pixels)
+            damaged("bad checksum", path)  # Between the checked read and the tf.data pipeline.
+            return files
+
+        images.inspect = inspect_then_cut
+        return dataset, images
+
+    monkeypatch.setattr(tfrecords, "read_tfrecords", read_then_damage_after_inspection)
+    with pytest.raises(dataset_lib.DatasetError, match=f"{path}, record 7: "):
+        job.run_retraining(config_lib.from_flat(settings))

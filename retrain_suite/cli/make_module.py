@@ -2,8 +2,10 @@
 
 import sys
 
+import tensorflow as tf
 from absl import flags
 
+from retrain_suite import input_pipeline
 from retrain_suite.bottleneck import make_module
 from retrain_suite.cli import flags as shared_flags
 from retrain_suite.cli import startup
@@ -15,7 +17,14 @@ def main(argv):
     del argv
     if not FLAGS.output_dir:
         sys.exit("error: --output_dir is required.")
-    make_module.write_module(FLAGS.kind, FLAGS.output_dir, FLAGS.seed)
+    try:
+        make_module.write_module(FLAGS.kind, FLAGS.output_dir, FLAGS.seed)
+    except FileExistsError as e:  # A folder of the user's, a file or a symlink: left as it is.
+        sys.exit(f"error: --output_dir={FLAGS.output_dir} {e.strerror}; it is replaced as a "
+                 "whole, so give a new folder, an empty one or a module this command wrote.")
+    except (OSError, tf.errors.OpError) as e:
+        sys.exit(f"error: cannot write --output_dir={FLAGS.output_dir}: "
+                 f"{getattr(e, 'strerror', None) or input_pipeline.one_line(e)}.")
     print(f"Wrote a random-weight {FLAGS.kind} feature-vector module to {FLAGS.output_dir}")
 
 

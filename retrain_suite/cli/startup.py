@@ -26,10 +26,11 @@ side reads it once when TensorFlow loads; a --logging_verbosity inside a
 import contextlib
 import os
 import re
+import stat
 import sys
 import threading
 
-from absl import app
+from absl import app, flags
 
 # Lines of TensorFlow's start-up that say nothing the user must act on. Other
 # lines written during the import (Python warnings, real C++ errors) are kept.
@@ -153,9 +154,91 @@ def run(main, interrupted=None, argv=None):
             print("\nTry --helpfull to get a list of all flags.")
         sys.exit(0)
     try:
-        app.run(main, argv=argv)
+        app.run(main, argv=argv, flags_parser=parse_flags)
     except KeyboardInterrupt:
         if interrupted is None:
             raise
         print(interrupted(), file=sys.stderr)
         sys.exit(130)
+
+
+def parse_flags(argv):
+    """absl's flag parsing, with its errors as the suite's one `error:` line.
+
+    absl prints `FATAL Flags parsing error: ...` and a second line of advice;
+    the suite's commands end every error a user can cause in one line. Every
+    --flagfile is checked first (check_flagfiles), and a working folder that
+    was deleted is refused, since no relative path can be found from it.
+    """
+    try:
+        os.getcwd()
+    except OSError as e:
+        sys.exit(f"error: the working folder cannot be found ({e.strerror}): it was deleted "
+                 "or moved, so relative paths mean nothing; cd to an existing folder and run "
+                 "again.")
+    try:
+        check_flagfiles(argv[1:])
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        message = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
+        sys.exit(f"error: {message.rstrip('.')}. See --help.")
+
+
+# A file of flags is a few lines; a larger one is a wrong path (a photo, a log).
+MAX_FLAGFILE_BYTES = 1 << 20
+
+
+def check_flagfiles(args, seen=()):
+    """Raise flags.Error unless every --flagfile in args (and in those files) is a
+    readable regular file of UTF-8 text of at most MAX_FLAGFILE_BYTES.
+
+    absl opens a flag file with a plain blocking open(): a FIFO there would
+    hang the command. Each is opened here first without blocking and checked
+    on the open descriptor, as input_pipeline.read_regular_file does for images.
+    """
+    for i, arg in enumerate(args):
+        if arg == "--":
+            break
+        name, has_value, value = arg.lstrip("-").partition("=")
+        if name != "flagfile" or not arg.startswith("-"):
+            continue
+        if not has_value:
+            value = args[i + 1] if i + 1 < len(args) else ""
+        path = os.path.expanduser(value.strip())
+        if not path or path in seen:  # absl ignores an empty one and a loop
+            continue
+        text = _flagfile_text(path)
+        nested = [line.strip() for line in text.splitlines() if line.strip().startswith("-")]
+        check_flagfiles(nested, (*seen, path))
+
+
+def _flagfile_text(path):
+    # Imported here, not at the top: this module runs before TensorFlow is imported.
+    from retrain_suite import input_pipeline
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        raise flags.Error(f"--flagfile={path} cannot be read: {e.strerror}") from None
+    # Checked on the descriptor before open() wraps it, which refuses a folder with
+    # an exception of its own.
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise flags.Error(f"--flagfile={path} is not a regular file "
+                          f"({input_pipeline.special_file_kind(mode)}); give a text file of "
+                          "flags, one a line")
+    with open(fd, "rb", closefd=True) as f:
+        try:
+            data = f.read(MAX_FLAGFILE_BYTES + 1)
+        except OSError as e:
+            raise flags.Error(f"--flagfile={path} cannot be read: {e.strerror}") from None
+    if len(data) > MAX_FLAGFILE_BYTES:
+        raise flags.Error(f"--flagfile={path} is over {MAX_FLAGFILE_BYTES >> 20} MiB, too large "
+                          "for a file of flags; check the path")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise flags.Error(f"--flagfile={path} is not UTF-8 text; give a text file of flags, "
+                          "one a line") from None
+
