@@ -622,13 +622,14 @@ class TFRecordImages(_ImageSource):
             dataset = dataset.repeat().shuffle(min(len(indices), 1000), seed=shuffle_seed)
 
         def check_record(index, data):
-            content, orientation, usable = tf.numpy_function(
-                lambda d: _checked(d, max_pixels)[1:], [data],
-                [tf.string, tf.int32, tf.bool], stateful=False,
+            # The bytes decoded are _checked's (a GIF's first frame only), as for files.
+            decodable, content, orientation, usable = tf.numpy_function(
+                lambda d: _checked(d, max_pixels), [data],
+                [tf.string, tf.string, tf.int32, tf.bool], stateful=False,
             )
-            for tensor in (content, orientation, usable):
+            for tensor in (decodable, content, orientation, usable):
                 tensor.set_shape([])
-            return index, content, data, orientation, usable
+            return index, content, decodable, orientation, usable
 
         dataset = dataset.map(check_record, num_parallel_calls=PARALLEL_DECODES,
                               deterministic=True)

@@ -175,6 +175,21 @@ def test_only_the_first_frame_of_an_animation_reaches_the_decoder(tmp_path):
         input_pipeline.decode_and_resize(animation, 8, 8).numpy())
 
 
+def test_only_the_first_frame_of_an_animation_in_a_tfrecord_reaches_the_decoder(tmp_path):
+    first = lzw_sub_blocks(64)
+    animation = gif((8, 8), [(8, 8, first)] * 300)
+    path = str(tmp_path / "training.tfrecord")
+    example = tf.train.Example(features=tf.train.Features(feature={"image/encoded": tf.train.Feature(
+        bytes_list=tf.train.BytesList(value=[animation]))}))
+    with tf.io.TFRecordWriter(path) as writer:
+        writer.write(example.SerializeToString())
+    images = input_pipeline.TFRecordImages([path], ["animation"], lambda: iter([animation]))
+    ((index, content, data, orientation),) = list(
+        images.encoded_dataset([0]).as_numpy_iterator())
+    assert data == input_pipeline.decodable_bytes(animation) == gif((8, 8), [(8, 8, first)])
+    assert content.decode() == hashlib.sha1(animation).hexdigest()  # the whole record's hash
+
+
 def test_label_image_refuses_a_gif_whose_frame_outgrows_its_screen(trained, tmp_path):
     hostile = tmp_path / "small.gif"
     hostile.write_bytes(gif((16, 16), [(20000, 20000, lzw_sub_blocks(8))]))
