@@ -10,7 +10,7 @@ including TensorFlow's stock label_image example.
 
 import tensorflow as tf
 
-from retrain_suite import atomic_files, final_layer
+from retrain_suite import atomic_files, final_layer, input_pipeline
 from retrain_suite.bottleneck import module as module_lib
 
 INPUT_NAME = "Placeholder"
@@ -149,9 +149,9 @@ def write_output(flag, path, write):
     try:
         return write()
     except (OSError, tf.errors.OpError) as e:
-        reason = getattr(e, "strerror", None) or getattr(e, "message", None) or str(e)
+        reason = getattr(e, "strerror", None) or input_pipeline.one_line(e)
         raise OutputError(
-            f"Cannot write --{flag}={path}: {reason.strip().splitlines()[0]}. Nothing partial "
+            f"Cannot write --{flag}={path}: {reason}. Nothing partial "
             "was left there; free some space or choose another location, then run again "
             "(cached bottlenecks are reused)."
         ) from e

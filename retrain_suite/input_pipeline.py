@@ -341,10 +341,20 @@ def why_bytes_undecodable(data, max_pixels=DEFAULT_MAX_IMAGE_PIXELS):
 
 
 def one_line(error):
-    """An exception as one short line, without TensorFlow's op context."""
+    """An exception as one short line, without TensorFlow's op context.
+
+    A Session's op error reads "Graph execution error:", then where the op
+    was defined, then the reason, then the node: the reason is the last line
+    that is not that context.
+    """
     text = str(getattr(error, "message", None) or error)
     text = re.sub(r"\{\{.*?\}\}\s*", "", text).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+    lines = [line.strip() for line in text.splitlines() if line.strip() not in ("", "[[]]")]
+    if lines and lines[0] == "Graph execution error:":
+        reasons = [line for line in lines[1:] if not line.startswith(
+            ("Detected at node", "File ", "Node:"))]
+        lines = reasons[-1:] or lines
+    return lines[0] if lines else type(error).__name__
 
 
 def orient(image, orientation):

@@ -1,6 +1,7 @@
 """retrain_suite.export: the frozen graph's and the SavedModel's contract, and the labels file."""
 
 import numpy as np
+import pytest
 import tensorflow as tf
 from conftest import load_graph_def
 
@@ -49,3 +50,21 @@ def test_exported_graph_gives_the_probabilities_of_its_cached_bottleneck_path(tr
             again = sess.run("final_result:0", {export.BOTTLENECK_NAME + ":0": vectors})
     np.testing.assert_allclose(probabilities, again, atol=1e-6)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_a_session_error_while_writing_names_its_reason_not_graph_execution(tmp_path):
+    """A Saver that cannot write its index file: TensorFlow's message starts with
+    "Graph execution error:" and the node's definition; the one line gives the reason."""
+    (tmp_path / "layer.index").mkdir()  # a folder where the checkpoint's index file goes
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.compat.v1.get_variable("v", [1])
+        saver = tf.compat.v1.train.Saver()
+        with tf.compat.v1.Session() as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            with pytest.raises(export.OutputError) as raised:
+                export.write_output("checkpoint_path", str(tmp_path / "layer"), lambda: saver.save(
+                    sess, str(tmp_path / "layer"), write_meta_graph=False))
+    message = str(raised.value)
+    assert "\n" not in message and "Graph execution error" not in message
+    assert "Is a directory" in message
