@@ -113,7 +113,7 @@ def _read_regular(path, count):
         os.close(fd)
 
 
-MISSING = "does not exist"  # read_regular_file's reason for a file that is not there
+MISSING = "cannot be read: no such file"  # read_regular_file's reason for a file that is not there
 
 
 def special_file_kind(mode):
