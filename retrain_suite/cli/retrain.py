@@ -5,7 +5,7 @@ import sys
 import tensorflow as tf
 from absl import flags, logging
 
-from retrain_suite import atomic_files, export, job, reporting, tflite
+from retrain_suite import atomic_files, classifier, export, job, reporting, tflite
 from retrain_suite import config as config_lib
 from retrain_suite import dataset as dataset_lib
 from retrain_suite.bottleneck import cache as cache_lib
@@ -30,7 +30,7 @@ def main(argv):
         job.run_retraining(config_from_flags())
     except (config_lib.UsageError, export.OutputError, reporting.AccuracyError,
             dataset_lib.DatasetError, module_lib.ModuleError, cache_lib.CacheError,
-            tflite.TFLiteError, atomic_files.LockFileError) as e:
+            tflite.TFLiteError, atomic_files.LockFileError, classifier.LabelError) as e:
         sys.exit(f"error: {e}")
 
 
