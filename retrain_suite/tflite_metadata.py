@@ -265,7 +265,9 @@ def packed_labels(model):
         raise MetadataError("its TFLITE_METADATA is not a ModelMetadata flatbuffer")
     try:
         name = _labels_file_name(metadata)
-    except (IndexError, struct.error, ValueError) as e:  # offsets pointing outside the buffer
+    # Offsets pointing outside the buffer: flatbuffers raises IndexError or
+    # struct.error on reading there, TypeError on an offset past 32 bits.
+    except (IndexError, struct.error, ValueError, TypeError) as e:
         raise MetadataError(f"its metadata flatbuffer is damaged ({type(e).__name__})") from e
     if name is None:
         return None

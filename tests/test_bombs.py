@@ -246,3 +246,21 @@ def test_a_table_list_longer_than_the_metadata_is_one_metadata_error():
     with pytest.raises(tflite_metadata.MetadataError) as raised:
         tflite_metadata.packed_labels(model)
     assert str(raised.value) == "its metadata holds a table list longer than the metadata"
+
+
+@pytest.mark.parametrize("value", [0xFF, 0x80])
+def test_metadata_damaged_at_any_byte_is_read_or_one_metadata_error(value):
+    metadata = tflite_metadata.image_classifier_metadata("c", "t", 32, 32, 2, 0.0, 255.0)
+    # The model is built once: each damaged copy of the metadata replaces its bytes in place.
+    model = tflite_metadata.with_metadata(bare_model(), metadata, ["cat", "dog"])
+    at = model.index(metadata)
+    outcomes = set()
+    for i in range(8, len(metadata)):  # past the root offset and the "M001" identifier
+        damaged = bytearray(model)
+        damaged[at + i] = value
+        try:
+            outcomes.add(repr(tflite_metadata.packed_labels(bytes(damaged)))[:40])
+        except tflite_metadata.MetadataError as e:
+            assert "\n" not in str(e)
+            outcomes.add("MetadataError")
+    assert "MetadataError" in outcomes and "['cat', 'dog']" in outcomes
