@@ -23,7 +23,8 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from retrain_suite import classifier, export, reporting, tflite
+from retrain_suite import classifier, export, reporting
+from retrain_suite.bottleneck import module as module_lib
 
 BATCH_SIZE = 32  # test images decoded, and run through the graph and SavedModel, per call
 
@@ -70,6 +71,11 @@ class SavedModelRunner:
     images_per_call = BATCH_SIZE
 
     def __init__(self, path):
+        # The loader opens every file in the folder blocking: a FIFO put there
+        # since export would hang the run.
+        problem = module_lib.module_folder_problem(path)
+        if problem:
+            raise classifier.LabelError(f"SavedModel {path} cannot be used: {problem}.")
         self.serve = tf.saved_model.load(path).signatures["serving_default"]
 
     def predict(self, images):
@@ -85,7 +91,7 @@ class TFLiteRunner:
     images_per_call = 1
 
     def __init__(self, path):
-        self.model = tflite.TFLiteClassifier(classifier.read_input_file(path, "TFLite file"))
+        self.model, _ = classifier.load_tflite(path)  # a damaged file is a LabelError
 
     def predict(self, images):
         return self.model.predict(images)

@@ -14,6 +14,8 @@ import uuid
 
 import tensorflow as tf
 
+from retrain_suite import input_pipeline
+
 # What a SavedModel writer puts in its folder: a folder holding only these (or
 # nothing) is one this suite may replace.
 SAVED_MODEL_ENTRIES = frozenset({"saved_model.pb", "variables", "assets", "fingerprint.pb"})
@@ -151,12 +153,13 @@ class Locked(Exception):
     """Another process holds the lock."""
 
 
-class NotALockFile(Exception):
-    """The file at a lock's path is not one exclusive_lock wrote: a user's, or a special file."""
+class LockFileError(Exception):
+    """What is at a lock file's path is not a lock file this suite may use."""
 
 
-# What exclusive_lock leaves in its file: the holder's pid, one line.
-LOCK_CONTENT = re.compile(r"\d+\n?")
+# What a lock file holds: the holder's pid, or nothing. A file holding anything
+# else is someone else's, and is never truncated.
+_LOCK_CONTENT = re.compile(rb"(\d{1,10}\n?)?")
 
 
 class exclusive_lock:
@@ -164,42 +167,68 @@ class exclusive_lock:
 
     The lock goes with the process: a killed holder never leaves it stuck. The
     lock file (it holds the holder's pid) stays behind, empty of meaning once
-    unlocked. A file at path that holds anything else, or is not a regular
-    file, is someone else's: NotALockFile is raised and it is left as it was.
+    unlocked. It is opened without following a link and without blocking, and
+    used only if it is a regular file with one name holding nothing but a pid:
+    a FIFO or device there would hang the open or the read, and a link or a
+    user's file would be truncated. Anything else raises LockFileError.
     """
 
     def __init__(self, path):
         self.path = path
-        self._file = None
+        self._fd = None
 
     def __enter__(self):
         make_parent(self.path)
-        # Non-blocking: a FIFO at path is refused below, not waited on.
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            raise NotALockFile(f"{self.path} is not a regular file")
-        handle = os.fdopen(fd, "r+")
+        fd = self._open()
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = handle.read(64).strip()
-            handle.close()
-            raise Locked(holder) from None
-        content = handle.read(64)
-        if content and not LOCK_CONTENT.fullmatch(content):
-            handle.close()
-            raise NotALockFile(f"{self.path} holds something other than a lock's pid")
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
-        self._file = handle
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise Locked(os.pread(fd, 64, 0).decode("ascii", "replace").strip()) from None
+            if not _LOCK_CONTENT.fullmatch(os.pread(fd, 64, 0)):
+                raise LockFileError(f"cannot lock {self.path}: it holds something other than "
+                                    "a process id, so it is not a lock file; move it away")
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
         return self
 
+    def _open(self):
+        """The lock file's descriptor, opened read-write, created if absent."""
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        try:
+            fd = os.open(self.path, flags, 0o644)
+        except OSError as e:
+            if e.errno == errno.ELOOP:  # O_NOFOLLOW met a link
+                raise LockFileError(f"cannot lock {self.path}: it is a symlink, and a lock file "
+                                    "is never written through one; move it away") from None
+            try:
+                mode = os.lstat(self.path).st_mode
+            except OSError:
+                mode = stat.S_IFREG
+            if stat.S_ISREG(mode):
+                raise LockFileError(f"cannot lock {self.path}: {e.strerror}") from None
+            raise self._not_a_file(mode) from None
+        info = os.fstat(fd)
+        if stat.S_ISREG(info.st_mode) and info.st_nlink == 1:
+            return fd
+        os.close(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise self._not_a_file(info.st_mode)
+        raise LockFileError(f"cannot lock {self.path}: the file has other names (hard links), "
+                            "so it is someone else's; move it away")
+
+    def _not_a_file(self, mode):
+        kind = input_pipeline.special_file_kind(mode)
+        return LockFileError(f"cannot lock {self.path}: it is {kind}, not a regular file; "
+                             "move it away")
+
     def __exit__(self, *exc):
-        self._file.close()  # Closing releases the lock.
-        self._file = None
+        os.close(self._fd)  # Closing releases the lock.
+        self._fd = None
         return False
 
 

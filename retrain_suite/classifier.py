@@ -336,6 +336,38 @@ def load_tflite(path):
         raise LabelError(f"{path} is not an image classifier this command can run ({e}).") from e
 
 
+def check_tflite_input_range(model, input_mean, input_std):
+    """Raise LabelError when a quantized model's input cannot hold (pixel - mean) / std.
+
+    A uint8 (or int8) input holds only the values its scale and zero point
+    reach: TFLiteClassifier clips anything outside, so flags that move the
+    0-255 pixels out of that range would silently give wrong answers. Values
+    up to one quantization step outside are rounding (a model calibrated to
+    stop just short of 1.0). The default flags feed pixel / 255, the contract
+    of every model retrain.py writes, and are never refused; a float input
+    takes any value.
+    """
+    if model.input["dtype"] == np.float32 or (input_mean, input_std) == (0.0, 255.0):
+        return
+    scale, zero_point = (float(v) for v in model.input["quantization"])
+    limits = np.iinfo(model.input["dtype"])
+    low, high = (limits.min - zero_point) * scale, (limits.max - zero_point) * scale
+    fed_low, fed_high = sorted(((0.0 - input_mean) / input_std, (255.0 - input_mean) / input_std))
+    step = scale * (1 + 1e-6)  # one step, and the float rounding of its own arithmetic
+    if fed_low >= low - step and fed_high <= high + step:
+        return
+    if abs(low) <= step and abs(high - 1.0) <= step:
+        fix = ("it takes pixel/255 (0 to 1), as retrain.py's models do: leave --input_mean "
+               "and --input_std at their defaults.")
+    else:
+        fix = "pass an --input_mean and --input_std that map 0-255 into that range."
+    raise LabelError(
+        f"--input_mean={input_mean:g} and --input_std={input_std:g} turn pixels into values "
+        f"from {fed_low:.4g} to {fed_high:.4g}, but this quantized model's {model.input['dtype'].__name__} "
+        f"input holds only {low:.4g} to {high:.4g} (the rest would be clipped); {fix}"
+    )
+
+
 def classify_tflite(model, paths, input_mean=0.0, input_std=255.0, batch_size=None,
                     max_pixels=input_pipeline.DEFAULT_MAX_IMAGE_PIXELS):
     """As classify, with a tflite.TFLiteClassifier: one image per interpreter call.
@@ -344,7 +376,10 @@ def classify_tflite(model, paths, input_mean=0.0, input_std=255.0, batch_size=No
     classify, in batches of batch_size (unset: the default; the interpreter
     takes one image at a time whatever the decoding batch). -> {index:
     probabilities float32 [C]}; images that cannot be used are missing.
+    Raises LabelError, before any image is read, when a quantized input cannot
+    hold what input_mean and input_std make of the pixels.
     """
+    check_tflite_input_range(model, input_mean, input_std)
     batches = input_pipeline.image_batches(
         paths, model.height, model.width, batch_size or batch_size_lib.DEFAULT_BATCH_SIZE, max_pixels
     )

@@ -167,10 +167,10 @@ def checkpoint_lock(checkpoint):
             f"--checkpoint_path={checkpoint} is in use by another retrain.py run{holder}; "
             "wait for it to finish or give this run its own --checkpoint_path."
         ) from None
-    except atomic_files.NotALockFile as e:  # Also raised on entering only.
+    except atomic_files.LockFileError as e:  # Also raised on entering only.
         raise config_lib.UsageError(
-            f"--checkpoint_path={checkpoint}: {e}, so it is not this suite's lock file and is "
-            "left alone; move it away or give another --checkpoint_path."
+            f"--checkpoint_path={checkpoint}: {e} (it is left alone), or give this run "
+            "another --checkpoint_path."
         ) from None
 
 

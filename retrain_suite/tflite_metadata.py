@@ -60,6 +60,14 @@ _ASSOCIATED_FILE = {"name": 0, "description": 1, "type": 2}
 MAX_LABELS_BYTES = 64 * 1024 * 1024
 
 
+# The most files, and central-directory bytes, a model's packed archive may list
+# when read back. zipfile parses the whole directory into one object per entry
+# before anything can be looked up, so a 100 MB model could list two million
+# entries; a model packs a few files (its labels, a vocabulary).
+MAX_PACKED_FILES = 1000
+MAX_CENTRAL_DIRECTORY_BYTES = 1024 * 1024
+
+
 class MetadataError(Exception):
     """A TFLite file whose metadata or packed labels cannot be read."""
 
@@ -257,7 +265,9 @@ def packed_labels(model):
         raise MetadataError("its TFLITE_METADATA is not a ModelMetadata flatbuffer")
     try:
         name = _labels_file_name(metadata)
-    except (IndexError, struct.error, ValueError) as e:  # offsets pointing outside the buffer
+    # Offsets pointing outside the buffer: flatbuffers raises IndexError or
+    # struct.error on reading there, TypeError on an offset past 32 bits.
+    except (IndexError, struct.error, ValueError, TypeError) as e:
         raise MetadataError(f"its metadata flatbuffer is damaged ({type(e).__name__})") from e
     if name is None:
         return None
@@ -290,6 +300,12 @@ def _packed_file(model, name):
     there. Any damage is one MetadataError line.
     """
     shown = _shown(name)
+    entries, directory_bytes = _central_directory_size(model)
+    if entries > MAX_PACKED_FILES or directory_bytes > MAX_CENTRAL_DIRECTORY_BYTES:
+        raise MetadataError(
+            f"its packed files' directory lists {entries:,} files in {directory_bytes:,} bytes, "
+            f"more than the {MAX_PACKED_FILES:,} files or {MAX_CENTRAL_DIRECTORY_BYTES:,} bytes "
+            "allowed")
     try:
         with zipfile.ZipFile(io.BytesIO(model)) as archive:
             info = archive.getinfo(name)
@@ -308,6 +324,38 @@ def _packed_file(model, name):
     except (zlib.error, EOFError, OSError, RuntimeError, NotImplementedError, ValueError,
             struct.error) as e:  # a damaged stream, encryption, an unknown compression
         raise MetadataError(f"its packed labels file {shown} cannot be read ({e})") from e
+
+
+# The zip format's end records (APPNOTE.TXT 4.3.14 to 4.3.16): the end of central
+# directory record, within the last 64 KiB + 22 bytes, and before it, for
+# archives too large for its fields, the zip64 locator and zip64 record.
+_END_RECORD = struct.Struct("<4s4H2LH")  # signature, disks, entries here, entries, size, ...
+_END_SIGNATURE = b"PK\x05\x06"
+_ZIP64_LOCATOR_SIGNATURE, _ZIP64_LOCATOR_BYTES = b"PK\x06\x07", 20
+_ZIP64_RECORD = struct.Struct("<4sQ2H2L4Q")  # signature, size, versions, disks, entries x2, size
+_ZIP64_SIGNATURE = b"PK\x06\x06"
+
+
+def _central_directory_size(data):
+    """(entries, bytes) of the central directory of the zip archive data ends with.
+
+    Read from the end records as zipfile finds them (the last end record in
+    the file's last 64 KiB + 22 bytes, its zip64 record when its fields say
+    so), before zipfile parses the directory. (0, 0) when there is no end
+    record: zipfile then says the archive is missing.
+    """
+    tail_start = max(0, len(data) - _END_RECORD.size - 0xFFFF)
+    at = data.rfind(_END_SIGNATURE, tail_start)
+    if at < 0 or at + _END_RECORD.size > len(data):
+        return 0, 0
+    _, _, _, _, entries, size, _, _ = _END_RECORD.unpack_from(data, at)
+    locator = at - _ZIP64_LOCATOR_BYTES
+    record = locator - _ZIP64_RECORD.size
+    if (record >= 0 and data[locator:locator + 4] == _ZIP64_LOCATOR_SIGNATURE
+            and data[record:record + 4] == _ZIP64_SIGNATURE):
+        fields = _ZIP64_RECORD.unpack_from(data, record)
+        entries, size = fields[7], fields[8]  # what zipfile then reads, as it does
+    return entries, size
 
 
 def _shown(name):

@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import make_dataset, retrain_settings, run_script
 
 from retrain_suite import atomic_files, evaluation, export
 
@@ -196,3 +197,95 @@ def test_a_saved_model_swap_that_fails_puts_the_previous_model_back(tmp_path, mo
     assert os.listdir(tmp_path) == ["model"]
     np.testing.assert_allclose(saved_model_prediction(str(target), IMAGES),
                                tf.nn.softmax(IMAGES.mean(axis=(1, 2))).numpy(), rtol=1e-5)
+
+
+def test_a_held_lock_is_refused_to_a_second_holder_naming_the_first_and_freed_on_exit(tmp_path):
+    path = str(tmp_path / "checkpoint.lock")
+    with atomic_files.exclusive_lock(path):
+        with pytest.raises(atomic_files.Locked) as raised:
+            with atomic_files.exclusive_lock(path):
+                pass
+        assert str(raised.value) == str(os.getpid())
+    with atomic_files.exclusive_lock(path):  # the pid left behind is a lock file's own content
+        pass
+    assert open(path).read() == f"{os.getpid()}\n"
+
+
+def test_a_fifo_at_the_lock_path_is_refused_in_one_line_without_waiting(tmp_path):
+    path = str(tmp_path / "checkpoint.lock")
+    os.mkfifo(path)
+    with pytest.raises(atomic_files.LockFileError) as raised:
+        with atomic_files.exclusive_lock(path):
+            pass
+    assert str(raised.value) == (
+        f"cannot lock {path}: it is a FIFO, not a regular file; move it away")
+
+
+def test_a_folder_at_the_lock_path_is_refused_in_one_line(tmp_path):
+    path = tmp_path / "checkpoint.lock"
+    path.mkdir()
+    (path / "kept.txt").write_text("mine")
+    with pytest.raises(atomic_files.LockFileError) as raised:
+        with atomic_files.exclusive_lock(str(path)):
+            pass
+    assert str(raised.value) == (
+        f"cannot lock {path}: it is a folder, not a regular file; move it away")
+    assert (path / "kept.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("existing", [True, False])
+def test_a_symlink_at_the_lock_path_is_never_written_through(tmp_path, existing):
+    target = tmp_path / "users_file"
+    if existing:
+        target.write_text("123\n")  # even one that looks like a lock file's pid
+    path = tmp_path / "checkpoint.lock"
+    path.symlink_to(target)
+    with pytest.raises(atomic_files.LockFileError) as raised:
+        with atomic_files.exclusive_lock(str(path)):
+            pass
+    assert str(raised.value) == (
+        f"cannot lock {path}: it is a symlink, and a lock file is never written through one; "
+        "move it away")
+    if existing:
+        assert target.read_text() == "123\n"
+    else:
+        assert not os.path.lexists(target)  # not created through the link either
+
+
+def test_a_users_file_at_the_lock_path_is_never_truncated(tmp_path):
+    path = tmp_path / "checkpoint.lock"
+    path.write_text("notes I keep here\n")
+    with pytest.raises(atomic_files.LockFileError) as raised:
+        with atomic_files.exclusive_lock(str(path)):
+            pass
+    assert str(raised.value) == (
+        f"cannot lock {path}: it holds something other than a process id, so it is not a lock "
+        "file; move it away")
+    assert path.read_text() == "notes I keep here\n"
+
+
+def test_a_lock_path_hard_linked_to_a_users_file_is_never_written(tmp_path):
+    mine = tmp_path / "mine.txt"
+    mine.write_text("")
+    path = tmp_path / "checkpoint.lock"
+    os.link(mine, path)
+    with pytest.raises(atomic_files.LockFileError, match="has other names"):
+        with atomic_files.exclusive_lock(str(path)):
+            pass
+    assert mine.read_text() == ""
+
+
+def test_retrain_with_a_fifo_at_its_checkpoint_lock_ends_in_one_error_line(tmp_path, tiny_module):
+    settings = retrain_settings(tmp_path, make_dataset(tmp_path / "data", per_class=3),
+                                tiny_module, how_many_training_steps=2)
+    lock = settings["checkpoint_path"] + ".lock"
+    os.makedirs(os.path.dirname(lock))
+    os.mkfifo(lock)
+    process = run_script("retrain.py", *(f"--{name}={value}" for name, value in settings.items()
+                                         if value is not None))
+    assert process.returncode == 1
+    assert process.stderr.strip().splitlines()[-1] == (
+        f"error: --checkpoint_path={settings['checkpoint_path']}: cannot lock {lock}: it is a "
+        "FIFO, not a regular file; move it away (it is left alone), or give this run another "
+        "--checkpoint_path.")
+    assert "Traceback" not in process.stderr

@@ -200,3 +200,82 @@ def test_label_image_refuses_a_gif_whose_frame_outgrows_its_screen(trained, tmp_
     assert process.stderr.strip().splitlines()[-1] == (
         f"error: cannot classify {hostile}: too large: 20000x20000 = 400 Mpx, over the limit "
         "of 0.001 Mpx (raise --max_image_pixels to allow it)")
+
+
+def test_a_packed_archive_listing_more_files_than_the_cap_is_refused_before_zipfile_parses_it():
+    names = [f"{i}.txt" for i in range(tflite_metadata.MAX_PACKED_FILES)]
+    model = with_packed(model_with_labels(), [("labels.txt", b"cat\ndog\n", zipfile.ZIP_STORED)]
+                        + [(name, b"", zipfile.ZIP_STORED) for name in names])
+    with pytest.raises(tflite_metadata.MetadataError) as raised:
+        tflite_metadata.packed_labels(model)
+    assert str(raised.value).startswith(
+        "its packed files' directory lists 1,001 files in ")
+    assert str(raised.value).endswith(" bytes, more than the 1,000 files or 1,048,576 bytes allowed")
+    at_the_cap = with_packed(model_with_labels(), [("labels.txt", b"cat\nmouse\n", zipfile.ZIP_STORED)]
+                             + [(name, b"", zipfile.ZIP_STORED) for name in names[1:]])
+    assert tflite_metadata.packed_labels(at_the_cap) == ["cat", "mouse"]
+
+
+def test_a_packed_archive_whose_directory_is_larger_than_the_cap_is_refused():
+    # Few files, each with a 60 KB comment in the central directory.
+    members = []
+    for i in range(20):
+        info = zipfile.ZipInfo(f"{i}.txt")
+        info.comment = b"c" * 60_000
+        members.append((info, b"", zipfile.ZIP_STORED))
+    model = with_packed(model_with_labels(), members + [("labels.txt", b"a\n", zipfile.ZIP_STORED)])
+    with pytest.raises(tflite_metadata.MetadataError, match=r"^its packed files' directory lists "
+                       r"21 files in 1,20\d,\d{3} bytes, more than the 1,000 files or 1,048,576 "
+                       r"bytes allowed$"):
+        tflite_metadata.packed_labels(model)
+
+
+def test_a_zip64_archive_is_measured_by_its_zip64_record():
+    stream = io.BytesIO()
+    with zipfile.ZipFile(stream, "w", allowZip64=True) as archive:
+        archive.writestr("labels.txt", b"cat\ndog\n")
+    archive_bytes = stream.getvalue()
+    # Rewrite the end record as a zip64 writer does: sentinels, the counts in a zip64 record.
+    end = archive_bytes.rfind(b"PK\x05\x06")
+    entries, size, offset = struct.unpack_from("<2xHLL", archive_bytes, end + 8)
+    zip64 = struct.pack("<4sQ2H2L4Q", b"PK\x06\x06", 44, 45, 45, 0, 0,
+                        2_000_000, 2_000_000, size, offset)
+    locator = struct.pack("<4sLQL", b"PK\x06\x07", 0, end, 1)
+    end_record = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, 0xFFFF, 0xFFFF, 0xFFFFFFFF,
+                             0xFFFFFFFF, 0)
+    lying = archive_bytes[:end] + zip64 + locator + end_record
+    with pytest.raises(tflite_metadata.MetadataError,
+                       match=r"^its packed files' directory lists 2,000,000 files in "):
+        tflite_metadata.packed_labels(model_with_labels() + lying)
+
+
+def test_a_table_list_longer_than_the_metadata_is_one_metadata_error():
+    metadata = bytearray(tflite_metadata.image_classifier_metadata(
+        "classifier", "test", 32, 32, 2, 0.0, 255.0))
+    root = tflite_metadata._table(bytes(metadata), struct.unpack_from("<I", metadata, 0)[0])
+    offset = root.Offset(tflite_metadata._slot(tflite_metadata._MODEL["subgraph_metadata"]))
+    length_at = root.Vector(offset) - 4  # a vector's length is the word before its first item
+    assert struct.unpack_from("<I", metadata, length_at)[0] == 1
+    struct.pack_into("<I", metadata, length_at, 0x7FFFFFFF)  # 2 billion subgraphs, 8 GB of offsets
+    model = tflite_metadata.with_metadata(bare_model(), bytes(metadata), ["cat", "dog"])
+    with pytest.raises(tflite_metadata.MetadataError) as raised:
+        tflite_metadata.packed_labels(model)
+    assert str(raised.value) == "its metadata holds a table list longer than the metadata"
+
+
+@pytest.mark.parametrize("value", [0xFF, 0x80])
+def test_metadata_damaged_at_any_byte_is_read_or_one_metadata_error(value):
+    metadata = tflite_metadata.image_classifier_metadata("c", "t", 32, 32, 2, 0.0, 255.0)
+    # The model is built once: each damaged copy of the metadata replaces its bytes in place.
+    model = tflite_metadata.with_metadata(bare_model(), metadata, ["cat", "dog"])
+    at = model.index(metadata)
+    outcomes = set()
+    for i in range(8, len(metadata)):  # past the root offset and the "M001" identifier
+        damaged = bytearray(model)
+        damaged[at + i] = value
+        try:
+            outcomes.add(repr(tflite_metadata.packed_labels(bytes(damaged)))[:40])
+        except tflite_metadata.MetadataError as e:
+            assert "\n" not in str(e)
+            outcomes.add("MetadataError")
+    assert "MetadataError" in outcomes and "['cat', 'dog']" in outcomes

@@ -459,3 +459,56 @@ def test_fifo_in_place_of_a_cache_entry_does_not_hang_the_run(tmp_path, tiny_mod
     process = run(*args)  # A blocking read of the FIFO would wait until TIMEOUT.
     no_traceback(process)
     assert f"Cannot read cache entry {entry} (not a regular file (a FIFO))" in process.stderr
+
+
+# Run as retrain.py is, with one exported file replaced, between export and the
+# check that loads it again, by what a user or another process could put there.
+# A FIFO comes with a writer process that lets a blocking reader go (at EOF), so
+# a loader that opens it fails instead of hanging the test.
+_REPLACED_BEFORE_THE_CHECK = """
+import atexit, os, subprocess, sys
+from retrain_suite import artifact_check
+from retrain_suite.cli import commands
+check_run = artifact_check.check_run
+path, how = sys.argv.pop(), sys.argv.pop()
+
+def replaced_first(config, *args):
+    os.remove(path)
+    if how == "fifo":
+        os.mkfifo(path)
+        writer = subprocess.Popen(["sh", "-c", 'while [ -p "$0" ]; do : > "$0"; done', path])
+        atexit.register(writer.kill)
+    else:
+        with open(path, "wb") as f:
+            f.write(b"not a model at all" * 10)
+    return check_run(config, *args)
+
+artifact_check.check_run = replaced_first
+sys.argv[0] = "retrain.py"
+commands.retrain()
+"""
+
+
+@pytest.mark.parametrize("replaced, how, message", [
+    ("output_graph", "fifo", "Graph file {path} cannot be used: not a regular file (a FIFO)."),
+    ("saved_model_dir", "fifo",
+     "SavedModel {folder} cannot be used: {path} is a FIFO, not a regular file."),
+    ("tflite_output_file", "garbage", "{path} is not an image classifier this command can run"),
+])
+def test_an_exported_file_replaced_before_the_check_is_one_error_line(
+        tmp_path, tiny_module, replaced, how, message):
+    from conftest import retrain_settings, run_script
+
+    settings = retrain_settings(
+        tmp_path, make_dataset(tmp_path / "data", per_class=4), tiny_module,
+        how_many_training_steps=2, eval_step_interval=1, testing_percentage=25,
+        saved_model_dir=str(tmp_path / "out" / "saved_model"),
+        tflite_output_file=str(tmp_path / "out" / "model.tflite"))
+    folder = settings[replaced]
+    path = os.path.join(folder, "saved_model.pb") if replaced == "saved_model_dir" else folder
+    args = [f"--{name}={value}" for name, value in settings.items() if value is not None]
+    process = run_script("-c", _REPLACED_BEFORE_THE_CHECK, *args, how, path)
+    assert process.returncode == 1, process.stderr[-3000:]
+    assert "Traceback" not in process.stderr
+    assert process.stderr.strip().splitlines()[-1].startswith(
+        "error: " + message.format(path=path, folder=folder))

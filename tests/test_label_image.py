@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import ROOT, load_graph_def, run_script, unblocking_fifo
+from conftest import ROOT, load_graph_def, run_script, unblocking_fifo, write_image
 
 from retrain_suite import classifier, input_pipeline, tflite
 from retrain_suite.bottleneck import batch_size as batch_size_lib
@@ -233,3 +233,73 @@ def test_folder_named_as_graph_is_one_line_error(tmp_path):
     (tmp_path / "graph.pb").mkdir()
     with pytest.raises(classifier.LabelError, match="cannot be used: not a regular file"):
         classifier.load_graph(str(tmp_path / "graph.pb"))
+
+
+def int8_model(path, top):
+    """A 3-class uint8-input TFLite classifier (colour means) calibrated on values 0 to top."""
+    weights = tf.constant(np.eye(3, dtype=np.float32) * 4.0)
+    function = tf.function(
+        lambda image: tf.nn.softmax(tf.matmul(tf.reduce_mean(image, [1, 2]), weights)),
+        input_signature=[tf.TensorSpec([1, 8, 8, 3], tf.float32)],
+    ).get_concrete_function()
+    rng = np.random.RandomState(0)
+
+    def representative_dataset():
+        for _ in range(8):
+            image = rng.rand(1, 8, 8, 3).astype(np.float32) * top
+            image[0, 0, 0], image[0, 0, 1] = 0.0, top
+            yield [image]
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([function], function)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = representative_dataset
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = converter.inference_output_type = tf.uint8
+    tflite.write_tflite(str(path), converter.convert(), ["red", "green", "blue"], 8, 8, "int8")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def int8_photos(tmp_path_factory):
+    """(an int8 model taking pixel/255, one stopping short of 1.0, [a red photo])."""
+    root = tmp_path_factory.mktemp("int8")
+    photo = str(root / "red.png")
+    write_image(photo, np.full((8, 8, 3), (230, 30, 20), np.uint8))
+    return int8_model(root / "full.tflite", 1.0), int8_model(root / "short.tflite", 0.998), [photo]
+
+
+@pytest.mark.parametrize("mean, std, low, high", [
+    (127.5, 127.5, "-1", "1"), (0.0, 1.0, "0", "255"), (-10.0, 255.0, "0.03922", "1.039"),
+])
+def test_int8_model_refuses_mean_and_std_its_input_cannot_hold(int8_photos, mean, std, low, high):
+    model, _ = classifier.load_tflite(int8_photos[0])
+    assert model.input["quantization"][0] == pytest.approx(1 / 255)
+    with pytest.raises(classifier.LabelError) as raised:
+        classifier.classify_tflite(model, int8_photos[2], mean, std)
+    assert str(raised.value) == (
+        f"--input_mean={mean:g} and --input_std={std:g} turn pixels into values from {low} to "
+        f"{high}, but this quantized model's uint8 input holds only 0 to 1 (the rest would be "
+        "clipped); it takes pixel/255 (0 to 1), as retrain.py's models do: leave --input_mean "
+        "and --input_std at their defaults.")
+
+
+def test_int8_model_with_mean_and_std_out_of_range_is_one_error_line(int8_photos):
+    process = run_script("label_image.py", *int8_photos[2], int8_photos[0],
+                         "--input_mean=127.5", "--input_std=127.5")
+    assert process.returncode == 1
+    assert process.stdout == ""
+    assert last_line(process.stderr).startswith(
+        "error: --input_mean=127.5 and --input_std=127.5 turn pixels into values from -1 to 1")
+    assert "Traceback" not in process.stderr
+
+
+def test_int8_model_stopping_short_of_1_keeps_working_within_one_step(int8_photos):
+    model, labels = classifier.load_tflite(int8_photos[1])
+    scale, zero_point = model.input["quantization"]
+    assert zero_point == 0 and 1.0 - 255 * scale > 0.001  # short of 1.0, by less than a step
+    by_default = classifier.classify_tflite(model, int8_photos[2])
+    # 0.2 below the default mean: 255 becomes 1.0008, past the input's top 0.998, by less
+    # than a step (0.0039).
+    nudged = classifier.classify_tflite(model, int8_photos[2], input_mean=-0.2)
+    assert labels[int(np.argmax(by_default[0]))] == "red"
+    np.testing.assert_allclose(nudged[0], by_default[0], atol=0.01)

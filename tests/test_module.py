@@ -1,10 +1,16 @@
 """retrain_suite.bottleneck.module: loading, input size, freezing."""
 
 
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import write_image
+from conftest import make_dataset, run_script, write_image
 
 from retrain_suite.bottleneck import compute, inlining
 from retrain_suite.bottleneck import module as module_lib
@@ -130,3 +136,116 @@ def test_made_modules_follow_the_reusable_saved_model_api(tiny_module):
     np.testing.assert_array_equal(first, second)  # no layer of the tiny module differs in training
     assert loss > 0 and all(np.abs(g).sum() > 0 for g in grads)
     module_lib.check_fine_tunable(tiny_module)
+
+
+@contextlib.contextmanager
+def released_fifo(path):
+    """`with released_fifo(path):` a FIFO at path whose blocking readers are let go.
+
+    conftest.unblocking_fifo lets them go from a thread, which cannot run while
+    TensorFlow's loader waits in C++ holding the GIL; a writer in another
+    process can. A reader that never opens the FIFO leaves the writer waiting
+    until the block ends.
+    """
+    os.mkfifo(path)
+    writer = subprocess.Popen(["sh", "-c", 'while [ -p "$0" ]; do : > "$0"; done', path])
+    try:
+        yield path
+    finally:
+        writer.kill()
+        writer.wait()
+
+
+def copy_with_fifo(module, tmp_path, name):
+    """A copy of module whose file `name` is gone, to be replaced by a FIFO. -> (folder, path)."""
+    folder = str(tmp_path / "module")
+    shutil.copytree(module, folder)
+    os.remove(os.path.join(folder, name))
+    return folder, os.path.join(folder, name)
+
+
+@pytest.mark.parametrize("name", [
+    "saved_model.pb", "variables/variables.index", "variables/variables.data-00000-of-00001",
+])
+def test_a_fifo_in_a_module_folder_is_refused_in_one_line_before_loading(
+        tiny_module, tmp_path, name):
+    folder, where = copy_with_fifo(tiny_module, tmp_path, name)
+    with released_fifo(where), tf.Graph().as_default():
+        with pytest.raises(module_lib.ModuleError) as raised:
+            module_lib.load(folder)
+    assert str(raised.value) == (
+        f"Cannot load module {folder}: {where} is a FIFO, not a regular file. Put the module's "
+        "own files back (unpack or download it again), or pass another module.")
+
+
+def test_a_socket_in_a_module_s_assets_is_refused(tiny_module, tmp_path):
+    folder = str(tmp_path / "m")  # short: a socket's path has a length limit
+    shutil.copytree(tiny_module, folder)
+    server = socket.socket(socket.AF_UNIX)
+    try:
+        server.bind(os.path.join(folder, "assets", "s"))
+        with tf.Graph().as_default(), pytest.raises(module_lib.ModuleError,
+                                                    match=r"assets/s is a socket, not a regular"):
+            module_lib.load(folder)
+    finally:
+        server.close()
+
+
+def test_a_module_folder_linked_into_itself_is_walked_once_and_loads(
+        tiny_module, tmp_path, monkeypatch):
+    folder = str(tmp_path / "module")
+    shutil.copytree(tiny_module, folder)
+    for name in ("a", "b"):  # two links back: 2**40 paths before the kernel says ELOOP
+        os.symlink("..", os.path.join(folder, "assets", name))
+    scanned, scandir = [], os.scandir
+
+    def counted_scandir(path):
+        scanned.append(path)
+        if len(scanned) > 100:
+            raise AssertionError("the walk goes round the links")
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", counted_scandir)
+    assert module_lib.module_folder_problem(folder) is None
+    assert sorted(os.path.relpath(p, folder) for p in scanned) == [".", "assets", "variables"]
+    monkeypatch.undo()
+    with tf.Graph().as_default():
+        assert (module_lib.load(folder).height, module_lib.load(folder).width) == (32, 32)
+
+
+def test_a_saved_model_pb_larger_than_a_protocol_buffer_is_refused_unread(tiny_module, tmp_path):
+    folder = str(tmp_path / "module")
+    shutil.copytree(tiny_module, folder)
+    # Sparse: 2 GiB that take no disk. Read, it would take gigabytes of memory.
+    os.truncate(os.path.join(folder, "saved_model.pb"), module_lib.MAX_SAVED_MODEL_PB_BYTES + 1)
+    with tf.Graph().as_default(), pytest.raises(module_lib.ModuleError) as raised:
+        module_lib.load(folder)
+    assert str(raised.value).startswith(
+        f"Cannot load module {folder}: {folder}/saved_model.pb holds 2,147,483,648 bytes, more "
+        "than the 2,147,483,647 a protocol buffer can hold.")
+
+
+def test_a_saved_model_pb_of_garbage_is_one_line(tiny_module, tmp_path):
+    folder = str(tmp_path / "module")
+    shutil.copytree(tiny_module, folder)
+    with open(os.path.join(folder, "saved_model.pb"), "wb") as f:
+        f.write(np.random.RandomState(0).bytes(5000))
+    with tf.Graph().as_default(), pytest.raises(module_lib.ModuleError) as raised:
+        module_lib.load(folder)
+    assert str(raised.value).startswith(f"Cannot load module {folder}: ")
+    assert "\n" not in str(raised.value)
+
+
+def test_bottleneck_command_on_a_module_holding_a_fifo_ends_in_one_error_line(
+        tiny_module, tmp_path):
+    folder, where = copy_with_fifo(tiny_module, tmp_path, "variables/variables.index")
+    image_dir = make_dataset(tmp_path / "data", per_class=2)
+    with released_fifo(where):
+        process = run_script("-m", "bottleneck", f"--image_dir={image_dir}",
+                             f"--bottleneck_dir={tmp_path / 'bottlenecks'}",
+                             f"--tfhub_module={folder}")
+    assert process.returncode == 1
+    assert process.stderr.strip().splitlines()[-1] == (
+        f"error: Cannot load module {folder}: {where} is a FIFO, not a regular file. Put the "
+        "module's own files back (unpack or download it again), or pass another module.")
+    assert "Traceback" not in process.stderr

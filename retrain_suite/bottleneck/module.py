@@ -11,12 +11,14 @@ what the mixed-precision rewrite needs.
 
 import dataclasses
 import os
+import stat
 
 import tensorflow as tf
 import tensorflow_hub as hub
 from absl import logging
 from tensorflow.core.protobuf import rewriter_config_pb2
 
+from retrain_suite import input_pipeline
 from retrain_suite.bottleneck import inlining
 
 DEFAULT_MODULE = "https://tfhub.dev/google/imagenet/inception_v3/feature_vector/5"
@@ -35,6 +37,13 @@ BFLOAT16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 # The most weight bytes freeze() puts into a GraphDef: protocol buffers stop at
 # 2 GiB, and the graph's own structure needs some room.
 MAX_FROZEN_BYTES = 2**31 - 2**26
+
+
+# The largest saved_model.pb a loader can parse: a protocol buffer holds at most
+# 2 GiB. TensorFlow reads the whole file before parsing it (a 2 GiB file of
+# zeros took 7 GB of memory and 17 s to be refused), so a larger one is refused
+# by its size alone.
+MAX_SAVED_MODEL_PB_BYTES = 2**31 - 1
 
 
 class ModuleError(Exception):
@@ -145,12 +154,17 @@ def load(handle, default_image_size=DEFAULT_IMAGE_SIZE):
     handle, the cause and the fix.
     """
     try:
-        loaded = hub.load(handle)
-    except Exception as e:  # hub.load fails in many ways: network, format, path.
-        cause = _one_line(e).rstrip(".")
-        raise ModuleError(
-            f"Cannot load module {handle}: {cause}. {_fix_for(handle)}"
-        ) from e
+        path = hub.resolve(handle)  # a local folder as it is; a URL downloaded to the cache
+    except Exception as e:  # resolving fails in many ways: network, archive, path.
+        raise _load_error(handle, e) from e
+    problem = module_folder_problem(path)
+    if problem:
+        raise ModuleError(f"Cannot load module {handle}: {problem}. Put the module's own "
+                          "files back (unpack or download it again), or pass another module.")
+    try:
+        loaded = hub.load(path)
+    except Exception as e:  # hub.load fails in many ways: format, missing files, versions.
+        raise _load_error(handle, e) from e
     if not callable(loaded):
         raise ModuleError(
             f"Module {handle} loaded, but it cannot be called on images: it is not a "
@@ -159,6 +173,52 @@ def load(handle, default_image_size=DEFAULT_IMAGE_SIZE):
         )
     height, width = _static_image_size(loaded) or (default_image_size, default_image_size)
     return FeatureVectorModule(handle, height, width, loaded, graph=tf.compat.v1.get_default_graph())
+
+
+def _load_error(handle, error):
+    return ModuleError(
+        f"Cannot load module {handle}: {_one_line(error).rstrip('.')}. {_fix_for(handle)}"
+    )
+
+
+def module_folder_problem(path):
+    """Why the local module folder at path cannot be loaded safely, as a phrase, or None.
+
+    The loader opens the folder's files blocking and reads each whole, so a
+    FIFO, socket or device anywhere in it (saved_model.pb, a variables file,
+    an asset) would hang it, and an oversized saved_model.pb would be read
+    into memory only to be refused. Every entry is looked at with stat, which
+    never opens it; a link is judged by what it points to, and a folder linked
+    twice is walked once. A path that is not a local folder is left to the
+    loader, which says what is wrong with it in its own words.
+    """
+    if "://" in path or not os.path.isdir(path):
+        return None
+    root = os.stat(path)  # the folder itself: a link back to it is walked no further
+    seen, pending = {(root.st_dev, root.st_ino)}, [path]
+    while pending:
+        folder = pending.pop()
+        try:
+            entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+        except OSError:
+            continue  # unreadable: the loader reports it when it needs what is inside
+        for entry in entries:
+            try:
+                info = os.stat(entry.path)
+            except OSError:
+                continue  # a dangling link: the loader reports it if it needs the file
+            if stat.S_ISDIR(info.st_mode):
+                if (info.st_dev, info.st_ino) not in seen:
+                    seen.add((info.st_dev, info.st_ino))
+                    pending.append(entry.path)
+            elif not stat.S_ISREG(info.st_mode):
+                kind = input_pipeline.special_file_kind(info.st_mode)
+                return f"{entry.path} is {kind}, not a regular file"
+            elif (entry.name == "saved_model.pb" and folder == path
+                  and info.st_size > MAX_SAVED_MODEL_PB_BYTES):
+                return (f"{entry.path} holds {info.st_size:,} bytes, more than the "
+                        f"{MAX_SAVED_MODEL_PB_BYTES:,} a protocol buffer can hold")
+    return None
 
 
 def freeze(module, precision="float32"):

@@ -5,9 +5,9 @@ import sys
 import tensorflow as tf
 from absl import flags, logging
 
+from retrain_suite import classifier, export, job, reporting, tflite
 from retrain_suite import config as config_lib
 from retrain_suite import dataset as dataset_lib
-from retrain_suite import export, job, reporting, tflite
 from retrain_suite.bottleneck import cache as cache_lib
 from retrain_suite.bottleneck import module as module_lib
 from retrain_suite.cli import flags as shared_flags
@@ -30,7 +30,7 @@ def main(argv):
         job.run_retraining(config_from_flags())
     except (config_lib.UsageError, export.OutputError, reporting.AccuracyError,
             dataset_lib.DatasetError, module_lib.ModuleError, cache_lib.CacheError,
-            tflite.TFLiteError) as e:
+            tflite.TFLiteError, classifier.LabelError) as e:
         sys.exit(f"error: {e}")
 
 
