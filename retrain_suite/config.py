@@ -417,11 +417,9 @@ def output_paths_of(config):
     if config.outputs.intermediate_store_frequency > 0:
         outputs.append(("intermediate_output_graphs_dir", config.outputs.intermediate_output_graphs_dir))
     prefix = config.outputs.checkpoint_path
-    index = final_layer.checkpoint_index_name(prefix)
     # ".fine_tuning": fine_tuning.CHECKPOINT_SUFFIX (that module imports this one).
     outputs += [("checkpoint_path", prefix + suffix)
                 for suffix in ("", ".index", ".data-00000-of-00001", ".lock", ".fine_tuning")]
-    outputs.append(("checkpoint_path", os.path.join(os.path.dirname(prefix), index)))
     return outputs
 
 

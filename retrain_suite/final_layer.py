@@ -91,16 +91,16 @@ def weight_matrices(graph):
     return [v for v in final_layer_variables(graph) if v.op.name.endswith("weights")]
 
 
-def checkpoint_index_name(path):
-    """The name of the index file TF keeps beside the checkpoint with prefix path."""
-    # TF names it "checkpoint"; a checkpoint called "checkpoint" itself needs another.
-    return "checkpoint_state" if os.path.basename(path) == "checkpoint" else "checkpoint"
-
-
 def save_checkpoint(saver, sess, path):
-    """Save the final layer to path (the TF checkpoint prefix)."""
+    """Save the final layer to path (the TF checkpoint prefix): <path>.index and
+    <path>.data-00000-of-00001, nothing else. Without write_state TensorFlow would
+    also write a file named `checkpoint` beside them, a name that is not the
+    user's path and may be a file of theirs (/tmp/checkpoint by default)."""
     atomic_files.make_parent(path)
-    saver.save(sess, path, latest_filename=checkpoint_index_name(path), write_meta_graph=False)
+    # latest_filename names the state file not written; TensorFlow still refuses
+    # one equal to the prefix's name (a --checkpoint_path ending in /checkpoint).
+    saver.save(sess, path, write_meta_graph=False, write_state=False,
+               latest_filename=os.path.basename(path) + ".state")
 
 
 def make_optimizer(name, learning_rate):

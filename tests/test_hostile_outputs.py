@@ -596,3 +596,18 @@ def test_make_module_into_a_folder_of_the_users_is_one_error_line_and_leaves_it(
     assert process.stderr.strip().splitlines()[-1].startswith(
         f"error: --output_dir={folder} holds files this suite did not write")
     assert snapshot(folder) == before
+
+
+def test_a_users_file_named_checkpoint_beside_the_checkpoint_survives_a_run(tmp_path, tiny_module):
+    """TensorFlow's Saver writes a state file named `checkpoint` in the checkpoint's
+    folder unless told not to: /tmp/checkpoint for the default --checkpoint_path."""
+    image_dir = make_dataset(str(tmp_path / "data"), per_class=3)
+    (tmp_path / "out").mkdir()
+    mine = tmp_path / "out" / "checkpoint"
+    mine.write_bytes(b"my notes")
+    settings = retrain_settings(tmp_path, image_dir, tiny_module, how_many_training_steps=2,
+                                checkpoint_path=str(tmp_path / "out" / "layer"))
+    job.run_retraining(config_lib.from_flat(settings))
+    assert mine.read_bytes() == b"my notes"
+    assert sorted(os.listdir(tmp_path / "out"))[:4] == [
+        "checkpoint", "layer.data-00000-of-00001", "layer.index", "layer.lock"]
