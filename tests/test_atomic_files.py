@@ -214,10 +214,7 @@ def test_a_held_lock_is_refused_to_a_second_holder_naming_the_first_and_freed_on
 def test_a_fifo_at_the_lock_path_is_refused_in_one_line_without_waiting(tmp_path):
     path = str(tmp_path / "checkpoint.lock")
     os.mkfifo(path)
-    with pytest.raises(atomic_files.LockFileError) as raised:
-        with atomic_files.exclusive_lock(path):
-            pass
-    assert str(raised.value) == (
+    assert refusal_to_lock(path) == (
         f"cannot lock {path}: it is a FIFO, not a regular file; move it away")
 
 
@@ -225,12 +222,17 @@ def test_a_folder_at_the_lock_path_is_refused_in_one_line(tmp_path):
     path = tmp_path / "checkpoint.lock"
     path.mkdir()
     (path / "kept.txt").write_text("mine")
+    assert refusal_to_lock(path) == (
+        f"cannot lock {path}: it is a folder, not a regular file; move it away")
+    assert (path / "kept.txt").read_text() == "mine"
+
+
+def refusal_to_lock(path):
+    """The LockFileError's message when exclusive_lock(path) refuses the file."""
     with pytest.raises(atomic_files.LockFileError) as raised:
         with atomic_files.exclusive_lock(str(path)):
             pass
-    assert str(raised.value) == (
-        f"cannot lock {path}: it is a folder, not a regular file; move it away")
-    assert (path / "kept.txt").read_text() == "mine"
+    return str(raised.value)
 
 
 @pytest.mark.parametrize("existing", [True, False])
@@ -240,10 +242,7 @@ def test_a_symlink_at_the_lock_path_is_never_written_through(tmp_path, existing)
         target.write_text("123\n")  # even one that looks like a lock file's pid
     path = tmp_path / "checkpoint.lock"
     path.symlink_to(target)
-    with pytest.raises(atomic_files.LockFileError) as raised:
-        with atomic_files.exclusive_lock(str(path)):
-            pass
-    assert str(raised.value) == (
+    assert refusal_to_lock(path) == (
         f"cannot lock {path}: it is a symlink, and a lock file is never written through one; "
         "move it away")
     if existing:
@@ -255,10 +254,7 @@ def test_a_symlink_at_the_lock_path_is_never_written_through(tmp_path, existing)
 def test_a_users_file_at_the_lock_path_is_never_truncated(tmp_path):
     path = tmp_path / "checkpoint.lock"
     path.write_text("notes I keep here\n")
-    with pytest.raises(atomic_files.LockFileError) as raised:
-        with atomic_files.exclusive_lock(str(path)):
-            pass
-    assert str(raised.value) == (
+    assert refusal_to_lock(path) == (
         f"cannot lock {path}: it holds something other than a process id, so it is not a lock "
         "file; move it away")
     assert path.read_text() == "notes I keep here\n"

@@ -246,14 +246,21 @@ def cache_entry(cache_dir, tiny_module, path):
     return cache_lib.BottleneckCache(str(cache_dir), key).path_for(content)
 
 
-def test_unreadable_cache_entry_is_recomputed_under_real_permission_loss(
-    tmp_path, tiny_module
-):
+def filled_cache(tmp_path, tiny_module):
+    """Six images, their bottlenecks cached by `python -m bottleneck`.
+    -> (image folder, cache folder, the command's arguments to run it again)."""
     root = make_dataset(tmp_path / "data", per_class=2)
     cache_dir = tmp_path / "cache"
     args = ("-m", "bottleneck", f"--image_dir={root}", f"--tfhub_module={tiny_module}",
             f"--bottleneck_dir={cache_dir}")
     assert run(*args).returncode == 0
+    return root, cache_dir, args
+
+
+def test_unreadable_cache_entry_is_recomputed_under_real_permission_loss(
+    tmp_path, tiny_module
+):
+    root, cache_dir, args = filled_cache(tmp_path, tiny_module)
     entry = cache_entry(cache_dir, tiny_module, os.path.join(root, "red", "img0.jpg"))
     os.chmod(entry, 0)
     process = run(*args, privileged=False)
@@ -431,11 +438,7 @@ def test_fifo_given_to_label_image_does_not_hang(trained, tmp_path):
 def test_cache_entry_linked_to_another_images_entry_is_recomputed_not_served(
     tmp_path, tiny_module
 ):
-    root = make_dataset(tmp_path / "data", per_class=2)
-    cache_dir = tmp_path / "cache"
-    args = ("-m", "bottleneck", f"--image_dir={root}", f"--tfhub_module={tiny_module}",
-            f"--bottleneck_dir={cache_dir}")
-    assert run(*args).returncode == 0
+    root, cache_dir, args = filled_cache(tmp_path, tiny_module)
     entry = cache_entry(cache_dir, tiny_module, os.path.join(root, "red", "img0.jpg"))
     other = cache_entry(cache_dir, tiny_module, os.path.join(root, "blue", "img1.png"))
     os.remove(entry)
@@ -448,11 +451,7 @@ def test_cache_entry_linked_to_another_images_entry_is_recomputed_not_served(
 
 
 def test_fifo_in_place_of_a_cache_entry_does_not_hang_the_run(tmp_path, tiny_module):
-    root = make_dataset(tmp_path / "data", per_class=2)
-    cache_dir = tmp_path / "cache"
-    args = ("-m", "bottleneck", f"--image_dir={root}", f"--tfhub_module={tiny_module}",
-            f"--bottleneck_dir={cache_dir}")
-    assert run(*args).returncode == 0
+    root, cache_dir, args = filled_cache(tmp_path, tiny_module)
     entry = cache_entry(cache_dir, tiny_module, os.path.join(root, "red", "img0.jpg"))
     os.remove(entry)
     os.mkfifo(entry)
