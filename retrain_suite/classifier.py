@@ -7,6 +7,7 @@ function retrain.py used for the bottlenecks (input_pipeline.decode_and_resize),
 so an image gets the same probabilities here as in training.
 """
 
+import dataclasses
 import json
 import math
 import os
@@ -77,11 +78,11 @@ def load_graph(path):
 
 
 def check_label_count(results, labels, source, what):
-    """Raise LabelError unless each result ({index: probabilities [C]}) has one per label.
+    """Raise LabelError unless each result ({index: TopClasses}) has one class per label.
 
     source names where the labels came from; what is "graph" or "model".
     """
-    output_size = len(next(iter(results.values()))) if results else None
+    output_size = next(iter(results.values())).class_count if results else None
     if output_size is not None and output_size != len(labels):
         raise LabelError(
             f"{source} has {len(labels)} labels but the {what} outputs {output_size} classes; "
@@ -221,8 +222,10 @@ def list_images(arguments):
 
 def classify(graph_def, paths, height, width, input_layer="Placeholder",
              output_layer="final_result", input_mean=0.0, input_std=255.0, batch_size=None,
-             max_pixels=input_pipeline.DEFAULT_MAX_IMAGE_PIXELS):
-    """Run the graph on image files. -> {index: probabilities float32 [C]}.
+             max_pixels=input_pipeline.DEFAULT_MAX_IMAGE_PIXELS, keep=None):
+    """Run the graph on image files. -> {index: probabilities float32 [C]}, or
+    {index: keep(probabilities)} (top_classes(k), say: then what is held grows
+    with the images times k, not times the classes).
 
     batch_size: images per forward pass, or None to measure the fastest (see
     bottleneck.batch_size). Each file is read once, its size checked against
@@ -250,8 +253,31 @@ def classify(graph_def, paths, height, width, input_layer="Placeholder",
         results = {}
         with tf.compat.v1.Session(graph=graph, config=session_config()) as sess:
             for batch_indices, values in run.batches(sess, [probabilities]):
-                results.update(zip(batch_indices.tolist(), values))
+                results.update(zip(batch_indices.tolist(), map(keep or _as_is, values)))
     return results
+
+
+def _as_is(probabilities):
+    return probabilities
+
+
+@dataclasses.dataclass(frozen=True)
+class TopClasses:
+    """The best classes of one image's probabilities [C]."""
+
+    classes: np.ndarray  # int64 [k], best first (ties: the lower class first)
+    scores: np.ndarray  # float32 [k], their probabilities
+    class_count: int  # C
+
+
+def top_classes(k):
+    """-> a keep function for classify: probabilities [C] -> TopClasses of the k best."""
+
+    def keep(probabilities):
+        order = np.argsort(-probabilities, kind="stable")[:k]
+        return TopClasses(order, probabilities[order], len(probabilities))
+
+    return keep
 
 
 def session_config():
@@ -273,12 +299,6 @@ def session_config():
     return config
 
 
-def top_labels(probabilities, labels, k):
-    """[(label, score), ...] of the k best, best first."""
-    order = np.argsort(-probabilities, kind="stable")[:k]
-    return [(labels[i], float(probabilities[i])) for i in order]
-
-
 def flag_problem(values):
     """What is wrong with the numeric flags (a dict: flag name -> value), as one line, or None."""
     if values["batch_size"] is not None and values["batch_size"] < 1:
@@ -298,7 +318,12 @@ def flag_problem(values):
     return None
 
 
-def print_results(paths, results, failures, labels, top_k, output_format):
+def print_results(paths, results, failures, labels, output_format):
+    """Print each image's TopClasses (results: {index: TopClasses}) or its failure."""
+
+    def top_labels(top):
+        return [(labels[c], float(score)) for c, score in zip(top.classes, top.scores)]
+
     if output_format == "json":
         document = []
         for i, path in enumerate(paths):
@@ -309,7 +334,7 @@ def print_results(paths, results, failures, labels, top_k, output_format):
                     "image": path,
                     "predictions": [
                         {"label": label, "score": score}
-                        for label, score in top_labels(results[i], labels, top_k)
+                        for label, score in top_labels(results[i])
                     ],
                 })
         print(json.dumps(document, indent=2, ensure_ascii=False))
@@ -321,7 +346,7 @@ def print_results(paths, results, failures, labels, top_k, output_format):
             continue
         if several:
             print(path)
-        for label, score in top_labels(results[i], labels, top_k):
+        for label, score in top_labels(results[i]):
             print(f"{'  ' if several else ''}{label} {score:.5f}")
 
 
@@ -369,13 +394,14 @@ def check_tflite_input_range(model, input_mean, input_std):
 
 
 def classify_tflite(model, paths, input_mean=0.0, input_std=255.0, batch_size=None,
-                    max_pixels=input_pipeline.DEFAULT_MAX_IMAGE_PIXELS):
+                    max_pixels=input_pipeline.DEFAULT_MAX_IMAGE_PIXELS, keep=None):
     """As classify, with a tflite.TFLiteClassifier: one image per interpreter call.
 
     Images are read once, checked and decoded by the same pipeline as
     classify, in batches of batch_size (unset: the default; the interpreter
     takes one image at a time whatever the decoding batch). -> {index:
-    probabilities float32 [C]}; images that cannot be used are missing.
+    probabilities float32 [C]} or {index: keep(probabilities)}; images that
+    cannot be used are missing.
     Raises LabelError, before any image is read, when a quantized input cannot
     hold what input_mean and input_std make of the pixels.
     """
@@ -388,5 +414,5 @@ def classify_tflite(model, paths, input_mean=0.0, input_std=255.0, batch_size=No
         if (input_mean, input_std) != (0.0, 255.0):
             images = (images * 255.0 - input_mean) / input_std
         for index, image in zip(indices.tolist(), images):
-            results[index] = model.probabilities(image)
+            results[index] = (keep or _as_is)(model.probabilities(image))
     return results

@@ -59,3 +59,29 @@ def test_an_image_over_the_pixel_limit_is_refused_not_classified(trained, tmp_pa
     assert good in process.stdout.splitlines()
     assert large not in process.stdout
     assert os.path.exists(large)
+
+
+def test_label_image_keeps_only_each_images_top_k_not_every_class(tmp_path):
+    """label_image.py's results grow with the images times --top_k: a graph of
+    20,000 classes must not leave a [20000] vector per image behind."""
+    classes = 20_000
+    graph = tf.Graph()
+    with graph.as_default():
+        image = tf.compat.v1.placeholder(tf.float32, [None, 32, 32, 3], name="Placeholder")
+        weights = np.random.RandomState(0).randn(3, classes).astype(np.float32)
+        tf.nn.softmax(tf.matmul(tf.reduce_mean(image, [1, 2]), weights), name="final_result")
+    graph_def = graph.as_graph_def()
+    rng = np.random.RandomState(1)
+    paths = []
+    for i, colour in enumerate([(220, 40, 40), (40, 190, 60), (40, 60, 210)]):
+        paths.append(str(tmp_path / f"img{i}.png"))
+        write_image(paths[-1], synthetic_image(colour, "stripes", 32, 32, rng), "PNG")
+    whole = classifier.classify(graph_def, paths, 32, 32)
+    kept = classifier.classify(graph_def, paths, 32, 32, keep=classifier.top_classes(3))
+    for i in range(len(paths)):
+        top = kept[i]
+        assert top.classes.shape == top.scores.shape == (3,) and top.class_count == classes
+        best = np.argsort(-whole[i], kind="stable")[:3]
+        np.testing.assert_array_equal(top.classes, best)
+        np.testing.assert_array_equal(top.scores, whole[i][best])
+        assert top.scores.base is None or top.scores.base.size == 3  # not a view of [C]

@@ -86,6 +86,7 @@ def main(argv):
         results = classifier.classify(
             graph_def, paths, height, width, FLAGS.input_layer, FLAGS.output_layer,
             FLAGS.input_mean, FLAGS.input_std, FLAGS.batch_size, FLAGS.max_image_pixels,
+            keep=classifier.top_classes(FLAGS.top_k),
         )
         classifier.check_label_count(results, label_list, f"The labels file {labels}", "graph")
     except classifier.LabelError as e:
@@ -97,7 +98,7 @@ def main(argv):
         i: input_pipeline.why_undecodable(path, FLAGS.max_image_pixels)
         for i, path in enumerate(paths) if i not in results
     }
-    classifier.print_results(paths, results, failures, label_list, FLAGS.top_k, FLAGS.output_format)
+    classifier.print_results(paths, results, failures, label_list, FLAGS.output_format)
     if failures:
         sys.exit(1)
 
@@ -126,7 +127,7 @@ def run_tflite(images, model_path, labels):
             )
         results = classifier.classify_tflite(
             model, paths, FLAGS.input_mean, FLAGS.input_std, FLAGS.batch_size,
-            FLAGS.max_image_pixels,
+            FLAGS.max_image_pixels, keep=classifier.top_classes(FLAGS.top_k),
         )
         source = f"The labels file {labels}" if labels else "The metadata inside the model"
         classifier.check_label_count(results, label_list, source, "model")
@@ -138,7 +139,7 @@ def run_tflite(images, model_path, labels):
         i: input_pipeline.why_undecodable(path, FLAGS.max_image_pixels)
         for i, path in enumerate(paths) if i not in results
     }
-    classifier.print_results(paths, results, failures, label_list, FLAGS.top_k, FLAGS.output_format)
+    classifier.print_results(paths, results, failures, label_list, FLAGS.output_format)
     return 1 if failures else 0
 
 
