@@ -52,13 +52,13 @@ class LabelError(Exception):
     """A problem with the user's images, graph or labels."""
 
 
-def read_input_file(path, what):
+def read_input_file(path, what, max_bytes=None):
     """The bytes of a file the user named (what: "Graph file", ...); LabelError if unusable.
 
     Read without blocking (input_pipeline.read_regular_file): a FIFO or device
     named as a graph, labels file or model is refused, never waited on.
     """
-    data, problem = input_pipeline.read_regular_file(path)
+    data, problem = input_pipeline.read_regular_file(path, max_bytes)
     if problem == input_pipeline.MISSING:
         raise LabelError(f"{what} {path} does not exist.")
     if problem:
@@ -92,7 +92,7 @@ def check_label_count(results, labels, source, what):
 
 def load_labels(path):
     """Labels file -> [label, ...] in output order (a UTF-8 byte-order mark is dropped)."""
-    data = read_input_file(path, "Labels file")
+    data = read_input_file(path, "Labels file", tflite_metadata.MAX_LABELS_BYTES)
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:

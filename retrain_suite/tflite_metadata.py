@@ -55,7 +55,8 @@ _STATS = {"max": 0, "min": 1}
 _ASSOCIATED_FILE = {"name": 0, "description": 1, "type": 2}
 
 
-# The most bytes a packed labels file may hold when read back: room for a million
+# The most bytes a labels file may hold when read back (packed in a TFLite model,
+# given to label_image.py, or beside TFRecords): room for a million
 # classes of 60-byte names, far from the gigabytes a small zip member can inflate to.
 MAX_LABELS_BYTES = 64 * 1024 * 1024
 

@@ -22,7 +22,7 @@ import stat
 import tensorflow as tf
 from google.protobuf import message
 
-from retrain_suite import atomic_files, input_pipeline
+from retrain_suite import atomic_files, input_pipeline, tflite_metadata
 from retrain_suite import dataset as dataset_lib
 
 # The names write_tfrecords gives: `training.tfrecord`, or `training-00000-of-00002.tfrecord`.
@@ -200,7 +200,8 @@ def read_tfrecords(tfrecord_dir):
             f"{tfrecord_dir} has no labels.txt; write it with "
             f"pre_input.py --output_dir {tfrecord_dir} --tfrecords."
         )
-    data, problem = input_pipeline.read_regular_file(labels_path)
+    data, problem = input_pipeline.read_regular_file(labels_path,
+                                                     tflite_metadata.MAX_LABELS_BYTES)
     if problem:
         raise dataset_lib.DatasetError(f"{labels_path}: {problem}; {WRITE_AGAIN}.")
     try:

@@ -166,3 +166,14 @@ def test_module_key_differs_between_handles_and_input_sizes():
     assert cache_lib.module_key("/modules/a", 32, 32) == cache_lib.module_key("/modules/a", 32, 32)
     for key in keys:
         assert re.fullmatch(r"[A-Za-z0-9_]+", key), key
+
+
+def test_a_huge_file_in_an_entrys_place_is_damage_not_read_whole(tmp_path, caplog):
+    cache = cache_lib.BottleneckCache(str(tmp_path), "module")
+    content = "ab" * 20
+    cache.store(content, np.ones(16, np.float32))
+    with open(cache.path_for(content), "r+b") as f:
+        f.truncate(64 * 1024 * 1024)  # sparse: costs no disk, but a whole read costs 64 MB
+    caplog.set_level("WARNING")
+    assert cache.lookup(content, dimension=16) is None
+    assert "larger than the 88 bytes allowed for it" in caplog.text

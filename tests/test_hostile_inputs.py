@@ -21,7 +21,7 @@ import pytest
 import tensorflow as tf
 from conftest import ROOT, make_dataset, synthetic_image, write_image
 
-from retrain_suite import classifier, input_pipeline
+from retrain_suite import classifier, input_pipeline, tflite_metadata
 from retrain_suite import dataset as dataset_lib
 from retrain_suite.bottleneck import cache as cache_lib
 from retrain_suite.bottleneck import compute, make_module
@@ -511,3 +511,12 @@ def test_an_exported_file_replaced_before_the_check_is_one_error_line(
     assert "Traceback" not in process.stderr
     assert process.stderr.strip().splitlines()[-1].startswith(
         "error: " + message.format(path=path, folder=folder))
+
+
+def test_labels_file_larger_than_any_labels_is_refused_unread(tmp_path):
+    path = tmp_path / "labels.txt"
+    with open(path, "wb") as f:
+        f.truncate(tflite_metadata.MAX_LABELS_BYTES + 1)  # sparse: a whole read would cost it
+    with pytest.raises(classifier.LabelError,
+                       match=f"Labels file {path} cannot be used: larger than the 67,108,864"):
+        classifier.load_labels(str(path))

@@ -11,7 +11,7 @@ from test_fine_tuning import release_fifo
 
 from retrain_suite import config as config_lib
 from retrain_suite import dataset as dataset_lib
-from retrain_suite import input_pipeline, job, tfrecords
+from retrain_suite import input_pipeline, job, tflite_metadata, tfrecords
 
 
 @pytest.fixture(scope="module")
@@ -327,3 +327,12 @@ def test_records_damaged_while_the_run_reads_them_are_one_dataset_error(
     monkeypatch.setattr(tfrecords, "read_tfrecords", read_then_damage_after_inspection)
     with pytest.raises(dataset_lib.DatasetError, match=f"{path}, record 7: "):
         job.run_retraining(config_lib.from_flat(settings))
+
+
+def test_a_labels_file_larger_than_any_labels_beside_the_records_is_refused_unread(tmp_path):
+    folder = str(tmp_path / "records")
+    write_records(folder, good_examples())
+    with open(os.path.join(folder, "labels.txt"), "r+b") as f:
+        f.truncate(tflite_metadata.MAX_LABELS_BYTES + 1)
+    with pytest.raises(dataset_lib.DatasetError, match="larger than the 67,108,864 bytes"):
+        tfrecords.read_tfrecords(folder)

@@ -129,6 +129,9 @@ def decode_entry(data, content):
     return vector, None
 
 
+MAX_ENTRY_BYTES = 64 * 1024 * 1024  # the most read for an entry of unknown dimension
+
+
 class BottleneckCache:
     """The cache of one module: content key -> float32 [D] vector."""
 
@@ -140,9 +143,15 @@ class BottleneckCache:
         return os.path.join(self.root, content[:2], content + ENTRY_SUFFIX)
 
     def lookup(self, content, dimension=None):
-        """The cached vector, or None if absent or damaged (damage is logged)."""
+        """The cached vector, or None if absent or damaged (damage is logged).
+
+        Never reads more than an entry of `dimension` values can hold (or
+        MAX_ENTRY_BYTES without one): a huge file in an entry's place is
+        damage, not gigabytes read.
+        """
         path = self.path_for(content)
-        data, problem = input_pipeline.read_regular_file(path)
+        largest = MAX_ENTRY_BYTES if dimension is None else 4 * dimension + _KEY_BYTES + 4
+        data, problem = input_pipeline.read_regular_file(path, max_bytes=largest)
         if problem == input_pipeline.MISSING:
             return None
         if problem:  # Unreadable, or a folder or FIFO in its place.
