@@ -18,6 +18,7 @@ import dataclasses
 import os
 import re
 import stat
+import struct
 
 import tensorflow as tf
 from google.protobuf import message
@@ -132,6 +133,7 @@ def read_records(files, labels):
     """
     for file in files:
         _check_regular(file)
+        _check_framing(file)
         number = 0
         try:
             for data in tf.data.TFRecordDataset([file]).as_numpy_iterator():
@@ -154,6 +156,35 @@ def _check_regular(file):
             f"{file} is not a regular file ({input_pipeline.special_file_kind(mode)}); move it "
             f"away and {WRITE_AGAIN}."
         )
+
+
+_RECORD_HEADER = struct.Struct("<QI")  # data length, masked CRC-32C of the length
+_RECORD_FOOTER_BYTES = 4  # masked CRC-32C of the data
+
+
+def _check_framing(file):
+    """DatasetError unless every record's declared length fits in the file.
+
+    TensorFlow's reader allocates the length a record header declares once
+    that length's own checksum holds: a 100-byte file declaring a 64 GiB
+    record crashed retrain.py (SIGSEGV). Walking the headers reads 12 bytes
+    a record; the data and its checksum are left to TensorFlow's reader.
+    """
+    local = "://" not in file  # Python's buffered file seeks and reads faster than GFile.
+    with (open(file, "rb") if local else tf.io.gfile.GFile(file, "rb")) as f:
+        size = os.fstat(f.fileno()).st_size if local else f.size()
+        offset, number = 0, 0
+        while offset < size:
+            f.seek(offset)
+            header = f.read(_RECORD_HEADER.size)
+            if len(header) < _RECORD_HEADER.size:
+                raise _damaged(file, number, "cut short inside a record header")
+            length, _ = _RECORD_HEADER.unpack(header)
+            end = offset + _RECORD_HEADER.size + length + _RECORD_FOOTER_BYTES
+            if end > size:
+                raise _damaged(file, number, f"declares {length:,} bytes of data, more than "
+                                             "the file holds")
+            offset, number = end, number + 1
 
 
 def _parsed(data, labels, file, number):

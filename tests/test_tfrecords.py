@@ -1,6 +1,9 @@
 """pre_input.py --tfrecords and retrain.py --tfrecord_dir."""
 
 import os
+import struct
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -253,6 +256,37 @@ def test_damaged_records_are_one_dataset_error_naming_the_file(tmp_path, kind):
     message = str(raised.value)
     assert message.startswith(f"{path}, record 3: ") and "pre_input.py --tfrecords" in message
     assert "\n" not in message
+
+
+def test_a_record_declaring_more_data_than_its_file_holds_is_refused_not_allocated(tmp_path):
+    """A header whose length checksum holds, declaring 64 GiB: TensorFlow's reader
+    allocated it and the process died (SIGSEGV), so the records are walked first."""
+    path = write_records(tmp_path / "records", good_examples())
+    length = struct.pack("<Q", 1 << 36)
+    header = length + struct.pack("<I", masked_crc32c(length))
+    with open(path, "ab") as f:
+        f.write(header + b"x" * 100)
+    # In a process of its own: before the fix, reading crashed the interpreter.
+    process = subprocess.run(
+        [sys.executable, "-c", "import sys; from retrain_suite import tfrecords, dataset\n"
+         "try:\n    tfrecords.read_tfrecords(sys.argv[1])\n"
+         "except dataset.DatasetError as e:\n    print(e)", str(tmp_path / "records")],
+        capture_output=True, text=True, timeout=300)
+    assert process.returncode == 0, process.stderr[-2000:]
+    assert process.stdout.strip() == (
+        f"{path}, record 4: declares 68,719,476,736 bytes of data, more than the file holds; "
+        "write the records again with pre_input.py --tfrecords.")
+
+
+def masked_crc32c(data):
+    """The masked CRC-32C (Castagnoli) a TFRecord header carries."""
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+    crc ^= 0xFFFFFFFF
+    return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
 
 
 def test_a_record_damaged_after_it_was_read_is_a_dataset_error_when_read_again(tmp_path):
