@@ -214,6 +214,7 @@ def _read_checkpoint(path, fingerprint):
     try:
         if problem:
             raise ValueError(problem)
+        _check_stored_uncompressed(data)
         with np.load(io.BytesIO(data), allow_pickle=False) as stored:
             meta = _checked_meta(json.loads(str(stored["meta"])))
             arrays = {name: stored[name] for name in stored.files if name != "meta"}
@@ -232,6 +233,17 @@ def _read_checkpoint(path, fingerprint):
                  best_values or None, meta["evaluations_without_improvement"])
     logging.info("Resuming fine-tuning from step %d (checkpoint %s).", meta["step"], path)
     return meta["step"], current, best, tuple(meta["start_score"])
+
+
+def _check_stored_uncompressed(data):
+    """ValueError unless every member of the zip in data is stored uncompressed, as
+    np.savez writes them: then no member holds more than the file's own bytes, while
+    a compressed one could inflate a small file to gigabytes."""
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        for info in archive.infolist():
+            if info.compress_type != zipfile.ZIP_STORED or info.file_size != info.compress_size:
+                raise ValueError(f"its member {info.filename[:60]!r} is compressed, which no "
+                                 "run writes")
 
 
 def _checked_meta(meta):

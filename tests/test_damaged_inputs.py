@@ -161,6 +161,21 @@ def test_a_damaged_fine_tuning_checkpoint_is_ignored_with_a_warning(tmp_path, ki
     assert (step, list(current), best.step, start) == (4, ["w"], 2, (0.25, 1.5))
 
 
+def test_a_fine_tuning_checkpoint_with_a_compressed_member_is_ignored_not_inflated(
+        tmp_path, caplog):
+    """np.savez stores members uncompressed; a deflated one (here 64 MiB of zeros in
+    about 64 KB) is not the suite's, and is refused before anything is inflated."""
+    path = tmp_path / "ckpt.fine_tuning"
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, meta=np.array(json.dumps(GOOD_META)),
+                        **{"current/w": np.zeros(16 * 1024 * 1024, np.float32)})
+    path.write_bytes(buffer.getvalue())
+    assert path.stat().st_size < 1024 * 1024
+    caplog.set_level("WARNING")
+    assert fine_tuning._read_checkpoint(str(path), "f") is None
+    assert "its member 'meta.npy' is compressed, which no run writes" in caplog.text
+
+
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory):
     return make_dataset(tmp_path_factory.mktemp("small") / "data", per_class=6)
