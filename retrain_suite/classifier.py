@@ -138,6 +138,37 @@ def check_functions_defined(graph_def, path):
         )
 
 
+# Room for splat constants (a Const of one value repeated to its shape) beyond the
+# bytes the graph holds: a graph retrain.py writes stores every weight whole.
+CONSTANT_SLACK_BYTES = 64 * 1024 * 1024
+
+
+def check_constants_fit(graph_def, path):
+    """Refuse a graph whose constants declare far more bytes than the file holds,
+    whatever --allow_unsafe_ops says: a Const may give one value and a shape to fill,
+    so a 1 KB graph could ask for 80 GB (TensorFlow took 24 s to refuse one)."""
+    declared = 0
+    nodes = [*graph_def.node, *(n for f in graph_def.library.function for n in f.node_def)]
+    for node in nodes:
+        if node.op != "Const" or "value" not in node.attr:
+            continue
+        tensor = node.attr["value"].tensor
+        dims = [d.size for d in tensor.tensor_shape.dim]
+        if any(d < 0 for d in dims):
+            continue
+        try:
+            item = tf.dtypes.as_dtype(tensor.dtype).size or 8  # 0 for strings
+        except (TypeError, ValueError):  # string and other variable-size types: a pointer each
+            item = 8
+        declared += math.prod(dims) * item
+    if declared > graph_def.ByteSize() + CONSTANT_SLACK_BYTES:
+        raise LabelError(
+            f"Graph {path} declares {declared:,} bytes of constants, far more than its "
+            f"{graph_def.ByteSize():,} bytes hold. It is damaged or not a graph exported by "
+            "retrain.py."
+        )
+
+
 def check_graph_is_safe(graph_def, path):
     unsafe = unsafe_ops(graph_def)
     if unsafe:

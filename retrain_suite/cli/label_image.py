@@ -73,6 +73,7 @@ def main(argv):
         paths = classifier.list_images(images)
         graph_def = classifier.load_graph(graph)
         classifier.check_functions_defined(graph_def, graph)
+        classifier.check_constants_fit(graph_def, graph)
         if not FLAGS.allow_unsafe_ops:
             classifier.check_graph_is_safe(graph_def, graph)
         label_list = classifier.load_labels(labels)
