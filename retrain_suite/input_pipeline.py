@@ -116,6 +116,12 @@ def _read_regular(path, count):
 MISSING = "cannot be read: no such file"  # read_regular_file's reason for a file that is not there
 
 
+def as_clause(problem):
+    """A read_regular_file reason as a clause after a file's name or "it":
+    "is not a regular file (a FIFO)", "cannot be read: ...", "larger than ..."."""
+    return problem if problem.startswith(("cannot", "larger")) else "is " + problem
+
+
 def special_file_kind(mode):
     """What a non-regular file is, from its st_mode, as a phrase for messages."""
     for test, kind in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"),

@@ -100,8 +100,9 @@ def test_every_flagfile_that_is_not_a_small_text_file_is_one_flag_error(tmp_path
     expected = {"fifo": "is not a regular file (a FIFO)",
                 "nested fifo": "is not a regular file (a FIFO)",
                 "folder": "is not a regular file (a folder)",
-                "missing": "cannot be read: No such file or directory",
-                "not UTF-8": "is not UTF-8 text", "huge": "is over 1 MiB"}[kind]
+                "missing": "cannot be read: no such file",
+                "not UTF-8": "is not UTF-8 text",
+                "huge": "larger than the 1,048,576 bytes allowed for it"}[kind]
     assert str(raised.value).startswith(f"error: --flagfile={path} {expected}")
     assert "\n" not in str(raised.value)
 

@@ -93,17 +93,12 @@ def module_fingerprint(folder):
             continue
         if problem:
             raise CacheError(
-                f"Cannot read {path} to identify the module: it {_as_clause(problem)}. "
+                f"Cannot read {path} to identify the module: it {input_pipeline.as_clause(problem)}. "
                 "Check the module folder."
             )
         digest.update(f"{name}\0{len(data)}\0".encode())
         digest.update(data)
     return digest.hexdigest()
-
-
-def _as_clause(problem):
-    """A read_regular_file reason as a clause after "it": "is not a regular file (a FIFO)"."""
-    return problem if problem.startswith(("cannot", "does")) else "is " + problem
 
 
 def encode_entry(vector, content):

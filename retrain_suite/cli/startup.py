@@ -26,7 +26,6 @@ side reads it once when TensorFlow loads; a --logging_verbosity inside a
 import contextlib
 import os
 import re
-import stat
 import sys
 import threading
 
@@ -193,8 +192,8 @@ def check_flagfiles(args, seen=()):
     readable regular file of UTF-8 text of at most MAX_FLAGFILE_BYTES.
 
     absl opens a flag file with a plain blocking open(): a FIFO there would
-    hang the command. Each is opened here first without blocking and checked
-    on the open descriptor, as input_pipeline.read_regular_file does for images.
+    hang the command. Each is read here first by input_pipeline.read_regular_file,
+    which opens without blocking and checks the open descriptor.
     """
     for i, arg in enumerate(args):
         if arg == "--":
@@ -216,26 +215,10 @@ def _flagfile_text(path):
     # Imported here, not at the top: this module runs before TensorFlow is imported.
     from retrain_suite import input_pipeline
 
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as e:
-        raise flags.Error(f"--flagfile={path} cannot be read: {e.strerror}") from None
-    # Checked on the descriptor before open() wraps it, which refuses a folder with
-    # an exception of its own.
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
-        os.close(fd)
-        raise flags.Error(f"--flagfile={path} is not a regular file "
-                          f"({input_pipeline.special_file_kind(mode)}); give a text file of "
-                          "flags, one a line")
-    with open(fd, "rb", closefd=True) as f:
-        try:
-            data = f.read(MAX_FLAGFILE_BYTES + 1)
-        except OSError as e:
-            raise flags.Error(f"--flagfile={path} cannot be read: {e.strerror}") from None
-    if len(data) > MAX_FLAGFILE_BYTES:
-        raise flags.Error(f"--flagfile={path} is over {MAX_FLAGFILE_BYTES >> 20} MiB, too large "
-                          "for a file of flags; check the path")
+    data, problem = input_pipeline.read_regular_file(path, MAX_FLAGFILE_BYTES)
+    if problem:
+        raise flags.Error(f"--flagfile={path} {input_pipeline.as_clause(problem)}; give a text "
+                          "file of flags, one a line")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
