@@ -132,7 +132,6 @@ def read_records(files, labels):
     index in labels raise DatasetError naming the file and the record.
     """
     for file in files:
-        _check_regular(file)
         _check_framing(file)
         number = 0
         try:
@@ -141,21 +140,6 @@ def read_records(files, labels):
                 number += 1
         except tf.errors.OpError as e:
             raise _damaged(file, number, input_pipeline.one_line(e)) from e
-
-
-def _check_regular(file):
-    """DatasetError unless a local file is a regular one: a FIFO is refused, not waited on."""
-    if "://" in file:
-        return
-    try:
-        mode = os.stat(file).st_mode
-    except OSError as e:
-        raise dataset_lib.DatasetError(f"{file} cannot be read: {e.strerror}.") from e
-    if not stat.S_ISREG(mode):
-        raise dataset_lib.DatasetError(
-            f"{file} is not a regular file ({input_pipeline.special_file_kind(mode)}); move it "
-            f"away and {WRITE_AGAIN}."
-        )
 
 
 _RECORD_HEADER = struct.Struct("<QI")  # data length, masked CRC-32C of the length
@@ -168,11 +152,12 @@ def _check_framing(file):
     TensorFlow's reader allocates the length a record header declares once
     that length's own checksum holds: a 100-byte file declaring a 64 GiB
     record crashed retrain.py (SIGSEGV). Walking the headers reads 12 bytes
-    a record; the data and its checksum are left to TensorFlow's reader.
+    a record; the data and its checksum are left to TensorFlow's reader. A
+    local file is opened without blocking and must be a regular file: a FIFO
+    is refused, not waited on.
     """
-    local = "://" not in file  # Python's buffered file seeks and reads faster than GFile.
-    with (open(file, "rb") if local else tf.io.gfile.GFile(file, "rb")) as f:
-        size = os.fstat(f.fileno()).st_size if local else f.size()
+    with _opened(file) as f:
+        size = os.fstat(f.fileno()).st_size if "://" not in file else f.size()
         offset, number = 0, 0
         while offset < size:
             f.seek(offset)
@@ -185,6 +170,25 @@ def _check_framing(file):
                 raise _damaged(file, number, f"declares {length:,} bytes of data, more than "
                                              "the file holds")
             offset, number = end, number + 1
+
+
+def _opened(file):
+    """A record file opened for reading (Python's buffered file where local: it seeks and
+    reads faster than GFile), or DatasetError if it cannot be, or is not a regular file."""
+    if "://" in file:  # Remote file systems hold no special files.
+        return tf.io.gfile.GFile(file, "rb")
+    try:
+        fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        raise dataset_lib.DatasetError(f"{file} cannot be read: {e.strerror}.") from e
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise dataset_lib.DatasetError(
+            f"{file} is not a regular file ({input_pipeline.special_file_kind(mode)}); move it "
+            f"away and {WRITE_AGAIN}."
+        )
+    return open(fd, "rb", closefd=True)
 
 
 def _parsed(data, labels, file, number):
