@@ -158,7 +158,7 @@ def check_constants_fit(graph_def, path):
             continue
         try:
             item = tf.dtypes.as_dtype(tensor.dtype).size or 8  # 0 for strings
-        except (TypeError, ValueError):  # string and other variable-size types: a pointer each
+        except (TypeError, ValueError):  # a dtype number TensorFlow does not know
             item = 8
         declared += math.prod(dims) * item
     if declared > graph_def.ByteSize() + CONSTANT_SLACK_BYTES:

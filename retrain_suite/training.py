@@ -85,15 +85,20 @@ def rows_per_call(class_count):
     return max(1, EVALUATION_CELLS // class_count)
 
 
+def _calls(g, count):
+    """Slices of `count` rows, one per evaluation call of rows_per_call images."""
+    step = rows_per_call(int(g.probabilities.shape[1]))
+    return [slice(start, start + step) for start in range(0, count, step)]
+
+
 def predict(sess, g, x):
     """The layer's prediction for each bottleneck of x (float32 [n, D]), in calls of
     rows_per_call images. -> (predictions int64 [n], confidences float32 [n]: the
     probability given to each predicted class)."""
-    step = rows_per_call(int(g.probabilities.shape[1]))
     predictions, confidences = [np.zeros([0], np.int64)], [np.zeros([0], np.float32)]
-    for start in range(0, len(x), step):
+    for rows in _calls(g, len(x)):
         predicted, probabilities = sess.run([g.predictions, g.probabilities],
-                                            {g.bottleneck_input: x[start:start + step]})
+                                            {g.bottleneck_input: x[rows]})
         predictions.append(predicted)
         confidences.append(probabilities[np.arange(len(predicted)), predicted])
     return np.concatenate(predictions), np.concatenate(confidences)
@@ -103,16 +108,12 @@ def score(sess, g, x, y):
     """Accuracy and mean cross entropy of the layer on x (float32 [n, D]), y (int64
     [n]), in calls of rows_per_call images: each call's means weighted by its
     images (in one call, exactly the graph's). -> (accuracy, cross entropy)."""
-    step = rows_per_call(int(g.probabilities.shape[1]))
     accuracy = entropy = 0.0
-    for start in range(0, len(x), step):
+    for rows in _calls(g, len(x)):
         batch_accuracy, batch_entropy = sess.run(
-            [g.accuracy, g.cross_entropy],
-            {g.bottleneck_input: x[start:start + step], g.ground_truth: y[start:start + step]},
-        )
-        weight = len(y[start:start + step])
-        accuracy += float(batch_accuracy) * weight
-        entropy += float(batch_entropy) * weight
+            [g.accuracy, g.cross_entropy], {g.bottleneck_input: x[rows], g.ground_truth: y[rows]})
+        accuracy += float(batch_accuracy) * len(y[rows])
+        entropy += float(batch_entropy) * len(y[rows])
     return accuracy / len(y), entropy / len(y)
 
 
