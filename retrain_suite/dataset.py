@@ -48,9 +48,10 @@ COPIES_NAMED = 5
 MIN_IMAGES_PER_CLASS = 20
 
 
-# What the log shows must stay readable at 10,000 classes (as in evaluation's
-# tables): at most this many rows of the count table and warnings about classes,
-# then one line saying how many more and where every class's counts are.
+# What the log shows must stay readable at 10,000 classes: at most this many
+# rows of a list of classes (the count table, warnings about classes, and
+# evaluation's and training's per-class lines), then one line saying how many
+# more and where every class's numbers are.
 MAX_CLASSES_LISTED = 30
 
 

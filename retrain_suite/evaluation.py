@@ -29,13 +29,15 @@ import tensorflow as tf
 from PIL import Image, ImageDraw, ImageFont
 
 from retrain_suite import atomic_files, input_pipeline
+from retrain_suite.dataset import MAX_CLASSES_LISTED
 
 MAX_MISCLASSIFIED_SHOWN = 16
 
 
 # What is shown must stay readable at 10,000 classes; the --eval_report JSON
-# holds every class whatever the count.
-MAX_CLASSES_LISTED = 30  # rows of the log's per-class table; per-class TensorBoard scalars
+# holds every class whatever the count. MAX_CLASSES_LISTED (the dataset's, one
+# policy for every list of classes): rows of the log's per-class table, and
+# per-class TensorBoard scalars.
 
 
 MAX_MATRIX_TABLE_CLASSES = 20  # the log's confusion matrix table; past it, a list of

@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from retrain_suite import dataset as dataset_lib
 from retrain_suite import export, final_layer, schedules
 from retrain_suite.bottleneck import compute
 
@@ -315,12 +316,9 @@ def log_distortion_cost(per_step, steps, batch_size):
     )
 
 
-MAX_WEIGHTS_LOGGED = 30  # classes; past it the log gives the weights' range
-
-
 def format_weights(weights):
-    """Class weights for the log: each one, or past MAX_WEIGHTS_LOGGED classes their range."""
-    if len(weights) <= MAX_WEIGHTS_LOGGED:
+    """Class weights for the log: each one, or their range past MAX_CLASSES_LISTED classes."""
+    if len(weights) <= dataset_lib.MAX_CLASSES_LISTED:
         return ", ".join(f"{w:.3f}" for w in weights)
     present = weights[weights > 0]
     return (f"{present.min():.3f} to {present.max():.3f} over the {len(present)} classes with "
