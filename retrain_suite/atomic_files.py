@@ -14,7 +14,7 @@ import uuid
 
 import tensorflow as tf
 
-from retrain_suite import input_pipeline
+from retrain_suite import errors, input_pipeline
 
 # What a SavedModel writer puts in its folder: a folder holding only these (or
 # nothing) is one this suite may replace.
@@ -149,12 +149,16 @@ def _is_link(path):
     return "://" not in path and os.path.islink(path)
 
 
-class Locked(Exception):
+class Locked(errors.SuiteError):
     """Another process holds the lock."""
 
+    area = "outputs"
 
-class LockFileError(Exception):
+
+class LockFileError(errors.SuiteError):
     """What is at a lock file's path is not a lock file this suite may use."""
+
+    area = "outputs"
 
 
 # What a lock file holds: the holder's pid, or nothing. A file holding anything

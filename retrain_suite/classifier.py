@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from retrain_suite import dataset as dataset_lib
-from retrain_suite import input_pipeline, tflite, tflite_metadata
+from retrain_suite import errors, input_pipeline, tflite, tflite_metadata
 from retrain_suite.bottleneck import batch_size as batch_size_lib
 from retrain_suite.bottleneck import inlining
 
@@ -48,8 +48,10 @@ SAFE_OPS = frozenset("""
 """.split())
 
 
-class LabelError(Exception):
+class LabelError(errors.SuiteError):
     """A problem with the user's images, graph or labels."""
+
+    area = "classifier"
 
 
 def read_input_file(path, what, max_bytes=None):

@@ -22,7 +22,7 @@ from typing import Optional
 
 import tensorflow as tf
 
-from retrain_suite import atomic_files, final_layer, input_pipeline, output_paths, schedules, tflite
+from retrain_suite import atomic_files, errors, final_layer, input_pipeline, output_paths, schedules, tflite
 from retrain_suite import dataset as dataset_lib
 from retrain_suite.bottleneck import module as module_lib
 
@@ -221,8 +221,10 @@ def distortions_from(config):
     )
 
 
-class UsageError(Exception):
+class UsageError(errors.SuiteError):
     """A flag value or output location the run cannot work with."""
+
+    area = "flags"
 
 
 # Seeds go to numpy (below 2**32) and TensorFlow; the drawn ones are below 2**31.

@@ -30,7 +30,7 @@ import stat
 import tensorflow as tf
 from absl import logging
 
-from retrain_suite import atomic_files, input_pipeline, output_paths
+from retrain_suite import atomic_files, errors, input_pipeline, output_paths
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 
@@ -60,8 +60,10 @@ MAX_CLASSES_LISTED = 30
 _MAX_NUM_IMAGES_PER_CLASS = 2**27 - 1
 
 
-class DatasetError(Exception):
+class DatasetError(errors.SuiteError):
     """A problem with the user's image folder or split settings."""
+
+    area = "dataset"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,7 +195,7 @@ def shown(path):
 
 
 def _reason(error):
-    return getattr(error, "strerror", None) or input_pipeline.one_line(error)
+    return getattr(error, "strerror", None) or errors.one_line(error)
 
 
 def find_images(image_dir, exclude_dirs=()):

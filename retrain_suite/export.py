@@ -10,7 +10,7 @@ including TensorFlow's stock label_image example.
 
 import tensorflow as tf
 
-from retrain_suite import atomic_files, final_layer, input_pipeline
+from retrain_suite import atomic_files, errors, final_layer
 from retrain_suite.bottleneck import module as module_lib
 
 INPUT_NAME = "Placeholder"
@@ -140,8 +140,10 @@ def write_saved_model(graph_def, final_tensor_name, path):
     atomic_files.replace_dir(path, build, atomic_files.SAVED_MODEL_ENTRIES)
 
 
-class OutputError(Exception):
+class OutputError(errors.SuiteError):
     """An output could not be written at the end of the run (disk full, ...)."""
+
+    area = "outputs"
 
 
 def write_output(flag, path, write):
@@ -149,7 +151,7 @@ def write_output(flag, path, write):
     try:
         return write()
     except (OSError, tf.errors.OpError) as e:
-        reason = getattr(e, "strerror", None) or input_pipeline.one_line(e)
+        reason = getattr(e, "strerror", None) or errors.one_line(e)
         raise OutputError(
             f"Cannot write --{flag}={path}: {reason}. Nothing partial "
             "was left there; free some space or choose another location, then run again "

@@ -41,7 +41,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from retrain_suite import atomic_files, export, final_layer, input_pipeline
+from retrain_suite import atomic_files, errors, export, final_layer, input_pipeline
 from retrain_suite import config as config_lib
 from retrain_suite.bottleneck import cache as cache_lib
 from retrain_suite.bottleneck import compute
@@ -220,7 +220,7 @@ def _read_checkpoint(path, fingerprint):
             arrays = {name: stored[name] for name in stored.files if name != "meta"}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, tf.errors.OpError) as e:
         logging.warning("Ignoring the fine-tuning checkpoint %s: it cannot be read (%s); "
-                        "fine-tuning starts from step 0.", path, input_pipeline.one_line(e))
+                        "fine-tuning starts from step 0.", path, errors.one_line(e))
         return None
     if meta["fingerprint"] != fingerprint:
         logging.warning(

@@ -14,7 +14,6 @@ import dataclasses
 import hashlib
 import io
 import os
-import re
 import stat
 import struct
 import warnings
@@ -23,6 +22,8 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 from PIL import Image
+
+from retrain_suite import errors
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -94,7 +95,7 @@ def _read_regular(path, count):
         except tf.errors.NotFoundError:
             return None, MISSING
         except (tf.errors.OpError, OSError) as e:
-            return None, f"cannot be read: {one_line(e)}"
+            return None, f"cannot be read: {errors.one_line(e)}"
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -342,25 +343,9 @@ def why_bytes_undecodable(data, max_pixels=DEFAULT_MAX_IMAGE_PIXELS):
     try:
         tf.io.decode_image(decodable_bytes(data), channels=3, expand_animations=False)
     except (tf.errors.OpError, ValueError) as e:
-        return f"not a decodable image: {one_line(e)}"
+        return f"not a decodable image: {errors.one_line(e)}"
     return "could not be decoded"
 
-
-def one_line(error):
-    """An exception as one short line, without TensorFlow's op context.
-
-    A Session's op error reads "Graph execution error:", then where the op
-    was defined, then the reason, then the node: the reason is the last line
-    that is not that context.
-    """
-    text = str(getattr(error, "message", None) or error)
-    text = re.sub(r"\{\{.*?\}\}\s*", "", text).strip()
-    lines = [line.strip() for line in text.splitlines() if line.strip() not in ("", "[[]]")]
-    if lines and lines[0] == "Graph execution error:":
-        reasons = [line for line in lines[1:] if not line.startswith(
-            ("Detected at node", "File ", "Node:"))]
-        lines = reasons[-1:] or lines
-    return lines[0] if lines else type(error).__name__
 
 
 def orient(image, orientation):

@@ -7,9 +7,13 @@ growing until the machine swaps or the process is killed.
 
 import os
 
+from retrain_suite import errors
 
-class TooBig(Exception):
+
+class TooBig(errors.SuiteError):
     """A size flag needs more memory than this machine has."""
+
+    area = "memory"
 
 
 def physical_memory():

@@ -20,11 +20,13 @@ import os
 
 import tensorflow as tf
 
-from retrain_suite import atomic_files
+from retrain_suite import atomic_files, errors
 
 
-class PathError(Exception):
+class PathError(errors.SuiteError):
     """An output path that would be unsafe or cannot be written."""
+
+    area = "outputs"
 
 
 def is_local(path):

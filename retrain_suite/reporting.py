@@ -11,11 +11,13 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from retrain_suite import evaluation
+from retrain_suite import errors, evaluation
 
 
-class AccuracyError(Exception):
+class AccuracyError(errors.SuiteError):
     """The trained classifier is less accurate than --assert_accuracy_at_least."""
+
+    area = "accuracy"
 
 
 def report_test_results(arrays, labels, result, list_misclassified):

@@ -29,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
-from retrain_suite import atomic_files, export, input_pipeline, tflite_metadata
+from retrain_suite import atomic_files, errors, export, input_pipeline, tflite_metadata
 
 QUANTIZATIONS = ("none", "dynamic", "float16", "int8")
 
@@ -40,8 +40,10 @@ CALIBRATION_IMAGES = 300  # training images sampled to calibrate int8 ranges
 TFLITE_IDENTIFIER = b"TFL3"  # bytes 4-8 of every TFLite flatbuffer
 
 
-class TFLiteError(Exception):
+class TFLiteError(errors.SuiteError):
     """The classifier's graph cannot be converted to TFLite (an op TFLite lacks, say)."""
+
+    area = "tflite"
 
 
 def is_tflite(data):
@@ -111,7 +113,7 @@ def convert(graph_def, height, width, final_tensor_name, quantization, calibrati
         return converter.convert()
     except Exception as e:  # the converter's ConverterError is not public API
         raise TFLiteError(
-            f"the classifier cannot be converted to TFLite ({input_pipeline.one_line(e)}); the "
+            f"the classifier cannot be converted to TFLite ({errors.one_line(e)}); the "
             "frozen graph and labels were written. Drop --tflite_output_file, or try another "
             "--tflite_quantization or module."
         ) from e

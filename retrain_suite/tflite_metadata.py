@@ -30,6 +30,8 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as tflite_schema
 from ai_edge_litert.tools import flatbuffer_utils
 
+from retrain_suite import errors
+
 METADATA_NAME = "TFLITE_METADATA"  # the model's metadata entry that holds ModelMetadata
 METADATA_IDENTIFIER = b"M001"
 MIN_PARSER_VERSION = "1.0.0"
@@ -69,8 +71,10 @@ MAX_PACKED_FILES = 1000
 MAX_CENTRAL_DIRECTORY_BYTES = 1024 * 1024
 
 
-class MetadataError(Exception):
+class MetadataError(errors.SuiteError):
     """A TFLite file whose metadata or packed labels cannot be read."""
+
+    area = "tflite"
 
 
 def _slot(field_number):

@@ -23,7 +23,7 @@ import struct
 import tensorflow as tf
 from google.protobuf import message
 
-from retrain_suite import atomic_files, input_pipeline, tflite_metadata
+from retrain_suite import atomic_files, errors, input_pipeline, tflite_metadata
 from retrain_suite import dataset as dataset_lib
 
 # The names write_tfrecords gives: `training.tfrecord`, or `training-00000-of-00002.tfrecord`.
@@ -139,7 +139,7 @@ def read_records(files, labels):
                 yield file, _parsed(data, labels, file, number)
                 number += 1
         except tf.errors.OpError as e:
-            raise _damaged(file, number, input_pipeline.one_line(e)) from e
+            raise _damaged(file, number, errors.one_line(e)) from e
 
 
 _RECORD_HEADER = struct.Struct("<QI")  # data length, masked CRC-32C of the length

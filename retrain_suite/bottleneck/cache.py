@@ -32,7 +32,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from retrain_suite import atomic_files, input_pipeline
+from retrain_suite import atomic_files, errors, input_pipeline
 
 ENTRY_SUFFIX = ".f32"
 
@@ -45,8 +45,10 @@ ENTRY_FORMAT = 2  # 2: the content key is inside the entry
 _KEY_BYTES = 20  # a SHA-1 digest
 
 
-class CacheError(Exception):
+class CacheError(errors.SuiteError):
     """The cache cannot be written (disk full, no permission, ...)."""
+
+    area = "cache"
 
 
 def module_key(handle, height, width, precision="float32"):

@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from retrain_suite import input_pipeline, memory_budget
+from retrain_suite import errors, input_pipeline, memory_budget
 from retrain_suite.bottleneck import batch_size as batch_size_lib
 from retrain_suite.bottleneck import cache as cache_lib
 from retrain_suite.bottleneck import module as module_lib
@@ -241,7 +241,7 @@ def _frozen_forward(module, precision, graph):
             raise
         logging.warning(
             "Computing with the module's weights as loaded: they could not be frozen into the "
-            "graph (%s). The forward pass is about 8%% slower that way.", input_pipeline.one_line(e),
+            "graph (%s). The forward pass is about 8%% slower that way.", errors.one_line(e),
         )
         return module, graph
     logging.info(

@@ -18,7 +18,7 @@ import tensorflow_hub as hub
 from absl import logging
 from tensorflow.core.protobuf import rewriter_config_pb2
 
-from retrain_suite import input_pipeline
+from retrain_suite import errors, input_pipeline
 from retrain_suite.bottleneck import inlining
 
 DEFAULT_MODULE = "https://tfhub.dev/google/imagenet/inception_v3/feature_vector/5"
@@ -46,8 +46,10 @@ MAX_FROZEN_BYTES = 2**31 - 2**26
 MAX_SAVED_MODEL_PB_BYTES = 2**31 - 1
 
 
-class ModuleError(Exception):
+class ModuleError(errors.SuiteError):
     """The module cannot be loaded or is not an image feature-vector module."""
+
+    area = "module"
 
 
 @dataclasses.dataclass
@@ -128,7 +130,7 @@ def check_fine_tunable(handle, default_image_size=DEFAULT_IMAGE_SIZE):
             except (TypeError, ValueError) as e:
                 raise ModuleError(
                     f"Module {handle} cannot be called with training={training} "
-                    f"({_one_line(e).rstrip('.')}). {fix}"
+                    f"({errors.one_line(e).rstrip('.')}). {fix}"
                 ) from e
 
 
@@ -177,7 +179,7 @@ def load(handle, default_image_size=DEFAULT_IMAGE_SIZE):
 
 def _load_error(handle, error):
     return ModuleError(
-        f"Cannot load module {handle}: {_one_line(error).rstrip('.')}. {_fix_for(handle)}"
+        f"Cannot load module {handle}: {errors.one_line(error).rstrip('.')}. {_fix_for(handle)}"
     )
 
 
@@ -335,11 +337,6 @@ def _static_image_size(loaded):
                 return int(height), int(width)
     return None
 
-
-def _one_line(error):
-    text = str(getattr(error, "message", None) or error).strip()
-    line = text.splitlines()[0] if text else type(error).__name__
-    return line if len(line) < 300 else line[:297] + "..."
 
 
 def describe_device():

@@ -5,7 +5,7 @@ import sys
 import tensorflow as tf
 from absl import flags
 
-from retrain_suite import classifier, input_pipeline, tflite
+from retrain_suite import classifier, errors, input_pipeline, tflite
 from retrain_suite.bottleneck import batch_size as batch_size_lib
 from retrain_suite.cli import flags as shared_flags
 from retrain_suite.cli import startup
@@ -93,7 +93,7 @@ def main(argv):
     except classifier.LabelError as e:
         sys.exit(f"error: {e}")
     except (ValueError, tf.errors.OpError) as e:
-        sys.exit(f"error: cannot run graph {graph}: {input_pipeline.one_line(e)[:300]}")
+        sys.exit(f"error: cannot run graph {graph}: {errors.one_line(e)}")
 
     failures = {
         i: input_pipeline.why_undecodable(path, FLAGS.max_image_pixels)

@@ -5,7 +5,7 @@ import sys
 import tensorflow as tf
 from absl import flags
 
-from retrain_suite import input_pipeline
+from retrain_suite import errors
 from retrain_suite.bottleneck import make_module
 from retrain_suite.cli import flags as shared_flags
 from retrain_suite.cli import startup
@@ -24,7 +24,7 @@ def main(argv):
                  "whole, so give a new folder, an empty one or a module this command wrote.")
     except (OSError, tf.errors.OpError) as e:
         sys.exit(f"error: cannot write --output_dir={FLAGS.output_dir}: "
-                 f"{getattr(e, 'strerror', None) or input_pipeline.one_line(e)}.")
+                 f"{getattr(e, 'strerror', None) or errors.one_line(e)}.")
     print(f"Wrote a random-weight {FLAGS.kind} feature-vector module to {FLAGS.output_dir}")
 
 

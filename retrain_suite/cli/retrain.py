@@ -5,11 +5,8 @@ import sys
 import tensorflow as tf
 from absl import flags, logging
 
-from retrain_suite import classifier, export, job, reporting, tflite
 from retrain_suite import config as config_lib
-from retrain_suite import dataset as dataset_lib
-from retrain_suite.bottleneck import cache as cache_lib
-from retrain_suite.bottleneck import module as module_lib
+from retrain_suite import errors, job
 from retrain_suite.cli import flags as shared_flags
 from retrain_suite.cli import startup
 
@@ -28,9 +25,7 @@ def main(argv):
     tf.get_logger().setLevel("ERROR")  # TensorFlow's own deprecation chatter.
     try:
         job.run_retraining(config_from_flags())
-    except (config_lib.UsageError, export.OutputError, reporting.AccuracyError,
-            dataset_lib.DatasetError, module_lib.ModuleError, cache_lib.CacheError,
-            tflite.TFLiteError, classifier.LabelError) as e:
+    except errors.SuiteError as e:
         sys.exit(f"error: {e}")
 
 
