@@ -8,8 +8,15 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from retrain_suite import config as config_lib
 from retrain_suite import export, final_layer, input_pipeline
 from retrain_suite.bottleneck import module as module_lib
+
+
+def classic_training(batch_size, seed):
+    """The classic script's layer training: plain SGD at 0.01 on the bottlenecks."""
+    return config_lib.TrainingConfig(optimizer="sgd", learning_rate=0.01,
+                                     train_batch_size=batch_size, random_seed=seed)
 
 
 def classic_bottlenecks(paths, handle, text_dir):
@@ -133,7 +140,7 @@ def classic_training_rate(text_paths, labels, steps, batch_size, class_count, se
     rng = np.random.RandomState(seed)
     dimension = read_classic_text(text_paths[0]).shape[0]
     g = final_layer.build_training_graph(
-        dimension, class_count, "final_result", "sgd", 0.01, batch_size, seed
+        dimension, final_layer.LayerSpec(class_count), classic_training(batch_size, seed)
     )
     with tf.compat.v1.Session(graph=g.graph) as sess:
         sess.run(tf.compat.v1.global_variables_initializer())
@@ -150,7 +157,7 @@ def our_training_rate(vectors, labels, steps, batch_size, class_count, interval,
     between two evaluations (every `interval` steps) in one call, the evaluation's
     step in a call of its own (its metrics left out, as the classic loop's are). -> steps/s."""
     g = final_layer.build_training_graph(
-        vectors.shape[1], class_count, "final_result", "sgd", 0.01, batch_size, seed
+        vectors.shape[1], final_layer.LayerSpec(class_count), classic_training(batch_size, seed)
     )
     with tf.compat.v1.Session(graph=g.graph) as sess:
         sess.run(tf.compat.v1.global_variables_initializer())
@@ -182,7 +189,8 @@ def classic_warm_rerun(handle, text_paths, labels, splits, steps, batch_size, cl
     validation = np.flatnonzero(splits == "validation")
     test = np.flatnonzero(splits == "testing")
     dimension = read_classic_text(text_paths[0]).shape[0]
-    g = final_layer.build_training_graph(dimension, class_count, "final_result", "sgd", 0.01, batch_size, 0)
+    g = final_layer.build_training_graph(
+        dimension, final_layer.LayerSpec(class_count), classic_training(batch_size, 0))
 
     def batch_of(rows):
         return np.stack([read_classic_text(text_paths[r]) for r in rows])
@@ -199,6 +207,7 @@ def classic_warm_rerun(handle, text_paths, labels, splits, steps, batch_size, cl
         checkpoint = os.path.join(out, "classic_checkpoint")
         final_layer.save_checkpoint(g.saver, sess, checkpoint)
         layer = g.named_layer_values(sess)
-    graph_def = export.frozen_graph(handle, module_lib.DEFAULT_IMAGE_SIZE, class_count, layer, "final_result")
+    graph_def = export.frozen_graph(handle, module_lib.DEFAULT_IMAGE_SIZE,
+                                    final_layer.LayerSpec(class_count), layer)
     export.write_frozen_graph(graph_def, os.path.join(out, "classic_graph.pb"))
     return time.monotonic() - start

@@ -187,37 +187,35 @@ def check_accuracy(results, threshold, set_name):
     logging.info("Every exported file meets --assert_accuracy_at_least=%g.", threshold)
 
 
-def check_run(config, arrays, result, images, row_of, height, width):
+def check_run(outputs, run, result):
     """Check the run's exported files on its test set (validation set if it has no test images).
 
-    arrays: job.split_arrays; result: the training.TrainingResult; images:
-    the input_pipeline image source; row_of: image path -> index there.
-    -> (set name, [ArtifactResult]), or None when there are no such images.
+    outputs: the run's config.OutputConfig (which files were written); run: the
+    run_data.PreparedRun; result: the training.TrainingResult of the exported
+    model. -> (set name, [ArtifactResult]), or None when there are no such images.
     """
-    split = "testing" if len(arrays["testing"][1]) else "validation"
-    _, truth, split_images = arrays[split]
-    if not len(truth):
+    split = run.testing if len(run.testing) else run.validation
+    if not len(split):
         logging.info("No test or validation images: the exported files are not checked.")
         return None
-    rows = [row_of[image.path] for image in split_images]
+    rows = split.rows.tolist()
     position_of = {row: n for n, row in enumerate(rows)}
     trained = {}
-    if split in result.predictions:
-        trained_rows, trained_classes = result.predictions[split]
-        trained = dict(zip(np.asarray(trained_rows).tolist(), np.asarray(trained_classes).tolist()))
-    artifacts = [("frozen graph", config.outputs.output_graph,
-                  lambda: GraphRunner(config.outputs.output_graph, config.outputs.final_tensor_name))]
-    if config.outputs.saved_model_dir:
-        artifacts.append(("SavedModel", config.outputs.saved_model_dir,
-                          lambda: SavedModelRunner(config.outputs.saved_model_dir)))
-    if config.outputs.tflite_output_file:
-        artifacts.append((f"TFLite ({config.outputs.tflite_quantization})",
-                          config.outputs.tflite_output_file,
-                          lambda: TFLiteRunner(config.outputs.tflite_output_file)))
-    decoded = images.batches(rows, height, width, BATCH_SIZE, config.data.max_image_pixels)
+    if split.name in result.predictions:
+        predicted = result.predictions[split.name]
+        trained = dict(zip(predicted.positions.tolist(), predicted.classes.tolist()))
+    artifacts = [("frozen graph", outputs.output_graph,
+                  lambda: GraphRunner(outputs.output_graph, outputs.final_tensor_name))]
+    if outputs.saved_model_dir:
+        artifacts.append(("SavedModel", outputs.saved_model_dir,
+                          lambda: SavedModelRunner(outputs.saved_model_dir)))
+    if outputs.tflite_output_file:
+        artifacts.append((f"TFLite ({outputs.tflite_quantization})", outputs.tflite_output_file,
+                          lambda: TFLiteRunner(outputs.tflite_output_file)))
+    decoded = run.image_batches(rows, BATCH_SIZE)
     batches = (
         (np.array([position_of[i] for i in indices.tolist()]), pixels)
         for indices, _, pixels in decoded.as_numpy_iterator()
     )
-    name = reporting.SET_NAMES[split].lower()
-    return name, check_artifacts(artifacts, batches, truth, trained)
+    name = reporting.SET_NAMES[split.name].lower()
+    return name, check_artifacts(artifacts, batches, split.labels, trained)

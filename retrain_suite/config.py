@@ -419,7 +419,7 @@ def output_paths_of(config):
     if config.outputs.intermediate_store_frequency > 0:
         outputs.append(("intermediate_output_graphs_dir", config.outputs.intermediate_output_graphs_dir))
     prefix = config.outputs.checkpoint_path
-    # ".fine_tuning": fine_tuning.CHECKPOINT_SUFFIX (that module imports this one).
+    # ".fine_tuning": fine_tuning_checkpoint.CHECKPOINT_SUFFIX (that module imports this one).
     outputs += [("checkpoint_path", prefix + suffix)
                 for suffix in ("", ".index", ".data-00000-of-00001", ".lock", ".fine_tuning")]
     return outputs

@@ -371,20 +371,18 @@ def _png(image):
     return buffer.getvalue()
 
 
-def load_display_images(images, indices, height, width,
-                        max_pixels=input_pipeline.DEFAULT_MAX_IMAGE_PIXELS):
-    """Images of a source -> {index: uint8 [height, width, 3]}, as the module saw them.
+def load_display_images(run, rows):
+    """Images of a run -> {row: uint8 [height, width, 3]}, as the module saw them.
 
-    images: an input_pipeline.ImageFiles or TFRecordImages; indices: which of
-    them. Decoded and resized by
-    input_pipeline.decode_and_resize, the function that prepared the
-    bottlenecks. Images that cannot be decoded are missing from the result.
+    run: a run_data.PreparedRun; rows: which images of its source. Decoded and
+    resized by input_pipeline.decode_and_resize, the function that prepared
+    the bottlenecks. Images that cannot be decoded are missing from the result.
     """
-    if not indices:
+    if not rows:
         return {}
     graph = tf.Graph()
     with graph.as_default():
-        batches = images.batches(indices, height, width, len(indices), max_pixels)
+        batches = run.image_batches(rows, len(rows))
         index, _, pixels = tf.compat.v1.data.make_one_shot_iterator(batches).get_next()
         pixels = tf.cast(tf.round(tf.clip_by_value(pixels, 0.0, 1.0) * 255.0), tf.uint8)
         results = {}

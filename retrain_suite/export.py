@@ -19,8 +19,8 @@ INPUT_NAME = "Placeholder"
 BOTTLENECK_NAME = "bottleneck"
 
 
-def _export_graph(handle, default_image_size, class_count, final_tensor_name, hidden_units):
-    """A new graph: Placeholder -> module -> bottleneck -> final layer.
+def _export_graph(handle, default_image_size, spec):
+    """A new graph: Placeholder -> module -> bottleneck -> final layer (a final_layer.LayerSpec).
 
     -> (graph, bottleneck, module_lib.FeatureVectorModule)."""
     graph = tf.Graph()
@@ -32,7 +32,8 @@ def _export_graph(handle, default_image_size, class_count, final_tensor_name, hi
         if images.op.name != INPUT_NAME:
             raise ValueError(f"module {handle} already uses the op name {INPUT_NAME}")
         bottleneck = tf.identity(module(images), name=BOTTLENECK_NAME)
-        final_layer.add_final_layer(bottleneck, class_count, final_tensor_name, hidden_units)
+        final_layer.add_final_layer(bottleneck, spec.class_count, spec.final_tensor_name,
+                                    spec.hidden_units)
     return graph, bottleneck, module
 
 
@@ -44,20 +45,19 @@ def check_final_tensor_name(handle, default_image_size, final_tensor_name, hidde
     export would otherwise find only after all the training.
     """
     _, bottleneck, _ = _export_graph(
-        handle, default_image_size, 2, final_tensor_name, hidden_units
+        handle, default_image_size, final_layer.LayerSpec(2, final_tensor_name, hidden_units)
     )
     images = bottleneck.graph.get_tensor_by_name(INPUT_NAME + ":0")
     return int(bottleneck.shape[-1]), (int(images.shape[1]), int(images.shape[2]))
 
 
-def frozen_graph(handle, default_image_size, class_count, layer, final_tensor_name,
-                 hidden_units=0, module_values=None):
+def frozen_graph(handle, default_image_size, spec, layer, module_values=None):
     """Module + the trained final layer -> frozen tf.compat.v1.GraphDef.
 
-    layer: {variable name: ndarray}, the final layer's values as trained
+    spec: the final_layer.LayerSpec the layer was trained with; layer:
+    {variable name: ndarray}, the final layer's values as trained
     (final_layer.TrainingGraph.named_layer_values), so the export holds the
-    layer this process trained whatever else shares a checkpoint path.
-    hidden_units must be the value the layer was trained with. The layer is
+    layer this process trained whatever else shares a checkpoint path. The layer is
     built without dropout: the export computes exactly what evaluation did.
     module_values: None for the module's own weights, or fine-tuned ones:
     [ndarray], one per variable of the loaded module's `variables`, in that
@@ -65,9 +65,7 @@ def frozen_graph(handle, default_image_size, class_count, layer, final_tensor_na
     the module saved, the same in every graph it is loaded into; a count,
     shape or dtype that differs is a ValueError, never a silent mismatch.
     """
-    graph, _, module = _export_graph(
-        handle, default_image_size, class_count, final_tensor_name, hidden_units
-    )
+    graph, _, module = _export_graph(handle, default_image_size, spec)
     with graph.as_default():
         variables = final_layer.final_layer_variables(graph)
         if sorted(v.op.name for v in variables) != sorted(layer):
@@ -85,7 +83,7 @@ def frozen_graph(handle, default_image_size, class_count, layer, final_tensor_na
                 variable.load(layer[variable.op.name], sess)
             for variable, value in zip(module_variables, module_values or []):
                 variable.load(value, sess)
-            return module_lib.constant_graph_def(sess, [final_tensor_name])
+            return module_lib.constant_graph_def(sess, [spec.final_tensor_name])
 
 
 def check_module_values(variables, values):

@@ -184,12 +184,21 @@ class TrainingGraph:
         sess.run(self.assign_values, dict(zip(self.value_inputs, values)))
 
 
-def build_training_graph(
-    dimension, class_count, final_tensor_name, optimizer, learning_rate, batch_size, seed,
-    hidden_units=0, loss_settings=None, sampling="proportional", batch_source=None,
-    dropout=False,
-):
-    """The graph that trains the final layer from in-memory bottlenecks.
+@dataclasses.dataclass(frozen=True)
+class LayerSpec:
+    """The new layer's shape: what training builds and export builds again."""
+
+    class_count: int  # C, the softmax's outputs
+    final_tensor_name: str = "final_result"  # the name of the probabilities [N, C]
+    hidden_units: int = 0  # width of a ReLU layer before the softmax; 0: none
+
+
+def build_training_graph(dimension, spec, training, loss_settings=None, batch_source=None):
+    """The graph that trains the final layer (a LayerSpec) on D=dimension bottlenecks.
+
+    training: a config.TrainingConfig; its optimizer, learning_rate,
+    train_batch_size, random_seed, sampling and dropout (> 0: the dropout op
+    is built; its rate is fed per step) shape the graph.
 
     Training batches come from a tf.data pipeline over the bottlenecks fed once
     through `bottlenecks`/`labels` at iterator initialisation (shuffled epochs,
@@ -209,8 +218,10 @@ def build_training_graph(
     training batches then come from it (distorted images through the module)
     instead of the in-memory bottlenecks, one step per call (no train_steps:
     its batch is computed outside any loop). Only the final layer is trained.
-    dropout: whether to build the dropout op (its rate is fed per step).
     """
+    class_count, final_tensor_name, hidden_units = spec.class_count, spec.final_tensor_name, spec.hidden_units
+    batch_size, seed, sampling = training.train_batch_size, training.random_seed, training.sampling
+    dropout = training.dropout > 0
     loss_settings = loss_settings or LossSettings()
     graph = tf.Graph()
     with graph.as_default():
@@ -254,11 +265,12 @@ def build_training_graph(
                 name="dropout",
             )
 
-        rate = tf.compat.v1.placeholder_with_default(float(learning_rate), [], "learning_rate_input")
+        rate = tf.compat.v1.placeholder_with_default(float(training.learning_rate), [],
+                                                    "learning_rate_input")
         # The rate is read when an update is built: `rate` for train_step, the
         # step's own rate inside the train_steps loop.
         current_rate = [rate]
-        opt = make_optimizer(optimizer, lambda: current_rate[0])
+        opt = make_optimizer(training.optimizer, lambda: current_rate[0])
         step = step_count.read_value()
         logits, probabilities = add_final_layer(
             bottleneck_input, class_count, final_tensor_name, hidden_units, dropout_at(step)
@@ -318,10 +330,13 @@ def build_training_graph(
             value_inputs = [tf.compat.v1.placeholder(v.dtype.base_dtype, v.shape) for v in variables]
             assign_values = tf.group(*(v.assign(x) for v, x in zip(variables, value_inputs)))
     return TrainingGraph(
-        graph, bottlenecks, labels, iterator_init, bottleneck_input, ground_truth,
-        rate, dropout_rate, train_step, train_steps, learning_rates, cross_entropy, loss,
-        accuracy, predictions, probabilities, summaries, saver, variables, assign_values,
-        value_inputs,
+        graph=graph, bottlenecks=bottlenecks, labels=labels, iterator_init=iterator_init,
+        bottleneck_input=bottleneck_input, ground_truth=ground_truth, learning_rate=rate,
+        dropout_rate=dropout_rate, train_step=train_step, train_steps=train_steps,
+        learning_rates=learning_rates, cross_entropy=cross_entropy, loss=loss,
+        accuracy=accuracy, predictions=predictions, probabilities=probabilities,
+        summaries=summaries, saver=saver, variables=variables, assign_values=assign_values,
+        value_inputs=value_inputs,
     )
 
 

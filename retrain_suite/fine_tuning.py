@@ -25,38 +25,26 @@ optimizer slots, step) and the best model so far, written whole under a
 temporary name and renamed. A run with the same flags and data resumes from
 it; batches are a function of (seed, step) (input_pipeline.fine_tuning_batches),
 so the result is the one an uninterrupted run gives. A checkpoint of another
-configuration or dataset is ignored, with a warning.
+configuration or dataset is ignored, with a warning (fine_tuning_checkpoint).
 """
 
 import dataclasses
-import hashlib
-import io
-import json
 import math
 import os
 import time
-import zipfile
 
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from retrain_suite import atomic_files, errors, export, final_layer, input_pipeline
 from retrain_suite import config as config_lib
-from retrain_suite.bottleneck import cache as cache_lib
+from retrain_suite import final_layer, input_pipeline, run_data, training
+from retrain_suite import fine_tuning_checkpoint as checkpoint
 from retrain_suite.bottleneck import compute
 from retrain_suite.bottleneck import module as module_lib
 
-# Written next to --checkpoint_path, under its lock.
-CHECKPOINT_SUFFIX = ".fine_tuning"
-
-
 # The TensorBoard run (a folder of --summaries_dir) of the fine-tuning curves.
 TENSORBOARD_RUN = "fine_tuning"
-
-
-def checkpoint_file(checkpoint_path):
-    return checkpoint_path + CHECKPOINT_SUFFIX
 
 
 @dataclasses.dataclass
@@ -68,9 +56,9 @@ class FineTuningResult:
     # [ndarray] in the module's `variables` order (export.frozen_graph), or None
     # when the kept model is the bottleneck-trained one (the module unchanged).
     module_values: list
-    # As training.TrainingResult's, measured by the kept whole model on images.
+    # As training.TrainingResult's: {split name: run_data.Predictions}, measured by the
+    # kept whole model on images.
     predictions: dict
-    confidences: dict
 
 
 @dataclasses.dataclass
@@ -88,22 +76,24 @@ class FineTuningGraph:
     every: list  # every global variable of the graph: what the checkpoint holds
 
 
-def build_graph(config, class_count, images, train_rows, train_y, eval_rows, first_step,
-                loss_settings):
+def build_graph(config, run, eval_rows, first_step, loss_settings):
     """The fine-tuning graph: image batches -> module -> final layer -> loss -> update.
 
-    train_rows, train_y: the training images' positions in `images` and their
-    labels; eval_rows: {split: positions} of the images evaluated whole;
-    first_step: the step the batches start at (input_pipeline.fine_tuning_batches).
+    run: the run_data.PreparedRun (its training images are the batches);
+    eval_rows: {split: rows of the run's image source} of the images evaluated
+    whole; first_step: the step the batches start at
+    (input_pipeline.fine_tuning_batches).
     """
     tuning = config.fine_tuning
+    class_count = run.class_count
     seed = config.training.random_seed
     graph = tf.Graph()
     with graph.as_default():
         tf.compat.v1.set_random_seed(seed)
         module = module_lib.load(config.module.tfhub_module, config.module.image_size)
         batches = input_pipeline.fine_tuning_batches(
-            images, train_rows, train_y, module.height, module.width,
+            run.source, run.training.rows.tolist(), run.training.labels.tolist(),
+            module.height, module.width,
             tuning.fine_tune_batch_size, config_lib.distortions_from(config), seed, first_step,
             config.data.max_image_pixels,
         )
@@ -138,8 +128,7 @@ def build_graph(config, class_count, images, train_rows, train_y, eval_rows, fir
             train_step = step.assign_add(1).op
         evaluations = {}
         for split, rows in eval_rows.items():
-            decoded = images.batches(rows, module.height, module.width,
-                                     tuning.fine_tune_batch_size, config.data.max_image_pixels)
+            decoded = run.image_batches(rows, tuning.fine_tune_batch_size)
             eval_iterator = tf.compat.v1.data.make_initializable_iterator(decoded)
             indices, _, eval_pixels = eval_iterator.get_next()
             eval_logits = final_layer.layer_logits(
@@ -151,128 +140,6 @@ def build_graph(config, class_count, images, train_rows, train_y, eval_rows, fir
         assign = tf.group(*(v.assign(values[v.op.name]) for v in every))
     return FineTuningGraph(graph, module, iterator.initializer, train_step, loss, step, evaluations,
                   layer_variables, assign, values, every)
-
-
-def _fingerprint(config, labels, arrays, contents, start_layer):
-    """A hex digest of everything the fine-tuning trajectory depends on.
-
-    contents: {image path: content SHA-1}. The layer the run starts from is in
-    it too, so a checkpoint is resumed only from the same start.
-    """
-    settings = {
-        section: dataclasses.asdict(getattr(config, section))
-        for section in ("training", "fine_tuning", "distortions")
-    }
-    settings["module"] = cache_lib.module_key(
-        config.module.tfhub_module, config.module.image_size, config.module.image_size
-    )
-    settings["max_image_pixels"] = config.data.max_image_pixels
-    digest = hashlib.sha1(json.dumps(
-        {"settings": settings, "labels": labels,
-         "images": {split: [(i.path, i.label_index, contents[i.path]) for i in arrays[split][2]]
-                    for split in ("training", "validation")}},
-        sort_keys=True, default=str,
-    ).encode("utf-8"))
-    for name in sorted(start_layer):
-        digest.update(name.encode("utf-8"))
-        digest.update(np.ascontiguousarray(start_layer[name]).tobytes())
-    return digest.hexdigest()
-
-
-@dataclasses.dataclass
-class _Best:
-    """The best evaluation so far; values None while it is the start (step 0)."""
-
-    step: int = 0
-    accuracy: float = -1.0
-    cross_entropy: float = math.inf
-    values: dict = None
-    evaluations_without_improvement: int = 0
-
-    def better(self, accuracy, cross_entropy):
-        return (accuracy, -cross_entropy) > (self.accuracy, -self.cross_entropy)
-
-
-# What _write_checkpoint puts in the checkpoint's meta, and the types read back.
-CHECKPOINT_META = {"fingerprint": str, "step": int, "best_step": int,
-                   "best_accuracy": (int, float), "best_cross_entropy": (int, float),
-                   "evaluations_without_improvement": int, "start_score": list}
-
-
-def _read_checkpoint(path, fingerprint):
-    """-> (step, current values {name: ndarray}, _Best, start score) or None, logged.
-
-    A checkpoint that cannot be read (not a regular file, not the zip
-    _write_checkpoint writes, its meta not the one CHECKPOINT_META describes)
-    is ignored with a warning, like one of another run: fine-tuning starts
-    from step 0 and writes its own in its place.
-    """
-    if not tf.io.gfile.exists(path):
-        return None
-    # Read like an image: a FIFO or device put there is refused, never waited on.
-    data, problem = input_pipeline.read_regular_file(path)
-    try:
-        if problem:
-            raise ValueError(problem)
-        _check_stored_uncompressed(data)
-        with np.load(io.BytesIO(data), allow_pickle=False) as stored:
-            meta = _checked_meta(json.loads(str(stored["meta"])))
-            arrays = {name: stored[name] for name in stored.files if name != "meta"}
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, tf.errors.OpError) as e:
-        logging.warning("Ignoring the fine-tuning checkpoint %s: it cannot be read (%s); "
-                        "fine-tuning starts from step 0.", path, errors.one_line(e))
-        return None
-    if meta["fingerprint"] != fingerprint:
-        logging.warning(
-            "Ignoring the fine-tuning checkpoint %s: it was written by a run with other flags, "
-            "data or starting layer; fine-tuning starts from step 0 and replaces it.", path)
-        return None
-    current = {n[len("current/"):]: v for n, v in arrays.items() if n.startswith("current/")}
-    best_values = {n[len("best/"):]: v for n, v in arrays.items() if n.startswith("best/")}
-    best = _Best(meta["best_step"], meta["best_accuracy"], meta["best_cross_entropy"],
-                 best_values or None, meta["evaluations_without_improvement"])
-    logging.info("Resuming fine-tuning from step %d (checkpoint %s).", meta["step"], path)
-    return meta["step"], current, best, tuple(meta["start_score"])
-
-
-def _check_stored_uncompressed(data):
-    """ValueError unless every member of the zip in data is stored uncompressed, as
-    np.savez writes them: then no member holds more than the file's own bytes, while
-    a compressed one could inflate a small file to gigabytes."""
-    with zipfile.ZipFile(io.BytesIO(data)) as archive:
-        for info in archive.infolist():
-            if info.compress_type != zipfile.ZIP_STORED or info.file_size != info.compress_size:
-                raise ValueError(f"its member {info.filename[:60]!r} is compressed, which no "
-                                 "run writes")
-
-
-def _checked_meta(meta):
-    """meta, if it is what _write_checkpoint writes (CHECKPOINT_META); else ValueError."""
-    if not isinstance(meta, dict):
-        raise ValueError(f"its meta is a JSON {type(meta).__name__}, not an object")
-    for key, kind in CHECKPOINT_META.items():
-        if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool):
-            raise ValueError(f"its meta has no {key} of the right type")
-    if min(meta["step"], meta["best_step"], meta["evaluations_without_improvement"]) < 0 or (
-            len(meta["start_score"]) != 2 or not all(
-                isinstance(x, (int, float)) for x in meta["start_score"])):
-        raise ValueError("its meta holds values no run writes")
-    return meta
-
-
-def _write_checkpoint(path, fingerprint, step, current, best, start_score):
-    arrays = {f"current/{name}": value for name, value in current.items()}
-    if best.values is not None:
-        arrays.update({f"best/{name}": value for name, value in best.values.items()})
-    meta = {"fingerprint": fingerprint, "step": step, "best_step": best.step,
-            "best_accuracy": best.accuracy, "best_cross_entropy": best.cross_entropy,
-            "evaluations_without_improvement": best.evaluations_without_improvement,
-            "start_score": list(start_score)}
-    buffer = io.BytesIO()
-    np.savez(buffer, meta=np.array(json.dumps(meta)), **arrays)
-    # A full disk or a folder at path: one error naming it (the previous checkpoint stays).
-    export.write_output("checkpoint_path", path,
-                        lambda: atomic_files.write_bytes(path, buffer.getvalue()))
 
 
 def _evaluate(sess, g, split, rows, truth):
@@ -305,30 +172,30 @@ def _evaluate(sess, g, split, rows, truth):
     return (predictions, confidences), accuracy, cross_entropy
 
 
-def fine_tune(config, labels, arrays, images, row_of, contents, result, loss_settings):
+def fine_tune(config, run, result):
     """Fine-tune the module and the bottleneck-trained layer. -> FineTuningResult.
 
-    arrays: job.split_arrays (validation images needed); images: the run's
-    input_pipeline.ImageFiles; row_of: image path -> index there; contents:
-    image path -> content SHA-1; result: training.TrainingResult of the
-    bottleneck phase (its layer is the start, its test rows are measured
-    again); loss_settings: final_layer.LossSettings of that phase.
+    config: the whole config.RetrainConfig (every section but evaluation
+    shapes fine-tuning: its own, the layer's training, distortions, the
+    module, the image size limit, the checkpoint and TensorBoard paths); run:
+    the run_data.PreparedRun (validation images needed); result: the
+    training.TrainingResult of the bottleneck phase (its layer is the start,
+    its test sample is measured again).
     """
     tuning = config.fine_tuning
     steps, interval = tuning.fine_tune_steps, tuning.fine_tune_eval_interval
-    _, train_y, train_images = arrays["training"]
-    _, val_y, val_images = arrays["validation"]
-    _, test_y, test_images = arrays["testing"]
-    test_rows = result.predictions["testing"][0] if "testing" in result.predictions else []
-    eval_rows = {"validation": [row_of[i.path] for i in val_images]}
-    if len(test_rows):
-        eval_rows["testing"] = [row_of[test_images[r].path] for r in test_rows]
-    fingerprint = _fingerprint(config, labels, arrays, contents, result.layer)
-    path = checkpoint_file(config.outputs.checkpoint_path)
-    resumed = _read_checkpoint(path, fingerprint)
+    val_y = run.validation.labels
+    test_positions = (result.predictions["testing"].positions if "testing" in result.predictions
+                      else np.zeros([0], np.int64))
+    eval_rows = {"validation": run.validation.rows.tolist()}
+    if len(test_positions):
+        eval_rows["testing"] = run.testing.rows[test_positions].tolist()
+    fingerprint = checkpoint.fingerprint(config, run, result.layer)
+    path = checkpoint.checkpoint_file(config.outputs.checkpoint_path)
+    resumed = checkpoint.read(path, fingerprint)
     first_step = resumed[0] if resumed else 0
-    g = build_graph(config, len(labels), images, [row_of[i.path] for i in train_images],
-                    train_y.tolist(), eval_rows, first_step, loss_settings)
+    loss_settings = training.loss_settings(config.training, run.training.labels, run.class_count)
+    g = build_graph(config, run, eval_rows, first_step, loss_settings)
     learning_rate = config_lib.fine_tune_learning_rate(config)
     logging.info(
         "Fine-tuning %s for %d steps (%d images a step, %s, learning rate %g, batch "
@@ -366,7 +233,7 @@ def fine_tune(config, labels, arrays, images, row_of, contents, result, loss_set
             load(start_values)
             _, accuracy, cross_entropy = _evaluate(
                 sess, g, "validation", eval_rows["validation"], val_y)
-            best = _Best(0, accuracy, cross_entropy)
+            best = checkpoint.Best(0, accuracy, cross_entropy)
             _write_scalars(writer, 0, validation_accuracy=accuracy,
                            validation_cross_entropy=cross_entropy)
             start_score = (accuracy, cross_entropy)
@@ -375,7 +242,7 @@ def fine_tune(config, labels, arrays, images, row_of, contents, result, loss_set
                 "%.1f%%, cross entropy %.4f (all %d validation images).",
                 steps, 100 * accuracy, cross_entropy, len(val_y))
             if steps:
-                _write_checkpoint(path, fingerprint, 0, snapshot(), best, start_score)
+                checkpoint.write(path, fingerprint, 0, snapshot(), best, start_score)
         sess.run(g.iterator_init)
         step, diverged = first_step, False
         progress = compute.Progress((steps - first_step) * tuning.fine_tune_batch_size,
@@ -405,12 +272,12 @@ def fine_tune(config, labels, arrays, images, row_of, contents, result, loss_set
                 break
             current = snapshot()
             if best.better(accuracy, cross_entropy):
-                best = _Best(step, accuracy, cross_entropy, current)
+                best = checkpoint.Best(step, accuracy, cross_entropy, current)
                 message += " (best so far)"
             else:
                 best.evaluations_without_improvement += 1
             logging.info("%s", message)
-            _write_checkpoint(path, fingerprint, step, current, best, start_score)
+            checkpoint.write(path, fingerprint, step, current, best, start_score)
             patience = config.training.early_stopping_patience
             if patience and best.evaluations_without_improvement >= patience:
                 logging.info("Early stopping of fine-tuning at step %d: no better validation "
@@ -425,13 +292,13 @@ def fine_tune(config, labels, arrays, images, row_of, contents, result, loss_set
             # Never the diverged state: at worst the bottleneck-trained model.
             kept_step = best.step
             load(best.values if best.values is not None else start_values)
-        predictions, confidences, scores = {}, {}, {}
-        for split, truth, rows in (("validation", val_y, np.arange(len(val_y))),
-                                   ("testing", test_y, np.asarray(test_rows))):
-            if split in eval_rows:
-                (predicted, confidences[split]), *scores[split] = _evaluate(
-                    sess, g, split, eval_rows[split], truth[rows])
-                predictions[split] = (rows, predicted)
+        predictions, scores = {}, {}
+        for split, positions in ((run.validation, np.arange(len(val_y))),
+                                 (run.testing, test_positions)):
+            if split.name in eval_rows:
+                (classes, confidences), *scores[split.name] = _evaluate(
+                    sess, g, split.name, eval_rows[split.name], split.labels[positions])
+                predictions[split.name] = run_data.Predictions(positions, classes, confidences)
         _log_choice(kept_step, step, scores["validation"], start_score, diverged, len(val_y))
         kept = snapshot()
     module_names = [v.op.name for v in g.module.variables]
@@ -439,7 +306,7 @@ def fine_tune(config, labels, arrays, images, row_of, contents, result, loss_set
         steps=step, kept_step=kept_step, diverged=diverged,
         layer={v.op.name: kept[v.op.name] for v in g.layer_variables},
         module_values=[kept[n] for n in module_names] if kept_step else None,
-        predictions=predictions, confidences=confidences,
+        predictions=predictions,
     )
 
 

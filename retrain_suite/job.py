@@ -13,7 +13,6 @@ import dataclasses
 import os
 import random
 
-import numpy as np
 import tensorflow as tf
 from absl import logging
 
@@ -24,10 +23,12 @@ from retrain_suite import (
     export,
     final_layer,
     fine_tuning,
+    fine_tuning_checkpoint,
     input_pipeline,
     memory_budget,
     output_paths,
     reporting,
+    run_data,
     tflite,
     tfrecords,
     training,
@@ -111,9 +112,10 @@ def check_names_in_graphs(config):
     """
     name = config.outputs.final_tensor_name
     try:
+        # One value of one image, two classes, seed 0: only the names matter here.
         final_layer.build_training_graph(
-            1, 2, name, config.training.optimizer, 0.1, 1, 0, hidden_units=config.training.hidden_units,
-            dropout=config.training.dropout > 0,
+            1, final_layer.LayerSpec(2, name, config.training.hidden_units),
+            dataclasses.replace(config.training, train_batch_size=1, random_seed=0),
         )
         dimension, input_size = export.check_final_tensor_name(
             config.module.tfhub_module, config.module.image_size, name, config.training.hidden_units
@@ -123,22 +125,6 @@ def check_names_in_graphs(config):
             f"--final_tensor_name={name}: {e}; choose another name, e.g. final_result."
         ) from e
     return dimension, input_size
-
-
-def split_arrays(dataset, bottlenecks, row_of):
-    """{split: (vectors float32 [n, D], labels int64 [n], images)} for the three sets."""
-    arrays = {}
-    for split in dataset_lib.SPLITS:
-        # A canonical order: the same images give the same arrays, and so the same
-        # training, whether they came from a folder or from TFRecords.
-        images = sorted(dataset.in_split(split), key=lambda i: (i.label_index, i.path))
-        rows = [row_of[image.path] for image in images]
-        arrays[split] = (
-            bottlenecks.vectors[rows].reshape(len(rows), bottlenecks.vectors.shape[1]),
-            np.array([image.label_index for image in images], np.int64),
-            images,
-        )
-    return arrays
 
 
 def run_retraining(config):
@@ -194,7 +180,7 @@ def retrain_with_checked_flags(config):
     logging.info("Found %d images in %d classes.", len(dataset.images), len(dataset.labels))
     check_sets(dataset, config)
     outputs = [config.outputs.output_graph, config.outputs.output_labels, config.outputs.checkpoint_path,
-               fine_tuning.checkpoint_file(config.outputs.checkpoint_path)]
+               fine_tuning_checkpoint.checkpoint_file(config.outputs.checkpoint_path)]
     for name in ("saved_model_dir", "eval_report", "tflite_output_file"):
         if config_lib.value_of(config, name):
             outputs.append(config_lib.value_of(config, name))
@@ -208,131 +194,155 @@ def retrain_with_checked_flags(config):
 
 
 def train_and_export(config, dataset, images):
-    """Bottlenecks, training, evaluation and export, once every check has passed."""
+    """Bottlenecks, training, evaluation and export, once every check has passed.
+
+    dataset: the scan; images: its image source (image i of the dataset is row i).
+    """
     if config.training.random_seed is None:
         config = config.with_seed(random.SystemRandom().randrange(2**31))
         logging.info("Random seed %d (pass --random_seed=%d to repeat this run).",
                      config.training.random_seed, config.training.random_seed)
+    run = prepare_run(config, dataset, images)
+    model = train_model(config, run)
+    reports, accuracy = report_results(config, run, model)
+    export_model(config, run, model)
+    checked = artifact_check.check_run(config.outputs, run, model.result)
+    if checked:
+        set_name, artifacts = checked
+        logging.info("Exported files on the %s set:\n%s", set_name,
+                     artifact_check.format_table(artifacts, set_name))
+        if config.evaluation.eval_report:
+            reports["artifacts"] = {"set": set_name, "files": [a.as_dict() for a in artifacts]}
+            write_report(config.evaluation.eval_report, reports)
+        if config.evaluation.assert_accuracy_at_least is not None:
+            artifact_check.check_accuracy(
+                artifacts, config.evaluation.assert_accuracy_at_least, set_name
+            )
+    return accuracy
+
+
+def prepare_run(config, dataset, images):
+    """Compute (or reuse) the bottlenecks; log the copies and counts. -> run_data.PreparedRun."""
     precision = module_lib.mixed_precision_type() if config.module.mixed_precision else "float32"
     bottlenecks = compute.compute_bottlenecks(
         images, config.module.tfhub_module, config.module.bottleneck_dir,
         config.module.image_size, config.module.bottleneck_batch_size, config.data.max_image_pixels,
         precision=precision,
     )
-    row_of = {image.path: n for n, image in enumerate(dataset.images)}
+    run = run_data.prepare(dataset, images, bottlenecks, config.data.max_image_pixels)
     if bottlenecks.skipped:
-        dataset = dataset.without(dataset.images[i].path for i in bottlenecks.skipped)
-        check_sets(dataset, config)
-    log_copies(dataset, [bottlenecks.contents[row_of[i.path]] for i in dataset.images])
+        check_sets(run.dataset, config)
+    log_copies(run.dataset, [run.contents[i.path] for i in run.dataset.images])
     # Past dataset_lib.MAX_CLASSES_LISTED classes the log shows the smallest; the
     # report's images_per_class holds every class.
     full_counts = ("every class's counts are in the --eval_report JSON"
                    if config.evaluation.eval_report else "--eval_report writes every class's counts")
-    dataset_lib.warn_about_small_classes(dataset, full_counts)
-    if not dataset.in_split("training"):
-        raise config_lib.UsageError("No training images left; lower the validation and testing percentages.")
-    logging.info("Images per class and set:\n%s", dataset_lib.format_count_table(dataset, (), full_counts))
-    arrays = split_arrays(dataset, bottlenecks, row_of)
+    dataset_lib.warn_about_small_classes(run.dataset, full_counts)
+    if not len(run.training):
+        raise config_lib.UsageError(
+            "No training images left; lower the validation and testing percentages.")
+    logging.info("Images per class and set:\n%s",
+                 dataset_lib.format_count_table(run.dataset, (), full_counts))
+    return run
 
-    def export_graph(flag, path, layer, module_values=None):
-        graph_def = export.frozen_graph(
-            config.module.tfhub_module, config.module.image_size, len(dataset.labels),
-            layer, config.outputs.final_tensor_name, hidden_units=config.training.hidden_units,
-            module_values=module_values,
-        )
-        export.write_output(flag, path, lambda: export.write_frozen_graph(graph_def, path))
-        return graph_def
+
+def train_model(config, run):
+    """Train the final layer (then fine-tune the module with it). -> run_data.TrainedModel."""
+    spec = final_layer.LayerSpec(run.class_count, config.outputs.final_tensor_name,
+                                 config.training.hidden_units)
 
     def export_intermediate(step, layer):
-        folder = config.outputs.intermediate_output_graphs_dir
-        path = os.path.join(folder, f"intermediate_{step}.pb")
-        export_graph("intermediate_output_graphs_dir", path, layer)
+        path = os.path.join(config.outputs.intermediate_output_graphs_dir, f"intermediate_{step}.pb")
+        export_graph(config, "intermediate_output_graphs_dir", path,
+                     run_data.TrainedModel(spec, training.TrainingResult(step, step, {}, layer)))
         logging.info("Wrote intermediate graph %s", path)
 
     distortions = config_lib.distortions_from(config)
-    batch_source = None
-    if distortions.any():
-        batch_source = distorted_batch_source(
-            images, [row_of[i.path] for i in arrays["training"][2]], arrays["training"][1],
-            config, distortions,
-        )
-    result = training.train(arrays, len(dataset.labels), config, export_intermediate, batch_source)
-    tuned = None
-    if config.fine_tuning.fine_tune_steps:
-        tuned = fine_tuning.fine_tune(
-            config, dataset.labels, arrays, images, row_of,
-            {i.path: bottlenecks.contents[row_of[i.path]] for i in dataset.images}, result,
-            training.loss_settings(config, arrays["training"][1], len(dataset.labels)),
-        )
-        # What is reported, checked and exported from here on is the kept whole model,
-        # measured on images: the cached bottlenecks no longer describe a tuned module.
-        result = dataclasses.replace(result, layer=tuned.layer, predictions=tuned.predictions,
-                                     confidences=tuned.confidences)
+    hooks = training.Hooks(
+        export_intermediate=export_intermediate,
+        batch_source=distorted_batch_source(config, run) if distortions.any() else None,
+    )
+    result = training.train(run, config.training, config.evaluation, config.outputs, hooks)
+    if not config.fine_tuning.fine_tune_steps:
+        return run_data.TrainedModel(spec, result)
+    tuned = fine_tuning.fine_tune(config, run, result)
+    # What is reported, checked and exported from here on is the kept whole model,
+    # measured on images: the cached bottlenecks no longer describe a tuned module.
+    result = dataclasses.replace(result, layer=tuned.layer, predictions=tuned.predictions)
+    return run_data.TrainedModel(spec, result, tuned)
+
+
+def report_results(config, run, model):
+    """Log the test accuracy and the evaluation tables, write TensorBoard's pictures and
+    the --eval_report JSON; raise AccuracyError below --assert_accuracy_at_least.
+
+    -> (the report as written to JSON, final test accuracy or None)."""
+    result = model.result
     accuracy = reporting.report_test_results(
-        arrays, dataset.labels, result, config.evaluation.print_misclassified_test_images
+        run, result, config.evaluation.print_misclassified_test_images
     )
-    reports = reporting.evaluation_reports(arrays, dataset.labels, result)
-    reporting.log_reports(reports, dataset.labels)
-    reporting.write_evaluation_summaries(
-        dataset, reports, config, result.steps, images, row_of, bottlenecks
-    )
+    reports = reporting.evaluation_reports(run, result)
+    reporting.log_reports(reports, run.class_names)
+    reporting.write_evaluation_summaries(run, reports, config.outputs.summaries_dir, result.steps)
     report = {
-        "labels": dataset.labels,
+        "labels": run.class_names,
         "steps_trained": result.steps,
         "kept_step": result.kept_step,
         "images_per_class": [{"label": label, **by_split}
-                             for label, by_split in dataset_lib.counts_by_class(dataset).items()],
+                             for label, by_split in dataset_lib.counts_by_class(run.dataset).items()],
         "testing": reports.get("testing"),
         "validation": reports.get("validation"),
     }
-    if tuned is not None:
-        report["fine_tuning"] = {"steps_trained": tuned.steps, "kept_step": tuned.kept_step,
-                                 "diverged": tuned.diverged}
+    if model.tuned is not None:
+        report["fine_tuning"] = {"steps_trained": model.tuned.steps,
+                                 "kept_step": model.tuned.kept_step,
+                                 "diverged": model.tuned.diverged}
     if config.evaluation.eval_report:
-        export.write_output("eval_report", config.evaluation.eval_report,
-                            lambda: evaluation.write_report(config.evaluation.eval_report, report))
+        write_report(config.evaluation.eval_report, report)
         logging.info("Wrote evaluation report %s", config.evaluation.eval_report)
     if config.evaluation.assert_accuracy_at_least is not None:
         reporting.check_accuracy(reports, config.evaluation.assert_accuracy_at_least)
-    graph_def = export_graph("output_graph", config.outputs.output_graph, result.layer,
-                             tuned.module_values if tuned is not None else None)
-    export.write_output("output_labels", config.outputs.output_labels,
-                 lambda: export.write_labels(dataset.labels, config.outputs.output_labels))
-    logging.info("Wrote %s and %s", config.outputs.output_graph, config.outputs.output_labels)
-    if config.outputs.saved_model_dir:
-        export.write_output(
-            "saved_model_dir", config.outputs.saved_model_dir,
-            lambda: export.write_saved_model(
-                graph_def, config.outputs.final_tensor_name, config.outputs.saved_model_dir),
-        )
-        logging.info("Wrote SavedModel %s", config.outputs.saved_model_dir)
-    if config.outputs.tflite_output_file:
-        calibrated = export.write_output(
-            "tflite_output_file", config.outputs.tflite_output_file,
-            lambda: tflite.export_for_run(
-                config, graph_def, dataset.labels, images,
-                [row_of[i.path] for i in arrays["training"][2]], bottlenecks.height, bottlenecks.width,
-            ),
-        )
-        logging.info("Wrote TFLite model %s (quantization %s%s)", config.outputs.tflite_output_file,
-                     config.outputs.tflite_quantization,
-                     f", calibrated on {calibrated} training images" if calibrated else "")
-    checked = artifact_check.check_run(
-        config, arrays, result, images, row_of, bottlenecks.height, bottlenecks.width,
+    return report, accuracy
+
+
+def write_report(path, report):
+    export.write_output("eval_report", path, lambda: evaluation.write_report(path, report))
+
+
+def export_graph(config, flag, path, model):
+    """Write model's frozen graph to path (an output of --flag). -> the GraphDef."""
+    graph_def = export.frozen_graph(
+        config.module.tfhub_module, config.module.image_size, model.spec, model.result.layer,
+        model.module_values,
     )
-    if checked:
-        set_name, artifacts = checked
-        logging.info("Exported files on the %s set:\n%s", set_name,
-                     artifact_check.format_table(artifacts, set_name))
-        if config.evaluation.eval_report:
-            report["artifacts"] = {"set": set_name, "files": [a.as_dict() for a in artifacts]}
-            export.write_output("eval_report", config.evaluation.eval_report,
-                                lambda: evaluation.write_report(config.evaluation.eval_report, report))
-        if config.evaluation.assert_accuracy_at_least is not None:
-            artifact_check.check_accuracy(
-                artifacts, config.evaluation.assert_accuracy_at_least, set_name
-            )
-    return accuracy
+    export.write_output(flag, path, lambda: export.write_frozen_graph(graph_def, path))
+    return graph_def
+
+
+def export_model(config, run, model):
+    """Write the frozen graph, the labels (and the SavedModel, the TFLite file). -> GraphDef."""
+    outputs = config.outputs
+    graph_def = export_graph(config, "output_graph", outputs.output_graph, model)
+    export.write_output("output_labels", outputs.output_labels,
+                        lambda: export.write_labels(run.class_names, outputs.output_labels))
+    logging.info("Wrote %s and %s", outputs.output_graph, outputs.output_labels)
+    if outputs.saved_model_dir:
+        export.write_output(
+            "saved_model_dir", outputs.saved_model_dir,
+            lambda: export.write_saved_model(graph_def, outputs.final_tensor_name,
+                                             outputs.saved_model_dir),
+        )
+        logging.info("Wrote SavedModel %s", outputs.saved_model_dir)
+    if outputs.tflite_output_file:
+        calibrated = export.write_output(
+            "tflite_output_file", outputs.tflite_output_file,
+            lambda: tflite.export_for_run(outputs, graph_def, run, config.training.random_seed,
+                                          config.module.tfhub_module),
+        )
+        logging.info("Wrote TFLite model %s (quantization %s%s)", outputs.tflite_output_file,
+                     outputs.tflite_quantization,
+                     f", calibrated on {calibrated} training images" if calibrated else "")
+    return graph_def
 
 
 def log_copies(dataset, contents):
@@ -342,15 +352,17 @@ def log_copies(dataset, contents):
     log("%s", dataset_lib.format_copies(copies))
 
 
-def distorted_batch_source(images, indices, labels, config, distortions):
-    """A batch_source for final_layer.build_training_graph: distorted images through the module."""
+def distorted_batch_source(config, run):
+    """A batch_source for final_layer.build_training_graph: run's training images,
+    distorted as config.distortions says, through the module."""
 
     def build():
         module = module_lib.load(config.module.tfhub_module, config.module.image_size)
         batches = input_pipeline.distorted_batches(
-            images, indices, labels.tolist(),
-            module.height, module.width, config.training.train_batch_size, distortions,
-            config.training.random_seed, config.data.max_image_pixels,
+            run.source, run.training.rows.tolist(), run.training.labels.tolist(),
+            module.height, module.width, config.training.train_batch_size,
+            config_lib.distortions_from(config), config.training.random_seed,
+            config.data.max_image_pixels,
         )
         iterator = tf.compat.v1.data.make_initializable_iterator(batches)
         pixels, batch_labels = iterator.get_next()

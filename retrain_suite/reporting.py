@@ -20,44 +20,48 @@ class AccuracyError(errors.SuiteError):
     area = "accuracy"
 
 
-def report_test_results(arrays, labels, result, list_misclassified):
-    """Log the final test accuracy (and the wrong images). -> accuracy or None."""
+def report_test_results(run, result, list_misclassified):
+    """Log the final test accuracy (and the wrong images) of result (a
+    training.TrainingResult) on run's test set. -> accuracy or None."""
     if "testing" not in result.predictions:
         logging.info("No testing images: final test accuracy is skipped.")
         return None
-    rows, predictions = result.predictions["testing"]
-    _, test_y, images = arrays["testing"]
-    truth = test_y[rows]
-    accuracy = float(np.mean(predictions == truth))
-    logging.info("Final test accuracy = %.1f%% (N=%d)", 100 * accuracy, len(rows))
+    predicted = result.predictions["testing"]
+    truth = predicted.truth(run.testing)
+    accuracy = float(np.mean(predicted.classes == truth))
+    logging.info("Final test accuracy = %.1f%% (N=%d)", 100 * accuracy, len(truth))
     if list_misclassified:
-        wrong = [(images[r], p) for r, p, t in zip(rows, predictions, truth) if p != t]
+        wrong = [(run.testing.images[n], p) for n, p, t in
+                 zip(predicted.positions, predicted.classes, truth) if p != t]
         logging.info("=== MISCLASSIFIED TEST IMAGES (%d) ===", len(wrong))
-        for image, predicted in wrong:
-            logging.info("%s  true: %s  predicted: %s", image.path, image.label, labels[predicted])
+        for image, predicted_class in wrong:
+            logging.info("%s  true: %s  predicted: %s", image.path, image.label,
+                         run.class_names[predicted_class])
     return accuracy
 
 
 SET_NAMES = {"testing": "Test", "validation": "Validation"}
 
 
-def evaluation_reports(arrays, labels, result):
-    """{split: evaluation report} for the evaluated sets, with the wrong images listed.
+def evaluation_reports(run, result):
+    """{split: evaluation report} for the sets result evaluated, with the wrong images listed.
 
     Each wrong image: {"image": relative path, "true": label, "predicted": label,
     "confidence": the probability the layer gave the predicted (wrong) class}.
     """
     reports = {}
-    for split, (rows, predictions) in result.predictions.items():
-        _, y, images = arrays[split]
-        confidences = result.confidences[split]
-        report = evaluation.evaluate(y[rows], predictions, labels)
+    labels = run.class_names
+    for name, predicted in result.predictions.items():
+        split = run.split(name)
+        truth = predicted.truth(split)
+        report = evaluation.evaluate(truth, predicted.classes, labels)
         report["misclassified"] = [
-            {"image": images[r].path, "true": images[r].label, "predicted": labels[p],
-             "confidence": round(float(confidences[n]), 6)}
-            for n, (r, p) in enumerate(zip(rows, predictions)) if p != y[r]
+            {"image": split.images[n].path, "true": split.images[n].label, "predicted": labels[p],
+             "confidence": round(float(confidence), 6)}
+            for n, p, t, confidence in zip(predicted.positions, predicted.classes, truth,
+                                           predicted.confidences) if p != t
         ]
-        reports[split] = report
+        reports[name] = report
     return reports
 
 
@@ -67,43 +71,40 @@ def log_reports(reports, labels):
             logging.info("%s", evaluation.format_report(SET_NAMES[split], reports[split], labels))
 
 
-def write_evaluation_summaries(dataset, reports, config, step, images, row_of, bottlenecks):
+def write_evaluation_summaries(run, reports, summaries_dir, step):
     """TensorBoard: confusion matrix, per-class accuracy (and wrong test images) at `step`.
 
-    The test set goes to a `test/` run with its accuracy and a grid of up to 16
-    misclassified test images (evaluation.mistakes_to_show: every true class
-    in turn, the most confident mistakes first) as the module saw them, decoded again from
-    `images` (row_of: relative path -> index there; bottlenecks: the
-    compute.Bottlenecks, for the input size). The validation
-    set's confusion matrix and per-class accuracy go to the `validation/` run
-    (its accuracy curve is already there).
+    run: the run_data.PreparedRun; reports: evaluation_reports' result. The
+    test set goes to a `test/` run of summaries_dir with its accuracy and a
+    grid of up to 16 misclassified test images (evaluation.mistakes_to_show:
+    every true class in turn, the most confident mistakes first) as the module
+    saw them, decoded again from the run's images. The validation set's
+    confusion matrix and per-class accuracy go to the `validation/` run (its
+    accuracy curve is already there).
 
     These pictures come after training, before export: a run that cannot write
     them (a full disk, a file where the run's folder belongs, a picture that
     cannot be drawn) logs a warning and goes on to export what it trained.
     """
-    for split, run in (("testing", "test"), ("validation", "validation")):
+    for split, tensorboard_run in (("testing", "test"), ("validation", "validation")):
         if split not in reports:
             continue
-        folder = os.path.join(config.outputs.summaries_dir, run)
+        folder = os.path.join(summaries_dir, tensorboard_run)
         try:
-            summary = _evaluation_summary(dataset, reports[split], split, config, step, images,
-                                          row_of, bottlenecks)
+            summary = _evaluation_summary(run, reports[split], split, step)
             _write_summary(folder, summary, step)
         except (OSError, tf.errors.OpError) as e:
             logging.warning("Could not write the %s set's TensorBoard evaluation to %s (%s); "
                             "the run goes on without it.", split, folder, e)
 
 
-def _evaluation_summary(dataset, report, split, config, step, images, row_of, bottlenecks):
+def _evaluation_summary(run, report, split, step):
     grid = None
     if split == "testing" and report["misclassified"]:
-        shown = evaluation.mistakes_to_show(report["misclassified"], dataset.labels)
+        shown = evaluation.mistakes_to_show(report["misclassified"], run.class_names)
+        row_of = {image.path: row for image, row in zip(run.testing.images, run.testing.rows.tolist())}
         indices = [row_of[m["image"]] for m in shown]
-        pixels = evaluation.load_display_images(
-            images, indices, bottlenecks.height, bottlenecks.width,
-            config.data.max_image_pixels,
-        )
+        pixels = evaluation.load_display_images(run, indices)
         kept = [(i, m) for i, m in zip(indices, shown) if i in pixels]
         if kept:
             grid = evaluation.misclassified_grid_png(
@@ -111,7 +112,7 @@ def _evaluation_summary(dataset, report, split, config, step, images, row_of, bo
                 [(m["true"], f"{m['predicted']} ({100 * m['confidence']:.0f}%)") for _, m in kept],
             )
     return evaluation.evaluation_summary(
-        report, dataset.labels, grid, with_accuracy=split == "testing",
+        report, run.class_names, grid, with_accuracy=split == "testing",
         title=f"{SET_NAMES[split]} set, step {step}: confusion matrix (N={report['count']})",
     )
 

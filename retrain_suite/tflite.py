@@ -122,8 +122,8 @@ def convert(graph_def, height, width, final_tensor_name, quantization, calibrati
 def write_tflite(path, model, labels, height, width, description):
     """Write model (bytes from convert) with its metadata and labels to path, atomically."""
     metadata = tflite_metadata.image_classifier_metadata(
-        name="Retrained image classifier", description=description, height=height, width=width,
-        class_count=len(labels), mean=0.0, std=255.0,
+        name="Retrained image classifier", description=description, input_size=(height, width),
+        class_count=len(labels), normalization=(0.0, 255.0),
     )
     atomic_files.write_bytes(path, tflite_metadata.with_metadata(model, metadata, labels))
 
@@ -172,33 +172,32 @@ class TFLiteClassifier:
         return np.stack([self.probabilities(image) for image in images])
 
 
-def export_for_run(config, graph_def, labels, images, training_rows, height, width):
-    """Convert, quantize and write the run's TFLite file (config.outputs.tflite_output_file).
+def export_for_run(outputs, graph_def, run, seed, module):
+    """Convert, quantize and write the run's TFLite file (outputs.tflite_output_file).
 
-    images: the run's input_pipeline image source; training_rows: the
-    training images' indices in it.
-    int8 calibrates on calibration_indices of the training images, chosen by
-    config.training.random_seed.
+    outputs: the run's config.OutputConfig; graph_def: the frozen classifier;
+    run: the run_data.PreparedRun. int8 calibrates on calibration_indices of
+    the training images, chosen by seed. module: the module's handle, named in
+    the file's description. -> the number of calibration images (0: none).
     """
-    quantization = config.outputs.tflite_quantization
-    chosen = [training_rows[i] for i in calibration_indices(
-        len(training_rows), config.training.random_seed)]
+    quantization = outputs.tflite_quantization
+    training_rows = run.training.rows
+    chosen = training_rows[calibration_indices(len(training_rows), seed)].tolist()
 
     def calibration_batches():
-        batches = images.batches(chosen, height, width, 32, config.data.max_image_pixels)
-        return (pixels for _, _, pixels in batches.as_numpy_iterator())
+        return (pixels for _, _, pixels in run.image_batches(chosen, 32).as_numpy_iterator())
 
-    model = convert(graph_def, height, width, config.outputs.final_tensor_name, quantization,
+    height, width = run.input_size
+    model = convert(graph_def, height, width, outputs.final_tensor_name, quantization,
                     calibration_batches if quantization == "int8" else None)
-    module = config.module.tfhub_module
     if "://" not in module:  # a local folder: its name, not where it was on this machine
         module = os.path.basename(os.path.normpath(module))
     description = (
-        f"{len(labels)} classes retrained on {module}; TFLite "
+        f"{run.class_count} classes retrained on {module}; TFLite "
         f"quantization {quantization}"
         + (f", calibrated on {len(chosen)} training images." if quantization == "int8" else ".")
     )
-    write_tflite(config.outputs.tflite_output_file, model, labels, height, width, description)
+    write_tflite(outputs.tflite_output_file, model, run.class_names, height, width, description)
     return len(chosen) if quantization == "int8" else 0
 
 

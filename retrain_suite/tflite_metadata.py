@@ -113,14 +113,16 @@ class _Writer:
         return ("offset", b.EndVector())
 
 
-def image_classifier_metadata(name, description, height, width, class_count, mean, std):
+def image_classifier_metadata(name, description, input_size, class_count, normalization):
     """The ModelMetadata flatbuffer (bytes) of a one-input, one-output image classifier.
 
-    Input: RGB image [1, height, width, 3]; the model takes (pixel - mean) /
-    std of 0-255 pixel values (quantized models: that value quantized with
-    the input tensor's own parameters). Output: class_count probabilities,
-    labelled by the packed LABELS_FILE_NAME.
+    Input: RGB image [1, height, width, 3], input_size (height, width); the
+    model takes (pixel - mean) / std of 0-255 pixel values, normalization
+    (mean, std) (quantized models: that value quantized with the input
+    tensor's own parameters). Output: class_count probabilities, labelled by
+    the packed LABELS_FILE_NAME.
     """
+    (height, width), (mean, std) = input_size, normalization
     w = _Writer()
     labels_file = w.table(_ASSOCIATED_FILE, {
         "name": w.string(LABELS_FILE_NAME),

@@ -11,14 +11,14 @@ checkpoint the export restores from.
 import dataclasses
 import os
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
 from retrain_suite import dataset as dataset_lib
-from retrain_suite import export, final_layer, schedules
+from retrain_suite import export, final_layer, run_data, schedules
 from retrain_suite.bottleneck import compute
 
 
@@ -66,14 +66,24 @@ class BestLayer:
 class TrainingResult:
     steps: int  # training steps taken (fewer than asked when stopped early)
     kept_step: int  # the step whose final layer was saved and is exported
-    # {split: (rows int [n] into that set's arrays, predictions int64 [n])} for the
-    # evaluated sets: all validation images, test images as --test_batch_size samples.
+    # {split name: run_data.Predictions} for the evaluated sets: every validation
+    # image, the test images as a --test_batch_size sample. One predicted class and
+    # its probability per image, not the [n, C] probabilities: 1.2 GB for 30,000
+    # images of 10,000 classes.
     predictions: dict
     layer: dict  # {variable name: ndarray}: the kept layer's values, what is exported
-    # {split: float32 [n] the probability given to the predicted class}, row for row
-    # with predictions: what the report shows of a wrong image. Not the [n, C]
-    # probabilities: 1.2 GB for 30,000 images of 10,000 classes.
-    confidences: dict = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Hooks:
+    """What a caller adds to training: intermediate exports, another batch source."""
+
+    # (step, {variable name: ndarray}) -> None, every --intermediate_store_frequency steps
+    export_intermediate: Optional[Callable] = None
+    batch_source: Optional[Callable] = None  # see final_layer.build_training_graph
+    # Run the steps between evaluations in the graph's train_steps loop (False: a
+    # Session call per step; both give the same layer for the same seed).
+    in_graph_loop: bool = True
 
 
 EVALUATION_CELLS = 2**22  # probabilities [B, C] per Session call when evaluating a set
@@ -147,85 +157,94 @@ class StepsPerCall:
         self.steps = int(max(1, min(2 * self.steps, fitting)))
 
 
-def loss_settings(config, train_y, class_count):
+def loss_settings(training, train_y, class_count):
+    """The loss of a config.TrainingConfig for training labels train_y (int64 [n])."""
     weights = None
-    if config.training.class_weighting == "balanced":
+    if training.class_weighting == "balanced":
         weights = final_layer.balanced_class_weights(train_y, class_count)
         logging.info("Class weights (balanced): %s", format_weights(weights))
     return final_layer.LossSettings(
-        class_weights=weights, label_smoothing=config.training.label_smoothing,
-        l2_regularization=config.training.l2_regularization,
+        class_weights=weights, label_smoothing=training.label_smoothing,
+        l2_regularization=training.l2_regularization,
     )
 
 
-def validate(sess, g, val_x, val_y, rows, rate, step, writer, best):
+@dataclasses.dataclass(frozen=True)
+class _Evaluator:
+    """The validation set and where its evaluations go, during one training Session."""
+
+    sess: tf.compat.v1.Session
+    g: final_layer.TrainingGraph
+    validation: object  # run_data.Split
+    writer: tf.compat.v1.summary.FileWriter
+    best: Optional[BestLayer]  # None: no layer is chosen (every evaluation only logged)
+
+
+def validate(evaluator, rows, rate, step):
     """Evaluate the layer on the validation `rows` sample (logged, summarised) and,
-    when best (a BestLayer) is given, score it on the whole set. -> log text."""
+    when a layer is being chosen, score it on the whole set. -> log text."""
+    sess, g, validation = evaluator.sess, evaluator.g, evaluator.validation
+    val_x, val_y = validation.bottlenecks, validation.labels
     accuracy, entropy, summary = sess.run(
         [g.accuracy, g.cross_entropy, g.summaries],
         {g.bottleneck_input: val_x[rows], g.ground_truth: val_y[rows], g.learning_rate: rate},
     )
-    writer.add_summary(summary, step)
+    evaluator.writer.add_summary(summary, step)
     message = f", validation accuracy {100 * accuracy:.1f}% (N={len(rows)})"
-    if best is None:
+    if evaluator.best is None:
         return message
     if len(rows) < len(val_y):
         accuracy, entropy = score(sess, g, val_x, val_y)
         message += f", all {len(val_y)}: {100 * accuracy:.1f}%"
-    if best.update(step, accuracy, entropy, lambda: g.layer_values(sess)):
+    if evaluator.best.update(step, accuracy, entropy, lambda: g.layer_values(sess)):
         message += " (best so far)"
     return message
 
 
-def train(arrays, class_count, config, export_intermediate, batch_source=None,
-          in_graph_loop=True):
-    """Train the final layer; save the kept one to config.outputs.checkpoint_path. -> TrainingResult.
+def train(run, training, evaluation, outputs, hooks=Hooks()):
+    """Train the final layer on run's bottlenecks; save the kept one. -> TrainingResult.
 
-    export_intermediate(step, {variable name: ndarray}) is called every
-    --intermediate_store_frequency steps.
-
-    batch_source: see final_layer.build_training_graph (distorted training images).
-    The steps between two evaluations run in the graph's train_steps loop, in
-    calls of about SECONDS_PER_CALL each (StepsPerCall), unless in_graph_loop is
-    False or there is a batch_source: then every step is a call of its own.
-    Both give the same layer for the same seed.
+    run: a run_data.PreparedRun; training, evaluation, outputs: the
+    config.TrainingConfig, EvaluationConfig and OutputConfig of the run (the
+    kept layer goes to outputs.checkpoint_path, TensorBoard to
+    outputs.summaries_dir). The steps between two evaluations run in the
+    graph's train_steps loop, in calls of about SECONDS_PER_CALL each
+    (StepsPerCall), unless hooks.in_graph_loop is False or there is a
+    hooks.batch_source: then every step is a call of its own.
     """
-    train_x, train_y, _ = arrays["training"]
-    val_x, val_y, _ = arrays["validation"]
-    test_x, test_y, _ = arrays["testing"]
-    seed = config.training.random_seed
+    validation, testing = run.validation, run.testing
+    train_y, val_y = run.training.labels, validation.labels
+    seed = training.random_seed
     rng = np.random.RandomState(seed)
+    spec = final_layer.LayerSpec(run.class_count, outputs.final_tensor_name, training.hidden_units)
     g = final_layer.build_training_graph(
-        train_x.shape[1], class_count, config.outputs.final_tensor_name, config.training.optimizer,
-        config.training.learning_rate, config.training.train_batch_size, seed,
-        hidden_units=config.training.hidden_units,
-        loss_settings=loss_settings(config, train_y, class_count),
-        sampling=config.training.sampling, batch_source=batch_source,
-        dropout=config.training.dropout > 0,
+        run.dimension, spec, training, loss_settings(training, train_y, run.class_count),
+        hooks.batch_source,
     )
-    summaries_dir = config.outputs.summaries_dir
-    steps, interval = config.training.how_many_training_steps, config.evaluation.eval_step_interval
+    summaries_dir = outputs.summaries_dir
+    steps, interval = training.how_many_training_steps, evaluation.eval_step_interval
     selecting = bool(len(val_y)) and (
-        config.training.keep_best or config.training.early_stopping_patience > 0
+        training.keep_best or training.early_stopping_patience > 0
     )
-    best = BestLayer(patience=config.training.early_stopping_patience)
+    best = BestLayer(patience=training.early_stopping_patience)
     if not len(val_y):
         logging.info("No validation images: validation accuracy is not reported, and the "
                      "last step's layer is exported.")
 
     def rate_at(step):
         return schedules.learning_rate_at(
-            config.training.learning_rate_schedule, step, config.training.learning_rate, steps,
-            config.training.learning_rate_decay, config.training.decay_steps,
+            training.learning_rate_schedule, step, training.learning_rate, steps,
+            training.learning_rate_decay, training.decay_steps,
         )
 
-    looping = in_graph_loop and g.train_steps is not None
+    looping = hooks.in_graph_loop and g.train_steps is not None
     chunks = StepsPerCall()
     with tf.compat.v1.Session(graph=g.graph) as sess:
         train_writer = tf.compat.v1.summary.FileWriter(os.path.join(summaries_dir, "train"), g.graph)
         validation_writer = tf.compat.v1.summary.FileWriter(os.path.join(summaries_dir, "validation"))
         sess.run(tf.compat.v1.global_variables_initializer())
-        sess.run(g.iterator_init, {g.bottlenecks: train_x, g.labels: train_y})
+        sess.run(g.iterator_init, {g.bottlenecks: run.training.bottlenecks, g.labels: train_y})
+        evaluator = _Evaluator(sess, g, validation, validation_writer, best if selecting else None)
         start = time.monotonic()
         step = 0
         while step < steps:
@@ -238,21 +257,21 @@ def train(arrays, class_count, config, export_intermediate, batch_source=None,
                     count = chunks.next(evaluation_step - 1 - step)
                     feed = {g.learning_rates: [rate_at(s) for s in range(step, step + count)]}
                     if g.dropout_rate is not None:
-                        feed[g.dropout_rate] = config.training.dropout
+                        feed[g.dropout_rate] = training.dropout
                     called = time.monotonic()
                     sess.run(g.train_steps, feed)
                     chunks.measured(count, time.monotonic() - called)
                     step += count
             rate = rate_at(step)
             step += 1
-            if batch_source is not None and step == 2:
+            if hooks.batch_source is not None and step == 2:
                 clock = time.monotonic()  # Step 1 paid the start-up costs.
-            if batch_source is not None and step == 4:
+            if hooks.batch_source is not None and step == 4:
                 per_step = (time.monotonic() - clock) / 2
-                log_distortion_cost(per_step, steps, config.training.train_batch_size)
+                log_distortion_cost(per_step, steps, training.train_batch_size)
             feed = {g.learning_rate: rate}
             if g.dropout_rate is not None:
-                feed[g.dropout_rate] = config.training.dropout
+                feed[g.dropout_rate] = training.dropout
             if step % interval and step != steps:
                 sess.run(g.train_step, feed)
                 continue
@@ -265,15 +284,12 @@ def train(arrays, class_count, config, export_intermediate, batch_source=None,
                 f"cross entropy {cross_entropy:.4f}"
             )
             if len(val_y):
-                rows = sample(rng, len(val_y), config.evaluation.validation_batch_size)
-                message += validate(
-                    sess, g, val_x, val_y, rows, rate, step, validation_writer,
-                    best if selecting else None,
-                )
+                rows = sample(rng, len(val_y), evaluation.validation_batch_size)
+                message += validate(evaluator, rows, rate, step)
             logging.info("%s", message)
-            frequency = config.outputs.intermediate_store_frequency
+            frequency = outputs.intermediate_store_frequency
             if frequency and step % frequency == 0 and step != steps:
-                export_intermediate(step, g.named_layer_values(sess))
+                hooks.export_intermediate(step, g.named_layer_values(sess))
             if best.should_stop():
                 logging.info(
                     "Early stopping at step %d: no better validation score in %d evaluations "
@@ -286,7 +302,7 @@ def train(arrays, class_count, config, export_intermediate, batch_source=None,
         train_writer.close()
         validation_writer.close()
         kept_step = step
-        if selecting and config.training.keep_best:
+        if selecting and training.keep_best:
             g.restore_layer_values(sess, best.values)
             kept_step = best.step
             logging.info(
@@ -295,17 +311,15 @@ def train(arrays, class_count, config, export_intermediate, batch_source=None,
                 100 * best.accuracy, best.cross_entropy, len(val_y),
             )
         layer = g.named_layer_values(sess)
-        export.write_output("checkpoint_path", config.outputs.checkpoint_path,
-                     lambda: final_layer.save_checkpoint(g.saver, sess, config.outputs.checkpoint_path))
-        predictions, confidences = {}, {}
-        for split, x, y, size in (("validation", val_x, val_y, -1),
-                                  ("testing", test_x, test_y, config.evaluation.test_batch_size)):
-            if len(y):
-                rows = sample(rng, len(y), size)
-                predicted, confidences[split] = predict(sess, g, x[rows])
-                predictions[split] = (rows, predicted)
-    return TrainingResult(steps=step, kept_step=kept_step, predictions=predictions, layer=layer,
-                          confidences=confidences)
+        export.write_output("checkpoint_path", outputs.checkpoint_path,
+                            lambda: final_layer.save_checkpoint(g.saver, sess, outputs.checkpoint_path))
+        predictions = {}
+        for split, size in ((validation, -1), (testing, evaluation.test_batch_size)):
+            if len(split):
+                positions = sample(rng, len(split), size)
+                classes, confidences = predict(sess, g, split.bottlenecks[positions])
+                predictions[split.name] = run_data.Predictions(positions, classes, confidences)
+    return TrainingResult(steps=step, kept_step=kept_step, predictions=predictions, layer=layer)
 
 
 def log_distortion_cost(per_step, steps, batch_size):

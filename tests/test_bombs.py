@@ -31,7 +31,7 @@ def bare_model():
 
 def model_with_labels(labels=("cat", "dog")):
     metadata = tflite_metadata.image_classifier_metadata(
-        "classifier", "test", 32, 32, len(labels), 0.0, 255.0)
+        "classifier", "test", (32, 32), len(labels), (0.0, 255.0))
     return tflite_metadata.with_metadata(bare_model(), metadata, labels)
 
 
@@ -251,7 +251,7 @@ def test_a_zip64_archive_is_measured_by_its_zip64_record():
 
 def test_a_table_list_longer_than_the_metadata_is_one_metadata_error():
     metadata = bytearray(tflite_metadata.image_classifier_metadata(
-        "classifier", "test", 32, 32, 2, 0.0, 255.0))
+        "classifier", "test", (32, 32), 2, (0.0, 255.0)))
     root = tflite_metadata._table(bytes(metadata), struct.unpack_from("<I", metadata, 0)[0])
     offset = root.Offset(tflite_metadata._slot(tflite_metadata._MODEL["subgraph_metadata"]))
     length_at = root.Vector(offset) - 4  # a vector's length is the word before its first item
@@ -265,7 +265,7 @@ def test_a_table_list_longer_than_the_metadata_is_one_metadata_error():
 
 @pytest.mark.parametrize("value", [0xFF, 0x80])
 def test_metadata_damaged_at_any_byte_is_read_or_one_metadata_error(value):
-    metadata = tflite_metadata.image_classifier_metadata("c", "t", 32, 32, 2, 0.0, 255.0)
+    metadata = tflite_metadata.image_classifier_metadata("c", "t", (32, 32), 2, (0.0, 255.0))
     # The model is built once: each damaged copy of the metadata replaces its bytes in place.
     model = tflite_metadata.with_metadata(bare_model(), metadata, ["cat", "dog"])
     at = model.index(metadata)

@@ -20,7 +20,7 @@ import tensorflow as tf
 from conftest import ROOT, make_dataset, retrain_settings
 from test_fine_tuning import release_fifo
 
-from retrain_suite import atomic_files, export, fine_tuning, job
+from retrain_suite import atomic_files, export, fine_tuning_checkpoint, job
 from retrain_suite import config as config_lib
 from retrain_suite.cli import startup
 
@@ -153,12 +153,12 @@ def test_a_damaged_fine_tuning_checkpoint_is_ignored_with_a_warning(tmp_path, ki
         with open(path, "wb") as f:
             f.write(checkpoint_bytes(meta))
     caplog.set_level("WARNING")
-    assert fine_tuning._read_checkpoint(path, "f") is None
+    assert fine_tuning_checkpoint.read(path, "f") is None
     assert "Ignoring the fine-tuning checkpoint" in caplog.text and "cannot be read" in caplog.text
     # The one a run writes is read back: the checks refuse only damage.
     with open(tmp_path / "good", "wb") as f:
         f.write(checkpoint_bytes(GOOD_META))
-    step, current, best, start = fine_tuning._read_checkpoint(str(tmp_path / "good"), "f")
+    step, current, best, start = fine_tuning_checkpoint.read(str(tmp_path / "good"), "f")
     assert (step, list(current), best.step, start) == (4, ["w"], 2, (0.25, 1.5))
 
 
@@ -173,7 +173,7 @@ def test_a_fine_tuning_checkpoint_with_a_compressed_member_is_ignored_not_inflat
     path.write_bytes(buffer.getvalue())
     assert path.stat().st_size < 1024 * 1024
     caplog.set_level("WARNING")
-    assert fine_tuning._read_checkpoint(str(path), "f") is None
+    assert fine_tuning_checkpoint.read(str(path), "f") is None
     assert "its member 'meta.npy' is compressed, which no run writes" in caplog.text
 
 
@@ -202,7 +202,7 @@ def test_a_folder_where_a_checkpoint_file_goes_is_refused_before_any_work(
 def test_a_full_disk_at_the_fine_tuning_checkpoint_is_one_output_error(
         tmp_path, small_data, tiny_module, monkeypatch):
     settings = fine_tuning_settings(tmp_path, small_data, tiny_module)
-    target = fine_tuning.checkpoint_file(settings["checkpoint_path"])
+    target = fine_tuning_checkpoint.checkpoint_file(settings["checkpoint_path"])
     real_gfile = tf.io.gfile.GFile
 
     def full_disk(path, mode="r"):

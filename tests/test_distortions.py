@@ -3,6 +3,7 @@
 import glob
 import os
 
+import helpers
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -214,8 +215,9 @@ def test_training_on_distorted_images_sees_each_image_distorted_anew_each_epoch(
         train_batch_size=3, how_many_training_steps=4, eval_step_interval=2,
     )
     config = config_lib.from_flat(settings)
-    source = job.distorted_batch_source(images, [0, 1, 2], np.array([0, 1, 2]), config,
-                                        config_lib.distortions_from(config))
+    dimension = 64  # the tiny module's feature vector
+    run = helpers.run_of_images(images, [0, 1, 2], ["a", "b", "c"], (32, 32), labels=[0, 1, 2])
+    source = job.distorted_batch_source(config, run)
     seen = []
 
     def recording_source():
@@ -229,11 +231,11 @@ def test_training_on_distorted_images_sees_each_image_distorted_anew_each_epoch(
         recorded.set_shape(features.shape)
         return recorded, labels, initializer
 
-    dimension = 64  # the tiny module's feature vector
     empty = (np.zeros([0, dimension], np.float32), np.zeros([0], np.int64), [])
     arrays = {"training": (np.zeros([3, dimension], np.float32), np.array([0, 1, 2]), []),
               "validation": empty, "testing": empty}
-    training.train(arrays, 3, config, lambda step, values: None, recording_source)
+    training.train(helpers.prepared_run(arrays, 3), config.training, config.evaluation,
+                   config.outputs, training.Hooks(batch_source=recording_source))
     found = {}
     for features, labels in seen:
         for vector, label in zip(features, labels):

@@ -5,6 +5,7 @@ import io
 import json
 import tracemalloc
 
+import helpers
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -167,7 +168,8 @@ def test_display_images_are_decoded_by_the_shared_function(tmp_path):
     Image.fromarray(pixels).save(path)
     (tmp_path / "broken.jpg").write_bytes(b"not an image")
     images = input_pipeline.ImageFiles([path, str(tmp_path / "broken.jpg")])
-    loaded = evaluation.load_display_images(images, [0, 1], 8, 8)
+    loaded = evaluation.load_display_images(helpers.run_of_images(images, [0, 1], ["a"], (8, 8)),
+                                            [0, 1])
     assert set(loaded) == {0}
     with tf.Graph().as_default(), tf.compat.v1.Session() as sess:
         expected = sess.run(input_pipeline.decode_and_resize(tf.io.read_file(path), 8, 8))

@@ -3,6 +3,7 @@
 import math
 import re
 
+import helpers
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -53,11 +54,16 @@ def test_balanced_weights_give_each_class_the_same_total():
     assert np.mean(weights[labels]) == pytest.approx(1.0)
 
 
+def layer_training(**fields):
+    """A config.TrainingConfig of the given fields (sgd unless one is given)."""
+    return config_lib.TrainingConfig(**fields)
+
+
 def losses_on_batch(x, y, class_count, loss_settings, hidden_units=0):
     """(loss, plain cross entropy, logits [B, C], weight matrices) of a fresh layer on one batch."""
     g = final_layer.build_training_graph(
-        x.shape[1], class_count, "final_result", "sgd", 0.1, 8, seed=3,
-        hidden_units=hidden_units, loss_settings=loss_settings,
+        x.shape[1], final_layer.LayerSpec(class_count, hidden_units=hidden_units),
+        layer_training(learning_rate=0.1, train_batch_size=8, random_seed=3), loss_settings,
     )
     with tf.compat.v1.Session(graph=g.graph) as sess:
         sess.run(tf.compat.v1.global_variables_initializer())
@@ -107,7 +113,8 @@ def test_label_smoothing_and_l2_add_to_the_loss_as_specified():
 
 def class_counts_of_batches(sampling, labels, batches=40):
     g = final_layer.build_training_graph(
-        2, 3, "final_result", "sgd", 0.1, 50, seed=5, sampling=sampling,
+        2, final_layer.LayerSpec(3),
+        layer_training(learning_rate=0.1, train_batch_size=50, random_seed=5, sampling=sampling),
     )
     x = np.random.RandomState(1).normal(0, 1, (len(labels), 2)).astype(np.float32)
     with tf.compat.v1.Session(graph=g.graph) as sess:
@@ -144,7 +151,8 @@ def test_uniform_batches_are_the_same_for_the_same_seed():
 
 def test_dropout_acts_only_when_its_rate_is_fed():
     g = final_layer.build_training_graph(
-        6, 3, "final_result", "sgd", 0.1, 4, seed=2, hidden_units=8, dropout=True
+        6, final_layer.LayerSpec(3, hidden_units=8),
+        layer_training(learning_rate=0.1, train_batch_size=4, random_seed=2, dropout=0.5),
     )
     x = np.random.RandomState(0).normal(0, 1, (4, 6)).astype(np.float32)
     with tf.compat.v1.Session(graph=g.graph) as sess:
@@ -216,8 +224,10 @@ def test_steps_between_evaluations_in_one_call_give_the_layer_of_one_step_per_ca
         settings["checkpoint_path"] = str(tmp_path / f"looping_{looping}" / "layer")
         fetched.clear()
         caplog.clear()
+        config = config_lib.from_flat(settings)
         result = training.train(
-            synthetic_arrays(), 3, config_lib.from_flat(settings), None, in_graph_loop=looping
+            helpers.prepared_run(synthetic_arrays(), 3), config.training, config.evaluation,
+            config.outputs, training.Hooks(in_graph_loop=looping),
         )
         # The steps each call of the in-graph loop ran.
         loop_calls[looping] = [len(feed[graphs[-1].learning_rates]) for f, feed in fetched

@@ -15,7 +15,15 @@ import tensorflow as tf
 from conftest import load_graph_def, retrain_settings, run_script, write_image
 from test_faults import kill_when
 
-from retrain_suite import classifier, dataset, export, fine_tuning, job
+from retrain_suite import (
+    classifier,
+    dataset,
+    export,
+    final_layer,
+    fine_tuning,
+    fine_tuning_checkpoint,
+    job,
+)
 from retrain_suite import config as config_lib
 from retrain_suite.bottleneck import make_module
 from retrain_suite.bottleneck import module as module_lib
@@ -162,12 +170,13 @@ def test_exported_graph_reproduces_the_in_run_probabilities(runs):
     graph_def = load_graph_def(settings["output_graph"])
     split = dataset.build_dataset(runs["image_dir"], 25, 25).in_split("testing")
     images = sorted(split, key=lambda i: (i.label_index, i.path))
-    rows, predicted = result.predictions["testing"]
+    testing = result.predictions["testing"]
+    rows, predicted = testing.positions, testing.classes
     paths = [os.path.join(runs["image_dir"], images[r].path) for r in rows]
     classified = classifier.classify(graph_def, paths, 32, 32)
     got = np.array([classified[n] for n in range(len(paths))])
     np.testing.assert_array_equal(np.argmax(got, axis=1), predicted)
-    np.testing.assert_allclose(got[np.arange(len(rows)), predicted], result.confidences["testing"],
+    np.testing.assert_allclose(got[np.arange(len(rows)), predicted], testing.confidences,
                                atol=1e-5)
     # The module's weights in the graph are the tuned ones, not the module's own.
     assert result.module_values is not None
@@ -181,8 +190,8 @@ def test_diverging_fine_tuning_exports_the_bottleneck_trained_model(runs, tiny_m
                                "fine_tune_learning_rate": 1e12})
     # A checkpoint of another configuration (the tuned run's) is ignored, not resumed.
     os.makedirs(root / "out")
-    shutil.copy(fine_tuning.checkpoint_file(runs["tuned"]["checkpoint_path"]),
-                fine_tuning.checkpoint_file(settings["checkpoint_path"]))
+    shutil.copy(fine_tuning_checkpoint.checkpoint_file(runs["tuned"]["checkpoint_path"]),
+                fine_tuning_checkpoint.checkpoint_file(settings["checkpoint_path"]))
     log, _ = run_logged(settings)
     assert "Ignoring the fine-tuning checkpoint" in log and "other flags" in log
     assert "Fine-tuning diverged" in log
@@ -329,13 +338,13 @@ def test_with_batch_norm_trained_each_logged_validation_score_is_the_exported_gr
                             **{**FINE_TUNING, "fine_tune_steps": 4, "fine_tune_eval_interval": 2,
                                "fine_tune_batch_norm": True})
     evaluated = {}  # step: every variable's value, as each evaluation saves them
-    write_checkpoint = fine_tuning._write_checkpoint
+    write_checkpoint = fine_tuning_checkpoint.write
 
     def spy(path, fingerprint, step, current, *rest):
         evaluated[step] = current
         write_checkpoint(path, fingerprint, step, current, *rest)
 
-    monkeypatch.setattr(fine_tuning, "_write_checkpoint", spy)
+    monkeypatch.setattr(fine_tuning_checkpoint, "write", spy)
     log, result = run_logged(settings, monkeypatch)
     logged = logged_evaluations(log)
     assert sorted(logged) == sorted(evaluated) == [0, 2, 4]
@@ -344,8 +353,9 @@ def test_with_batch_norm_trained_each_logged_validation_score_is_the_exported_gr
     assert any("moving" in name for name in names)
     for step, values in evaluated.items():
         graph_def = export.frozen_graph(
-            batch_norm_module, 32, 2, {name: values[name] for name in result.layer},
-            "final_result", module_values=[values[name] for name in names])
+            batch_norm_module, 32, final_layer.LayerSpec(2),
+            {name: values[name] for name in result.layer},
+            module_values=[values[name] for name in names])
         _, accuracy, cross_entropy = validation_scores(graph_def, runs["image_dir"])
         assert f"{100 * accuracy:.1f}" == logged[step][0], step
         assert cross_entropy == pytest.approx(logged[step][1], abs=2e-4), step
@@ -362,7 +372,7 @@ def test_a_fifo_or_damaged_fine_tuning_checkpoint_is_ignored_not_waited_on(runs,
     root = runs["root"] / f"checkpoint_{kind}"
     settings = settings_for(root, runs["image_dir"], tiny_module, runs["cache"],
                             **{**FINE_TUNING, "fine_tune_steps": 2, "fine_tune_eval_interval": 2})
-    path = fine_tuning.checkpoint_file(settings["checkpoint_path"])
+    path = fine_tuning_checkpoint.checkpoint_file(settings["checkpoint_path"])
     os.makedirs(os.path.dirname(path))
     if kind == "fifo":
         os.mkfifo(path)
@@ -406,7 +416,7 @@ def test_killed_fine_tuning_resumes_to_the_uninterrupted_result(runs, tiny_modul
     settings = settings_for(runs["root"] / "killed", runs["image_dir"], tiny_module, runs["cache"],
                             **FINE_TUNING)
     settings["eval_report"] = None
-    path = fine_tuning.checkpoint_file(settings["checkpoint_path"])
+    path = fine_tuning_checkpoint.checkpoint_file(settings["checkpoint_path"])
     # Step 25 is logged before its checkpoint is written: killed on the log line
     # alone, the run could leave only step 0's, and the rerun would start over.
     kill_when(cli_args(settings), lambda log: "Fine-tuning step 25/100" in log
@@ -420,7 +430,7 @@ def test_killed_fine_tuning_resumes_to_the_uninterrupted_result(runs, tiny_modul
     assert f"Fine-tuning step {killed_at + 25}/100" in finished
     split = dataset.build_dataset(runs["image_dir"], 25, 25).in_split("testing")
     images = sorted(split, key=lambda i: (i.label_index, i.path))
-    rows, _ = runs["result"].predictions["testing"]
+    rows = runs["result"].predictions["testing"].positions
     paths = [os.path.join(runs["image_dir"], images[r].path) for r in rows]
     # The uninterrupted run's exported probabilities (its in-run ones: see
     # test_exported_graph_reproduces_the_in_run_probabilities).

@@ -55,10 +55,9 @@ def test_a_summary_that_cannot_be_written_is_a_warning_not_the_end_of_the_run(tm
     os.makedirs(settings["summaries_dir"])
     (tmp_path / "logs" / "test").write_text("not a folder")
     caplog.set_level("WARNING")
+    # No wrong images: nothing of the run but its class names is read.
     reporting.write_evaluation_summaries(
-        types.SimpleNamespace(labels=labels), reports, config_lib.from_flat(settings), 7,
-        images=None, row_of={}, bottlenecks=None,
-    )
+        types.SimpleNamespace(class_names=labels), reports, settings["summaries_dir"], 7)
     assert "Could not write the testing set's TensorBoard evaluation to " in caplog.text
     # The validation set's pictures, written after the failing test set's, are there.
     (picture,) = tensorboard_images(str(tmp_path / "logs" / "validation"), "confusion_matrix")

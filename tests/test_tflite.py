@@ -8,6 +8,7 @@ import os
 import zipfile
 
 import flatbuffers
+import helpers
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -341,8 +342,9 @@ def test_int8_calibration_decodes_300_training_images_when_there_are_more(
 
     monkeypatch.setattr(tf.lite.TFLiteConverter, "convert", convert)
     config = config_lib.from_flat(dict(settings, tflite_output_file=str(tmp_path / "m.tflite")))
-    calibrated = tflite.export_for_run(config, load_graph_def(settings["output_graph"]),
-                                       ["blue", "green", "red"], images, training_rows, 32, 32)
+    run = helpers.run_of_images(images, training_rows, ["blue", "green", "red"], (32, 32))
+    calibrated = tflite.export_for_run(config.outputs, load_graph_def(settings["output_graph"]),
+                                       run, config.training.random_seed, "module")
     rows = [row for row, _ in read]
     assert calibrated == len(rows) == len(set(rows)) == 300
     assert set(rows) <= set(training_rows)
@@ -374,8 +376,10 @@ def test_float16_file_holds_its_weights_as_float16_and_agrees_with_the_frozen_gr
         path = tmp_path / f"{quantization}.tflite"
         config = config_lib.from_flat(dict(
             settings, tflite_quantization=quantization, tflite_output_file=str(path)))
-        tflite.export_for_run(config, load_graph_def(graph_path), ["blue", "green", "red"],
-                              input_pipeline.ImageFiles([]), [], 32, 32)
+        run = helpers.run_of_images(input_pipeline.ImageFiles([]), [], ["blue", "green", "red"],
+                                    (32, 32))
+        tflite.export_for_run(config.outputs, load_graph_def(graph_path), run,
+                              config.training.random_seed, "module")
         written[quantization] = path.read_bytes()
     weights = {name: constant_bytes_by_type(model) for name, model in written.items()}
     # Every float weight is float16, at half the bytes; none is left float32 or made int8.

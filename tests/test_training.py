@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import helpers
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -151,7 +152,9 @@ def train_recording_feeds(tmp_path, monkeypatch, caplog, arrays, classes, **sett
     monkeypatch.setattr(tf.compat.v1.Session, "run", recording_run)
     caplog.clear()
     caplog.set_level("INFO")
-    result = training.train(arrays, classes, config_lib.from_flat(settings), None)
+    config = config_lib.from_flat(settings)
+    result = training.train(helpers.prepared_run(arrays, classes), config.training,
+                            config.evaluation, config.outputs)
     monkeypatch.setattr(tf.compat.v1.Session, "run", run)
     lines = [re.sub(r"in [\d.]+s \(\d+ steps/s\)", "", r.getMessage()) for r in caplog.records
              if r.name == "absl"]
@@ -180,13 +183,13 @@ def test_final_evaluation_keeps_one_probability_per_image_computed_in_bounded_ca
     weights = whole.layer[final_layer.SCOPE + "/weights"]
     biases = whole.layer[final_layer.SCOPE + "/biases"]
     for split in ("validation", "testing"):
-        rows, predicted = batched.predictions[split]
-        np.testing.assert_array_equal(rows, whole.predictions[split][0])
-        np.testing.assert_array_equal(predicted, whole.predictions[split][1])
+        rows, predicted = batched.predictions[split].positions, batched.predictions[split].classes
+        np.testing.assert_array_equal(rows, whole.predictions[split].positions)
+        np.testing.assert_array_equal(predicted, whole.predictions[split].classes)
         # One float32 per image, not [n, C]: the probability of the predicted class.
-        confidences = batched.confidences[split]
+        confidences = batched.predictions[split].confidences
         assert confidences.shape == (len(rows),) and confidences.dtype == np.float32
-        np.testing.assert_array_equal(confidences, whole.confidences[split])
+        np.testing.assert_array_equal(confidences, whole.predictions[split].confidences)
         logits = arrays[split][0][rows].astype(np.float64) @ weights + biases
         expected = np.exp(logits - logits.max(axis=1, keepdims=True))
         expected /= expected.sum(axis=1, keepdims=True)

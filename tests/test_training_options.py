@@ -174,9 +174,9 @@ def test_training_options_reach_the_training_graph(dataset_dir, tiny_module, tmp
     seen = {}
     build = final_layer.build_training_graph
 
-    def spy(*args, **kwargs):
-        seen.update(kwargs)
-        return build(*args, **kwargs)
+    def spy(dimension, spec, training, loss_settings=None, batch_source=None):
+        seen.update(spec=spec, training=training, loss_settings=loss_settings)
+        return build(dimension, spec, training, loss_settings, batch_source)
 
     monkeypatch.setattr(final_layer, "build_training_graph", spy)
     settings = retrain_settings(
@@ -185,7 +185,7 @@ def test_training_options_reach_the_training_graph(dataset_dir, tiny_module, tmp
         sampling="uniform",
     )
     job.run_retraining(config_lib.from_flat(settings))
-    assert seen["hidden_units"] == 8 and seen["sampling"] == "uniform"
+    assert seen["spec"].hidden_units == 8 and seen["training"].sampling == "uniform"
     loss = seen["loss_settings"]
     assert loss.label_smoothing == 0.1 and loss.l2_regularization == 0.5
     assert loss.class_weights is not None and len(loss.class_weights) == 3

@@ -150,7 +150,10 @@ def compute_bottlenecks(
     if missing:
         # Frozen only now: a run with every vector cached does not pay for it.
         forward, graph = _frozen_forward(module, precision, graph)
-        config = module_lib.session_config(precision)
+        forward_pass = _ForwardPass(
+            images, forward, graph, module_lib.session_config(precision), (height, width),
+            max_image_pixels,
+        )
         while missing:
             # The pipeline hashes the bytes it decodes, and the vector is stored
             # under that hash. A file changed since inspection comes out under a
@@ -166,8 +169,7 @@ def compute_bottlenecks(
             progress = Progress(len(todo), "bottlenecks")
             came_out, changed, runs = set(), False, []
             for batch in _computed_batches(
-                images, todo, forward, graph, config, height, width, chosen or batch_size,
-                max_image_pixels, progress.restart, runs, what,
+                forward_pass, todo, chosen or batch_size, progress.restart, runs, what,
             ):
                 for i, content, vector in batch:
                     came_out.add(i)
@@ -251,8 +253,19 @@ def _frozen_forward(module, precision, graph):
     return forward, tf.Graph()
 
 
-def _computed_batches(images, todo, forward, graph, config, height, width, batch_size,
-                      max_image_pixels, on_ready, runs, what):
+@dataclasses.dataclass(frozen=True)
+class _ForwardPass:
+    """What every pipeline run of one compute_bottlenecks call shares."""
+
+    images: object  # input_pipeline.ImageFiles or TFRecordImages
+    forward: object  # float32 [B, H, W, 3] -> [B, D]: the module, frozen where it could be
+    graph: tf.Graph  # forward's graph
+    session_config: tf.compat.v1.ConfigProto
+    input_size: tuple  # (height, width) in pixels
+    max_image_pixels: int
+
+
+def _computed_batches(forward_pass, todo, batch_size, on_ready, runs, what):
     """One pipeline run over the images at `todo`. Yields [(index, content, vector)] per batch.
 
     content: hex SHA-1 of the bytes decoded; vector: float32 [D]. Images that
@@ -262,16 +275,18 @@ def _computed_batches(images, todo, forward, graph, config, height, width, batch
     images (4 are copies)"). on_ready() is called once the graph and Session
     are set up, before the first batch.
     """
-    with graph.as_default():
+    images, (height, width) = forward_pass.images, forward_pass.input_size
+    with forward_pass.graph.as_default():
         run = batch_size_lib.BatchedRun(
-            lambda indices, size: images.batches(indices, height, width, size, max_image_pixels),
+            lambda indices, size: images.batches(indices, height, width, size,
+                                                 forward_pass.max_image_pixels),
             todo, batch_size,
         )
         runs.append(run)
         logging.info("Computing %s in batches of %s...", what, run.plan())
         batch_content, pixels = run.element[1], run.images
-        features = forward(pixels)
-        with tf.compat.v1.Session(graph=graph, config=config) as sess:
+        features = forward_pass.forward(pixels)
+        with tf.compat.v1.Session(graph=forward_pass.graph, config=forward_pass.session_config) as sess:
             sess.run([
                 tf.compat.v1.global_variables_initializer(),
                 tf.compat.v1.tables_initializer(),

@@ -1,0 +1,137 @@
+"""The run as named data: what every stage after the bottlenecks reads.
+
+A run goes one way: scan (a dataset.Dataset and its image source) -> the
+bottleneck vectors -> `prepare` -> a PreparedRun -> train -> export -> check ->
+report. `prepare` is the one place where what the bottleneck pass learnt (an
+image that cannot be decoded) is settled: the PreparedRun holds only usable
+images, so no later stage looks back at the scan.
+
+Shapes: n images in a set, D values in a bottleneck vector, C classes.
+"""
+
+import dataclasses
+
+import numpy as np
+
+from retrain_suite import dataset as dataset_lib
+from retrain_suite import final_layer
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """One set of the run (training, validation or testing), in a canonical order.
+
+    The order is (class index, relative path), so the same images give the same
+    arrays, and so the same training, whether they came from a folder or from
+    TFRecords.
+    """
+
+    name: str  # one of dataset.SPLITS
+    images: tuple  # dataset.Image each, in the canonical order
+    labels: np.ndarray  # int64 [n]: each image's class index
+    # float32 [n, D]: each image's bottleneck vector. A view of the run's store:
+    # in memory today (any object indexed by rows like an array serves).
+    bottlenecks: np.ndarray
+    rows: np.ndarray  # int64 [n]: each image's index in the run's image source
+
+    def __len__(self):
+        return len(self.images)
+
+
+@dataclasses.dataclass(frozen=True)
+class Predictions:
+    """The kept model's answers on one set, or on a sample of it."""
+
+    positions: np.ndarray  # int64 [m]: which of the set's images, as indices into Split.images
+    classes: np.ndarray  # int64 [m]: the predicted class of each
+    confidences: np.ndarray  # float32 [m]: the probability given to that predicted class
+
+    def truth(self, split):
+        """int64 [m]: the true class of each predicted image of `split`."""
+        return split.labels[self.positions]
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedRun:
+    """The images, their sets and bottlenecks, and how to read the images again.
+
+    Built once by `prepare`, after the bottlenecks exist, with the images that
+    could not be used already gone.
+    """
+
+    dataset: dataset_lib.Dataset  # the usable images only; labels are the class names
+    source: object  # input_pipeline.ImageFiles or TFRecordImages: the run's images by row
+    training: Split
+    validation: Split
+    testing: Split
+    contents: dict  # relative path -> SHA-1 hex of the image's bytes
+    input_size: tuple  # (height, width) in pixels: the module's input
+    max_image_pixels: int  # images larger than this are refused when read again
+
+    @property
+    def class_names(self):
+        return self.dataset.labels
+
+    @property
+    def class_count(self):
+        return len(self.dataset.labels)
+
+    @property
+    def dimension(self):
+        """D, the number of values in a bottleneck vector."""
+        return int(self.training.bottlenecks.shape[1])
+
+    def split(self, name):
+        """The Split called `name` (one of dataset.SPLITS)."""
+        return {"training": self.training, "validation": self.validation,
+                "testing": self.testing}[name]
+
+    def image_batches(self, rows, batch_size):
+        """A tf.data pipeline of the source's images at `rows`, decoded and resized to
+        the module's input: elements (index, SHA-1, float32 [B, height, width, 3])."""
+        height, width = self.input_size
+        return self.source.batches(rows, height, width, batch_size, self.max_image_pixels)
+
+
+def prepare(dataset, source, bottlenecks, max_image_pixels):
+    """The PreparedRun of a scanned dataset once its bottlenecks are computed.
+
+    dataset: the scan, image i of it at row i of `source` and of `bottlenecks`
+    (a compute.Bottlenecks, whose `skipped` images are dropped here: a class
+    left without images is no longer a class).
+    """
+    row_of = {image.path: n for n, image in enumerate(dataset.images)}
+    if bottlenecks.skipped:
+        dataset = dataset.without(dataset.images[i].path for i in bottlenecks.skipped)
+    splits = {}
+    for name in dataset_lib.SPLITS:
+        images = tuple(sorted(dataset.in_split(name), key=lambda i: (i.label_index, i.path)))
+        rows = np.array([row_of[image.path] for image in images], np.int64)
+        splits[name] = Split(
+            name=name, images=images,
+            labels=np.array([image.label_index for image in images], np.int64),
+            bottlenecks=bottlenecks.vectors[rows].reshape(len(rows), bottlenecks.vectors.shape[1]),
+            rows=rows,
+        )
+    return PreparedRun(
+        dataset=dataset, source=source, **splits,
+        contents={image.path: bottlenecks.contents[row_of[image.path]] for image in dataset.images},
+        input_size=(bottlenecks.height, bottlenecks.width), max_image_pixels=max_image_pixels,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedModel:
+    """What training settled: the classifier that is reported, exported and checked."""
+
+    spec: final_layer.LayerSpec  # the new layer's shape
+    # training.TrainingResult: the kept layer, the steps, and the predictions on
+    # the validation and test sets. After fine-tuning, the kept whole model's
+    # (measured on images: the cached bottlenecks no longer describe a tuned module).
+    result: object
+    tuned: object = None  # fine_tuning.FineTuningResult, or None without fine-tuning
+
+    @property
+    def module_values(self):
+        """The fine-tuned module's values for export.frozen_graph, or None: the module as loaded."""
+        return self.tuned.module_values if self.tuned is not None else None
