@@ -14,7 +14,7 @@ from absl import logging
 
 from retrain_suite import config as config_lib
 from retrain_suite import dataset as dataset_lib
-from retrain_suite import final_layer, input_pipeline
+from retrain_suite import final_layer, input_pipeline, run_data
 from retrain_suite import fine_tuning as fine_tuning_lib
 from retrain_suite.bottleneck import cache as cache_lib
 from retrain_suite.bottleneck import compute
@@ -421,10 +421,12 @@ class Bench:
             "image_dir": self.folder("photos"), "tfhub_module": self.handle, "random_seed": 1,
             "fine_tune_steps": steps, "fine_tune_batch_size": batch,
         })
-        g = fine_tuning_lib.build_graph(
-            config, 3, input_pipeline.ImageFiles(paths), list(range(len(paths))), labels, {}, 0,
-            final_layer.LossSettings(),
-        )
+        with tf.Graph().as_default():  # its input size only; build_graph loads it for real
+            module = module_lib.load(self.handle)
+        size = module.height, module.width
+        run = run_data.images_only(input_pipeline.ImageFiles(paths), labels, ["0", "1", "2"], size,
+                                   config.data.max_image_pixels)
+        g = fine_tuning_lib.build_graph(config, run, {}, 0, final_layer.LossSettings())
         with tf.compat.v1.Session(graph=g.graph, config=module_lib.session_config()) as sess:
             sess.run(tf.compat.v1.global_variables_initializer())
             sess.run(g.iterator_init)

@@ -11,7 +11,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from retrain_suite import errors, evaluation
+from retrain_suite import errors, evaluation, evaluation_pictures
 
 
 class AccuracyError(errors.SuiteError):
@@ -76,7 +76,7 @@ def write_evaluation_summaries(run, reports, summaries_dir, step):
 
     run: the run_data.PreparedRun; reports: evaluation_reports' result. The
     test set goes to a `test/` run of summaries_dir with its accuracy and a
-    grid of up to 16 misclassified test images (evaluation.mistakes_to_show:
+    grid of up to 16 misclassified test images (evaluation_pictures.mistakes_to_show:
     every true class in turn, the most confident mistakes first) as the module
     saw them, decoded again from the run's images. The validation set's
     confusion matrix and per-class accuracy go to the `validation/` run (its
@@ -101,17 +101,17 @@ def write_evaluation_summaries(run, reports, summaries_dir, step):
 def _evaluation_summary(run, report, split, step):
     grid = None
     if split == "testing" and report["misclassified"]:
-        shown = evaluation.mistakes_to_show(report["misclassified"], run.class_names)
+        shown = evaluation_pictures.mistakes_to_show(report["misclassified"], run.class_names)
         row_of = {image.path: row for image, row in zip(run.testing.images, run.testing.rows.tolist())}
         indices = [row_of[m["image"]] for m in shown]
-        pixels = evaluation.load_display_images(run, indices)
+        pixels = evaluation_pictures.load_display_images(run, indices)
         kept = [(i, m) for i, m in zip(indices, shown) if i in pixels]
         if kept:
-            grid = evaluation.misclassified_grid_png(
+            grid = evaluation_pictures.misclassified_grid_png(
                 [pixels[i] for i, _ in kept],
                 [(m["true"], f"{m['predicted']} ({100 * m['confidence']:.0f}%)") for _, m in kept],
             )
-    return evaluation.evaluation_summary(
+    return evaluation_pictures.evaluation_summary(
         report, run.class_names, grid, with_accuracy=split == "testing",
         title=f"{SET_NAMES[split]} set, step {step}: confusion matrix (N={report['count']})",
     )

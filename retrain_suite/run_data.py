@@ -135,3 +135,19 @@ class TrainedModel:
     def module_values(self):
         """The fine-tuned module's values for export.frozen_graph, or None: the module as loaded."""
         return self.tuned.module_values if self.tuned is not None else None
+
+
+def images_only(source, labels, class_names, input_size, max_image_pixels):
+    """A PreparedRun whose training set is every image of `source` (labels: int [n], one
+    per image), with no validation or test images and no bottlenecks (D=0): for what
+    reads the images themselves (fine-tuning batches, calibration) outside a run."""
+    labels = np.asarray(labels, np.int64)
+    dataset = dataset_lib.Dataset("", list(class_names), [])
+
+    def split(name, count):
+        return Split(name, (None,) * count, labels[:count], np.zeros([count, 0], np.float32),
+                     np.arange(count, dtype=np.int64))
+
+    return PreparedRun(dataset=dataset, source=source, training=split("training", len(labels)),
+                       validation=split("validation", 0), testing=split("testing", 0), contents={},
+                       input_size=tuple(input_size), max_image_pixels=max_image_pixels)

@@ -13,13 +13,14 @@ from retrain_suite.cli import startup
 # it is, so the commands the tests start behave as a user's would.
 startup.quiet_tensorflow(argv=[], environ={})
 
+import helpers  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from absl import logging  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from retrain_suite import config as config_lib  # noqa: E402
-from retrain_suite import export  # noqa: E402
+from retrain_suite import evaluation, export  # noqa: E402
 from retrain_suite.bottleneck import make_module  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -241,3 +242,10 @@ class unblocking_fifo:
         self._done.set()
         self._thread.join()
         return False
+
+
+@pytest.fixture(scope="module")
+def ten_thousand_classes():
+    """helpers.many_classes' 10,000 classes -> (truth, predictions, labels, their report)."""
+    truth, predictions, labels = helpers.many_classes()
+    return truth, predictions, labels, evaluation.evaluate(truth, predictions, labels)

@@ -33,16 +33,33 @@ def prepared_run(arrays, class_count, source=None, input_size=(8, 8), max_image_
 
 
 def run_of_images(source, training_rows, class_names, input_size, labels=None):
-    """A run_data.PreparedRun whose training set is `source`'s images at training_rows
-    (labels int [n], class 0 if not given), with no validation or test images and no
-    bottlenecks: for the stages that read images again (TFLite calibration, distortions)."""
-    count = len(training_rows)
-    labels = np.zeros(count, np.int64) if labels is None else np.asarray(labels, np.int64)
-    empty = (np.zeros([0, 1], np.float32), np.zeros([0], np.int64), [])
-    run = prepared_run({"training": (np.zeros([count, 1], np.float32), labels, []),
-                        "validation": empty, "testing": empty},
-                       len(class_names), source=source, input_size=input_size)
-    training = run_data.Split("training", run.training.images, labels, run.training.bottlenecks,
-                              np.asarray(training_rows, np.int64))
-    dataset = dataset_lib.Dataset("", list(class_names), [])
-    return dataclasses.replace(run, training=training, dataset=dataset)
+    """run_data.images_only over `source`'s images at training_rows (labels int [n],
+    class 0 if not given)."""
+    labels = np.zeros(len(training_rows), np.int64) if labels is None else labels
+    run = run_data.images_only(source, labels, class_names, input_size, 10**8)
+    training = dataclasses.replace(run.training, rows=np.asarray(training_rows, np.int64))
+    return dataclasses.replace(run, training=training)
+
+
+# An evaluation of four classes to check by hand (test_evaluation*.py).
+LABELS = ["a", "b", "c", "d"]
+# Ten images of a, b and c (none of d); rows true, columns predicted:
+#        a  b  c  d
+#   a  [ 2, 1, 1, 0 ]
+#   b  [ 1, 1, 0, 0 ]
+#   c  [ 0, 1, 3, 0 ]
+#   d  [ 0, 0, 0, 0 ]
+TRUTH = [0, 0, 0, 0, 1, 1, 2, 2, 2, 2]
+PREDICTED = [0, 0, 1, 2, 1, 0, 2, 2, 2, 1]
+
+
+def many_classes(class_count=10_000, per_class=3, seed=0):
+    """Synthetic predictions: 70% right, the rest a random class; and class 5's extra
+    20 images all taken for class 9. -> (truth, predictions, labels)."""
+    rng = np.random.RandomState(seed)
+    truth = np.repeat(np.arange(class_count), per_class)
+    predictions = np.where(rng.rand(len(truth)) < 0.7, truth,
+                           rng.randint(0, class_count, len(truth)))
+    truth = np.concatenate([truth, np.full(20, 5)])
+    predictions = np.concatenate([predictions, np.full(20, 9)])
+    return truth, predictions, [f"class_{i:05d}" for i in range(class_count)]
