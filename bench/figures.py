@@ -14,11 +14,13 @@ from absl import logging
 
 from retrain_suite import config as config_lib
 from retrain_suite import dataset as dataset_lib
-from retrain_suite import final_layer, input_pipeline
+from retrain_suite import final_layer
 from retrain_suite import fine_tuning as fine_tuning_lib
 from retrain_suite.bottleneck import cache as cache_lib
 from retrain_suite.bottleneck import compute
 from retrain_suite.bottleneck import module as module_lib
+from retrain_suite.images import files as image_files
+from retrain_suite.images import pipelines as image_pipelines
 
 
 @dataclasses.dataclass(frozen=True)
@@ -225,7 +227,7 @@ class Bench:
             with open(path, "wb") as f:
                 f.write(photos.encode(pixels, "JPEG"))
             vector = means[label] + rng.normal(size=dimension).astype(np.float32)
-            content = input_pipeline.inspect_image_file(path).sha1
+            content = image_files.inspect_image_file(path).sha1
             cache.store(content, vector)
             text = os.path.join(text_dir, f"img{i:05d}.txt")
             with open(text, "w") as f:
@@ -422,7 +424,7 @@ class Bench:
             "fine_tune_steps": steps, "fine_tune_batch_size": batch,
         })
         g = fine_tuning_lib.build_graph(
-            config, 3, input_pipeline.ImageFiles(paths), list(range(len(paths))), labels, {}, 0,
+            config, 3, image_pipelines.ImageFiles(paths), list(range(len(paths))), labels, {}, 0,
             final_layer.LossSettings(),
         )
         with tf.compat.v1.Session(graph=g.graph, config=module_lib.session_config()) as sess:

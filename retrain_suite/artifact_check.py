@@ -4,7 +4,7 @@ After export, each artifact (frozen graph, SavedModel when asked, TFLite when
 asked) is loaded from disk and run with its own runtime: TensorFlow for the
 graph and the SavedModel, LiteRT's interpreter for TFLite. The test images
 are decoded once, in batches, by the same function as in training
-(input_pipeline.decode_and_resize), and each batch goes through every
+(image_preprocess.decode_and_resize), and each batch goes through every
 artifact in turn, so memory stays bounded by one batch.
 
 Per artifact the table gives: the file's size, its accuracy on the test set,
@@ -191,7 +191,7 @@ def check_run(config, arrays, result, images, row_of, height, width):
     """Check the run's exported files on its test set (validation set if it has no test images).
 
     arrays: job.split_arrays; result: the training.TrainingResult; images:
-    the input_pipeline image source; row_of: image path -> index there.
+    the image_pipelines image source; row_of: image path -> index there.
     -> (set name, [ArtifactResult]), or None when there are no such images.
     """
     split = "testing" if len(arrays["testing"][1]) else "validation"

@@ -28,8 +28,10 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image, ImageDraw, ImageFont
 
-from retrain_suite import atomic_files, input_pipeline
+from retrain_suite import atomic_files
 from retrain_suite.dataset import MAX_CLASSES_LISTED
+from retrain_suite.images import files as image_files
+from retrain_suite.images import pipelines as image_pipelines
 
 MAX_MISCLASSIFIED_SHOWN = 16
 
@@ -372,12 +374,12 @@ def _png(image):
 
 
 def load_display_images(images, indices, height, width,
-                        max_pixels=input_pipeline.DEFAULT_MAX_IMAGE_PIXELS):
+                        max_pixels=image_files.DEFAULT_MAX_IMAGE_PIXELS):
     """Images of a source -> {index: uint8 [height, width, 3]}, as the module saw them.
 
-    images: an input_pipeline.ImageFiles or TFRecordImages; indices: which of
+    images: an image_pipelines.ImageFiles or TFRecordImages; indices: which of
     them. Decoded and resized by
-    input_pipeline.decode_and_resize, the function that prepared the
+    image_preprocess.decode_and_resize, the function that prepared the
     bottlenecks. Images that cannot be decoded are missing from the result.
     """
     if not indices:
@@ -389,7 +391,7 @@ def load_display_images(images, indices, height, width,
         pixels = tf.cast(tf.round(tf.clip_by_value(pixels, 0.0, 1.0) * 255.0), tf.uint8)
         results = {}
         with tf.compat.v1.Session(graph=graph) as sess:
-            for batch_indices, values in input_pipeline.each_batch(sess, [index, pixels]):
+            for batch_indices, values in image_pipelines.each_batch(sess, [index, pixels]):
                 results.update(zip(batch_indices.tolist(), values))
     return results
 

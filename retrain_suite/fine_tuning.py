@@ -23,7 +23,7 @@ Each evaluation also writes the fine-tuning checkpoint,
 <--checkpoint_path>.fine_tuning: every variable of the graph (module, layer,
 optimizer slots, step) and the best model so far, written whole under a
 temporary name and renamed. A run with the same flags and data resumes from
-it; batches are a function of (seed, step) (input_pipeline.fine_tuning_batches),
+it; batches are a function of (seed, step) (image_pipelines.fine_tuning_batches),
 so the result is the one an uninterrupted run gives. A checkpoint of another
 configuration or dataset is ignored, with a warning.
 """
@@ -41,11 +41,13 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from retrain_suite import atomic_files, errors, export, final_layer, input_pipeline
+from retrain_suite import atomic_files, errors, export, final_layer
 from retrain_suite import config as config_lib
 from retrain_suite.bottleneck import cache as cache_lib
 from retrain_suite.bottleneck import compute
 from retrain_suite.bottleneck import module as module_lib
+from retrain_suite.images import files as image_files
+from retrain_suite.images import pipelines as image_pipelines
 
 # Written next to --checkpoint_path, under its lock.
 CHECKPOINT_SUFFIX = ".fine_tuning"
@@ -94,7 +96,7 @@ def build_graph(config, class_count, images, train_rows, train_y, eval_rows, fir
 
     train_rows, train_y: the training images' positions in `images` and their
     labels; eval_rows: {split: positions} of the images evaluated whole;
-    first_step: the step the batches start at (input_pipeline.fine_tuning_batches).
+    first_step: the step the batches start at (image_pipelines.fine_tuning_batches).
     """
     tuning = config.fine_tuning
     seed = config.training.random_seed
@@ -102,11 +104,11 @@ def build_graph(config, class_count, images, train_rows, train_y, eval_rows, fir
     with graph.as_default():
         tf.compat.v1.set_random_seed(seed)
         module = module_lib.load(config.module.tfhub_module, config.module.image_size)
-        batches = input_pipeline.fine_tuning_batches(
-            images, train_rows, train_y, module.height, module.width,
-            tuning.fine_tune_batch_size, config_lib.distortions_from(config), seed, first_step,
-            config.data.max_image_pixels,
+        spec = image_pipelines.ImageBatchSpec(
+            module.height, module.width, tuning.fine_tune_batch_size,
+            config_lib.distortions_from(config), seed, config.data.max_image_pixels,
         )
+        batches = image_pipelines.fine_tuning_batches(images, train_rows, train_y, spec, first_step)
         iterator = tf.compat.v1.data.make_initializable_iterator(batches)
         pixels, labels = iterator.get_next()
         step = tf.compat.v1.get_variable(
@@ -210,7 +212,7 @@ def _read_checkpoint(path, fingerprint):
     if not tf.io.gfile.exists(path):
         return None
     # Read like an image: a FIFO or device put there is refused, never waited on.
-    data, problem = input_pipeline.read_regular_file(path)
+    data, problem = image_files.read_regular_file(path)
     try:
         if problem:
             raise ValueError(problem)
@@ -291,7 +293,7 @@ def _evaluate(sess, g, split, rows, truth):
     confidences = np.full(len(rows), np.nan, np.float32)
     chosen = np.full(len(rows), np.nan, np.float32)  # the probability of the true class
     finite = np.zeros(len(rows), bool)
-    for indices, batch in input_pipeline.each_batch(sess, fetches):
+    for indices, batch in image_pipelines.each_batch(sess, fetches):
         at = np.array([position_of[i] for i in indices.tolist()], np.int64)
         predicted = np.argmax(batch, axis=1)
         predictions[at] = predicted
@@ -309,7 +311,7 @@ def fine_tune(config, labels, arrays, images, row_of, contents, result, loss_set
     """Fine-tune the module and the bottleneck-trained layer. -> FineTuningResult.
 
     arrays: job.split_arrays (validation images needed); images: the run's
-    input_pipeline.ImageFiles; row_of: image path -> index there; contents:
+    image_pipelines.ImageFiles; row_of: image path -> index there; contents:
     image path -> content SHA-1; result: training.TrainingResult of the
     bottleneck phase (its layer is the start, its test rows are measured
     again); loss_settings: final_layer.LossSettings of that phase.

@@ -29,7 +29,8 @@ import numpy as np
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
-from retrain_suite import atomic_files, errors, export, input_pipeline, tflite_metadata
+from retrain_suite import atomic_files, errors, export, tflite_metadata
+from retrain_suite.images import files as image_files
 
 QUANTIZATIONS = ("none", "dynamic", "float16", "int8")
 
@@ -175,7 +176,7 @@ class TFLiteClassifier:
 def export_for_run(config, graph_def, labels, images, training_rows, height, width):
     """Convert, quantize and write the run's TFLite file (config.outputs.tflite_output_file).
 
-    images: the run's input_pipeline image source; training_rows: the
+    images: the run's image_pipelines image source; training_rows: the
     training images' indices in it.
     int8 calibrates on calibration_indices of the training images, chosen by
     config.training.random_seed.
@@ -204,5 +205,5 @@ def export_for_run(config, graph_def, labels, images, training_rows, height, wid
 
 def is_tflite_file(path):
     """Whether the file at path is a TFLite flatbuffer (by its content, not its name)."""
-    start, problem = input_pipeline.read_file_start(path, 8)  # a FIFO is not waited on
+    start, problem = image_files.read_file_start(path, 8)  # a FIFO is not waited on
     return problem is None and is_tflite(start)
