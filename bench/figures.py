@@ -14,11 +14,13 @@ from absl import logging
 
 from retrain_suite import config as config_lib
 from retrain_suite import dataset as dataset_lib
-from retrain_suite import final_layer, input_pipeline, run_data
+from retrain_suite import final_layer, run_data
 from retrain_suite import fine_tuning as fine_tuning_lib
 from retrain_suite.bottleneck import cache as cache_lib
 from retrain_suite.bottleneck import compute
 from retrain_suite.bottleneck import module as module_lib
+from retrain_suite.images import files as image_files
+from retrain_suite.images import pipelines as image_pipelines
 
 
 @dataclasses.dataclass(frozen=True)
@@ -225,7 +227,7 @@ class Bench:
             with open(path, "wb") as f:
                 f.write(photos.encode(pixels, "JPEG"))
             vector = means[label] + rng.normal(size=dimension).astype(np.float32)
-            content = input_pipeline.inspect_image_file(path).sha1
+            content = image_files.inspect_image_file(path).sha1
             cache.store(content, vector)
             text = os.path.join(text_dir, f"img{i:05d}.txt")
             with open(text, "w") as f:
@@ -424,7 +426,7 @@ class Bench:
         with tf.Graph().as_default():  # its input size only; build_graph loads it for real
             module = module_lib.load(self.handle)
         size = module.height, module.width
-        run = run_data.images_only(input_pipeline.ImageFiles(paths), labels, ["0", "1", "2"], size,
+        run = run_data.images_only(image_pipelines.ImageFiles(paths), labels, ["0", "1", "2"], size,
                                    config.data.max_image_pixels)
         g = fine_tuning_lib.build_graph(config, run, {}, 0, final_layer.LossSettings())
         with tf.compat.v1.Session(graph=g.graph, config=module_lib.session_config()) as sess:

@@ -9,8 +9,9 @@ import tensorflow as tf
 from absl import logging
 
 from retrain_suite import config as config_lib
-from retrain_suite import export, final_layer, input_pipeline
+from retrain_suite import export, final_layer
 from retrain_suite.bottleneck import module as module_lib
+from retrain_suite.images import pipelines as image_pipelines
 
 
 def classic_training(batch_size, seed):
@@ -118,7 +119,7 @@ def decoded_in_memory(paths, height, width):
     """The photos decoded and resized by the shared pipeline. -> float32 [N, H, W, 3]."""
     graph = tf.Graph()
     with graph.as_default():
-        batches = input_pipeline.image_batches(paths, height, width, 64)
+        batches = image_pipelines.image_batches(paths, height, width, 64)
         _, _, images = tf.compat.v1.data.make_one_shot_iterator(batches).get_next()
         out = []
         with tf.compat.v1.Session(graph=graph) as sess:

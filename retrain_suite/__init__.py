@@ -5,8 +5,10 @@ Rooms, in the order an image goes through them:
 
 - `dataset`: scan a class-per-folder tree, split by a stable hash, count.
 - `tfrecords`: write and read the same dataset as TFRecord files.
-- `input_pipeline`: every tf.data pipeline and the one preprocessing function.
+- `images`: reading image files, the one preprocessing function, distortions,
+  the image sources and their tf.data pipelines.
 - `bottleneck`: the feature-vector module, the on-disk cache, the batched computation.
+- `vector_batches`: the tf.data pipelines of cached vectors the final layer trains on.
 - `final_layer`, `schedules`: the new layer, its loss, its learning rate.
 - `training`: the training loop and the choice of the layer kept.
 - `evaluation`, `reporting`: metrics, tables, JSON, TensorBoard pictures.

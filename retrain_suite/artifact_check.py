@@ -4,7 +4,7 @@ After export, each artifact (frozen graph, SavedModel when asked, TFLite when
 asked) is loaded from disk and run with its own runtime: TensorFlow for the
 graph and the SavedModel, LiteRT's interpreter for TFLite. The test images
 are decoded once, in batches, by the same function as in training
-(input_pipeline.decode_and_resize), and each batch goes through every
+(image_preprocess.decode_and_resize), and each batch goes through every
 artifact in turn, so memory stays bounded by one batch.
 
 Per artifact the table gives: the file's size, its accuracy on the test set,

@@ -14,7 +14,8 @@ import uuid
 
 import tensorflow as tf
 
-from retrain_suite import errors, input_pipeline
+from retrain_suite import errors
+from retrain_suite.images import files as image_files
 
 # What a SavedModel writer puts in its folder: a folder holding only these (or
 # nothing) is one this suite may replace.
@@ -226,7 +227,7 @@ class exclusive_lock:
                             "so it is someone else's; move it away")
 
     def _not_a_file(self, mode):
-        kind = input_pipeline.special_file_kind(mode)
+        kind = image_files.special_file_kind(mode)
         return LockFileError(f"cannot lock {self.path}: it is {kind}, not a regular file; "
                              "move it away")
 

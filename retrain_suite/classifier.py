@@ -3,7 +3,7 @@ r"""Running an exported graph on new images: what label_image.py does.
 Loading a frozen graph and refusing one that holds ops that could touch files
 or run code (`check_graph_is_safe`), reading its labels file, finding images,
 and classifying them in batches. Images are decoded and resized by the same
-function retrain.py used for the bottlenecks (input_pipeline.decode_and_resize),
+function retrain.py used for the bottlenecks (image_preprocess.decode_and_resize),
 so an image gets the same probabilities here as in training.
 """
 
@@ -19,9 +19,11 @@ import numpy as np
 import tensorflow as tf
 
 from retrain_suite import dataset as dataset_lib
-from retrain_suite import errors, input_pipeline, tflite, tflite_metadata
+from retrain_suite import errors, tflite, tflite_metadata
 from retrain_suite.bottleneck import batch_size as batch_size_lib
 from retrain_suite.bottleneck import inlining
+from retrain_suite.images import files as image_files
+from retrain_suite.images import pipelines as image_pipelines
 
 # Ops a retrained classifier (any TF Hub image feature-vector module plus the new
 # layer) is made of: arithmetic, neural-network and array ops, and calls to the
@@ -57,11 +59,11 @@ class LabelError(errors.SuiteError):
 def read_input_file(path, what, max_bytes=None):
     """The bytes of a file the user named (what: "Graph file", ...); LabelError if unusable.
 
-    Read without blocking (input_pipeline.read_regular_file): a FIFO or device
+    Read without blocking (image_files.read_regular_file): a FIFO or device
     named as a graph, labels file or model is refused, never waited on.
     """
-    data, problem = input_pipeline.read_regular_file(path, max_bytes)
-    if problem == input_pipeline.MISSING:
+    data, problem = image_files.read_regular_file(path, max_bytes)
+    if problem == image_files.MISSING:
         raise LabelError(f"{what} {path} does not exist.")
     if problem:
         raise LabelError(f"{what} {path} cannot be used: {problem}.")
@@ -255,7 +257,7 @@ def list_images(arguments):
 
 def classify(graph_def, paths, height, width, input_layer="Placeholder",
              output_layer="final_result", input_mean=0.0, input_std=255.0, batch_size=None,
-             max_pixels=input_pipeline.DEFAULT_MAX_IMAGE_PIXELS, keep=None):
+             max_pixels=image_files.DEFAULT_MAX_IMAGE_PIXELS, keep=None):
     """Run the graph on image files. -> {index: probabilities float32 [C]}, or
     {index: keep(probabilities)} (top_classes(k), say: then what is held grows
     with the images times k, not times the classes).
@@ -266,7 +268,7 @@ def classify(graph_def, paths, height, width, input_layer="Placeholder",
     cannot be read or decoded, or are too large, are missing from the result.
     """
     find_node(graph_def, output_layer, "output_layer")
-    files = input_pipeline.ImageFiles(paths)
+    files = image_pipelines.ImageFiles(paths)
     graph = tf.Graph()
     with graph.as_default():
         run = batch_size_lib.BatchedRun(
@@ -427,7 +429,7 @@ def check_tflite_input_range(model, input_mean, input_std):
 
 
 def classify_tflite(model, paths, input_mean=0.0, input_std=255.0, batch_size=None,
-                    max_pixels=input_pipeline.DEFAULT_MAX_IMAGE_PIXELS, keep=None):
+                    max_pixels=image_files.DEFAULT_MAX_IMAGE_PIXELS, keep=None):
     """As classify, with a tflite.TFLiteClassifier: one image per interpreter call.
 
     Images are read once, checked and decoded by the same pipeline as
@@ -439,7 +441,7 @@ def classify_tflite(model, paths, input_mean=0.0, input_std=255.0, batch_size=No
     hold what input_mean and input_std make of the pixels.
     """
     check_tflite_input_range(model, input_mean, input_std)
-    batches = input_pipeline.image_batches(
+    batches = image_pipelines.image_batches(
         paths, model.height, model.width, batch_size or batch_size_lib.DEFAULT_BATCH_SIZE, max_pixels
     )
     results = {}

@@ -22,9 +22,11 @@ from typing import Optional
 
 import tensorflow as tf
 
-from retrain_suite import atomic_files, errors, final_layer, input_pipeline, output_paths, schedules, tflite
+from retrain_suite import atomic_files, errors, final_layer, output_paths, schedules, tflite
 from retrain_suite import dataset as dataset_lib
 from retrain_suite.bottleneck import module as module_lib
+from retrain_suite.images import distortions as image_distortions
+from retrain_suite.images import files as image_files
 
 DEFAULT_PERCENTAGE = 10
 
@@ -38,7 +40,7 @@ class DataConfig:
     testing_percentage: float = DEFAULT_PERCENTAGE
     validation_percentage: float = DEFAULT_PERCENTAGE
     split_by: str = "path"  # what the split hashes: "path" or "content" (dataset.SPLIT_BY)
-    max_image_pixels: int = input_pipeline.DEFAULT_MAX_IMAGE_PIXELS  # width x height
+    max_image_pixels: int = image_files.DEFAULT_MAX_IMAGE_PIXELS  # width x height
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,8 +214,8 @@ def fine_tune_learning_rate(config):
 
 
 def distortions_from(config):
-    """The distortion flags as an input_pipeline.Distortions."""
-    return input_pipeline.Distortions(
+    """The distortion flags as an image_distortions.Distortions."""
+    return image_distortions.Distortions(
         flip_left_right=config.distortions.flip_left_right, crop=config.distortions.random_crop,
         scale=config.distortions.random_scale, brightness=config.distortions.random_brightness,
         rotation=config.distortions.random_rotation, hue=config.distortions.random_hue,

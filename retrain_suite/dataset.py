@@ -30,7 +30,9 @@ import stat
 import tensorflow as tf
 from absl import logging
 
-from retrain_suite import atomic_files, errors, input_pipeline, output_paths
+from retrain_suite import atomic_files, errors, output_paths
+from retrain_suite.images import files as image_files
+from retrain_suite.images import pipelines as image_pipelines
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 
@@ -175,7 +177,7 @@ def folder_entries(folder):
                 kind = "file"
             else:
                 kind = ("dir" if stat.S_ISDIR(mode) else "file" if stat.S_ISREG(mode)
-                        else input_pipeline.special_file_kind(mode))
+                        else image_files.special_file_kind(mode))
             entries.append((entry.name, kind))
     return sorted(entries)
 
@@ -342,7 +344,7 @@ def build_dataset(image_dir, validation_percentage, testing_percentage, exclude_
     _check_enough_classes(labels, image_dir)
     def split_key(path):
         if split_by == "content":
-            content = input_pipeline.inspect_image_file(os.path.join(image_dir, *path.split("/")))
+            content = image_files.inspect_image_file(os.path.join(image_dir, *path.split("/")))
             if content.sha1 is not None:
                 return content.sha1
         return path
@@ -568,10 +570,10 @@ def format_copies(copies):
 
 def content_hashes(dataset):
     """[SHA-1 hex of each image's file, or None where it cannot be read], in dataset.images order."""
-    return [input_pipeline.inspect_image_file(dataset.full_path(i)).sha1 for i in dataset.images]
+    return [image_files.inspect_image_file(dataset.full_path(i)).sha1 for i in dataset.images]
 
 
-def find_bad_images(dataset, max_pixels=input_pipeline.DEFAULT_MAX_IMAGE_PIXELS, batch_size=64):
+def find_bad_images(dataset, max_pixels=image_files.DEFAULT_MAX_IMAGE_PIXELS, batch_size=64):
     """Read and decode every image once. -> [(relative path, reason)] for those unusable."""
     paths = [dataset.full_path(image) for image in dataset.images]
     decoded = set()
@@ -579,13 +581,13 @@ def find_bad_images(dataset, max_pixels=input_pipeline.DEFAULT_MAX_IMAGE_PIXELS,
     with graph.as_default():
         # Decodability is all that is checked here; a small output size keeps it cheap.
         # The pipeline refuses unreadable, special and oversized files itself.
-        batches = input_pipeline.image_batches(paths, 8, 8, batch_size, max_pixels)
+        batches = image_pipelines.image_batches(paths, 8, 8, batch_size, max_pixels)
         next_batch = tf.compat.v1.data.make_one_shot_iterator(batches).get_next()
         with tf.compat.v1.Session(graph=graph) as sess:
-            for indices, _, _ in input_pipeline.each_batch(sess, next_batch):
+            for indices, _, _ in image_pipelines.each_batch(sess, next_batch):
                 decoded.update(indices.tolist())
     return [
-        (dataset.images[i].path, input_pipeline.why_undecodable(paths[i], max_pixels))
+        (dataset.images[i].path, image_files.why_undecodable(paths[i], max_pixels))
         for i in range(len(paths)) if i not in decoded
     ]
 

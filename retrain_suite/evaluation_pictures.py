@@ -18,9 +18,9 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image, ImageDraw, ImageFont
 
-from retrain_suite import input_pipeline
 from retrain_suite.dataset import MAX_CLASSES_LISTED
 from retrain_suite.evaluation import worst_first
+from retrain_suite.images import pipelines as image_pipelines
 
 MAX_MISCLASSIFIED_SHOWN = 16
 
@@ -170,7 +170,7 @@ def load_display_images(run, rows):
     """Images of a run -> {row: uint8 [height, width, 3]}, as the module saw them.
 
     run: a run_data.PreparedRun; rows: which images of its source. Decoded and
-    resized by input_pipeline.decode_and_resize, the function that prepared
+    resized by images.preprocess.decode_and_resize, the function that prepared
     the bottlenecks. Images that cannot be decoded are missing from the result.
     """
     if not rows:
@@ -182,7 +182,7 @@ def load_display_images(run, rows):
         pixels = tf.cast(tf.round(tf.clip_by_value(pixels, 0.0, 1.0) * 255.0), tf.uint8)
         results = {}
         with tf.compat.v1.Session(graph=graph) as sess:
-            for batch_indices, values in input_pipeline.each_batch(sess, [index, pixels]):
+            for batch_indices, values in image_pipelines.each_batch(sess, [index, pixels]):
                 results.update(zip(batch_indices.tolist(), values))
     return results
 

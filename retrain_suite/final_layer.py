@@ -15,7 +15,7 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
-from retrain_suite import atomic_files, input_pipeline
+from retrain_suite import atomic_files, vector_batches
 
 SCOPE = "final_retrain_ops"
 
@@ -229,9 +229,9 @@ def build_training_graph(dimension, spec, training, loss_settings=None, batch_so
         bottlenecks = tf.compat.v1.placeholder(tf.float32, [None, dimension], "train_bottlenecks")
         labels = tf.compat.v1.placeholder(tf.int64, [None], "train_labels")
         if sampling == "uniform":
-            batches = input_pipeline.class_uniform_batches(bottlenecks, labels, batch_size, seed)
+            batches = vector_batches.class_uniform_batches(bottlenecks, labels, batch_size, seed)
         elif sampling == "proportional":
-            batches = input_pipeline.training_batches(bottlenecks, labels, batch_size, seed)
+            batches = vector_batches.training_batches(bottlenecks, labels, batch_size, seed)
         else:
             raise ValueError(f"sampling must be one of {SAMPLINGS}, not {sampling!r}")
         iterator = None

@@ -23,7 +23,7 @@ Each evaluation also writes the fine-tuning checkpoint,
 <--checkpoint_path>.fine_tuning: every variable of the graph (module, layer,
 optimizer slots, step) and the best model so far, written whole under a
 temporary name and renamed. A run with the same flags and data resumes from
-it; batches are a function of (seed, step) (input_pipeline.fine_tuning_batches),
+it; batches are a function of (seed, step) (image_pipelines.fine_tuning_batches),
 so the result is the one an uninterrupted run gives. A checkpoint of another
 configuration or dataset is ignored, with a warning (fine_tuning_checkpoint).
 """
@@ -38,10 +38,11 @@ import tensorflow as tf
 from absl import logging
 
 from retrain_suite import config as config_lib
-from retrain_suite import final_layer, input_pipeline, run_data, training
+from retrain_suite import final_layer, run_data, training
 from retrain_suite import fine_tuning_checkpoint as checkpoint
 from retrain_suite.bottleneck import compute
 from retrain_suite.bottleneck import module as module_lib
+from retrain_suite.images import pipelines as image_pipelines
 
 # The TensorBoard run (a folder of --summaries_dir) of the fine-tuning curves.
 TENSORBOARD_RUN = "fine_tuning"
@@ -82,7 +83,7 @@ def build_graph(config, run, eval_rows, first_step, loss_settings):
     run: the run_data.PreparedRun (its training images are the batches);
     eval_rows: {split: rows of the run's image source} of the images evaluated
     whole; first_step: the step the batches start at
-    (input_pipeline.fine_tuning_batches).
+    (image_pipelines.fine_tuning_batches).
     """
     tuning = config.fine_tuning
     class_count = run.class_count
@@ -91,12 +92,12 @@ def build_graph(config, run, eval_rows, first_step, loss_settings):
     with graph.as_default():
         tf.compat.v1.set_random_seed(seed)
         module = module_lib.load(config.module.tfhub_module, config.module.image_size)
-        batches = input_pipeline.fine_tuning_batches(
-            run.source, run.training.rows.tolist(), run.training.labels.tolist(),
-            module.height, module.width,
-            tuning.fine_tune_batch_size, config_lib.distortions_from(config), seed, first_step,
-            config.data.max_image_pixels,
+        spec = image_pipelines.ImageBatchSpec(
+            module.height, module.width, tuning.fine_tune_batch_size,
+            config_lib.distortions_from(config), seed, config.data.max_image_pixels,
         )
+        batches = image_pipelines.fine_tuning_batches(
+            run.source, run.training.rows.tolist(), run.training.labels.tolist(), spec, first_step)
         iterator = tf.compat.v1.data.make_initializable_iterator(batches)
         pixels, labels = iterator.get_next()
         step = tf.compat.v1.get_variable(
@@ -158,7 +159,7 @@ def _evaluate(sess, g, split, rows, truth):
     confidences = np.full(len(rows), np.nan, np.float32)
     chosen = np.full(len(rows), np.nan, np.float32)  # the probability of the true class
     finite = np.zeros(len(rows), bool)
-    for indices, batch in input_pipeline.each_batch(sess, fetches):
+    for indices, batch in image_pipelines.each_batch(sess, fetches):
         at = np.array([position_of[i] for i in indices.tolist()], np.int64)
         predicted = np.argmax(batch, axis=1)
         predictions[at] = predicted

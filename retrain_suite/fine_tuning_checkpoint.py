@@ -20,8 +20,9 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from retrain_suite import atomic_files, errors, export, input_pipeline
+from retrain_suite import atomic_files, errors, export
 from retrain_suite.bottleneck import cache as cache_lib
+from retrain_suite.images import files as image_files
 
 # Written next to --checkpoint_path, under its lock.
 CHECKPOINT_SUFFIX = ".fine_tuning"
@@ -91,7 +92,7 @@ def read(path, fingerprint):
     if not tf.io.gfile.exists(path):
         return None
     # Read like an image: a FIFO or device put there is refused, never waited on.
-    data, problem = input_pipeline.read_regular_file(path)
+    data, problem = image_files.read_regular_file(path)
     try:
         if problem:
             raise ValueError(problem)

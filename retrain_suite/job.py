@@ -24,7 +24,6 @@ from retrain_suite import (
     final_layer,
     fine_tuning,
     fine_tuning_checkpoint,
-    input_pipeline,
     memory_budget,
     output_paths,
     reporting,
@@ -38,6 +37,7 @@ from retrain_suite import dataset as dataset_lib
 from retrain_suite.bottleneck import batch_size as batch_size_lib
 from retrain_suite.bottleneck import compute
 from retrain_suite.bottleneck import module as module_lib
+from retrain_suite.images import pipelines as image_pipelines
 
 
 def check_sets(dataset, config):
@@ -176,7 +176,7 @@ def retrain_with_checked_flags(config):
             config.data.testing_percentage, exclude_dirs=[config.module.bottleneck_dir],
             split_by=config.data.split_by,
         )
-        images = input_pipeline.ImageFiles(dataset.full_path(image) for image in dataset.images)
+        images = image_pipelines.ImageFiles(dataset.full_path(image) for image in dataset.images)
     logging.info("Found %d images in %d classes.", len(dataset.images), len(dataset.labels))
     check_sets(dataset, config)
     outputs = [config.outputs.output_graph, config.outputs.output_labels, config.outputs.checkpoint_path,
@@ -358,12 +358,13 @@ def distorted_batch_source(config, run):
 
     def build():
         module = module_lib.load(config.module.tfhub_module, config.module.image_size)
-        batches = input_pipeline.distorted_batches(
-            run.source, run.training.rows.tolist(), run.training.labels.tolist(),
+        spec = image_pipelines.ImageBatchSpec(
             module.height, module.width, config.training.train_batch_size,
             config_lib.distortions_from(config), config.training.random_seed,
             config.data.max_image_pixels,
         )
+        batches = image_pipelines.distorted_batches(
+            run.source, run.training.rows.tolist(), run.training.labels.tolist(), spec)
         iterator = tf.compat.v1.data.make_initializable_iterator(batches)
         pixels, batch_labels = iterator.get_next()
         return module(pixels), batch_labels, iterator.initializer

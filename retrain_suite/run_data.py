@@ -60,7 +60,7 @@ class PreparedRun:
     """
 
     dataset: dataset_lib.Dataset  # the usable images only; labels are the class names
-    source: object  # input_pipeline.ImageFiles or TFRecordImages: the run's images by row
+    source: object  # images.pipelines.ImageFiles or TFRecordImages: the run's images by row
     training: Split
     validation: Split
     testing: Split

@@ -29,7 +29,8 @@ import numpy as np
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
-from retrain_suite import atomic_files, errors, export, input_pipeline, tflite_metadata
+from retrain_suite import atomic_files, errors, export, tflite_metadata
+from retrain_suite.images import files as image_files
 
 QUANTIZATIONS = ("none", "dynamic", "float16", "int8")
 
@@ -203,5 +204,5 @@ def export_for_run(outputs, graph_def, run, seed, module):
 
 def is_tflite_file(path):
     """Whether the file at path is a TFLite flatbuffer (by its content, not its name)."""
-    start, problem = input_pipeline.read_file_start(path, 8)  # a FIFO is not waited on
+    start, problem = image_files.read_file_start(path, 8)  # a FIFO is not waited on
     return problem is None and is_tflite(start)

@@ -3,7 +3,7 @@
 
 Each split goes to its own sharded files (`training-00000-of-00002.tfrecord`),
 one example per image holding the encoded bytes as stored, its label and its
-path relative to the image folder (input_pipeline.TFRECORD_FEATURES), so the
+path relative to the image folder (image_pipelines.TFRECORD_FEATURES), so the
 split, the labels and the bottleneck cache keys are those of the folder.
 
 The folder may hold other files: only names of the shard pattern
@@ -23,8 +23,10 @@ import struct
 import tensorflow as tf
 from google.protobuf import message
 
-from retrain_suite import atomic_files, errors, input_pipeline, tflite_metadata
+from retrain_suite import atomic_files, errors, tflite_metadata
 from retrain_suite import dataset as dataset_lib
+from retrain_suite.images import files as image_files
+from retrain_suite.images import pipelines as image_pipelines
 
 # The names write_tfrecords gives: `training.tfrecord`, or `training-00000-of-00002.tfrecord`.
 SHARD_NAME = re.compile(
@@ -53,7 +55,7 @@ def shards_in(folder, split):
 
 
 def write_tfrecords(dataset, output_dir, images_per_shard=1000):
-    """Write each split's images as TFRecord shards of input_pipeline.TFRECORD_FEATURES.
+    """Write each split's images as TFRecord shards of image_pipelines.TFRECORD_FEATURES.
 
     Each example holds the image file's bytes as read (not decoded pixels), so
     the records are about the size of the images. Returns {split: [file names]}.
@@ -81,13 +83,13 @@ def _write_shard(dataset, images, path):
     try:
         with tf.io.TFRecordWriter(temporary) as writer:
             for image in images:
-                data, problem = input_pipeline.read_regular_file(dataset.full_path(image))
+                data, problem = image_files.read_regular_file(dataset.full_path(image))
                 if problem:
                     raise dataset_lib.DatasetError(
                         f"{dataset.full_path(image)} {problem} while the records were written; "
                         "run pre_input.py again."
                     )
-                info = input_pipeline.inspect_image_bytes(data, max_pixels=float("inf"))
+                info = image_files.inspect_image_bytes(data, max_pixels=float("inf"))
                 writer.write(_example(image, data, info).SerializeToString())
         tf.io.gfile.rename(temporary, path, overwrite=True)
     except BaseException:  # Disk full, Ctrl-C, a file gone: no half-written shard is left behind.
@@ -185,7 +187,7 @@ def _opened(file):
     if not stat.S_ISREG(mode):
         os.close(fd)
         raise dataset_lib.DatasetError(
-            f"{file} is not a regular file ({input_pipeline.special_file_kind(mode)}); move it "
+            f"{file} is not a regular file ({image_files.special_file_kind(mode)}); move it "
             f"away and {WRITE_AGAIN}."
         )
     return open(fd, "rb", closefd=True)
@@ -224,7 +226,7 @@ def _damaged(file, number, problem):
 
 
 def read_tfrecords(tfrecord_dir):
-    """A folder written by write_tfrecords -> (Dataset, input_pipeline.TFRecordImages).
+    """A folder written by write_tfrecords -> (Dataset, image_pipelines.TFRecordImages).
 
     The split is the one in the files. Dataset.images are in record order, so
     image i of the dataset is example i of the TFRecordImages.
@@ -235,7 +237,7 @@ def read_tfrecords(tfrecord_dir):
             f"{tfrecord_dir} has no labels.txt; write it with "
             f"pre_input.py --output_dir {tfrecord_dir} --tfrecords."
         )
-    data, problem = input_pipeline.read_regular_file(labels_path,
+    data, problem = image_files.read_regular_file(labels_path,
                                                      tflite_metadata.MAX_LABELS_BYTES)
     if problem:
         raise dataset_lib.DatasetError(f"{labels_path}: {problem}; {WRITE_AGAIN}.")
@@ -261,7 +263,7 @@ def read_tfrecords(tfrecord_dir):
     dataset_lib._check_enough_classes(sorted({i.label for i in images}), tfrecord_dir)
     names = [f"{tfrecord_dir}:{image.path}" for image in images]
     return (dataset_lib.Dataset(tfrecord_dir, labels, images),
-            input_pipeline.TFRecordImages(
+            image_pipelines.TFRecordImages(
                 files, names, lambda: (record.encoded for _, record in read_records(files, labels))))
 
 

@@ -8,9 +8,10 @@ import pytest
 import tensorflow as tf
 from conftest import load_graph_def, make_dataset, retrain_settings
 
-from retrain_suite import artifact_check, input_pipeline, job, reporting
+from retrain_suite import artifact_check, job, reporting
 from retrain_suite import config as config_lib
 from retrain_suite import dataset as dataset_lib
+from retrain_suite.images import pipelines as image_pipelines
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,7 @@ def sampled_run(tmp_path_factory, tiny_module):
 def decoded_test_images_and_graph_classes(run):
     """The run's test images decoded as in training (float32 [N, 32, 32, 3]) and the class
     its frozen graph gives each (int [N]), from a Session of its own."""
-    batches = input_pipeline.image_batches(run["test_paths"], 32, 32, 64)
+    batches = image_pipelines.image_batches(run["test_paths"], 32, 32, 64)
     images = np.concatenate([pixels for _, _, pixels in batches.as_numpy_iterator()])
     graph = tf.Graph()
     with graph.as_default():

@@ -17,7 +17,10 @@ from ai_edge_litert import schema_py_generated as tflite_schema
 from ai_edge_litert.tools import flatbuffer_utils
 from conftest import run_script
 
-from retrain_suite import input_pipeline, tflite_metadata
+from retrain_suite import tflite_metadata
+from retrain_suite.images import files as image_files
+from retrain_suite.images import pipelines as image_pipelines
+from retrain_suite.images import preprocess as image_preprocess
 
 
 def bare_model():
@@ -145,18 +148,18 @@ def test_test_gif_builder_makes_gifs_tensorflow_decodes():
 def test_gif_frame_larger_than_its_screen_is_measured_by_the_frame():
     hostile = gif((16, 16), [(20000, 20000, lzw_sub_blocks(8))])
     assert len(hostile) < 100
-    assert input_pipeline.image_size(hostile) == (20000, 20000)
-    assert input_pipeline.inspect_image_bytes(hostile, 1000).problem == (
+    assert image_files.image_size(hostile) == (20000, 20000)
+    assert image_files.inspect_image_bytes(hostile, 1000).problem == (
         "too large: 20000x20000 = 400 Mpx, over the limit of 0.001 Mpx "
         "(raise --max_image_pixels to allow it)")
 
 
 def test_gif_that_ends_before_its_first_frame_has_no_size():
     whole = gif((16, 16), [(16, 16, lzw_sub_blocks(256))])
-    assert input_pipeline.image_size(whole) == (16, 16)
+    assert image_files.image_size(whole) == (16, 16)
     cut = whole[:len(whole) - 30]  # inside the frame's data
-    assert input_pipeline.image_size(cut) is None
-    assert input_pipeline.inspect_image_bytes(cut).problem.startswith("not a decodable image")
+    assert image_files.image_size(cut) is None
+    assert image_files.inspect_image_bytes(cut).problem.startswith("not a decodable image")
 
 
 def test_only_the_first_frame_of_an_animation_reaches_the_decoder(tmp_path):
@@ -164,15 +167,15 @@ def test_only_the_first_frame_of_an_animation_reaches_the_decoder(tmp_path):
     animation = gif((8, 8), [(8, 8, first)] * 300)
     path = tmp_path / "animation.gif"
     path.write_bytes(animation)
-    decodable = input_pipeline.decodable_bytes(animation)
+    decodable = image_files.decodable_bytes(animation)
     assert decodable == gif((8, 8), [(8, 8, first)])  # header, first frame, trailer
-    dataset = input_pipeline.ImageFiles([str(path)]).encoded_dataset([0])
+    dataset = image_pipelines.ImageFiles([str(path)]).encoded_dataset([0])
     ((index, content, data, orientation),) = list(dataset.as_numpy_iterator())
     assert data == decodable
     assert content.decode() == hashlib.sha1(animation).hexdigest()  # the whole file's hash
     np.testing.assert_array_equal(
-        input_pipeline.decode_and_resize(data, 8, 8).numpy(),
-        input_pipeline.decode_and_resize(animation, 8, 8).numpy())
+        image_preprocess.decode_and_resize(data, 8, 8).numpy(),
+        image_preprocess.decode_and_resize(animation, 8, 8).numpy())
 
 
 def test_only_the_first_frame_of_an_animation_in_a_tfrecord_reaches_the_decoder(tmp_path):
@@ -183,10 +186,10 @@ def test_only_the_first_frame_of_an_animation_in_a_tfrecord_reaches_the_decoder(
         bytes_list=tf.train.BytesList(value=[animation]))}))
     with tf.io.TFRecordWriter(path) as writer:
         writer.write(example.SerializeToString())
-    images = input_pipeline.TFRecordImages([path], ["animation"], lambda: iter([animation]))
+    images = image_pipelines.TFRecordImages([path], ["animation"], lambda: iter([animation]))
     ((index, content, data, orientation),) = list(
         images.encoded_dataset([0]).as_numpy_iterator())
-    assert data == input_pipeline.decodable_bytes(animation) == gif((8, 8), [(8, 8, first)])
+    assert data == image_files.decodable_bytes(animation) == gif((8, 8), [(8, 8, first)])
     assert content.decode() == hashlib.sha1(animation).hexdigest()  # the whole record's hash
 
 

@@ -9,7 +9,8 @@ import numpy as np
 import tensorflow as tf
 from conftest import ROOT, load_graph_def, synthetic_image, write_image
 
-from retrain_suite import classifier, input_pipeline
+from retrain_suite import classifier
+from retrain_suite.images import preprocess as image_preprocess
 
 
 def test_input_mean_and_std_apply_to_0_255_pixel_values(trained, tmp_path):
@@ -26,7 +27,7 @@ def test_input_mean_and_std_apply_to_0_255_pixel_values(trained, tmp_path):
     graph = tf.Graph()
     with graph.as_default():
         pixels = tf.stack([
-            input_pipeline.decode_and_resize(tf.io.read_file(p), 32, 32) for p in paths
+            image_preprocess.decode_and_resize(tf.io.read_file(p), 32, 32) for p in paths
         ])
         (probabilities,) = tf.compat.v1.import_graph_def(
             graph_def, input_map={"Placeholder:0": (pixels * 255.0 - mean) / std},

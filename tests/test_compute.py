@@ -10,9 +10,9 @@ from conftest import make_dataset, synthetic_image, write_image
 from PIL import Image
 
 from retrain_suite import dataset as dataset_lib
-from retrain_suite import input_pipeline
 from retrain_suite.bottleneck import compute, make_module
 from retrain_suite.bottleneck import module as module_lib
+from retrain_suite.images import preprocess as image_preprocess
 
 
 @pytest.fixture
@@ -120,7 +120,7 @@ def test_graph_bottlenecks_equal_eager_module_call(tmp_path, tiny_module, small_
         small_dataset, tiny_module, str(tmp_path / "bottlenecks"), batch_size=5
     )
     images = tf.stack([
-        input_pipeline.decode_and_resize(tf.io.read_file(path), 32, 32)
+        image_preprocess.decode_and_resize(tf.io.read_file(path), 32, 32)
         for path in small_dataset
     ])
     eager = tf.saved_model.load(tiny_module)(images).numpy()

@@ -1,4 +1,4 @@
-"""input_pipeline: JPEGs much larger than the module input are decoded at reduced scale."""
+"""images.preprocess: JPEGs much larger than the module input are decoded at reduced scale."""
 
 import io
 
@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from retrain_suite import input_pipeline
+from retrain_suite.images import preprocess as image_preprocess
 
 
 def jpeg_bytes(pixels, quality=95):
@@ -44,14 +44,14 @@ def smooth_photo(height, width):
 def test_decode_ratio_is_the_largest_that_keeps_the_input_size(
     image_height, image_width, height, width, ratio
 ):
-    assert input_pipeline.jpeg_decode_ratio(image_height, image_width, height, width) == ratio
+    assert image_preprocess.jpeg_decode_ratio(image_height, image_width, height, width) == ratio
 
 
 def test_decode_ratio_on_tensors_matches_plain_ints():
     for image_height in (1, 298, 299, 597, 598, 1195, 1196, 2391, 2392, 5000):
         for image_width in (299, 1196, 2392):
-            expected = input_pipeline.jpeg_decode_ratio(image_height, image_width, 299, 299)
-            got = input_pipeline.jpeg_decode_ratio(
+            expected = image_preprocess.jpeg_decode_ratio(image_height, image_width, 299, 299)
+            got = image_preprocess.jpeg_decode_ratio(
                 tf.constant(image_height), tf.constant(image_width), 299, 299
             )
             assert int(got) == expected, (image_height, image_width)
@@ -59,7 +59,7 @@ def test_decode_ratio_on_tensors_matches_plain_ints():
 
 def test_large_jpeg_is_decoded_at_reduced_scale_and_close_to_full_resolution():
     encoded = jpeg_bytes(smooth_photo(1536, 2048))
-    out = input_pipeline.decode_and_resize(tf.constant(encoded), 299, 299).numpy()
+    out = image_preprocess.decode_and_resize(tf.constant(encoded), 299, 299).numpy()
     assert out.shape == (299, 299, 3) and out.dtype == np.float32
     # Exactly the 1/4 decode (384x512, still above 299x299), resized.
     quarter = tf.image.convert_image_dtype(tf.io.decode_jpeg(encoded, channels=3, ratio=4), tf.float32)
@@ -76,7 +76,7 @@ def test_large_jpeg_is_decoded_at_reduced_scale_and_close_to_full_resolution():
 def test_small_jpeg_and_png_decode_exactly_as_before():
     pixels = smooth_photo(240, 320)
     for encoded in (jpeg_bytes(pixels), _png_bytes(pixels)):
-        out = input_pipeline.decode_and_resize(tf.constant(encoded), 299, 299).numpy()
+        out = image_preprocess.decode_and_resize(tf.constant(encoded), 299, 299).numpy()
         full = tf.io.decode_image(encoded, channels=3, dtype=tf.float32, expand_animations=False)
         np.testing.assert_allclose(out, tf.image.resize(full, [299, 299]).numpy(), atol=1e-6)
 
@@ -85,7 +85,7 @@ def test_large_grayscale_jpeg_comes_out_rgb_at_the_input_size():
     gray = smooth_photo(1200, 1600)[..., 0]
     buffer = io.BytesIO()
     Image.fromarray(gray, "L").save(buffer, "JPEG")
-    out = input_pipeline.decode_and_resize(tf.constant(buffer.getvalue()), 299, 299).numpy()
+    out = image_preprocess.decode_and_resize(tf.constant(buffer.getvalue()), 299, 299).numpy()
     assert out.shape == (299, 299, 3)
     np.testing.assert_array_equal(out[..., 0], out[..., 2])
 

@@ -10,8 +10,11 @@ import tensorflow as tf
 from conftest import retrain_settings, run_script, synthetic_image, write_image
 
 from retrain_suite import config as config_lib
-from retrain_suite import input_pipeline, job, training
-from retrain_suite.input_pipeline import Distortions
+from retrain_suite import job, training
+from retrain_suite.images import distortions as image_distortions
+from retrain_suite.images import pipelines as image_pipelines
+from retrain_suite.images.distortions import Distortions
+from retrain_suite.images.pipelines import ImageBatchSpec
 
 SIZE = 24
 
@@ -22,7 +25,7 @@ def base_image(seed=0):
 
 def variants(distortions, count=12, image=None):
     image = base_image() if image is None else image
-    return [input_pipeline.distort(image, SIZE, SIZE, distortions, tf.constant([7, n])).numpy()
+    return [image_distortions.distort(image, SIZE, SIZE, distortions, tf.constant([7, n])).numpy()
             for n in range(count)]
 
 
@@ -76,9 +79,9 @@ def test_brightness_scales_all_pixels_by_one_factor_within_the_percentage():
 
 def test_rotation_by_half_a_turn_is_exact_and_small_angles_stay_within_bounds():
     image = base_image().numpy()
-    turned = input_pipeline.rotate(tf.constant(image), tf.constant(np.pi)).numpy()
+    turned = image_distortions.rotate(tf.constant(image), tf.constant(np.pi)).numpy()
     np.testing.assert_allclose(turned, np.rot90(image, 2), atol=1e-4)
-    same = input_pipeline.rotate(tf.constant(image), tf.constant(0.0)).numpy()
+    same = image_distortions.rotate(tf.constant(image), tf.constant(0.0)).numpy()
     np.testing.assert_array_equal(same, image)
 
 
@@ -94,9 +97,9 @@ def test_saturation_leaves_grey_grey_and_hue_moves_within_its_bound():
 
 def test_same_seed_same_variant():
     d = Distortions(crop=10, scale=10, rotation=10, brightness=10, flip_left_right=True)
-    a = input_pipeline.distort(base_image(), SIZE, SIZE, d, tf.constant([3, 4])).numpy()
-    b = input_pipeline.distort(base_image(), SIZE, SIZE, d, tf.constant([3, 4])).numpy()
-    c = input_pipeline.distort(base_image(), SIZE, SIZE, d, tf.constant([3, 5])).numpy()
+    a = image_distortions.distort(base_image(), SIZE, SIZE, d, tf.constant([3, 4])).numpy()
+    b = image_distortions.distort(base_image(), SIZE, SIZE, d, tf.constant([3, 4])).numpy()
+    c = image_distortions.distort(base_image(), SIZE, SIZE, d, tf.constant([3, 5])).numpy()
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
 
@@ -157,13 +160,13 @@ def test_unusable_distortion_flags_are_refused(dataset_dir, tiny_module, tmp_pat
 
 
 def three_images(folder):
-    """Three small PNGs of different colours. -> input_pipeline.ImageFiles."""
+    """Three small PNGs of different colours. -> image_pipelines.ImageFiles."""
     rng = np.random.RandomState(0)
     paths = []
     for n, colour in enumerate([(200, 40, 40), (40, 200, 40), (40, 40, 200)]):
         paths.append(os.path.join(folder, f"img{n}.png"))
         write_image(paths[-1], synthetic_image(colour, "checker", 20, 26, rng), "PNG")
-    return input_pipeline.ImageFiles(paths)
+    return image_pipelines.ImageFiles(paths)
 
 
 def variants_by_label(batches, count):
@@ -192,15 +195,15 @@ DISTORTED = Distortions(crop=20, brightness=20)
 def test_each_epoch_of_a_distorted_run_distorts_a_training_image_anew(tmp_path):
     # Each image has its own label, so the labels tell whose variant is whose.
     images = three_images(str(tmp_path))
-    batches = input_pipeline.distorted_batches(
-        images, [0, 1, 2], [0, 1, 2], SIZE, SIZE, 3, DISTORTED, seed=5)
+    batches = image_pipelines.distorted_batches(
+        images, [0, 1, 2], [0, 1, 2], ImageBatchSpec(SIZE, SIZE, 3, DISTORTED, seed=5))
     assert_each_epoch_distorts_anew(variants_by_label(batches, 4), 4)
 
 
 def test_each_epoch_of_fine_tuning_distorts_a_training_image_anew(tmp_path):
     images = three_images(str(tmp_path))
-    batches = input_pipeline.fine_tuning_batches(
-        images, [0, 1, 2], [0, 1, 2], SIZE, SIZE, 3, DISTORTED, seed=5)
+    batches = image_pipelines.fine_tuning_batches(
+        images, [0, 1, 2], [0, 1, 2], ImageBatchSpec(SIZE, SIZE, 3, DISTORTED, seed=5))
     assert_each_epoch_distorts_anew(variants_by_label(batches, 4), 4)
 
 

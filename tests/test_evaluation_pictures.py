@@ -10,7 +10,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from retrain_suite import evaluation, evaluation_pictures, input_pipeline
+from retrain_suite import evaluation, evaluation_pictures
+from retrain_suite.images import pipelines as image_pipelines
+from retrain_suite.images import preprocess as image_preprocess
 
 LABELS, TRUTH, PREDICTED = helpers.LABELS, helpers.TRUTH, helpers.PREDICTED
 
@@ -101,12 +103,12 @@ def test_display_images_are_decoded_by_the_shared_function(tmp_path):
     path = str(tmp_path / "half.png")
     Image.fromarray(pixels).save(path)
     (tmp_path / "broken.jpg").write_bytes(b"not an image")
-    images = input_pipeline.ImageFiles([path, str(tmp_path / "broken.jpg")])
+    images = image_pipelines.ImageFiles([path, str(tmp_path / "broken.jpg")])
     loaded = evaluation_pictures.load_display_images(helpers.run_of_images(images, [0, 1], ["a"], (8, 8)),
                                             [0, 1])
     assert set(loaded) == {0}
     with tf.Graph().as_default(), tf.compat.v1.Session() as sess:
-        expected = sess.run(input_pipeline.decode_and_resize(tf.io.read_file(path), 8, 8))
+        expected = sess.run(image_preprocess.decode_and_resize(tf.io.read_file(path), 8, 8))
     np.testing.assert_array_equal(loaded[0], np.round(expected * 255).astype(np.uint8))
 
 

@@ -27,11 +27,13 @@ from conftest import (
 )
 from PIL import Image, ImageOps
 
-from retrain_suite import atomic_files, classifier, input_pipeline, job
+from retrain_suite import atomic_files, classifier, job
 from retrain_suite import config as config_lib
 from retrain_suite import dataset as dataset_lib
 from retrain_suite.bottleneck import cache as cache_lib
 from retrain_suite.bottleneck import compute
+from retrain_suite.images import files as image_files
+from retrain_suite.images import preprocess as image_preprocess
 
 GOOD_PER_CLASS = 12
 
@@ -195,10 +197,10 @@ def test_exif_orientation_is_applied_like_a_photo_viewer(tmp_path, orientation):
     exif[0x0112] = orientation
     path = str(tmp_path / "photo.png")
     Image.fromarray(pixels).save(path, exif=exif)
-    info = input_pipeline.inspect_image_file(path)
+    info = image_files.inspect_image_file(path)
     assert info.orientation == orientation and info.problem is None
     upright = np.asarray(ImageOps.exif_transpose(Image.open(path)).convert("RGB"))
-    ours = input_pipeline.decode_and_resize(
+    ours = image_preprocess.decode_and_resize(
         tf.io.read_file(path), upright.shape[0], upright.shape[1], info.orientation
     ).numpy()
     np.testing.assert_allclose(ours * 255.0, upright, atol=1e-3)
@@ -498,5 +500,5 @@ def test_unreadable_file_is_skipped_with_the_reason(tmp_path, monkeypatch):
         return real_open(name, *args, **kwargs)
 
     monkeypatch.setattr(os, "open", no_permission)
-    info = input_pipeline.inspect_image_file(str(path))
+    info = image_files.inspect_image_file(str(path))
     assert info.problem == f"cannot be read: {path}; Permission denied"

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from retrain_suite import config as config_lib
-from retrain_suite import final_layer, input_pipeline, schedules, training
+from retrain_suite import final_layer, schedules, training, vector_batches
 
 
 def test_constant_schedule_keeps_the_base_rate():
@@ -140,7 +140,7 @@ def test_uniform_batches_are_the_same_for_the_same_seed():
         with tf.Graph().as_default():
             x = tf.constant(np.arange(20, dtype=np.float32).reshape(10, 2))
             y = tf.constant(np.array([0] * 7 + [1] * 3, np.int64))
-            batches = input_pipeline.class_uniform_batches(x, y, 6, seed)
+            batches = vector_batches.class_uniform_batches(x, y, 6, seed)
             labels = tf.compat.v1.data.make_one_shot_iterator(batches).get_next()[1]
             with tf.compat.v1.Session() as sess:
                 return [sess.run(labels).tolist() for _ in range(3)]

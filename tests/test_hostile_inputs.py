@@ -21,11 +21,12 @@ import pytest
 import tensorflow as tf
 from conftest import ROOT, make_dataset, synthetic_image, write_image
 
-from retrain_suite import classifier, input_pipeline, tflite_metadata
+from retrain_suite import classifier, tflite_metadata
 from retrain_suite import dataset as dataset_lib
 from retrain_suite.bottleneck import cache as cache_lib
 from retrain_suite.bottleneck import compute, make_module
 from retrain_suite.bottleneck import module as module_lib
+from retrain_suite.images import files as image_files
 
 TIMEOUT = 300  # A hang is the failure; a healthy run takes seconds.
 
@@ -192,12 +193,12 @@ def test_fifo_in_a_class_folder_does_not_hang_bottleneck_computation(tmp_path, t
 def test_file_replaced_by_a_fifo_after_inspection_is_refused_without_blocking(tmp_path):
     path = tmp_path / "a.png"
     path.write_bytes(png_bytes((1, 2, 3)))
-    assert input_pipeline.inspect_image_file(str(path)).problem is None
+    assert image_files.inspect_image_file(str(path)).problem is None
     path.unlink()
     os.mkfifo(path)
     # Opened non-blocking and checked with fstat: returns at once, nothing read.
-    assert input_pipeline.read_regular_file(str(path)) == (None, "not a regular file (a FIFO)")
-    assert input_pipeline.why_undecodable(str(path)) == "not a regular file (a FIFO)"
+    assert image_files.read_regular_file(str(path)) == (None, "not a regular file (a FIFO)")
+    assert image_files.why_undecodable(str(path)) == "not a regular file (a FIFO)"
 
 
 def test_class_folder_name_that_is_not_utf8_is_one_error_line(tmp_path):
@@ -304,7 +305,7 @@ def png_with_bad_text_chunk(width, height):
 def test_png_whose_header_pil_cannot_read_is_still_held_to_the_pixel_limit(tmp_path):
     data = png_with_bad_text_chunk(20000, 20000)
     assert len(data) < 200
-    info = input_pipeline.inspect_image_bytes(data)
+    info = image_files.inspect_image_bytes(data)
     assert info.problem.startswith("too large: 20000x20000 = 400 Mpx")
     root = make_dataset(tmp_path / "data", per_class=2)
     (tmp_path / "data" / "red" / "bomb.png").write_bytes(data)
@@ -319,8 +320,8 @@ def test_png_whose_header_pil_cannot_read_is_still_held_to_the_pixel_limit(tmp_p
     b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dtEXt",
 ], ids=["webp", "jpeg_without_frame_header", "png_without_ihdr_first"])
 def test_image_whose_size_cannot_be_read_from_its_header_is_refused(data):
-    assert input_pipeline.image_size(data) is None
-    assert input_pipeline.inspect_image_bytes(data).problem.startswith("not a decodable image")
+    assert image_files.image_size(data) is None
+    assert image_files.inspect_image_bytes(data).problem.startswith("not a decodable image")
 
 
 def test_header_sizes_agree_with_what_tensorflow_decodes(tmp_path):
@@ -330,7 +331,7 @@ def test_header_sizes_agree_with_what_tensorflow_decodes(tmp_path):
         write_image(path, pixels, fmt)
         data = open(path, "rb").read()
         decoded = tf.io.decode_image(data, channels=3, expand_animations=False)
-        assert input_pipeline.image_size(data) == (decoded.shape[1], decoded.shape[0]), fmt
+        assert image_files.image_size(data) == (decoded.shape[1], decoded.shape[0]), fmt
 
 
 # --- 10. label_image ---------------------------------------------------------------

@@ -13,8 +13,9 @@ import pytest
 import tensorflow as tf
 from conftest import ROOT, load_graph_def, run_script, unblocking_fifo, write_image
 
-from retrain_suite import classifier, input_pipeline, tflite
+from retrain_suite import classifier, tflite
 from retrain_suite.bottleneck import batch_size as batch_size_lib
+from retrain_suite.images import pipelines as image_pipelines
 
 
 def last_line(text):
@@ -180,7 +181,7 @@ def test_tflite_model_takes_input_mean_and_std_as_the_frozen_graph_does(trained,
              for label in ("blue", "green", "red") for name in ("img0.jpg", "img3_gray.png")]
     mean, std = 100.0, 80.0
     # What the flags mean: the graph fed (pixel - mean) / std of the 0-255 pixel values.
-    ((_, _, decoded),) = input_pipeline.image_batches(paths, 32, 32, len(paths)).as_numpy_iterator()
+    ((_, _, decoded),) = image_pipelines.image_batches(paths, 32, 32, len(paths)).as_numpy_iterator()
     graph = tf.Graph()
     with graph.as_default():
         tf.compat.v1.import_graph_def(graph_def, name="")

@@ -18,14 +18,15 @@ from conftest import load_graph_def, make_dataset, retrain_settings, run_script
 
 from retrain_suite import config as config_lib
 from retrain_suite import dataset as dataset_lib
-from retrain_suite import input_pipeline, job, reporting, tflite
+from retrain_suite import job, reporting, tflite
+from retrain_suite.images import pipelines as image_pipelines
 
 
 def record_files_read_by_tflite_export(patch):
     """-> the list, filled as files are read, of the image files (index into their source,
     path) read while tflite.export_for_run runs: what int8 calibration decodes."""
     read, exporting = [], []
-    real_read, real_export = input_pipeline.ImageFiles.read_checked, tflite.export_for_run
+    real_read, real_export = image_pipelines.ImageFiles.read_checked, tflite.export_for_run
 
     def read_checked(self, index, *args, **kwargs):
         if exporting:
@@ -39,7 +40,7 @@ def record_files_read_by_tflite_export(patch):
         finally:
             exporting.clear()
 
-    patch.setattr(input_pipeline.ImageFiles, "read_checked", read_checked)
+    patch.setattr(image_pipelines.ImageFiles, "read_checked", read_checked)
     patch.setattr(tflite, "export_for_run", export_for_run)
     return read
 
@@ -69,7 +70,7 @@ def decoded_images(run):
         os.path.join(folder, name)
         for folder, _, names in os.walk(run["image_dir"]) for name in names
     )
-    batches = input_pipeline.image_batches(paths, 32, 32, 64)
+    batches = image_pipelines.image_batches(paths, 32, 32, 64)
     return np.concatenate([images for _, _, images in batches.as_numpy_iterator()])
 
 
@@ -323,7 +324,7 @@ def test_int8_calibration_decodes_300_training_images_when_there_are_more(
     paths = sorted(os.path.join(folder, name)
                    for folder, _, names in os.walk(int8_run["image_dir"]) for name in names)
     # 720 images in the source; the even rows, 360 of them, are the training images.
-    images = input_pipeline.ImageFiles(paths * 12)
+    images = image_pipelines.ImageFiles(paths * 12)
     training_rows = list(range(0, len(images), 2))
     read = record_files_read_by_tflite_export(monkeypatch)
     # ... and the samples the converter calibrates on: one image each, all that was read.
@@ -376,7 +377,7 @@ def test_float16_file_holds_its_weights_as_float16_and_agrees_with_the_frozen_gr
         path = tmp_path / f"{quantization}.tflite"
         config = config_lib.from_flat(dict(
             settings, tflite_quantization=quantization, tflite_output_file=str(path)))
-        run = helpers.run_of_images(input_pipeline.ImageFiles([]), [], ["blue", "green", "red"],
+        run = helpers.run_of_images(image_pipelines.ImageFiles([]), [], ["blue", "green", "red"],
                                     (32, 32))
         tflite.export_for_run(config.outputs, load_graph_def(graph_path), run,
                               config.training.random_seed, "module")

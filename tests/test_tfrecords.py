@@ -14,7 +14,8 @@ from test_fine_tuning import release_fifo
 
 from retrain_suite import config as config_lib
 from retrain_suite import dataset as dataset_lib
-from retrain_suite import input_pipeline, job, tflite_metadata, tfrecords
+from retrain_suite import job, tflite_metadata, tfrecords
+from retrain_suite.images import pipelines as image_pipelines
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def prepared(tmp_path_factory):
 def read_all(files):
     examples = []
     for record in tf.data.TFRecordDataset(files):
-        examples.append(tf.io.parse_single_example(record, input_pipeline.TFRECORD_FEATURES))
+        examples.append(tf.io.parse_single_example(record, image_pipelines.TFRECORD_FEATURES))
     return examples
 
 

@@ -22,7 +22,7 @@ import time
 import tensorflow as tf
 from absl import logging
 
-from retrain_suite import input_pipeline
+from retrain_suite.images import pipelines as image_pipelines
 
 CANDIDATES = (8, 16, 32)
 
@@ -133,7 +133,7 @@ class BatchedRun:
             size_of = {p: size for size, part in self.segments for p in part}
             seen = set()  # sizes whose warm-up batch has run
             sess.run(self.measure_init)
-            stream = input_pipeline.each_batch(sess, fetches)
+            stream = image_pipelines.each_batch(sess, fetches)
             while True:
                 began = clock()
                 values = next(stream, None)
@@ -165,7 +165,7 @@ class BatchedRun:
             return
         sess.run(self.rest_init, {self.rest_size: self.chosen})
         start, count = None, 0
-        for values in input_pipeline.each_batch(sess, fetches):
+        for values in image_pipelines.each_batch(sess, fetches):
             yield values
             if start is None:
                 start = clock()

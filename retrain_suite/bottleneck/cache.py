@@ -6,7 +6,7 @@ Layout: `<bottleneck_dir>/<module key>/<2 hex>/<content key>.f32`.
   module_fingerprint), its input size and precision, so vectors of two modules
   never mix.
 - The content key is the SHA-1 of the image file's bytes, the very bytes that
-  were decoded into the vector (input_pipeline's batches hash what they
+  were decoded into the vector (image_pipelines' batches hash what they
   decode): an image changed in place gets a new entry, a renamed or moved one
   keeps its vector, and copies of one image share it.
 - An entry is the vector as little-endian float32, then the content key it
@@ -16,7 +16,7 @@ Layout: `<bottleneck_dir>/<module key>/<2 hex>/<content key>.f32`.
   entry holding another image's key (copied, linked or renamed over this
   one), is detected on reading and recomputed: a file name alone never
   vouches for a vector.
-- Entries are read like images (input_pipeline.read_regular_file): a FIFO or
+- Entries are read like images (image_files.read_regular_file): a FIFO or
   device in an entry's place is refused and recomputed, never waited on.
 - Entries are written to a temporary name and renamed, so a killed run never
   leaves half an entry, and two runs sharing a cache never see each other's
@@ -32,7 +32,9 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from retrain_suite import atomic_files, errors, input_pipeline
+from retrain_suite import atomic_files, errors
+from retrain_suite.images import files as image_files
+from retrain_suite.images import preprocess as image_preprocess
 
 ENTRY_SUFFIX = ".f32"
 
@@ -68,7 +70,7 @@ def module_key(handle, height, width, precision="float32"):
         digest = hashlib.sha1(handle.encode("utf-8")).hexdigest()[:10]
     name = re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_")[-60:]
     # A change to preprocessing changes every vector: it must not reuse old entries.
-    version = input_pipeline.PREPROCESSING_VERSION
+    version = image_preprocess.PREPROCESSING_VERSION
     return f"{name}_{digest}_{height}x{width}_{precision}_p{version}_e{ENTRY_FORMAT}"
 
 
@@ -90,12 +92,12 @@ def module_fingerprint(folder):
     digest = hashlib.sha1()
     for name in _FINGERPRINTED_FILES:
         path = os.path.join(folder, name)
-        data, problem = input_pipeline.read_regular_file(path)
-        if problem == input_pipeline.MISSING:
+        data, problem = image_files.read_regular_file(path)
+        if problem == image_files.MISSING:
             continue
         if problem:
             raise CacheError(
-                f"Cannot read {path} to identify the module: it {input_pipeline.as_clause(problem)}. "
+                f"Cannot read {path} to identify the module: it {image_files.as_clause(problem)}. "
                 "Check the module folder."
             )
         digest.update(f"{name}\0{len(data)}\0".encode())
@@ -148,8 +150,8 @@ class BottleneckCache:
         """
         path = self.path_for(content)
         largest = MAX_ENTRY_BYTES if dimension is None else 4 * dimension + _KEY_BYTES + 4
-        data, problem = input_pipeline.read_regular_file(path, max_bytes=largest)
-        if problem == input_pipeline.MISSING:
+        data, problem = image_files.read_regular_file(path, max_bytes=largest)
+        if problem == image_files.MISSING:
             return None
         if problem:  # Unreadable, or a folder or FIFO in its place.
             logging.warning("Cannot read cache entry %s (%s); recomputing it.", path, problem)

@@ -13,10 +13,12 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from retrain_suite import errors, input_pipeline, memory_budget
+from retrain_suite import errors, memory_budget
 from retrain_suite.bottleneck import batch_size as batch_size_lib
 from retrain_suite.bottleneck import cache as cache_lib
 from retrain_suite.bottleneck import module as module_lib
+from retrain_suite.images import files as image_files
+from retrain_suite.images import pipelines as image_pipelines
 
 PROGRESS_SECONDS = 10.0
 
@@ -97,12 +99,12 @@ def format_duration(seconds):
 
 def compute_bottlenecks(
     images, handle, bottleneck_dir, default_image_size=module_lib.DEFAULT_IMAGE_SIZE,
-    batch_size=None, max_image_pixels=input_pipeline.DEFAULT_MAX_IMAGE_PIXELS,
+    batch_size=None, max_image_pixels=image_files.DEFAULT_MAX_IMAGE_PIXELS,
     precision="float32",
 ):
     """Bottleneck vectors for images, from the cache or computed and cached.
 
-    images: full paths of image files, or an input_pipeline.ImageFiles or
+    images: full paths of image files, or an image_pipelines.ImageFiles or
     TFRecordImages. handle: TF Hub handle or local module folder. batch_size:
     images per forward pass, or None to measure the fastest (see
     bottleneck.batch_size). precision:
@@ -113,7 +115,7 @@ def compute_bottlenecks(
     cache.CacheError for problems that stop the work.
     """
     if isinstance(images, (list, tuple)):
-        images = input_pipeline.ImageFiles(images)
+        images = image_pipelines.ImageFiles(images)
     files = images.inspect(max_image_pixels)
     contents = [None if f.problem else f.sha1 for f in files]
     hashes = [f.sha1 for f in files]  # also of files read but refused, for the copies count
@@ -257,7 +259,7 @@ def _frozen_forward(module, precision, graph):
 class _ForwardPass:
     """What every pipeline run of one compute_bottlenecks call shares."""
 
-    images: object  # input_pipeline.ImageFiles or TFRecordImages
+    images: object  # images.pipelines.ImageFiles or TFRecordImages
     forward: object  # float32 [B, H, W, 3] -> [B, D]: the module, frozen where it could be
     graph: tf.Graph  # forward's graph
     session_config: tf.compat.v1.ConfigProto

@@ -18,8 +18,9 @@ import tensorflow_hub as hub
 from absl import logging
 from tensorflow.core.protobuf import rewriter_config_pb2
 
-from retrain_suite import errors, input_pipeline
+from retrain_suite import errors
 from retrain_suite.bottleneck import inlining
+from retrain_suite.images import files as image_files
 
 DEFAULT_MODULE = "https://tfhub.dev/google/imagenet/inception_v3/feature_vector/5"
 
@@ -214,7 +215,7 @@ def module_folder_problem(path):
                     seen.add((info.st_dev, info.st_ino))
                     pending.append(entry.path)
             elif not stat.S_ISREG(info.st_mode):
-                kind = input_pipeline.special_file_kind(info.st_mode)
+                kind = image_files.special_file_kind(info.st_mode)
                 return f"{entry.path} is {kind}, not a regular file"
             elif (entry.name == "saved_model.pb" and folder == path
                   and info.st_size > MAX_SAVED_MODEL_PB_BYTES):

@@ -5,10 +5,11 @@ import sys
 import tensorflow as tf
 from absl import flags
 
-from retrain_suite import classifier, errors, input_pipeline, tflite
+from retrain_suite import classifier, errors, tflite
 from retrain_suite.bottleneck import batch_size as batch_size_lib
 from retrain_suite.cli import flags as shared_flags
 from retrain_suite.cli import startup
+from retrain_suite.images import files as image_files
 
 FLAGS = flags.FLAGS
 
@@ -96,7 +97,7 @@ def main(argv):
         sys.exit(f"error: cannot run graph {graph}: {errors.one_line(e)}")
 
     failures = {
-        i: input_pipeline.why_undecodable(path, FLAGS.max_image_pixels)
+        i: image_files.why_undecodable(path, FLAGS.max_image_pixels)
         for i, path in enumerate(paths) if i not in results
     }
     classifier.print_results(paths, results, failures, label_list, FLAGS.output_format)
@@ -137,7 +138,7 @@ def run_tflite(images, model_path, labels):
     except (ValueError, RuntimeError) as e:
         return f"error: cannot run TFLite model {model_path}: {str(e).splitlines()[0]}"
     failures = {
-        i: input_pipeline.why_undecodable(path, FLAGS.max_image_pixels)
+        i: image_files.why_undecodable(path, FLAGS.max_image_pixels)
         for i, path in enumerate(paths) if i not in results
     }
     classifier.print_results(paths, results, failures, label_list, FLAGS.output_format)

@@ -192,7 +192,7 @@ def check_flagfiles(args, seen=()):
     readable regular file of UTF-8 text of at most MAX_FLAGFILE_BYTES.
 
     absl opens a flag file with a plain blocking open(): a FIFO there would
-    hang the command. Each is read here first by input_pipeline.read_regular_file,
+    hang the command. Each is read here first by image_files.read_regular_file,
     which opens without blocking and checks the open descriptor.
     """
     for i, arg in enumerate(args):
@@ -213,11 +213,11 @@ def check_flagfiles(args, seen=()):
 
 def _flagfile_text(path):
     # Imported here, not at the top: this module runs before TensorFlow is imported.
-    from retrain_suite import input_pipeline
+    from retrain_suite.images import files as image_files
 
-    data, problem = input_pipeline.read_regular_file(path, MAX_FLAGFILE_BYTES)
+    data, problem = image_files.read_regular_file(path, MAX_FLAGFILE_BYTES)
     if problem:
-        raise flags.Error(f"--flagfile={path} {input_pipeline.as_clause(problem)}; give a text "
+        raise flags.Error(f"--flagfile={path} {image_files.as_clause(problem)}; give a text "
                           "file of flags, one a line")
     try:
         return data.decode("utf-8")

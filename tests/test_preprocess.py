@@ -1,4 +1,4 @@
-"""input_pipeline: decoding every image kind, batching files, shuffling bottlenecks."""
+"""images.preprocess: decoding every image kind, and the cache version that guards the function."""
 
 import hashlib
 import inspect
@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from retrain_suite import input_pipeline
+from retrain_suite.images import preprocess as image_preprocess
 
 TOP = (200, 30, 40)  # reddish, top half
 BOTTOM = (20, 60, 220)  # bluish, bottom half
@@ -102,7 +102,7 @@ def animated_gif():
 )
 def test_decode_and_resize_gives_rgb_float_in_unit_range(make, tolerance):
     data, top, bottom = make()
-    image = input_pipeline.decode_and_resize(tf.constant(data), 10, 14)
+    image = image_preprocess.decode_and_resize(tf.constant(data), 10, 14)
     assert image.dtype == tf.float32
     assert image.shape.as_list() == [10, 14, 3]
     pixels = image.numpy()
@@ -116,7 +116,7 @@ def test_decode_and_resize_interpolates_bilinearly():
     # Two pixels, black and white, shrunk to one: bilinear gives the mean,
     # nearest-neighbour would give one of them.
     pixels = np.array([[[0, 0, 0], [255, 255, 255]]], np.uint8)
-    image = input_pipeline.decode_and_resize(
+    image = image_preprocess.decode_and_resize(
         tf.constant(encode(Image.fromarray(pixels), "PNG")), 1, 1
     ).numpy()
     np.testing.assert_allclose(image, np.full((1, 1, 3), 0.5), atol=1e-6)
@@ -125,7 +125,7 @@ def test_decode_and_resize_interpolates_bilinearly():
 def test_decode_and_resize_finds_format_from_content_not_name(tmp_path):
     path = tmp_path / "actually_png.jpg"
     path.write_bytes(encode(Image.fromarray(two_colour_pixels()), "PNG"))
-    image = input_pipeline.decode_and_resize(tf.io.read_file(str(path)), 4, 4).numpy()
+    image = image_preprocess.decode_and_resize(tf.io.read_file(str(path)), 4, 4).numpy()
     np.testing.assert_allclose(image[0, 0] * 255, TOP, atol=1.5)
 
 
@@ -133,92 +133,13 @@ def test_decode_and_resize_works_in_a_graph_with_unknown_input_size():
     data = encode(Image.fromarray(two_colour_pixels(50, 20)), "PNG")
     with tf.Graph().as_default():
         encoded = tf.compat.v1.placeholder(tf.string, [])
-        image = input_pipeline.decode_and_resize(encoded, 6, 8)
+        image = image_preprocess.decode_and_resize(encoded, 6, 8)
         assert image.shape.as_list() == [6, 8, 3]
         with tf.compat.v1.Session() as sess:
             pixels = sess.run(image, {encoded: data})
     assert pixels.shape == (6, 8, 3)
     np.testing.assert_allclose(pixels[0, 4] * 255, TOP, atol=1.5)
     np.testing.assert_allclose(pixels[5, 4] * 255, BOTTOM, atol=1.5)
-
-
-def test_image_batches_yields_indices_and_skips_undecodable_files(tmp_path):
-    colours = [(250, 0, 0), None, (0, 250, 0), "missing", (0, 0, 250), None, (250, 250, 0)]
-    paths = []
-    for i, colour in enumerate(colours):
-        path = tmp_path / f"{i}.png"
-        if colour is None:
-            path.write_bytes(b"definitely not an image")
-        elif colour != "missing":
-            Image.fromarray(np.full((9, 13, 3), colour, np.uint8)).save(path, "PNG")
-        paths.append(str(path))
-
-    indices, images = [], []
-    for batch_indices, _, batch_images in input_pipeline.image_batches(paths, 5, 7, 2):
-        assert batch_indices.dtype == tf.int64
-        assert batch_images.dtype == tf.float32
-        assert batch_images.shape[1:] == (5, 7, 3)
-        assert len(batch_indices) <= 2
-        indices.extend(batch_indices.numpy().tolist())
-        images.extend(batch_images.numpy())
-
-    assert indices == [0, 2, 4, 6]
-    for index, image in zip(indices, images):
-        np.testing.assert_allclose(image, np.broadcast_to(colours[index], (5, 7, 3)) / 255.0,
-                                   atol=1e-5)
-
-
-def run_training_batches(seed, count, n=12, batch_size=4):
-    """`count` batches of training_batches over n examples, as the trainer runs it."""
-    graph = tf.Graph()
-    with graph.as_default():
-        bottlenecks = tf.compat.v1.placeholder(tf.float32, [None, 3])
-        labels = tf.compat.v1.placeholder(tf.int64, [None])
-        iterator = tf.compat.v1.data.make_initializable_iterator(
-            input_pipeline.training_batches(bottlenecks, labels, batch_size, seed)
-        )
-        next_batch = iterator.get_next()
-        values = np.arange(n)
-        feed = {
-            bottlenecks: np.stack([values, values * 10, -values], axis=1).astype(np.float32),
-            labels: values.astype(np.int64),
-        }
-        with tf.compat.v1.Session(graph=graph) as sess:
-            sess.run(iterator.initializer, feed)
-            return [sess.run(next_batch) for _ in range(count)]
-
-
-def test_training_batches_are_deterministic_for_a_seed_and_cover_each_epoch():
-    batches = run_training_batches(seed=7, count=9)  # 3 epochs of 12 in batches of 4.
-    again = run_training_batches(seed=7, count=9)
-    other_seed = run_training_batches(seed=8, count=9)
-
-    order = np.concatenate([labels for _, labels in batches])
-    assert order.tolist() == np.concatenate([labels for _, labels in again]).tolist()
-    assert order.tolist() != np.concatenate([labels for _, labels in other_seed]).tolist()
-
-    for features, labels in batches:
-        assert features.shape == (4, 3) and features.dtype == np.float32
-        assert labels.dtype == np.int64
-        # Each example keeps its own label.
-        np.testing.assert_array_equal(features[:, 0], labels)
-        np.testing.assert_array_equal(features[:, 1], labels * 10)
-
-    epochs = order.reshape(3, 12)
-    for epoch in epochs:
-        assert sorted(epoch.tolist()) == list(range(12))
-    assert len({tuple(epoch) for epoch in epochs}) == 3  # A new order each epoch...
-    assert epochs[0].tolist() != list(range(12))  # ...and actually shuffled.
-
-
-def test_training_batches_continue_across_epoch_boundaries():
-    # 10 examples in batches of 4: batches straddle epochs, but every run of
-    # 10 consecutive examples from an epoch start is still each example once.
-    batches = run_training_batches(seed=3, count=10, n=10, batch_size=4)
-    assert all(len(labels) == 4 for _, labels in batches)
-    order = np.concatenate([labels for _, labels in batches])
-    for epoch in order.reshape(4, 10):
-        assert sorted(epoch.tolist()) == list(range(10))
 
 
 # The source of the shared preprocessing, as of each PREPROCESSING_VERSION. Cached
@@ -231,21 +152,21 @@ PREPROCESSING_SOURCE_SHA256 = {
 
 def preprocessing_source_digest():
     parts = [inspect.getsource(f) for f in (
-        input_pipeline.decode_and_resize, input_pipeline._decode_uint8,
-        input_pipeline.jpeg_decode_ratio, input_pipeline.orient,
+        image_preprocess.decode_and_resize, image_preprocess._decode_uint8,
+        image_preprocess.jpeg_decode_ratio, image_preprocess.orient,
     )]
-    parts.append(repr(input_pipeline.JPEG_DECODE_RATIOS))
+    parts.append(repr(image_preprocess.JPEG_DECODE_RATIOS))
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
 def test_a_change_to_the_preprocessing_comes_with_a_new_cache_version():
-    version = input_pipeline.PREPROCESSING_VERSION
+    version = image_preprocess.PREPROCESSING_VERSION
     assert version in PREPROCESSING_SOURCE_SHA256, (
         f"PREPROCESSING_VERSION {version} has no recorded digest; add "
         f"{version}: {preprocessing_source_digest()!r} here."
     )
     assert preprocessing_source_digest() == PREPROCESSING_SOURCE_SHA256[version], (
         "decode_and_resize (or a function it uses) changed: if its output changes, raise "
-        "input_pipeline.PREPROCESSING_VERSION and record the new digest here; if it does "
-        "not (a comment, a rename), record the new digest under the same version."
+        "PREPROCESSING_VERSION (retrain_suite/images/preprocess.py) and record the new digest "
+        "here; if it does not (a comment, a rename), record the new digest under the same version."
     )

@@ -1,0 +1,50 @@
+r"""The tf.data pipelines of bottleneck vectors held in memory, for training the final layer.
+
+`training_batches` shuffles every example once per epoch; `class_uniform_batches`
+draws each class equally often (--sampling=uniform).
+"""
+
+import tensorflow as tf
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def training_batches(bottlenecks, labels, batch_size, seed):
+    """In-memory bottlenecks -> endless shuffled batches for training.
+
+    bottlenecks: float32 [N, D] tensor (feed it through a placeholder so the
+    array is not copied into the graph); labels: int64 [N]. Yields
+    (float32 [B, D], int64 [B]); every example is seen once per epoch, in a new
+    order each epoch, deterministically for a given seed.
+    """
+    dataset = tf.data.Dataset.from_tensor_slices((bottlenecks, labels))
+    dataset = dataset.shuffle(
+        buffer_size=tf.cast(tf.shape(labels)[0], tf.int64),
+        seed=seed,
+        reshuffle_each_iteration=True,
+    )
+    return dataset.repeat().batch(batch_size).prefetch(AUTOTUNE)
+
+
+def class_uniform_batches(bottlenecks, labels, batch_size, seed):
+    """In-memory bottlenecks -> endless batches in which every class is equally likely.
+
+    Same arguments and output as training_batches, but each example of a batch
+    is drawn independently (with replacement): first a class, uniformly among
+    the classes that have examples, then an example of that class. Small
+    classes are therefore oversampled, as the classic retrain script's
+    per-class sampling did. Deterministic for a given seed.
+    """
+    labels32 = tf.cast(labels, tf.int32)
+    class_count = tf.reduce_max(labels32) + 1
+    per_class = tf.math.unsorted_segment_sum(tf.ones_like(labels32), labels32, class_count)
+    # Each example's chance is 1 / (examples of its class); classes then tie.
+    example_logits = -tf.math.log(tf.cast(tf.gather(per_class, labels32), tf.float32))
+
+    def draw(step):
+        rows = tf.random.stateless_categorical(
+            example_logits[None, :], batch_size, seed=tf.stack([tf.cast(seed, tf.int64), step])
+        )[0]
+        return tf.gather(bottlenecks, rows), tf.gather(labels, rows)
+
+    return tf.data.Dataset.counter().map(draw).prefetch(AUTOTUNE)
