@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import load_graph_def, make_dataset, retrain_settings
+from helpers import load_graph_def, make_dataset, retrain_settings
 
 from retrain_suite import artifact_check, job, reporting
 from retrain_suite import config as config_lib

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import make_dataset, retrain_settings, run_script
+from helpers import make_dataset, retrain_settings, run_script
 
 from retrain_suite import atomic_files, evaluation, export
 

@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import make_dataset, run_script
+from helpers import make_dataset, run_script
 
 from retrain_suite import dataset as dataset_lib
 from retrain_suite.bottleneck import batch_size as batch_size_lib

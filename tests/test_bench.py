@@ -3,7 +3,7 @@
 import re
 
 import pytest
-from conftest import ROOT, run_script
+from helpers import ROOT, run_script
 
 from retrain_suite.bottleneck import module as module_lib
 

@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 from ai_edge_litert import schema_py_generated as tflite_schema
 from ai_edge_litert.tools import flatbuffer_utils
-from conftest import run_script
+from helpers import run_script
 
 from retrain_suite import tflite_metadata
 from retrain_suite.images import files as image_files

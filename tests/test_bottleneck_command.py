@@ -2,7 +2,7 @@
 
 import re
 
-from conftest import run_script
+from helpers import run_script
 
 
 def test_cli_computes_then_reuses_all_bottlenecks(tmp_path, tiny_module, dataset_dir):

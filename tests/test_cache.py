@@ -6,7 +6,7 @@ import re
 
 import numpy as np
 import pytest
-from conftest import unblocking_fifo
+from helpers import unblocking_fifo
 
 from retrain_suite.bottleneck import cache as cache_lib
 

@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import tensorflow as tf
-from conftest import ROOT, load_graph_def, synthetic_image, write_image
+from helpers import ROOT, load_graph_def, synthetic_image, write_image
 
 from retrain_suite import classifier
 from retrain_suite.images import preprocess as image_preprocess

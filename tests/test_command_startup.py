@@ -4,7 +4,7 @@ import os
 import re
 
 import pytest
-from conftest import ROOT, make_dataset, run_script
+from helpers import ROOT, make_dataset, run_script
 
 from retrain_suite.cli import startup
 

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import make_dataset, synthetic_image, write_image
+from helpers import make_dataset, synthetic_image, write_image
 from PIL import Image
 
 from retrain_suite import dataset as dataset_lib

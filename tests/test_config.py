@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, make_dataset
+from helpers import ROOT, make_dataset
 
 from retrain_suite import config as config_lib
 

@@ -17,7 +17,7 @@ import threading
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import ROOT, make_dataset, retrain_settings
+from helpers import ROOT, make_dataset, retrain_settings
 from test_fine_tuning import release_fifo
 
 from retrain_suite import atomic_files, export, fine_tuning_checkpoint, job

@@ -7,7 +7,7 @@ import helpers
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import retrain_settings, run_script, synthetic_image, write_image
+from helpers import retrain_settings, run_script, synthetic_image, write_image
 
 from retrain_suite import config as config_lib
 from retrain_suite import job, training

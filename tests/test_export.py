@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import load_graph_def
+from helpers import load_graph_def
 
 from retrain_suite import export
 

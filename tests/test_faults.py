@@ -16,7 +16,7 @@ import zlib
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import (
+from helpers import (
     ROOT,
     final_layer_constants,
     make_dataset,

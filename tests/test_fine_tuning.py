@@ -12,7 +12,7 @@ import threading
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import load_graph_def, retrain_settings, run_script, write_image
+from helpers import load_graph_def, retrain_settings, run_script, write_image
 from test_faults import kill_when
 
 from retrain_suite import (

@@ -19,7 +19,7 @@ import zlib
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import ROOT, make_dataset, synthetic_image, write_image
+from helpers import ROOT, make_dataset, synthetic_image, write_image
 
 from retrain_suite import classifier, tflite_metadata
 from retrain_suite import dataset as dataset_lib
@@ -497,7 +497,7 @@ commands.retrain()
 ])
 def test_an_exported_file_replaced_before_the_check_is_one_error_line(
         tmp_path, tiny_module, replaced, how, message):
-    from conftest import retrain_settings, run_script
+    from helpers import retrain_settings, run_script
 
     settings = retrain_settings(
         tmp_path, make_dataset(tmp_path / "data", per_class=4), tiny_module,

@@ -11,7 +11,7 @@ import sys
 import zipfile
 from importlib import metadata
 
-from conftest import ROOT
+from helpers import ROOT
 
 FAKE_BOTTLENECK = "FAKE_PYPI_BOTTLENECK = True\n"
 

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import ROOT, load_graph_def, run_script, unblocking_fifo, write_image
+from helpers import ROOT, load_graph_def, run_script, unblocking_fifo, write_image
 
 from retrain_suite import classifier, tflite
 from retrain_suite.bottleneck import batch_size as batch_size_lib

@@ -10,7 +10,7 @@ import subprocess
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import make_dataset, run_script, write_image
+from helpers import make_dataset, run_script, write_image
 
 from retrain_suite.bottleneck import compute, inlining
 from retrain_suite.bottleneck import module as module_lib
@@ -142,7 +142,7 @@ def test_made_modules_follow_the_reusable_saved_model_api(tiny_module):
 def released_fifo(path):
     """`with released_fifo(path):` a FIFO at path whose blocking readers are let go.
 
-    conftest.unblocking_fifo lets them go from a thread, which cannot run while
+    helpers.unblocking_fifo lets them go from a thread, which cannot run while
     TensorFlow's loader waits in C++ holding the GIL; a writer in another
     process can. A reader that never opens the FIFO leaves the writer waiting
     until the block ends.

@@ -7,7 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import make_dataset, run_script, synthetic_image, write_image
+from helpers import make_dataset, run_script, synthetic_image, write_image
 
 from retrain_suite import dataset as dataset_lib
 from retrain_suite import tfrecords

@@ -10,7 +10,7 @@ import types
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import retrain_settings, write_image
+from helpers import retrain_settings, write_image
 from PIL import Image
 
 from retrain_suite import config as config_lib

@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import (
+from helpers import (
     final_layer_constants,
     load_graph_def,
     make_dataset,

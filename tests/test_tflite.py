@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 from ai_edge_litert import schema_py_generated as tflite_schema
 from ai_edge_litert.interpreter import Interpreter
-from conftest import load_graph_def, make_dataset, retrain_settings, run_script
+from helpers import load_graph_def, make_dataset, retrain_settings, run_script
 
 from retrain_suite import config as config_lib
 from retrain_suite import dataset as dataset_lib

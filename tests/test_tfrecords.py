@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import final_layer_constants, make_dataset, retrain_settings, run_script
+from helpers import final_layer_constants, make_dataset, retrain_settings, run_script
 from test_fine_tuning import release_fifo
 
 from retrain_suite import config as config_lib

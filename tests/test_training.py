@@ -11,7 +11,7 @@ import helpers
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import ROOT, make_dataset, retrain_settings, synthetic_image, write_image
+from helpers import ROOT, make_dataset, retrain_settings, synthetic_image, write_image
 
 from retrain_suite import config as config_lib
 from retrain_suite import final_layer, job, training
