@@ -9,11 +9,13 @@ import sys
 import threading
 
 import numpy as np
+from ai_edge_litert import schema_py_generated as tflite_schema
+from ai_edge_litert.tools import flatbuffer_utils
 from PIL import Image
 
 from retrain_suite import config as config_lib
 from retrain_suite import dataset as dataset_lib
-from retrain_suite import export, run_data
+from retrain_suite import export, run_data, tflite_metadata
 
 
 def prepared_run(arrays, class_count, source=None, input_size=(8, 8), max_image_pixels=10**8):
@@ -242,3 +244,18 @@ class unblocking_fifo:
         self._done.set()
         self._thread.join()
         return False
+
+
+def bare_model():
+    """The smallest TFLite flatbuffer the metadata writer accepts (no graph: not runnable)."""
+    model = tflite_schema.ModelT()
+    model.version = 3
+    model.buffers = [tflite_schema.BufferT()]
+    model.subgraphs = []
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def model_with_labels(labels=("cat", "dog")):
+    metadata = tflite_metadata.image_classifier_metadata(
+        "classifier", "test", (32, 32), len(labels), (0.0, 255.0))
+    return tflite_metadata.with_metadata(bare_model(), metadata, labels)

@@ -10,32 +10,16 @@ import io
 import struct
 import zipfile
 
+import helpers
 import numpy as np
 import pytest
 import tensorflow as tf
-from ai_edge_litert import schema_py_generated as tflite_schema
-from ai_edge_litert.tools import flatbuffer_utils
 from helpers import run_script
 
 from retrain_suite import tflite_metadata
 from retrain_suite.images import files as image_files
 from retrain_suite.images import pipelines as image_pipelines
 from retrain_suite.images import preprocess as image_preprocess
-
-
-def bare_model():
-    """The smallest TFLite flatbuffer the metadata writer accepts (no graph: not runnable)."""
-    model = tflite_schema.ModelT()
-    model.version = 3
-    model.buffers = [tflite_schema.BufferT()]
-    model.subgraphs = []
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
-
-
-def model_with_labels(labels=("cat", "dog")):
-    metadata = tflite_metadata.image_classifier_metadata(
-        "classifier", "test", (32, 32), len(labels), (0.0, 255.0))
-    return tflite_metadata.with_metadata(bare_model(), metadata, labels)
 
 
 def with_packed(model, members):
@@ -49,14 +33,10 @@ def with_packed(model, members):
     return model + stream.getvalue()
 
 
-def test_packed_labels_are_read_back():
-    assert tflite_metadata.packed_labels(model_with_labels(["a b", "ç"])) == ["a b", "ç"]
-
-
 def test_labels_claiming_more_than_the_cap_are_refused_unread():
     # ~65 KB on disk inflating to 64 MiB + 2 bytes: refused, never held whole.
     bomb = b"x\n" * (tflite_metadata.MAX_LABELS_BYTES // 2 + 1)
-    model = with_packed(model_with_labels(), [("labels.txt", bomb, zipfile.ZIP_DEFLATED)])
+    model = with_packed(helpers.model_with_labels(), [("labels.txt", bomb, zipfile.ZIP_DEFLATED)])
     assert len(model) < 200_000
     with pytest.raises(tflite_metadata.MetadataError) as raised:
         tflite_metadata.packed_labels(model)
@@ -78,7 +58,7 @@ def test_labels_whose_header_understates_their_size_are_stopped_at_the_cap():
     lying = archive_bytes.replace(true_size, (2).to_bytes(4, "little"))
     with pytest.raises(tflite_metadata.MetadataError,
                        match=r"^its packed files are damaged \(Bad CRC-32 for file 'labels.txt'\)$"):
-        tflite_metadata.packed_labels(model_with_labels() + lying)
+        tflite_metadata.packed_labels(helpers.model_with_labels() + lying)
 
 
 def test_damaged_deflate_stream_in_the_labels_is_one_metadata_error():
@@ -90,18 +70,18 @@ def test_damaged_deflate_stream_in_the_labels_is_one_metadata_error():
     archive_bytes[data_start:data_start + 4] = b"\xff\xff\xff\xff"  # an invalid block type
     with pytest.raises(tflite_metadata.MetadataError, match=r"^its packed labels file 'labels.txt' "
                        r"cannot be read \(Error -3 while decompressing data: invalid block type\)$"):
-        tflite_metadata.packed_labels(model_with_labels() + bytes(archive_bytes))
+        tflite_metadata.packed_labels(helpers.model_with_labels() + bytes(archive_bytes))
 
 
 def test_labels_that_are_not_utf8_are_reported_as_such():
-    model = with_packed(model_with_labels(), [("labels.txt", b"caf\xe9\n", zipfile.ZIP_STORED)])
+    model = with_packed(helpers.model_with_labels(), [("labels.txt", b"caf\xe9\n", zipfile.ZIP_STORED)])
     with pytest.raises(tflite_metadata.MetadataError) as raised:
         tflite_metadata.packed_labels(model)
     assert str(raised.value) == "its packed labels file 'labels.txt' is not UTF-8 text"
 
 
 def test_metadata_naming_a_file_that_is_not_packed_is_one_line():
-    model = with_packed(model_with_labels(), [("other.txt", b"cat\n", zipfile.ZIP_STORED)])
+    model = with_packed(helpers.model_with_labels(), [("other.txt", b"cat\n", zipfile.ZIP_STORED)])
     with pytest.raises(tflite_metadata.MetadataError, match="names the labels file 'labels.txt', "
                        "which is not packed in it"):
         tflite_metadata.packed_labels(model)
@@ -207,14 +187,15 @@ def test_label_image_refuses_a_gif_whose_frame_outgrows_its_screen(trained, tmp_
 
 def test_a_packed_archive_listing_more_files_than_the_cap_is_refused_before_zipfile_parses_it():
     names = [f"{i}.txt" for i in range(tflite_metadata.MAX_PACKED_FILES)]
-    model = with_packed(model_with_labels(), [("labels.txt", b"cat\ndog\n", zipfile.ZIP_STORED)]
+    model = with_packed(helpers.model_with_labels(), [("labels.txt", b"cat\ndog\n", zipfile.ZIP_STORED)]
                         + [(name, b"", zipfile.ZIP_STORED) for name in names])
     with pytest.raises(tflite_metadata.MetadataError) as raised:
         tflite_metadata.packed_labels(model)
     assert str(raised.value).startswith(
         "its packed files' directory lists 1,001 files in ")
     assert str(raised.value).endswith(" bytes, more than the 1,000 files or 1,048,576 bytes allowed")
-    at_the_cap = with_packed(model_with_labels(), [("labels.txt", b"cat\nmouse\n", zipfile.ZIP_STORED)]
+    at_the_cap = with_packed(helpers.model_with_labels(),
+                             [("labels.txt", b"cat\nmouse\n", zipfile.ZIP_STORED)]
                              + [(name, b"", zipfile.ZIP_STORED) for name in names[1:]])
     assert tflite_metadata.packed_labels(at_the_cap) == ["cat", "mouse"]
 
@@ -226,7 +207,7 @@ def test_a_packed_archive_whose_directory_is_larger_than_the_cap_is_refused():
         info = zipfile.ZipInfo(f"{i}.txt")
         info.comment = b"c" * 60_000
         members.append((info, b"", zipfile.ZIP_STORED))
-    model = with_packed(model_with_labels(), members + [("labels.txt", b"a\n", zipfile.ZIP_STORED)])
+    model = with_packed(helpers.model_with_labels(), members + [("labels.txt", b"a\n", zipfile.ZIP_STORED)])
     with pytest.raises(tflite_metadata.MetadataError, match=r"^its packed files' directory lists "
                        r"21 files in 1,20\d,\d{3} bytes, more than the 1,000 files or 1,048,576 "
                        r"bytes allowed$"):
@@ -249,7 +230,7 @@ def test_a_zip64_archive_is_measured_by_its_zip64_record():
     lying = archive_bytes[:end] + zip64 + locator + end_record
     with pytest.raises(tflite_metadata.MetadataError,
                        match=r"^its packed files' directory lists 2,000,000 files in "):
-        tflite_metadata.packed_labels(model_with_labels() + lying)
+        tflite_metadata.packed_labels(helpers.model_with_labels() + lying)
 
 
 def test_a_table_list_longer_than_the_metadata_is_one_metadata_error():
@@ -260,7 +241,7 @@ def test_a_table_list_longer_than_the_metadata_is_one_metadata_error():
     length_at = root.Vector(offset) - 4  # a vector's length is the word before its first item
     assert struct.unpack_from("<I", metadata, length_at)[0] == 1
     struct.pack_into("<I", metadata, length_at, 0x7FFFFFFF)  # 2 billion subgraphs, 8 GB of offsets
-    model = tflite_metadata.with_metadata(bare_model(), bytes(metadata), ["cat", "dog"])
+    model = tflite_metadata.with_metadata(helpers.bare_model(), bytes(metadata), ["cat", "dog"])
     with pytest.raises(tflite_metadata.MetadataError) as raised:
         tflite_metadata.packed_labels(model)
     assert str(raised.value) == "its metadata holds a table list longer than the metadata"
@@ -270,7 +251,7 @@ def test_a_table_list_longer_than_the_metadata_is_one_metadata_error():
 def test_metadata_damaged_at_any_byte_is_read_or_one_metadata_error(value):
     metadata = tflite_metadata.image_classifier_metadata("c", "t", (32, 32), 2, (0.0, 255.0))
     # The model is built once: each damaged copy of the metadata replaces its bytes in place.
-    model = tflite_metadata.with_metadata(bare_model(), metadata, ["cat", "dog"])
+    model = tflite_metadata.with_metadata(helpers.bare_model(), metadata, ["cat", "dog"])
     at = model.index(metadata)
     outcomes = set()
     for i in range(8, len(metadata)):  # past the root offset and the "M001" identifier
