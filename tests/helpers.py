@@ -259,3 +259,11 @@ def model_with_labels(labels=("cat", "dog")):
     metadata = tflite_metadata.image_classifier_metadata(
         "classifier", "test", (32, 32), len(labels), (0.0, 255.0))
     return tflite_metadata.with_metadata(bare_model(), metadata, labels)
+
+
+def images_in_split(image_dir, split, settings):
+    """-> (the dataset of image_dir as settings split it, its images in `split`)."""
+    dataset = dataset_lib.build_dataset(
+        image_dir, settings["validation_percentage"], settings["testing_percentage"]
+    )
+    return dataset, dataset.in_split(split)
