@@ -5,7 +5,7 @@ import sys
 import tensorflow as tf
 from absl import flags
 
-from retrain_suite import classifier, errors, tflite
+from retrain_suite import classifier, errors, graph_checks, tflite
 from retrain_suite.bottleneck import batch_size as batch_size_lib
 from retrain_suite.cli import flags as shared_flags
 from retrain_suite.cli import startup
@@ -73,25 +73,14 @@ def main(argv):
     try:
         paths = classifier.list_images(images)
         graph_def = classifier.load_graph(graph)
-        classifier.check_functions_defined(graph_def, graph)
-        classifier.check_constants_fit(graph_def, graph)
-        if not FLAGS.allow_unsafe_ops:
-            classifier.check_graph_is_safe(graph_def, graph)
+        graph_checks.check_graph(graph_def, graph, FLAGS.allow_unsafe_ops)
         label_list = classifier.load_labels(labels)
-        size = classifier.input_size(graph_def, FLAGS.input_layer)
-        height = FLAGS.input_height if FLAGS.input_height is not None else size and size[0]
-        width = FLAGS.input_width if FLAGS.input_width is not None else size and size[1]
-        if not height or not width:
-            raise classifier.LabelError(
-                "The graph's input size is not fixed; pass --input_height and --input_width."
-            )
         results = classifier.classify(
-            graph_def, paths, height, width, FLAGS.input_layer, FLAGS.output_layer,
-            FLAGS.input_mean, FLAGS.input_std, FLAGS.batch_size, FLAGS.max_image_pixels,
+            graph_def, paths, preprocessing_from_flags(), FLAGS.input_layer, FLAGS.output_layer,
             keep=classifier.top_classes(FLAGS.top_k),
         )
         classifier.check_label_count(results, label_list, f"The labels file {labels}", "graph")
-    except classifier.LabelError as e:
+    except (classifier.LabelError, graph_checks.GraphError) as e:
         sys.exit(f"error: {e}")
     except (ValueError, tf.errors.OpError) as e:
         sys.exit(f"error: cannot run graph {graph}: {errors.one_line(e)}")
@@ -114,11 +103,7 @@ def run_tflite(images, model_path, labels):
     try:
         paths = classifier.list_images(images)
         model, packed = classifier.load_tflite(model_path)
-        for name, size in (("input_height", model.height), ("input_width", model.width)):
-            if FLAGS[name].value is not None and FLAGS[name].value != size:
-                raise classifier.LabelError(
-                    f"--{name}={FLAGS[name].value}, but the TFLite model takes {size}; drop the flag."
-                )
+        classifier.check_tflite_size(model, preprocessing_from_flags())
         if labels:
             label_list = classifier.load_labels(labels)
         elif packed is not None:
@@ -128,8 +113,7 @@ def run_tflite(images, model_path, labels):
                 f"{model_path} holds no labels in its metadata; pass its labels file."
             )
         results = classifier.classify_tflite(
-            model, paths, FLAGS.input_mean, FLAGS.input_std, FLAGS.batch_size,
-            FLAGS.max_image_pixels, keep=classifier.top_classes(FLAGS.top_k),
+            model, paths, preprocessing_from_flags(), keep=classifier.top_classes(FLAGS.top_k)
         )
         source = f"The labels file {labels}" if labels else "The metadata inside the model"
         classifier.check_label_count(results, label_list, source, "model")
@@ -143,6 +127,14 @@ def run_tflite(images, model_path, labels):
     }
     classifier.print_results(paths, results, failures, label_list, FLAGS.output_format)
     return 1 if failures else 0
+
+
+def preprocessing_from_flags():
+    """The image flags as a classifier.Preprocessing."""
+    return classifier.Preprocessing(
+        height=FLAGS.input_height, width=FLAGS.input_width, input_mean=FLAGS.input_mean,
+        input_std=FLAGS.input_std, batch_size=FLAGS.batch_size, max_pixels=FLAGS.max_image_pixels,
+    )
 
 
 def run():
