@@ -10,7 +10,6 @@ here as in training; `Preprocessing` says the size, normalization and batches.
 
 import dataclasses
 import json
-import math
 import os
 import re
 import stat
@@ -240,25 +239,6 @@ def session_config():
     if not tf.config.list_physical_devices("GPU"):
         config.graph_options.rewrite_options.disable_meta_optimizer = True
     return config
-
-
-def flag_problem(values):
-    """What is wrong with the numeric flags (a dict: flag name -> value), as one line, or None."""
-    if values["batch_size"] is not None and values["batch_size"] < 1:
-        return (f"--batch_size={values['batch_size']} must be positive (or left out to "
-                "measure the fastest).")
-    for name in ("top_k", "max_image_pixels"):
-        if values[name] < 1:
-            return f"--{name}={values[name]} must be at least 1."
-    for name in ("input_height", "input_width"):
-        if values[name] is not None and values[name] < 1:
-            return f"--{name}={values[name]} must be positive (or left out: from the graph)."
-    for name in ("input_mean", "input_std"):
-        if not math.isfinite(values[name]):
-            return f"--{name}={values[name]} must be a finite number."
-    if values["input_std"] == 0:
-        return "--input_std=0 would divide every pixel by zero; retrain.py's graphs use 255."
-    return None
 
 
 def print_results(paths, results, failures, labels, output_format):
