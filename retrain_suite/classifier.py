@@ -1,53 +1,29 @@
-r"""Running an exported graph on new images: what label_image.py does.
+r"""Running an exported classifier on image files: what label_image.py does.
 
-Loading a frozen graph and refusing one that holds ops that could touch files
-or run code (`check_graph_is_safe`), reading its labels file, finding images,
-and classifying them in batches. Images are decoded and resized by the same
-function retrain.py used for the bottlenecks (image_preprocess.decode_and_resize),
-so an image gets the same probabilities here as in training.
+Reading the user's graph, labels file or TFLite model, finding images, and
+classifying them in batches (`classify` for a frozen graph, which
+graph_checks has passed; `classify_tflite` for a TFLite model). Images are
+decoded and resized by the same function retrain.py used for the bottlenecks
+(image_preprocess.decode_and_resize), so an image gets the same probabilities
+here as in training; `Preprocessing` says the size, normalization and batches.
 """
 
 import dataclasses
 import json
-import math
 import os
 import re
 import stat
 import sys
+from typing import Optional
 
 import numpy as np
 import tensorflow as tf
 
 from retrain_suite import dataset as dataset_lib
-from retrain_suite import errors, tflite, tflite_metadata
+from retrain_suite import errors, graph_checks, tflite, tflite_metadata
 from retrain_suite.bottleneck import batch_size as batch_size_lib
-from retrain_suite.bottleneck import inlining
 from retrain_suite.images import files as image_files
 from retrain_suite.images import pipelines as image_pipelines
-
-# Ops a retrained classifier (any TF Hub image feature-vector module plus the new
-# layer) is made of: arithmetic, neural-network and array ops, and calls to the
-# graph's own functions, whose bodies are checked too. Everything else, such as
-# ReadFile, WriteFile, SaveV2, RestoreV2, MatchingFiles or PyFunc, could touch
-# files or run code when someone else's graph is loaded, and is refused.
-SAFE_OPS = frozenset("""
-    Const Placeholder PlaceholderWithDefault Identity IdentityN NoOp StopGradient Snapshot
-    Add AddV2 AddN Sub Mul Div RealDiv DivNoNan FloorDiv FloorMod Maximum Minimum Neg Abs
-    Square Sqrt Rsqrt Exp Log Log1p Pow Reciprocal Tanh Sigmoid Erf Floor Ceil Round Sign
-    SquaredDifference Cast ClipByValue Cumsum
-    MatMul BatchMatMul BatchMatMulV2 BatchMatMulV3 Einsum BiasAdd
-    Conv2D Conv3D DepthwiseConv2dNative MaxPool MaxPoolV2 AvgPool LRN
-    FusedBatchNorm FusedBatchNormV2 FusedBatchNormV3
-    Relu Relu6 Elu Selu LeakyRelu Softplus Softsign Softmax LogSoftmax
-    Mean Sum Max Min Prod ArgMax ArgMin All Any L2Loss
-    Reshape Squeeze ExpandDims ConcatV2 Concat Pack Unpack Split SplitV Slice StridedSlice
-    Transpose Tile Pad PadV2 MirrorPad Shape ShapeN Size Rank Fill ZerosLike OnesLike Range
-    Gather GatherV2 GatherNd Select SelectV2 BroadcastTo BroadcastArgs
-    Equal NotEqual Less LessEqual Greater GreaterEqual LogicalAnd LogicalOr LogicalNot
-    ResizeBilinear ResizeNearestNeighbor ResizeBicubic
-    PartitionedCall StatefulPartitionedCall If StatelessIf While StatelessWhile
-    Enter Exit Merge Switch NextIteration LoopCond
-""".split())
 
 
 class LabelError(errors.SuiteError):
@@ -106,103 +82,6 @@ def load_labels(path):
     return text.splitlines()
 
 
-def unsafe_ops(graph_def):
-    """Sorted names of the ops in the graph and its functions that are not in SAFE_OPS."""
-    functions = {f.signature.name for f in graph_def.library.function}
-    nodes = list(graph_def.node)
-    for function in graph_def.library.function:
-        nodes.extend(function.node_def)
-    return sorted({n.op for n in nodes if n.op not in SAFE_OPS and n.op not in functions})
-
-
-def undefined_functions(graph_def):
-    """Sorted names of functions that nodes of the graph or its functions call, but
-    that the graph's library does not define."""
-    defined = {f.signature.name for f in graph_def.library.function}
-    nodes = list(graph_def.node)
-    for function in graph_def.library.function:
-        nodes.extend(function.node_def)
-    return sorted({name for n in nodes for name in inlining.called_functions(n) if name not in defined})
-
-
-def _short_list(names, count=5, width=60):
-    shown = [name if len(name) <= width else name[:width] + "..." for name in names[:count]]
-    more = f" and {len(names) - count} more" if len(names) > count else ""
-    return ", ".join(shown) + more
-
-
-def check_functions_defined(graph_def, path):
-    """Refuse a graph calling functions its library lacks, whatever --allow_unsafe_ops says:
-    it cannot run, and TensorFlow would spend minutes building an error message for it."""
-    missing = undefined_functions(graph_def)
-    if missing:
-        raise LabelError(
-            f"Graph {path} calls functions it does not define: {_short_list(missing)}. "
-            "It is damaged or not a graph exported by retrain.py."
-        )
-
-
-# Room for splat constants (a Const of one value repeated to its shape) beyond the
-# bytes the graph holds: a graph retrain.py writes stores every weight whole.
-CONSTANT_SLACK_BYTES = 64 * 1024 * 1024
-
-
-def check_constants_fit(graph_def, path):
-    """Refuse a graph whose constants declare far more bytes than the file holds,
-    whatever --allow_unsafe_ops says: a Const may give one value and a shape to fill,
-    so a 1 KB graph could ask for 80 GB (TensorFlow took 24 s to refuse one)."""
-    declared = 0
-    nodes = [*graph_def.node, *(n for f in graph_def.library.function for n in f.node_def)]
-    for node in nodes:
-        if node.op != "Const" or "value" not in node.attr:
-            continue
-        tensor = node.attr["value"].tensor
-        dims = [d.size for d in tensor.tensor_shape.dim]
-        if any(d < 0 for d in dims):
-            continue
-        try:
-            item = tf.dtypes.as_dtype(tensor.dtype).size or 8  # 0 for strings
-        except (TypeError, ValueError):  # a dtype number TensorFlow does not know
-            item = 8
-        declared += math.prod(dims) * item
-    if declared > graph_def.ByteSize() + CONSTANT_SLACK_BYTES:
-        raise LabelError(
-            f"Graph {path} declares {declared:,} bytes of constants, far more than its "
-            f"{graph_def.ByteSize():,} bytes hold. It is damaged or not a graph exported by "
-            "retrain.py."
-        )
-
-
-def check_graph_is_safe(graph_def, path):
-    unsafe = unsafe_ops(graph_def)
-    if unsafe:
-        raise LabelError(
-            f"Graph {path} contains ops that can read or write files or run code: "
-            f"{_short_list(unsafe, 20)}. A graph exported by retrain.py has none; if you "
-            "trust this graph, pass --allow_unsafe_ops."
-        )
-
-
-def find_node(graph_def, name, role):
-    for node in graph_def.node:
-        if node.name == name:
-            return node
-    raise LabelError(
-        f"The graph has no {role} named {name!r}; pass the right --{role} "
-        "(retrain.py's graphs use Placeholder and final_result)."
-    )
-
-
-def input_size(graph_def, input_layer):
-    """(height, width) from the input placeholder's shape, or None when not fixed."""
-    node = find_node(graph_def, input_layer, "input_layer")
-    if "shape" in node.attr:
-        dims = [d.size for d in node.attr["shape"].shape.dim]
-        if len(dims) == 4 and dims[1] > 0 and dims[2] > 0:
-            return dims[1], dims[2]
-    return None
-
-
 def list_images(arguments):
     """Files and folders -> image files (folders: their images, sorted, non-recursive).
 
@@ -255,34 +134,62 @@ def list_images(arguments):
     return images
 
 
-def classify(graph_def, paths, height, width, input_layer="Placeholder",
-             output_layer="final_result", input_mean=0.0, input_std=255.0, batch_size=None,
-             max_pixels=image_files.DEFAULT_MAX_IMAGE_PIXELS, keep=None):
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+    """How image files become what a classifier is fed: float32 [N, height, width, 3]."""
+
+    height: Optional[int] = None  # pixels; None: the graph's or model's own input height
+    width: Optional[int] = None  # pixels; None: the graph's or model's own input width
+    input_mean: float = 0.0  # subtracted from the 0-255 pixel values...
+    input_std: float = 255.0  # ...which are then divided by this
+    batch_size: Optional[int] = None  # images per forward pass; None: measured (or the default)
+    max_pixels: int = image_files.DEFAULT_MAX_IMAGE_PIXELS  # width x height, from the header
+
+    def normalize(self, images):
+        """[N, H, W, 3] pixels in [0, 1] -> what the classifier is fed."""
+        if (self.input_mean, self.input_std) == (0.0, 255.0):
+            return images
+        # Same arithmetic as the stock label_image: (pixel - mean) / std on 0-255 values.
+        return (images * 255.0 - self.input_mean) / self.input_std
+
+
+def graph_input_size(graph_def, input_layer, preprocessing):
+    """(height, width) to feed: preprocessing's, else the input placeholder's.
+
+    Raises LabelError when neither gives both, graph_checks.GraphError when
+    the graph has no input_layer.
+    """
+    size = graph_checks.input_size(graph_def, input_layer)
+    height = preprocessing.height if preprocessing.height is not None else size and size[0]
+    width = preprocessing.width if preprocessing.width is not None else size and size[1]
+    if not height or not width:
+        raise LabelError("The graph's input size is not fixed; pass --input_height and --input_width.")
+    return height, width
+
+
+def classify(graph_def, paths, preprocessing=Preprocessing(), input_layer="Placeholder",
+             output_layer="final_result", keep=None):
     """Run the graph on image files. -> {index: probabilities float32 [C]}, or
     {index: keep(probabilities)} (top_classes(k), say: then what is held grows
     with the images times k, not times the classes).
 
-    batch_size: images per forward pass, or None to measure the fastest (see
-    bottleneck.batch_size). Each file is read once, its size checked against
-    max_pixels from its header and its EXIF orientation applied. Images that
-    cannot be read or decoded, or are too large, are missing from the result.
+    Each file is read once, its size checked against preprocessing.max_pixels
+    from its header and its EXIF orientation applied. Images that cannot be
+    read or decoded, or are too large, are missing from the result.
     """
-    find_node(graph_def, output_layer, "output_layer")
+    height, width = graph_input_size(graph_def, input_layer, preprocessing)
+    graph_checks.find_node(graph_def, output_layer, "output_layer")
     files = image_pipelines.ImageFiles(paths)
     graph = tf.Graph()
     with graph.as_default():
         run = batch_size_lib.BatchedRun(
-            lambda indices, size: files.batches(indices, height, width, size, max_pixels).map(
-                lambda index, content, images: (index, images)
-            ),
-            range(len(paths)), batch_size,
+            lambda indices, size: files.batches(
+                indices, height, width, size, preprocessing.max_pixels
+            ).map(lambda index, content, images: (index, images)),
+            range(len(paths)), preprocessing.batch_size,
         )
-        images = run.images
-        if (input_mean, input_std) != (0.0, 255.0):
-            # Same arithmetic as the stock label_image: (pixel - mean) / std on 0-255 values.
-            images = (images * 255.0 - input_mean) / input_std
         (probabilities,) = tf.compat.v1.import_graph_def(
-            graph_def, input_map={input_layer + ":0": images},
+            graph_def, input_map={input_layer + ":0": preprocessing.normalize(run.images)},
             return_elements=[output_layer + ":0"], name="",
         )
         results = {}
@@ -332,25 +239,6 @@ def session_config():
     if not tf.config.list_physical_devices("GPU"):
         config.graph_options.rewrite_options.disable_meta_optimizer = True
     return config
-
-
-def flag_problem(values):
-    """What is wrong with the numeric flags (a dict: flag name -> value), as one line, or None."""
-    if values["batch_size"] is not None and values["batch_size"] < 1:
-        return (f"--batch_size={values['batch_size']} must be positive (or left out to "
-                "measure the fastest).")
-    for name in ("top_k", "max_image_pixels"):
-        if values[name] < 1:
-            return f"--{name}={values[name]} must be at least 1."
-    for name in ("input_height", "input_width"):
-        if values[name] is not None and values[name] < 1:
-            return f"--{name}={values[name]} must be positive (or left out: from the graph)."
-    for name in ("input_mean", "input_std"):
-        if not math.isfinite(values[name]):
-            return f"--{name}={values[name]} must be a finite number."
-    if values["input_std"] == 0:
-        return "--input_std=0 would divide every pixel by zero; retrain.py's graphs use 255."
-    return None
 
 
 def print_results(paths, results, failures, labels, output_format):
@@ -428,26 +316,34 @@ def check_tflite_input_range(model, input_mean, input_std):
     )
 
 
-def classify_tflite(model, paths, input_mean=0.0, input_std=255.0, batch_size=None,
-                    max_pixels=image_files.DEFAULT_MAX_IMAGE_PIXELS, keep=None):
+def check_tflite_size(model, preprocessing):
+    """Raise LabelError when preprocessing asks for a size the TFLite model does not take."""
+    for name, asked, size in (("input_height", preprocessing.height, model.height),
+                              ("input_width", preprocessing.width, model.width)):
+        if asked is not None and asked != size:
+            raise LabelError(f"--{name}={asked}, but the TFLite model takes {size}; drop the flag.")
+
+
+def classify_tflite(model, paths, preprocessing=Preprocessing(), keep=None):
     """As classify, with a tflite.TFLiteClassifier: one image per interpreter call.
 
     Images are read once, checked and decoded by the same pipeline as
-    classify, in batches of batch_size (unset: the default; the interpreter
-    takes one image at a time whatever the decoding batch). -> {index:
-    probabilities float32 [C]} or {index: keep(probabilities)}; images that
-    cannot be used are missing.
-    Raises LabelError, before any image is read, when a quantized input cannot
-    hold what input_mean and input_std make of the pixels.
+    classify, at the model's own size, in batches of preprocessing.batch_size
+    (unset: the default; the interpreter takes one image at a time whatever
+    the decoding batch). -> {index: probabilities float32 [C]} or {index:
+    keep(probabilities)}; images that cannot be used are missing.
+    Raises LabelError, before any image is read, when preprocessing asks for
+    another size, or a quantized input cannot hold what input_mean and
+    input_std make of the pixels.
     """
-    check_tflite_input_range(model, input_mean, input_std)
+    check_tflite_size(model, preprocessing)
+    check_tflite_input_range(model, preprocessing.input_mean, preprocessing.input_std)
     batches = image_pipelines.image_batches(
-        paths, model.height, model.width, batch_size or batch_size_lib.DEFAULT_BATCH_SIZE, max_pixels
+        paths, model.height, model.width,
+        preprocessing.batch_size or batch_size_lib.DEFAULT_BATCH_SIZE, preprocessing.max_pixels,
     )
     results = {}
     for indices, _, images in batches.as_numpy_iterator():
-        if (input_mean, input_std) != (0.0, 255.0):
-            images = (images * 255.0 - input_mean) / input_std
-        for index, image in zip(indices.tolist(), images):
+        for index, image in zip(indices.tolist(), preprocessing.normalize(images)):
             results[index] = (keep or _as_is)(model.probabilities(image))
     return results

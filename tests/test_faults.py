@@ -27,7 +27,7 @@ from helpers import (
 )
 from PIL import Image, ImageOps
 
-from retrain_suite import atomic_files, classifier, job
+from retrain_suite import atomic_files, job
 from retrain_suite import config as config_lib
 from retrain_suite import dataset as dataset_lib
 from retrain_suite.bottleneck import cache as cache_lib
@@ -429,61 +429,6 @@ def test_killed_run_is_finished_by_the_next_one_with_the_same_result(kill_setup,
         np.testing.assert_array_equal(expected[name], got[name])
     serve = tf.saved_model.load(settings["saved_model_dir"]).signatures["serving_default"]
     assert serve(image=tf.zeros([1, 32, 32, 3]))["prediction"].shape == (1, 3)
-
-
-# --- Untrusted graphs -------------------------------------------------------------------
-
-
-def write_graph(path, build):
-    graph = tf.Graph()
-    with graph.as_default():
-        build()
-    with open(path, "wb") as f:
-        f.write(graph.as_graph_def().SerializeToString())
-
-
-def test_graph_that_reads_files_is_refused_unless_allowed(trained, tmp_path):
-    secret = tmp_path / "secret.txt"
-    secret.write_text("password")
-
-    def build():
-        images = tf.compat.v1.placeholder(tf.float32, [None, 32, 32, 3], name="Placeholder")
-        leak = tf.strings.length(tf.io.read_file(str(secret)))
-        scores = tf.reduce_mean(images, [1, 2]) + tf.cast(leak, tf.float32) * 0.0
-        tf.nn.softmax(scores, name="final_result")
-
-    graph = str(tmp_path / "graph.pb")
-    write_graph(graph, build)
-    image = os.path.join(trained["image_dir"], "red", "img0.jpg")
-    labels = trained["settings"]["output_labels"]
-    refused = run_script("label_image.py", image, graph, labels)
-    assert refused.returncode != 0 and "Traceback" not in refused.stderr
-    last = refused.stderr.strip().splitlines()[-1]
-    assert "ReadFile" in last and "--allow_unsafe_ops" in last
-    allowed = run_script("label_image.py", image, graph, labels, "--allow_unsafe_ops")
-    assert allowed.returncode == 0, allowed.stderr[-2000:]
-
-
-def test_unsafe_op_hidden_in_a_function_is_found():
-    graph = tf.Graph()
-    with graph.as_default():
-
-        @tf.function
-        def sneaky(x):
-            tf.io.write_file("never-run", tf.strings.reduce_join(tf.strings.as_string(x)))
-            return x
-
-        images = tf.compat.v1.placeholder(tf.float32, [None], name="Placeholder")
-        tf.identity(sneaky(images), name="final_result")
-    unsafe = classifier.unsafe_ops(graph.as_graph_def())
-    assert "WriteFile" in unsafe
-
-
-def test_exported_graphs_pass_the_check(trained):
-    graph_def = tf.compat.v1.GraphDef()
-    with open(trained["settings"]["output_graph"], "rb") as f:
-        graph_def.ParseFromString(f.read())
-    assert classifier.unsafe_ops(graph_def) == []
 
 
 def test_unreadable_file_is_skipped_with_the_reason(tmp_path, monkeypatch):

@@ -173,7 +173,7 @@ def test_exported_graph_reproduces_the_in_run_probabilities(runs):
     testing = result.predictions["testing"]
     rows, predicted = testing.positions, testing.classes
     paths = [os.path.join(runs["image_dir"], images[r].path) for r in rows]
-    classified = classifier.classify(graph_def, paths, 32, 32)
+    classified = classifier.classify(graph_def, paths, classifier.Preprocessing(height=32, width=32))
     got = np.array([classified[n] for n in range(len(paths))])
     np.testing.assert_array_equal(np.argmax(got, axis=1), predicted)
     np.testing.assert_allclose(got[np.arange(len(rows)), predicted], testing.confidences,
@@ -212,7 +212,7 @@ def validation_scores(graph_def, image_dir):
     """What a frozen graph scores on the validation images.
     -> (probabilities [n, C], accuracy, mean cross entropy)."""
     paths, truth = validation_images(image_dir)
-    classified = classifier.classify(graph_def, paths, 32, 32)
+    classified = classifier.classify(graph_def, paths, classifier.Preprocessing(height=32, width=32))
     probabilities = np.array([classified[n] for n in range(len(paths))])
     return (probabilities, float(np.mean(np.argmax(probabilities, axis=1) == truth)),
             float(np.mean(-np.log(probabilities[np.arange(len(truth)), truth]))))
@@ -434,8 +434,9 @@ def test_killed_fine_tuning_resumes_to_the_uninterrupted_result(runs, tiny_modul
     paths = [os.path.join(runs["image_dir"], images[r].path) for r in rows]
     # The uninterrupted run's exported probabilities (its in-run ones: see
     # test_exported_graph_reproduces_the_in_run_probabilities).
-    expected = classifier.classify(load_graph_def(runs["tuned"]["output_graph"]), paths, 32, 32)
-    classified = classifier.classify(load_graph_def(settings["output_graph"]), paths, 32, 32)
+    size = classifier.Preprocessing(height=32, width=32)
+    expected = classifier.classify(load_graph_def(runs["tuned"]["output_graph"]), paths, size)
+    classified = classifier.classify(load_graph_def(settings["output_graph"]), paths, size)
     np.testing.assert_allclose(np.array([classified[n] for n in range(len(paths))]),
                                np.array([expected[n] for n in range(len(paths))]), atol=1e-6)
 

@@ -337,52 +337,6 @@ def test_header_sizes_agree_with_what_tensorflow_decodes(tmp_path):
 # --- 10. label_image ---------------------------------------------------------------
 
 
-def graph_calling(function_name):
-    """A GraphDef whose output is a PartitionedCall of a function its library lacks."""
-    graph_def = tf.compat.v1.GraphDef()
-    placeholder = graph_def.node.add(name="Placeholder", op="Placeholder")
-    placeholder.attr["dtype"].type = tf.float32.as_datatype_enum
-    placeholder.attr["shape"].shape.CopyFrom(
-        tf.TensorShape([None, 8, 8, 3]).as_proto())
-    call = graph_def.node.add(name="final_result", op="PartitionedCall", input=["Placeholder"])
-    call.attr["Tin"].list.type.append(tf.float32.as_datatype_enum)
-    call.attr["Tout"].list.type.append(tf.float32.as_datatype_enum)
-    call.attr["f"].func.name = function_name
-    return graph_def
-
-
-def test_graph_calling_an_undefined_function_is_refused_at_once(tmp_path):
-    graph_path = tmp_path / "graph.pb"
-    graph_path.write_bytes(graph_calling("WriteFile").SerializeToString())
-    (tmp_path / "labels.txt").write_text("a\nb\n")
-    (tmp_path / "x.png").write_bytes(png_bytes((1, 2, 3)))
-    for extra in ([], ["--allow_unsafe_ops"]):
-        process = run("label_image.py", str(tmp_path / "x.png"), str(graph_path),
-                      str(tmp_path / "labels.txt"), *extra)
-        no_traceback(process)
-        assert process.returncode != 0
-        assert process.stderr.strip().splitlines()[-1] == (
-            f"error: Graph {graph_path} calls functions it does not define: WriteFile. "
-            "It is damaged or not a graph exported by retrain.py."
-        )
-
-
-def test_long_undefined_function_names_are_cut_short():
-    with pytest.raises(classifier.LabelError) as raised:
-        classifier.check_functions_defined(graph_calling("W" * 100000), "g.pb")
-    assert len(str(raised.value)) < 300
-
-
-@pytest.mark.parametrize("flag, value", [
-    ("batch_size", 0), ("batch_size", -3), ("input_height", -5), ("input_width", 0),
-    ("top_k", 0), ("input_std", 0.0), ("input_std", float("nan")), ("input_mean", float("inf")),
-])
-def test_unusable_numeric_flags_are_named(flag, value):
-    values = {"batch_size": 32, "top_k": 5, "max_image_pixels": 10**8, "input_height": None,
-              "input_width": None, "input_mean": 0.0, "input_std": 255.0, flag: value}
-    assert classifier.flag_problem(values).startswith(f"--{flag}=")
-
-
 def test_input_std_zero_is_one_error_line(tmp_path):
     process = run("label_image.py", "--input_std=0", "x.jpg", "g.pb", "l.txt")
     no_traceback(process)

@@ -133,9 +133,9 @@ def test_on_a_cpu_graph_runs_without_grappler_and_gives_what_grappler_gives(trai
     graph_def = load_graph_def(trained["settings"]["output_graph"])
     folder = os.path.join(trained["image_dir"], sorted(os.listdir(trained["image_dir"]))[0])
     paths = [os.path.join(folder, name) for name in sorted(os.listdir(folder))[:6]]
-    plain = classifier.classify(graph_def, paths, 32, 32)
+    plain = classifier.classify(graph_def, paths, classifier.Preprocessing(height=32, width=32))
     monkeypatch.setattr(classifier, "session_config", tf.compat.v1.ConfigProto)
-    optimised = classifier.classify(graph_def, paths, 32, 32)
+    optimised = classifier.classify(graph_def, paths, classifier.Preprocessing(height=32, width=32))
     assert sorted(plain) == sorted(optimised) == list(range(len(paths)))
     for i in plain:
         np.testing.assert_allclose(plain[i], optimised[i], atol=1e-5)
@@ -150,10 +150,10 @@ def test_measured_batch_size_gives_the_probabilities_of_a_given_one(trained, mon
                    for name in names)
     paths = (paths * 3)[:40]
     caplog.set_level(logging.INFO)
-    measured = classifier.classify(graph_def, paths, 32, 32)
+    measured = classifier.classify(graph_def, paths, classifier.Preprocessing(height=32, width=32))
     assert re.search(r"Batch size [234]: the fastest per image of 2: .*; the other 13 images",
                      caplog.text)
-    given = classifier.classify(graph_def, paths, 32, 32, batch_size=7)
+    given = classifier.classify(graph_def, paths, classifier.Preprocessing(height=32, width=32, batch_size=7))
     assert sorted(measured) == sorted(given) == list(range(len(paths)))
     for i in given:
         np.testing.assert_allclose(measured[i], given[i], rtol=1e-5, atol=1e-6)
@@ -189,8 +189,8 @@ def test_tflite_model_takes_input_mean_and_std_as_the_frozen_graph_does(trained,
             expected, plain = (sess.run("final_result:0", {"Placeholder:0": images})
                                for images in ((decoded * 255.0 - mean) / std, decoded))
     assert np.abs(expected - plain).max() > 0.05  # else ignoring the flags would pass
-    on_graph = classifier.classify(graph_def, paths, 32, 32, input_mean=mean, input_std=std,
-                                   batch_size=len(paths))
+    on_graph = classifier.classify(graph_def, paths, classifier.Preprocessing(
+        height=32, width=32, input_mean=mean, input_std=std, batch_size=len(paths)))
     np.testing.assert_allclose([on_graph[i] for i in range(len(paths))], expected, atol=1e-5)
     process = run_script("label_image.py", *paths, str(model), f"--input_mean={mean}",
                          f"--input_std={std}", f"--top_k={len(labels)}", "--output_format=json",
@@ -276,7 +276,8 @@ def test_int8_model_refuses_mean_and_std_its_input_cannot_hold(int8_photos, mean
     model, _ = classifier.load_tflite(int8_photos[0])
     assert model.input["quantization"][0] == pytest.approx(1 / 255)
     with pytest.raises(classifier.LabelError) as raised:
-        classifier.classify_tflite(model, int8_photos[2], mean, std)
+        classifier.classify_tflite(
+            model, int8_photos[2], classifier.Preprocessing(input_mean=mean, input_std=std))
     assert str(raised.value) == (
         f"--input_mean={mean:g} and --input_std={std:g} turn pixels into values from {low} to "
         f"{high}, but this quantized model's uint8 input holds only 0 to 1 (the rest would be "
@@ -301,6 +302,7 @@ def test_int8_model_stopping_short_of_1_keeps_working_within_one_step(int8_photo
     by_default = classifier.classify_tflite(model, int8_photos[2])
     # 0.2 below the default mean: 255 becomes 1.0008, past the input's top 0.998, by less
     # than a step (0.0039).
-    nudged = classifier.classify_tflite(model, int8_photos[2], input_mean=-0.2)
+    nudged = classifier.classify_tflite(
+        model, int8_photos[2], classifier.Preprocessing(input_mean=-0.2))
     assert labels[int(np.argmax(by_default[0]))] == "red"
     np.testing.assert_allclose(nudged[0], by_default[0], atol=0.01)

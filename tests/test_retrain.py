@@ -99,7 +99,7 @@ def test_stock_label_image_recipe_agrees_with_label_image(trained):
     graph_def = load_graph_def(settings["output_graph"])
     for image in testing[:4]:
         path = dataset.full_path(image)
-        ours = classifier.classify(graph_def, [path], 32, 32)[0]
+        ours = classifier.classify(graph_def, [path], classifier.Preprocessing(height=32, width=32))[0]
         stock = stock_label_image_probabilities(settings["output_graph"], path, 32, 32)
         assert np.argmax(stock) == np.argmax(ours) == image.label_index
         # Only the resize's pixel-centre convention differs between the two.
@@ -113,7 +113,7 @@ def test_training_image_gets_same_probabilities_as_its_cached_bottleneck(trained
     cached = compute.compute_bottlenecks(paths, tiny_module, settings["bottleneck_dir"])
     assert cached.reused == len(paths) and cached.computed == 0
     graph_def = load_graph_def(settings["output_graph"])
-    through_label_image = classifier.classify(graph_def, paths, 32, 32)
+    through_label_image = classifier.classify(graph_def, paths, classifier.Preprocessing(height=32, width=32))
     through_cache = probabilities_from_bottlenecks(graph_def, cached.vectors)
     for i in range(len(paths)):
         np.testing.assert_allclose(through_label_image[i], through_cache[i], atol=1e-5)
@@ -197,6 +197,6 @@ def test_full_inception_v3_module_end_to_end(tmp_path, inception_module):
              for d in n.attr["shape"].shape.dim]
     assert shape == [-1, 299, 299, 3]
     path = os.path.join(image_dir, "red", "img0.jpg")
-    probabilities = classifier.classify(graph_def, [path], 299, 299)[0]
+    probabilities = classifier.classify(graph_def, [path], classifier.Preprocessing(height=299, width=299))[0]
     assert probabilities.shape == (3,) and np.argmax(probabilities) == 2  # red
     assert abs(float(np.sum(probabilities)) - 1.0) < 1e-4

@@ -157,7 +157,7 @@ def test_hidden_layer_and_dropout_export_gives_the_cached_bottleneck_probabiliti
     names = {node.name for node in graph_def.node}
     assert "final_retrain_ops/hidden_weights" in names
     assert not [name for name in names if "dropout" in name.lower()]
-    through_label_image = classifier.classify(graph_def, paths, 32, 32)
+    through_label_image = classifier.classify(graph_def, paths, classifier.Preprocessing(height=32, width=32))
     through_cache = probabilities_from_bottlenecks(graph_def, cached.vectors)
     for i in range(len(paths)):
         np.testing.assert_allclose(through_label_image[i], through_cache[i], atol=1e-5)
@@ -242,7 +242,7 @@ def test_early_stopping_stops_and_exports_the_best_layer(tmp_path, tiny_module, 
     truth = [i.label_index for i in dataset.in_split("validation")]
 
     def validation_cross_entropy(graph):
-        probabilities = classifier.classify(graph, paths, 32, 32)
+        probabilities = classifier.classify(graph, paths, classifier.Preprocessing(height=32, width=32))
         return -np.mean([np.log(probabilities[n][t]) for n, t in enumerate(truth)])
 
     for step in range(kept + 10, stopped + 1, 10):

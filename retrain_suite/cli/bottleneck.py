@@ -5,10 +5,9 @@ import sys
 import tensorflow as tf
 from absl import flags, logging
 
+from retrain_suite import command_config, errors, memory_budget, output_paths
 from retrain_suite import dataset as dataset_lib
-from retrain_suite import memory_budget, output_paths
 from retrain_suite.bottleneck import batch_size as batch_size_lib
-from retrain_suite.bottleneck import cache as cache_lib
 from retrain_suite.bottleneck import compute
 from retrain_suite.bottleneck import module as module_lib
 from retrain_suite.cli import flags as shared_flags
@@ -21,31 +20,24 @@ def main(argv):
     if len(argv) > 1:
         sys.exit(f"error: unexpected arguments {' '.join(argv[1:])}; every option is a --flag.")
     tf.get_logger().setLevel("ERROR")
-    if not FLAGS.image_dir:
-        sys.exit("error: --image_dir is required: the folder with one subfolder per class.")
-    for name in ("batch_size", "image_size", "max_image_pixels"):
-        if FLAGS[name].value is not None and FLAGS[name].value <= 0:
-            sys.exit(f"error: --{name}={FLAGS[name].value} must be positive.")
+    config = shared_flags.config_from_flags(command_config.BottleneckConfig)
     try:
-        check_cache_location(FLAGS.bottleneck_dir, FLAGS.image_dir, FLAGS.tfhub_module)
-    except output_paths.PathError as e:
-        sys.exit(f"error: {e}")
-    try:
+        config.validate()
+        check_cache_location(config.bottleneck_dir, config.image_dir, config.tfhub_module)
         # The split does not matter here; any valid percentages will do.
         dataset = dataset_lib.build_dataset(
-            FLAGS.image_dir, 0, 0, exclude_dirs=[FLAGS.bottleneck_dir]
+            config.image_dir, 0, 0, exclude_dirs=[config.bottleneck_dir]
         )
         logging.info("Found %d images in %d classes.", len(dataset.images), len(dataset.labels))
-        check_batch_memory(FLAGS.batch_size, len(dataset.images), FLAGS.tfhub_module,
-                           FLAGS.image_size)
-        precision = module_lib.mixed_precision_type() if FLAGS.mixed_precision else "float32"
+        check_batch_memory(config.batch_size, len(dataset.images), config.tfhub_module,
+                           config.image_size)
+        precision = module_lib.mixed_precision_type() if config.mixed_precision else "float32"
         compute.compute_bottlenecks(
-            [dataset.full_path(image) for image in dataset.images], FLAGS.tfhub_module,
-            FLAGS.bottleneck_dir, FLAGS.image_size, FLAGS.batch_size, FLAGS.max_image_pixels,
+            [dataset.full_path(image) for image in dataset.images], config.tfhub_module,
+            config.bottleneck_dir, config.image_size, config.batch_size, config.max_image_pixels,
             precision=precision,
         )
-    except (dataset_lib.DatasetError, module_lib.ModuleError, cache_lib.CacheError,
-            memory_budget.TooBig) as e:
+    except errors.SuiteError as e:
         sys.exit(f"error: {e}")
 
 
@@ -98,7 +90,7 @@ def define_flags():
     shared_flags.define_image_dir(required=True)
     shared_flags.define_module_flags()
     flags.DEFINE_integer(
-        "batch_size", None,
+        "batch_size", command_config.default(command_config.BottleneckConfig, "batch_size"),
         "Images per forward pass. Default: " + batch_size_lib.default_description() + ".",
     )
     shared_flags.define_max_image_pixels()

@@ -5,6 +5,7 @@ constants), so a flag and the library it feeds cannot disagree. Flags are
 defined by calling a function, never on import.
 """
 
+import dataclasses
 import sys
 
 from absl import flags
@@ -28,6 +29,13 @@ def define_command_flags(define):
     define()
     for name in sorted(set(FLAGS) - before):
         FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[name])
+
+
+def config_from_flags(config_class):
+    """The parsed flags as a config_class: a frozen dataclass whose field names are flag names."""
+    return config_class(**{
+        field.name: FLAGS[field.name].value for field in dataclasses.fields(config_class)
+    })
 
 
 def define_image_dir(required=False):

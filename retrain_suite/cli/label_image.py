@@ -1,148 +1,165 @@
-"""The label_image command line: flags -> classifier (graph, labels, images) -> printed labels."""
+"""The label_image command line: flags -> LabelImageConfig -> classifier -> printed labels."""
 
+import dataclasses
 import sys
 
 import tensorflow as tf
 from absl import flags
 
-from retrain_suite import classifier, errors, tflite
+from retrain_suite import classifier, command_config, errors, graph_checks, tflite
 from retrain_suite.bottleneck import batch_size as batch_size_lib
 from retrain_suite.cli import flags as shared_flags
 from retrain_suite.cli import startup
 from retrain_suite.images import files as image_files
 
 FLAGS = flags.FLAGS
+_CONFIG = command_config.LabelImageConfig  # the flags' defaults are its fields'
+
+
+def _default(name):
+    return command_config.default(_CONFIG, name)
 
 
 def define_flags():
     """The command line's flags (defined on demand, so that importing this module is free)."""
-    flags.DEFINE_multi_string("image", [], "Image file or folder of images; repeat for more.")
-    flags.DEFINE_string(
-        "graph", None, "Frozen graph (.pb) or TFLite model (.tflite) written by retrain.py."
+    flags.DEFINE_multi_string(
+        "image", list(_default("image")), "Image file or folder of images; repeat for more."
     )
     flags.DEFINE_string(
-        "labels", None, "Labels file written by retrain.py; default for a TFLite model: the "
-        "labels inside it.",
+        "graph", _default("graph"), "Frozen graph (.pb) or TFLite model (.tflite) written by retrain.py."
     )
-    flags.DEFINE_string("input_layer", "Placeholder", "Name of the graph's image input.")
-    flags.DEFINE_string("output_layer", "final_result", "Name of the graph's probabilities output.")
-    flags.DEFINE_integer("input_height", None, "Image height fed to the graph; default: from the graph.")
-    flags.DEFINE_integer("input_width", None, "Image width fed to the graph; default: from the graph.")
-    flags.DEFINE_float("input_mean", 0, "Subtracted from pixel values (0-255) before scaling.")
-    flags.DEFINE_float("input_std", 255, "Pixel values are divided by this after the mean.")
-    flags.DEFINE_integer("top_k", 5, "How many labels to print per image.")
+    flags.DEFINE_string(
+        "labels", _default("labels"), "Labels file written by retrain.py; default for a TFLite "
+        "model: the labels inside it.",
+    )
+    flags.DEFINE_string("input_layer", _default("input_layer"), "Name of the graph's image input.")
+    flags.DEFINE_string("output_layer", _default("output_layer"), "Name of the graph's probabilities output.")
     flags.DEFINE_integer(
-        "batch_size", None,
+        "input_height", _default("input_height"), "Image height fed to the graph; default: from the graph."
+    )
+    flags.DEFINE_integer(
+        "input_width", _default("input_width"), "Image width fed to the graph; default: from the graph."
+    )
+    flags.DEFINE_float(
+        "input_mean", _default("input_mean"), "Subtracted from pixel values (0-255) before scaling."
+    )
+    flags.DEFINE_float("input_std", _default("input_std"), "Pixel values are divided by this after the mean.")
+    flags.DEFINE_integer("top_k", _default("top_k"), "How many labels to print per image.")
+    flags.DEFINE_integer(
+        "batch_size", _default("batch_size"),
         "Images per forward pass. Default: " + batch_size_lib.default_description() + ".",
     )
-    flags.DEFINE_enum("output_format", "text", ["text", "json"], "How to print the results.")
+    flags.DEFINE_enum(
+        "output_format", _default("output_format"), ["text", "json"], "How to print the results."
+    )
     shared_flags.define_max_image_pixels()
     flags.DEFINE_bool(
-        "allow_unsafe_ops", False,
+        "allow_unsafe_ops", _default("allow_unsafe_ops"),
         "Run a graph even if it holds ops that can read or write files or run code.",
     )
 
 
-def main(argv):
-    images, graph, labels = list(FLAGS.image), FLAGS.graph, FLAGS.labels
-    positional = argv[1:]
+def with_positionals(config, positional):
+    """config with the images, graph and labels named by positional arguments.
+
+    Raises command_config.UsageError when which is which would be a guess.
+    """
+    images, graph, labels = config.image, config.graph, config.labels
     if positional and not graph and not labels and len(positional) >= 2 and (
             tflite.is_tflite_file(positional[-1])):
-        images, graph, positional = images + positional[:-1], positional[-1], []
+        images, graph, positional = images + tuple(positional[:-1]), positional[-1], []
     if positional and graph and (labels or tflite.is_tflite_file(graph)):
-        images += positional  # `--graph g.pb --labels l.txt photos/*.jpg`
+        images += tuple(positional)  # `--graph g.pb --labels l.txt photos/*.jpg`
     elif positional:
         # The classic form names the graph and labels last; with only one of them
         # given as a flag, which positional is which would be a guess.
         if len(positional) < 3 or graph or labels:
-            sys.exit(
-                "error: usage: label_image.py IMAGE [IMAGE ...] GRAPH LABELS, or "
+            raise command_config.UsageError(
+                "usage: label_image.py IMAGE [IMAGE ...] GRAPH LABELS, or "
                 "label_image.py IMAGE [IMAGE ...] MODEL.tflite, or "
                 "--graph GRAPH --labels LABELS IMAGE [IMAGE ...] (or --image IMAGE)"
             )
-        images, graph, labels = images + positional[:-2], positional[-2], positional[-1]
-    problem = classifier.flag_problem({name: FLAGS[name].value for name in FLAGS})
-    if problem:
-        sys.exit(f"error: {problem}")
-    if images and graph and tflite.is_tflite_file(graph):
-        sys.exit(run_tflite(images, graph, labels))
-    if not images or not graph or not labels:
-        sys.exit("error: give an image, a graph and a labels file, or an image and a TFLite "
-                 "model (see --help).")
-    tf.get_logger().setLevel("ERROR")
-    try:
-        paths = classifier.list_images(images)
-        graph_def = classifier.load_graph(graph)
-        classifier.check_functions_defined(graph_def, graph)
-        classifier.check_constants_fit(graph_def, graph)
-        if not FLAGS.allow_unsafe_ops:
-            classifier.check_graph_is_safe(graph_def, graph)
-        label_list = classifier.load_labels(labels)
-        size = classifier.input_size(graph_def, FLAGS.input_layer)
-        height = FLAGS.input_height if FLAGS.input_height is not None else size and size[0]
-        width = FLAGS.input_width if FLAGS.input_width is not None else size and size[1]
-        if not height or not width:
-            raise classifier.LabelError(
-                "The graph's input size is not fixed; pass --input_height and --input_width."
-            )
-        results = classifier.classify(
-            graph_def, paths, height, width, FLAGS.input_layer, FLAGS.output_layer,
-            FLAGS.input_mean, FLAGS.input_std, FLAGS.batch_size, FLAGS.max_image_pixels,
-            keep=classifier.top_classes(FLAGS.top_k),
-        )
-        classifier.check_label_count(results, label_list, f"The labels file {labels}", "graph")
-    except classifier.LabelError as e:
-        sys.exit(f"error: {e}")
-    except (ValueError, tf.errors.OpError) as e:
-        sys.exit(f"error: cannot run graph {graph}: {errors.one_line(e)}")
+        images, graph, labels = images + tuple(positional[:-2]), positional[-2], positional[-1]
+    return dataclasses.replace(config, image=images, graph=graph, labels=labels)
 
+
+def preprocessing_of(config):
+    """The image flags as a classifier.Preprocessing."""
+    return classifier.Preprocessing(
+        height=config.input_height, width=config.input_width, input_mean=config.input_mean,
+        input_std=config.input_std, batch_size=config.batch_size,
+        max_pixels=config.max_image_pixels,
+    )
+
+
+def main(argv):
+    try:
+        config = with_positionals(shared_flags.config_from_flags(_CONFIG), argv[1:])
+        config.validate()
+        if config.is_tflite():
+            paths, results, labels = classify_with_tflite(config)
+        else:
+            tf.get_logger().setLevel("ERROR")
+            paths, results, labels = classify_with_graph(config)
+    except errors.SuiteError as e:
+        sys.exit(f"error: {e}")
     failures = {
-        i: image_files.why_undecodable(path, FLAGS.max_image_pixels)
+        i: image_files.why_undecodable(path, config.max_image_pixels)
         for i, path in enumerate(paths) if i not in results
     }
-    classifier.print_results(paths, results, failures, label_list, FLAGS.output_format)
+    classifier.print_results(paths, results, failures, labels, config.output_format)
     if failures:
         sys.exit(1)
 
 
-def run_tflite(images, model_path, labels):
-    """label_image with a TFLite model. -> exit status."""
+def classify_with_graph(config):
+    """-> (image paths, {index: TopClasses}, labels) of a frozen graph; SuiteError if unusable."""
+    try:
+        paths = classifier.list_images(config.image)
+        graph_def = classifier.load_graph(config.graph)
+        graph_checks.check_graph(graph_def, config.graph, config.allow_unsafe_ops)
+        labels = classifier.load_labels(config.labels)
+        results = classifier.classify(
+            graph_def, paths, preprocessing_of(config), config.input_layer, config.output_layer,
+            keep=classifier.top_classes(config.top_k),
+        )
+        classifier.check_label_count(results, labels, f"The labels file {config.labels}", "graph")
+    except (ValueError, tf.errors.OpError) as e:
+        raise classifier.LabelError(f"cannot run graph {config.graph}: {errors.one_line(e)}") from e
+    return paths, results, labels
+
+
+def classify_with_tflite(config):
+    """-> (image paths, {index: TopClasses}, labels) of a TFLite model; SuiteError if unusable."""
     for name in ("input_layer", "output_layer"):
         if FLAGS[name].present:
-            sys.exit(f"error: --{name} names a frozen graph's tensor; a TFLite model has one "
-                     "input and one output, so drop it.")
+            raise command_config.UsageError(
+                f"--{name} names a frozen graph's tensor; a TFLite model has one input and one "
+                "output, so drop it."
+            )
+    preprocessing = preprocessing_of(config)
     try:
-        paths = classifier.list_images(images)
-        model, packed = classifier.load_tflite(model_path)
-        for name, size in (("input_height", model.height), ("input_width", model.width)):
-            if FLAGS[name].value is not None and FLAGS[name].value != size:
-                raise classifier.LabelError(
-                    f"--{name}={FLAGS[name].value}, but the TFLite model takes {size}; drop the flag."
-                )
-        if labels:
-            label_list = classifier.load_labels(labels)
+        paths = classifier.list_images(config.image)
+        model, packed = classifier.load_tflite(config.graph)
+        classifier.check_tflite_size(model, preprocessing)
+        if config.labels:
+            labels = classifier.load_labels(config.labels)
         elif packed is not None:
-            label_list = packed
+            labels = packed
         else:
             raise classifier.LabelError(
-                f"{model_path} holds no labels in its metadata; pass its labels file."
+                f"{config.graph} holds no labels in its metadata; pass its labels file."
             )
         results = classifier.classify_tflite(
-            model, paths, FLAGS.input_mean, FLAGS.input_std, FLAGS.batch_size,
-            FLAGS.max_image_pixels, keep=classifier.top_classes(FLAGS.top_k),
+            model, paths, preprocessing, keep=classifier.top_classes(config.top_k)
         )
-        source = f"The labels file {labels}" if labels else "The metadata inside the model"
-        classifier.check_label_count(results, label_list, source, "model")
-    except classifier.LabelError as e:
-        return f"error: {e}"
+        source = f"The labels file {config.labels}" if config.labels else "The metadata inside the model"
+        classifier.check_label_count(results, labels, source, "model")
     except (ValueError, RuntimeError) as e:
-        return f"error: cannot run TFLite model {model_path}: {str(e).splitlines()[0]}"
-    failures = {
-        i: image_files.why_undecodable(path, FLAGS.max_image_pixels)
-        for i, path in enumerate(paths) if i not in results
-    }
-    classifier.print_results(paths, results, failures, label_list, FLAGS.output_format)
-    return 1 if failures else 0
+        raise classifier.LabelError(
+            f"cannot run TFLite model {config.graph}: {str(e).splitlines()[0]}"
+        ) from e
+    return paths, results, labels
 
 
 def run():

@@ -19,6 +19,8 @@ def main(argv):
         sys.exit("error: --output_dir is required.")
     try:
         make_module.write_module(FLAGS.kind, FLAGS.output_dir, FLAGS.seed)
+    except errors.SuiteError as e:
+        sys.exit(f"error: {e}")
     except FileExistsError as e:  # A folder of the user's, a file or a symlink: left as it is.
         sys.exit(f"error: --output_dir={FLAGS.output_dir} {e.strerror}; it is replaced as a "
                  "whole, so give a new folder, an empty one or a module this command wrote.")

@@ -13,72 +13,70 @@ import sys
 import tensorflow as tf
 from absl import flags, logging
 
+from retrain_suite import command_config, errors, tfrecords
 from retrain_suite import dataset as dataset_lib
-from retrain_suite import output_paths, tfrecords
 from retrain_suite.cli import flags as shared_flags
 from retrain_suite.cli import startup
 
 FLAGS = flags.FLAGS
+_CONFIG = command_config.PreInputConfig  # the flags' defaults are its fields'
 
 
 def define_flags():
     shared_flags.define_image_dir(required=True)
-    flags.DEFINE_string("output_dir", None, "Where labels.txt and the split lists are written.")
+    flags.DEFINE_string(
+        "output_dir", command_config.default(_CONFIG, "output_dir"),
+        "Where labels.txt and the split lists are written.",
+    )
     shared_flags.define_split_flags()
     shared_flags.define_split_by()
     shared_flags.define_max_image_pixels()
     flags.DEFINE_bool(
-        "tfrecords", False,
+        "tfrecords", command_config.default(_CONFIG, "tfrecords"),
         "Also write training/validation/testing .tfrecord files holding the encoded images.",
     )
     flags.DEFINE_integer(
-        "images_per_shard", 1000, "With --tfrecords: images per TFRecord file before sharding."
+        "images_per_shard", command_config.default(_CONFIG, "images_per_shard"),
+        "With --tfrecords: images per TFRecord file before sharding.",
     )
 
 
 def main(argv):
     if len(argv) > 1:
         sys.exit(f"error: unexpected arguments {' '.join(argv[1:])}; every option is a --flag.")
-    for name in ("image_dir", "output_dir"):
-        if not FLAGS[name].value:
-            sys.exit(f"error: --{name} is required (see --help).")
-    for name in ("images_per_shard", "max_image_pixels"):
-        if FLAGS[name].value <= 0:
-            sys.exit(f"error: --{name}={FLAGS[name].value} must be positive.")
+    config = shared_flags.config_from_flags(command_config.PreInputConfig)
     try:
-        dataset_lib.check_output_dir(FLAGS.output_dir, FLAGS.image_dir)
-    except output_paths.PathError as e:
-        sys.exit(f"error: {e}")
-    try:
+        config.validate()
+        dataset_lib.check_output_dir(config.output_dir, config.image_dir)
         dataset = dataset_lib.build_dataset(
-            FLAGS.image_dir, FLAGS.validation_percentage, FLAGS.testing_percentage,
-            split_by=FLAGS.split_by,
+            config.image_dir, config.validation_percentage, config.testing_percentage,
+            split_by=config.split_by,
         )
         logging.info("Checking %d images...", len(dataset.images))
-        bad = dataset_lib.find_bad_images(dataset, FLAGS.max_image_pixels)
+        bad = dataset_lib.find_bad_images(dataset, config.max_image_pixels)
         for path, reason in bad:
             logging.warning("Skipping %s: %s", path, reason)
         dataset = dataset.without(path for path, _ in bad)
         copies = dataset_lib.find_copies(dataset.images, dataset_lib.content_hashes(dataset))
-        dataset_lib.write_lists(dataset, FLAGS.output_dir)
-        if FLAGS.tfrecords:
+        dataset_lib.write_lists(dataset, config.output_dir)
+        if config.tfrecords:
             logging.info("Writing TFRecords...")
-            written = tfrecords.write_tfrecords(dataset, FLAGS.output_dir, FLAGS.images_per_shard)
-    except dataset_lib.DatasetError as e:
+            written = tfrecords.write_tfrecords(dataset, config.output_dir, config.images_per_shard)
+    except errors.SuiteError as e:
         sys.exit(f"error: {e}")
     except (OSError, tf.errors.OpError) as e:
         reason = getattr(e, "strerror", None) or getattr(e, "message", None) or str(e)
-        sys.exit(f"error: cannot write into --output_dir={FLAGS.output_dir}: "
+        sys.exit(f"error: cannot write into --output_dir={config.output_dir}: "
                  f"{reason.strip().splitlines()[0]}; free some space or choose another folder.")
     # Past dataset_lib.MAX_CLASSES_LISTED classes the table shows the smallest.
     full_counts = "the lists in --output_dir give every image's class and set"
     dataset_lib.warn_about_small_classes(dataset, full_counts)
     print(dataset_lib.format_count_table(dataset, bad, full_counts))
     print(dataset_lib.format_copies(copies))
-    print(f"Wrote labels.txt and {', '.join(s + '.txt' for s in dataset_lib.SPLITS)} to {FLAGS.output_dir}")
-    if FLAGS.tfrecords:
+    print(f"Wrote labels.txt and {', '.join(s + '.txt' for s in dataset_lib.SPLITS)} to {config.output_dir}")
+    if config.tfrecords:
         files = [name for split in dataset_lib.SPLITS for name in written[split]]
-        print(f"Wrote {', '.join(files)} to {FLAGS.output_dir}")
+        print(f"Wrote {', '.join(files)} to {config.output_dir}")
 
 
 def run():
