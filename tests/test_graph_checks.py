@@ -6,7 +6,7 @@ import re
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import load_graph_def, run_script, synthetic_image, write_image
+from helpers import load_graph_def, run_script, synthetic_image, write_image
 
 from retrain_suite import graph_checks
 
