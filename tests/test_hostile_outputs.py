@@ -24,7 +24,7 @@ from conftest import (
     run_script,
 )
 
-from retrain_suite import atomic_files, export, job, memory_budget, output_paths, reporting
+from retrain_suite import atomic_files, errors, export, job, memory_budget, output_paths, reporting
 from retrain_suite import config as config_lib
 from retrain_suite import dataset as dataset_lib
 from retrain_suite.cli import bottleneck as bottleneck_command
@@ -50,7 +50,7 @@ def a_photo(image_dir):
 
 
 def refused_before_any_work(settings, match):
-    with pytest.raises(config_lib.UsageError, match=match):
+    with pytest.raises(errors.SuiteError, match=match):
         job.run_retraining(config_lib.from_flat(settings))
     assert not os.path.exists(settings["bottleneck_dir"])
     assert not os.path.exists(settings["output_graph"]) or os.path.isdir(settings["output_graph"])
