@@ -130,7 +130,8 @@ def run_retraining(config):
     config.evaluation.assert_accuracy_at_least is set and not met.
     """
     config.validate()
-    config_lib.check_output_paths(config)
+    output_paths.check_output_paths(config.data, config.module, config.outputs,
+                                    config.evaluation.eval_report)
     return retrain_with_checked_flags(config)
 
 
@@ -175,12 +176,8 @@ def retrain_with_checked_flags(config):
         images = input_pipeline.ImageFiles(dataset.full_path(image) for image in dataset.images)
     logging.info("Found %d images in %d classes.", len(dataset.images), len(dataset.labels))
     check_sets(dataset, config)
-    outputs = [config.outputs.output_graph, config.outputs.output_labels, config.outputs.checkpoint_path,
-               fine_tuning.checkpoint_file(config.outputs.checkpoint_path)]
-    for name in ("saved_model_dir", "eval_report", "tflite_output_file"):
-        if config_lib.value_of(config, name):
-            outputs.append(config_lib.value_of(config, name))
-    config_lib.check_output_locations(outputs + [os.path.join(config.module.bottleneck_dir, "x")])
+    outputs = [path for _, path in output_paths.outputs_of(config.outputs, config.evaluation.eval_report)]
+    output_paths.check_output_locations(outputs + [os.path.join(config.module.bottleneck_dir, "x")])
     dimension, input_size = check_names_in_graphs(config)
     if config.fine_tuning.fine_tune_steps:
         module_lib.check_fine_tunable(config.module.tfhub_module, config.module.image_size)

@@ -17,10 +17,11 @@ from conftest import (
     run_script,
 )
 
-from retrain_suite import classifier, job
+from retrain_suite import classifier, errors, job
 from retrain_suite import config as config_lib
 from retrain_suite import dataset as dataset_lib
 from retrain_suite.bottleneck import compute
+from retrain_suite.dataset import split as split_lib
 
 
 def images_in_split(image_dir, split, settings):
@@ -175,7 +176,7 @@ def test_copies_across_sets_are_reported_and_split_by_content_keeps_them_togethe
     )
     dataset, training = images_in_split(str(image_dir), "training", settings)
     original = next(i.path for i in training if i.label == "red")
-    copy = next(f"red/copy{n}.png" for n in range(1000) if dataset_lib.split_for(
+    copy = next(f"red/copy{n}.png" for n in range(1000) if split_lib.split_for(
         f"red/copy{n}.png", settings["validation_percentage"], settings["testing_percentage"]
     ) == "testing")
     shutil.copy(image_dir / original, image_dir / copy)
@@ -241,7 +242,7 @@ def test_empty_validation_and_testing_sets_are_skipped_with_a_note(
 def first_name_in_split(split, prefix, settings):
     for i in range(1000):
         name = f"{prefix}{i}.png"
-        if dataset_lib.split_for(f"green/{name}", settings["validation_percentage"],
+        if split_lib.split_for(f"green/{name}", settings["validation_percentage"],
                                settings["testing_percentage"]) == split:
             return name
     raise AssertionError("no name found")
@@ -293,7 +294,7 @@ def test_unusable_flags_are_refused_before_any_work(
 ):
     settings = retrain_settings(tmp_path, dataset_dir, tiny_module)
     settings.update(override)
-    with pytest.raises(config_lib.UsageError, match=message):
+    with pytest.raises(errors.SuiteError, match=message):
         job.run_retraining(config_lib.from_flat(settings))
     assert not os.path.exists(settings["bottleneck_dir"])
     assert not os.path.exists(settings["output_graph"])

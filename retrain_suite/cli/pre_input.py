@@ -14,7 +14,7 @@ import tensorflow as tf
 from absl import flags, logging
 
 from retrain_suite import dataset as dataset_lib
-from retrain_suite import output_paths, tfrecords
+from retrain_suite import output_paths, preparation, tfrecords
 from retrain_suite.cli import flags as shared_flags
 from retrain_suite.cli import startup
 
@@ -46,7 +46,7 @@ def main(argv):
         if FLAGS[name].value <= 0:
             sys.exit(f"error: --{name}={FLAGS[name].value} must be positive.")
     try:
-        dataset_lib.check_output_dir(FLAGS.output_dir, FLAGS.image_dir)
+        preparation.check_output_dir(FLAGS.output_dir, FLAGS.image_dir)
     except output_paths.PathError as e:
         sys.exit(f"error: {e}")
     try:
@@ -55,12 +55,12 @@ def main(argv):
             split_by=FLAGS.split_by,
         )
         logging.info("Checking %d images...", len(dataset.images))
-        bad = dataset_lib.find_bad_images(dataset, FLAGS.max_image_pixels)
+        bad = preparation.find_bad_images(dataset, FLAGS.max_image_pixels)
         for path, reason in bad:
             logging.warning("Skipping %s: %s", path, reason)
         dataset = dataset.without(path for path, _ in bad)
-        copies = dataset_lib.find_copies(dataset.images, dataset_lib.content_hashes(dataset))
-        dataset_lib.write_lists(dataset, FLAGS.output_dir)
+        copies = dataset_lib.find_copies(dataset.images, preparation.content_hashes(dataset))
+        preparation.write_lists(dataset, FLAGS.output_dir)
         if FLAGS.tfrecords:
             logging.info("Writing TFRecords...")
             written = tfrecords.write_tfrecords(dataset, FLAGS.output_dir, FLAGS.images_per_shard)
