@@ -13,12 +13,12 @@ import yardsticks
 from absl import logging
 
 from retrain_suite import config as config_lib
-from retrain_suite import dataset as dataset_lib
 from retrain_suite import final_layer, run_data
 from retrain_suite import fine_tuning as fine_tuning_lib
 from retrain_suite.bottleneck import cache as cache_lib
 from retrain_suite.bottleneck import compute
 from retrain_suite.bottleneck import module as module_lib
+from retrain_suite.dataset import split as split_lib
 from retrain_suite.images import files as image_files
 from retrain_suite.images import pipelines as image_pipelines
 
@@ -234,7 +234,7 @@ class Bench:
                 f.write(",".join(str(x) for x in vector))
             paths.append(path)
             labels.append(label)
-            splits.append(dataset_lib.split_for(f"class{label}/img{i:05d}.jpg", 10, 10))
+            splits.append(split_lib.split_for(f"class{label}/img{i:05d}.jpg", 10, 10))
             texts.append(text)
             contents.append(content)
         self._warm = dict(

@@ -19,9 +19,9 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
-from retrain_suite import dataset as dataset_lib
 from retrain_suite import errors, graph_checks, tflite, tflite_metadata
 from retrain_suite.bottleneck import batch_size as batch_size_lib
+from retrain_suite.dataset import scan
 from retrain_suite.images import files as image_files
 from retrain_suite.images import pipelines as image_pipelines
 
@@ -97,9 +97,9 @@ def list_images(arguments):
                 f"Image {argument} is a URL; label_image.py reads local files: download "
                 "it and pass the file."
             )
-        if not dataset_lib.name_is_utf8(argument):
+        if not scan.name_is_utf8(argument):
             raise LabelError(
-                f"Image name {dataset_lib.shown(argument)} is not valid UTF-8; rename the file."
+                f"Image name {scan.shown(argument)} is not valid UTF-8; rename the file."
             )
         try:
             is_folder = stat.S_ISDIR(os.stat(argument).st_mode)
@@ -111,18 +111,18 @@ def list_images(arguments):
             images.append(argument)
             continue
         try:
-            entries = dataset_lib.folder_entries(argument)
+            entries = scan.folder_entries(argument)
         except OSError as e:
             raise LabelError(f"Folder {argument} cannot be read: {e.strerror}.") from e
         names = []
         for name, kind in entries:
             if name.startswith(".") or kind == "dir":
                 continue
-            if os.path.splitext(name)[1].lower() not in dataset_lib.IMAGE_EXTENSIONS:
+            if os.path.splitext(name)[1].lower() not in scan.IMAGE_EXTENSIONS:
                 continue
             full = os.path.join(argument, name)
-            if not dataset_lib.name_is_utf8(name):
-                print(f"warning: skipping {dataset_lib.shown(full)}: its name is not valid "
+            if not scan.name_is_utf8(name):
+                print(f"warning: skipping {scan.shown(full)}: its name is not valid "
                       "UTF-8", file=sys.stderr)
             elif kind != "file":
                 print(f"warning: skipping {full}: not a regular file ({kind})", file=sys.stderr)

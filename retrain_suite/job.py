@@ -23,7 +23,6 @@ from retrain_suite import (
     export,
     final_layer,
     fine_tuning,
-    fine_tuning_checkpoint,
     memory_budget,
     output_paths,
     reporting,
@@ -34,7 +33,6 @@ from retrain_suite import (
 )
 from retrain_suite import config as config_lib
 from retrain_suite import dataset as dataset_lib
-from retrain_suite.bottleneck import batch_size as batch_size_lib
 from retrain_suite.bottleneck import compute
 from retrain_suite.bottleneck import module as module_lib
 from retrain_suite.images import pipelines as image_pipelines
@@ -63,42 +61,25 @@ def check_sets(dataset, config):
 
 
 def check_memory(config, dimension, class_count, image_count, input_size):
-    """Raise UsageError when the sizes asked for need more memory than this machine has.
+    """Raise memory_budget.TooBig when the sizes asked for need more memory than this
+    machine has (what is counted: memory_budget.estimate).
 
     dimension: bottleneck size D; input_size: (height, width) of the module.
-    The estimate counts float32 config: the bottlenecks [N, D]; a training
-    batch [B, D] twice (one prefetched) and its logits [B, C] x3; the layer's
-    weights with their gradients and two optimizer slots (x4); a batch's
-    hidden activations [B, H] x3 (ReLU output, its gradient, dropout); a
-    bottleneck batch of decoded images [min(batch, N), h, w, 3] twice (one
-    prefetched; with the batch size measured, one batch of each candidate size
-    decoded ahead and the largest running), and with distortions a training batch of images; with
-    fine-tuning, a fine-tuning batch of images twice (the module's own
-    activations and gradients for it are not counted: they depend on the module).
     """
-    batch, hidden = config.training.train_batch_size, config.training.hidden_units
-    # Decoded images held at once: two batches of a given size; while measuring, one
-    # batch of each candidate size ahead (batch_size.BatchedRun) and the largest running.
-    bottleneck_images = (2 * config.module.bottleneck_batch_size if config.module.bottleneck_batch_size
-                         else sum(batch_size_lib.CANDIDATES) + max(batch_size_lib.CANDIDATES))
-    height, width = input_size
-    weights = dimension * hidden + hidden * class_count if hidden else dimension * class_count
-    pixels = height * width * 3
-    parts = {
-        "train_batch_size": 2 * batch * dimension + 3 * batch * class_count,
-        "hidden_units": 4 * (weights + hidden + class_count) + 3 * batch * hidden,
-        "bottleneck_batch_size": min(bottleneck_images, image_count) * pixels,
-    }
-    if config_lib.distortions_from(config).any():
-        parts["train_batch_size"] += 2 * batch * pixels
-    if config.fine_tuning.fine_tune_steps:
-        parts["fine_tune_batch_size"] = 2 * config.fine_tuning.fine_tune_batch_size * pixels
-    needed = 4 * (image_count * dimension + sum(parts.values()))
-    missing = memory_budget.shortfall(needed)
+    sizes = memory_budget.Sizes(
+        image_count=image_count, input_size=input_size,
+        bottleneck_batch_size=config.module.bottleneck_batch_size, dimension=dimension,
+        class_count=class_count, train_batch_size=config.training.train_batch_size,
+        hidden_units=config.training.hidden_units,
+        distorted=config_lib.distortions_from(config).any(),
+        fine_tune_batch_size=config.fine_tuning.fine_tune_batch_size
+        if config.fine_tuning.fine_tune_steps else 0,
+    )
+    estimate = memory_budget.estimate(sizes)
+    missing = memory_budget.shortfall(estimate.needed)
     if missing:
-        largest = max(parts, key=parts.get)
-        raise config_lib.UsageError(
-            f"--{largest}={config_lib.value_of(config, largest)} needs {missing} "
+        raise memory_budget.TooBig(
+            f"--{estimate.largest}={getattr(sizes, estimate.largest)} needs {missing} "
             f"({dimension}-value bottlenecks, "
             f"{class_count} classes, {image_count} images). Lower it."
         )
@@ -134,7 +115,8 @@ def run_retraining(config):
     config.evaluation.assert_accuracy_at_least is set and not met.
     """
     config.validate()
-    config_lib.check_output_paths(config)
+    output_paths.check_output_paths(config.data, config.module, config.outputs,
+                                    config.evaluation.eval_report)
     return retrain_with_checked_flags(config)
 
 
@@ -179,12 +161,8 @@ def retrain_with_checked_flags(config):
         images = image_pipelines.ImageFiles(dataset.full_path(image) for image in dataset.images)
     logging.info("Found %d images in %d classes.", len(dataset.images), len(dataset.labels))
     check_sets(dataset, config)
-    outputs = [config.outputs.output_graph, config.outputs.output_labels, config.outputs.checkpoint_path,
-               fine_tuning_checkpoint.checkpoint_file(config.outputs.checkpoint_path)]
-    for name in ("saved_model_dir", "eval_report", "tflite_output_file"):
-        if config_lib.value_of(config, name):
-            outputs.append(config_lib.value_of(config, name))
-    config_lib.check_output_locations(outputs + [os.path.join(config.module.bottleneck_dir, "x")])
+    outputs = [path for _, path in output_paths.outputs_of(config.outputs, config.evaluation.eval_report)]
+    output_paths.check_output_locations(outputs + [os.path.join(config.module.bottleneck_dir, "x")])
     dimension, input_size = check_names_in_graphs(config)
     if config.fine_tuning.fine_tune_steps:
         module_lib.check_fine_tunable(config.module.tfhub_module, config.module.image_size)

@@ -2,12 +2,17 @@ r"""Up-front memory estimates, checked against this machine's RAM.
 
 A size flag that cannot fit (a batch of a hundred million, a billion hidden
 units) is refused before any work, with the memory it would need, instead of
-growing until the machine swaps or the process is killed.
+growing until the machine swaps or the process is killed. `estimate` is the
+one estimate: retrain.py's check (job.check_memory) and the cache fill's
+(python -m bottleneck) both count with it.
 """
 
+import dataclasses
 import os
+from typing import Optional
 
 from retrain_suite import errors
+from retrain_suite.bottleneck import batch_size as batch_size_lib
 
 
 class TooBig(errors.SuiteError):
@@ -41,3 +46,62 @@ def shortfall(needed):
         return None
     return (f"about {format_bytes(needed)} of memory; this machine has "
             f"{format_bytes(available)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    """What a run holds in memory, as counts; a part the run lacks is 0.
+
+    The fields named like flags are those flags' values, so an estimate can
+    name the flag to lower and its value.
+    """
+
+    image_count: int  # N images
+    input_size: tuple  # (height, width) of the module's input, pixels
+    bottleneck_batch_size: Optional[int] = None  # images per forward pass; None: measured
+    dimension: int = 0  # D values per bottleneck, all held; 0: none held (the cache fill)
+    class_count: int = 0  # C
+    train_batch_size: int = 0  # B bottlenecks per training step; 0: no training
+    hidden_units: int = 0  # H; 0: no hidden layer
+    distorted: bool = False  # training batches are decoded images, not cached vectors
+    fine_tune_batch_size: int = 0  # images per fine-tuning step; 0: no fine-tuning
+
+
+@dataclasses.dataclass(frozen=True)
+class Estimate:
+    needed: int  # bytes
+    largest: str  # the flag whose part of `needed` is largest: the one to lower
+
+
+def estimate(sizes):
+    """The memory a run of these sizes needs, in float32 values counted as bytes.
+
+    Counted: the bottlenecks [N, D]; a training batch [B, D] twice (one
+    prefetched) and its logits [B, C] x3; the layer's weights with their
+    gradients and two optimizer slots (x4); a batch's hidden activations
+    [B, H] x3 (ReLU output, its gradient, dropout); decoded images
+    [min(held, N), h, w, 3] for the bottlenecks, where held is two batches of a
+    given size (one computed, one prefetched) or, with the size measured, one
+    batch of each candidate size decoded ahead (batch_size.BatchedRun) and the
+    largest running; with distortions a training batch of images twice; with
+    fine-tuning, a fine-tuning batch of images twice (the module's own
+    activations and gradients for it are not counted: they depend on the module).
+    """
+    batch, hidden, classes = sizes.train_batch_size, sizes.hidden_units, sizes.class_count
+    dimension = sizes.dimension
+    held = (2 * sizes.bottleneck_batch_size if sizes.bottleneck_batch_size
+            else sum(batch_size_lib.CANDIDATES) + max(batch_size_lib.CANDIDATES))
+    height, width = sizes.input_size
+    pixels = height * width * 3
+    weights = dimension * hidden + hidden * classes if hidden else dimension * classes
+    parts = {
+        "train_batch_size": 2 * batch * dimension + 3 * batch * classes,
+        "hidden_units": 4 * (weights + hidden + classes) + 3 * batch * hidden,
+        "bottleneck_batch_size": min(held, sizes.image_count) * pixels,
+    }
+    if sizes.distorted:
+        parts["train_batch_size"] += 2 * batch * pixels
+    if sizes.fine_tune_batch_size:
+        parts["fine_tune_batch_size"] = 2 * sizes.fine_tune_batch_size * pixels
+    return Estimate(4 * (sizes.image_count * dimension + sum(parts.values())),
+                    max(parts, key=parts.get))

@@ -1,6 +1,8 @@
 r"""Checks that the outputs of a run can be written, and never land on its inputs.
 
-Run by retrain.py, pre_input.py and `python -m bottleneck` before any work:
+Run by retrain.py, pre_input.py and `python -m bottleneck` before any work.
+`outputs_of` is the one list of everything a retraining run writes;
+`check_output_paths` holds a run's outputs to these rules:
 
 - a path flag given as an empty string is refused (an empty folder name would
   otherwise mean the working directory);
@@ -11,7 +13,9 @@ Run by retrain.py, pre_input.py and `python -m bottleneck` before any work:
   the image folder is seen for what it is;
 - a file output that is an existing folder, and a name that would exceed the
   filesystem's limit once the temporary suffix of atomic_files is added, are
-  refused; so is a folder output that holds anything this suite did not write.
+  refused; so is a folder output that holds anything this suite did not write;
+- each output's folder must exist or be creatable, and be writable
+  (`check_output_locations`, run once the dataset is known).
 
 Each refusal is a PathError whose message is one line with the fix.
 """
@@ -158,3 +162,111 @@ def check_folder_output(flag, path, owned_entries=None):
 def local_module_folder(handle):
     """handle if it is a module folder on this machine, else None (a TF Hub address)."""
     return handle if handle and is_local(handle) and os.path.exists(handle) else None
+
+
+# Every file a checkpoint prefix stands for: TensorFlow's checkpoint, its index
+# and data, the lock a run holds on it, and fine-tuning's checkpoint
+# (fine_tuning_checkpoint.CHECKPOINT_SUFFIX, spelled out here so that this low room
+# imports no stage; test_output_paths checks the two agree).
+CHECKPOINT_SUFFIXES = ("", ".index", ".data-00000-of-00001", ".lock", ".fine_tuning")
+
+
+# TensorFlow writes <prefix>.data-00000-of-00001 through a temporary name of
+# its own (<prefix>.data-00000-of-00001.tempstate + up to 20 digits).
+CHECKPOINT_SUFFIX_ROOM = len(".data-00000-of-00001.tempstate") + 20
+
+
+def outputs_of(outputs, eval_report):
+    """[(flag, path)] of everything a retraining run writes: files, folders and a
+    checkpoint's files. outputs: a config.OutputConfig; eval_report: its path, or ''."""
+    named = [("output_graph", outputs.output_graph),
+             ("output_labels", outputs.output_labels),
+             ("summaries_dir", outputs.summaries_dir)]
+    for flag, path in (("eval_report", eval_report),
+                       ("saved_model_dir", outputs.saved_model_dir),
+                       ("tflite_output_file", outputs.tflite_output_file)):
+        if path:
+            named.append((flag, path))
+    if outputs.intermediate_store_frequency > 0:
+        named.append(("intermediate_output_graphs_dir", outputs.intermediate_output_graphs_dir))
+    named += [("checkpoint_path", outputs.checkpoint_path + suffix)
+              for suffix in CHECKPOINT_SUFFIXES]
+    return named
+
+
+def check_output_paths(data, module, outputs, eval_report):
+    """Raise PathError unless every output of a retraining run can be written without
+    touching an input.
+
+    data, module, outputs: the config.DataConfig, ModuleConfig and OutputConfig
+    sections; eval_report: its path, or ''. See the module docstring: no empty
+    path flags; no output the same as, inside or around --image_dir,
+    --tfrecord_dir, --bottleneck_dir, a local module folder or another output;
+    file outputs that are not folders and whose names fit; a --saved_model_dir
+    that is absent, empty or a SavedModel. The cache may be inside --image_dir
+    or --tfrecord_dir (neither scan it), but not either folder itself nor around it.
+    """
+    cache = module.bottleneck_dir
+    named = [("output_graph", outputs.output_graph), ("output_labels", outputs.output_labels),
+             ("checkpoint_path", outputs.checkpoint_path), ("summaries_dir", outputs.summaries_dir),
+             ("bottleneck_dir", cache), ("tfhub_module", module.tfhub_module)]
+    if outputs.intermediate_store_frequency > 0:
+        named.append(("intermediate_output_graphs_dir", outputs.intermediate_output_graphs_dir))
+    check_not_empty(named)
+    inputs = [(flag, path) for flag, path in (("image_dir", data.image_dir),
+                                              ("tfrecord_dir", data.tfrecord_dir)) if path]
+    module_folder = local_module_folder(module.tfhub_module)
+    if module_folder:
+        inputs.append(("tfhub_module", module_folder))
+    for flag, path in inputs:
+        where = relation(cache, path)
+        if where and (flag == "tfhub_module" or where != "inside"):
+            raise PathError(
+                f"--bottleneck_dir={cache} is {where} --{flag}={path}: the cache needs a "
+                "folder of its own (a subfolder of the image or TFRecord folder is fine)."
+            )
+    written = outputs_of(outputs, eval_report)
+    check_apart(written, inputs + [("bottleneck_dir", cache)])
+    for flag, path in (("output_graph", outputs.output_graph),
+                       ("output_labels", outputs.output_labels), ("eval_report", eval_report),
+                       ("tflite_output_file", outputs.tflite_output_file)):
+        if path:
+            check_file_output(flag, path)
+    check_name_lengths("checkpoint_path", outputs.checkpoint_path, CHECKPOINT_SUFFIX_ROOM)
+    for flag, path in written:  # The checkpoint's files, written late in the run.
+        if flag == "checkpoint_path" and path != outputs.checkpoint_path and tf.io.gfile.isdir(path):
+            raise PathError(
+                f"--checkpoint_path={outputs.checkpoint_path} writes {path}, which is "
+                "a folder; move it away or give another --checkpoint_path."
+            )
+    if outputs.saved_model_dir:
+        check_folder_output("saved_model_dir", outputs.saved_model_dir,
+                            atomic_files.SAVED_MODEL_ENTRIES)
+    check_folder_output("summaries_dir", outputs.summaries_dir)
+    if outputs.intermediate_store_frequency > 0:
+        check_folder_output("intermediate_output_graphs_dir",
+                            outputs.intermediate_output_graphs_dir)
+
+
+def check_output_locations(paths):
+    """Raise PathError unless each path's folder exists or can be made, and is writable.
+
+    Nothing is created here: the folders are made when the outputs are written.
+    """
+    for path in paths:
+        folder = os.path.dirname(path.rstrip("/")) or "."
+        existing = folder
+        while not tf.io.gfile.exists(existing):
+            parent = os.path.dirname(existing.rstrip("/"))
+            if not parent or parent == existing:
+                break
+            existing = parent
+        if tf.io.gfile.exists(existing) and not tf.io.gfile.isdir(existing):
+            raise PathError(
+                f"Cannot write {path}: {existing} is a file, not a folder. Choose another location."
+            )
+        if is_local(existing) and os.path.isdir(existing) and not os.access(existing, os.W_OK):
+            raise PathError(
+                f"Cannot write {path}: the folder {existing} is not writable. "
+                "Choose a writable location."
+            )

@@ -25,6 +25,7 @@ from google.protobuf import message
 
 from retrain_suite import atomic_files, errors, tflite_metadata
 from retrain_suite import dataset as dataset_lib
+from retrain_suite.dataset import model as dataset_model
 from retrain_suite.images import files as image_files
 from retrain_suite.images import pipelines as image_pipelines
 
@@ -260,7 +261,7 @@ def read_tfrecords(tfrecord_dir):
             images.append(dataset_lib.Image(record.path, record.label, record.label_index, split))
     if not images:
         raise dataset_lib.DatasetError(f"{tfrecord_dir} holds no TFRecord examples.")
-    dataset_lib._check_enough_classes(sorted({i.label for i in images}), tfrecord_dir)
+    dataset_model.check_enough_classes(sorted({i.label for i in images}), tfrecord_dir)
     names = [f"{tfrecord_dir}:{image.path}" for image in images]
     return (dataset_lib.Dataset(tfrecord_dir, labels, images),
             image_pipelines.TFRecordImages(

@@ -20,7 +20,7 @@ import tensorflow as tf
 from helpers import ROOT, make_dataset, retrain_settings
 from test_fine_tuning import release_fifo
 
-from retrain_suite import atomic_files, export, fine_tuning_checkpoint, job
+from retrain_suite import atomic_files, export, fine_tuning_checkpoint, job, output_paths
 from retrain_suite import config as config_lib
 from retrain_suite.cli import startup
 
@@ -194,7 +194,7 @@ def test_a_folder_where_a_checkpoint_file_goes_is_refused_before_any_work(
     settings = fine_tuning_settings(tmp_path, small_data, tiny_module)
     folder = settings["checkpoint_path"] + suffix
     os.makedirs(folder)
-    with pytest.raises(config_lib.UsageError, match=f"writes {folder}, which is a folder"):
+    with pytest.raises(output_paths.PathError, match=f"writes {folder}, which is a folder"):
         job.run_retraining(config_lib.from_flat(settings))
     assert not os.path.exists(settings["bottleneck_dir"])
 

@@ -27,7 +27,7 @@ from helpers import (
 )
 from PIL import Image, ImageOps
 
-from retrain_suite import atomic_files, job
+from retrain_suite import atomic_files, job, output_paths
 from retrain_suite import config as config_lib
 from retrain_suite import dataset as dataset_lib
 from retrain_suite.bottleneck import cache as cache_lib
@@ -242,7 +242,7 @@ def test_output_location_that_cannot_be_written_is_refused_before_any_work(
     settings = retrain_settings(
         tmp_path, dataset_dir, tiny_module, output_graph=str(blocker / "sub" / "graph.pb")
     )
-    with pytest.raises(config_lib.UsageError, match="a_file is a file, not a folder"):
+    with pytest.raises(output_paths.PathError, match="a_file is a file, not a folder"):
         job.run_retraining(config_lib.from_flat(settings))
     assert not os.path.exists(settings["bottleneck_dir"])
     assert not os.path.exists(os.path.dirname(settings["output_labels"]))

@@ -27,6 +27,7 @@ from retrain_suite import (
 from retrain_suite import config as config_lib
 from retrain_suite.bottleneck import make_module
 from retrain_suite.bottleneck import module as module_lib
+from retrain_suite.dataset import split as split_lib
 
 
 def tinted_image(label, rng, size=32):
@@ -55,7 +56,7 @@ def write_tinted_dataset(root, per_class=40, swap_validation_tints=False):
     for label, name in enumerate(("reddish", "greenish")):
         for i in range(per_class):
             tint = label
-            if swap_validation_tints and dataset.split_for(f"{name}/img{i}.png", 25, 25) == "validation":
+            if swap_validation_tints and split_lib.split_for(f"{name}/img{i}.png", 25, 25) == "validation":
                 tint = 1 - label
             write_image(os.path.join(root, name, f"img{i}.png"), tinted_image(tint, rng), "PNG")
     return str(root)

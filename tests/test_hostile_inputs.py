@@ -21,7 +21,7 @@ import pytest
 import tensorflow as tf
 from helpers import ROOT, make_dataset, synthetic_image, write_image
 
-from retrain_suite import classifier, tflite_metadata
+from retrain_suite import classifier, preparation, tflite_metadata
 from retrain_suite import dataset as dataset_lib
 from retrain_suite.bottleneck import cache as cache_lib
 from retrain_suite.bottleneck import compute, make_module
@@ -310,7 +310,7 @@ def test_png_whose_header_pil_cannot_read_is_still_held_to_the_pixel_limit(tmp_p
     root = make_dataset(tmp_path / "data", per_class=2)
     (tmp_path / "data" / "red" / "bomb.png").write_bytes(data)
     dataset = dataset_lib.build_dataset(root, 10, 10)
-    bad = dict(dataset_lib.find_bad_images(dataset))
+    bad = dict(preparation.find_bad_images(dataset))
     assert bad == {"red/bomb.png": info.problem}
 
 

@@ -10,8 +10,8 @@ import pytest
 from helpers import final_layer_constants, images_in_split, make_dataset, retrain_settings
 
 from retrain_suite import config as config_lib
-from retrain_suite import dataset as dataset_lib
-from retrain_suite import job
+from retrain_suite import errors, job
+from retrain_suite.dataset import split as split_lib
 
 
 def trained_weights(graph_path):
@@ -21,7 +21,7 @@ def trained_weights(graph_path):
 def first_name_in_split(split, prefix, settings):
     for i in range(1000):
         name = f"{prefix}{i}.png"
-        if dataset_lib.split_for(f"green/{name}", settings["validation_percentage"],
+        if split_lib.split_for(f"green/{name}", settings["validation_percentage"],
                                settings["testing_percentage"]) == split:
             return name
     raise AssertionError("no name found")
@@ -53,7 +53,7 @@ def test_copies_across_sets_are_reported_and_split_by_content_keeps_them_togethe
     )
     dataset, training = images_in_split(str(image_dir), "training", settings)
     original = next(i.path for i in training if i.label == "red")
-    copy = next(f"red/copy{n}.png" for n in range(1000) if dataset_lib.split_for(
+    copy = next(f"red/copy{n}.png" for n in range(1000) if split_lib.split_for(
         f"red/copy{n}.png", settings["validation_percentage"], settings["testing_percentage"]
     ) == "testing")
     shutil.copy(image_dir / original, image_dir / copy)
@@ -158,7 +158,7 @@ def test_unusable_flags_are_refused_before_any_work(
 ):
     settings = retrain_settings(tmp_path, dataset_dir, tiny_module)
     settings.update(override)
-    with pytest.raises(config_lib.UsageError, match=message):
+    with pytest.raises(errors.SuiteError, match=message):
         job.run_retraining(config_lib.from_flat(settings))
     assert not os.path.exists(settings["bottleneck_dir"])
     assert not os.path.exists(settings["output_graph"])

@@ -14,7 +14,7 @@ from test_fine_tuning import release_fifo
 
 from retrain_suite import config as config_lib
 from retrain_suite import dataset as dataset_lib
-from retrain_suite import job, tflite_metadata, tfrecords
+from retrain_suite import job, preparation, tflite_metadata, tfrecords
 from retrain_suite.images import pipelines as image_pipelines
 
 
@@ -167,7 +167,7 @@ def test_a_users_own_tfrecord_files_in_the_folder_are_neither_deleted_nor_read(t
     kept = (out / written["training"][0]).read_bytes()
     backup.write_bytes(kept)
     (out / "testing.old.tfrecord").write_bytes(b"mine")
-    dataset_lib.write_lists(dataset, str(out))
+    preparation.write_lists(dataset, str(out))
     read, _ = tfrecords.read_tfrecords(str(out))
     assert [i.path for i in read.images] == [
         i.path for split in dataset_lib.SPLITS for i in dataset.in_split(split)]
@@ -184,7 +184,7 @@ def test_shards_of_two_writes_are_refused_not_read_twice(tmp_path):
     dataset = dataset_lib.build_dataset(image_dir, 10, 10)
     out = tmp_path / "out"
     written = tfrecords.write_tfrecords(dataset, str(out), images_per_shard=5)
-    dataset_lib.write_lists(dataset, str(out))
+    preparation.write_lists(dataset, str(out))
     # A write killed after its new shard and before removing the old ones.
     (out / "training.tfrecord").write_bytes((out / written["training"][0]).read_bytes())
     with pytest.raises(dataset_lib.DatasetError, match="not one complete set"):

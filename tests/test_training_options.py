@@ -26,6 +26,7 @@ from retrain_suite import classifier, final_layer, job, reporting, schedules
 from retrain_suite import config as config_lib
 from retrain_suite import dataset as dataset_lib
 from retrain_suite.bottleneck import compute
+from retrain_suite.dataset import split as split_lib
 
 
 def names_in_split(label, split, count, settings, prefix="extra"):
@@ -33,7 +34,7 @@ def names_in_split(label, split, count, settings, prefix="extra"):
     names = []
     for i in range(10000):
         name = f"{prefix}{i}.png"
-        if dataset_lib.split_for(f"{label}/{name}", settings["validation_percentage"],
+        if split_lib.split_for(f"{label}/{name}", settings["validation_percentage"],
                                settings["testing_percentage"]) == split:
             names.append(name)
             if len(names) == count:

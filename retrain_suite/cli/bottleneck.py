@@ -59,15 +59,15 @@ def check_cache_location(bottleneck_dir, image_dir, handle):
 
 
 def check_batch_memory(batch_size, image_count, handle, image_size):
-    """Raise memory_budget.TooBig when a batch of decoded images cannot fit in memory.
-
-    A batch is float32 [min(batch_size, images), h, w, 3] at the module's input
-    size, held twice (one being computed, one prefetched).
-    """
+    """Raise memory_budget.TooBig when the batches of decoded images cannot fit in memory
+    (memory_budget.estimate of a run that holds no vectors and trains nothing)."""
     with tf.Graph().as_default():
         module = module_lib.load(handle, image_size)
+    needed = memory_budget.estimate(memory_budget.Sizes(
+        image_count=image_count, input_size=(module.height, module.width),
+        bottleneck_batch_size=batch_size,
+    )).needed
     batch_size = batch_size or max(batch_size_lib.CANDIDATES)  # unset: measured among these
-    needed = 2 * 4 * min(batch_size, image_count) * module.height * module.width * 3
     missing = memory_budget.shortfall(needed)
     if missing:
         raise memory_budget.TooBig(

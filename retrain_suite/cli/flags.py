@@ -11,9 +11,9 @@ import sys
 from absl import flags
 
 from retrain_suite import config as config_lib
-from retrain_suite import dataset as dataset_lib
 from retrain_suite import final_layer, schedules, tflite
 from retrain_suite.bottleneck import batch_size as batch_size_lib
+from retrain_suite.dataset import split as split_lib
 
 FLAGS = flags.FLAGS
 _d = config_lib.default
@@ -58,7 +58,7 @@ def define_split_flags():
 
 def define_split_by():
     flags.DEFINE_enum(
-        "split_by", _d("split_by"), list(dataset_lib.SPLIT_BY),
+        "split_by", _d("split_by"), list(split_lib.SPLIT_BY),
         "What picks an image's set: a hash of its relative path (the classic split), or of "
         "its content, which keeps every copy of a photo in one set.",
     )

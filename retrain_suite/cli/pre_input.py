@@ -13,7 +13,7 @@ import sys
 import tensorflow as tf
 from absl import flags, logging
 
-from retrain_suite import command_config, errors, tfrecords
+from retrain_suite import command_config, errors, preparation, tfrecords
 from retrain_suite import dataset as dataset_lib
 from retrain_suite.cli import flags as shared_flags
 from retrain_suite.cli import startup
@@ -47,18 +47,18 @@ def main(argv):
     config = shared_flags.config_from_flags(command_config.PreInputConfig)
     try:
         config.validate()
-        dataset_lib.check_output_dir(config.output_dir, config.image_dir)
+        preparation.check_output_dir(config.output_dir, config.image_dir)
         dataset = dataset_lib.build_dataset(
             config.image_dir, config.validation_percentage, config.testing_percentage,
             split_by=config.split_by,
         )
         logging.info("Checking %d images...", len(dataset.images))
-        bad = dataset_lib.find_bad_images(dataset, config.max_image_pixels)
+        bad = preparation.find_bad_images(dataset, config.max_image_pixels)
         for path, reason in bad:
             logging.warning("Skipping %s: %s", path, reason)
         dataset = dataset.without(path for path, _ in bad)
-        copies = dataset_lib.find_copies(dataset.images, dataset_lib.content_hashes(dataset))
-        dataset_lib.write_lists(dataset, config.output_dir)
+        copies = dataset_lib.find_copies(dataset.images, preparation.content_hashes(dataset))
+        preparation.write_lists(dataset, config.output_dir)
         if config.tfrecords:
             logging.info("Writing TFRecords...")
             written = tfrecords.write_tfrecords(dataset, config.output_dir, config.images_per_shard)
