@@ -314,26 +314,6 @@ def test_png_whose_header_pil_cannot_read_is_still_held_to_the_pixel_limit(tmp_p
     assert bad == {"red/bomb.png": info.problem}
 
 
-@pytest.mark.parametrize("data", [
-    b"RIFF\x1a\x00\x00\x00WEBPVP8L\x0d\x00\x00\x00\x2f\x00\x00\x00\x10\x07\x10\x11\x11\x88\x88\xfe\x07\x00",
-    b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00\xff\xd9",
-    b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dtEXt",
-], ids=["webp", "jpeg_without_frame_header", "png_without_ihdr_first"])
-def test_image_whose_size_cannot_be_read_from_its_header_is_refused(data):
-    assert image_files.image_size(data) is None
-    assert image_files.inspect_image_bytes(data).problem.startswith("not a decodable image")
-
-
-def test_header_sizes_agree_with_what_tensorflow_decodes(tmp_path):
-    pixels = synthetic_image((10, 120, 240), "checker", 37, 53, np.random.RandomState(2))
-    for fmt in ("JPEG", "PNG", "GIF", "BMP"):
-        path = str(tmp_path / f"x.{fmt.lower()}")
-        write_image(path, pixels, fmt)
-        data = open(path, "rb").read()
-        decoded = tf.io.decode_image(data, channels=3, expand_animations=False)
-        assert image_files.image_size(data) == (decoded.shape[1], decoded.shape[0]), fmt
-
-
 # --- 10. label_image ---------------------------------------------------------------
 
 

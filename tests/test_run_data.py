@@ -11,9 +11,11 @@ from retrain_suite.bottleneck import compute
 def scanned(tmp_path):
     """A dataset of 3 classes in a made-up order (the scan's), and its bottlenecks:
     image i's vector is [i, i] and its content 'c<i>'."""
-    specs = [("b/2.jpg", "b", 1, "training"), ("a/1.jpg", "a", 0, "testing"),
-             ("a/0.jpg", "a", 0, "training"), ("c/5.jpg", "c", 2, "validation"),
-             ("c/4.jpg", "c", 2, "training"), ("b/3.jpg", "b", 1, "validation")]
+    # Folder names that sort the other way round from their classes (as TFRecords'
+    # paths may): the order is by class first.
+    specs = [("x/2.jpg", "b", 1, "training"), ("y/1.jpg", "a", 0, "testing"),
+             ("y/0.jpg", "a", 0, "training"), ("w/5.jpg", "c", 2, "validation"),
+             ("w/4.jpg", "c", 2, "training"), ("x/3.jpg", "b", 1, "validation")]
     images = [dataset_lib.Image(path, label, index, split) for path, label, index, split in specs]
     dataset = dataset_lib.Dataset(str(tmp_path), ["a", "b", "c"], images)
     vectors = np.repeat(np.arange(len(images), dtype=np.float32)[:, None], 2, axis=1)
@@ -27,7 +29,7 @@ def test_each_split_holds_its_images_in_class_then_path_order_with_their_rows(tm
     dataset, bottlenecks = scanned(tmp_path)
     run = run_data.prepare(dataset, "source", bottlenecks, 1000)
     training = run.split("training")
-    assert [i.path for i in training.images] == ["a/0.jpg", "b/2.jpg", "c/4.jpg"]
+    assert [i.path for i in training.images] == ["y/0.jpg", "x/2.jpg", "w/4.jpg"]
     np.testing.assert_array_equal(training.labels, [0, 1, 2])
     np.testing.assert_array_equal(training.rows, [2, 0, 4])
     # The vectors are the rows' vectors: the store is read through the rows.
@@ -35,7 +37,7 @@ def test_each_split_holds_its_images_in_class_then_path_order_with_their_rows(tm
     assert training.bottlenecks.dtype == np.float32 and run.dimension == 2
     assert [len(run.split(s)) for s in dataset_lib.SPLITS] == [3, 2, 1]
     assert run.input_size == (8, 6) and run.class_names == ["a", "b", "c"] and run.class_count == 3
-    assert run.contents["c/5.jpg"] == "c3"
+    assert run.contents["w/5.jpg"] == "c3"
 
 
 def test_images_that_could_not_be_used_are_gone_and_an_emptied_class_with_them(tmp_path):
@@ -45,11 +47,11 @@ def test_images_that_could_not_be_used_are_gone_and_an_emptied_class_with_them(t
     skipped = dict(bottlenecks.__dict__, skipped={0: "not an image", 5: "not an image"})
     run = run_data.prepare(dataset, "source", compute.Bottlenecks(**skipped), 1000)
     assert run.class_names == ["a", "c"]
-    assert [i.path for i in run.training.images] == ["a/0.jpg", "c/4.jpg"]
+    assert [i.path for i in run.training.images] == ["y/0.jpg", "w/4.jpg"]
     np.testing.assert_array_equal(run.training.labels, [0, 1])
     np.testing.assert_array_equal(run.training.rows, [2, 4])
-    assert [i.path for i in run.validation.images] == ["c/5.jpg"]
-    assert "b/2.jpg" not in run.contents and len(run.dataset.images) == 4
+    assert [i.path for i in run.validation.images] == ["w/5.jpg"]
+    assert "x/2.jpg" not in run.contents and len(run.dataset.images) == 4
 
 
 def test_predictions_read_their_truth_through_positions():
