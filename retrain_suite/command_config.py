@@ -27,14 +27,6 @@ def default(config_class, name):
     return field.default
 
 
-def check_positive(config, names):
-    """Raise UsageError for the first of names (fields of config) set to 0 or less."""
-    for name in names:
-        value = getattr(config, name)
-        if value is not None and value <= 0:
-            raise UsageError(f"--{name}={value} must be positive.")
-
-
 @dataclasses.dataclass(frozen=True)
 class PreInputConfig:
     """pre_input.py: check and split a dataset, writing the lists (and TFRecords)."""
@@ -53,7 +45,7 @@ class PreInputConfig:
         for name in ("image_dir", "output_dir"):
             if not getattr(self, name):
                 raise UsageError(f"--{name} is required (see --help).")
-        check_positive(self, ("images_per_shard", "max_image_pixels"))
+        config_lib.check_positive(self, ("images_per_shard", "max_image_pixels"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +64,7 @@ class BottleneckConfig:
         """Raise UsageError, with the fix in one line, for flags that cannot work."""
         if not self.image_dir:
             raise UsageError("--image_dir is required: the folder with one subfolder per class.")
-        check_positive(self, ("batch_size", "image_size", "max_image_pixels"))
+        config_lib.check_positive(self, ("batch_size", "image_size", "max_image_pixels"))
 
 
 @dataclasses.dataclass(frozen=True)
