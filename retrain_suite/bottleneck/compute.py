@@ -169,10 +169,10 @@ def compute_bottlenecks(
                 extra = needing - len(todo)
                 what += f" for {needing} images ({extra} {'is a copy' if extra == 1 else 'are copies'})"
             progress = Progress(len(todo), "bottlenecks")
-            came_out, changed, runs = set(), False, []
-            for batch in _computed_batches(
-                forward_pass, todo, chosen or batch_size, progress.restart, runs, what,
-            ):
+            came_out, changed = set(), False
+            run = _batched_run(forward_pass, todo, chosen or batch_size)
+            logging.info("Computing %s in batches of %s...", what, run.plan())
+            for batch in _computed_batches(forward_pass, run, progress.restart):
                 for i, content, vector in batch:
                     came_out.add(i)
                     cache.store(content, vector)  # As they come: a killed run keeps them.
@@ -193,7 +193,7 @@ def compute_bottlenecks(
                         del missing[old]
                 progress.update(len(batch))
             if chosen is None:
-                steady_rate, chosen = runs[0].steady_rate, runs[0].chosen
+                steady_rate, chosen = run.steady_rate, run.chosen
             for first in todo:
                 if first not in came_out:
                     reason = images.why_undecodable(first, max_image_pixels)
@@ -267,25 +267,30 @@ class _ForwardPass:
     max_image_pixels: int
 
 
-def _computed_batches(forward_pass, todo, batch_size, on_ready, runs, what):
-    """One pipeline run over the images at `todo`. Yields [(index, content, vector)] per batch.
+def _batched_run(forward_pass, todo, batch_size):
+    """The batch_size.BatchedRun over the images at `todo`, in forward_pass's graph.
 
-    content: hex SHA-1 of the bytes decoded; vector: float32 [D]. Images that
-    could not be read or decoded never come out. batch_size: an int, or None to
-    measure the fastest (batch_size.BatchedRun, appended to `runs` for its
-    choice and rate). what: the work, for the log ("36 bottlenecks for 40
-    images (4 are copies)"). on_ready() is called once the graph and Session
-    are set up, before the first batch.
+    batch_size: an int, or None to measure the fastest (the run's `chosen` and
+    `steady_rate` say what it found, once its batches are done).
     """
     images, (height, width) = forward_pass.images, forward_pass.input_size
     with forward_pass.graph.as_default():
-        run = batch_size_lib.BatchedRun(
+        return batch_size_lib.BatchedRun(
             lambda indices, size: images.batches(indices, height, width, size,
                                                  forward_pass.max_image_pixels),
             todo, batch_size,
         )
-        runs.append(run)
-        logging.info("Computing %s in batches of %s...", what, run.plan())
+
+
+def _computed_batches(forward_pass, run, on_ready):
+    """The batches of run (a _batched_run) through the module. Yields [(index, content,
+    vector)] per batch.
+
+    content: hex SHA-1 of the bytes decoded; vector: float32 [D]. Images that
+    could not be read or decoded never come out. on_ready() is called once the
+    graph and Session are set up, before the first batch.
+    """
+    with forward_pass.graph.as_default():
         batch_content, pixels = run.element[1], run.images
         features = forward_pass.forward(pixels)
         with tf.compat.v1.Session(graph=forward_pass.graph, config=forward_pass.session_config) as sess:
