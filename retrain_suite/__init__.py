@@ -27,6 +27,7 @@ Rooms, in the order an image goes through them:
   and the retraining run itself, stage by stage.
 - `output_paths`, `memory_budget`: where a run may write; what it needs in memory.
 - `errors`: SuiteError, the base of every error a user can cause, and one_line.
+- `console`: third parties' notes kept off the console unless asked for.
 - `cli`: the command lines (flags -> configuration -> the library).
 
 Library functions take a configuration section or plain values; only `cli` reads flags.

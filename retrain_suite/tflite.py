@@ -29,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
-from retrain_suite import atomic_files, errors, export, tflite_metadata
+from retrain_suite import atomic_files, console, errors, export, tflite_metadata
 from retrain_suite.images import files as image_files
 
 QUANTIZATIONS = ("none", "dynamic", "float16", "int8")
@@ -111,7 +111,8 @@ def convert(graph_def, height, width, final_tensor_name, quantization, calibrati
         converter.inference_input_type = tf.uint8
         converter.inference_output_type = tf.uint8
     try:
-        return converter.convert()
+        with console.native_output_filtered():
+            return converter.convert()
     except Exception as e:  # the converter's ConverterError is not public API
         raise TFLiteError(
             f"the classifier cannot be converted to TFLite ({errors.one_line(e)}); the "
@@ -142,7 +143,8 @@ class TFLiteClassifier:
         # Every core, as TensorFlow uses for the graph: the runtime's own default is
         # not the same on every version and platform.
         self.interpreter = Interpreter(model_content=bytes(model), num_threads=os.cpu_count() or 1)
-        self.interpreter.allocate_tensors()
+        with console.native_output_filtered():  # the runtime's note of the delegate it made
+            self.interpreter.allocate_tensors()
         (self.input,) = self.interpreter.get_input_details()
         (self.output,) = self.interpreter.get_output_details()
         shape = self.input["shape"]

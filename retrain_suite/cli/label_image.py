@@ -6,7 +6,7 @@ import sys
 import tensorflow as tf
 from absl import flags
 
-from retrain_suite import classifier, command_config, errors, graph_checks, tflite
+from retrain_suite import classifier, command_config, console, errors, graph_checks, tflite
 from retrain_suite.bottleneck import batch_size as batch_size_lib
 from retrain_suite.cli import flags as shared_flags
 from retrain_suite.cli import startup
@@ -93,6 +93,7 @@ def preprocessing_of(config):
 
 
 def main(argv):
+    console.quiet_third_parties()  # label_image has no --logging_verbosity: always quiet
     try:
         config = with_positionals(shared_flags.config_from_flags(_CONFIG), argv[1:])
         config.validate()

@@ -6,7 +6,7 @@ import tensorflow as tf
 from absl import flags, logging
 
 from retrain_suite import config as config_lib
-from retrain_suite import errors, job
+from retrain_suite import console, errors, job
 from retrain_suite.cli import flags as shared_flags
 from retrain_suite.cli import startup
 
@@ -23,6 +23,8 @@ def main(argv):
         sys.exit(f"error: unexpected arguments {' '.join(argv[1:])}; every option is a --flag.")
     logging.set_verbosity(FLAGS.logging_verbosity.lower().replace("warn", "warning"))
     tf.get_logger().setLevel("ERROR")  # TensorFlow's own deprecation chatter.
+    if not logging.level_debug():
+        console.quiet_third_parties()
     try:
         job.run_retraining(config_from_flags())
     except errors.SuiteError as e:
