@@ -28,6 +28,7 @@ Rooms, in the order an image goes through them:
 - `output_paths`, `memory_budget`: where a run may write; what it needs in memory.
 - `errors`: SuiteError, the base of every error a user can cause, and one_line.
 - `console`: third parties' notes kept off the console unless asked for.
+- `phases`: where a run's time goes, one table at the end.
 - `cli`: the command lines (flags -> configuration -> the library).
 
 Library functions take a configuration section or plain values; only `cli` reads flags.

@@ -25,6 +25,7 @@ from retrain_suite import (
     fine_tuning,
     memory_budget,
     output_paths,
+    phases,
     reporting,
     run_data,
     tflite,
@@ -114,10 +115,12 @@ def run_retraining(config):
     Raises AccuracyError, before anything is exported, when
     config.evaluation.assert_accuracy_at_least is set and not met.
     """
-    config.validate()
-    output_paths.check_output_paths(config.data, config.module, config.outputs,
-                                    config.evaluation.eval_report)
-    return retrain_with_checked_flags(config)
+    timer = phases.PhaseTimer(phases.process_age())
+    with timer.phase("flag and path checks"):
+        config.validate()
+        output_paths.check_output_paths(config.data, config.module, config.outputs,
+                                        config.evaluation.eval_report)
+    return retrain_with_checked_flags(config, timer)
 
 
 @contextlib.contextmanager
@@ -142,9 +145,18 @@ def checkpoint_lock(checkpoint):
         ) from None
 
 
-def retrain_with_checked_flags(config):
+def retrain_with_checked_flags(config, timer):
     """run_retraining after the flag and path checks: scan, check, then train holding
-    the checkpoint's lock."""
+    the checkpoint's lock. timer: the run's phases.PhaseTimer."""
+    with timer.phase("scan and checks (module loaded to check names)"):
+        dataset, images = scan_and_check(config)
+    with checkpoint_lock(config.outputs.checkpoint_path):
+        return train_and_export(config, dataset, images, timer)
+
+
+def scan_and_check(config):
+    """Scan (or read the TFRecords) and check the sets, outputs, names and memory.
+    -> (dataset, its image source)."""
     if config.training.class_weighting == "balanced" and config.training.sampling == "uniform":
         logging.warning(
             "--class_weighting=balanced with --sampling=uniform corrects for class sizes "
@@ -167,35 +179,40 @@ def retrain_with_checked_flags(config):
     if config.fine_tuning.fine_tune_steps:
         module_lib.check_fine_tunable(config.module.tfhub_module, config.module.image_size)
     check_memory(config, dimension, len(dataset.labels), len(dataset.images), input_size)
-    with checkpoint_lock(config.outputs.checkpoint_path):
-        return train_and_export(config, dataset, images)
+    return dataset, images
 
 
-def train_and_export(config, dataset, images):
+def train_and_export(config, dataset, images, timer):
     """Bottlenecks, training, evaluation and export, once every check has passed.
 
-    dataset: the scan; images: its image source (image i of the dataset is row i).
+    dataset: the scan; images: its image source (image i of the dataset is row i);
+    timer: the run's phases.PhaseTimer, whose table ends the log (and the report).
     """
     if config.training.random_seed is None:
         config = config.with_seed(random.SystemRandom().randrange(2**31))
         logging.info("Random seed %d (pass --random_seed=%d to repeat this run).",
                      config.training.random_seed, config.training.random_seed)
-    run = prepare_run(config, dataset, images)
-    model = train_model(config, run)
-    reports, accuracy = report_results(config, run, model)
-    export_model(config, run, model)
-    checked = artifact_check.check_run(config.outputs, run, model.result)
+    with timer.phase("bottlenecks (module load, cache, forward passes)"):
+        run = prepare_run(config, dataset, images)
+    model = train_model(config, run, timer)
+    with timer.phase("report (tables, TensorBoard, JSON)"):
+        reports, accuracy = report_results(config, run, model)
+    export_model(config, run, model, timer)
+    with timer.phase("check of the exported files"):
+        checked = artifact_check.check_run(config.outputs, run, model.result)
     if checked:
         set_name, artifacts = checked
         logging.info("Exported files on the %s set:\n%s", set_name,
                      artifact_check.format_table(artifacts, set_name))
-        if config.evaluation.eval_report:
-            reports["artifacts"] = {"set": set_name, "files": [a.as_dict() for a in artifacts]}
-            write_report(config.evaluation.eval_report, reports)
-        if config.evaluation.assert_accuracy_at_least is not None:
-            artifact_check.check_accuracy(
-                artifacts, config.evaluation.assert_accuracy_at_least, set_name
-            )
+        reports["artifacts"] = {"set": set_name, "files": [a.as_dict() for a in artifacts]}
+    logging.info("Time by phase:\n%s", timer.table())
+    if config.evaluation.eval_report:
+        reports["time"] = timer.as_dict()
+        write_report(config.evaluation.eval_report, reports)
+    if checked and config.evaluation.assert_accuracy_at_least is not None:
+        artifact_check.check_accuracy(
+            artifacts, config.evaluation.assert_accuracy_at_least, set_name
+        )
     return accuracy
 
 
@@ -224,7 +241,7 @@ def prepare_run(config, dataset, images):
     return run
 
 
-def train_model(config, run):
+def train_model(config, run, timer):
     """Train the final layer (then fine-tune the module with it). -> run_data.TrainedModel."""
     spec = final_layer.LayerSpec(run.class_count, config.outputs.final_tensor_name,
                                  config.training.hidden_units)
@@ -240,10 +257,12 @@ def train_model(config, run):
         export_intermediate=export_intermediate,
         batch_source=distorted_batch_source(config, run) if distortions.any() else None,
     )
-    result = training.train(run, config.training, config.evaluation, config.outputs, hooks)
+    with timer.phase("training"):
+        result = training.train(run, config.training, config.evaluation, config.outputs, hooks)
     if not config.fine_tuning.fine_tune_steps:
         return run_data.TrainedModel(spec, result)
-    tuned = fine_tuning.fine_tune(config, run, result)
+    with timer.phase("fine-tuning"):
+        tuned = fine_tuning.fine_tune(config, run, result)
     # What is reported, checked and exported from here on is the kept whole model,
     # measured on images: the cached bottlenecks no longer describe a tuned module.
     result = dataclasses.replace(result, layer=tuned.layer, predictions=tuned.predictions)
@@ -297,26 +316,30 @@ def export_graph(config, flag, path, model):
     return graph_def
 
 
-def export_model(config, run, model):
-    """Write the frozen graph, the labels (and the SavedModel, the TFLite file). -> GraphDef."""
+def export_model(config, run, model, timer):
+    """Write the frozen graph, the labels (and the SavedModel, the TFLite file), each a
+    phase of timer. -> GraphDef."""
     outputs = config.outputs
-    graph_def = export_graph(config, "output_graph", outputs.output_graph, model)
-    export.write_output("output_labels", outputs.output_labels,
-                        lambda: export.write_labels(run.class_names, outputs.output_labels))
+    with timer.phase("frozen graph and labels"):
+        graph_def = export_graph(config, "output_graph", outputs.output_graph, model)
+        export.write_output("output_labels", outputs.output_labels,
+                            lambda: export.write_labels(run.class_names, outputs.output_labels))
     logging.info("Wrote %s and %s", outputs.output_graph, outputs.output_labels)
     if outputs.saved_model_dir:
-        export.write_output(
-            "saved_model_dir", outputs.saved_model_dir,
-            lambda: export.write_saved_model(graph_def, outputs.final_tensor_name,
-                                             outputs.saved_model_dir),
-        )
+        with timer.phase("SavedModel"):
+            export.write_output(
+                "saved_model_dir", outputs.saved_model_dir,
+                lambda: export.write_saved_model(graph_def, outputs.final_tensor_name,
+                                                 outputs.saved_model_dir),
+            )
         logging.info("Wrote SavedModel %s", outputs.saved_model_dir)
     if outputs.tflite_output_file:
-        calibrated = export.write_output(
-            "tflite_output_file", outputs.tflite_output_file,
-            lambda: tflite.export_for_run(outputs, graph_def, run, config.training.random_seed,
-                                          config.module.tfhub_module),
-        )
+        with timer.phase(f"TFLite ({outputs.tflite_quantization})"):
+            calibrated = export.write_output(
+                "tflite_output_file", outputs.tflite_output_file,
+                lambda: tflite.export_for_run(outputs, graph_def, run, config.training.random_seed,
+                                              config.module.tfhub_module),
+            )
         logging.info("Wrote TFLite model %s (quantization %s%s)", outputs.tflite_output_file,
                      outputs.tflite_quantization,
                      f", calibrated on {calibrated} training images" if calibrated else "")

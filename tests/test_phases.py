@@ -1,0 +1,66 @@
+"""phases.py: a run's time by phase, in order, as a table and in the JSON report."""
+
+import json
+import time
+
+from helpers import make_dataset, retrain_settings
+
+from retrain_suite import config as config_lib
+from retrain_suite import job, phases
+
+
+def test_phases_are_kept_in_order_with_their_seconds_and_a_total_that_covers_them():
+    timer = phases.PhaseTimer(start_up=2.0)
+    with timer.phase("first"):
+        time.sleep(0.05)
+    with timer.phase("second"):
+        pass
+    names = [name for name, _ in timer.phases]
+    assert names == ["start-up", "first", "second"]
+    seconds = dict(timer.phases)
+    assert seconds["first"] >= 0.05 and seconds["second"] < seconds["first"]
+    assert timer.total() >= 2.0 + seconds["first"] + seconds["second"]
+    report = timer.as_dict()
+    assert [p["phase"] for p in report["phases"]] == names
+    lines = timer.table().splitlines()
+    assert lines[0].split() == ["phase", "seconds", "share"]
+    assert lines[1].split() == ["start-up", "2.0", f"{100 * 2.0 / timer.total():.0f}%"]
+    assert lines[-1].startswith("total (with what no phase covers)")
+
+
+def test_a_phase_that_raises_is_still_timed():
+    timer = phases.PhaseTimer()
+    try:
+        with timer.phase("failing"):
+            raise ValueError("x")
+    except ValueError:
+        pass
+    assert [name for name, _ in timer.phases] == ["failing"]
+
+
+def test_this_process_has_an_age():
+    age = phases.process_age()
+    assert age is not None and 0 < age < 24 * 3600  # the tests run on Linux
+
+
+def test_a_run_ends_with_its_phase_table_and_keeps_it_in_the_report(tmp_path, tiny_module, caplog):
+    image_dir = make_dataset(tmp_path / "data", per_class=8)
+    settings = retrain_settings(
+        tmp_path, image_dir, tiny_module, how_many_training_steps=20, eval_step_interval=10,
+        eval_report=str(tmp_path / "out" / "report.json"),
+        tflite_output_file=str(tmp_path / "out" / "model.tflite"),
+    )
+    caplog.set_level("INFO")
+    job.run_retraining(config_lib.from_flat(settings))
+    with open(settings["eval_report"]) as f:
+        time_report = json.load(f)["time"]
+    names = [p["phase"] for p in time_report["phases"]]
+    assert names == ["start-up", "flag and path checks",
+                     "scan and checks (module loaded to check names)",
+                     "bottlenecks (module load, cache, forward passes)", "training",
+                     "report (tables, TensorBoard, JSON)", "frozen graph and labels",
+                     "TFLite (none)", "check of the exported files"]
+    assert all(p["seconds"] >= 0 for p in time_report["phases"])
+    assert time_report["total_seconds"] >= sum(p["seconds"] for p in time_report["phases"])
+    last = caplog.records[-1].getMessage()
+    assert last.startswith("Time by phase:\nphase") and "check of the exported files" in last
