@@ -196,7 +196,7 @@ def train_and_export(config, dataset, images, timer):
         run = prepare_run(config, dataset, images)
     model = train_model(config, run, timer)
     with timer.phase("report (tables, TensorBoard, JSON)"):
-        reports, accuracy = report_results(config, run, model)
+        report, accuracy = report_results(config, run, model)
     export_model(config, run, model, timer)
     with timer.phase("check of the exported files"):
         checked = artifact_check.check_run(config.outputs, run, model.result)
@@ -204,11 +204,11 @@ def train_and_export(config, dataset, images, timer):
         set_name, artifacts = checked
         logging.info("Exported files on the %s set:\n%s", set_name,
                      artifact_check.format_table(artifacts, set_name))
-        reports["artifacts"] = {"set": set_name, "files": [a.as_dict() for a in artifacts]}
+        report["artifacts"] = {"set": set_name, "files": [a.as_dict() for a in artifacts]}
     logging.info("Time by phase:\n%s", timer.table())
     if config.evaluation.eval_report:
-        reports["time"] = timer.as_dict()
-        write_report(config.evaluation.eval_report, reports)
+        report["time"] = timer.as_dict()
+        write_report(config.evaluation.eval_report, report)
     if checked and config.evaluation.assert_accuracy_at_least is not None:
         artifact_check.check_accuracy(
             artifacts, config.evaluation.assert_accuracy_at_least, set_name
@@ -248,8 +248,7 @@ def train_model(config, run, timer):
 
     def export_intermediate(step, layer):
         path = os.path.join(config.outputs.intermediate_output_graphs_dir, f"intermediate_{step}.pb")
-        export_graph(config, "intermediate_output_graphs_dir", path,
-                     run_data.TrainedModel(spec, training.TrainingResult(step, step, {}, layer)))
+        export_graph(config, ("intermediate_output_graphs_dir", path), spec, layer)
         logging.info("Wrote intermediate graph %s", path)
 
     distortions = config_lib.distortions_from(config)
@@ -306,11 +305,12 @@ def write_report(path, report):
     export.write_output("eval_report", path, lambda: evaluation.write_report(path, report))
 
 
-def export_graph(config, flag, path, model):
-    """Write model's frozen graph to path (an output of --flag). -> the GraphDef."""
+def export_graph(config, output, spec, layer, module_values=None):
+    """Write the frozen graph of the layer (spec, {variable name: ndarray}) on the module
+    (module_values: fine-tuned, or None as loaded) to output, a (flag, path). -> GraphDef."""
+    flag, path = output
     graph_def = export.frozen_graph(
-        config.module.tfhub_module, config.module.image_size, model.spec, model.result.layer,
-        model.module_values,
+        config.module.tfhub_module, config.module.image_size, spec, layer, module_values,
     )
     export.write_output(flag, path, lambda: export.write_frozen_graph(graph_def, path))
     return graph_def
@@ -321,7 +321,8 @@ def export_model(config, run, model, timer):
     phase of timer. -> GraphDef."""
     outputs = config.outputs
     with timer.phase("frozen graph and labels"):
-        graph_def = export_graph(config, "output_graph", outputs.output_graph, model)
+        graph_def = export_graph(config, ("output_graph", outputs.output_graph), model.spec,
+                                 model.result.layer, model.module_values)
         export.write_output("output_labels", outputs.output_labels,
                             lambda: export.write_labels(run.class_names, outputs.output_labels))
     logging.info("Wrote %s and %s", outputs.output_graph, outputs.output_labels)

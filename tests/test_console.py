@@ -53,14 +53,16 @@ def test_third_party_info_records_are_dropped_and_their_warnings_kept():
 
 
 def test_python_warnings_from_tensorflow_are_ignored_and_others_kept():
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        console.quiet_third_parties()
-        warnings.warn_explicit("inside", UserWarning, "convert.py", 1,
-                               module="tensorflow.lite.python.convert")
-        warnings.warn_explicit("ours", UserWarning, "job.py", 1, module="retrain_suite.job")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            console.quiet_third_parties()
+            warnings.warn_explicit("inside", UserWarning, "convert.py", 1,
+                                   module="tensorflow.lite.python.convert")
+            warnings.warn_explicit("ours", UserWarning, "job.py", 1, module="retrain_suite.job")
+    finally:  # the absl filter is the process's: leave the other tests' logs alone
+        std_logging.getLogger("absl").removeFilter(console._FILTER)
     assert [str(w.message) for w in caught] == ["ours"]
-    std_logging.getLogger("absl").removeFilter(console._FILTER)
 
 
 def retrain_with_tflite_and_saved_model(tmp_path, module, *extra):
