@@ -33,7 +33,8 @@ setup(
     ],
     extras_require={
         # pytest-xdist: pytest.ini runs the suite on two worker processes.
-        "test": ["pytest", "pytest-xdist>=3.5", "ruff"],
+        # mkdocs: tests/test_docs.py and .ci/run build docs/ with --strict (1.6 checks anchors).
+        "test": ["pytest", "pytest-xdist>=3.5", "ruff", "mkdocs>=1.6,<2"],
         "gpu": ["tensorflow[and-cuda]>=2.16,<2.22"],
     },
     entry_points={
