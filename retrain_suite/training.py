@@ -169,6 +169,30 @@ def loss_settings(training, train_y, class_count):
     )
 
 
+class ProgressLines:
+    """Which evaluation lines of training the console shows (INFO); the rest go to DEBUG.
+
+    Shown: the first evaluation, the first past each tenth of the steps, the first
+    PROGRESS_SECONDS or more after the last one shown, and the last step. Every
+    evaluation is still written to TensorBoard (and the report) whatever is shown.
+    """
+
+    PROGRESS_SECONDS = 5.0
+
+    def __init__(self, total_steps, clock=time.monotonic):
+        self.total, self.clock = total_steps, clock
+        self.shown_tenth = self.shown_at = None
+
+    def due(self, step):
+        """Whether the evaluation at step (1-based) is shown; records it when it is."""
+        tenth, now = step * 10 // self.total, self.clock()
+        if (self.shown_at is None or step >= self.total or tenth > self.shown_tenth
+                or now - self.shown_at >= self.PROGRESS_SECONDS):
+            self.shown_tenth, self.shown_at = tenth, now
+            return True
+        return False
+
+
 @dataclasses.dataclass(frozen=True)
 class _Evaluator:
     """The validation set and where its evaluations go, during one training Session."""
@@ -239,6 +263,7 @@ def train(run, training, evaluation, outputs, hooks=Hooks()):
 
     looping = hooks.in_graph_loop and g.train_steps is not None
     chunks = StepsPerCall()
+    progress = ProgressLines(steps)
     with tf.compat.v1.Session(graph=g.graph) as sess:
         train_writer = tf.compat.v1.summary.FileWriter(os.path.join(summaries_dir, "train"), g.graph)
         validation_writer = tf.compat.v1.summary.FileWriter(os.path.join(summaries_dir, "validation"))
@@ -286,7 +311,8 @@ def train(run, training, evaluation, outputs, hooks=Hooks()):
             if len(val_y):
                 rows = sample(rng, len(val_y), evaluation.validation_batch_size)
                 message += validate(evaluator, rows, rate, step)
-            logging.info("%s", message)
+            shown = progress.due(step) or best.should_stop()
+            logging.log(logging.INFO if shown else logging.DEBUG, "%s", message)
             frequency = outputs.intermediate_store_frequency
             if frequency and step % frequency == 0 and step != steps:
                 hooks.export_intermediate(step, g.named_layer_values(sess))

@@ -140,7 +140,8 @@ def train_recording_feeds(tmp_path, monkeypatch, caplog, arrays, classes, **sett
     settings.update(how_many_training_steps=6, eval_step_interval=3, train_batch_size=16,
                     learning_rate=0.5, random_seed=3, validation_batch_size=5,
                     summaries_dir=str(tmp_path / "logs"),
-                    checkpoint_path=str(tmp_path / "out" / "layer"), **settings_overrides)
+                    checkpoint_path=str(tmp_path / "out" / "layer"))
+    settings.update(settings_overrides)
     fed = []
     run = tf.compat.v1.Session.run
 
@@ -203,3 +204,43 @@ def test_final_evaluation_keeps_one_probability_per_image_computed_in_bounded_ca
         values = held.values() if isinstance(held, dict) else [held]
         shapes = [np.shape(a) for v in values for a in (v if isinstance(v, tuple) else [v])]
         assert all(classes not in shape for shape in shapes), (field.name, shapes)
+
+
+def test_progress_lines_show_the_first_each_tenth_a_quiet_stretch_and_the_last():
+    now = [0.0]
+    progress = training.ProgressLines(1000, clock=lambda: now[0])
+    shown = []
+    for step in range(10, 1001, 10):
+        now[0] += 0.01
+        if step == 500:
+            now[0] += training.ProgressLines.PROGRESS_SECONDS  # a slow stretch
+        if progress.due(step):
+            shown.append(step)
+    assert shown == [10, 100, 200, 300, 400, 500, 600, 700, 800, 900, 1000]
+    # A stretch of PROGRESS_SECONDS without a line shows the next evaluation.
+    now[0] = 0.0
+    slow = training.ProgressLines(10**6, clock=lambda: now[0])
+    assert slow.due(1) and not slow.due(2)
+    now[0] = training.ProgressLines.PROGRESS_SECONDS
+    assert slow.due(3) and not slow.due(4)
+
+
+def test_training_shows_about_ten_step_lines_at_info_and_every_evaluation_at_debug(
+    tmp_path, monkeypatch, caplog
+):
+    arrays = many_class_arrays(classes=3)
+    monkeypatch.setattr(training.ProgressLines, "PROGRESS_SECONDS", 10**6)
+    _, lines, _ = train_recording_feeds(tmp_path / "info", monkeypatch, caplog, arrays, 3,
+                                        how_many_training_steps=400, eval_step_interval=4)
+    shown = [int(re.match(r"Step (\d+)/400", line).group(1)) for line in lines
+             if line.startswith("Step ")]
+    assert shown == [4] + list(range(40, 401, 40)), lines
+    caplog.clear()
+    caplog.set_level("DEBUG", logger="absl")  # what --logging_verbosity=DEBUG sets
+    config = config_lib.from_flat({**{n: config_lib.default(n) for n in config_lib.field_names()},
+                                   "how_many_training_steps": 400, "eval_step_interval": 4,
+                                   "summaries_dir": str(tmp_path / "debug" / "logs"),
+                                   "checkpoint_path": str(tmp_path / "debug" / "layer")})
+    training.train(helpers.prepared_run(arrays, 3), config.training, config.evaluation,
+                   config.outputs)
+    assert sum(r.getMessage().startswith("Step ") for r in caplog.records) == 100
