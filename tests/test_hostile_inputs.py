@@ -187,7 +187,7 @@ def test_fifo_in_a_class_folder_does_not_hang_bottleneck_computation(tmp_path, t
     no_traceback(process)
     assert process.returncode == 0, process.stderr[-3000:]
     assert "red/fifo.jpg: not a regular file (a FIFO)" in process.stderr
-    assert "6 computed, 0 reused, 0 skipped" in process.stderr
+    assert "6 computed, 0 from the cache, 0 skipped" in process.stderr
 
 
 def test_file_replaced_by_a_fifo_after_inspection_is_refused_without_blocking(tmp_path):
@@ -268,7 +268,7 @@ def test_unreadable_cache_entry_is_recomputed_under_real_permission_loss(
     no_traceback(process)
     assert process.returncode == 0, process.stderr[-3000:]
     assert f"Cannot read cache entry {entry}" in process.stderr
-    assert "1 computed, 5 reused, 0 skipped" in process.stderr
+    assert "1 computed, 5 from the cache, 0 skipped" in process.stderr
     assert stat.S_IMODE(os.stat(entry).st_mode) != 0  # Replaced by a fresh, readable entry.
 
 
@@ -382,7 +382,7 @@ def test_cache_entry_linked_to_another_images_entry_is_recomputed_not_served(
     no_traceback(process)
     assert process.returncode == 0, process.stderr[-3000:]
     assert f"Damaged cache entry {entry} (it holds the vector of another image" in process.stderr
-    assert "1 computed, 5 reused, 0 skipped" in process.stderr
+    assert "1 computed, 5 from the cache, 0 skipped" in process.stderr
 
 
 def test_fifo_in_place_of_a_cache_entry_does_not_hang_the_run(tmp_path, tiny_module):
