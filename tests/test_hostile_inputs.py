@@ -27,6 +27,7 @@ from retrain_suite.bottleneck import cache as cache_lib
 from retrain_suite.bottleneck import compute, make_module
 from retrain_suite.bottleneck import module as module_lib
 from retrain_suite.images import files as image_files
+from retrain_suite.images import pipelines as image_pipelines
 
 TIMEOUT = 300  # A hang is the failure; a healthy run takes seconds.
 
@@ -102,13 +103,14 @@ def test_photo_replaced_by_a_huge_image_after_inspection_is_refused_not_decoded(
     for name, colour in (("a.png", (200, 30, 30)), ("b.png", (30, 200, 30))):
         (folder / name).write_bytes(png_bytes(colour))
         paths.append(str(folder / name))
-    real_load = module_lib.load
+    real_inspect = image_pipelines.ImageFiles.inspect
 
-    def load_then_replace(*args, **kwargs):
+    def inspect_then_replace(self, max_pixels):
+        files = real_inspect(self, max_pixels)
         (folder / "a.png").write_bytes(png_with_bad_text_chunk(20000, 20000))
-        return real_load(*args, **kwargs)
+        return files
 
-    monkeypatch.setattr(module_lib, "load", load_then_replace)
+    monkeypatch.setattr(image_pipelines.ImageFiles, "inspect", inspect_then_replace)
     result = compute.compute_bottlenecks(paths, tiny_module, str(tmp_path / "cache"))
     assert result.skipped[0].startswith("too large: 20000x20000")
     assert result.computed == 1
