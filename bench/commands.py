@@ -62,6 +62,14 @@ def retrain_command(image_dir, handle, bottleneck_dir, out, steps, *extra):
     ]
 
 
+def computed_none(output):
+    """Whether a run's bottleneck counts line says nothing was computed."""
+    counts = re.findall(r"Bottlenecks: \d+ images, .*: (\d+) computed, ", output)
+    if not counts:
+        raise RuntimeError("The run printed no bottleneck counts line:\n" + output[-2000:])
+    return all(count == "0" for count in counts)
+
+
 def test_accuracy(output):
     match = re.search(r"Final test accuracy = ([0-9.]+)% \(N=(\d+)\)", output)
     if not match:

@@ -64,6 +64,7 @@ FIGURES = (
     "label_image",
     "gpu",
     "fine_tuning",
+    "time_to_classifier",
 )
 
 
@@ -107,6 +108,14 @@ flags.DEFINE_integer(
     "Rounds of the bottleneck rows: each measures the limit (c), ours and the classic "
     "method (a) one after the other, and each figure is its best round (for 2a, ours in "
     "float32 and in mixed precision alike).",
+)
+
+
+flags.DEFINE_string(
+    "classifier_module",
+    "mobilenet_v1_025",
+    "Module of the time-to-classifier rows (a make_module kind or a folder): MobileNet-sized, "
+    "so that the suite's fixed costs are not hidden behind a slow forward pass.",
 )
 
 

@@ -8,7 +8,10 @@ including TensorFlow's stock label_image example.
 """
 
 
+import os
+
 import tensorflow as tf
+from absl import logging
 
 from retrain_suite import atomic_files, errors, final_layer
 from retrain_suite.bottleneck import module as module_lib
@@ -42,11 +45,14 @@ def check_final_tensor_name(handle, default_image_size, final_tensor_name, hidde
 
     Raises ValueError when final_tensor_name is not a valid op name, or is
     taken in the graph (by the module, the input `Placeholder`, ...): what
-    export would otherwise find only after all the training.
+    export would otherwise find only after all the training. The module
+    loaded for it is kept for module.load_shared (the bottlenecks' freezing).
     """
-    _, bottleneck, _ = _export_graph(
+    _, bottleneck, module = _export_graph(
         handle, default_image_size, final_layer.LayerSpec(2, final_tensor_name, hidden_units)
     )
+    # The bottleneck computation that follows uses this load instead of loading it again.
+    module_lib.keep(module, default_image_size)
     images = bottleneck.graph.get_tensor_by_name(INPUT_NAME + ":0")
     return int(bottleneck.shape[-1]), (int(images.shape[1]), int(images.shape[2]))
 
@@ -111,7 +117,8 @@ def write_saved_model(graph_def, final_tensor_name, path):
     """A SavedModel of the frozen graph with a 'serving_default' signature.
 
     Inputs {'image': float32 [None, H, W, 3] in [0, 1]}, outputs
-    {'prediction': float32 [None, C]}, for TensorFlow Serving.
+    {'prediction': float32 [None, C]}, for TensorFlow Serving. With its
+    fingerprint.pb where this TensorFlow can write one (see write_fingerprint).
     """
 
     def build(folder):
@@ -134,8 +141,36 @@ def write_saved_model(graph_def, final_tensor_name, path):
                     strip_default_attrs=True,
                 )
                 builder.save()
+        write_fingerprint(folder)
 
     atomic_files.replace_dir(path, build, atomic_files.SAVED_MODEL_ENTRIES)
+
+
+def write_fingerprint(folder):
+    """Write fingerprint.pb (tf.saved_model.experimental.read_fingerprint's file) into a
+    SavedModel folder, where this TensorFlow can. -> True when written.
+
+    TensorFlow's TF1 Builder writes none, and a SavedModel without one makes
+    TensorFlow's loader log "Fingerprint not found". The fingerprint is made
+    by the function tf.saved_model.save calls, which is private: where it is
+    missing or fails, the SavedModel is kept without one and a DEBUG line
+    says why.
+    """
+    try:
+        from tensorflow.python.saved_model.pywrap_saved_model import (
+            constants as saved_model_constants,
+        )
+        from tensorflow.python.saved_model.pywrap_saved_model import (
+            fingerprinting as fingerprinting_pywrap,
+        )
+
+        fingerprint = fingerprinting_pywrap.CreateFingerprintDef(folder)
+        name = saved_model_constants.FINGERPRINT_FILENAME
+    except Exception as e:  # noqa: BLE001 - a private API: any failure means no fingerprint
+        logging.debug("No fingerprint.pb written into %s: %s", folder, errors.one_line(e))
+        return False
+    atomic_files.write_bytes(os.path.join(folder, name), fingerprint)
+    return True
 
 
 class OutputError(errors.SuiteError):

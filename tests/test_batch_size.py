@@ -115,7 +115,8 @@ def test_given_batch_size_is_used_without_measuring(tmp_path, tiny_module, caplo
         "-m", "bottleneck", f"--image_dir={image_dir}", f"--tfhub_module={tiny_module}",
         f"--bottleneck_dir={tmp_path / 'cache'}", "--batch_size=5", check=True,
     )
-    assert "Computing 36 bottlenecks in batches of 5..." in process.stderr
+    assert "Computing 36 bottlenecks..." in process.stderr
+    assert "Batch size: 5, as given." in process.stderr
     assert "the fastest per image" not in process.stderr
     seen = []
     batches = batch_size_lib.BatchedRun.batches

@@ -15,7 +15,7 @@ def expected_rows():
         mixed = ("2a.", "2b.")
     except module_lib.ModuleError:
         mixed = ("2.",)
-    return ("1a.", "1b.", *mixed, "3.", "4.", "5a.", "5b.", "6.", "7.", "8.", "9.")
+    return ("1a.", "1b.", *mixed, "3.", "4.", "4b.", "5a.", "5b.", "6.", "7.", "8.", "9.", "10.")
 
 
 @pytest.mark.slow
@@ -24,7 +24,7 @@ def test_benchmark_prints_a_table_with_every_figure(tmp_path):
         "bench/run.py", "--module=tiny", "--images=16", "--batch_size=4",
         "--limit_batch_sizes=4,8", "--steps=50", "--classic_steps=5", "--warm_images=60",
         "--label_images=8", "--rss_counts=8,16", "--fine_tune_steps=2", "--fine_tune_batch=4",
-        f"--work_dir={tmp_path}", check=True,
+        "--classifier_module=tiny", f"--work_dir={tmp_path}", check=True,
     )
     lines = process.stdout.splitlines()
     assert "| figure | ours | yardstick | ratio | target | met? |" in lines
@@ -40,6 +40,13 @@ def test_benchmark_prints_a_table_with_every_figure(tmp_path):
     assert "best of 3 rounds" in classic
     assert "Round 3 of 3: limit " in process.stderr
     assert any(line.startswith("Machine: ") and "TensorFlow" in line for line in lines)
+    # The whole-command rows give the serial limit's parts and the largest phases.
+    classifier = next(line for line in table if line.startswith("| 10."))
+    assert re.search(r"\| [\d.]+ s \(largest phases: [^|]+ s\) \| [\d.]+ s \(decode "
+                     r"[\d.]+ s \+ forward [\d.]+ s \+ [\d.]+ s of training steps\) \| [\d.]+x \| "
+                     r"<= 1.50x \|", classifier), classifier
+    rerun = next(line for line in table if line.startswith("| 4b."))
+    assert re.search(r"\(start-up [\d.]+ s \+ training [\d.]+ s\) \| [\d.]+x \| <= 1.50x", rerun), rerun
 
 
 def test_benchmark_rejects_an_unknown_figure_in_one_line():

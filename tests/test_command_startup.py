@@ -40,7 +40,7 @@ def test_a_run_that_uses_the_device_has_only_its_own_log(tmp_path, tiny_module):
         "-m", "bottleneck", f"--image_dir={image_dir}", f"--bottleneck_dir={tmp_path / 'cache'}",
         f"--tfhub_module={tiny_module}", env=quiet_environment(), check=True,
     )
-    assert "bottlenecks: " in process.stderr
+    assert "Bottlenecks: " in process.stderr
     assert not NOISE.search(process.stderr), process.stderr
 
 

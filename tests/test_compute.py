@@ -30,7 +30,9 @@ def test_second_run_reuses_every_cached_bottleneck(tmp_path, tiny_module, small_
     assert first.vectors.shape == (12, 64) and first.vectors.dtype == np.float32
     assert np.all(np.abs(first.vectors).sum(axis=1) > 0)
     assert (first.height, first.width) == (32, 32)
-    assert first.summary() == "bottlenecks: 12 images, 12 distinct: 12 computed, 0 reused, 0 skipped"
+    assert first.summary() == (
+        "Bottlenecks: 12 images, 12 distinct (0 copies): 12 computed, 0 from the cache, "
+        "0 skipped (unreadable or too large)")
     entries = [name for _, _, files in os.walk(bottleneck_dir) for name in files]
     assert len(entries) == 12 and all(name.endswith(".f32") for name in entries)
 
@@ -79,8 +81,10 @@ def test_identical_files_in_one_run_are_computed_once_and_both_filled(
     with caplog.at_level(logging.INFO, logger="absl"):
         result = compute.compute_bottlenecks(paths, tiny_module, bottleneck_dir)
     assert result.skipped == {} and result.computed + result.reused == 3
-    assert "Computing 2 bottlenecks for 3 images (1 is a copy) in batches of" in caplog.text
-    assert result.summary() == "bottlenecks: 3 images, 2 distinct: 3 computed, 0 reused, 0 skipped"
+    assert "Computing 2 bottlenecks for 3 images (1 is a copy)..." in caplog.text
+    assert result.summary() == (
+        "Bottlenecks: 3 images, 2 distinct (1 copy): 2 computed, 0 from the cache, "
+        "0 skipped (unreadable or too large)")
     np.testing.assert_array_equal(result.vectors[2], result.vectors[0])
     assert np.abs(result.vectors[2]).sum() > 0
     assert not np.allclose(result.vectors[0], result.vectors[1])
@@ -104,7 +108,9 @@ def test_undecodable_and_unreadable_files_are_skipped_with_reasons(
     assert set(result.skipped) == {3, 13}
     assert result.skipped[3].startswith("not a decodable image")
     assert result.skipped[13].startswith("cannot be read")
-    assert result.summary() == "bottlenecks: 14 images, 13 distinct: 12 computed, 0 reused, 2 skipped"
+    assert result.summary() == (
+        "Bottlenecks: 14 images, 14 distinct (0 copies): 12 computed, 0 from the cache, "
+        "2 skipped (unreadable or too large)")
     np.testing.assert_array_equal(result.vectors[[3, 13]], 0)
     assert np.all(np.abs(np.delete(result.vectors, [3, 13], axis=0)).sum(axis=1) > 0)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -303,3 +309,79 @@ def test_every_copy_of_an_undecodable_file_is_skipped(tmp_path):
     assert result.computed == 2
     assert np.all(np.isfinite(result.vectors[:2])) and np.abs(result.vectors[:2]).sum() > 0
     assert os.listdir(folder)  # photos untouched
+
+
+def test_counts_line_counts_copies_cached_and_unreadable_images_once_each(
+    tmp_path, tiny_module, small_dataset, caplog
+):
+    bottleneck_dir = str(tmp_path / "bottlenecks")
+    compute.compute_bottlenecks(small_dataset[:4], tiny_module, bottleneck_dir)  # 4 cached
+    copy = str(tmp_path / "copy_of_fifth.img")
+    with open(small_dataset[4], "rb") as src, open(copy, "wb") as dst:
+        dst.write(src.read())
+    cached_copy = str(tmp_path / "copy_of_first.img")
+    with open(small_dataset[0], "rb") as src, open(cached_copy, "wb") as dst:
+        dst.write(src.read())
+    text = str(tmp_path / "not_really.jpg")
+    with open(text, "w") as f:
+        f.write("plain text, not a JPEG\n")
+    missing = str(tmp_path / "gone.png")
+    paths = [*small_dataset, copy, cached_copy, text, missing]
+    with caplog.at_level(logging.INFO, logger="absl"):
+        result = compute.compute_bottlenecks(paths, tiny_module, bottleneck_dir)
+    # 16 images: 12 distinct photos, two copies, two that cannot be used; 4 photos cached.
+    assert result.counts == compute.Counts(images=16, distinct=14, computed=8, cached=4, skipped=2)
+    line = ("Bottlenecks: 16 images, 14 distinct (2 copies): 8 computed, 4 from the cache, "
+            "2 skipped (unreadable or too large)")
+    assert result.summary() == line
+    assert caplog.records[-1].getMessage() == line  # the line that ends the phase
+    assert "Computing 8 bottlenecks for 9 images (1 is a copy)..." in caplog.text
+    assert (result.computed, result.reused) == (9, 5)  # images, as before
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_progress_gives_no_time_left_from_the_batches_that_measure(caplog):
+    clock = FakeClock()
+    progress = compute.Progress(1000, "Bottlenecks", interval=0.0, clock=clock)
+    with caplog.at_level(logging.INFO, logger="absl"):
+        # Measuring batches: slow sizes among them (4 s for 40 images).
+        for _ in range(4):
+            clock.now += 1.0
+            progress.update(10, steady=False)
+        assert "measuring the batch size (time left after it)" in caplog.records[-1].getMessage()
+        assert progress.seconds_left(clock.now) is None
+        # The first batch at the chosen size pays for the pipeline's restart: 3 s.
+        clock.now += 3.0
+        progress.update(100)
+        assert progress.seconds_left(clock.now) is None
+        assert caplog.records[-1].getMessage().endswith("time left after the next batch")
+        # Then 100 images a second: 760 left after the next batch, 7.6 s.
+        clock.now += 1.0
+        progress.update(100)
+    assert progress.seconds_left(clock.now) == pytest.approx(7.6)
+    assert caplog.records[-1].getMessage() == "Bottlenecks: 240/1000 (24%), 30.0 images/s, 8s left"
+    for _ in range(7):
+        clock.now += 1.0
+        progress.update(100)
+    clock.now += 0.6
+    progress.update(60)
+    assert caplog.records[-1].getMessage().endswith("1000/1000 (100%), 64.1 images/s, done")
+
+
+def test_progress_of_steps_leaves_out_the_first_one_which_pays_for_set_up():
+    clock = FakeClock()
+    progress = compute.Progress(100 * 8, "Fine-tuning", interval=1e9, clock=clock)
+    clock.now += 20.0  # graph optimisation in the first step
+    progress.update(8)
+    for _ in range(9):
+        clock.now += 0.5
+        progress.update(8)
+    # 90 steps left at 0.5 s each, not at the 2.4 s a step of the average so far.
+    assert progress.seconds_left(clock.now) == pytest.approx(45.0)

@@ -1,5 +1,7 @@
 """retrain_suite.export: the frozen graph's and the SavedModel's contract, and the labels file."""
 
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -27,6 +29,35 @@ def test_saved_model_has_a_serving_signature(trained):
     prediction = serve(image=images)["prediction"].numpy()
     assert prediction.shape == (4, 3)
     np.testing.assert_allclose(prediction.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_saved_model_has_the_fingerprint_tensorflow_reads(trained):
+    folder = trained["settings"]["saved_model_dir"]
+    fingerprint = tf.saved_model.experimental.read_fingerprint(folder)
+    assert fingerprint.saved_model_checksum and fingerprint.graph_def_program_hash
+    # Without it TensorFlow's loader says so on the console.
+    assert "Fingerprint not found" not in trained["process"].stderr
+
+
+def test_saved_model_is_written_without_a_fingerprint_where_tensorflow_cannot(
+    tmp_path, trained, monkeypatch, caplog
+):
+    from helpers import load_graph_def
+    from tensorflow.python.saved_model.pywrap_saved_model import fingerprinting
+
+    def missing(folder):
+        raise AttributeError("CreateFingerprintDef is gone (faked)")
+
+    monkeypatch.setattr(fingerprinting, "CreateFingerprintDef", missing)
+    caplog.set_level("DEBUG", logger="absl")
+    graph_def = load_graph_def(trained["settings"]["output_graph"])
+    folder = str(tmp_path / "saved_model")
+    export.write_saved_model(graph_def, "final_result", folder)
+    assert sorted(os.listdir(folder)) == ["saved_model.pb", "variables"]
+    assert "No fingerprint.pb written into" in caplog.text
+    assert "CreateFingerprintDef is gone (faked)" in caplog.text
+    serve = tf.saved_model.load(folder).signatures["serving_default"]
+    assert serve(image=tf.zeros([1, 32, 32, 3]))["prediction"].shape == (1, 3)
 
 
 def test_labels_file_is_one_label_per_line_in_class_order_in_utf8(tmp_path):

@@ -27,6 +27,7 @@ from retrain_suite.bottleneck import cache as cache_lib
 from retrain_suite.bottleneck import compute, make_module
 from retrain_suite.bottleneck import module as module_lib
 from retrain_suite.images import files as image_files
+from retrain_suite.images import pipelines as image_pipelines
 
 TIMEOUT = 300  # A hang is the failure; a healthy run takes seconds.
 
@@ -102,13 +103,14 @@ def test_photo_replaced_by_a_huge_image_after_inspection_is_refused_not_decoded(
     for name, colour in (("a.png", (200, 30, 30)), ("b.png", (30, 200, 30))):
         (folder / name).write_bytes(png_bytes(colour))
         paths.append(str(folder / name))
-    real_load = module_lib.load
+    real_inspect = image_pipelines.ImageFiles.inspect
 
-    def load_then_replace(*args, **kwargs):
+    def inspect_then_replace(self, max_pixels):
+        files = real_inspect(self, max_pixels)
         (folder / "a.png").write_bytes(png_with_bad_text_chunk(20000, 20000))
-        return real_load(*args, **kwargs)
+        return files
 
-    monkeypatch.setattr(module_lib, "load", load_then_replace)
+    monkeypatch.setattr(image_pipelines.ImageFiles, "inspect", inspect_then_replace)
     result = compute.compute_bottlenecks(paths, tiny_module, str(tmp_path / "cache"))
     assert result.skipped[0].startswith("too large: 20000x20000")
     assert result.computed == 1
@@ -187,7 +189,7 @@ def test_fifo_in_a_class_folder_does_not_hang_bottleneck_computation(tmp_path, t
     no_traceback(process)
     assert process.returncode == 0, process.stderr[-3000:]
     assert "red/fifo.jpg: not a regular file (a FIFO)" in process.stderr
-    assert "6 computed, 0 reused, 0 skipped" in process.stderr
+    assert "6 computed, 0 from the cache, 0 skipped" in process.stderr
 
 
 def test_file_replaced_by_a_fifo_after_inspection_is_refused_without_blocking(tmp_path):
@@ -268,7 +270,7 @@ def test_unreadable_cache_entry_is_recomputed_under_real_permission_loss(
     no_traceback(process)
     assert process.returncode == 0, process.stderr[-3000:]
     assert f"Cannot read cache entry {entry}" in process.stderr
-    assert "1 computed, 5 reused, 0 skipped" in process.stderr
+    assert "1 computed, 5 from the cache, 0 skipped" in process.stderr
     assert stat.S_IMODE(os.stat(entry).st_mode) != 0  # Replaced by a fresh, readable entry.
 
 
@@ -382,7 +384,7 @@ def test_cache_entry_linked_to_another_images_entry_is_recomputed_not_served(
     no_traceback(process)
     assert process.returncode == 0, process.stderr[-3000:]
     assert f"Damaged cache entry {entry} (it holds the vector of another image" in process.stderr
-    assert "1 computed, 5 reused, 0 skipped" in process.stderr
+    assert "1 computed, 5 from the cache, 0 skipped" in process.stderr
 
 
 def test_fifo_in_place_of_a_cache_entry_does_not_hang_the_run(tmp_path, tiny_module):

@@ -37,7 +37,8 @@ def test_second_run_computes_no_bottlenecks(trained, tiny_module, tmp_path, capl
     )
     caplog.set_level("INFO")
     job.run_retraining(config_lib.from_flat(settings))
-    assert "bottlenecks: 60 images, 60 distinct: 0 computed, 60 reused, 0 skipped" in caplog.text
+    assert ("Bottlenecks: 60 images, 60 distinct (0 copies): 0 computed, 60 from the cache, "
+            "0 skipped") in caplog.text
 
 
 def test_copies_across_sets_are_reported_and_split_by_content_keeps_them_together(
@@ -59,7 +60,8 @@ def test_copies_across_sets_are_reported_and_split_by_content_keeps_them_togethe
     shutil.copy(image_dir / original, image_dir / copy)
     caplog.set_level("INFO")
     job.run_retraining(config_lib.from_flat(settings))
-    assert "bottlenecks: 61 images, 60 distinct: 0 computed, 61 reused, 0 skipped" in caplog.text
+    assert ("Bottlenecks: 61 images, 60 distinct (1 copy): 0 computed, 60 from the cache, "
+            "0 skipped") in caplog.text
     report = next(r for r in caplog.records if r.getMessage().startswith("Copies:"))
     assert report.levelname == "WARNING"
     assert report.getMessage().splitlines()[0] == (

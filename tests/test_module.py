@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 from helpers import make_dataset, run_script, write_image
 
-from retrain_suite.bottleneck import compute, inlining
+from retrain_suite.bottleneck import compute, inlining, make_module
 from retrain_suite.bottleneck import module as module_lib
 
 
@@ -249,3 +249,32 @@ def test_bottleneck_command_on_a_module_holding_a_fifo_ends_in_one_error_line(
         f"error: Cannot load module {folder}: {where} is a FIFO, not a regular file. Put the "
         "module's own files back (unpack or download it again), or pass another module.")
     assert "Traceback" not in process.stderr
+
+
+def test_a_run_loads_the_module_once_for_its_checks_and_its_bottlenecks(
+    tmp_path, tiny_module, monkeypatch
+):
+    from helpers import make_dataset, retrain_settings
+
+    from retrain_suite import config as config_lib
+    from retrain_suite import job
+
+    monkeypatch.setattr(module_lib, "_shared", [None, None])  # nothing loaded before
+    loads = []
+    hub_load = module_lib.hub.load
+    monkeypatch.setattr(module_lib.hub, "load", lambda path: loads.append(path) or hub_load(path))
+    image_dir = make_dataset(tmp_path / "data", per_class=4)
+    config = config_lib.from_flat(retrain_settings(tmp_path, image_dir, tiny_module))
+    dataset, images = job.scan_and_check(config)
+    assert len(loads) == 1  # the export graph's names are checked with the module in it
+    run = job.prepare_run(config, dataset, images)
+    assert len(loads) == 1 and len(run.training)  # the bottlenecks froze that same load
+    # A module rewritten in place is another module: loaded anew.
+    rewritten = str(tmp_path / "module")
+    shutil.copytree(tiny_module, rewritten)
+    module_lib.load_shared(rewritten, 32)
+    module_lib.load_shared(rewritten, 32)
+    assert len(loads) == 2
+    make_module.write_module("tiny", rewritten, seed=3)
+    module_lib.load_shared(rewritten, 32)
+    assert len(loads) == 3

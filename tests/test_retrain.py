@@ -24,7 +24,7 @@ from retrain_suite.bottleneck import compute
 
 def test_command_line_run_trains_to_full_accuracy_and_reports(trained):
     log = trained["process"].stderr
-    assert "bottlenecks: 60 images, 60 distinct: 60 computed, 0 reused, 0 skipped" in log
+    assert "Bottlenecks: 60 images, 60 distinct (0 copies): 60 computed, 0 from the cache, 0 skipped" in log
     assert "Copies: none; 60 images, all distinct." in log
     assert "Final test accuracy = 100.0% (N=" in log
     assert "validation accuracy" in log and "cross entropy" in log

@@ -104,7 +104,8 @@ def test_switching_to_records_reuses_every_bottleneck(prepared, tiny_module, tmp
                                 how_many_training_steps=10, eval_step_interval=5)
     settings["tfrecord_dir"] = out
     job.run_retraining(config_lib.from_flat(settings))
-    assert "bottlenecks: 48 images, 48 distinct: 0 computed, 48 reused, 0 skipped" in caplog.text
+    assert ("Bottlenecks: 48 images, 48 distinct (0 copies): 0 computed, 48 from the cache, "
+            "0 skipped") in caplog.text
 
 
 def test_large_splits_are_sharded_and_stale_shards_removed(tmp_path):

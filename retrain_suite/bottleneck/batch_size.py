@@ -76,6 +76,7 @@ class BatchedRun:
             self.rest = positions
         self.chosen = batch_size or (None if self.segments else DEFAULT_BATCH_SIZE)
         self.steady_rate = None  # images/s at the chosen size (see batches)
+        self.measuring = False  # True while batches yields the batches that measure
         self.seconds_per_image = {}  # {candidate: best seconds per image measured}
         self.rest_size = tf.compat.v1.placeholder_with_default(
             tf.constant(self.chosen or DEFAULT_BATCH_SIZE, tf.int64), [], "batch_size"
@@ -111,11 +112,14 @@ class BatchedRun:
     def plan(self):
         """How the images will be batched, for the log."""
         if self.segments:
-            sizes = [str(size) for size, _ in self.segments]
-            return (f"{', '.join(sizes[:-1])} and {sizes[-1]} first, then in the fastest "
-                    "of these per image")
+            sizes = [str(size) for size in CANDIDATES]
+            measured = sum(len(part) for _, part in self.segments)
+            return (f"measuring {', '.join(sizes[:-1])} and {sizes[-1]} images per forward pass "
+                    f"on the first {measured} images (each size once to warm up, then "
+                    f"{TIMED_BATCHES} timed rounds), then the fastest per image for the other "
+                    f"{len(self.rest)}")
         if self.given:
-            return f"{self.chosen}"
+            return f"{self.chosen}, as given"
         return f"{self.chosen} (too few images to measure the fastest size)"
 
     def batches(self, sess, fetches, clock=time.monotonic):
@@ -140,6 +144,7 @@ class BatchedRun:
                 if values is None:
                     break
                 ended = clock()
+                self.measuring = True
                 yield values
                 if not len(values[0]):
                     continue
@@ -150,6 +155,7 @@ class BatchedRun:
                         self.seconds_per_image.get(size, per_image), per_image
                     )
                 seen.add(size)
+            self.measuring = False
             if self.seconds_per_image:
                 self.chosen = fastest_batch_size(self.seconds_per_image)
             else:  # Nothing could be decoded among the first images.

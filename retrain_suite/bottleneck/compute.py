@@ -23,12 +23,40 @@ from retrain_suite.images import pipelines as image_pipelines
 PROGRESS_SECONDS = 10.0
 
 
+@dataclasses.dataclass(frozen=True)
+class Counts:
+    """What one compute_bottlenecks call did, counted by distinct image content.
+
+    images: every image asked for; distinct: their distinct contents (an
+    unreadable file counts as one of its own), so images - distinct are
+    copies; computed (one forward pass each), cached (read from the cache)
+    and skipped (unreadable, undecodable or too large) count distinct contents
+    and add up to distinct, except where a file changed while it was read and
+    its new content was computed besides.
+    """
+
+    images: int
+    distinct: int
+    computed: int
+    cached: int
+    skipped: int
+
+    def line(self):
+        """The one counts line that ends the bottleneck phase."""
+        copies = self.images - self.distinct
+        return (
+            f"Bottlenecks: {self.images} images, {self.distinct} distinct "
+            f"({copies} {'copy' if copies == 1 else 'copies'}): {self.computed} computed, "
+            f"{self.cached} from the cache, {self.skipped} skipped (unreadable or too large)"
+        )
+
+
 @dataclasses.dataclass
 class Bottlenecks:
     vectors: np.ndarray  # float32 [N, D], row i for paths[i]; zeros where skipped
     skipped: dict  # {index: reason} for images that could not be read or decoded
-    computed: int
-    reused: int
+    computed: int  # images whose vector was computed in this call (copies included)
+    reused: int  # images whose vector came from the cache
     height: int  # the module's input size
     width: int
     module_key: str
@@ -40,47 +68,70 @@ class Bottlenecks:
     # SHA-1 hex of each image's bytes (as decoded; as read for a file refused), None where
     # it could not be read.
     contents: list = None
+    counts: Counts = None  # by distinct content, for the log
 
     def summary(self):
-        """'bottlenecks: N images, D distinct: C computed, R reused, S skipped'.
-
-        N counts images, D their distinct contents (a copy's vector is computed
-        once); C, R and S count images and add up to N.
-        """
-        images = len(self.vectors)
-        distinct = len({c for c in self.contents or () if c is not None})
-        return (
-            f"bottlenecks: {images} images, {distinct} distinct: {self.computed} computed, "
-            f"{self.reused} reused, {len(self.skipped)} skipped"
-        )
+        """Counts.line(): 'Bottlenecks: N images, D distinct (K copies): C computed, ...'."""
+        return self.counts.line()
 
 
 class Progress:
-    """Logs count, rate and time left every few seconds during long work."""
+    """Logs count, rate and time left every few seconds during long work.
+
+    The time left comes only from the steady part of the work: not from
+    batches marked not steady (those that measure the batch size run at other
+    sizes, some slower), nor from the first steady batch, which also pays for
+    set-up (graph optimisation, an input pipeline's restart). Until a steady
+    batch after that first one has ended no time left is shown, so the
+    estimate holds from the first line that gives one.
+    """
 
     def __init__(self, total, what, interval=PROGRESS_SECONDS, clock=time.monotonic):
         self.total, self.what, self.interval, self.clock = total, what, interval, clock
         self.done = 0
         self.start = self.last = clock()
+        self.steady_since = None  # when the first steady batch ended
+        self.steady_done = 0  # images of the steady batches after the first one
+        self.measuring = False  # the latest batch was marked not steady
 
     def restart(self):
         """Start the clock now, after set-up that is not part of the work timed."""
         self.start = self.last = self.clock()
 
-    def update(self, count):
+    def update(self, count, steady=True):
+        """count more images done, in one batch; steady=False for a batch that measures."""
         self.done += count
         now = self.clock()
+        self.measuring = not steady
+        if steady:
+            if self.steady_since is None:
+                self.steady_since = now
+            else:
+                self.steady_done += count
         if now - self.last >= self.interval or self.done == self.total:
             self.last = now
             logging.info("%s", self.line(now))
 
+    def seconds_left(self, now):
+        """Seconds left at the steady rate, or None while there is no steady rate yet."""
+        if not self.steady_done:
+            return None
+        return (self.total - self.done) * max(now - self.steady_since, 1e-9) / self.steady_done
+
     def line(self, now):
-        elapsed = max(now - self.start, 1e-9)
-        rate = self.done / elapsed
-        left = (self.total - self.done) / rate if rate > 0 else float("inf")
+        rate = self.done / max(now - self.start, 1e-9)
+        left = self.seconds_left(now)
+        if self.done == self.total:
+            ending = "done"
+        elif left is not None:
+            ending = f"{format_duration(left)} left"
+        elif self.measuring:
+            ending = "measuring the batch size (time left after it)"
+        else:
+            ending = "time left after the next batch"
         return (
             f"{self.what}: {self.done}/{self.total} ({100.0 * self.done / self.total:.0f}%), "
-            f"{rate:.1f} images/s, {format_duration(left)} left"
+            f"{rate:.1f} images/s, {ending}"
         )
 
 
@@ -116,14 +167,10 @@ def compute_bottlenecks(
     """
     if isinstance(images, (list, tuple)):
         images = image_pipelines.ImageFiles(images)
-    files = images.inspect(max_image_pixels)
-    contents = [None if f.problem else f.sha1 for f in files]
-    hashes = [f.sha1 for f in files]  # also of files read but refused, for the copies count
-    skipped = {i: f.problem for i, f in enumerate(files) if f.problem}
     module_lib.use_gpu_memory_as_needed()
-    graph = tf.Graph()
-    with graph.as_default():
-        module = module_lib.load(handle, default_image_size)
+    # The run's checks loaded it already (export.check_final_tensor_name): shared, not reloaded.
+    module = module_lib.load_shared(handle, default_image_size)
+    with module.graph.as_default():
         probe = tf.compat.v1.placeholder(tf.float32, [None, module.height, module.width, 3])
         dimension = int(module(probe).shape[-1])
     height, width = module.height, module.width
@@ -134,10 +181,14 @@ def compute_bottlenecks(
         handle, height, width, dimension, precision,
         module_lib.describe_device(), cache.root,
     )
+    files = images.inspect(max_image_pixels)
+    contents = [None if f.problem else f.sha1 for f in files]
+    hashes = [f.sha1 for f in files]  # also of files read but refused, for the copies count
+    skipped = {i: f.problem for i, f in enumerate(files) if f.problem}
 
     vectors = np.zeros([len(images), dimension], np.float32)
     missing = {}  # content key -> indices needing it
-    reused = 0
+    reused, cached = 0, set()
     for i, content in enumerate(contents):
         if content is None:
             continue
@@ -147,11 +198,14 @@ def compute_bottlenecks(
         else:
             vectors[i] = vector
             reused += 1
+            cached.add(content)
 
-    computed, steady_rate, chosen = 0, None, None
+    computed, forward_passes, steady_rate, chosen = 0, 0, None, None
     if missing:
+        # Logged before freezing and building the pipeline, which take seconds of their own.
+        log_work(len(missing), sum(len(indices) for indices in missing.values()))
         # Frozen only now: a run with every vector cached does not pay for it.
-        forward, graph = _frozen_forward(module, precision, graph)
+        forward, graph = _frozen_forward(module, precision)
         forward_pass = _ForwardPass(
             images, forward, graph, module_lib.session_config(precision), (height, width),
             max_image_pixels,
@@ -163,16 +217,13 @@ def compute_bottlenecks(
             # content still need theirs, so they go round again (at the batch size
             # the first round chose).
             todo = [indices[0] for indices in missing.values()]
-            needing = sum(len(indices) for indices in missing.values())
-            what = f"{len(todo)} bottlenecks"
-            if needing > len(todo):  # a copy's vector is computed once and stored for every copy
-                extra = needing - len(todo)
-                what += f" for {needing} images ({extra} {'is a copy' if extra == 1 else 'are copies'})"
-            progress = Progress(len(todo), "bottlenecks")
+            progress = Progress(len(todo), "Bottlenecks")
             came_out, changed = set(), False
             run = _batched_run(forward_pass, todo, chosen or batch_size)
-            logging.info("Computing %s in batches of %s...", what, run.plan())
+            logging.log(logging.INFO if chosen is None else logging.DEBUG,
+                        "Batch size: %s.", run.plan())
             for batch in _computed_batches(forward_pass, run, progress.restart):
+                forward_passes += len(batch)
                 for i, content, vector in batch:
                     came_out.add(i)
                     cache.store(content, vector)  # As they come: a killed run keeps them.
@@ -191,7 +242,7 @@ def compute_bottlenecks(
                     missing[old].remove(i)
                     if not missing[old]:
                         del missing[old]
-                progress.update(len(batch))
+                progress.update(len(batch), steady=not run.measuring)
             if chosen is None:
                 steady_rate, chosen = run.steady_rate, run.chosen
             for first in todo:
@@ -204,11 +255,32 @@ def compute_bottlenecks(
 
     for i in sorted(skipped):
         logging.warning("Skipping %s: %s", images.name(i), skipped[i])
+    counts = count_by_content(hashes, skipped, forward_passes, len(cached))
     result = Bottlenecks(
         vectors, skipped, computed, reused, height, width, key, steady_rate, chosen, hashes,
+        counts,
     )
     logging.info("%s", result.summary())
     return result
+
+
+def log_work(distinct, images):
+    """The line that starts the computation: how many vectors, for how many images."""
+    what = f"{distinct} bottleneck{'' if distinct == 1 else 's'}"
+    if images > distinct:  # a copy's vector is computed once and stored for every copy
+        extra = images - distinct
+        what += f" for {images} images ({extra} {'is a copy' if extra == 1 else 'are copies'})"
+    logging.info("Computing %s...", what)
+
+
+def count_by_content(hashes, skipped, computed, cached):
+    """Counts of one compute_bottlenecks call. hashes: hex SHA-1 per image or None where
+    unreadable; skipped: {index: reason}; computed: forward passes; cached: distinct
+    contents read from the cache."""
+    keys = [h if h is not None else ("unreadable", i) for i, h in enumerate(hashes)]
+    skipped_keys = {keys[i] for i in skipped}
+    return Counts(images=len(keys), distinct=len(set(keys)), computed=computed, cached=cached,
+                  skipped=len(skipped_keys))
 
 
 # Peak memory that freezing adds, per byte of the module's weights: computing 102
@@ -217,13 +289,13 @@ def compute_bottlenecks(
 FROZEN_MEMORY_PER_WEIGHT_BYTE = 16
 
 
-def _frozen_forward(module, precision, graph):
+def _frozen_forward(module, precision):
     """(forward pass, its graph): the module with its weights frozen, where it can be.
 
     Constant weights let Grappler fold each batch normalization into its
     convolution (about 8% faster in float32, see module.freeze), and the
     mixed-precision rewrite needs them. In float32 the module is run as
-    loaded, reading its variables in `graph`, where freezing would take more
+    loaded, reading its variables in the graph it was loaded into, where freezing would take more
     than a quarter of this machine's memory, or where it cannot be frozen
     (weights over module.MAX_FROZEN_BYTES, or a graph the conversion does not
     handle); the log says which.
@@ -236,7 +308,7 @@ def _frozen_forward(module, precision, graph):
             "would take about %s more memory, over a quarter of this machine's %s.",
             memory_budget.format_bytes(extra), memory_budget.format_bytes(memory),
         )
-        return module, graph
+        return module, module.graph
     began = time.monotonic()
     try:
         forward = module_lib.freeze(module, precision)
@@ -247,7 +319,7 @@ def _frozen_forward(module, precision, graph):
             "Computing with the module's weights as loaded: they could not be frozen into the "
             "graph (%s). The forward pass is about 8%% slower that way.", errors.one_line(e),
         )
-        return module, graph
+        return module, module.graph
     logging.info(
         "Froze the module's weights into the graph in %.1f s, for a faster forward pass.",
         time.monotonic() - began,

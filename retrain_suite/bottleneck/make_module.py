@@ -2,8 +2,9 @@ r"""Write random-weight image feature-vector modules, for working offline.
 
     python -m bottleneck.make_module --kind=inception_v3 --output_dir=/tmp/incv3
     python -m bottleneck.make_module --kind=tiny --output_dir=/tmp/tiny
+    python -m bottleneck.make_module --kind=mobilenet_v1_025 --output_dir=/tmp/mobilenet
 
-Both follow TF Hub's image feature-vector convention (a TF2 SavedModel called
+All three follow TF Hub's image feature-vector convention (a TF2 SavedModel called
 on float32 [N, H, W, 3] in [0, 1], returning float32 [N, D]) and its Reusable
 SavedModel API (`__call__(images, training=...)`, `variables`,
 `trainable_variables`, `regularization_losses`), and load with `hub.load`
@@ -14,6 +15,11 @@ loading and fine-tuning paths without network:
   randomly initialised, with batch-norm statistics measured on one batch of
   random images so that features have a usable scale. As slow as the real
   one; the features carry no ImageNet knowledge.
+- `mobilenet_v1_025`: MobileNet v1 with width multiplier 0.25 (224x224 in,
+  256-d out, about 0.2 M weights), randomly initialised and calibrated like
+  `inception_v3`: a forward pass of about the real MobileNet v1 0.25's cost,
+  so that a benchmark on it shows the suite's fixed costs instead of hiding
+  them behind a slow module.
 - `tiny`: two small convolutions and global pooling (32x32 in, 64-d out), for
   fast tests. Its random features still separate plain colours and patterns.
   Its one regularization loss is a tiny weight decay on the convolutions.
@@ -23,7 +29,7 @@ import tensorflow as tf
 
 from retrain_suite import atomic_files
 
-KINDS = ("inception_v3", "tiny")
+KINDS = ("inception_v3", "mobilenet_v1_025", "tiny")
 
 
 TINY_SIZE = 32
@@ -98,23 +104,31 @@ def build(kind, seed=0):
         network = tf.keras.applications.InceptionV3(
             weights=None, include_top=False, pooling="avg", input_shape=(299, 299, 3)
         )
-        _calibrate_batch_norm(network, seed)
+        _calibrate_batch_norm(network, seed, 299)
         # Inception V3 expects [-1, 1]; TF Hub modules take [0, 1] and scale inside.
         return _FeatureVector(network, 299, 299, True)
+    if kind == "mobilenet_v1_025":
+        tf.keras.utils.set_random_seed(seed)
+        network = tf.keras.applications.MobileNet(
+            alpha=0.25, weights=None, include_top=False, pooling="avg", input_shape=(224, 224, 3)
+        )
+        _calibrate_batch_norm(network, seed, 224)
+        # MobileNet expects [-1, 1] too.
+        return _FeatureVector(network, 224, 224, True)
     raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
 
 
-def _calibrate_batch_norm(network, seed, count=16):
+def _calibrate_batch_norm(network, seed, size, count=16):
     """Set every batch-norm layer's statistics from one batch of smooth random images.
 
     Freshly initialised, the layers normalise nothing (mean 0, variance 1), and
-    the signal shrinks layer by layer until the 2048 features differ between
-    images by ~1e-4: too little for a final layer to learn from. With
+    the signal shrinks layer by layer until (in Inception V3) the 2048 features
+    differ between images by ~1e-4: too little for a final layer to learn from. With
     statistics measured on real-looking input, features have unit scale and
     separate images as random features should.
     """
     small = tf.random.stateless_uniform([count, 8, 8, 3], seed=[seed, 3])
-    images = tf.image.resize(small, [299, 299]) * 2.0 - 1.0
+    images = tf.image.resize(small, [size, size]) * 2.0 - 1.0
     layers = [layer for layer in network.layers if isinstance(layer, tf.keras.layers.BatchNormalization)]
     for layer in layers:
         layer.momentum = 0.0  # Moving statistics := this batch's statistics.

@@ -61,8 +61,7 @@ def check_cache_location(bottleneck_dir, image_dir, handle):
 def check_batch_memory(batch_size, image_count, handle, image_size):
     """Raise memory_budget.TooBig when the batches of decoded images cannot fit in memory
     (memory_budget.estimate of a run that holds no vectors and trains nothing)."""
-    with tf.Graph().as_default():
-        module = module_lib.load(handle, image_size)
+    module = module_lib.load_shared(handle, image_size)  # kept for the computation
     needed = memory_budget.estimate(memory_budget.Sizes(
         image_count=image_count, input_size=(module.height, module.width),
         bottleneck_batch_size=batch_size,
