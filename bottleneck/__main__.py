@@ -4,7 +4,8 @@ r"""Fill the bottleneck cache without training.
         --tfhub_module https://tfhub.dev/google/imagenet/inception_v3/feature_vector/5
 
 Computes the vector of every image not cached yet for that module, exactly as
-retrain.py would, and ends with `bottlenecks: N computed, M reused, K skipped`.
+retrain.py would, and ends with the counts line
+`Bottlenecks: N images, D distinct (...): C computed, R from the cache, K skipped (...)`.
 A later retrain.py with the same module and --bottleneck_dir reuses them all.
 """
 
