@@ -248,7 +248,7 @@ def define_retrain_flags():
     flags.DEFINE_enum(
         "tflite_quantization", _d("tflite_quantization"), tflite.QUANTIZATIONS,
         "none; dynamic (int8 weights); float16 (float16 weights); int8 (integer-only, uint8 "
-        "input and output, calibrated on up to 300 training images chosen by --random_seed).",
+        "input and output, calibrated on up to 100 training images chosen by --random_seed).",
     )
     flags.DEFINE_string(
         "intermediate_output_graphs_dir", _d("intermediate_output_graphs_dir"),
