@@ -106,7 +106,10 @@ def check_module_values(variables, values):
 
 
 def write_frozen_graph(graph_def, path):
-    atomic_files.write_bytes(path, graph_def.SerializeToString())
+    # Deterministic: the attribute maps in a fixed order, so the same graph gives the
+    # same bytes (the same seed and data, the same file; the check of the exported
+    # files recognises a file it has already run by those bytes).
+    atomic_files.write_bytes(path, graph_def.SerializeToString(deterministic=True))
 
 
 def write_labels(labels, path):

@@ -22,6 +22,15 @@ def test_frozen_graph_has_placeholder_input_and_final_result_output(trained):
     assert not ops & {"VarHandleOp", "VariableV2", "SaveV2", "RestoreV2", "ReadVariableOp"}
 
 
+def test_the_frozen_graph_file_is_its_deterministic_serialization(trained):
+    # The same graph, the same bytes: map fields (node attributes) in a fixed order.
+    with open(trained["settings"]["output_graph"], "rb") as f:
+        written = f.read()
+    graph_def = tf.compat.v1.GraphDef()
+    graph_def.ParseFromString(written)
+    assert written == graph_def.SerializeToString(deterministic=True)
+
+
 def test_saved_model_has_a_serving_signature(trained):
     loaded = tf.saved_model.load(trained["settings"]["saved_model_dir"])
     serve = loaded.signatures["serving_default"]
