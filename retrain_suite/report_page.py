@@ -63,7 +63,8 @@ img.picture { max-width: 100%; height: auto; border: 1px solid #eee; }
 pre { background: #f7f7f7; padding: 0.6em; overflow-x: auto; white-space: pre-wrap; }
 .note { color: #666; font-size: 0.9em; }
 .thumbs { display: flex; flex-wrap: wrap; gap: 8px; }
-figure.thumb { margin: 0; width: 128px; font-size: 0.75em; word-break: break-all; }
+figure.thumb { margin: 0; width: 128px; font-size: 0.75em; }
+figure.thumb .file { word-break: break-all; color: #555; }
 figure.thumb img { width: 128px; height: 128px; object-fit: contain; background: #222;
                    image-rendering: pixelated; }
 """
@@ -210,7 +211,7 @@ def _thumbnails(content):
             f'<figure class="thumb"><img src="{data_uri(t.jpeg, "image/jpeg")}" '
             f'alt="{text(t.path)}" title="{text(t.path)}"><figcaption>predicted '
             f"<b>{text(t.predicted_label)}</b> ({100 * t.confidence:.0f}%)<br>"
-            f"{text(t.path)}</figcaption></figure>")
+            f'<span class="file">{text(t.path)}</span></figcaption></figure>')
     if label is not None:
         parts.append("</div>")
     return "".join(parts)

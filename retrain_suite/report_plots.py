@@ -41,7 +41,8 @@ def plain_text(text, limit=MAX_LABEL_CHARACTERS):
     """User text for a picture: control characters and lone surrogates (a file name
     that is not UTF-8) as escapes, cut with an ellipsis past `limit` characters."""
     text = str(text).encode("utf-8", "backslashreplace").decode("utf-8")
-    text = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+    text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in text)
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
@@ -149,7 +150,7 @@ def confusion_png(counts, labels, title, normalized=False):
     names = [plain_text(labels[c]) for c in shown]
     side = len(shown)
     with matplotlib.rc_context(_STYLE):
-        inches = min(9.0, 3.2 + 0.2 * side)
+        inches = min(9.0, 4.2 + 0.16 * side)
         figure = Figure(figsize=(inches + 1.4, inches), dpi=DPI, layout="constrained")
         axes = figure.subplots()
         image = axes.imshow(values, cmap="Blues", vmin=0,
@@ -170,7 +171,7 @@ def confusion_png(counts, labels, title, normalized=False):
                         continue  # empty cells stay blank: the mistakes stand out
                     text = f"{values[i, j]:.2f}" if normalized else str(int(values[i, j]))
                     dark = top and values[i, j] > 0.55 * top
-                    axes.text(j, i, text, ha="center", va="center", fontsize=7,
+                    axes.text(j, i, text, ha="center", va="center", fontsize=9 if side <= 8 else 7,
                               color="white" if dark else "black")
         if side < len(labels):
             title += f"\n(the {side} classes with the most mistakes, of {len(labels)})"
