@@ -43,8 +43,8 @@ CHECK_SCRIPT = """addEventListener("load", () => {
 });"""
 
 
-@pytest.fixture(scope="module")
-def chromium():
+def chromium_path():
+    """Chromium's path; a missing browser fails the test that needs it (it is never skipped)."""
     path = shutil.which("chromium")
     if path is None:
         pytest.fail("chromium is missing: apt-get install chromium (the report page's tests "
@@ -52,10 +52,10 @@ def chromium():
     return path
 
 
-def run_chromium(chromium, tmp_path, page, *args):
+def run_chromium(tmp_path, page, *args):
     """Chromium, headless, on the file `page`. -> CompletedProcess (text)."""
     return subprocess.run(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+        [chromium_path(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
          "--no-first-run", "--disable-extensions", f"--user-data-dir={tmp_path / 'profile'}",
          "--enable-logging=stderr", "--v=0", *args, page.as_uri()],
         capture_output=True, text=True, timeout=120, check=False)
@@ -66,7 +66,7 @@ def console_lines(process):
     return [line for line in process.stderr.splitlines() if ":CONSOLE" in line]
 
 
-def checked(chromium, tmp_path, page):
+def checked(tmp_path, page):
     """What CHECK_SCRIPT found on a copy of page (a Path). -> dict."""
     digest = base64.b64encode(hashlib.sha256(CHECK_SCRIPT.encode()).digest()).decode()
     source = page.read_text(encoding="utf-8")
@@ -76,7 +76,7 @@ def checked(chromium, tmp_path, page):
     copy = tmp_path / "checked.html"
     copy.write_text(source.replace("</body>", f"<script>{CHECK_SCRIPT}</script></body>"),
                     encoding="utf-8")
-    process = run_chromium(chromium, tmp_path, copy, "--dump-dom")
+    process = run_chromium(tmp_path, copy, "--dump-dom")
     assert process.returncode == 0, process.stderr[-2000:]
     assert not console_lines(process), console_lines(process)
     found = re.search(r'<pre id="check">(.*?)</pre>', process.stdout, re.S)
@@ -91,8 +91,8 @@ def hostile_page(tmp_path_factory):
     return folder / "report.html"
 
 
-def test_every_picture_decodes_and_hostile_names_are_text(chromium, hostile_page, tmp_path):
-    found = checked(chromium, tmp_path, hostile_page)
+def test_every_picture_decodes_and_hostile_names_are_text(hostile_page, tmp_path):
+    found = checked(tmp_path, hostile_page)
     assert found["broken"] == []
     assert found["images"] == 4 + len(hostile_content().thumbnails)  # curves, matrices, mistakes
     assert found["not_data"] == 0
@@ -102,9 +102,9 @@ def test_every_picture_decodes_and_hostile_names_are_text(chromium, hostile_page
 
 
 def test_page_opens_with_no_console_message_and_a_screenshot_that_is_not_blank(
-        chromium, hostile_page, tmp_path):
+        hostile_page, tmp_path):
     shot = tmp_path / "shot.png"
-    process = run_chromium(chromium, tmp_path, hostile_page, f"--screenshot={shot}",
+    process = run_chromium(tmp_path, hostile_page, f"--screenshot={shot}",
                            "--window-size=1200,2400", "--hide-scrollbars")
     assert process.returncode == 0 and shot.exists(), process.stderr[-2000:]
     assert not console_lines(process), console_lines(process)
@@ -116,13 +116,13 @@ def test_page_opens_with_no_console_message_and_a_screenshot_that_is_not_blank(
 
 
 def test_policy_stops_a_script_and_a_remote_picture_that_slipped_past_escaping(
-        chromium, hostile_page, tmp_path):
+        hostile_page, tmp_path):
     source = hostile_page.read_text(encoding="utf-8")
     slipped = ('<script>document.title = "ran";</script>'
                '<img src="https://example.invalid/x.png" onerror="document.title = \'ran\'">')
     evil = tmp_path / "evil.html"
     evil.write_text(source.replace("</body>", slipped + "</body>"), encoding="utf-8")
-    process = run_chromium(chromium, tmp_path, evil, "--dump-dom")
+    process = run_chromium(tmp_path, evil, "--dump-dom")
     assert process.returncode == 0, process.stderr[-2000:]
     title = re.search(r"<title>(.*?)</title>", process.stdout, re.S).group(1)
     assert "ran" not in title and title.startswith("Retraining report")
@@ -130,7 +130,7 @@ def test_policy_stops_a_script_and_a_remote_picture_that_slipped_past_escaping(
     assert "Content Security Policy" in refused and "example.invalid" in refused
 
 
-def test_a_command_line_runs_report_renders_whole(chromium, trained, tmp_path):
-    found = checked(chromium, tmp_path, pathlib.Path(trained["settings"]["report_dir"], "report.html"))
+def test_a_command_line_runs_report_renders_whole(trained, tmp_path):
+    found = checked(tmp_path, pathlib.Path(trained["settings"]["report_dir"], "report.html"))
     assert found["broken"] == [] and found["images"] == 3 and found["not_data"] == 0
     assert "Exported files" in found["text"] and "Time by phase" in found["text"]
