@@ -31,7 +31,7 @@ from retrain_suite.images import pipelines as image_pipelines
 
 SCRIPT_LABEL = "<script>alert(1)</script>"
 AMPERSAND_LABEL = "a&b \"quoted\" 'x'"
-MATHS_LABEL = r"$\frac{1}{0}$"  # maths to matplotlib, unless told otherwise
+MATHS_LABEL = r"$\nosuch{x}$"  # maths that matplotlib cannot parse, unless told not to try
 NOT_UTF8_LABEL = "caf\udce9"  # a folder name in Latin-1, as os.listdir gives it
 HOSTILE_FILE = "<img src=x onerror=alert(2)>.jpg"
 LABELS = ("plain", SCRIPT_LABEL, AMPERSAND_LABEL, MATHS_LABEL, NOT_UTF8_LABEL)
