@@ -374,7 +374,9 @@ def test_command_line_run_writes_the_report_folder(trained):
         assert f"{100 * float(row['validation_accuracy']):.1f}" == validation
     with open(os.path.join(folder, "report.html"), encoding="utf-8") as f:
         page = f.read()
-    assert len(decoded_images(page)) == 3  # curves and two matrices: no mistakes to show
+    formats = [f for f, _ in decoded_images(page)]
+    assert formats.count("PNG") == 3  # curves and two matrices
+    assert formats.count("JPEG") == page.count('<figure class="thumb">')  # any test mistakes
     text = "".join(Elements(page).text)
     for expected in ("frozen graph", "SavedModel", settings["output_graph"],
                      "report (tables, TensorBoard, JSON)", "check of the exported files",
