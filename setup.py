@@ -27,6 +27,8 @@ setup(
         "numpy",
         "pillow",
         "absl-py",
+        # The report page's curves and confusion matrices (report_plots, Agg backend).
+        "matplotlib",
         # TensorFlow 2.21 no longer installs TensorBoard; the README's
         # `tensorboard --logdir` command needs it.
         "tensorboard>=2.16,<2.22",

@@ -57,6 +57,7 @@ def retrain_command(image_dir, handle, bottleneck_dir, out, steps, *extra):
         f"--output_labels={out}/labels.txt",
         f"--summaries_dir={out}/logs",
         f"--checkpoint_path={out}/checkpoint",
+        f"--report_dir={out}/report",
         "--random_seed=1",
         *extra,
     ]

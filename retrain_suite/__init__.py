@@ -29,6 +29,8 @@ Rooms, in the order an image goes through them:
 - `errors`: SuiteError, the base of every error a user can cause, and one_line.
 - `console`: third parties' notes kept off the console unless asked for.
 - `phases`: where a run's time goes, one table at the end.
+- `report_content`, `report_page`, `report_plots`: the --report_dir folder of a
+  finished run (report.html, results.csv, the pictures as PNG).
 - `cli`: the command lines (flags -> configuration -> the library).
 
 Library functions take a configuration section or plain values; only `cli` reads flags.

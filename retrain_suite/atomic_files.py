@@ -107,7 +107,8 @@ def check_replaceable(path, owned_entries):
     That is an empty folder, or one holding nothing but owned_entries, with
     only the files a SavedModel writer names in those that are folders
     (variables/variables.index and variables.data-NNNNN-of-NNNNN). Anything
-    else in it is someone else's, so it is refused: another name, a folder or
+    else in it is someone else's, so it is refused: another name, a folder
+    named as an owned file (saved_model.pb/, report.html/), a folder or
     a differently named file below an owned folder (notes.txt in variables/),
     and a link anywhere, even one named as an owned entry (tf.io.gfile.rmtree
     follows a link to a folder and deletes what that folder holds).
@@ -126,6 +127,9 @@ def check_replaceable(path, owned_entries):
             foreign.append(f"the link {entry}")
         elif entry not in owned_entries:
             foreign.append(entry)
+        elif tf.io.gfile.isdir(full) and entry not in _OWNED_FILES_INSIDE:
+            # An owned file's name on a folder (report.html/ full of photos): not ours.
+            foreign.append(f"the folder {entry}")
         elif tf.io.gfile.isdir(full):
             for inner in sorted(e.rstrip("/") for e in tf.io.gfile.listdir(full)):
                 if _is_link(f"{full}/{inner}"):

@@ -272,11 +272,19 @@ class OutputConfig:
     intermediate_store_frequency: int = 0  # steps; 0: off
     checkpoint_path: str = "/tmp/_retrain_checkpoint"
     summaries_dir: str = "/tmp/retrain_logs"
+    # The report page's folder (report.html, results.csv, pictures); "": no report page.
+    report_dir: str = "/tmp/retrain_report"
 
     def validate(self):
         """Raise UsageError for values that cannot work (whether the final tensor's name is
         free in the graphs is checked later, by job.check_names_in_graphs)."""
         check_numbers(self)
+        if self.report_dir.rstrip("/").lower().endswith((".html", ".htm")):
+            # A folder called report.html holding report.html is never what was meant.
+            raise UsageError(
+                f"--report_dir={self.report_dir} names the report's folder, not the page: the "
+                "page is written as report.html inside it; e.g. --report_dir=/tmp/retrain_report."
+            )
         if not VALID_OP_NAME.match(self.final_tensor_name):
             raise UsageError(
                 f"--final_tensor_name={self.final_tensor_name!r} is not a TensorFlow op name: "

@@ -60,6 +60,9 @@ class FineTuningResult:
     # As training.TrainingResult's: {split name: run_data.Predictions}, measured by the
     # kept whole model on images.
     predictions: dict
+    # [training.EvaluationPoint]: every whole-validation evaluation this process made,
+    # in step order (step 0 first; a resumed run's start at the step it resumed from).
+    history: list = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -221,6 +224,7 @@ def fine_tune(config, run, result):
         def snapshot():
             return dict(zip((v.op.name for v in g.every), sess.run(g.every)))
 
+        history = []
         if resumed:
             _, current, best, start_score = resumed
             if set(current) != set(start_values) or any(
@@ -235,6 +239,8 @@ def fine_tune(config, run, result):
             _, accuracy, cross_entropy = _evaluate(
                 sess, g, "validation", eval_rows["validation"], val_y)
             best = checkpoint.Best(0, accuracy, cross_entropy)
+            history.append(training.EvaluationPoint(0, None, None, None, accuracy, cross_entropy,
+                                                    len(val_y)))
             _write_scalars(writer, 0, validation_accuracy=accuracy,
                            validation_cross_entropy=cross_entropy)
             start_score = (accuracy, cross_entropy)
@@ -265,6 +271,8 @@ def fine_tune(config, run, result):
                 sess, g, "validation", eval_rows["validation"], val_y)
             _write_scalars(writer, step, loss=loss, validation_accuracy=accuracy,
                            validation_cross_entropy=cross_entropy)
+            history.append(training.EvaluationPoint(step, None, None, float(loss), accuracy,
+                                                    cross_entropy, len(val_y)))
             message = (f"Fine-tuning step {step}/{steps}: loss {loss:.4f}, validation accuracy "
                        f"{100 * accuracy:.1f}%, cross entropy {cross_entropy:.4f}")
             if not math.isfinite(cross_entropy):
@@ -307,7 +315,7 @@ def fine_tune(config, run, result):
         steps=step, kept_step=kept_step, diverged=diverged,
         layer={v.op.name: kept[v.op.name] for v in g.layer_variables},
         module_values=[kept[n] for n in module_names] if kept_step else None,
-        predictions=predictions,
+        predictions=predictions, history=history,
     )
 
 

@@ -4,7 +4,8 @@ check the configuration -> scan (or read TFRecords) and split -> compute or
 reuse bottlenecks -> train the final layer (-> fine-tune the module with it
 on images, keeping the better) -> report on the test and
 validation sets -> export the frozen graph, labels (and SavedModel, and
-TFLite model) -> run each exported file on the test set (artifact_check). See
+TFLite model) -> run each exported file on the test set (artifact_check) ->
+write the report folder (report_page: report.html, results.csv, pictures). See
 retrain.py's docstring for what each step means to the user.
 """
 
@@ -26,6 +27,8 @@ from retrain_suite import (
     memory_budget,
     output_paths,
     phases,
+    report_content,
+    report_page,
     reporting,
     run_data,
     tflite,
@@ -205,6 +208,9 @@ def train_and_export(config, dataset, images, timer):
         logging.info("Exported files on the %s set:\n%s", set_name,
                      artifact_check.format_table(artifacts, set_name))
         report["artifacts"] = {"set": set_name, "files": [a.as_dict() for a in artifacts]}
+    if config.outputs.report_dir:
+        with timer.phase("report page (report.html, results.csv, pictures)"):
+            write_report_page(config, run, model, report, checked, timer)
     logging.info("Time by phase:\n%s", timer.table())
     if config.evaluation.eval_report:
         report["time"] = timer.as_dict()
@@ -299,6 +305,15 @@ def report_results(config, run, model):
     if config.evaluation.assert_accuracy_at_least is not None:
         reporting.check_accuracy(reports, config.evaluation.assert_accuracy_at_least)
     return report, accuracy
+
+
+def write_report_page(config, run, model, report, checked, timer):
+    """Write the --report_dir folder (report_page) of the finished run; arguments as
+    report_content.from_run's."""
+    path = config.outputs.report_dir
+    content = report_content.from_run(config, run, model, report, checked, timer)
+    export.write_output("report_dir", path, lambda: report_page.write_report(path, content))
+    logging.info("Wrote report page %s", os.path.join(path, report_page.PAGE))
 
 
 def write_report(path, report):

@@ -176,6 +176,14 @@ CHECKPOINT_SUFFIXES = ("", ".index", ".data-00000-of-00001", ".lock", ".fine_tun
 CHECKPOINT_SUFFIX_ROOM = len(".data-00000-of-00001.tempstate") + 20
 
 
+# What report_page writes in --report_dir (spelled out here so that this low room
+# imports no stage; test_report_page checks the two agree): a folder holding only
+# these, or nothing, is one a run may replace.
+REPORT_ENTRIES = frozenset({"report.html", "results.csv", "training_curves.png",
+                            "fine_tuning_curves.png", "confusion_matrix.png",
+                            "confusion_matrix_normalized.png"})
+
+
 def outputs_of(outputs, eval_report):
     """[(flag, path)] of everything a retraining run writes: files, folders and a
     checkpoint's files. outputs: a config.OutputConfig; eval_report: its path, or ''."""
@@ -184,7 +192,8 @@ def outputs_of(outputs, eval_report):
              ("summaries_dir", outputs.summaries_dir)]
     for flag, path in (("eval_report", eval_report),
                        ("saved_model_dir", outputs.saved_model_dir),
-                       ("tflite_output_file", outputs.tflite_output_file)):
+                       ("tflite_output_file", outputs.tflite_output_file),
+                       ("report_dir", outputs.report_dir)):
         if path:
             named.append((flag, path))
     if outputs.intermediate_store_frequency > 0:
@@ -203,7 +212,8 @@ def check_output_paths(data, module, outputs, eval_report):
     path flags; no output the same as, inside or around --image_dir,
     --tfrecord_dir, --bottleneck_dir, a local module folder or another output;
     file outputs that are not folders and whose names fit; a --saved_model_dir
-    that is absent, empty or a SavedModel. The cache may be inside --image_dir
+    that is absent, empty or a SavedModel, and a --report_dir that is absent,
+    empty or a report folder (REPORT_ENTRIES). The cache may be inside --image_dir
     or --tfrecord_dir (neither scan it), but not either folder itself nor around it.
     """
     cache = module.bottleneck_dir
@@ -243,6 +253,8 @@ def check_output_paths(data, module, outputs, eval_report):
         check_folder_output("saved_model_dir", outputs.saved_model_dir,
                             atomic_files.SAVED_MODEL_ENTRIES)
     check_folder_output("summaries_dir", outputs.summaries_dir)
+    if outputs.report_dir:
+        check_folder_output("report_dir", outputs.report_dir, REPORT_ENTRIES)
     if outputs.intermediate_store_frequency > 0:
         check_folder_output("intermediate_output_graphs_dir",
                             outputs.intermediate_output_graphs_dir)

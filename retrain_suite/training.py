@@ -5,7 +5,9 @@ enough for Ctrl-C to stop the run promptly), an evaluation every
 eval_step_interval steps (logged, and written to TensorBoard), and, with
 validation images, the choice of the layer to keep (`BestLayer`: best on the
 whole validation set) and early stopping. It saves the kept layer to the
-checkpoint the export restores from.
+checkpoint the export restores from. Every evaluation is also kept, as an
+`EvaluationPoint`, in the result's `history` (the report page's curves and
+results.csv).
 """
 
 import dataclasses
@@ -62,6 +64,29 @@ class BestLayer:
         return bool(self.patience) and self.evaluations_without_improvement >= self.patience
 
 
+@dataclasses.dataclass(frozen=True)
+class EvaluationPoint:
+    """One evaluation of training or fine-tuning: the numbers its log line shows.
+
+    Accuracies are fractions in [0, 1], cross entropies and losses means per
+    image (nats); None where that phase does not measure the value. A
+    cross entropy or loss may be NaN or infinite when training diverged.
+    """
+
+    step: int
+    # On the step's training batch; bottleneck training only (fine-tuning does not measure them).
+    train_accuracy: Optional[float]
+    train_cross_entropy: Optional[float]  # plain: no class weights, smoothing or L2
+    # Fine-tuning only: the step's training loss (weights, smoothing, L2 and the module's
+    # regularization included); None at step 0, before any step.
+    train_loss: Optional[float]
+    # On validation_images images: a --validation_batch_size sample in training (as
+    # logged and in TensorBoard), every validation image in fine-tuning. None without them.
+    validation_accuracy: Optional[float]
+    validation_cross_entropy: Optional[float]
+    validation_images: int
+
+
 @dataclasses.dataclass
 class TrainingResult:
     steps: int  # training steps taken (fewer than asked when stopped early)
@@ -72,6 +97,9 @@ class TrainingResult:
     # images of 10,000 classes.
     predictions: dict
     layer: dict  # {variable name: ndarray}: the kept layer's values, what is exported
+    # [EvaluationPoint]: every evaluation, in step order (every --eval_step_interval
+    # steps and the last step).
+    history: list = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,7 +234,8 @@ class _Evaluator:
 
 def validate(evaluator, rows, rate, step):
     """Evaluate the layer on the validation `rows` sample (logged, summarised) and,
-    when a layer is being chosen, score it on the whole set. -> log text."""
+    when a layer is being chosen, score it on the whole set. -> (log text, the
+    sample's accuracy, the sample's cross entropy)."""
     sess, g, validation = evaluator.sess, evaluator.g, evaluator.validation
     val_x, val_y = validation.bottlenecks, validation.labels
     accuracy, entropy, summary = sess.run(
@@ -214,15 +243,16 @@ def validate(evaluator, rows, rate, step):
         {g.bottleneck_input: val_x[rows], g.ground_truth: val_y[rows], g.learning_rate: rate},
     )
     evaluator.writer.add_summary(summary, step)
+    sampled = (float(accuracy), float(entropy))
     message = f", validation accuracy {100 * accuracy:.1f}% (N={len(rows)})"
     if evaluator.best is None:
-        return message
+        return (message, *sampled)
     if len(rows) < len(val_y):
         accuracy, entropy = score(sess, g, val_x, val_y)
         message += f", all {len(val_y)}: {100 * accuracy:.1f}%"
     if evaluator.best.update(step, accuracy, entropy, lambda: g.layer_values(sess)):
         message += " (best so far)"
-    return message
+    return (message, *sampled)
 
 
 def train(run, training, evaluation, outputs, hooks=Hooks()):
@@ -272,6 +302,7 @@ def train(run, training, evaluation, outputs, hooks=Hooks()):
         evaluator = _Evaluator(sess, g, validation, validation_writer, best if selecting else None)
         start = time.monotonic()
         step = 0
+        history = []
         while step < steps:
             if looping:
                 # The steps before the next evaluation in calls of the train_steps loop,
@@ -308,11 +339,16 @@ def train(run, training, evaluation, outputs, hooks=Hooks()):
                 f"Step {step}/{steps}: train accuracy {100 * train_accuracy:.1f}%, "
                 f"cross entropy {cross_entropy:.4f}"
             )
+            validated = (None, None, 0)
             if len(val_y):
                 rows = sample(rng, len(val_y), evaluation.validation_batch_size)
-                message += validate(evaluator, rows, rate, step)
+                text, *scores = validate(evaluator, rows, rate, step)
+                message += text
+                validated = (*scores, len(rows))
             shown = progress.due(step) or best.should_stop()
             logging.log(logging.INFO if shown else logging.DEBUG, "%s", message)
+            history.append(EvaluationPoint(step, float(train_accuracy), float(cross_entropy),
+                                           None, *validated))
             frequency = outputs.intermediate_store_frequency
             if frequency and step % frequency == 0 and step != steps:
                 hooks.export_intermediate(step, g.named_layer_values(sess))
@@ -345,7 +381,8 @@ def train(run, training, evaluation, outputs, hooks=Hooks()):
                 positions = sample(rng, len(split), size)
                 classes, confidences = predict(sess, g, split.bottlenecks[positions])
                 predictions[split.name] = run_data.Predictions(positions, classes, confidences)
-    return TrainingResult(steps=step, kept_step=kept_step, predictions=predictions, layer=layer)
+    return TrainingResult(steps=step, kept_step=kept_step, predictions=predictions, layer=layer,
+                          history=history)
 
 
 def log_distortion_cost(per_step, steps, batch_size):

@@ -2,6 +2,7 @@
 random features fall short, never worse, exported whole, resumable, and refused for
 modules it cannot train."""
 
+import csv
 import json
 import logging as std_logging
 import os
@@ -164,6 +165,25 @@ def test_fine_tuning_curves_are_in_tensorboard(runs):
     kept = tuned["fine_tuning"]["kept_step"]
     assert points["validation_accuracy"][kept] == pytest.approx(tuned["validation"]["accuracy"])
     assert points["validation_accuracy"][0] < points["validation_accuracy"][kept]
+
+
+def test_fine_tuning_history_is_its_logged_evaluations_and_the_reports_curves(runs):
+    history, log = runs["result"].history, runs["tuned_log"]
+    assert [p.step for p in history] == [0, 25, 50, 75, 100]
+    logged = re.findall(r"Fine-tuning step (\d+)/100(?: \(the bottleneck-trained model\))?:"
+                        r"(?: loss ([\d.]+),)? validation accuracy ([\d.]+)%, cross entropy "
+                        r"([\d.]+)", log)
+    assert [int(step) for step, *_ in logged] == [p.step for p in history]
+    for p, (_, loss, accuracy, entropy) in zip(history, logged):
+        assert (p.train_accuracy, p.train_cross_entropy) == (None, None)
+        assert (f"{p.train_loss:.4f}" if p.step else "") == loss
+        assert f"{100 * p.validation_accuracy:.1f}" == accuracy
+        assert f"{p.validation_cross_entropy:.4f}" == entropy
+    with open(os.path.join(runs["tuned"]["report_dir"], "results.csv")) as f:
+        rows = [row for row in csv.DictReader(f) if row["phase"] == "fine-tuning"]
+    assert [int(row["step"]) for row in rows] == [0, 25, 50, 75, 100]
+    assert os.path.exists(os.path.join(runs["tuned"]["report_dir"], "fine_tuning_curves.png"))
+    assert not os.path.exists(os.path.join(runs["plain"]["report_dir"], "fine_tuning_curves.png"))
 
 
 def test_exported_graph_reproduces_the_in_run_probabilities(runs):

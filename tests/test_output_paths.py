@@ -56,18 +56,20 @@ def test_every_output_is_listed_once_by_its_flag_with_the_checkpoints_files():
         output_graph="/o/g.pb", output_labels="/o/l.txt", summaries_dir="/o/logs",
         saved_model_dir="/o/model", tflite_output_file="", checkpoint_path="/o/ckpt",
         intermediate_output_graphs_dir="/o/steps", intermediate_store_frequency=5,
+        report_dir="/o/page",
     )
     listed = output_paths.outputs_of(outputs, "/o/report.json")
     assert listed == [
         ("output_graph", "/o/g.pb"), ("output_labels", "/o/l.txt"),
         ("summaries_dir", "/o/logs"), ("eval_report", "/o/report.json"),
-        ("saved_model_dir", "/o/model"), ("intermediate_output_graphs_dir", "/o/steps"),
+        ("saved_model_dir", "/o/model"), ("report_dir", "/o/page"),
+        ("intermediate_output_graphs_dir", "/o/steps"),
         ("checkpoint_path", "/o/ckpt"), ("checkpoint_path", "/o/ckpt.index"),
         ("checkpoint_path", "/o/ckpt.data-00000-of-00001"), ("checkpoint_path", "/o/ckpt.lock"),
         ("checkpoint_path", "/o/ckpt.fine_tuning"),
     ]
     # Outputs that are off are not outputs.
-    quiet = output_paths.outputs_of(config_lib.OutputConfig(), "")
+    quiet = output_paths.outputs_of(config_lib.OutputConfig(report_dir=""), "")
     assert {flag for flag, _ in quiet} == {"output_graph", "output_labels", "summaries_dir",
                                           "checkpoint_path"}
 

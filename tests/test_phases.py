@@ -59,7 +59,8 @@ def test_a_run_ends_with_its_phase_table_and_keeps_it_in_the_report(tmp_path, ti
                      "scan and checks (module loaded to check names)",
                      "bottlenecks (module load, cache, forward passes)", "training",
                      "report (tables, TensorBoard, JSON)", "frozen graph and labels",
-                     "TFLite (none)", "check of the exported files"]
+                     "TFLite (none)", "check of the exported files",
+                     "report page (report.html, results.csv, pictures)"]
     assert all(p["seconds"] >= 0 for p in time_report["phases"])
     assert time_report["total_seconds"] >= sum(p["seconds"] for p in time_report["phases"])
     last = caplog.records[-1].getMessage()

@@ -265,6 +265,13 @@ def define_retrain_flags():
     flags.DEFINE_string(
         "summaries_dir", _d("summaries_dir"), "TensorBoard logs (train/ and validation/ runs)."
     )
+    flags.DEFINE_string(
+        "report_dir", _d("report_dir"),
+        "Folder for the run's report: report.html (one self-contained page: settings, data, "
+        "curves, per-class tables, confusion matrices, misclassified test images, exported "
+        "files, time by phase), results.csv (every evaluation) and the pictures as PNG. "
+        "Replaced as a whole; a folder holding other files is refused. Empty: no report.",
+    )
     define_logging_verbosity()
     # Distortions of the training images.
     flags.DEFINE_bool(
