@@ -97,6 +97,18 @@ def test_the_quiet_start_leaves_a_level_the_user_set(tmp_path):
     assert mine.stdout.strip() == "1"
 
 
+def test_tensorflow_starts_without_pyplot_which_imports_afterwards(tmp_path):
+    # Keras imports matplotlib.pyplot (0.4 s) inside `import tensorflow` when it can.
+    script = (
+        "import sys\nfrom retrain_suite.cli import startup\nstartup.quiet_tensorflow()\n"
+        "print('tensorflow' in sys.modules, 'matplotlib.pyplot' in sys.modules)\n"
+        "import matplotlib.pyplot\nprint(matplotlib.pyplot.__name__)\n"
+    )
+    for extra in ([], ["--logging_verbosity=DEBUG"]):
+        started = run_script("-c", script, *extra, env=quiet_environment(), check=True)
+        assert started.stdout.split() == ["True", "False", "matplotlib.pyplot"], started.stdout
+
+
 def test_helpfull_lists_absl_flags_too_and_exits_0():
     process = run_script("pre_input.py", "--helpfull", env=quiet_environment())
     assert process.returncode == 0 and "--image_dir" in process.stdout and "--verbosity" in process.stdout
