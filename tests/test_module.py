@@ -278,3 +278,16 @@ def test_a_run_loads_the_module_once_for_its_checks_and_its_bottlenecks(
     make_module.write_module("tiny", rewritten, seed=3)
     module_lib.load_shared(rewritten, 32)
     assert len(loads) == 3
+
+
+def test_the_weights_of_the_shared_module_are_the_module_s_not_the_names_check_s_layer(
+        tiny_module):
+    # The names check loads the module into the export graph, with a final layer of
+    # 100 hidden units, and keeps it for the bottlenecks: the memory that freezing
+    # its weights takes is still the module's alone.
+    from retrain_suite import export
+
+    with tf.Graph().as_default():
+        alone = module_lib.weight_bytes(module_lib.load(tiny_module))
+    export.check_final_tensor_name(tiny_module, 299, "final_result", hidden_units=100)
+    assert module_lib.weight_bytes(module_lib.load_shared(tiny_module)) == alone > 0

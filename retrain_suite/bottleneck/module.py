@@ -62,6 +62,9 @@ class FeatureVectorModule:
     _callable: object
     precision: str = "float32"  # what the forward pass computes in; see session_config
     graph: object = None  # the graph whose variables hold the weights; None when frozen
+    # The variables loading the module made in that graph: its weights, whatever else
+    # (an export graph's final layer) is built in the graph later.
+    weight_variables: tuple = ()
 
     def __call__(self, images, training=None):
         """float32 [N, height, width, 3] in [0, 1] -> float32 [N, D].
@@ -167,6 +170,7 @@ def load(handle, default_image_size=DEFAULT_IMAGE_SIZE):
         raise ModuleError(f"Cannot load module {handle}: {problem}. Put the module's own "
                           "files back (unpack or download it again), or pass another module.")
     logging.info("Loading module %s...", handle)  # seconds for a large module
+    before = set(id(v) for v in tf.compat.v1.global_variables())
     try:
         loaded = hub.load(path)
     except Exception as e:  # hub.load fails in many ways: format, missing files, versions.
@@ -178,7 +182,9 @@ def load(handle, default_image_size=DEFAULT_IMAGE_SIZE):
             "hub.Module are not supported). Use a TF2 feature-vector module."
         )
     height, width = _static_image_size(loaded) or (default_image_size, default_image_size)
-    return FeatureVectorModule(handle, height, width, loaded, graph=tf.compat.v1.get_default_graph())
+    made = tuple(v for v in tf.compat.v1.global_variables() if id(v) not in before)
+    return FeatureVectorModule(handle, height, width, loaded,
+                               graph=tf.compat.v1.get_default_graph(), weight_variables=made)
 
 
 # The module load_shared or keep last kept: (identity, FeatureVectorModule).
@@ -328,12 +334,9 @@ def freeze(module, precision="float32"):
 
 
 def weight_bytes(module):
-    """Bytes of the variables of the graph a (not frozen) module was loaded into."""
-    with module.graph.as_default():
-        return sum(
-            v.shape.num_elements() * v.dtype.base_dtype.size
-            for v in tf.compat.v1.global_variables()
-        )
+    """Bytes of a (not frozen) module's weights: the variables its load made (not those of
+    a final layer built later in the same graph, as the names check's export graph has)."""
+    return sum(v.shape.num_elements() * v.dtype.base_dtype.size for v in module.weight_variables)
 
 
 def constant_graph_def(sess, output_names):
