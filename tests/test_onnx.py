@@ -311,17 +311,23 @@ def test_an_onnx_file_over_the_size_cap_is_refused_unread(onnx_run, monkeypatch)
 def test_a_model_over_the_size_cap_is_not_written(onnx_run, tmp_path, monkeypatch):
     settings = onnx_run["settings"]
     outputs = config_lib.from_flat(dict(settings, onnx_output_file=str(tmp_path / "m.onnx"))).outputs
-    run = helpers.run_of_images(image_pipelines.ImageFiles([]), [], ["blue", "green", "red"],
-                                (32, 32))
     graph_def = load_graph_def(settings["output_graph"])
+
+    def export(labels):
+        run = helpers.run_of_images(image_pipelines.ImageFiles([]), [], labels, (32, 32))
+        onnx_export.export_for_run(outputs, graph_def, run, settings["tfhub_module"])
+
     # The tiny classifier is about 25 kB. (tf2onnx numbers the names it makes across a
     # process, so the same model is not always the same number of bytes.)
     monkeypatch.setattr(onnx_model, "MAX_ONNX_BYTES", 20_000)
     with pytest.raises(onnx_export.ONNXError, match=r"would be 2\d,\d{3} bytes, more than the 20,000"):
-        onnx_export.export_for_run(outputs, graph_def, run, settings["tfhub_module"])
-    assert os.listdir(tmp_path) == []
+        export(["blue", "green", "red"])
     monkeypatch.setattr(onnx_model, "MAX_ONNX_BYTES", 30_000)
-    onnx_export.export_for_run(outputs, graph_def, run, settings["tfhub_module"])
+    # The model fits; with 2,000 names of 20 bytes in its metadata it does not.
+    with pytest.raises(onnx_export.ONNXError, match=r"would be \d\d,\d{3} bytes, more than the 30,000"):
+        export([f"class {n:014d}" for n in range(2000)])
+    assert os.listdir(tmp_path) == []
+    export(["blue", "green", "red"])
     assert os.listdir(tmp_path) == ["m.onnx"]
 
 
