@@ -338,6 +338,10 @@ def test_onnx_is_told_from_a_frozen_graph_and_a_tflite_file_by_its_first_bytes(o
     with open(settings["output_graph"], "rb") as f:
         assert not onnx_model.is_onnx(f.read(onnx_model.START_BYTES))
     assert not onnx_model.is_onnx(b"\x1c\x00\x00\x00TFL3") and not onnx_model.is_onnx(b"\x08")
+    # Each byte matters: a node field (a GraphDef), a zero ir_version, a field no model has.
+    assert onnx_model.is_onnx(b"\x08\x08\x12")
+    for start in (b"\x0a\x08\x12", b"\x08\x00\x12", b"\x08\x08\x10"):
+        assert not onnx_model.is_onnx(start)
 
 
 class _LogGamma(tf.Module):
