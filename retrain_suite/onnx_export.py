@@ -111,6 +111,24 @@ def converter_quiet():
             handler.removeFilter(record_filter)
 
 
+def tf2onnx_converter():
+    """The tf2onnx.convert module, imported without the change it makes to os.environ.
+
+    Importing it sets TF_CPP_MIN_LOG_LEVEL=3 in the process's environment, which every
+    process started afterwards inherits (a command then takes it for the user's wish
+    to see TensorFlow's start-up log: cli/startup). The variable is put back as it was.
+    """
+    saved = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
+    try:
+        from tf2onnx import convert as tf2onnx_convert
+    finally:
+        if saved is None:
+            os.environ.pop("TF_CPP_MIN_LOG_LEVEL", None)
+        else:
+            os.environ["TF_CPP_MIN_LOG_LEVEL"] = saved
+    return tf2onnx_convert
+
+
 def _failure(problem):
     return ONNXError(
         f"the classifier cannot be converted to ONNX: {problem}; the frozen graph and labels "
@@ -125,8 +143,8 @@ def convert(graph_def, final_tensor_name):
     would not fit in onnx_model.MAX_ONNX_BYTES (check_size).
     """
     import onnx
-    from tf2onnx import convert as tf2onnx_convert
 
+    tf2onnx_convert = tf2onnx_converter()
     try:
         inlined = inlining.inline_function_calls(graph_def)
     except ValueError as e:

@@ -388,3 +388,18 @@ def test_tf2onnx_speaks_only_at_debug_verbosity(onnx_run, caplog):
         assert records_from_tf2onnx()
     finally:
         logging.set_verbosity(logging.INFO)
+
+
+def test_importing_the_converter_leaves_the_environment_as_it_was():
+    # tf2onnx.convert sets TF_CPP_MIN_LOG_LEVEL=3 on import; a process started after a
+    # conversion would inherit it, and a command then shows TensorFlow's start-up log.
+    for before in (None, "1"):
+        code = (
+            "import os\n"
+            f"if {before!r} is None: os.environ.pop('TF_CPP_MIN_LOG_LEVEL', None)\n"
+            f"else: os.environ['TF_CPP_MIN_LOG_LEVEL'] = {before!r}\n"
+            "from retrain_suite import onnx_export\n"
+            "onnx_export.tf2onnx_converter()\n"
+            "print(os.environ.get('TF_CPP_MIN_LOG_LEVEL'))\n"
+        )
+        assert run_script("-c", code, check=True).stdout.strip() == str(before)
