@@ -137,10 +137,10 @@ def _failure(problem):
 
 
 def convert(graph_def, final_tensor_name):
-    """Frozen graph (export.frozen_graph) -> onnx.ModelProto, without metadata.
+    """Frozen graph (export.frozen_graph) -> onnx.ModelProto, without metadata, not yet
+    checked (check_model).
 
-    Raises ONNXError when tf2onnx fails, leaves an op it cannot map, or the model
-    would not fit in onnx_model.MAX_ONNX_BYTES (check_size).
+    Raises ONNXError when tf2onnx fails or leaves an op it cannot map.
     """
     import onnx
 
@@ -167,20 +167,22 @@ def convert(graph_def, final_tensor_name):
                        f"{', '.join(unmapped)} in the module")
     for value in (model.graph.input[0], model.graph.output[0]):
         value.type.tensor_type.shape.dim[0].dim_param = BATCH_DIMENSION
-    check_size(model)  # the checker cannot take more
+    return model
+
+
+def check_model(model):
+    """Raise ONNXError unless model (onnx.ModelProto) fits in onnx_model.MAX_ONNX_BYTES
+    and passes ONNX's checker."""
+    import onnx
+
+    size = model.ByteSize()
+    if size > onnx_model.MAX_ONNX_BYTES:  # also the most the checker takes in memory
+        raise _failure(f"the model would be {size:,} bytes, more than the "
+                       f"{onnx_model.MAX_ONNX_BYTES:,} an ONNX file without external data can hold")
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as e:
         raise _failure(f"the converted model is not valid ONNX ({errors.one_line(e)})") from e
-    return model
-
-
-def check_size(model):
-    """Raise ONNXError when model (onnx.ModelProto) is larger than onnx_model.MAX_ONNX_BYTES."""
-    size = model.ByteSize()
-    if size > onnx_model.MAX_ONNX_BYTES:
-        raise _failure(f"the model would be {size:,} bytes, more than the "
-                       f"{onnx_model.MAX_ONNX_BYTES:,} an ONNX file without external data can hold")
 
 
 def producer():
@@ -232,5 +234,5 @@ def export_for_run(outputs, graph_def, run, module):
     model = convert(graph_def, outputs.final_tensor_name)
     props = metadata(run.class_names, run.input_size, outputs.final_tensor_name, module)
     model = with_metadata(model, props)
-    check_size(model)
+    check_model(model)
     atomic_files.write_bytes(outputs.onnx_output_file, model.SerializeToString())
