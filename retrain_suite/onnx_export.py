@@ -42,9 +42,8 @@ from absl import logging
 from retrain_suite import atomic_files, console, errors, export, onnx_model
 from retrain_suite.bottleneck import inlining
 
-# The oldest opset tf2onnx 1.17 writes by default, and the widest choice: onnxruntime
-# has run it since 1.10 (2021). A fixed number keeps the file the same across tf2onnx
-# versions.
+# tf2onnx 1.17's default opset, and a wide choice: onnxruntime has run it since 1.10
+# (2021). Fixed here, so that a later tf2onnx does not raise what a runtime must support.
 OPSET = 15
 
 # The symbolic batch dimension of the input and output.

@@ -49,8 +49,10 @@ _NEXT_FIELD_TAGS = frozenset((0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42, 0x72))
 START_BYTES = 3  # what is_onnx reads
 
 
-class LabelsError(ValueError):
-    """The labels in a model's metadata cannot be read (not UTF-8, too large, not a list)."""
+class LabelsError(errors.SuiteError):
+    """The labels in an ONNX model's metadata cannot be read (not UTF-8, too large, not a list)."""
+
+    area = "onnx"
 
 
 def is_onnx(data):
@@ -219,8 +221,8 @@ class ONNXClassifier:
 def load(data):
     """Model file bytes -> (ONNXClassifier, labels from its metadata or None).
 
-    Raises ValueError (LabelsError for the labels) for a file that is not an
-    ONNX image classifier this can run.
+    Raises ValueError for a file that is not an ONNX image classifier this can
+    run, LabelsError when the labels in its metadata cannot be read.
     """
-    labels = metadata_labels(parse(data))
+    labels = metadata_labels(parse(data))  # LabelsError when they cannot be read
     return ONNXClassifier(data), labels
