@@ -1,4 +1,5 @@
-"""Install the retraining suite: `pip install -e .` (add `[test]` for the tests, `[gpu]` for CUDA).
+"""Install the retraining suite: `pip install -e .` (add `[test]` for the tests, `[gpu]` for CUDA,
+`[onnx]` for --onnx_output_file and label_image.py on .onnx files).
 
 Installs one import package, `retrain_suite`, and the commands `retrain`,
 `label_image` and `pre_input`; nothing else, so it never overwrites another
@@ -6,6 +7,12 @@ distribution's files (PyPI's `bottleneck` included).
 """
 
 from setuptools import find_packages, setup
+
+# --onnx_output_file converts with tf2onnx (1.17.0 is the release tested beside
+# TensorFlow 2.21; it leaves protobuf and TensorFlow as they are); onnx reads the
+# model back, and onnxruntime runs it (onnx 1.17 and onnxruntime 1.20 are the first
+# with NumPy 2; onnx 1.23 and onnxruntime 1.32 tested; the models are opset 15).
+ONNX = ["tf2onnx==1.17.0", "onnx>=1.17,<2", "onnxruntime>=1.20,<2"]
 
 setup(
     name="retrain-suite",
@@ -34,10 +41,12 @@ setup(
         "tensorboard>=2.16,<2.22",
     ],
     extras_require={
-        # pytest-xdist: pytest.ini runs the suite on two worker processes.
-        # mkdocs: tests/test_docs.py and .ci/run build docs/ with --strict (1.6 checks anchors).
-        "test": ["pytest", "pytest-xdist>=3.5", "ruff", "mkdocs>=1.6,<2"],
+        # pytest-xdist: pytest.ini runs the suite on two worker processes. The ONNX
+        # packages too, so that the ONNX tests always run. mkdocs: tests/test_docs.py
+        # and .ci/run build docs/ with --strict (1.6 checks anchors).
+        "test": ["pytest", "pytest-xdist>=3.5", "ruff", "mkdocs>=1.6,<2", *ONNX],
         "gpu": ["tensorflow[and-cuda]>=2.16,<2.22"],
+        "onnx": ONNX,
     },
     entry_points={
         "console_scripts": [

@@ -20,6 +20,8 @@ Rooms, in the order an image goes through them:
   TensorBoard pictures, and both applied to a run's sets with the JSON report.
 - `export`, `atomic_files`: frozen graph, labels, SavedModel, written whole or not at all.
 - `tflite`, `tflite_metadata`: the TFLite file, its quantization and its metadata.
+- `onnx_export`, `onnx_model`: the ONNX file (tf2onnx, the optional `[onnx]` extra) and
+  running one with onnxruntime.
 - `artifact_check`: every exported file run on the test images, one table.
 - `classifier`, `graph_checks`: running an exported graph or TFLite file on new
   images (label_image.py); what a graph must pass before it is imported.

@@ -1,8 +1,10 @@
 r"""Every file the run exported, loaded again and run on the test set: one table.
 
 After export, each artifact (frozen graph, SavedModel when asked, TFLite when
-asked) is loaded from disk and run with its own runtime: TensorFlow for the
-graph and the SavedModel, LiteRT's interpreter for TFLite. The test images
+asked, ONNX when asked) is loaded from disk and run with its own runtime:
+TensorFlow for the graph and the SavedModel, LiteRT's interpreter for TFLite,
+onnxruntime (CPUExecutionProvider) for ONNX, whose session is made once and
+whose metadata labels must be the run's. The test images
 are decoded once, in batches, by the same function as in training
 (image_preprocess.decode_and_resize), and each batch goes through every
 artifact in turn, so memory stays bounded by one batch.
@@ -11,7 +13,7 @@ Per artifact the table gives: the file's size, its accuracy on the test set,
 its agreement with the in-training predictions (the fraction of the images
 that training's final evaluation also predicted on which the file's top
 class is the same), and its mean latency per image on this machine (graph and
-SavedModel run BATCH_SIZE images per call, TFLite one; the first call, which
+SavedModel and ONNX run BATCH_SIZE images per call, TFLite one; the first call, which
 pays for loading, is not timed).
 """
 
@@ -92,6 +94,29 @@ class TFLiteRunner:
 
     def __init__(self, path):
         self.model, _ = classifier.load_tflite(path)  # a damaged file is a LabelError
+
+    def predict(self, images):
+        return self.model.predict(images)
+
+    def close(self):
+        pass
+
+
+class ONNXRunner:
+    """An ONNX file run by onnxruntime, BATCH_SIZE images per call."""
+
+    images_per_call = BATCH_SIZE
+
+    def __init__(self, path, labels):
+        """labels: the run's class names, which the file's metadata must hold."""
+        self.model, found = classifier.load_onnx(path)  # a damaged file is a LabelError
+        if found != list(labels):
+            raise classifier.LabelError(
+                f"ONNX model {path} holds "
+                + ("no labels" if found is None else f"{len(found)} other labels")
+                + f" in its metadata, not this run's {len(labels)}; it changed since it was "
+                "written: run again to write it anew."
+            )
 
     def predict(self, images):
         return self.model.predict(images)
@@ -212,6 +237,9 @@ def check_run(outputs, run, result):
     if outputs.tflite_output_file:
         artifacts.append((f"TFLite ({outputs.tflite_quantization})", outputs.tflite_output_file,
                           lambda: TFLiteRunner(outputs.tflite_output_file)))
+    if outputs.onnx_output_file:
+        artifacts.append(("ONNX", outputs.onnx_output_file,
+                          lambda: ONNXRunner(outputs.onnx_output_file, run.class_names)))
     decoded = run.image_batches(rows, BATCH_SIZE)
     batches = (
         (np.array([position_of[i] for i in indices.tolist()]), pixels)

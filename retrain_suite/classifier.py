@@ -1,8 +1,8 @@
 r"""Running an exported classifier on image files: what label_image.py does.
 
-Reading the user's graph, labels file or TFLite model, finding images, and
-classifying them in batches (`classify` for a frozen graph, which
-graph_checks has passed; `classify_tflite` for a TFLite model). Images are
+Reading the user's graph, labels file, TFLite or ONNX model, finding images,
+and classifying them in batches (`classify` for a frozen graph, which
+graph_checks has passed; `classify_tflite` and `classify_onnx` for the models). Images are
 decoded and resized by the same function retrain.py used for the bottlenecks
 (image_preprocess.decode_and_resize), so an image gets the same probabilities
 here as in training; `Preprocessing` says the size, normalization and batches.
@@ -19,7 +19,7 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
-from retrain_suite import errors, graph_checks, tflite, tflite_metadata
+from retrain_suite import errors, graph_checks, onnx_model, tflite, tflite_metadata
 from retrain_suite.bottleneck import batch_size as batch_size_lib
 from retrain_suite.dataset import scan
 from retrain_suite.images import files as image_files
@@ -284,6 +284,24 @@ def load_tflite(path):
         raise LabelError(f"{path} is not an image classifier this command can run ({e}).") from e
 
 
+def load_onnx(path):
+    """ONNX file -> (onnx_model.ONNXClassifier, labels from its metadata or None).
+
+    The file is read once (at most onnx_model.MAX_ONNX_BYTES, without blocking).
+    """
+    missing = onnx_model.missing()
+    if missing:
+        raise LabelError(f"{path} is an ONNX model; running it needs {' and '.join(missing)}: "
+                         "pip install -e '.[onnx]'")
+    data = read_input_file(path, "Model file", onnx_model.MAX_ONNX_BYTES)
+    try:
+        return onnx_model.load(data)
+    except onnx_model.LabelsError as e:
+        raise LabelError(f"Cannot read the labels inside {path}: {e}.") from e
+    except ValueError as e:
+        raise LabelError(f"{path} is not an image classifier this command can run ({e}).") from e
+
+
 def check_tflite_input_range(model, input_mean, input_std):
     """Raise LabelError when a quantized model's input cannot hold (pixel - mean) / std.
 
@@ -316,12 +334,13 @@ def check_tflite_input_range(model, input_mean, input_std):
     )
 
 
-def check_tflite_size(model, preprocessing):
-    """Raise LabelError when preprocessing asks for a size the TFLite model does not take."""
+def check_model_size(model, preprocessing, what="TFLite model"):
+    """Raise LabelError when preprocessing asks for a size the model (what: "TFLite
+    model", "ONNX model") does not take."""
     for name, asked, size in (("input_height", preprocessing.height, model.height),
                               ("input_width", preprocessing.width, model.width)):
         if asked is not None and asked != size:
-            raise LabelError(f"--{name}={asked}, but the TFLite model takes {size}; drop the flag.")
+            raise LabelError(f"--{name}={asked}, but the {what} takes {size}; drop the flag.")
 
 
 def classify_tflite(model, paths, preprocessing=Preprocessing(), keep=None):
@@ -336,14 +355,29 @@ def classify_tflite(model, paths, preprocessing=Preprocessing(), keep=None):
     another size, or a quantized input cannot hold what input_mean and
     input_std make of the pixels.
     """
-    check_tflite_size(model, preprocessing)
+    check_model_size(model, preprocessing)
     check_tflite_input_range(model, preprocessing.input_mean, preprocessing.input_std)
+    return _classify_with(model, paths, preprocessing, keep)
+
+
+def classify_onnx(model, paths, preprocessing=Preprocessing(), keep=None):
+    """As classify_tflite, with an onnx_model.ONNXClassifier: a decoding batch per call.
+
+    Raises LabelError, before any image is read, when preprocessing asks for another size.
+    """
+    check_model_size(model, preprocessing, "ONNX model")
+    return _classify_with(model, paths, preprocessing, keep)
+
+
+def _classify_with(model, paths, preprocessing, keep):
+    """model.predict (float32 [B, H, W, 3] -> [B, C]) over the images at paths, decoded
+    in batches at the model's size. -> {index: keep(probabilities)}."""
     batches = image_pipelines.image_batches(
         paths, model.height, model.width,
         preprocessing.batch_size or batch_size_lib.DEFAULT_BATCH_SIZE, preprocessing.max_pixels,
     )
     results = {}
     for indices, _, images in batches.as_numpy_iterator():
-        for index, image in zip(indices.tolist(), preprocessing.normalize(images)):
-            results[index] = (keep or _as_is)(model.probabilities(image))
+        probabilities = model.predict(preprocessing.normalize(images))
+        results.update(zip(indices.tolist(), map(keep or _as_is, probabilities)))
     return results

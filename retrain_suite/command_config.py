@@ -13,7 +13,7 @@ import math
 from typing import Optional
 
 from retrain_suite import config as config_lib
-from retrain_suite import tflite
+from retrain_suite import onnx_model, tflite
 
 UsageError = config_lib.UsageError  # the one class of flag problems, every command's
 
@@ -69,11 +69,11 @@ class BottleneckConfig:
 
 @dataclasses.dataclass(frozen=True)
 class LabelImageConfig:
-    """label_image.py: classify images with a frozen graph or a TFLite model."""
+    """label_image.py: classify images with a frozen graph, a TFLite or an ONNX model."""
 
     image: tuple = ()  # image files or folders (any iterable; held as a tuple)
-    graph: Optional[str] = None  # frozen graph (.pb) or TFLite model
-    labels: Optional[str] = None  # labels file; for a TFLite model, default: its own
+    graph: Optional[str] = None  # frozen graph (.pb), TFLite or ONNX model
+    labels: Optional[str] = None  # labels file; for a TFLite or ONNX model, default: its own
     input_layer: str = "Placeholder"  # the graph's image input
     output_layer: str = "final_result"  # the graph's probabilities
     input_height: Optional[int] = None  # pixels; None: from the graph
@@ -93,7 +93,7 @@ class LabelImageConfig:
         """Raise UsageError, with the fix in one line, for flags that cannot work.
 
         Reads the first bytes of the graph file, when images and labels
-        alone do not settle it: a TFLite model needs no labels file.
+        alone do not settle it: a TFLite or ONNX model needs no labels file.
         """
         if self.batch_size is not None and self.batch_size < 1:
             raise UsageError(f"--batch_size={self.batch_size} must be positive (or left out to "
@@ -111,10 +111,18 @@ class LabelImageConfig:
         if self.input_std == 0:
             raise UsageError("--input_std=0 would divide every pixel by zero; retrain.py's "
                              "graphs use 255.")
-        if not self.image or not self.graph or not (self.labels or self.is_tflite()):
+        if not self.image or not self.graph or not (self.labels or self.has_labels_inside()):
             raise UsageError("give an image, a graph and a labels file, or an image and a "
-                             "TFLite model (see --help).")
+                             "TFLite or ONNX model (see --help).")
 
     def is_tflite(self):
         """Whether graph names a TFLite model (by its content, not its name)."""
         return bool(self.graph) and tflite.is_tflite_file(self.graph)
+
+    def is_onnx(self):
+        """Whether graph names an ONNX model (by its content, not its name)."""
+        return bool(self.graph) and onnx_model.is_onnx_file(self.graph)
+
+    def has_labels_inside(self):
+        """Whether graph names a model that can hold its labels (TFLite, ONNX)."""
+        return self.is_tflite() or self.is_onnx()

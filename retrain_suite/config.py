@@ -22,7 +22,7 @@ import math
 import re
 from typing import Optional
 
-from retrain_suite import errors, final_layer, schedules, tflite
+from retrain_suite import errors, final_layer, onnx_export, onnx_model, schedules, tflite
 from retrain_suite.bottleneck import module as module_lib
 from retrain_suite.dataset import split as split_lib
 from retrain_suite.images import distortions as image_distortions
@@ -268,6 +268,7 @@ class OutputConfig:
     saved_model_dir: str = ""  # "": no SavedModel
     tflite_output_file: str = ""  # "": no TFLite model
     tflite_quantization: str = "none"  # one of tflite.QUANTIZATIONS
+    onnx_output_file: str = ""  # "": no ONNX model (needs the [onnx] extra)
     intermediate_output_graphs_dir: str = "/tmp/intermediate_graph/"
     intermediate_store_frequency: int = 0  # steps; 0: off
     checkpoint_path: str = "/tmp/_retrain_checkpoint"
@@ -303,6 +304,9 @@ class OutputConfig:
             raise UsageError(
                 f"--tflite_quantization={quantization} needs --tflite_output_file (where to write it)."
             )
+        if self.onnx_output_file and onnx_model.missing(onnx_export.EXTRA):
+            raise UsageError("--onnx_output_file needs tf2onnx and onnxruntime: "
+                             f"{onnx_export.INSTALL_HINT}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,8 +3,8 @@
 check the configuration -> scan (or read TFRecords) and split -> compute or
 reuse bottlenecks -> train the final layer (-> fine-tune the module with it
 on images, keeping the better) -> report on the test and
-validation sets -> export the frozen graph, labels (and SavedModel, and
-TFLite model) -> run each exported file on the test set (artifact_check) ->
+validation sets -> export the frozen graph, labels (and SavedModel, TFLite
+model, ONNX model) -> run each exported file on the test set (artifact_check) ->
 write the report folder (report_page: report.html, results.csv, pictures). See
 retrain.py's docstring for what each step means to the user.
 """
@@ -25,6 +25,7 @@ from retrain_suite import (
     final_layer,
     fine_tuning,
     memory_budget,
+    onnx_export,
     output_paths,
     phases,
     report_content,
@@ -332,8 +333,8 @@ def export_graph(config, output, spec, layer, module_values=None):
 
 
 def export_model(config, run, model, timer):
-    """Write the frozen graph, the labels (and the SavedModel, the TFLite file), each a
-    phase of timer. -> GraphDef."""
+    """Write the frozen graph, the labels (and the SavedModel, the TFLite file, the ONNX
+    file), each a phase of timer. -> GraphDef."""
     outputs = config.outputs
     with timer.phase("frozen graph and labels"):
         graph_def = export_graph(config, ("output_graph", outputs.output_graph), model.spec,
@@ -359,6 +360,14 @@ def export_model(config, run, model, timer):
         logging.info("Wrote TFLite model %s (quantization %s%s)", outputs.tflite_output_file,
                      outputs.tflite_quantization,
                      f", calibrated on {calibrated} training images" if calibrated else "")
+    if outputs.onnx_output_file:
+        with timer.phase("ONNX"):
+            export.write_output(
+                "onnx_output_file", outputs.onnx_output_file,
+                lambda: onnx_export.export_for_run(outputs, graph_def, run,
+                                                   config.module.tfhub_module),
+            )
+        logging.info("Wrote ONNX model %s", outputs.onnx_output_file)
     return graph_def
 
 

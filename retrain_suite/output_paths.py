@@ -193,6 +193,7 @@ def outputs_of(outputs, eval_report):
     for flag, path in (("eval_report", eval_report),
                        ("saved_model_dir", outputs.saved_model_dir),
                        ("tflite_output_file", outputs.tflite_output_file),
+                       ("onnx_output_file", outputs.onnx_output_file),
                        ("report_dir", outputs.report_dir)):
         if path:
             named.append((flag, path))
@@ -239,7 +240,8 @@ def check_output_paths(data, module, outputs, eval_report):
     check_apart(written, inputs + [("bottleneck_dir", cache)])
     for flag, path in (("output_graph", outputs.output_graph),
                        ("output_labels", outputs.output_labels), ("eval_report", eval_report),
-                       ("tflite_output_file", outputs.tflite_output_file)):
+                       ("tflite_output_file", outputs.tflite_output_file),
+                       ("onnx_output_file", outputs.onnx_output_file)):
         if path:
             check_file_output(flag, path)
     check_name_lengths("checkpoint_path", outputs.checkpoint_path, CHECKPOINT_SUFFIX_ROOM)

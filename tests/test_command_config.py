@@ -97,7 +97,7 @@ def test_unusable_numeric_flags_are_named(flag, value, message):
 
 
 def test_label_image_needs_images_a_graph_and_labels_unless_the_graph_is_tflite(tmp_path):
-    missing = "give an image, a graph and a labels file, or an image and a TFLite model (see --help)."
+    missing = "give an image, a graph and a labels file, or an image and a TFLite or ONNX model (see --help)."
     LabelImage(image=("x.jpg",), graph="g.pb", labels="l.txt").validate()
     refused(LabelImage(graph="g.pb", labels="l.txt"), missing)
     refused(LabelImage(image=("x.jpg",), labels="l.txt"), missing)

@@ -251,6 +251,11 @@ def define_retrain_flags():
         "input and output, calibrated on up to 100 training images chosen by --random_seed).",
     )
     flags.DEFINE_string(
+        "onnx_output_file", _d("onnx_output_file"),
+        "If set, also write the classifier as an ONNX model here (float32 [N, H, W, 3] in [0, 1] "
+        "-> probabilities), with its labels in the model's metadata; needs the [onnx] extra.",
+    )
+    flags.DEFINE_string(
         "intermediate_output_graphs_dir", _d("intermediate_output_graphs_dir"),
         "Where intermediate frozen graphs go (see --intermediate_store_frequency).",
     )

@@ -6,7 +6,7 @@ import sys
 import tensorflow as tf
 from absl import flags
 
-from retrain_suite import classifier, command_config, console, errors, graph_checks, tflite
+from retrain_suite import classifier, command_config, console, errors, graph_checks, onnx_model, tflite
 from retrain_suite.bottleneck import batch_size as batch_size_lib
 from retrain_suite.cli import flags as shared_flags
 from retrain_suite.cli import startup
@@ -26,11 +26,12 @@ def define_flags():
         "image", list(_default("image")), "Image file or folder of images; repeat for more."
     )
     flags.DEFINE_string(
-        "graph", _default("graph"), "Frozen graph (.pb) or TFLite model (.tflite) written by retrain.py."
+        "graph", _default("graph"),
+        "Frozen graph (.pb), TFLite model (.tflite) or ONNX model (.onnx) written by retrain.py."
     )
     flags.DEFINE_string(
         "labels", _default("labels"), "Labels file written by retrain.py; default for a TFLite "
-        "model: the labels inside it.",
+        "or ONNX model: the labels inside it.",
     )
     flags.DEFINE_string("input_layer", _default("input_layer"), "Name of the graph's image input.")
     flags.DEFINE_string("output_layer", _default("output_layer"), "Name of the graph's probabilities output.")
@@ -59,6 +60,11 @@ def define_flags():
     )
 
 
+def holds_labels(path):
+    """Whether path is a model that can hold its labels (TFLite, ONNX), by its content."""
+    return tflite.is_tflite_file(path) or onnx_model.is_onnx_file(path)
+
+
 def with_positionals(config, positional):
     """config with the images, graph and labels named by positional arguments.
 
@@ -66,9 +72,9 @@ def with_positionals(config, positional):
     """
     images, graph, labels = config.image, config.graph, config.labels
     if positional and not graph and not labels and len(positional) >= 2 and (
-            tflite.is_tflite_file(positional[-1])):
+            holds_labels(positional[-1])):
         images, graph, positional = images + tuple(positional[:-1]), positional[-1], []
-    if positional and graph and (labels or tflite.is_tflite_file(graph)):
+    if positional and graph and (labels or holds_labels(graph)):
         images += tuple(positional)  # `--graph g.pb --labels l.txt photos/*.jpg`
     elif positional:
         # The classic form names the graph and labels last; with only one of them
@@ -76,7 +82,7 @@ def with_positionals(config, positional):
         if len(positional) < 3 or graph or labels:
             raise command_config.UsageError(
                 "usage: label_image.py IMAGE [IMAGE ...] GRAPH LABELS, or "
-                "label_image.py IMAGE [IMAGE ...] MODEL.tflite, or "
+                "label_image.py IMAGE [IMAGE ...] MODEL.tflite|MODEL.onnx, or "
                 "--graph GRAPH --labels LABELS IMAGE [IMAGE ...] (or --image IMAGE)"
             )
         images, graph, labels = images + tuple(positional[:-2]), positional[-2], positional[-1]
@@ -98,7 +104,9 @@ def main(argv):
         config = with_positionals(shared_flags.config_from_flags(_CONFIG), argv[1:])
         config.validate()
         if config.is_tflite():
-            paths, results, labels = classify_with_tflite(config)
+            paths, results, labels = classify_with_model(config, "TFLite model")
+        elif config.is_onnx():
+            paths, results, labels = classify_with_model(config, "ONNX model")
         else:
             tf.get_logger().setLevel("ERROR")
             paths, results, labels = classify_with_graph(config)
@@ -130,19 +138,22 @@ def classify_with_graph(config):
     return paths, results, labels
 
 
-def classify_with_tflite(config):
-    """-> (image paths, {index: TopClasses}, labels) of a TFLite model; SuiteError if unusable."""
+def classify_with_model(config, what):
+    """-> (image paths, {index: TopClasses}, labels) of a TFLite or ONNX model (what:
+    "TFLite model" or "ONNX model"); SuiteError if unusable."""
     for name in ("input_layer", "output_layer"):
         if FLAGS[name].present:
             raise command_config.UsageError(
-                f"--{name} names a frozen graph's tensor; a TFLite model has one input and one "
+                f"--{name} names a frozen graph's tensor; the {what} has one input and one "
                 "output, so drop it."
             )
     preprocessing = preprocessing_of(config)
+    tflite_model = what == "TFLite model"
     try:
         paths = classifier.list_images(config.image)
-        model, packed = classifier.load_tflite(config.graph)
-        classifier.check_tflite_size(model, preprocessing)
+        load = classifier.load_tflite if tflite_model else classifier.load_onnx
+        model, packed = load(config.graph)
+        classifier.check_model_size(model, preprocessing, what)
         if config.labels:
             labels = classifier.load_labels(config.labels)
         elif packed is not None:
@@ -151,14 +162,13 @@ def classify_with_tflite(config):
             raise classifier.LabelError(
                 f"{config.graph} holds no labels in its metadata; pass its labels file."
             )
-        results = classifier.classify_tflite(
-            model, paths, preprocessing, keep=classifier.top_classes(config.top_k)
-        )
+        classify = classifier.classify_tflite if tflite_model else classifier.classify_onnx
+        results = classify(model, paths, preprocessing, keep=classifier.top_classes(config.top_k))
         source = f"The labels file {config.labels}" if config.labels else "The metadata inside the model"
         classifier.check_label_count(results, labels, source, "model")
     except (ValueError, RuntimeError) as e:
         raise classifier.LabelError(
-            f"cannot run TFLite model {config.graph}: {str(e).splitlines()[0]}"
+            f"cannot run {what} {config.graph}: {str(e).splitlines()[0]}"
         ) from e
     return paths, results, labels
 
