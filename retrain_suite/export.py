@@ -14,6 +14,7 @@ import tensorflow as tf
 from absl import logging
 
 from retrain_suite import atomic_files, errors, final_layer
+from retrain_suite.bottleneck import inlining
 from retrain_suite.bottleneck import module as module_lib
 
 INPUT_NAME = "Placeholder"
@@ -89,7 +90,10 @@ def frozen_graph(handle, default_image_size, spec, layer, module_values=None):
                 variable.load(layer[variable.op.name], sess)
             for variable, value in zip(module_variables, module_values or []):
                 variable.load(value, sess)
-            return module_lib.constant_graph_def(sess, [spec.final_tensor_name])
+            graph_def = module_lib.constant_graph_def(sess, [spec.final_tensor_name])
+    # The same module and layer, the same bytes, whatever the process built before.
+    inlining.name_functions_canonically(graph_def)
+    return graph_def
 
 
 def check_module_values(variables, values):

@@ -108,3 +108,20 @@ def test_a_session_error_while_writing_names_its_reason_not_graph_execution(tmp_
     message = str(raised.value)
     assert "\n" not in message and "Graph execution error" not in message
     assert "Is a directory" in message
+
+
+def test_the_same_layer_gives_the_same_graph_bytes_whatever_the_process_built_before(
+        tiny_module):
+    from retrain_suite import final_layer
+
+    spec = final_layer.LayerSpec(3)
+    layer = {final_layer.SCOPE + "/weights": np.ones([64, 3], np.float32),
+             final_layer.SCOPE + "/biases": np.zeros([3], np.float32)}
+    first = export.frozen_graph(tiny_module, 32, spec, layer)
+    # TensorFlow numbers traced functions across the process: building more moves it on.
+    export.check_final_tensor_name(tiny_module, 32, "final_result")
+    second = export.frozen_graph(tiny_module, 32, spec, layer)
+    assert first.library.function  # the module's calls are functions of the library
+    assert (first.SerializeToString(deterministic=True)
+            == second.SerializeToString(deterministic=True))
+    assert all(f.signature.name.endswith("_f0") for f in first.library.function)

@@ -16,6 +16,8 @@ is about 8% faster.
 `node:output:index` names into GraphDef names) does the translation.
 """
 
+import re
+
 import tensorflow as tf
 
 try:  # Not in TensorFlow's public API: a release without it cannot inline (ValueError).
@@ -176,3 +178,49 @@ def called_functions(node):
             yield value.func.name
         for func in value.list.func:
             yield func.name
+
+
+# TensorFlow names a traced function with a counter of the whole process
+# (`__inference__features_frozen_1926`): the same graph built after other work
+# gets other names, and so other bytes.
+_COUNTER = re.compile(r"^(.*?)_(\d+)$")
+
+
+def name_functions_canonically(graph_def):
+    """Rename, in place, the library functions so that their names no longer depend on
+    what the process built before: `<name without its counter>_f<k>`, k counting the
+    functions of that name in the order the counters gave them. Every call (an
+    attribute's function, a node whose op is a function, a gradient) follows.
+    """
+    def order(name):
+        match = _COUNTER.match(name)
+        return (match.group(1), int(match.group(2))) if match else (name, -1)
+
+    names = sorted((f.signature.name for f in graph_def.library.function), key=order)
+    renamed, seen = {}, {}
+    for name in names:
+        base = order(name)[0]
+        renamed[name] = f"{base}_f{seen.get(base, 0)}"
+        seen[base] = seen.get(base, 0) + 1
+    if len(set(renamed.values())) != len(renamed):
+        return  # names that would collide (none that TensorFlow makes): left as they are
+
+    def rename_calls(node):
+        if node.op in renamed:
+            node.op = renamed[node.op]
+        for value in node.attr.values():
+            if value.HasField("func") and value.func.name in renamed:
+                value.func.name = renamed[value.func.name]
+            for func in value.list.func:
+                if func.name in renamed:
+                    func.name = renamed[func.name]
+
+    for node in graph_def.node:
+        rename_calls(node)
+    for function in graph_def.library.function:
+        function.signature.name = renamed[function.signature.name]
+        for node in function.node_def:
+            rename_calls(node)
+    for gradient in graph_def.library.gradient:
+        gradient.function_name = renamed.get(gradient.function_name, gradient.function_name)
+        gradient.gradient_func = renamed.get(gradient.gradient_func, gradient.gradient_func)
