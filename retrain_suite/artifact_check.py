@@ -15,17 +15,25 @@ that training's final evaluation also predicted on which the file's top
 class is the same), and its mean latency per image on this machine (graph and
 SavedModel and ONNX run BATCH_SIZE images per call, TFLite one; the first call, which
 pays for loading, is not timed).
+
+A file whose bytes, runtime and test images are those of an earlier check (the
+check memo, check_memo) is not run again: its predictions are read back from the
+memo and the accuracy and agreement computed from them as for a file just run;
+its row says `(earlier)` after the latency measured then, and `reused` in the
+JSON report. A rerun that changes nothing writes byte-identical files, so it
+does not run the whole module over the test images a second time.
 """
 
 import dataclasses
 import os
 import time
+from importlib import metadata
 
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from retrain_suite import classifier, export, reporting
+from retrain_suite import check_memo, classifier, export, reporting
 from retrain_suite.bottleneck import module as module_lib
 
 BATCH_SIZE = 32  # test images decoded, and run through the graph and SavedModel, per call
@@ -41,6 +49,7 @@ class ArtifactResult:
     accuracy: float
     agreement: float | None  # None when training predicted none of these images
     latency_ms: float  # mean per image
+    reused: bool = False  # the predictions of an earlier check of the same bytes (check_memo)
 
     def as_dict(self):
         return dataclasses.asdict(self)
@@ -144,6 +153,12 @@ def check_artifacts(artifacts, batches, truth, trained_predictions):
     {position: class predicted in training} (a sample when --test_batch_size
     sampled).
     """
+    results, _ = _run_artifacts(artifacts, batches, truth, trained_predictions)
+    return results
+
+
+def _run_artifacts(artifacts, batches, truth, trained_predictions):
+    """check_artifacts. -> ([ArtifactResult], [{position: predicted class}] per artifact)."""
     runners = [(name, path, make()) for name, path, make in artifacts]
     predicted = [{} for _ in runners]
     seconds = [0.0] * len(runners)
@@ -161,20 +176,28 @@ def check_artifacts(artifacts, batches, truth, trained_predictions):
     finally:
         for _, _, runner in runners:
             runner.close()
-    results = []
-    for n, (name, path, runner) in enumerate(runners):
-        positions = sorted(predicted[n])
-        guesses = np.array([predicted[n][p] for p in positions])
-        shared = [p for p in positions if p in trained_predictions]
-        results.append(ArtifactResult(
-            format=name, path=path, size_bytes=size_of(path),
-            images_per_call=runner.images_per_call, count=len(positions),
-            accuracy=float(np.mean(guesses == np.asarray(truth)[positions])) if positions else 0.0,
-            agreement=(float(np.mean([predicted[n][p] == trained_predictions[p] for p in shared]))
-                       if shared else None),
-            latency_ms=1000 * seconds[n] / max(len(positions), 1),
-        ))
-    return results
+    results = [
+        _result(name, path, runner.images_per_call, predicted[n], truth, trained_predictions,
+                1000 * seconds[n] / max(len(predicted[n]), 1))
+        for n, (name, path, runner) in enumerate(runners)
+    ]
+    return results, predicted
+
+
+def _result(name, path, images_per_call, predicted, truth, trained_predictions, latency_ms,
+            reused=False):
+    """One ArtifactResult from its predictions ({position: class}) on the test images."""
+    positions = sorted(predicted)
+    guesses = np.array([predicted[p] for p in positions])
+    shared = [p for p in positions if p in trained_predictions]
+    return ArtifactResult(
+        format=name, path=path, size_bytes=size_of(path),
+        images_per_call=images_per_call, count=len(positions),
+        accuracy=float(np.mean(guesses == np.asarray(truth)[positions])) if positions else 0.0,
+        agreement=(float(np.mean([predicted[p] == trained_predictions[p] for p in shared]))
+                   if shared else None),
+        latency_ms=latency_ms, reused=reused,
+    )
 
 
 def format_table(results, set_name):
@@ -184,7 +207,7 @@ def format_table(results, set_name):
         rows.append((
             r.format, format_size(r.size_bytes), f"{100 * r.accuracy:.1f}% (N={r.count})",
             "-" if r.agreement is None else f"{100 * r.agreement:.1f}%",
-            f"{r.latency_ms:.2f}", str(r.images_per_call),
+            f"{r.latency_ms:.2f}" + (" (earlier)" if r.reused else ""), str(r.images_per_call),
         ))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join(
@@ -212,13 +235,33 @@ def check_accuracy(results, threshold, set_name):
     logging.info("Every exported file meets --assert_accuracy_at_least=%g.", threshold)
 
 
-def check_run(outputs, run, result):
+# The runtime that runs each format: its package's version is part of a memo's key.
+RUNTIME_PACKAGES = {"frozen graph": "tensorflow", "SavedModel": "tensorflow",
+                    "TFLite": "ai-edge-litert", "ONNX": "onnxruntime"}
+
+
+def memo_key(memo, name, path, test_set):
+    """The check memo's key of the file at path in format name, or None when it cannot
+    be told (the file unreadable: the runner says why; the runtime not installed)."""
+    if not memo.folder:
+        return None
+    package = RUNTIME_PACKAGES[name.split(" (")[0]]
+    try:
+        runtime = f"{name}|{package} {metadata.version(package)}"
+        return memo.key(check_memo.file_digest(path), runtime, test_set)
+    except (OSError, metadata.PackageNotFoundError, tf.errors.OpError):
+        return None
+
+
+def check_run(outputs, run, result, memo=None):
     """Check the run's exported files on its test set (validation set if it has no test images).
 
     outputs: the run's config.OutputConfig (which files were written); run: the
     run_data.PreparedRun; result: the training.TrainingResult of the exported
-    model. -> (set name, [ArtifactResult]), or None when there are no such images.
+    model; memo: a check_memo.CheckMemo (files already checked are not run again).
+    -> (set name, [ArtifactResult]), or None when there are no such images.
     """
+    memo = memo or check_memo.CheckMemo(None)
     split = run.testing if len(run.testing) else run.validation
     if not len(split):
         logging.info("No test or validation images: the exported files are not checked.")
@@ -240,10 +283,36 @@ def check_run(outputs, run, result):
     if outputs.onnx_output_file:
         artifacts.append(("ONNX", outputs.onnx_output_file,
                           lambda: ONNXRunner(outputs.onnx_output_file, run.class_names)))
-    decoded = run.image_batches(rows, BATCH_SIZE)
-    batches = (
-        (np.array([position_of[i] for i in indices.tolist()]), pixels)
-        for indices, _, pixels in decoded.as_numpy_iterator()
-    )
-    name = reporting.SET_NAMES[split.name].lower()
-    return name, check_artifacts(artifacts, batches, split.labels, trained)
+    test_set = check_memo.test_set_key([run.contents[image.path] for image in split.images],
+                                       run.input_size, run.class_names)
+    results, to_run = [None] * len(artifacts), []
+    for n, (format_name, path, _) in enumerate(artifacts):
+        key = memo_key(memo, format_name, path, test_set)
+        earlier = memo.lookup(key, len(rows)) if key else None
+        if earlier:
+            predicted, latency, per_call = earlier
+            results[n] = _result(format_name, path, per_call, dict(enumerate(predicted)),
+                                 split.labels, trained, latency, reused=True)
+        else:
+            to_run.append((n, key))
+    if len(to_run) < len(artifacts):
+        logging.info("%d of the exported files are byte for byte ones already checked on "
+                     "these images by the same runtime (%s): their predictions are reused.",
+                     len(artifacts) - len(to_run), os.path.join(memo.folder, "checks"))
+    if to_run:
+        decoded = run.image_batches(rows, BATCH_SIZE)
+        batches = (
+            (np.array([position_of[i] for i in indices.tolist()]), pixels)
+            for indices, _, pixels in decoded.as_numpy_iterator()
+        )
+        ran, predicted = _run_artifacts([artifacts[n] for n, _ in to_run], batches,
+                                        split.labels, trained)
+        for (n, key), checked, by_position in zip(to_run, ran, predicted):
+            results[n] = checked
+            # Remembered only if the file is still the one hashed before it was run.
+            format_name, path, _ = artifacts[n]
+            if key and len(by_position) == len(rows) and key == memo_key(
+                    memo, format_name, path, test_set):
+                memo.store(key, [by_position[p] for p in range(len(rows))],
+                           checked.latency_ms, checked.images_per_call)
+    return reporting.SET_NAMES[split.name].lower(), results

@@ -20,6 +20,7 @@ from absl import logging
 from retrain_suite import (
     artifact_check,
     atomic_files,
+    check_memo,
     evaluation,
     export,
     final_layer,
@@ -203,7 +204,11 @@ def train_and_export(config, dataset, images, timer):
         report, accuracy = report_results(config, run, model)
     export_model(config, run, model, timer)
     with timer.phase("check of the exported files"):
-        checked = artifact_check.check_run(config.outputs, run, model.result)
+        # Earlier checks are remembered in the bottleneck cache's folder, when it is local.
+        bottleneck_dir = config.module.bottleneck_dir
+        memo = check_memo.CheckMemo(bottleneck_dir if output_paths.is_local(bottleneck_dir)
+                                    else None)
+        checked = artifact_check.check_run(config.outputs, run, model.result, memo)
     if checked:
         set_name, artifacts = checked
         logging.info("Exported files on the %s set:\n%s", set_name,

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import load_graph_def, make_dataset, retrain_settings
+from helpers import load_graph_def, make_dataset, retrain_settings, run_script
 
 from retrain_suite import artifact_check, job, reporting
 from retrain_suite import config as config_lib
@@ -108,3 +108,37 @@ def test_agreement_with_training_is_not_accuracy_when_the_test_set_has_mistakes(
     result = check_graph(sampled_run, images, truth, dict(enumerate(classes.tolist())))
     assert result.accuracy == (len(images) - 3) / len(images)
     assert result.agreement == 1.0
+
+
+def rerun_files(settings, **changes):
+    """retrain.py with settings (and changes) as a command line, as a rerun is: a process of
+    its own. -> {format: its row of the report's exported files}, stdout and stderr."""
+    settings = dict(settings, **changes)
+    args = [f"--{name}={value}" for name, value in settings.items() if value is not None]
+    process = run_script("retrain.py", *args, check=True)
+    with open(settings["eval_report"]) as f:
+        rows = json.load(f)["artifacts"]["files"]
+    return {row["format"]: row for row in rows}, process.stdout + process.stderr
+
+
+@pytest.mark.slow
+def test_a_rerun_reuses_the_check_of_byte_identical_files_and_runs_changed_ones(
+        tmp_path, tiny_module):
+    image_dir = make_dataset(tmp_path / "data", per_class=10)
+    settings = retrain_settings(
+        tmp_path, image_dir, tiny_module, testing_percentage=30,
+        tflite_output_file=str(tmp_path / "out" / "model.tflite"),
+        eval_report=str(tmp_path / "out" / "report.json"))
+    first, _ = rerun_files(settings)
+    # The same command again: the same bytes on the same images, nothing run again.
+    again, log = rerun_files(settings)
+    assert set(again) == set(first) == {"frozen graph", "TFLite (none)"}
+    assert "2 of the exported files are byte for byte ones already checked" in log
+    assert "(earlier)" in log
+    for name, row in again.items():
+        assert row["reused"] is True and first[name]["reused"] is False
+        for field in ("count", "accuracy", "agreement", "latency_ms", "size_bytes"):
+            assert row[field] == first[name][field], (name, field)
+    # Another seed trains another layer: other bytes, run again.
+    other, _ = rerun_files(settings, random_seed=settings["random_seed"] + 1)
+    assert [row["reused"] for row in other.values()] == [False, False]
