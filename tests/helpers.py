@@ -139,6 +139,17 @@ def load_graph_def(path):
     return graph_def
 
 
+def graph_probabilities(graph_path, images):
+    """The frozen graph at graph_path on images (float32 [N, H, W, 3]). -> float32 [N, C]."""
+    import tensorflow as tf
+
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.compat.v1.import_graph_def(load_graph_def(graph_path), name="")
+        with tf.compat.v1.Session(graph=graph) as sess:
+            return sess.run("final_result:0", {"Placeholder:0": images})
+
+
 def final_layer_constants(path):
     """{op name: array} of the trained layer's constants in a frozen graph file."""
     import tensorflow as tf

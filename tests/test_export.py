@@ -1,6 +1,7 @@
 """retrain_suite.export: the frozen graph's and the SavedModel's contract, and the labels file."""
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -8,6 +9,7 @@ import tensorflow as tf
 from helpers import load_graph_def
 
 from retrain_suite import export
+from retrain_suite.bottleneck import inlining
 
 
 def test_frozen_graph_has_placeholder_input_and_final_result_output(trained):
@@ -124,4 +126,15 @@ def test_the_same_layer_gives_the_same_graph_bytes_whatever_the_process_built_be
     assert first.library.function  # the module's calls are functions of the library
     assert (first.SerializeToString(deterministic=True)
             == second.SerializeToString(deterministic=True))
-    assert all(f.signature.name.endswith("_f0") for f in first.library.function)
+    assert all(re.search(r"_[0-9a-f]{16}$", f.signature.name) for f in first.library.function)
+    # Another function body: another name (a process refuses two definitions under one
+    # name), for it and for the function calling it.
+    changed = tf.compat.v1.GraphDef()
+    changed.CopyFrom(first)
+    body = next(f for f in changed.library.function if "features" in f.signature.name)
+    conv = next(n for n in body.node_def if n.op == "Conv2D")
+    conv.attr["padding"].s = b"VALID" if conv.attr["padding"].s != b"VALID" else b"SAME"
+    inlining.name_functions_canonically(changed)
+    assert ({f.signature.name for f in changed.library.function}
+            .isdisjoint(f.signature.name for f in first.library.function))
+

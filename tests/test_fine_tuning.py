@@ -101,8 +101,10 @@ def run_logged(settings, monkeypatch=None):
 
 
 def cache_state(folder):
+    """{path: bytes} of the bottleneck cache's files (not the check memo's, in checks/)."""
     state = {}
-    for parent, _, files in os.walk(folder):
+    for parent, folders, files in os.walk(folder):
+        folders[:] = [f for f in folders if f != "checks"]
         for name in files:
             with open(os.path.join(parent, name), "rb") as f:
                 state[os.path.join(parent, name)] = f.read()

@@ -54,14 +54,6 @@ def decoded_images(run):
     return np.concatenate([images for _, _, images in batches.as_numpy_iterator()])
 
 
-def graph_probabilities(graph_path, images):
-    graph = tf.Graph()
-    with graph.as_default():
-        tf.compat.v1.import_graph_def(load_graph_def(graph_path), name="")
-        with tf.compat.v1.Session(graph=graph) as sess:
-            return sess.run("final_result:0", {"Placeholder:0": images})
-
-
 def session(path):
     return onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
 
@@ -82,7 +74,7 @@ def test_onnx_file_gives_the_frozen_graphs_probabilities_on_the_same_images(onnx
     (given,), (taken,) = model.get_inputs(), model.get_outputs()
     assert (given.name, given.type, given.shape) == ("Placeholder", "tensor(float)", ["N", 32, 32, 3])
     assert (taken.name, taken.type, taken.shape) == ("final_result", "tensor(float)", ["N", 3])
-    expected = graph_probabilities(onnx_run["settings"]["output_graph"], images)
+    expected = helpers.graph_probabilities(onnx_run["settings"]["output_graph"], images)
     assert len(images) == 60
     for part in (slice(None), slice(0, 1), slice(5, 12)):  # the batch size is free
         (found,) = model.run(None, {"Placeholder": images[part]})

@@ -16,6 +16,7 @@ is about 8% faster.
 `node:output:index` names into GraphDef names) does the translation.
 """
 
+import hashlib
 import re
 
 import tensorflow as tf
@@ -187,40 +188,64 @@ _COUNTER = re.compile(r"^(.*?)_(\d+)$")
 
 
 def name_functions_canonically(graph_def):
-    """Rename, in place, the library functions so that their names no longer depend on
-    what the process built before: `<name without its counter>_f<k>`, k counting the
-    functions of that name in the order the counters gave them. Every call (an
-    attribute's function, a node whose op is a function, a gradient) follows.
+    """Rename, in place, the library functions by what they are, not by when the process
+    made them: `<name without its counter>_<16 hex digits of the SHA-256 of the
+    function>`, the function hashed with its callees' new names. The same function
+    gets the same name in any process; two different ones never share a name (a
+    process registers every function it runs under its name, and refuses a second
+    definition). Every call (an attribute's function, a node whose op is a
+    function, a gradient) follows. A library whose calls loop is left as it is.
     """
-    def order(name):
+    functions = {f.signature.name: f for f in graph_def.library.function}
+    renamed, visiting = {}, set()
+
+    def callees(function):
+        return [name for node in function.node_def
+                for name in (*called_functions(node), node.op) if name in functions]
+
+    def visit(name):
+        if name in renamed:
+            return True
+        if name in visiting:
+            return False  # a loop
+        visiting.add(name)
+        if not all(visit(callee) for callee in callees(functions[name])):
+            return False
+        copy = type(functions[name])()
+        copy.CopyFrom(functions[name])
+        copy.signature.name = ""
+        for node in copy.node_def:
+            _rename_calls(node, renamed)
+        digest = hashlib.sha256(copy.SerializeToString(deterministic=True)).hexdigest()[:16]
         match = _COUNTER.match(name)
-        return (match.group(1), int(match.group(2))) if match else (name, -1)
+        renamed[name] = f"{match.group(1) if match else name}_{digest}"
+        visiting.discard(name)
+        return True
 
-    names = sorted((f.signature.name for f in graph_def.library.function), key=order)
-    renamed, seen = {}, {}
-    for name in names:
-        base = order(name)[0]
-        renamed[name] = f"{base}_f{seen.get(base, 0)}"
-        seen[base] = seen.get(base, 0) + 1
-    if len(set(renamed.values())) != len(renamed):
-        return  # names that would collide (none that TensorFlow makes): left as they are
-
-    def rename_calls(node):
-        if node.op in renamed:
-            node.op = renamed[node.op]
-        for value in node.attr.values():
-            if value.HasField("func") and value.func.name in renamed:
-                value.func.name = renamed[value.func.name]
-            for func in value.list.func:
-                if func.name in renamed:
-                    func.name = renamed[func.name]
-
+    if not all(visit(name) for name in sorted(functions)):
+        return
     for node in graph_def.node:
-        rename_calls(node)
+        _rename_calls(node, renamed)
     for function in graph_def.library.function:
         function.signature.name = renamed[function.signature.name]
         for node in function.node_def:
-            rename_calls(node)
+            _rename_calls(node, renamed)
+    # In the order of their names: the library's order too came from the counters.
+    ordered = sorted(graph_def.library.function, key=lambda f: f.signature.name)
+    del graph_def.library.function[:]
+    graph_def.library.function.extend(ordered)
     for gradient in graph_def.library.gradient:
         gradient.function_name = renamed.get(gradient.function_name, gradient.function_name)
         gradient.gradient_func = renamed.get(gradient.gradient_func, gradient.gradient_func)
+
+
+def _rename_calls(node, renamed):
+    """Point node's function calls (op, attribute functions) at their names in renamed."""
+    if node.op in renamed:
+        node.op = renamed[node.op]
+    for value in node.attr.values():
+        if value.HasField("func") and value.func.name in renamed:
+            value.func.name = renamed[value.func.name]
+        for func in value.list.func:
+            if func.name in renamed:
+                func.name = renamed[func.name]
