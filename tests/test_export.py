@@ -127,6 +127,13 @@ def test_the_same_layer_gives_the_same_graph_bytes_whatever_the_process_built_be
     assert (first.SerializeToString(deterministic=True)
             == second.SerializeToString(deterministic=True))
     assert all(re.search(r"_[0-9a-f]{16}$", f.signature.name) for f in first.library.function)
+    # The same functions in a graph with other weights: other names, since TensorFlow
+    # registers each function's specialization for a graph (its constants folded in)
+    # under the function's name.
+    other_layer = dict(layer, **{final_layer.SCOPE + "/biases": np.ones([3], np.float32)})
+    other = export.frozen_graph(tiny_module, 32, spec, other_layer)
+    assert ({f.signature.name for f in other.library.function}
+            .isdisjoint(f.signature.name for f in first.library.function))
     # Another function body: another name (a process refuses two definitions under one
     # name), for it and for the function calling it.
     changed = tf.compat.v1.GraphDef()

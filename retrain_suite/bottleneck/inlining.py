@@ -189,11 +189,12 @@ _COUNTER = re.compile(r"^(.*?)_(\d+)$")
 
 def name_functions_canonically(graph_def):
     """Rename, in place, the library functions by what they are, not by when the process
-    made them: `<name without its counter>_<16 hex digits of the SHA-256 of the
-    function>`, the function hashed with its callees' new names. The same function
-    gets the same name in any process; two different ones never share a name (a
-    process registers every function it runs under its name, and refuses a second
-    definition). Every call (an attribute's function, a node whose op is a
+    made them: `<name without its counter>_<16 hex digits of a SHA-256>` of the
+    function (hashed with its callees' new names) and of the whole graph. The same
+    graph gets the same names in any process; two different functions, or one
+    function in two graphs with other weights, never share a name (a process
+    registers every function it runs, and its specializations, under their names,
+    and refuses a second definition). Every call (an attribute's function, a node whose op is a
     function, a gradient) follows. A library whose calls loop is left as it is.
     """
     functions = {f.signature.name: f for f in graph_def.library.function}
@@ -224,13 +225,31 @@ def name_functions_canonically(graph_def):
 
     if not all(visit(name) for name in sorted(functions)):
         return
+    # Grappler specializes a function for each graph that calls it, folding in that
+    # graph's constants (the weights), and registers the result under the function's
+    # name: the same function called by two graphs with other weights would clash in
+    # one process. So each name also carries a digest of the whole graph.
+    whole = type(graph_def)()
+    whole.CopyFrom(graph_def)
+    _apply(whole, renamed)
+    digest = hashlib.sha256(whole.SerializeToString(deterministic=True)).hexdigest()
+    final = {}
+    for name, content in renamed.items():
+        match = _COUNTER.match(name)
+        suffix = hashlib.sha256(f"{content}\0{digest}".encode()).hexdigest()[:16]
+        final[name] = f"{match.group(1) if match else name}_{suffix}"
+    _apply(graph_def, final)
+
+
+def _apply(graph_def, renamed):
+    """Rename graph_def's functions and every call of them as renamed says, in place, and
+    put the library in the order of the names (its order too came from the counters)."""
     for node in graph_def.node:
         _rename_calls(node, renamed)
     for function in graph_def.library.function:
         function.signature.name = renamed[function.signature.name]
         for node in function.node_def:
             _rename_calls(node, renamed)
-    # In the order of their names: the library's order too came from the counters.
     ordered = sorted(graph_def.library.function, key=lambda f: f.signature.name)
     del graph_def.library.function[:]
     graph_def.library.function.extend(ordered)
