@@ -229,15 +229,14 @@ def name_functions_canonically(graph_def):
     # graph's constants (the weights), and registers the result under the function's
     # name: the same function called by two graphs with other weights would clash in
     # one process. So each name also carries a digest of the whole graph.
-    whole = type(graph_def)()
-    whole.CopyFrom(graph_def)
-    _apply(whole, renamed)
-    digest = hashlib.sha256(whole.SerializeToString(deterministic=True)).hexdigest()
+    # Renamed in place (no copy of a graph that holds the weights), hashed, renamed again.
+    _apply(graph_def, renamed)
+    digest = hashlib.sha256(graph_def.SerializeToString(deterministic=True)).hexdigest()
     final = {}
     for name, content in renamed.items():
         match = _COUNTER.match(name)
         suffix = hashlib.sha256(f"{content}\0{digest}".encode()).hexdigest()[:16]
-        final[name] = f"{match.group(1) if match else name}_{suffix}"
+        final[content] = f"{match.group(1) if match else name}_{suffix}"
     _apply(graph_def, final)
 
 
