@@ -34,6 +34,7 @@ import tensorflow as tf
 from absl import logging
 
 from retrain_suite import check_memo, classifier, export, reporting
+from retrain_suite import memo as memo_lib
 from retrain_suite.bottleneck import module as module_lib
 
 BATCH_SIZE = 32  # test images decoded, and run through the graph and SavedModel, per call
@@ -248,7 +249,7 @@ def memo_key(memo, name, path, test_set):
     package = RUNTIME_PACKAGES[name.split(" (")[0]]
     try:
         runtime = f"{name}|{package} {metadata.version(package)}"
-        return memo.key(check_memo.file_digest(path), runtime, test_set)
+        return memo.key(memo_lib.file_digest(path), runtime, test_set)
     except (OSError, metadata.PackageNotFoundError, tf.errors.OpError):
         return None
 

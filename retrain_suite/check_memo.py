@@ -26,50 +26,12 @@ what a run trains on; this folder asks for no more trust than that.
 """
 
 import hashlib
-import json
-import os
+import math
 
-import tensorflow as tf
 from absl import logging
 
-from retrain_suite import atomic_files
-from retrain_suite.images import files as image_files
+from retrain_suite import memo as memo_lib
 from retrain_suite.images import preprocess
-
-MAX_ENTRY_BYTES = 64 << 20  # an entry of a million test images is about 8 MB
-CHUNK_BYTES = 8 << 20
-
-
-def file_digest(path):
-    """Hex SHA-256 of the bytes of the file at path, or of every file under the folder at
-    path (each with its relative name and size). Raises OSError when one cannot be read."""
-    digest = hashlib.sha256()
-    if tf.io.gfile.isdir(path):
-        names = sorted(
-            os.path.relpath(os.path.join(folder, name), path)
-            for folder, _, files in tf.io.gfile.walk(path) for name in files
-        )
-    else:
-        names = [""]
-    for name in names:
-        member = os.path.join(path, name) if name else path
-        digest.update(f"{name}\0".encode("utf-8", "surrogateescape"))
-        digest.update(_member_digest(member))
-    return digest.hexdigest()
-
-
-def _member_digest(path):
-    if "://" in path:
-        digest = hashlib.sha256()
-        with tf.io.gfile.GFile(path, "rb") as f:
-            while chunk := f.read(CHUNK_BYTES):
-                digest.update(chunk)
-        return digest.digest()
-    # Local: never wait on a FIFO or device put where an output was written.
-    data, problem = image_files.read_regular_file(path)
-    if problem:
-        raise OSError(f"{path} {image_files.as_clause(problem)}")
-    return hashlib.sha256(data).digest()
 
 
 def test_set_key(contents, input_size, labels):
@@ -90,48 +52,34 @@ class CheckMemo:
 
     def __init__(self, folder):
         self.folder = folder
+        self._entries = memo_lib.Memo(folder, "checks")
 
     def key(self, file_digest_hex, runtime, test_set):
         """The entry's name: hex SHA-256 of the file's digest, the runtime (format and
         version) and test_set_key's."""
         return hashlib.sha256(f"{file_digest_hex}\0{runtime}\0{test_set}".encode()).hexdigest()
 
-    def _path(self, key):
-        return os.path.join(self.folder, "checks", key + ".json")
-
     def lookup(self, key, count):
         """-> (predicted classes [count] as ints, latency ms, images per call), or None when
         there is no usable entry for a test set of count images."""
-        if not self.folder:
+        entry = self._entries.get(key)
+        if entry is None:
             return None
-        data, problem = image_files.read_regular_file(self._path(key), MAX_ENTRY_BYTES)
-        if problem:
-            if problem != image_files.MISSING:
-                logging.warning("Ignoring the check memo %s: it %s.", self._path(key),
-                                image_files.as_clause(problem))
-            return None
+        where = f"{self._entries.location}/{key}.json"
         try:
-            entry = json.loads(data.decode("utf-8"))
             predicted = [int(c) for c in entry["predicted"]]
             latency, per_call = float(entry["latency_ms"]), int(entry["images_per_call"])
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
-            logging.warning("Ignoring the damaged check memo %s (%s).", self._path(key), e)
+        except (ValueError, KeyError, TypeError) as e:
+            logging.warning("Ignoring the damaged check memo %s (%s).", where, e)
             return None
-        if len(predicted) != count or latency < 0 or per_call < 1 or latency != latency:
-            logging.warning("Ignoring the check memo %s: it does not fit this test set.",
-                            self._path(key))
+        if (len(predicted) != count or not math.isfinite(latency) or latency < 0
+                or per_call < 1):
+            logging.warning("Ignoring the check memo %s: it does not fit this test set.", where)
             return None
         return predicted, latency, per_call
 
     def store(self, key, predicted, latency_ms, images_per_call):
         """Remember one file's predictions ([count] ints). A failure to write only warns:
         the check itself is done."""
-        if not self.folder:
-            return
-        text = json.dumps({"predicted": [int(c) for c in predicted], "latency_ms": latency_ms,
-                           "images_per_call": images_per_call})
-        try:
-            atomic_files.write_text(self._path(key), text)
-        except OSError as e:
-            logging.warning("Could not remember the check in %s (%s); the next run checks "
-                            "the file again.", self._path(key), e)
+        self._entries.put(key, {"predicted": [int(c) for c in predicted],
+                                "latency_ms": latency_ms, "images_per_call": images_per_call})

@@ -14,6 +14,7 @@ import tensorflow as tf
 from absl import logging
 
 from retrain_suite import atomic_files, errors, final_layer
+from retrain_suite import memo as memo_lib
 from retrain_suite.bottleneck import inlining
 from retrain_suite.bottleneck import module as module_lib
 
@@ -41,21 +42,65 @@ def _export_graph(handle, default_image_size, spec):
     return graph, bottleneck, module
 
 
-def check_final_tensor_name(handle, default_image_size, final_tensor_name, hidden_units=0):
+def check_final_tensor_name(handle, default_image_size, final_tensor_name, hidden_units=0,
+                            memo=None):
     """Build the export graph without weights. -> (module output size D, (height, width)).
 
     Raises ValueError when final_tensor_name is not a valid op name, or is
     taken in the graph (by the module, the input `Placeholder`, ...): what
     export would otherwise find only after all the training. The module
-    loaded for it is kept for module.load_shared (the bottlenecks' freezing).
+    loaded for it is kept for module.load_shared (the bottlenecks' freezing),
+    and its sizes for module.known_shape. memo: a memo.Memo of kind "modules":
+    a check that passed before (remember_final_tensor_name_check) for the same
+    module files, image size, name and hidden width (and the same code) is not
+    built again, and the module is not loaded until something needs it.
     """
-    _, bottleneck, module = _export_graph(
-        handle, default_image_size, final_layer.LayerSpec(2, final_tensor_name, hidden_units)
-    )
-    # The bottleneck computation that follows uses this load instead of loading it again.
-    module_lib.keep(module, default_image_size)
-    images = bottleneck.graph.get_tensor_by_name(INPUT_NAME + ":0")
-    return int(bottleneck.shape[-1]), (int(images.shape[1]), int(images.shape[2]))
+    memo = memo or memo_lib.Memo(None, "modules")
+    key = _names_check_key(handle, default_image_size, final_tensor_name, hidden_units)
+    known = _remembered_shape(memo.get(key)) if key else None
+    if known is None:
+        _, bottleneck, module = _export_graph(
+            handle, default_image_size,
+            final_layer.LayerSpec(2, final_tensor_name, hidden_units),
+        )
+        # The bottleneck computation that follows uses this load instead of loading it again.
+        module_lib.keep(module, default_image_size)
+        images = bottleneck.graph.get_tensor_by_name(INPUT_NAME + ":0")
+        known = int(bottleneck.shape[-1]), (int(images.shape[1]), int(images.shape[2]))
+    module_lib.remember_shape(handle, default_image_size, known[1], known[0])
+    return known
+
+
+def remember_final_tensor_name_check(handle, default_image_size, final_tensor_name,
+                                     hidden_units, memo):
+    """Remember in memo (kind "modules") that check_final_tensor_name passed, with the
+    module's sizes, for the next run. Called once the run's other checks have passed too
+    and its cache folder exists: a refused run leaves nothing behind."""
+    shape = module_lib.known_shape(handle, default_image_size)
+    key = _names_check_key(handle, default_image_size, final_tensor_name, hidden_units)
+    if shape is None or key is None or _remembered_shape(memo.get(key)) is not None:
+        return
+    height, width, dimension = shape
+    memo.put(key, {"dimension": dimension, "height": height, "width": width})
+
+
+def _names_check_key(handle, default_image_size, final_tensor_name, hidden_units):
+    identity = module_lib.identity(handle, default_image_size)
+    if identity is None:
+        return None
+    return memo_lib.key_of("final tensor name check", repr(identity), final_tensor_name,
+                           hidden_units)
+
+
+def _remembered_shape(entry):
+    """(D, (height, width)) from a "modules" memo entry, or None when it does not hold one."""
+    if entry is None:
+        return None
+    values = [entry.get(name) for name in ("dimension", "height", "width")]
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v < 2**31 for v in values):
+        logging.warning("Ignoring a damaged module memo entry: %r.", entry)
+        return None
+    return values[0], (values[1], values[2])
 
 
 def frozen_graph(handle, default_image_size, spec, layer, module_values=None):

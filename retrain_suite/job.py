@@ -23,6 +23,7 @@ from retrain_suite import (
     check_memo,
     evaluation,
     export,
+    export_memo,
     final_layer,
     fine_tuning,
     memory_budget,
@@ -39,6 +40,7 @@ from retrain_suite import (
 )
 from retrain_suite import config as config_lib
 from retrain_suite import dataset as dataset_lib
+from retrain_suite import memo as memo_lib
 from retrain_suite.bottleneck import compute
 from retrain_suite.bottleneck import module as module_lib
 from retrain_suite.images import pipelines as image_pipelines
@@ -105,7 +107,8 @@ def check_names_in_graphs(config):
             dataclasses.replace(config.training, train_batch_size=1, random_seed=0),
         )
         dimension, input_size = export.check_final_tensor_name(
-            config.module.tfhub_module, config.module.image_size, name, config.training.hidden_units
+            config.module.tfhub_module, config.module.image_size, name, config.training.hidden_units,
+            memo_lib.Memo.of_cache(config.module.bottleneck_dir, "modules"),
         )
     except ValueError as e:
         raise config_lib.UsageError(
@@ -153,7 +156,7 @@ def checkpoint_lock(checkpoint):
 def retrain_with_checked_flags(config, timer):
     """run_retraining after the flag and path checks: scan, check, then train holding
     the checkpoint's lock. timer: the run's phases.PhaseTimer."""
-    with timer.phase("scan and checks (module loaded to check names)"):
+    with timer.phase("scan and checks (the module loaded to check names, unless remembered)"):
         dataset, images = scan_and_check(config)
     with checkpoint_lock(config.outputs.checkpoint_path):
         return train_and_export(config, dataset, images, timer)
@@ -199,6 +202,10 @@ def train_and_export(config, dataset, images, timer):
                      config.training.random_seed, config.training.random_seed)
     with timer.phase("bottlenecks (module load, cache, forward passes)"):
         run = prepare_run(config, dataset, images)
+        export.remember_final_tensor_name_check(
+            config.module.tfhub_module, config.module.image_size, config.outputs.final_tensor_name,
+            config.training.hidden_units,
+            memo_lib.Memo.of_cache(config.module.bottleneck_dir, "modules"))
     model = train_model(config, run, timer)
     with timer.phase("report (tables, TensorBoard, JSON)"):
         report, accuracy = report_results(config, run, model)
@@ -328,52 +335,78 @@ def write_report(path, report):
 
 def export_graph(config, output, spec, layer, module_values=None):
     """Write the frozen graph of the layer (spec, {variable name: ndarray}) on the module
-    (module_values: fine-tuned, or None as loaded) to output, a (flag, path). -> GraphDef."""
+    (module_values: fine-tuned, or None as loaded) to output, a (flag, path)."""
     flag, path = output
     graph_def = export.frozen_graph(
         config.module.tfhub_module, config.module.image_size, spec, layer, module_values,
     )
     export.write_output(flag, path, lambda: export.write_frozen_graph(graph_def, path))
-    return graph_def
 
 
 def export_model(config, run, model, timer):
     """Write the frozen graph, the labels (and the SavedModel, the TFLite file, the ONNX
-    file), each a phase of timer. -> GraphDef."""
-    outputs = config.outputs
+    file), each a phase of timer; files a rerun already holds are kept (export_memo)."""
+    outputs, handle = config.outputs, config.module.tfhub_module
+    memo = export_memo.ExportMemo(memo_lib.Memo.of_cache(config.module.bottleneck_dir, "exports"))
+    built = []  # the GraphDef, once built or read back
+
+    def build_graph():
+        built.append(export.frozen_graph(handle, config.module.image_size, model.spec,
+                                         model.result.layer, model.module_values))
+        export.write_frozen_graph(built[0], outputs.output_graph)
+
     with timer.phase("frozen graph and labels"):
-        graph_def = export_graph(config, ("output_graph", outputs.output_graph), model.spec,
-                                 model.result.layer, model.module_values)
+        key = export_memo.frozen_graph_key(handle, config.module.image_size, model.spec,
+                                           model.result.layer, model.module_values)
+        graph = memo.write("output_graph", outputs.output_graph, key, build_graph)
         export.write_output("output_labels", outputs.output_labels,
                             lambda: export.write_labels(run.class_names, outputs.output_labels))
-    logging.info("Wrote %s and %s", outputs.output_graph, outputs.output_labels)
+    logging.info("%s %s; wrote %s", "Kept" if graph.kept else "Wrote", outputs.output_graph,
+                 outputs.output_labels)
+
+    def graph_def():
+        if not built:
+            built.append(export_memo.read_graph_def(outputs.output_graph, graph.digest))
+        return built[0]
+
+    def derived(kind, flag, path, settings, write):
+        with timer.phase(kind):
+            key = export_memo.derived_key(kind, graph.digest, *settings)
+            return memo.write(flag, path, key, write)
+
+    name = outputs.final_tensor_name
     if outputs.saved_model_dir:
-        with timer.phase("SavedModel"):
-            export.write_output(
-                "saved_model_dir", outputs.saved_model_dir,
-                lambda: export.write_saved_model(graph_def, outputs.final_tensor_name,
-                                                 outputs.saved_model_dir),
-            )
-        logging.info("Wrote SavedModel %s", outputs.saved_model_dir)
+        written = derived("SavedModel", "saved_model_dir", outputs.saved_model_dir,
+                          (name, export_memo.package_version("tensorflow")),
+                          lambda: export.write_saved_model(graph_def(), name,
+                                                           outputs.saved_model_dir))
+        logging.info("%s SavedModel %s", "Kept" if written.kept else "Wrote",
+                     outputs.saved_model_dir)
     if outputs.tflite_output_file:
-        with timer.phase(f"TFLite ({outputs.tflite_quantization})"):
-            calibrated = export.write_output(
-                "tflite_output_file", outputs.tflite_output_file,
-                lambda: tflite.export_for_run(outputs, graph_def, run, config.training.random_seed,
-                                              config.module.tfhub_module),
-            )
-        logging.info("Wrote TFLite model %s (quantization %s%s)", outputs.tflite_output_file,
+        training = [run.contents[image.path] for image in run.training.images]
+        settings = (name, outputs.tflite_quantization, config.training.random_seed, handle,
+                    "\0".join(run.class_names), "\0".join(training),
+                    export_memo.package_version("ai-edge-litert"))
+        written = derived(
+            f"TFLite ({outputs.tflite_quantization})", "tflite_output_file",
+            outputs.tflite_output_file, settings,
+            lambda: tflite.export_for_run(outputs, graph_def(), run, config.training.random_seed,
+                                          handle),
+        )
+        calibrated = written.result
+        logging.info("%s TFLite model %s (quantization %s%s)",
+                     "Kept" if written.kept else "Wrote", outputs.tflite_output_file,
                      outputs.tflite_quantization,
                      f", calibrated on {calibrated} training images" if calibrated else "")
     if outputs.onnx_output_file:
-        with timer.phase("ONNX"):
-            export.write_output(
-                "onnx_output_file", outputs.onnx_output_file,
-                lambda: onnx_export.export_for_run(outputs, graph_def, run,
-                                                   config.module.tfhub_module),
-            )
-        logging.info("Wrote ONNX model %s", outputs.onnx_output_file)
-    return graph_def
+        settings = (name, handle, "\0".join(run.class_names), repr(run.input_size),
+                    export_memo.package_version("tf2onnx"), export_memo.package_version("onnx"))
+        written = derived(
+            "ONNX", "onnx_output_file", outputs.onnx_output_file, settings,
+            lambda: onnx_export.export_for_run(outputs, graph_def(), run, handle),
+        )
+        logging.info("%s ONNX model %s", "Kept" if written.kept else "Wrote",
+                     outputs.onnx_output_file)
 
 
 def log_copies(dataset, contents):

@@ -61,7 +61,7 @@ def trained(tmp_path_factory, tiny_module):
     image_dir = make_dataset(root / "data", per_class=20)
     settings = retrain_settings(
         root, image_dir, tiny_module, validation_percentage=15, testing_percentage=25,
-        saved_model_dir=str(root / "out" / "saved_model"),
+        saved_model_dir=str(root / "out" / "saved_model"), report_dir=str(root / "report"),
     )
     settings.update(CLASSIC_DEFAULTS)
     args = [f"--{name}={value}" for name, value in settings.items() if value is not None]

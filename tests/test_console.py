@@ -71,6 +71,7 @@ def retrain_with_tflite_and_saved_model(tmp_path, module, *extra):
         tmp_path, image_dir, module, how_many_training_steps=20, eval_step_interval=10,
         saved_model_dir=str(tmp_path / "out" / "saved_model"),
         tflite_output_file=str(tmp_path / "out" / "model.tflite"), tflite_quantization="int8",
+        report_dir=str(tmp_path / "report"),
     )
     args = [f"--{name}={value}" for name, value in settings.items() if value is not None]
     return run_script("retrain.py", *args, *extra, check=True)

@@ -26,6 +26,7 @@ from retrain_suite import (
     job,
 )
 from retrain_suite import config as config_lib
+from retrain_suite import memo as memo_lib
 from retrain_suite.bottleneck import make_module
 from retrain_suite.bottleneck import module as module_lib
 from retrain_suite.dataset import split as split_lib
@@ -70,7 +71,8 @@ FINE_TUNING = dict(fine_tune_steps=100, fine_tune_eval_interval=25, fine_tune_le
 def settings_for(root, image_dir, module, cache, **overrides):
     settings = retrain_settings(
         root, image_dir, module, validation_percentage=25, testing_percentage=25,
-        bottleneck_dir=cache, eval_report=str(root / "out" / "report.json"), **overrides,
+        bottleneck_dir=cache, eval_report=str(root / "out" / "report.json"),
+        report_dir=str(root / "report"), **overrides,
     )
     return settings
 
@@ -101,10 +103,11 @@ def run_logged(settings, monkeypatch=None):
 
 
 def cache_state(folder):
-    """{path: bytes} of the bottleneck cache's files (not the check memo's, in checks/)."""
+    """{path: bytes} of the bottleneck cache's files (not the memos', in checks/, exports/
+    and modules/)."""
     state = {}
     for parent, folders, files in os.walk(folder):
-        folders[:] = [f for f in folders if f != "checks"]
+        folders[:] = [f for f in folders if f not in memo_lib.KINDS]
         for name in files:
             with open(os.path.join(parent, name), "rb") as f:
                 state[os.path.join(parent, name)] = f.read()

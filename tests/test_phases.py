@@ -49,6 +49,7 @@ def test_a_run_ends_with_its_phase_table_and_keeps_it_in_the_report(tmp_path, ti
         tmp_path, image_dir, tiny_module, how_many_training_steps=20, eval_step_interval=10,
         eval_report=str(tmp_path / "out" / "report.json"),
         tflite_output_file=str(tmp_path / "out" / "model.tflite"),
+        report_dir=str(tmp_path / "report"),
     )
     caplog.set_level("INFO")
     job.run_retraining(config_lib.from_flat(settings))
@@ -56,7 +57,7 @@ def test_a_run_ends_with_its_phase_table_and_keeps_it_in_the_report(tmp_path, ti
         time_report = json.load(f)["time"]
     names = [p["phase"] for p in time_report["phases"]]
     assert names == ["start-up", "flag and path checks",
-                     "scan and checks (module loaded to check names)",
+                     "scan and checks (the module loaded to check names, unless remembered)",
                      "bottlenecks (module load, cache, forward passes)", "training",
                      "report (tables, TensorBoard, JSON)", "frozen graph and labels",
                      "TFLite (none)", "check of the exported files",

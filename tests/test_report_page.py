@@ -237,7 +237,8 @@ def test_a_folder_holding_other_files_is_refused_and_left_as_it_was(tmp_path, ti
 
 def test_report_dir_is_an_output_the_path_policy_holds(tmp_path, tiny_module):
     image_dir = str(tmp_path / "data")
-    settings = helpers.retrain_settings(tmp_path, image_dir, tiny_module)
+    settings = helpers.retrain_settings(tmp_path, image_dir, tiny_module,
+                                        report_dir=str(tmp_path / "report"))
     listed = output_paths.outputs_of(config_lib.from_flat(settings).outputs, "")
     assert ("report_dir", settings["report_dir"]) in listed
     for report_dir, match in (

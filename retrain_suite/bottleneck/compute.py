@@ -168,12 +168,16 @@ def compute_bottlenecks(
     if isinstance(images, (list, tuple)):
         images = image_pipelines.ImageFiles(images)
     module_lib.use_gpu_memory_as_needed()
-    # The run's checks loaded it already (export.check_final_tensor_name): shared, not reloaded.
-    module = module_lib.load_shared(handle, default_image_size)
-    with module.graph.as_default():
-        probe = tf.compat.v1.placeholder(tf.float32, [None, module.height, module.width, 3])
-        dimension = int(module(probe).shape[-1])
-    height, width = module.height, module.width
+    # The run's checks loaded it already (export.check_final_tensor_name): shared, not
+    # reloaded. Or they only remembered its sizes: then it is loaded only if a vector is
+    # missing.
+    shape = module_lib.known_shape(handle, default_image_size)
+    if shape is None:
+        module = module_lib.load_shared(handle, default_image_size)
+        with module.graph.as_default():
+            probe = tf.compat.v1.placeholder(tf.float32, [None, module.height, module.width, 3])
+            shape = module.height, module.width, int(module(probe).shape[-1])
+    height, width, dimension = shape
     key = cache_lib.module_key(handle, height, width, precision)
     cache = cache_lib.BottleneckCache(bottleneck_dir, key)
     logging.info(
@@ -204,7 +208,9 @@ def compute_bottlenecks(
     if missing:
         # Logged before freezing and building the pipeline, which take seconds of their own.
         log_work(len(missing), sum(len(indices) for indices in missing.values()))
-        # Frozen only now: a run with every vector cached does not pay for it.
+        # Loaded (if need be) and frozen only now: a run with every vector cached does
+        # not pay for it.
+        module = module_lib.load_shared(handle, default_image_size)
         forward, graph = _frozen_forward(module, precision)
         forward_pass = _ForwardPass(
             images, forward, graph, module_lib.session_config(precision), (height, width),

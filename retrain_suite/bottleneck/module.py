@@ -190,8 +190,11 @@ def load(handle, default_image_size=DEFAULT_IMAGE_SIZE):
 # The module load_shared or keep last kept: (identity, FeatureVectorModule).
 _shared = [None, None]
 
+# What remember_shape was told: identity -> (height, width, output size D).
+_shapes = {}
 
-def _identity(handle, default_image_size):
+
+def identity(handle, default_image_size):
     """What names one module as load would load it, or None for a handle that is neither
     a local folder nor a TF Hub handle.
 
@@ -210,8 +213,24 @@ def _identity(handle, default_image_size):
 
 def keep(module, default_image_size=DEFAULT_IMAGE_SIZE):
     """Keep module (as load returned it, in a graph of its own) for load_shared."""
-    identity = _identity(module.handle, default_image_size)
-    _shared[:] = [identity, module if identity else None]
+    name = identity(module.handle, default_image_size)
+    _shared[:] = [name, module if name else None]
+
+
+def remember_shape(handle, default_image_size, input_size, dimension):
+    """Note that the module handle, at default_image_size, takes input_size (height, width)
+    and gives dimension values (as checked or remembered by export.check_final_tensor_name),
+    so that known_shape can answer without loading it."""
+    key = identity(handle, default_image_size)
+    if key is not None:
+        _shapes[key] = (int(input_size[0]), int(input_size[1]), int(dimension))
+
+
+def known_shape(handle, default_image_size=DEFAULT_IMAGE_SIZE):
+    """(height, width, D) of the module as remember_shape noted it, or None. Lets a run
+    whose every vector is cached skip loading the module at all."""
+    key = identity(handle, default_image_size)
+    return _shapes.get(key) if key is not None else None
 
 
 def load_shared(handle, default_image_size=DEFAULT_IMAGE_SIZE):
@@ -226,12 +245,12 @@ def load_shared(handle, default_image_size=DEFAULT_IMAGE_SIZE):
     graph may hold other ops (the check's): use it to read the module's
     weights or call it, never to build a graph whose op names matter.
     """
-    identity = _identity(handle, default_image_size)
-    if identity is not None and _shared[0] == identity:
+    name = identity(handle, default_image_size)
+    if name is not None and _shared[0] == name:
         return _shared[1]
     with tf.Graph().as_default():
         module = load(handle, default_image_size)
-    _shared[:] = [identity, module if identity else None]
+    _shared[:] = [name, module if name else None]
     return module
 
 

@@ -1,0 +1,159 @@
+r"""What a rerun remembers, so that it does not redo work whose result it already holds.
+
+A rerun that changes nothing would otherwise load the module to check names it
+checked last time, rebuild and freeze the export graph (Inception V3: two module
+loads and 90 MB written, about 10 s on 2 cores) and convert it again, to write
+the very files that are already there. Each memo here is a folder of small JSON
+entries under the bottleneck cache's folder, one per key:
+
+- `<bottleneck_dir>/modules/`: a module's output size and input size, under
+  the module's identity (its files' fingerprint), the image size asked for, the
+  final tensor name and the hidden layer's width that were checked against it
+  (job.check_names_in_graphs);
+- `<bottleneck_dir>/exports/`: the SHA-256 of an exported file as it was
+  written, under a key of everything that decides that file (exports.py);
+- `<bottleneck_dir>/checks/`: an exported file's predictions on a test set
+  (check_memo).
+
+Every key also holds code_digest(), the digest of the suite's own source, and
+TensorFlow's version: new code or a new TensorFlow recomputes everything.
+Entries are written whole (atomic_files); one that cannot be read, is damaged
+or does not fit is ignored with a warning, and the work is done again. A memo
+only ever saves work: nothing it holds is taken without the check it stands
+for (an export is kept only when the file on disk still has the remembered
+digest). Whoever can write the bottleneck cache can already change what a run
+trains on; these folders ask for no more trust than that.
+"""
+
+import functools
+import hashlib
+import json
+import os
+
+import tensorflow as tf
+from absl import logging
+
+from retrain_suite import atomic_files
+from retrain_suite.images import files as image_files
+
+MAX_ENTRY_BYTES = 64 << 20  # a check entry of a million test images is about 8 MB
+CHUNK_BYTES = 8 << 20
+KINDS = ("modules", "exports", "checks")
+
+
+@functools.cache
+def code_digest():
+    """Hex SHA-256 of every .py file of the retrain_suite package (names and bytes), and
+    TensorFlow's version: what a memo's result may depend on besides its own key."""
+    root = os.path.dirname(os.path.abspath(__file__))
+    digest = hashlib.sha256(f"tensorflow {tf.__version__}\0".encode())
+    for folder, folders, names in os.walk(root):
+        folders[:] = sorted(f for f in folders if f != "__pycache__")
+        for name in sorted(n for n in names if n.endswith(".py")):
+            path = os.path.join(folder, name)
+            with open(path, "rb") as f:
+                data = f.read()
+            digest.update(f"{os.path.relpath(path, root)}\0{len(data)}\0".encode())
+            digest.update(data)
+    return digest.hexdigest()
+
+
+def key_of(*parts):
+    """Hex SHA-256 of parts (str or bytes) and code_digest(), each part delimited."""
+    digest = hashlib.sha256(code_digest().encode())
+    for part in parts:
+        data = part if isinstance(part, bytes) else str(part).encode("utf-8", "surrogateescape")
+        digest.update(len(data).to_bytes(8, "little") + data)
+    return digest.hexdigest()
+
+
+def file_digest(path):
+    """Hex SHA-256 of the bytes of the file at path, or of every file under the folder at
+    path (each with its relative name and size). Raises OSError when one cannot be read."""
+    digest = hashlib.sha256()
+    if tf.io.gfile.isdir(path):
+        names = sorted(
+            os.path.relpath(os.path.join(folder, name), path)
+            for folder, _, files in tf.io.gfile.walk(path) for name in files
+        )
+    else:
+        names = [""]
+    for name in names:
+        member = os.path.join(path, name) if name else path
+        digest.update(f"{name}\0".encode("utf-8", "surrogateescape"))
+        digest.update(_member_digest(member))
+    return digest.hexdigest()
+
+
+def data_digest(data):
+    """What file_digest gives for a file holding data (bytes)."""
+    return hashlib.sha256(b"\0" + hashlib.sha256(data).digest()).hexdigest()
+
+
+def _member_digest(path):
+    digest = hashlib.sha256()
+    if "://" in path:
+        with tf.io.gfile.GFile(path, "rb") as f:
+            while chunk := f.read(CHUNK_BYTES):
+                digest.update(chunk)
+        return digest.digest()
+    # Local: never wait on a FIFO or device put where an output was written.
+    data, problem = image_files.read_regular_file(path)
+    if problem:
+        raise OSError(f"{path} {image_files.as_clause(problem)}")
+    digest.update(data)
+    return digest.digest()
+
+
+class Memo:
+    """One kind of entry (one of KINDS) under folder; folder None remembers nothing."""
+
+    def __init__(self, folder, kind):
+        if kind not in KINDS:
+            raise ValueError(f"memo kind {kind!r} is not one of {KINDS}")
+        self.folder, self.kind = folder, kind
+
+    @classmethod
+    def of_cache(cls, bottleneck_dir, kind):
+        """The memo kept in the bottleneck cache's folder when it is local (None: a remote
+        cache, where reading an entry may cost as much as the work it saves)."""
+        local = bottleneck_dir and "://" not in bottleneck_dir
+        return cls(bottleneck_dir if local else None, kind)
+
+    @property
+    def location(self):
+        return os.path.join(self.folder, self.kind) if self.folder else None
+
+    def _path(self, key):
+        return os.path.join(self.folder, self.kind, key + ".json")
+
+    def get(self, key):
+        """The entry (a dict) stored under key, or None: none, unreadable or damaged."""
+        if not self.folder:
+            return None
+        path = self._path(key)
+        data, problem = image_files.read_regular_file(path, MAX_ENTRY_BYTES)
+        if problem:
+            if problem != image_files.MISSING:
+                logging.warning("Ignoring the memo %s: it %s.", path, image_files.as_clause(problem))
+            return None
+        try:
+            entry = json.loads(data.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            logging.warning("Ignoring the damaged memo %s (%s).", path, e)
+            return None
+        if not isinstance(entry, dict):
+            logging.warning("Ignoring the damaged memo %s (not a JSON object).", path)
+            return None
+        return entry
+
+    def put(self, key, entry):
+        """Store entry (a JSON-able dict) under key. A failure to write only warns: the work
+        itself is done, and the next run does it again."""
+        if not self.folder:
+            return
+        try:
+            atomic_files.write_text(self._path(key), json.dumps(entry, allow_nan=False))
+        except (OSError, ValueError) as e:
+            logging.warning("Could not remember %s in %s (%s); the next run does it again.",
+                            self.kind, self.location, e)

@@ -1,0 +1,105 @@
+"""retrain_suite.memo and export_memo: what a rerun keeps instead of doing again, and
+that it never keeps what changed."""
+
+import logging
+import os
+
+import numpy as np
+import pytest
+from helpers import make_dataset, retrain_settings
+
+from retrain_suite import config as config_lib
+from retrain_suite import export_memo, job
+from retrain_suite import memo as memo_lib
+from retrain_suite.bottleneck import module as module_lib
+
+
+def test_an_entry_comes_back_only_whole_and_under_its_own_key(tmp_path, caplog):
+    memo = memo_lib.Memo(str(tmp_path), "exports")
+    key = memo_lib.key_of("a", "b")
+    assert key != memo_lib.key_of("ab") and key != memo_lib.key_of("a", "b", "")
+    assert memo.get(key) is None
+    memo.put(key, {"digest": "d", "result": 3})
+    assert memo.get(key) == {"digest": "d", "result": 3}
+    assert memo_lib.Memo(None, "exports").get(key) is None
+    assert memo_lib.Memo.of_cache("gs://bucket/cache", "exports").folder is None
+    path = tmp_path / "exports" / (key + ".json")
+    for text in (b"{not json", b"[1, 2]", b"\xff\xfe", b'"text"'):
+        path.write_bytes(text)
+        assert memo.get(key) is None, text
+    path.unlink()
+    os.mkfifo(path)
+    assert memo.get(key) is None  # not waited on
+    with pytest.raises(ValueError):
+        memo_lib.Memo(str(tmp_path), "elsewhere")
+
+
+def test_a_value_that_json_cannot_hold_is_not_remembered(tmp_path, caplog):
+    memo = memo_lib.Memo(str(tmp_path), "exports")
+    memo.put("k", {"result": float("nan")})
+    assert memo.get("k") is None
+    assert "Could not remember" in caplog.text
+
+
+def test_data_digest_is_the_file_digest_of_a_file_holding_the_data(tmp_path):
+    path = tmp_path / "graph.pb"
+    path.write_bytes(b"some graph")
+    assert memo_lib.data_digest(b"some graph") == memo_lib.file_digest(str(path))
+    assert memo_lib.data_digest(b"some grapH") != memo_lib.file_digest(str(path))
+
+
+def test_the_layer_digest_follows_every_value_name_dtype_and_shape():
+    layer = {"w": np.ones([2, 3], np.float32), "b": np.zeros([3], np.float32)}
+    digest = export_memo.values_digest(layer)
+    assert digest == export_memo.values_digest(dict(reversed(list(layer.items()))))
+    for other in ({**layer, "w": layer["w"] * 2},
+                  {**layer, "w": layer["w"].reshape(3, 2)},
+                  {**layer, "w": layer["w"].astype(np.float64)},
+                  {"v": layer["w"], "b": layer["b"]}):
+        assert export_memo.values_digest(other) != digest
+
+
+def forget_loaded_modules():
+    """What a new process starts with: no module loaded, no sizes known."""
+    module_lib._shared[:] = [None, None]
+    module_lib._shapes.clear()
+
+
+def test_a_rerun_keeps_its_exports_without_loading_the_module_and_rewrites_what_changed(
+        tmp_path, tiny_module, monkeypatch, caplog):
+    image_dir = make_dataset(tmp_path / "data", per_class=6)
+    settings = retrain_settings(
+        tmp_path, image_dir, tiny_module, how_many_training_steps=20, report_dir="",
+        tflite_output_file=str(tmp_path / "out" / "model.tflite"),
+    )
+    job.run_retraining(config_lib.from_flat(settings))
+    graph, tflite = settings["output_graph"], settings["tflite_output_file"]
+    first = {path: open(path, "rb").read() for path in (graph, tflite)}
+
+    # A new process with the same command: nothing to compute, export or load.
+    forget_loaded_modules()
+    loads = []
+    real_load = module_lib.load
+    monkeypatch.setattr(module_lib, "load", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    caplog.set_level(logging.INFO)
+    job.run_retraining(config_lib.from_flat(settings))
+    assert loads == []
+    assert f"{graph} is already the file this run writes" in caplog.text
+    assert f"{tflite} is already the file this run writes" in caplog.text
+
+    # Another file where the graph was: written anew, the same bytes as the first run's.
+    with open(graph, "wb") as f:
+        f.write(b"not the graph")
+    forget_loaded_modules()
+    caplog.clear()
+    job.run_retraining(config_lib.from_flat(settings))
+    assert f"{graph} is already" not in caplog.text
+    assert f"{tflite} is already the file this run writes" in caplog.text
+    assert {path: open(path, "rb").read() for path in (graph, tflite)} == first
+    assert len(loads) == 1  # for the graph only
+
+    # Another seed trains another layer: both files are made again.
+    caplog.clear()
+    job.run_retraining(config_lib.from_flat({**settings, "random_seed": 2}))
+    assert "is already the file this run writes" not in caplog.text
+    assert open(graph, "rb").read() != first[graph]
