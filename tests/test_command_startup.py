@@ -2,6 +2,8 @@
 
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 from helpers import ROOT, make_dataset, run_script
@@ -150,3 +152,26 @@ def test_installed_command_help_shows_the_command_docstring():
     process = run_script("-c", script, env=quiet_environment())
     assert process.returncode == 0, process.stderr[-2000:]
     assert process.stdout.startswith("The pre_input command line: check and split a dataset")
+
+
+@pytest.mark.parametrize("ending, status, stderr", [
+    ("pass", 0, ""), ("sys.exit(3)", 3, ""), ("sys.exit('error: no photos')", 1, "error: no photos\n"),
+])
+def test_a_command_ends_at_once_with_its_status_and_everything_it_printed(ending, status, stderr):
+    # Output still in Python's buffers (stdout to a pipe is block-buffered) and logging's
+    # handlers must be flushed before the process ends without Python's teardown.
+    code = (
+        "import logging, sys\n"
+        "from retrain_suite.cli import commands\n"
+        "def run():\n"
+        "    print('a line', end='')\n"
+        "    logging.getLogger('x').warning('logged')\n"
+        f"    {ending}\n"
+        "commands.exit_without_teardown(run)\n"
+        "print('never')\n"
+    )
+    buffered = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    process = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             cwd=ROOT, env=buffered)
+    assert (process.returncode, process.stdout) == (status, "a line")
+    assert process.stderr == "logged\n" + stderr
