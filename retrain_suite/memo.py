@@ -97,11 +97,11 @@ def _member_digest(path):
             while chunk := f.read(CHUNK_BYTES):
                 digest.update(chunk)
         return digest.digest()
-    # Local: never wait on a FIFO or device put where an output was written.
-    data, problem = image_files.read_regular_file(path)
+    # Local: never wait on a FIFO or device put where an output was written, and never
+    # hold more than a chunk of a file that may be huge.
+    digest, problem = image_files.sha256_of_regular_file(path, CHUNK_BYTES)
     if problem:
         raise OSError(f"{path} {image_files.as_clause(problem)}")
-    digest.update(data)
     return digest.digest()
 
 

@@ -12,6 +12,7 @@ from retrain_suite import config as config_lib
 from retrain_suite import export_memo, job
 from retrain_suite import memo as memo_lib
 from retrain_suite.bottleneck import module as module_lib
+from retrain_suite.images import files as image_files
 
 
 def test_an_entry_comes_back_only_whole_and_under_its_own_key(tmp_path, caplog):
@@ -46,6 +47,20 @@ def test_data_digest_is_the_file_digest_of_a_file_holding_the_data(tmp_path):
     path.write_bytes(b"some graph")
     assert memo_lib.data_digest(b"some graph") == memo_lib.file_digest(str(path))
     assert memo_lib.data_digest(b"some grapH") != memo_lib.file_digest(str(path))
+
+
+def test_a_file_is_hashed_chunk_by_chunk_to_the_same_digest(tmp_path, monkeypatch):
+    path = tmp_path / "model.tflite"
+    data = bytes(range(256)) * 41 + b"tail"  # not a whole number of chunks
+    path.write_bytes(data)
+    monkeypatch.setattr(memo_lib, "CHUNK_BYTES", 1000)
+    assert memo_lib.file_digest(str(path)) == memo_lib.data_digest(data)
+    read_sizes = []
+    real = image_files.sha256_of_regular_file
+    monkeypatch.setattr(image_files, "sha256_of_regular_file",
+                        lambda p, size: read_sizes.append(size) or real(p, size))
+    memo_lib.file_digest(str(path))
+    assert read_sizes == [1000]
 
 
 def test_the_layer_digest_follows_every_value_name_dtype_and_shape():

@@ -78,6 +78,27 @@ def _read_regular(path, count):
             return None, MISSING
         except (tf.errors.OpError, OSError) as e:
             return None, f"cannot be read: {errors.one_line(e)}"
+    return _with_regular_file(path, lambda f: f.read(-1 if count is None else count))
+
+
+def sha256_of_regular_file(path, chunk_bytes=8 << 20):
+    """The SHA-256 of a local file's bytes, opened as read_regular_file opens it and read
+    chunk by chunk, so a file of any size costs chunk_bytes of memory. -> (hashlib object,
+    None), or (None, one-line reason)."""
+
+    def digest(f):
+        hashed = hashlib.sha256()
+        while chunk := f.read(chunk_bytes):
+            hashed.update(chunk)
+        return hashed
+
+    return _with_regular_file(path, digest)
+
+
+def _with_regular_file(path, use):
+    """use(binary file) on the local regular file at path. -> (its result, None), or
+    (None, one-line reason): missing, not a regular file (checked on the open descriptor,
+    never blocking), or unreadable."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -89,7 +110,7 @@ def _read_regular(path, count):
         if not stat.S_ISREG(mode):  # Checked before open(), which fails on a folder.
             return None, f"not a regular file ({special_file_kind(mode)})"
         with open(fd, "rb", closefd=False) as f:
-            return f.read(-1 if count is None else count), None
+            return use(f), None
     except OSError as e:
         return None, f"cannot be read: {path}; {e.strerror}"
     finally:
