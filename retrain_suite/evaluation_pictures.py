@@ -171,20 +171,21 @@ def load_display_images(run, rows):
 
     run: a run_data.PreparedRun; rows: which images of its source. Decoded and
     resized by images.preprocess.decode_and_resize, the function that prepared
-    the bottlenecks. Images that cannot be decoded are missing from the result.
+    the bottlenecks, once per run: those decoded before come from run.displayed.
+    Images that cannot be decoded are missing from the result.
     """
-    if not rows:
-        return {}
-    graph = tf.Graph()
-    with graph.as_default():
-        batches = run.image_batches(rows, len(rows))
-        index, _, pixels = tf.compat.v1.data.make_one_shot_iterator(batches).get_next()
-        pixels = tf.cast(tf.round(tf.clip_by_value(pixels, 0.0, 1.0) * 255.0), tf.uint8)
-        results = {}
-        with tf.compat.v1.Session(graph=graph) as sess:
-            for batch_indices, values in image_pipelines.each_batch(sess, [index, pixels]):
-                results.update(zip(batch_indices.tolist(), values))
-    return results
+    wanted = list(dict.fromkeys(rows))
+    missing = [row for row in wanted if row not in run.displayed]
+    if missing:
+        graph = tf.Graph()
+        with graph.as_default():
+            batches = run.image_batches(missing, len(missing))
+            index, _, pixels = tf.compat.v1.data.make_one_shot_iterator(batches).get_next()
+            pixels = tf.cast(tf.round(tf.clip_by_value(pixels, 0.0, 1.0) * 255.0), tf.uint8)
+            with tf.compat.v1.Session(graph=graph) as sess:
+                for batch_indices, values in image_pipelines.each_batch(sess, [index, pixels]):
+                    run.displayed.update(zip(batch_indices.tolist(), values))
+    return {row: run.displayed[row] for row in wanted if row in run.displayed}
 
 
 def mistakes_to_show(misclassified, labels, count=MAX_MISCLASSIFIED_SHOWN):

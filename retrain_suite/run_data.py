@@ -67,6 +67,10 @@ class PreparedRun:
     contents: dict  # relative path -> SHA-1 hex of the image's bytes
     input_size: tuple  # (height, width) in pixels: the module's input
     max_image_pixels: int  # images larger than this are refused when read again
+    # {row: uint8 [height, width, 3]}: images decoded for display (evaluation_pictures.
+    # load_display_images), kept so that TensorBoard's grid and the report page's
+    # thumbnails of the same mistakes decode them once.
+    displayed: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     @property
     def class_names(self):

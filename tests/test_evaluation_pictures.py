@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from retrain_suite import evaluation, evaluation_pictures
+from retrain_suite import evaluation, evaluation_pictures, run_data
 from retrain_suite.images import pipelines as image_pipelines
 from retrain_suite.images import preprocess as image_preprocess
 
@@ -110,6 +110,23 @@ def test_display_images_are_decoded_by_the_shared_function(tmp_path):
     with tf.Graph().as_default(), tf.compat.v1.Session() as sess:
         expected = sess.run(image_preprocess.decode_and_resize(tf.io.read_file(path), 8, 8))
     np.testing.assert_array_equal(loaded[0], np.round(expected * 255).astype(np.uint8))
+
+
+def test_a_run_decodes_each_displayed_image_once(tmp_path, monkeypatch):
+    paths = []
+    for n in range(3):
+        paths.append(str(tmp_path / f"{n}.png"))
+        Image.fromarray(np.full((6, 6, 3), 80 * n, np.uint8)).save(paths[-1])
+    run = helpers.run_of_images(image_pipelines.ImageFiles(paths), [0, 1, 2], ["a"], (8, 8))
+    decoded = []
+    real = run_data.PreparedRun.image_batches
+    monkeypatch.setattr(run_data.PreparedRun, "image_batches",
+                        lambda self, rows, size: decoded.append(list(rows)) or real(self, rows, size))
+    first = evaluation_pictures.load_display_images(run, [2, 0])
+    again = evaluation_pictures.load_display_images(run, [0, 1, 2])  # TensorBoard, then the page
+    assert decoded == [[2, 0], [1]]
+    assert set(first) == {0, 2} and set(again) == {0, 1, 2}
+    np.testing.assert_array_equal(first[2], again[2])
 
 
 def most_common_colour(png, leaving_out=((255, 255, 255),)):
