@@ -225,7 +225,7 @@ def tune(run, base, tuning_config, budget=None):
         results.append(Trial(index, settings, correct, entropy, seconds, versus))
         if index == 0:
             logging.info("%s", plan_line(pool, planned, folds, budget, seconds))
-        logging.debug("Tuning trial %d: %s", index, format_row(results[-1]))
+        logging.info("Tuning trial %d (of up to %d) %s", index, len(planned), format_row(results[-1]))
     chosen = choose(results)
     result = TuningResult(tuple(results), chosen.index,
                           tuning_space.training_config(base, chosen.settings), folds,
@@ -284,8 +284,9 @@ def table_rows(result):
 
 
 def format_row(trial):
-    return (f"{describe(trial.settings)}, accuracy {100 * trial.accuracy:.1f}%, "
-            f"{trial.versus_default.describe()} over trial 0, {trial.seconds:.1f} s")
+    versus = "" if trial.index == 0 else f", {trial.versus_default.describe()} over trial 0"
+    return (f"{describe(trial.settings)}: out-of-fold accuracy {100 * trial.accuracy:.1f}%"
+            f"{versus}, {trial.seconds:.1f} s")
 
 
 def format_table(result):
