@@ -164,16 +164,27 @@ def _row_slices(count, class_count):
     return [slice(start, start + step) for start in range(0, count, step)]
 
 
-def cross_validate(pool, setting, folds):
+def cross_validate(pool, setting, folds, stop=lambda: False):
     """Out-of-fold answers of `setting` for every pooled image. -> (correct bool [n],
-    mean cross entropy)."""
+    mean cross entropy), or None when stop() said so before a fold after the first."""
     correct = np.zeros(len(pool.labels), bool)
     entropy = np.zeros(len(pool.labels), np.float64)
     for fold in range(folds):
+        if fold and stop():
+            return None
         held = pool.folds == fold
         if np.any(held):
             correct[held], entropy[held] = fold_answers(pool, setting, fold)
     return correct, float(np.mean(entropy))
+
+
+def estimated_seconds(measured, settings, folds):
+    """A trial's seconds: its fold steps times the slowest seconds per fold step measured
+    ([(seconds, fold steps, hidden units)] of the trials so far) with its hidden units,
+    or, with none measured yet, of any: a hidden layer is what changes a step's cost."""
+    same = [(s, n) for s, n, hidden in measured if hidden == settings["hidden_units"]]
+    per_step = max(s / max(n, 1) for s, n in (same or [(s, n) for s, n, _ in measured]))
+    return per_step * settings["how_many_training_steps"] * folds
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,19 +219,29 @@ def tune(run, base, tuning_config, budget=None):
     for index, settings in enumerate(planned):
         setting = tuning_space.training_config(base, settings)
         fold_steps = setting.how_many_training_steps * folds
-        if index:
-            estimate = sum(s for s, _ in measured) / sum(n for _, n in measured) * fold_steps
+        if index and budget.seconds is not None:
+            estimate = estimated_seconds(measured, settings, folds)
             spent = budget.clock() - start
-            if budget.seconds is not None and spent + estimate > budget.seconds:
+            if spent + estimate > budget.seconds:
                 stopped = (f"stopped at the time budget: {index} of {len(planned)} trials run in "
                            f"{spent:.1f} s; trial {index} would take about {estimate:.1f} s more "
                            f"(--tune_seconds={budget.seconds:g})")
                 logging.info("Tuning %s.", stopped)
                 break
         began = budget.clock()
-        correct, entropy = cross_validate(pool, setting, folds)
+        # A trial slower than its estimate is dropped between folds once the budget
+        # is spent (never trial 0: the baseline).
+        stop = (lambda: past(budget, start)) if index else (lambda: False)
+        answers = cross_validate(pool, setting, folds, stop)
         seconds = budget.clock() - began
-        measured.append((seconds, fold_steps))
+        if answers is None:
+            stopped = (f"stopped at the time budget: trial {index} was dropped after "
+                       f"{seconds:.1f} s, past --tune_seconds={budget.seconds:g}; {index} of "
+                       f"{len(planned)} trials run")
+            logging.info("Tuning %s.", stopped)
+            break
+        correct, entropy = answers
+        measured.append((seconds, fold_steps, settings["hidden_units"]))
         versus = selection.compare(correct, results[0].correct if results else correct)
         results.append(Trial(index, settings, correct, entropy, seconds, versus))
         if index == 0:
@@ -237,6 +258,11 @@ def tune(run, base, tuning_config, budget=None):
     return result
 
 
+def past(budget, start):
+    """Whether the budget's seconds are spent, `start` being the search's start."""
+    return budget.seconds is not None and budget.clock() - start >= budget.seconds
+
+
 def plan_line(pool, planned, folds, budget, first_seconds):
     """The plan, once trial 0 has measured the time a fold step takes."""
     steps = planned[0]["how_many_training_steps"] * folds
@@ -251,7 +277,8 @@ def plan_line(pool, planned, folds, budget, first_seconds):
             f"{folds}-fold cross-validation over {len(pool.labels)} training and validation "
             f"images; trial 0 took {first_seconds:.1f} s ({steps / max(first_seconds, 1e-9):.0f} "
             f"steps/s), so all {len(planned)} would take about "
-            f"{compute.format_duration(total)}{limit}.")
+            f"{compute.format_duration(total)} at that speed (longer with a hidden layer)"
+            f"{limit}.")
 
 
 def choose(trials):

@@ -109,30 +109,35 @@ def test_folds_are_stratified_and_stable():
 
 class FakeCost:
     """A clock and a cross_validate that costs `per_step` fake seconds per fold step
-    and answers from a canned list of correct-image counts per trial."""
+    (`hidden_factor` times more with a hidden layer) and answers `right` images right."""
 
-    def __init__(self, per_step, right):
-        self.now, self.per_step, self.right, self.calls = 100.0, per_step, list(right), 0
+    def __init__(self, per_step, right=30, hidden_factor=1.0):
+        self.now, self.per_step, self.right, self.calls = 100.0, per_step, right, 0
+        self.hidden_factor = hidden_factor
 
     def clock(self):
         return self.now
 
-    def cross_validate(self, pool, setting, folds):
-        self.now += self.per_step * setting.how_many_training_steps * folds
-        right = self.right[self.calls % len(self.right)]
+    def fold_seconds(self, setting):
+        factor = self.hidden_factor if setting.hidden_units else 1.0
+        return self.per_step * setting.how_many_training_steps * factor
+
+    def cross_validate(self, pool, setting, folds, stop=lambda: False):
         self.calls += 1
-        correct = np.arange(len(pool.labels)) < right
-        return correct, 1.0
+        for fold in range(folds):
+            if fold and stop():
+                return None
+            self.now += self.fold_seconds(setting)
+        return np.arange(len(pool.labels)) < self.right, 1.0
 
 
 def test_a_seconds_budget_stops_before_the_trial_that_would_pass_it(monkeypatch, caplog):
-    run = synthetic_run()
-    cost = FakeCost(per_step=0.01, right=[30])
+    cost = FakeCost(per_step=0.01)
     monkeypatch.setattr(tuning, "cross_validate", cost.cross_validate)
     budget = tuning.Budget(trials=50, seconds=40.0, clock=cost.clock)
     caplog.set_level("INFO")
-    result = tuning.tune(run, FAR_OFF, config_lib.TuningConfig(tune_seconds=40.0, tune_folds=3),
-                         budget)
+    result = tuning.tune(synthetic_run(), FAR_OFF,
+                         config_lib.TuningConfig(tune_seconds=40.0, tune_folds=3), budget)
     planned = tuning_space.trial_settings(1, FAR_OFF, 50)
     seconds = [0.01 * 3 * s["how_many_training_steps"] for s in planned]
     ran = len(result.trials)
@@ -144,13 +149,31 @@ def test_a_seconds_budget_stops_before_the_trial_that_would_pass_it(monkeypatch,
     assert "fits about" in caplog.text
 
 
+def test_a_trial_slower_than_estimated_is_dropped_at_the_budget(monkeypatch):
+    # A hidden layer makes a step 20 times dearer than trial 0's: the first such trial
+    # is estimated at trial 0's speed, and the budget runs out inside it.
+    cost = FakeCost(per_step=0.01, hidden_factor=20.0)
+    monkeypatch.setattr(tuning, "cross_validate", cost.cross_validate)
+    budget = tuning.Budget(trials=50, seconds=20.0, clock=cost.clock)
+    result = tuning.tune(synthetic_run(), FAR_OFF,
+                         config_lib.TuningConfig(tune_seconds=20.0, tune_folds=3), budget)
+    planned = tuning_space.trial_settings(1, FAR_OFF, 50)
+    dearest_fold = max(cost.fold_seconds(tuning_space.training_config(FAR_OFF, s))
+                       for s in planned)
+    assert cost.now - 100.0 <= 20.0 + dearest_fold
+    assert "was dropped after" in result.stopped
+    assert cost.calls == len(result.trials) + 1  # the dropped trial is not in the table
+    assert all(not t.settings["hidden_units"] for t in result.trials)
+
+
 def test_trial_0_runs_even_past_the_budget(monkeypatch):
-    cost = FakeCost(per_step=1.0, right=[30])
+    cost = FakeCost(per_step=1.0)
     monkeypatch.setattr(tuning, "cross_validate", cost.cross_validate)
     result = tuning.tune(synthetic_run(), FAR_OFF,
                          config_lib.TuningConfig(tune_seconds=1.0, tune_folds=3),
                          tuning.Budget(trials=10, seconds=1.0, clock=cost.clock))
     assert len(result.trials) == 1 and result.chosen == 0 and result.stopped
+    assert cost.now - 100.0 == pytest.approx(3 * FAR_OFF.how_many_training_steps)
 
 
 def trial(index, correct, entropy=1.0):
@@ -221,6 +244,7 @@ def test_hparams_dashboard_gets_the_experiment_and_one_session_per_trial(far_off
     for t in result.trials:
         values = events(str(root / tuning_summaries.trial_run(t.index)))
         start = [v for v in values if v.tag == hparams_metadata.SESSION_START_INFO_TAG]
+        assert len(start) == 1, [v.tag for v in values]
         info = hparams_metadata.parse_session_start_info_plugin_data(
             start[0].metadata.plugin_data.content)
         assert info.hparams["optimizer"].string_value == t.settings["optimizer"]
