@@ -108,11 +108,12 @@ def test_folds_are_stratified_and_stable():
 
 
 class FakeCost:
-    """A clock and a cross_validate that costs `per_step` fake seconds per fold step
-    (`hidden_factor` times more with a hidden layer) and answers `right` images right."""
+    """A clock, and a fold_answers that costs `per_step` fake seconds per training step
+    (`hidden_factor` times more with a hidden layer) and answers every other image right.
+    calls: the trials started (their first fold)."""
 
-    def __init__(self, per_step, right=30, hidden_factor=1.0):
-        self.now, self.per_step, self.right, self.calls = 100.0, per_step, right, 0
+    def __init__(self, per_step, hidden_factor=1.0):
+        self.now, self.per_step, self.calls = 100.0, per_step, 0
         self.hidden_factor = hidden_factor
 
     def clock(self):
@@ -122,18 +123,16 @@ class FakeCost:
         factor = self.hidden_factor if setting.hidden_units else 1.0
         return self.per_step * setting.how_many_training_steps * factor
 
-    def cross_validate(self, pool, setting, folds, stop=lambda: False):
-        self.calls += 1
-        for fold in range(folds):
-            if fold and stop():
-                return None
-            self.now += self.fold_seconds(setting)
-        return np.arange(len(pool.labels)) < self.right, 1.0
+    def fold_answers(self, pool, setting, fold):
+        self.calls += fold == 0
+        self.now += self.fold_seconds(setting)
+        held = int(np.sum(pool.folds == fold))
+        return np.arange(held) % 2 == 0, np.ones(held)
 
 
 def test_a_seconds_budget_stops_before_the_trial_that_would_pass_it(monkeypatch, caplog):
     cost = FakeCost(per_step=0.01)
-    monkeypatch.setattr(tuning, "cross_validate", cost.cross_validate)
+    monkeypatch.setattr(tuning, "fold_answers", cost.fold_answers)
     budget = tuning.Budget(trials=50, seconds=40.0, clock=cost.clock)
     caplog.set_level("INFO")
     result = tuning.tune(synthetic_run(), FAR_OFF,
@@ -153,7 +152,7 @@ def test_a_trial_slower_than_estimated_is_dropped_at_the_budget(monkeypatch):
     # A hidden layer makes a step 20 times dearer than trial 0's: the first such trial
     # is estimated at trial 0's speed, and the budget runs out inside it.
     cost = FakeCost(per_step=0.01, hidden_factor=20.0)
-    monkeypatch.setattr(tuning, "cross_validate", cost.cross_validate)
+    monkeypatch.setattr(tuning, "fold_answers", cost.fold_answers)
     budget = tuning.Budget(trials=50, seconds=20.0, clock=cost.clock)
     result = tuning.tune(synthetic_run(), FAR_OFF,
                          config_lib.TuningConfig(tune_seconds=20.0, tune_folds=3), budget)
@@ -168,7 +167,7 @@ def test_a_trial_slower_than_estimated_is_dropped_at_the_budget(monkeypatch):
 
 def test_trial_0_runs_even_past_the_budget(monkeypatch):
     cost = FakeCost(per_step=1.0)
-    monkeypatch.setattr(tuning, "cross_validate", cost.cross_validate)
+    monkeypatch.setattr(tuning, "fold_answers", cost.fold_answers)
     result = tuning.tune(synthetic_run(), FAR_OFF,
                          config_lib.TuningConfig(tune_seconds=1.0, tune_folds=3),
                          tuning.Budget(trials=10, seconds=1.0, clock=cost.clock))
