@@ -211,6 +211,39 @@ class FineTuningConfig:
             )
 
 
+MAX_TUNE_TRIALS = 1000  # more trials than this is a typo, not a plan
+MAX_TUNE_FOLDS = 20
+
+
+@dataclasses.dataclass(frozen=True)
+class TuningConfig:
+    """The search over the final layer's settings before training (retrain_suite.tuning)."""
+
+    tune_trials: int = 0  # trials, the flags' own setting (trial 0) included; 0: no tuning
+    tune_seconds: Optional[float] = None  # budget for the whole search; None: no time limit
+    tune_folds: int = 5  # cross-validation folds over training + validation images
+
+    @property
+    def on(self):
+        return bool(self.tune_trials) or self.tune_seconds is not None
+
+    def validate(self):
+        """Raise UsageError for a budget that cannot work, and for --tune_folds without tuning."""
+        check_numbers(self)
+        if not 0 <= self.tune_trials <= MAX_TUNE_TRIALS or self.tune_trials == 1:
+            raise UsageError(f"--tune_trials={self.tune_trials} must be 0 (no tuning) or 2 to "
+                             f"{MAX_TUNE_TRIALS}: trial 0 is the flags' own setting, so one trial "
+                             "compares nothing.")
+        if self.tune_seconds is not None and self.tune_seconds <= 0:
+            raise UsageError(f"--tune_seconds={self.tune_seconds} must be a positive number of "
+                             "seconds (or left out: no time limit).")
+        if not self.on and self.tune_folds != TuningConfig.tune_folds:
+            raise UsageError(f"--tune_folds={self.tune_folds} applies only to tuning; set "
+                             "--tune_trials or --tune_seconds, or drop it.")
+        if not 2 <= self.tune_folds <= MAX_TUNE_FOLDS:
+            raise UsageError(f"--tune_folds={self.tune_folds} must be between 2 and {MAX_TUNE_FOLDS}.")
+
+
 @dataclasses.dataclass(frozen=True)
 class DistortionConfig:
     """Random changes to training images (each trains from images, not the cache)."""
@@ -317,6 +350,7 @@ class RetrainConfig:
     module: ModuleConfig = ModuleConfig()
     training: TrainingConfig = TrainingConfig()
     fine_tuning: FineTuningConfig = FineTuningConfig()
+    tuning: TuningConfig = TuningConfig()
     distortions: DistortionConfig = DistortionConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     outputs: OutputConfig = OutputConfig()
@@ -336,6 +370,11 @@ class RetrainConfig:
             raise UsageError(
                 "--sampling=uniform works on cached bottlenecks, and fine-tuning trains from "
                 "images; use --class_weighting=balanced for small classes instead."
+            )
+        if self.tuning.on and distortions_from(self).any():
+            raise UsageError(
+                "--tune_trials and --tune_seconds compare settings on cached bottlenecks, and "
+                "distortions train from images; tune without distortions, or drop the tuning flags."
             )
         if self.fine_tuning.fine_tune_steps and self.data.tfrecord_dir:
             raise UsageError(

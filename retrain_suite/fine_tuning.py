@@ -16,8 +16,13 @@ a worse one than it started from: the whole model is evaluated on every
 validation image at step 0 (the bottleneck-trained model) and every
 --fine_tune_eval_interval steps, and with --keep_best the best of these
 (scored as training.BestLayer scores: whole-validation accuracy, ties by lower
-cross entropy) is kept. A step whose loss is not finite ends fine-tuning, and
-the best evaluated model (at worst the bottleneck-trained one) is kept.
+cross entropy) is the candidate. The best of several evaluations on the same
+images is partly the luckiest, so the candidate replaces the
+bottleneck-trained model only when it beats it on the validation images by
+more than the noise margin of selection.py (two standard errors of the
+paired per-image difference), the rule tuning chooses by. A step whose loss
+is not finite ends fine-tuning, and the best evaluated model (at worst the
+bottleneck-trained one) is the candidate.
 
 Each evaluation also writes the fine-tuning checkpoint,
 <--checkpoint_path>.fine_tuning: every variable of the graph (module, layer,
@@ -38,7 +43,7 @@ import tensorflow as tf
 from absl import logging
 
 from retrain_suite import config as config_lib
-from retrain_suite import final_layer, run_data, training
+from retrain_suite import final_layer, run_data, selection, training
 from retrain_suite import fine_tuning_checkpoint as checkpoint
 from retrain_suite.bottleneck import compute
 from retrain_suite.bottleneck import module as module_lib
@@ -63,6 +68,9 @@ class FineTuningResult:
     # [training.EvaluationPoint]: every whole-validation evaluation this process made,
     # in step order (step 0 first; a resumed run's start at the step it resumed from).
     history: list = dataclasses.field(default_factory=list)
+    # selection.Comparison of the best fine-tuned evaluation against the
+    # bottleneck-trained model on the validation images; None when none was chosen.
+    versus_start: object = None
 
 
 @dataclasses.dataclass
@@ -224,7 +232,7 @@ def fine_tune(config, run, result):
         def snapshot():
             return dict(zip((v.op.name for v in g.every), sess.run(g.every)))
 
-        history = []
+        history, start_correct, best_correct = [], None, None
         if resumed:
             _, current, best, start_score = resumed
             if set(current) != set(start_values) or any(
@@ -236,8 +244,9 @@ def fine_tune(config, run, result):
             load(current)
         else:
             load(start_values)
-            _, accuracy, cross_entropy = _evaluate(
-                sess, g, "validation", eval_rows["validation"], val_y)
+            evaluated = _evaluate(sess, g, "validation", eval_rows["validation"], val_y)
+            _, accuracy, cross_entropy = evaluated
+            start_correct = _correct(evaluated, val_y)
             best = checkpoint.Best(0, accuracy, cross_entropy)
             history.append(training.EvaluationPoint(0, None, None, None, accuracy, cross_entropy,
                                                     len(val_y)))
@@ -267,8 +276,8 @@ def fine_tune(config, run, result):
                 break
             if step % interval and step != steps:
                 continue
-            _, accuracy, cross_entropy = _evaluate(
-                sess, g, "validation", eval_rows["validation"], val_y)
+            evaluated = _evaluate(sess, g, "validation", eval_rows["validation"], val_y)
+            _, accuracy, cross_entropy = evaluated
             _write_scalars(writer, step, loss=loss, validation_accuracy=accuracy,
                            validation_cross_entropy=cross_entropy)
             history.append(training.EvaluationPoint(step, None, None, float(loss), accuracy,
@@ -282,6 +291,7 @@ def fine_tune(config, run, result):
             current = snapshot()
             if best.better(accuracy, cross_entropy):
                 best = checkpoint.Best(step, accuracy, cross_entropy, current)
+                best_correct = _correct(evaluated, val_y)
                 message += " (best so far)"
             else:
                 best.evaluations_without_improvement += 1
@@ -301,6 +311,27 @@ def fine_tune(config, run, result):
             # Never the diverged state: at worst the bottleneck-trained model.
             kept_step = best.step
             load(best.values if best.values is not None else start_values)
+        versus_start = None
+        if kept_step and (config.training.keep_best or diverged):
+            # The best of several evaluations on the same images: it replaces the
+            # bottleneck-trained model only by more than the noise (selection.py).
+            # Each side's answers as its evaluation gave them; what another process
+            # evaluated before a resume is evaluated again.
+            if best_correct is None:
+                best_correct = _correct(
+                    _evaluate(sess, g, "validation", eval_rows["validation"], val_y), val_y)
+            if start_correct is None:
+                load(start_values)
+                start_correct = _correct(
+                    _evaluate(sess, g, "validation", eval_rows["validation"], val_y), val_y)
+            versus_start = selection.compare(best_correct, start_correct)
+            kept_step = kept_step if versus_start.wins else 0
+            load(best.values if kept_step else start_values)
+            logging.info(
+                "The fine-tuned model of step %d against the bottleneck-trained model on the "
+                "validation images: %s, so the %s model is kept (the rule: %s).", best.step,
+                versus_start.describe(), "fine-tuned" if kept_step else "bottleneck-trained",
+                selection.RULE)
         predictions, scores = {}, {}
         for split, positions in ((run.validation, np.arange(len(val_y))),
                                  (run.testing, test_positions)):
@@ -315,8 +346,14 @@ def fine_tune(config, run, result):
         steps=step, kept_step=kept_step, diverged=diverged,
         layer={v.op.name: kept[v.op.name] for v in g.layer_variables},
         module_values=[kept[n] for n in module_names] if kept_step else None,
-        predictions=predictions, history=history,
+        predictions=predictions, history=history, versus_start=versus_start,
     )
+
+
+def _correct(evaluated, truth):
+    """bool [n]: the images an _evaluate answer got right (never one it could not decode)."""
+    (predicted, confidences), _, _ = evaluated
+    return (predicted == truth) & np.isfinite(confidences)
 
 
 def _write_scalars(writer, step, **values):
@@ -338,8 +375,8 @@ def _log_choice(kept_step, steps, kept_score, start_score, diverged, count):
     if kept_step == 0:
         logging.info(
             "Keeping the bottleneck-trained model (module unchanged): no fine-tuning step scored "
-            "better on the validation images. Validation accuracy %.1f%%, cross entropy %.4f "
-            "(all %d validation images).", 100 * accuracy, cross_entropy, count)
+            "better on the validation images by more than the margin. Validation accuracy "
+            "%.1f%%, cross entropy %.4f (all %d validation images).", 100 * accuracy, cross_entropy, count)
         return
     logging.info(
         "Keeping the fine-tuned model from fine-tuning step %d of %d: validation accuracy "

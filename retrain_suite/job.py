@@ -37,6 +37,8 @@ from retrain_suite import (
     tflite,
     tfrecords,
     training,
+    tuning,
+    tuning_summaries,
 )
 from retrain_suite import config as config_lib
 from retrain_suite import dataset as dataset_lib
@@ -261,7 +263,16 @@ def prepare_run(config, dataset, images):
 
 
 def train_model(config, run, timer):
-    """Train the final layer (then fine-tune the module with it). -> run_data.TrainedModel."""
+    """(Tune the final layer's settings,) train the final layer (then fine-tune the module
+    with it). -> run_data.TrainedModel."""
+    search = None
+    if config.tuning.on:
+        with timer.phase("tuning (cross-validation of the final layer's settings)"):
+            search = tuning.tune(run, config.training, config.tuning)
+            if config.outputs.summaries_dir:
+                tuning_summaries.write_trials(config.outputs.summaries_dir, search)
+        # From here on the run is the chosen setting's: training, fine-tuning, export.
+        config = dataclasses.replace(config, training=search.chosen_training)
     spec = final_layer.LayerSpec(run.class_count, config.outputs.final_tensor_name,
                                  config.training.hidden_units)
 
@@ -278,13 +289,13 @@ def train_model(config, run, timer):
     with timer.phase("training"):
         result = training.train(run, config.training, config.evaluation, config.outputs, hooks)
     if not config.fine_tuning.fine_tune_steps:
-        return run_data.TrainedModel(spec, result)
+        return run_data.TrainedModel(spec, result, search=search)
     with timer.phase("fine-tuning"):
         tuned = fine_tuning.fine_tune(config, run, result)
     # What is reported, checked and exported from here on is the kept whole model,
     # measured on images: the cached bottlenecks no longer describe a tuned module.
     result = dataclasses.replace(result, layer=tuned.layer, predictions=tuned.predictions)
-    return run_data.TrainedModel(spec, result, tuned)
+    return run_data.TrainedModel(spec, result, tuned, search)
 
 
 def report_results(config, run, model):
@@ -308,10 +319,17 @@ def report_results(config, run, model):
         "testing": reports.get("testing"),
         "validation": reports.get("validation"),
     }
+    if model.search is not None:
+        report["tuning"] = model.search.as_dict()
     if model.tuned is not None:
         report["fine_tuning"] = {"steps_trained": model.tuned.steps,
                                  "kept_step": model.tuned.kept_step,
                                  "diverged": model.tuned.diverged}
+        versus = model.tuned.versus_start
+        if versus is not None:
+            report["fine_tuning"]["versus_bottleneck_trained"] = {
+                "gain": versus.gain, "standard_error": versus.standard_error,
+                "margin": versus.margin, "fine_tuned_kept": versus.wins, "images": versus.images}
     if config.evaluation.eval_report:
         write_report(config.evaluation.eval_report, report)
         logging.info("Wrote evaluation report %s", config.evaluation.eval_report)

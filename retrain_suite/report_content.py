@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from retrain_suite import dataset as dataset_lib
-from retrain_suite import evaluation_pictures
+from retrain_suite import evaluation_pictures, tuning
 
 MAX_THUMBNAILS = 48  # misclassified images shown
 THUMBNAIL_SIZE = 128  # pixels, the longer side of a thumbnail at most
@@ -68,6 +68,10 @@ class ReportContent:
     # (set name, [artifact_check.ArtifactResult]), or None when nothing was checked.
     artifacts: Optional[tuple] = None
     phases: tuple = ()  # ((phase name, seconds), ...), in order
+    # Tuning's trials: (tuning.COLUMNS, row, ...), each row text cells, the chosen
+    # trial's first cell marked " *"; () without tuning.
+    tuning_table: tuple = ()
+    tuning_choice: str = ""  # the log's line saying what tuning chose and why
     total_seconds: Optional[float] = None  # the run's time so far, start-up included
 
     @property
@@ -183,6 +187,10 @@ def from_run(config, run, model, report, checked, timer):
         phases=tuple(timer.phases),
         total_seconds=timer.total(),
     )
+    if model.search is not None:
+        content = dataclasses.replace(
+            content, tuning_table=(tuning.COLUMNS, *tuning.table_rows(model.search)),
+            tuning_choice=tuning.choice_line(model.search))
     shown = content.evaluated_set
     if shown is None or not evaluations[shown]["misclassified"]:
         return content

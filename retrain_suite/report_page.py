@@ -228,6 +228,18 @@ def _artifacts(content):
                       "ms/image", "images/call"), rows, names=2))
 
 
+def _tuning(content):
+    if not content.tuning_table:
+        return ""
+    header, *rows = content.tuning_table
+    return ("<h2>Tuning</h2>"
+            '<p class="note">Each trial scored by cross-validation over the training and '
+            "validation images (test images take no part); * marks the chosen trial, then "
+            "trained as a normal run. The rule and every number are in the --eval_report "
+            "JSON and in TensorBoard's HParams dashboard.</p>"
+            + _table(header, rows, names=0) + f"<p>{text(content.tuning_choice)}</p>")
+
+
 def _phases(content):
     if not content.phases:
         return ""
@@ -253,6 +265,7 @@ def render_page(content, pictures):
         _summary(content),
         f"<h2>Run configuration</h2>{settings}",
         _data(content),
+        _tuning(content),
         _curves(content, pictures),
         _evaluations(content),
         _matrices(content, pictures),

@@ -134,6 +134,7 @@ class TrainedModel:
     # (measured on images: the cached bottlenecks no longer describe a tuned module).
     result: object
     tuned: object = None  # fine_tuning.FineTuningResult, or None without fine-tuning
+    search: object = None  # tuning.TuningResult, or None without --tune_trials/--tune_seconds
 
     @property
     def module_values(self):

@@ -254,9 +254,11 @@ def logged_evaluations(log):
 def script_validation_scores(monkeypatch, scores):
     """Make fine-tuning's choice see scores [(accuracy, cross entropy)], one per
     validation evaluation in order (step 0 first): what is best is then up to the
-    test. Evaluations past the script (the kept model's, measured for the report)
-    are real. -> {step: the real (predictions [n], confidences [n]) of each scripted
-    evaluation}."""
+    test. The per-image answers the choice's margin compares (selection.py) agree
+    with the scripted accuracy: the first round(accuracy * n) images right, the
+    rest wrong. Evaluations past the script (the kept model's, measured for the
+    report) are real. -> {step: the real (predictions [n], confidences [n]) of each
+    scripted evaluation}."""
     real, scripted, measured = fine_tuning._evaluate, iter(scores), {}
 
     def evaluate(sess, g, split, rows, truth):
@@ -265,7 +267,9 @@ def script_validation_scores(monkeypatch, scores):
         if score is None:
             return predicted, accuracy, cross_entropy
         measured[int(sess.run(g.step))] = predicted
-        return (predicted, *score)
+        right = np.arange(len(truth)) < round(score[0] * len(truth))
+        answers = np.where(right, truth, (np.asarray(truth) + 1) % 2)  # two classes
+        return ((answers, predicted[1]), *score)
 
     monkeypatch.setattr(fine_tuning, "_evaluate", evaluate)
     return measured
@@ -314,6 +318,26 @@ def test_fine_tuning_stops_early_patience_evaluations_after_its_best(peaked):
     assert "Fine-tuning step 75/200" in log and "Fine-tuning step 100/200" not in log
     assert peaked["result"].steps == 75
     assert report(peaked["settings"])["fine_tuning"]["steps_trained"] == 75
+
+
+def test_a_fine_tuned_blip_within_the_margin_keeps_the_bottleneck_trained_model(
+        runs, tiny_module):
+    """The best fine-tuned evaluation gets one validation image more right than step 0:
+    better, but by less than two standard errors of the paired difference."""
+    n = len(validation_images(runs["image_dir"])[0])
+    settings = settings_for(runs["root"] / "blip", runs["image_dir"], tiny_module, runs["cache"],
+                            **{**FINE_TUNING, "fine_tune_steps": 75})
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        script_validation_scores(monkeypatch, [(10 / n, 1.0), (11 / n, 0.5), (11 / n, 0.6),
+                                               (10 / n, 0.7)])
+        log, result = run_logged(settings, monkeypatch)
+    assert "Fine-tuning step 25/75" in log and "(best so far)" in log
+    assert result.kept_step == 0 and report(settings)["fine_tuning"]["kept_step"] == 0
+    versus = report(settings)["fine_tuning"]["versus_bottleneck_trained"]
+    assert versus["gain"] == pytest.approx(1 / n) and versus["margin"] > 1 / n
+    assert not versus["fine_tuned_kept"] and result.versus_start.images == n
+    assert "so the bottleneck-trained model is kept" in log
+    assert constants(settings["output_graph"]) == constants(runs["plain"]["output_graph"])
 
 
 def test_fine_tuning_that_only_gets_worse_exports_the_bottleneck_trained_model(

@@ -95,6 +95,9 @@ def hostile_content(**changes):
             "frozen graph", f"/out/{HOSTILE_FILE}.pb", 26_100, 32, 8, 0.625, 1.0, 0.61)]),
         phases=(("training", 1.25), ("check of the exported files", 0.5)),
         total_seconds=9.5,
+        # Tuning's cells are ours, but escaped as any text: a hostile one must stay text.
+        tuning_table=(("trial", "optimizer"), ("0 *", SCRIPT_LABEL), ("1", "adam")),
+        tuning_choice=f"Tuning keeps trial 0 {HOSTILE_FILE}",
     )
     return report_content.ReportContent(**{**content.__dict__, **changes})
 

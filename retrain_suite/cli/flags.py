@@ -128,6 +128,26 @@ def define_fine_tuning_flags():
     )
 
 
+def define_tuning_flags():
+    """The --tune_* flags: the search over the final layer's settings (retrain_suite.tuning)."""
+    flags.DEFINE_integer(
+        "tune_trials", _d("tune_trials"),
+        "Before training, try this many settings of the final layer (learning rate, optimizer, "
+        "schedule, L2, label smoothing, hidden units, dropout, steps) by cross-validation on "
+        "the cached bottlenecks, trial 0 being these flags' own; train the one chosen. 0 "
+        f"(default): no tuning. At most {config_lib.MAX_TUNE_TRIALS}.",
+    )
+    flags.DEFINE_float(
+        "tune_seconds", _d("tune_seconds"),
+        "Time budget of the search in seconds: no trial is started that would end past it "
+        "(trial 0 always runs). Alone, trials run until the budget is spent.",
+    )
+    flags.DEFINE_integer(
+        "tune_folds", _d("tune_folds"),
+        "Cross-validation folds of the search, over the training and validation images.",
+    )
+
+
 def define_retrain_flags():
     """Every flag of retrain.py, one per field of config.RetrainConfig (plus logging)."""
     # Input and split.
@@ -206,6 +226,7 @@ def define_retrain_flags():
         "result. Default: a fresh seed, printed in the log.",
     )
     define_fine_tuning_flags()
+    define_tuning_flags()
     # Evaluation.
     flags.DEFINE_integer(
         "eval_step_interval", _d("eval_step_interval"), "How often (in steps) to evaluate and log."
