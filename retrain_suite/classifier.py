@@ -240,12 +240,12 @@ def multi_label_thresholds(graph_def, output_layer):
     """A multi-label graph's thresholds (its `<output_layer>_thresholds` constant), float32
     [C], or None for a single-label graph; LabelError unless each is inside (0, 1)."""
     name = export.thresholds_name(output_layer)
-    node = next((n for n in graph_def.node if n.name == name), None)
-    if node is None:
+    if not any(node.name == name for node in graph_def.node):
         return None
-    if node.op != "Const":
+    values = export.graph_thresholds(graph_def, output_layer)
+    if values is None:
         raise LabelError(f"The graph's {name} is not a constant of thresholds.")
-    return checked_thresholds(tf.make_ndarray(node.attr["value"].tensor), f"The graph's {name}")
+    return checked_thresholds(values, f"The graph's {name}")
 
 
 def checked_thresholds(values, source):
@@ -317,7 +317,9 @@ def load_tflite(path):
     """TFLite file -> (tflite.TFLiteClassifier, labels from its metadata or None)."""
     model = read_input_file(path, "Model file")
     try:
-        return tflite.TFLiteClassifier(model), tflite_metadata.packed_labels(model)
+        runner = tflite.TFLiteClassifier(model)
+        runner.thresholds = tflite_metadata.packed_thresholds(model)
+        return runner, tflite_metadata.packed_labels(model)
     except tflite_metadata.MetadataError as e:
         raise LabelError(f"Cannot read the labels inside {path}: {e}.") from e
     except ValueError as e:

@@ -39,6 +39,15 @@ def thresholds_name(final_tensor_name):
     return final_tensor_name + THRESHOLDS_SUFFIX
 
 
+def graph_thresholds(graph_def, final_tensor_name):
+    """The thresholds constant of a multi-label graph_def, float32 [C], or None without one."""
+    name = thresholds_name(final_tensor_name)
+    for node in graph_def.node:
+        if node.name == name and node.op == "Const":
+            return tf.make_ndarray(node.attr["value"].tensor).astype(np.float32)
+    return None
+
+
 def _export_graph(handle, default_image_size, spec, thresholds=None):
     """A new graph: Placeholder -> module -> bottleneck -> final layer (a final_layer.LayerSpec),
     and for a multi-label layer the thresholds constant (float [C]; None: 0.5 each).

@@ -177,7 +177,7 @@ def classify_with_model(config, what):
                 f"{config.graph} holds no labels in its metadata; pass its labels file."
             )
         classify = classifier.classify_tflite if tflite_model else classifier.classify_onnx
-        results = classify(model, paths, preprocessing, keep=classifier.top_classes(config.top_k))
+        results = classify(model, paths, preprocessing, keep=kept_labels(config, model.thresholds))
         source = f"The labels file {config.labels}" if config.labels else "The metadata inside the model"
         classifier.check_label_count(results, labels, source, "model")
     except (ValueError, RuntimeError) as e:

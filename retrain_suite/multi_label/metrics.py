@@ -49,12 +49,14 @@ def predicted_sets(scores, thresholds):
     return np.asarray(scores) >= np.asarray(thresholds, np.float32)[None, :]
 
 
-def evaluate(scores, targets, thresholds, labels):
+def evaluate(scores, targets, thresholds, labels, predicted=None):
     """The report of one set (see the module docstring). scores float [n, C]; targets
-    [n, C]; thresholds float [C]; labels [C] names."""
+    [n, C]; thresholds float [C]; labels [C] names; predicted: bool [n, C], the label sets
+    predicted, when a model gave them itself (default: predicted_sets)."""
     scores = np.asarray(scores, np.float32).reshape(-1, len(labels))
     truth = np.asarray(targets).reshape(-1, len(labels)) > 0.5
-    predicted = predicted_sets(scores, thresholds)
+    predicted = (predicted_sets(scores, thresholds) if predicted is None
+                 else np.asarray(predicted, bool).reshape(truth.shape))
     hit = predicted & truth
     classes = []
     for c, label in enumerate(labels):

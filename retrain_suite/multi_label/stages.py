@@ -8,6 +8,10 @@ What a multi-label run writes:
 - the labels file, as for a single-label run;
 - the SavedModel (--saved_model_dir): outputs 'prediction' (the scores) and
   'above_threshold' (bool [N, C]), the thresholds constant in its graph;
+- the TFLite file: the output described as independent scores, the thresholds
+  packed as thresholds.txt beside labels.txt (tflite_metadata);
+- the ONNX file: the thresholds in its metadata_props 'thresholds' (onnx_export);
+- the check of every exported file (artifacts.py), in the log and the JSON;
 - the --eval_report JSON: "multi_label": true, the thresholds and how they were chosen,
   and the validation and test reports of metrics.evaluate.
 """
@@ -15,10 +19,10 @@ What a multi-label run writes:
 from absl import logging
 
 from retrain_suite import dataset as dataset_lib
-from retrain_suite import evaluation, export, final_layer, output_paths
+from retrain_suite import evaluation, export, final_layer, onnx_export, output_paths, tflite
 from retrain_suite.images import pipelines as image_pipelines
+from retrain_suite.multi_label import artifacts, metrics, thresholds, training
 from retrain_suite.multi_label import labels as labels_lib
-from retrain_suite.multi_label import metrics, thresholds, training
 
 THRESHOLD_RULE = ("per class, the middle of the widest range of thresholds with the highest "
                   "F1 on the validation set; "
@@ -101,6 +105,21 @@ def export_model(config, run, result, timer):
                 lambda: export.write_saved_model(graph_def, outputs.final_tensor_name,
                                                  outputs.saved_model_dir))
         logging.info("Wrote SavedModel %s", outputs.saved_model_dir)
+    if outputs.tflite_output_file:
+        with timer.phase(f"TFLite ({outputs.tflite_quantization})"):
+            export.write_output(
+                "tflite_output_file", outputs.tflite_output_file,
+                lambda: tflite.export_for_run(outputs, graph_def, run, config.training.random_seed,
+                                              config.module.tfhub_module))
+        logging.info("Wrote TFLite model %s (quantization %s), thresholds in its metadata",
+                     outputs.tflite_output_file, outputs.tflite_quantization)
+    if outputs.onnx_output_file:
+        with timer.phase("ONNX"):
+            export.write_output(
+                "onnx_output_file", outputs.onnx_output_file,
+                lambda: onnx_export.export_for_run(outputs, graph_def, run,
+                                                   config.module.tfhub_module))
+        logging.info("Wrote ONNX model %s, thresholds in its metadata", outputs.onnx_output_file)
     return graph_def
 
 
@@ -112,6 +131,13 @@ def train_and_export(config, run, timer):
     with timer.phase("report (tables, JSON)"):
         report = report_results(config, run, result)
     export_model(config, run, result, timer)
+    with timer.phase("check of the exported files"):
+        checked = artifacts.check_run(config.outputs, run, result)
+    if checked:
+        set_name, files = checked
+        logging.info("Exported files on the %s set (each with its own thresholds):\n%s",
+                     set_name, artifacts.format_table(files, set_name))
+        report["artifacts"] = {"set": set_name, "files": [f.as_dict() for f in files]}
     logging.info("Time by phase:\n%s", timer.table())
     if config.evaluation.eval_report:
         report["time"] = timer.as_dict()
