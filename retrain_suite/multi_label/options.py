@@ -74,9 +74,6 @@ def _refused(config):
          "every evaluation scores the whole validation set (mAP needs all of it)"),
         ("test_batch_size", evaluation.test_batch_size != -1,
          "the test metrics use every test image"),
-        ("report_dir", bool(config.outputs.report_dir),
-         "the report page is not built for multi-label runs yet (pass --report_dir= to "
-         "write none)"),
     ]
 
 

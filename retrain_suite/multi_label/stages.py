@@ -12,14 +12,28 @@ What a multi-label run writes:
   packed as thresholds.txt beside labels.txt (tflite_metadata);
 - the ONNX file: the thresholds in its metadata_props 'thresholds' (onnx_export);
 - the check of every exported file (artifacts.py), in the log and the JSON;
+- the report page (--report_dir): the single-label page's sections with the
+  multi-label numbers (mAP, exact match, thresholds, per-class AP), without
+  confusion matrices or misclassified pictures;
 - the --eval_report JSON: "multi_label": true, the thresholds and how they were chosen,
   and the validation and test reports of metrics.evaluate.
 """
 
+import os
+
 from absl import logging
 
 from retrain_suite import dataset as dataset_lib
-from retrain_suite import evaluation, export, final_layer, onnx_export, output_paths, tflite
+from retrain_suite import (
+    evaluation,
+    export,
+    final_layer,
+    onnx_export,
+    output_paths,
+    report_content,
+    report_page,
+    tflite,
+)
 from retrain_suite.images import pipelines as image_pipelines
 from retrain_suite.multi_label import artifacts, metrics, thresholds, training
 from retrain_suite.multi_label import labels as labels_lib
@@ -138,6 +152,14 @@ def train_and_export(config, run, timer):
         logging.info("Exported files on the %s set (each with its own thresholds):\n%s",
                      set_name, artifacts.format_table(files, set_name))
         report["artifacts"] = {"set": set_name, "files": [f.as_dict() for f in files]}
+    path = config.outputs.report_dir
+    if path:
+        with timer.phase("report page (report.html, results.csv, pictures)"):
+            content = report_content.from_multi_label_run(config, run, result, report, checked,
+                                                          timer)
+            export.write_output("report_dir", path,
+                                lambda: report_page.write_report(path, content))
+        logging.info("Wrote report page %s", os.path.join(path, report_page.PAGE))
     logging.info("Time by phase:\n%s", timer.table())
     if config.evaluation.eval_report:
         report["time"] = timer.as_dict()

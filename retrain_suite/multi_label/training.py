@@ -12,7 +12,9 @@ steps, hidden units, dropout, L2. --label_smoothing trains each class towards
 steps and the last) scores the whole validation set: its mean average precision
 (mAP) chooses the layer kept (ties: the lower validation loss), as accuracy does for
 a softmax (training.BestLayer), and drives early stopping. The thresholds are then
-chosen on the kept layer's validation scores (thresholds.py).
+chosen on the kept layer's validation scores (thresholds.py). TensorBoard gets the
+training batch's cross entropy (train/) and the validation mAP and cross entropy
+(validation/) at each evaluation.
 """
 
 import dataclasses
@@ -125,6 +127,12 @@ def mean_average_precision(scores, targets):
     return float(np.mean(values)) if values else 0.0
 
 
+def _scalars(**values):
+    """A TensorBoard Summary of named scalars (train/ and validation/ runs of --summaries_dir)."""
+    return tf.compat.v1.Summary(value=[tf.compat.v1.Summary.Value(tag=name, simple_value=float(v))
+                                       for name, v in values.items()])
+
+
 @dataclasses.dataclass
 class MultiLabelResult:
     steps: int  # training steps taken
@@ -153,6 +161,8 @@ def train(run, training, evaluation, outputs):
     with tf.compat.v1.Session(graph=g.graph) as sess:
         writer = tf.compat.v1.summary.FileWriter(os.path.join(outputs.summaries_dir, "train"),
                                                  g.graph)
+        validation_writer = tf.compat.v1.summary.FileWriter(
+            os.path.join(outputs.summaries_dir, "validation"))
         sess.run(tf.compat.v1.global_variables_initializer())
         sess.run(g.iterator_init, {g.bottlenecks: run.training.bottlenecks,
                                    g.targets: run.training.targets})
@@ -168,6 +178,7 @@ def train(run, training, evaluation, outputs):
                 sess.run(g.train_step, feed)
                 continue
             _, entropy = sess.run([g.train_step, g.cross_entropy], feed)
+            writer.add_summary(_scalars(cross_entropy=entropy), step)
             message = f"Step {step}/{steps}: train cross entropy {entropy:.4f}"
             point = [None, None, 0]
             if len(validation):
@@ -175,6 +186,8 @@ def train(run, training, evaluation, outputs):
                 score = mean_average_precision(scores, validation.targets)
                 loss = mean_cross_entropy(scores, validation.targets)
                 point = [score, loss, len(validation)]
+                validation_writer.add_summary(
+                    _scalars(cross_entropy=loss, mean_average_precision=score), step)
                 message += (f", validation mAP {100 * score:.1f}%, cross entropy {loss:.4f} "
                             f"(N={len(validation)})")
                 if selecting and best.update(step, score, loss,
@@ -190,6 +203,7 @@ def train(run, training, evaluation, outputs):
         logging.info("Trained %d steps in %.1fs (%.0f steps/s).", step, elapsed,
                      step / max(elapsed, 1e-9))
         writer.close()
+        validation_writer.close()
         kept_step = step
         if selecting and training.keep_best:
             for variable, value in zip(g.variables, best.values):
