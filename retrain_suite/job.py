@@ -120,7 +120,8 @@ def check_names_in_graphs(config):
 
 
 def run_retraining(config):
-    """The whole job from a config.RetrainConfig. -> final test accuracy or None.
+    """The whole job from a config.RetrainConfig. -> final test accuracy (the test mAP
+    with --multi_label, whose stages after the bottlenecks are multi_label.stages') or None.
 
     Raises AccuracyError, before anything is exported, when
     config.evaluation.assert_accuracy_at_least is set and not met.
