@@ -11,7 +11,8 @@ Rooms:
   metrics.py     per-class precision, recall and F1 at the thresholds, average
                  precision and its mean (mAP), the exact-match ratio; their log tables
   training.py    the sigmoid layer's training graph and loop on cached bottlenecks
-  stages.py      the run's multi-label stages: train, report, export, check
+  artifacts.py   the check of the exported files, each run with its own thresholds
+  stages.py      the run's multi-label stages: train, report, export, check, report page
 
 The data model is the single-label one (dataset.Dataset, run_data.PreparedRun) with
 the label sets beside it: Dataset.label_sets and Split.targets.
