@@ -3,15 +3,16 @@ CSV and its refusals, labels from copies in several folders, the flags refused w
 --multi_label, and training on in-memory synthetic bottlenecks against a softmax."""
 
 import dataclasses
+import json
 import os
 
 import helpers
 import numpy as np
 import pytest
 
+from retrain_suite import classifier, final_layer, onnx_model, run_data, tflite_metadata, training
 from retrain_suite import config as config_lib
 from retrain_suite import dataset as dataset_lib
-from retrain_suite import final_layer, run_data, training
 from retrain_suite.multi_label import labels as labels_lib
 from retrain_suite.multi_label import metrics, options
 from retrain_suite.multi_label import thresholds as thresholds_lib
@@ -339,3 +340,32 @@ def test_multi_label_recovers_what_a_softmax_on_copies_cannot(tmp_path):
     assert np.all((result.thresholds > 0) & (result.thresholds < 1))
     # Independent scores: a photo's every label scores high (a softmax shares out 1).
     assert np.mean(result.scores["testing"][truth > 0] > 0.5) > 0.9
+
+
+# --- thresholds read back from files ----------------------------------------------
+
+
+@pytest.mark.parametrize("values", [[0.0, 0.5], [0.5, 1.0], [1.5, 0.5], [float("nan"), 0.5]])
+def test_thresholds_outside_zero_one_are_refused(values):
+    with pytest.raises(classifier.LabelError, match=r"outside \(0, 1\)"):
+        classifier.checked_thresholds(values, "The graph's final_result_thresholds")
+    metadata = tflite_metadata.image_classifier_metadata("c", "t", (32, 32), 2, (0.0, 255.0),
+                                                         multi_label=True)
+    model = tflite_metadata.with_metadata(helpers.bare_model(), metadata, ["a", "b"], values)
+    with pytest.raises(tflite_metadata.MetadataError, match=r"outside \(0, 1\)"):
+        tflite_metadata.packed_thresholds(model)
+    import onnx
+
+    onnx_file = onnx.ModelProto()
+    onnx.helper.set_model_props(onnx_file, {"thresholds": json.dumps(values)})
+    with pytest.raises(onnx_model.LabelsError, match=r"inside \(0, 1\)"):
+        onnx_model.metadata_thresholds(onnx_file)
+
+
+def test_thresholds_packed_in_a_tflite_file_read_back():
+    metadata = tflite_metadata.image_classifier_metadata("c", "t", (32, 32), 2, (0.0, 255.0),
+                                                         multi_label=True)
+    model = tflite_metadata.with_metadata(helpers.bare_model(), metadata, ["a", "b"], [0.25, 0.7])
+    np.testing.assert_allclose(tflite_metadata.packed_thresholds(model), [0.25, 0.7])
+    assert tflite_metadata.packed_labels(model) == ["a", "b"]
+    assert tflite_metadata.packed_thresholds(helpers.model_with_labels()) is None
