@@ -40,6 +40,7 @@ def multi_label_run(tmp_path_factory, tiny_module):
         validation_percentage=20, testing_percentage=20, eval_step_interval=100,
         eval_report=str(out / "report.json"), saved_model_dir=str(out / "saved_model"),
         tflite_output_file=str(out / "model.tflite"), onnx_output_file=str(out / "model.onnx"),
+        report_dir=str(root / "report"),
     )
     args = [f"--{name}={value}" for name, value in settings.items() if value is not None]
     process = helpers.run_script("retrain.py", *args, check=True)
