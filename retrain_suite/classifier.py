@@ -19,7 +19,7 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
-from retrain_suite import errors, graph_checks, onnx_model, tflite, tflite_metadata
+from retrain_suite import errors, export, graph_checks, onnx_model, tflite, tflite_metadata
 from retrain_suite.bottleneck import batch_size as batch_size_lib
 from retrain_suite.dataset import scan
 from retrain_suite.images import files as image_files
@@ -222,6 +222,44 @@ def top_classes(k):
     return keep
 
 
+def above_thresholds(thresholds, k=None):
+    """-> a keep function for classify of a multi-label model: scores [C] -> TopClasses of
+    every class whose score is >= its threshold (thresholds float [C]), best first; at
+    most k of them when k is given. Its classes may be empty: no label is predicted."""
+    thresholds = np.asarray(thresholds, np.float32)
+
+    def keep(scores):
+        order = [c for c in np.argsort(-scores, kind="stable") if scores[c] >= thresholds[c]]
+        order = np.array(order[:k] if k else order, np.int64)
+        return TopClasses(order, scores[order], len(scores))
+
+    return keep
+
+
+def multi_label_thresholds(graph_def, output_layer):
+    """A multi-label graph's thresholds (its `<output_layer>_thresholds` constant), float32
+    [C], or None for a single-label graph; LabelError unless each is inside (0, 1)."""
+    name = export.thresholds_name(output_layer)
+    if not any(node.name == name for node in graph_def.node):
+        return None
+    values = export.graph_thresholds(graph_def, output_layer)
+    if values is None:
+        raise LabelError(f"The graph's {name} is not a constant of thresholds.")
+    return checked_thresholds(values, f"The graph's {name}")
+
+
+def checked_thresholds(values, source):
+    """values as float32 [C]; LabelError unless a vector of numbers inside (0, 1)."""
+    values = np.asarray(values, np.float32)
+    if values.ndim != 1 or not np.all((values > 0) & (values < 1)):
+        raise LabelError(f"{source} holds thresholds outside (0, 1) or not one per label; "
+                         "the file is damaged: export it again.")
+    return values
+
+
+NO_LABEL = "(no label above its threshold)"
+
+
 def session_config():
     """ConfigProto for classifying: GPU memory as needed; on a CPU, no Grappler.
 
@@ -269,6 +307,8 @@ def print_results(paths, results, failures, labels, output_format):
             continue
         if several:
             print(path)
+        if not len(results[i].classes):
+            print(f"{'  ' if several else ''}{NO_LABEL}")
         for label, score in top_labels(results[i]):
             print(f"{'  ' if several else ''}{label} {score:.5f}")
 
@@ -277,7 +317,9 @@ def load_tflite(path):
     """TFLite file -> (tflite.TFLiteClassifier, labels from its metadata or None)."""
     model = read_input_file(path, "Model file")
     try:
-        return tflite.TFLiteClassifier(model), tflite_metadata.packed_labels(model)
+        runner = tflite.TFLiteClassifier(model)
+        runner.thresholds = tflite_metadata.packed_thresholds(model)
+        return runner, tflite_metadata.packed_labels(model)
     except tflite_metadata.MetadataError as e:
         raise LabelError(f"Cannot read the labels inside {path}: {e}.") from e
     except ValueError as e:

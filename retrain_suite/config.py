@@ -1,7 +1,8 @@
 """The configuration of a retraining run: frozen dataclasses, and the checks on them.
 
 `RetrainConfig` holds one section per concern (data, module, training,
-fine-tuning, distortions, evaluation, outputs). Field names are the command-line flag
+fine-tuning, distortions, evaluation, outputs, multi-label: its section is
+multi_label.options'). Field names are the command-line flag
 names, and the command line takes its defaults from here, so a run started
 from Python:
 
@@ -27,6 +28,7 @@ from retrain_suite.bottleneck import module as module_lib
 from retrain_suite.dataset import split as split_lib
 from retrain_suite.images import distortions as image_distortions
 from retrain_suite.images import files as image_files
+from retrain_suite.multi_label import options as multi_label_options
 
 
 class UsageError(errors.SuiteError):
@@ -354,12 +356,15 @@ class RetrainConfig:
     distortions: DistortionConfig = DistortionConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     outputs: OutputConfig = OutputConfig()
+    multi_label: multi_label_options.MultiLabelConfig = multi_label_options.MultiLabelConfig()
 
     def validate(self):
         """Raise a SuiteError, with the fix in one line, for config that cannot work:
         each section's own checks, then those between sections."""
         for field in dataclasses.fields(self):
             getattr(self, field.name).validate()
+        if self.multi_label.multi_label:
+            multi_label_options.check_with_other_flags(self)
         sampling = self.training.sampling
         if distortions_from(self).any() and sampling == "uniform":
             raise UsageError(

@@ -5,11 +5,17 @@ The frozen graph takes `Placeholder`, float32 [None, H, W, 3] with values in
 class probabilities in the order of the labels file. Module and final layer
 are constants in it, so it runs anywhere TensorFlow can import a GraphDef,
 including TensorFlow's stock label_image example.
+
+A multi-label graph (--multi_label) gives independent sigmoid scores in [0, 1]
+instead, and holds its per-class thresholds as the constant
+`<final_tensor_name>_thresholds`, float32 [C]: a label is predicted when its
+score is >= its threshold.
 """
 
 
 import os
 
+import numpy as np
 import tensorflow as tf
 from absl import logging
 
@@ -24,8 +30,27 @@ INPUT_NAME = "Placeholder"
 BOTTLENECK_NAME = "bottleneck"
 
 
-def _export_graph(handle, default_image_size, spec):
-    """A new graph: Placeholder -> module -> bottleneck -> final layer (a final_layer.LayerSpec).
+# A multi-label graph's per-class thresholds: the constant <final_tensor_name> + this.
+THRESHOLDS_SUFFIX = "_thresholds"
+
+
+def thresholds_name(final_tensor_name):
+    """The name of a multi-label graph's thresholds constant, float32 [C]."""
+    return final_tensor_name + THRESHOLDS_SUFFIX
+
+
+def graph_thresholds(graph_def, final_tensor_name):
+    """The thresholds constant of a multi-label graph_def, float32 [C], or None without one."""
+    name = thresholds_name(final_tensor_name)
+    for node in graph_def.node:
+        if node.name == name and node.op == "Const":
+            return tf.make_ndarray(node.attr["value"].tensor).astype(np.float32)
+    return None
+
+
+def _export_graph(handle, default_image_size, spec, thresholds=None):
+    """A new graph: Placeholder -> module -> bottleneck -> final layer (a final_layer.LayerSpec),
+    and for a multi-label layer the thresholds constant (float [C]; None: 0.5 each).
 
     -> (graph, bottleneck, module_lib.FeatureVectorModule)."""
     graph = tf.Graph()
@@ -38,12 +63,18 @@ def _export_graph(handle, default_image_size, spec):
             raise ValueError(f"module {handle} already uses the op name {INPUT_NAME}")
         bottleneck = tf.identity(module(images), name=BOTTLENECK_NAME)
         final_layer.add_final_layer(bottleneck, spec.class_count, spec.final_tensor_name,
-                                    spec.hidden_units)
+                                    spec.hidden_units, sigmoid=spec.multi_label)
+        if spec.multi_label:
+            name = thresholds_name(spec.final_tensor_name)
+            values = [0.5] * spec.class_count if thresholds is None else thresholds
+            constant = tf.constant(np.asarray(values, np.float32), name=name)
+            if constant.op.name != name:
+                raise ValueError(f"tensor name {name!r} (the thresholds) is already used in the graph")
     return graph, bottleneck, module
 
 
 def check_final_tensor_name(handle, default_image_size, final_tensor_name, hidden_units=0,
-                            memo=None):
+                            memo=None, multi_label=False):
     """Build the export graph without weights. -> (module output size D, (height, width)).
 
     Raises ValueError when final_tensor_name is not a valid op name, or is
@@ -54,14 +85,16 @@ def check_final_tensor_name(handle, default_image_size, final_tensor_name, hidde
     a check that passed before (remember_final_tensor_name_check) for the same
     module files, image size, name and hidden width (and the same code) is not
     built again, and the module is not loaded until something needs it.
+    multi_label: a multi-label layer's, whose thresholds constant's name must be free too.
     """
     memo = memo or memo_lib.Memo(None, "modules")
-    key = _names_check_key(handle, default_image_size, final_tensor_name, hidden_units)
+    key = _names_check_key(handle, default_image_size, final_tensor_name, hidden_units,
+                           multi_label)
     known = _remembered_shape(memo.get(key)) if key else None
     if known is None:
         _, bottleneck, module = _export_graph(
             handle, default_image_size,
-            final_layer.LayerSpec(2, final_tensor_name, hidden_units),
+            final_layer.LayerSpec(2, final_tensor_name, hidden_units, multi_label),
         )
         # The bottleneck computation that follows uses this load instead of loading it again.
         module_lib.keep(module, default_image_size)
@@ -72,24 +105,28 @@ def check_final_tensor_name(handle, default_image_size, final_tensor_name, hidde
 
 
 def remember_final_tensor_name_check(handle, default_image_size, final_tensor_name,
-                                     hidden_units, memo):
+                                     hidden_units, memo, multi_label=False):
     """Remember in memo (kind "modules") that check_final_tensor_name passed, with the
     module's sizes, for the next run. Called once the run's other checks have passed too
     and its cache folder exists: a refused run leaves nothing behind."""
     shape = module_lib.known_shape(handle, default_image_size)
-    key = _names_check_key(handle, default_image_size, final_tensor_name, hidden_units)
+    key = _names_check_key(handle, default_image_size, final_tensor_name, hidden_units,
+                           multi_label)
     if shape is None or key is None or _remembered_shape(memo.get(key)) is not None:
         return
     height, width, dimension = shape
     memo.put(key, {"dimension": dimension, "height": height, "width": width})
 
 
-def _names_check_key(handle, default_image_size, final_tensor_name, hidden_units):
+def _names_check_key(handle, default_image_size, final_tensor_name, hidden_units,
+                     multi_label=False):
     identity = module_lib.identity(handle, default_image_size)
     if identity is None:
         return None
+    # A multi-label check also checks the thresholds' name: its own key (single-label
+    # keys stay what they were).
     return memo_lib.key_of("final tensor name check", repr(identity), final_tensor_name,
-                           hidden_units)
+                           hidden_units, *(["multi-label"] if multi_label else []))
 
 
 def _remembered_shape(entry):
@@ -103,7 +140,7 @@ def _remembered_shape(entry):
     return values[0], (values[1], values[2])
 
 
-def frozen_graph(handle, default_image_size, spec, layer, module_values=None):
+def frozen_graph(handle, default_image_size, spec, layer, module_values=None, thresholds=None):
     """Module + the trained final layer -> frozen tf.compat.v1.GraphDef.
 
     spec: the final_layer.LayerSpec the layer was trained with; layer:
@@ -116,8 +153,13 @@ def frozen_graph(handle, default_image_size, spec, layer, module_values=None):
     order (fine_tuning.FineTuningResult.module_values). The order is the one
     the module saved, the same in every graph it is loaded into; a count,
     shape or dtype that differs is a ValueError, never a silent mismatch.
+    thresholds: a multi-label layer's, float [C] inside (0, 1): kept in the graph as
+    the constant `<final_tensor_name>_thresholds`.
     """
-    graph, _, module = _export_graph(handle, default_image_size, spec)
+    graph, _, module = _export_graph(handle, default_image_size, spec, thresholds)
+    outputs = [spec.final_tensor_name]
+    if spec.multi_label:
+        outputs.append(thresholds_name(spec.final_tensor_name))
     with graph.as_default():
         variables = final_layer.final_layer_variables(graph)
         if sorted(v.op.name for v in variables) != sorted(layer):
@@ -135,7 +177,7 @@ def frozen_graph(handle, default_image_size, spec, layer, module_values=None):
                 variable.load(layer[variable.op.name], sess)
             for variable, value in zip(module_variables, module_values or []):
                 variable.load(value, sess)
-            graph_def = module_lib.constant_graph_def(sess, [spec.final_tensor_name])
+            graph_def = module_lib.constant_graph_def(sess, outputs)
     # The same module and layer, the same bytes, whatever the process built before.
     inlining.name_functions_canonically(graph_def)
     return graph_def
@@ -169,7 +211,9 @@ def write_saved_model(graph_def, final_tensor_name, path):
     """A SavedModel of the frozen graph with a 'serving_default' signature.
 
     Inputs {'image': float32 [None, H, W, 3] in [0, 1]}, outputs
-    {'prediction': float32 [None, C]}, for TensorFlow Serving. With its
+    {'prediction': float32 [None, C]}, for TensorFlow Serving; a multi-label graph
+    (one holding the thresholds constant) adds {'above_threshold': bool [None, C]},
+    each score >= its class's threshold, and keeps the constant in the graph. With its
     fingerprint.pb where this TensorFlow can write one (see write_fingerprint).
     """
 
@@ -179,8 +223,14 @@ def write_saved_model(graph_def, final_tensor_name, path):
             tf.compat.v1.import_graph_def(graph_def, name="")
             images = graph.get_tensor_by_name(INPUT_NAME + ":0")
             prediction = graph.get_tensor_by_name(final_tensor_name + ":0")
+            outputs = {"prediction": prediction}
+            names = {node.name for node in graph_def.node}
+            if thresholds_name(final_tensor_name) in names:
+                thresholds = graph.get_tensor_by_name(thresholds_name(final_tensor_name) + ":0")
+                outputs["above_threshold"] = tf.greater_equal(
+                    prediction, thresholds, name=final_tensor_name + "_above_threshold")
             signature = tf.compat.v1.saved_model.predict_signature_def(
-                inputs={"image": images}, outputs={"prediction": prediction}
+                inputs={"image": images}, outputs=outputs
             )
             with tf.compat.v1.Session(graph=graph) as sess:
                 builder = tf.compat.v1.saved_model.Builder(folder)

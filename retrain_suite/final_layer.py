@@ -29,8 +29,12 @@ CLASS_WEIGHTINGS = ("none", "balanced")
 SAMPLINGS = ("proportional", "uniform")
 
 
-def add_final_layer(bottleneck, class_count, final_tensor_name, hidden_units=0, dropout=None):
+def add_final_layer(bottleneck, class_count, final_tensor_name, hidden_units=0, dropout=None,
+                    sigmoid=False):
     """bottleneck float32 [N, D] -> (logits [N, C], probabilities [N, C] named final_tensor_name).
+
+    sigmoid: the outputs are independent scores in [0, 1], one per class (a
+    multi-label layer), instead of a softmax's probabilities that sum to 1.
 
     hidden_units > 0 puts a ReLU layer of that width between the bottleneck and
     the softmax. dropout: None for no dropout op at all (as in the export), or
@@ -42,7 +46,7 @@ def add_final_layer(bottleneck, class_count, final_tensor_name, hidden_units=0, 
     for the hidden layer.
     """
     logits = layer_logits(bottleneck, class_count, hidden_units, dropout)
-    probabilities = tf.nn.softmax(logits, name=final_tensor_name)
+    probabilities = (tf.nn.sigmoid if sigmoid else tf.nn.softmax)(logits, name=final_tensor_name)
     if probabilities.op.name != final_tensor_name:
         raise ValueError(f"tensor name {final_tensor_name!r} is already used in the graph")
     return logits, probabilities
@@ -191,6 +195,7 @@ class LayerSpec:
     class_count: int  # C, the softmax's outputs
     final_tensor_name: str = "final_result"  # the name of the probabilities [N, C]
     hidden_units: int = 0  # width of a ReLU layer before the softmax; 0: none
+    multi_label: bool = False  # sigmoid outputs (independent scores) instead of a softmax
 
 
 def build_training_graph(dimension, spec, training, loss_settings=None, batch_source=None):

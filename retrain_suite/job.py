@@ -46,6 +46,8 @@ from retrain_suite import memo as memo_lib
 from retrain_suite.bottleneck import compute
 from retrain_suite.bottleneck import module as module_lib
 from retrain_suite.images import pipelines as image_pipelines
+from retrain_suite.multi_label import stages as multi_label_stages
+from retrain_suite.multi_label import training as multi_label_training
 
 
 def check_sets(dataset, config):
@@ -104,13 +106,13 @@ def check_names_in_graphs(config):
     name = config.outputs.final_tensor_name
     try:
         # One value of one image, two classes, seed 0: only the names matter here.
-        final_layer.build_training_graph(
-            1, final_layer.LayerSpec(2, name, config.training.hidden_units),
-            dataclasses.replace(config.training, train_batch_size=1, random_seed=0),
-        )
+        multi_label = config.multi_label.multi_label
+        build = multi_label_training.build_graph if multi_label else final_layer.build_training_graph
+        build(1, final_layer.LayerSpec(2, name, config.training.hidden_units, multi_label),
+              dataclasses.replace(config.training, train_batch_size=1, random_seed=0))
         dimension, input_size = export.check_final_tensor_name(
             config.module.tfhub_module, config.module.image_size, name, config.training.hidden_units,
-            memo_lib.Memo.of_cache(config.module.bottleneck_dir, "modules"),
+            memo_lib.Memo.of_cache(config.module.bottleneck_dir, "modules"), multi_label,
         )
     except ValueError as e:
         raise config_lib.UsageError(
@@ -120,7 +122,8 @@ def check_names_in_graphs(config):
 
 
 def run_retraining(config):
-    """The whole job from a config.RetrainConfig. -> final test accuracy or None.
+    """The whole job from a config.RetrainConfig. -> final test accuracy (the test mAP
+    with --multi_label, whose stages after the bottlenecks are multi_label.stages') or None.
 
     Raises AccuracyError, before anything is exported, when
     config.evaluation.assert_accuracy_at_least is set and not met.
@@ -172,7 +175,9 @@ def scan_and_check(config):
             "--class_weighting=balanced with --sampling=uniform corrects for class sizes "
             "twice: small classes end up counting more than large ones. Use one of them."
         )
-    if config.data.tfrecord_dir:
+    if config.multi_label.multi_label:
+        dataset, images = multi_label_stages.scan(config)
+    elif config.data.tfrecord_dir:
         dataset, images = tfrecords.read_tfrecords(config.data.tfrecord_dir)
     else:
         dataset = dataset_lib.build_dataset(
@@ -207,7 +212,10 @@ def train_and_export(config, dataset, images, timer):
         export.remember_final_tensor_name_check(
             config.module.tfhub_module, config.module.image_size, config.outputs.final_tensor_name,
             config.training.hidden_units,
-            memo_lib.Memo.of_cache(config.module.bottleneck_dir, "modules"))
+            memo_lib.Memo.of_cache(config.module.bottleneck_dir, "modules"),
+            config.multi_label.multi_label)
+    if run.multi_label:
+        return multi_label_stages.train_and_export(config, run, timer)
     model = train_model(config, run, timer)
     with timer.phase("report (tables, TensorBoard, JSON)"):
         report, accuracy = report_results(config, run, model)

@@ -23,6 +23,10 @@ Metadata (the model's `metadata_props`, strings; onnxruntime's
 - `module`: the module retrained (a local folder by its name only);
 - `producer`: `retrain_suite <version>`; the model's own producer_name and
   producer_version stay tf2onnx's, the converter's.
+- `thresholds` (multi-label models only, retrain.py --multi_label): a JSON array of
+  numbers inside (0, 1), one per label in output order; the output then holds
+  independent sigmoid scores, and a label is predicted when its score is >= its
+  threshold.
 The model's doc_string says the same in a sentence.
 
 tf2onnx, onnx and onnxruntime are the optional extra `[onnx]`: they are
@@ -218,8 +222,11 @@ def with_metadata(model, props):
     model.doc_string = (
         f"{len(json.loads(props['labels']))} classes retrained on {props['module']} by "
         f"{props['producer']}; input {props['input_name']} float32 [N, {height}, {width}, 3] "
-        f"RGB in [0, 1], output {props['final_tensor_name']} float32 probabilities. "
-        "Class names: the metadata's 'labels' (a JSON array)."
+        f"RGB in [0, 1], output {props['final_tensor_name']} float32 "
+        + ("independent scores, a label predicted at or above its threshold in the metadata's "
+           "'thresholds' (a JSON array). " if onnx_model.THRESHOLDS_KEY in props
+           else "probabilities. ")
+        + "Class names: the metadata's 'labels' (a JSON array)."
     )
     return model
 
@@ -232,6 +239,9 @@ def export_for_run(outputs, graph_def, run, module):
     """
     model = convert(graph_def, outputs.final_tensor_name)
     props = metadata(run.class_names, run.input_size, outputs.final_tensor_name, module)
+    thresholds = export.graph_thresholds(graph_def, outputs.final_tensor_name)
+    if thresholds is not None:
+        props[onnx_model.THRESHOLDS_KEY] = json.dumps([float(t) for t in thresholds])
     model = with_metadata(model, props)
     check_model(model)
     atomic_files.write_bytes(outputs.onnx_output_file, model.SerializeToString())

@@ -35,6 +35,7 @@ MAX_ONNX_BYTES = 2**31 - 1
 MAX_LABELS_BYTES = tflite_metadata.MAX_LABELS_BYTES
 
 LABELS_KEY = "labels"
+THRESHOLDS_KEY = "thresholds"  # a multi-label model's, JSON [C] numbers inside (0, 1)
 
 RUNTIME = ("onnx", "onnxruntime")  # what running a model needs (the [onnx] extra)
 
@@ -205,6 +206,7 @@ class ONNXClassifier:
                              f"{list(self.output.shape)}")
         self.height, self.width = shape[1], shape[2]
         self.one_per_call = fixed[0]
+        self.thresholds = None  # a multi-label model's, float32 [C]: set by load
 
     def predict(self, images):
         """float32 [B, H, W, 3] -> float32 [B, C]."""
@@ -224,5 +226,26 @@ def load(data):
     Raises ValueError for a file that is not an ONNX image classifier this can
     run, LabelsError when the labels in its metadata cannot be read.
     """
-    labels = metadata_labels(parse(data))  # LabelsError when they cannot be read
-    return ONNXClassifier(data), labels
+    model = parse(data)
+    labels = metadata_labels(model)  # LabelsError when they cannot be read
+    runner = ONNXClassifier(data)
+    runner.thresholds = metadata_thresholds(model)
+    return runner, labels
+
+
+def metadata_thresholds(model):
+    """A multi-label model's thresholds (float32 [C]) from its metadata, or None.
+
+    Raises LabelsError when they are not a JSON array of numbers inside (0, 1).
+    """
+    values = [prop.value for prop in model.metadata_props if prop.key == THRESHOLDS_KEY]
+    if not values:
+        return None
+    try:
+        thresholds = np.array(json.loads(_text(values[0][:MAX_LABELS_BYTES], "'thresholds'")),
+                              np.float32)
+    except (ValueError, TypeError) as e:
+        raise LabelsError("its metadata 'thresholds' is not a JSON array of numbers") from e
+    if len(values) > 1 or thresholds.ndim != 1 or not np.all((thresholds > 0) & (thresholds < 1)):
+        raise LabelsError("its metadata 'thresholds' is not one array of numbers inside (0, 1)")
+    return thresholds

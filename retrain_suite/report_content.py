@@ -73,6 +73,9 @@ class ReportContent:
     tuning_table: tuple = ()
     tuning_choice: str = ""  # the log's line saying what tuning chose and why
     total_seconds: Optional[float] = None  # the run's time so far, start-up included
+    # A --multi_label run: its evaluations are multi_label.metrics reports, its
+    # artifacts multi_label.artifacts' results, its curves' "accuracy" the validation mAP.
+    multi_label: bool = False
 
     @property
     def evaluated_set(self):
@@ -196,3 +199,29 @@ def from_run(config, run, model, report, checked, timer):
         return content
     return dataclasses.replace(content,
                                thumbnails=thumbnails_of(run, evaluations[shown], shown))
+
+
+def from_multi_label_run(config, run, result, report, checked, timer):
+    """The ReportContent of a finished --multi_label run: arguments as from_run's, with
+    result a multi_label.training.MultiLabelResult, report multi_label.stages' and
+    checked multi_label.artifacts.check_run's."""
+    evaluations = {split: report[split] for split in ("validation", "testing")
+                   if report.get(split) is not None}
+    outcome = [(f"{'test' if split == 'testing' else 'validation'} {name}",
+                f"{100 * evaluations[split][key]:.1f}% (N={evaluations[split]['count']})")
+               for split in ("testing", "validation") if split in evaluations
+               for name, key in (("mAP", "mean_average_precision"), ("exact match", "exact_match"))
+               if evaluations[split][key] is not None]
+    outcome.append(("training steps", f"{result.steps} (the layer of step {result.kept_step} "
+                                      "kept)"))
+    outcome.append(("thresholds", report["threshold_rule"]))
+    return ReportContent(
+        settings=settings_of(config), module=config.module.tfhub_module,
+        module_shape=(f"input {run.input_size[0]} x {run.input_size[1]} pixels, "
+                      f"{run.dimension} features per image"),
+        labels=tuple(run.class_names), counts=dataset_lib.counts_by_class(run.dataset),
+        copies=f"{len(run.dataset.images)} distinct photos (copies are one photo).",
+        history={"training": list(result.history)}, outcome=tuple(outcome),
+        evaluations=evaluations, artifacts=checked, phases=tuple(timer.phases),
+        total_seconds=timer.total(), multi_label=True,
+    )

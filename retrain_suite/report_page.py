@@ -108,7 +108,7 @@ def _picture(pictures, name, alt):
 
 def _summary(content):
     rows = [("module", content.module), ("module shape", content.module_shape),
-            ("classes", len(content.labels)),
+            ("labels (multi-label)" if content.multi_label else "classes", len(content.labels)),
             ("images", sum(sum(c.values()) for c in content.counts.values())),
             *content.outcome]
     return "<h2>Summary</h2>" + _table(("", "value"), rows, names=2)
@@ -163,12 +163,39 @@ def _class_rows(report):
     return rows, note
 
 
+def _multi_label_rows(report):
+    """A multi-label report's per-class rows (multi_label.metrics), lowest F1 first past
+    MAX_PAGE_CLASSES. -> (rows, note)."""
+    classes = report["classes"]
+    shown = evaluation.worst_first([c["f1"] for c in classes])[:MAX_PAGE_CLASSES]
+    if len(classes) <= MAX_PAGE_CLASSES:
+        shown = range(len(classes))
+    note = "" if len(classes) <= MAX_PAGE_CLASSES else (
+        f'<p class="note">The {MAX_PAGE_CLASSES} classes with the lowest F1, of '
+        f"{len(classes)} (every class is in the --eval_report JSON).</p>")
+    rows = [(c["label"], f"{c['threshold']:.3f}", _percent(c["precision"]),
+             _percent(c["recall"]), _percent(c["f1"]), _percent(c["average_precision"]),
+             c["support"], c["predicted"]) for c in (classes[i] for i in shown)]
+    macro = report["macro_avg"]
+    rows.append(("(macro average)", "", _percent(macro["precision"]), _percent(macro["recall"]),
+                 _percent(macro["f1"]), _percent(report["mean_average_precision"]), "", ""))
+    return rows, note
+
+
 def _evaluations(content):
     parts = ["<h2>Per-class results</h2>"]
     for split in ("validation", "testing"):
         report = content.evaluations.get(split)
         if report is None:
             parts.append(f"<p>{SET_TITLES[split]}: no images.</p>")
+            continue
+        if content.multi_label:
+            rows, note = _multi_label_rows(report)
+            parts.append(f"<h3>{SET_TITLES[split]}: mean average precision "
+                         f"{_percent(report['mean_average_precision'])}, exact match "
+                         f"{_percent(report['exact_match'])} (N={report['count']})</h3>{note}")
+            parts.append(_table(("class", "threshold", "precision", "recall", "F1", "AP",
+                                 "support", "predicted"), rows))
             continue
         rows, note = _class_rows(report)
         parts.append(f"<h3>{SET_TITLES[split]}: accuracy {_percent(report['accuracy'])} "
@@ -179,7 +206,7 @@ def _evaluations(content):
 
 def _matrices(content, pictures):
     split = content.evaluated_set
-    if split is None:
+    if split is None or content.multi_label:  # several labels an image: no confusion matrix
         return ""
     return (f"<h2>Confusion matrices ({SET_TITLES[split].lower()})</h2>"
             '<p class="note">Rows: true class; columns: predicted class.</p><div class="pair">'
@@ -190,7 +217,7 @@ def _matrices(content, pictures):
 
 def _thumbnails(content):
     split = content.evaluated_set
-    if split is None:
+    if split is None or content.multi_label:
         return ""
     report = content.evaluations[split]
     wrong = len(report["misclassified"])
@@ -221,6 +248,13 @@ def _artifacts(content):
     if content.artifacts is None:
         return ""
     set_name, results = content.artifacts
+    if content.multi_label:
+        rows = [(r.format, r.path, format_size(r.size_bytes),
+                 f"{_percent(r.mean_average_precision)} (N={r.count})", _percent(r.exact_match),
+                 _percent(r.agreement), f"{r.latency_ms:.2f}", r.images_per_call) for r in results]
+        return ("<h2>Exported files</h2>"
+                + _table(("format", "path", "size", f"{set_name} mAP", "exact match",
+                          "agrees with training", "ms/image", "images/call"), rows, names=2))
     rows = [(r.format, r.path, format_size(r.size_bytes), f"{_percent(r.accuracy)} (N={r.count})",
              _percent(r.agreement), f"{r.latency_ms:.2f}", r.images_per_call) for r in results]
     return ("<h2>Exported files</h2>"
@@ -281,13 +315,15 @@ def _cell(value):
     return "" if value is None else value
 
 
-def results_csv(history):
+def results_csv(history, multi_label=False):
     """history ({phase: [training.EvaluationPoint]}) as CSV text: a header of
     CSV_COLUMNS, then one row per evaluation, training's first. An empty cell is a
-    value the phase does not measure; a diverged value is written nan or inf."""
+    value the phase does not measure; a diverged value is written nan or inf. A
+    multi-label run's validation_accuracy column is its validation mAP, and is named so."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(CSV_COLUMNS)
+    writer.writerow([("validation_mean_average_precision" if multi_label and c ==
+                      "validation_accuracy" else c) for c in CSV_COLUMNS])
     for phase in ("training", "fine-tuning"):
         for p in history.get(phase, []):
             writer.writerow([phase, p.step, *(_cell(v) for v in (
@@ -302,13 +338,14 @@ def draw_pictures(content):
     pictures = {}
     if content.history.get("training"):
         pictures[TRAINING_CURVES] = report_plots.curves_png(
-            content.history["training"], "Training the final layer on bottlenecks")
+            content.history["training"], "Training the final layer on bottlenecks",
+            multi_label=content.multi_label)
     if content.history.get("fine-tuning"):
         pictures[FINE_TUNING_CURVES] = report_plots.curves_png(
             content.history["fine-tuning"], "Fine-tuning the module with the layer",
             fine_tuning=True)
     split = content.evaluated_set
-    if split is not None:
+    if split is not None and not content.multi_label:
         report = content.evaluations[split]
         title = f"{SET_TITLES[split]} (N={report['count']})"
         pictures[MATRIX] = report_plots.confusion_png(
@@ -323,7 +360,7 @@ def report_files(content):
     """{file name: bytes} of the report folder."""
     pictures = draw_pictures(content)
     files = {PAGE: render_page(content, pictures).encode("utf-8"),
-             CSV: results_csv(content.history).encode("utf-8"), **pictures}
+             CSV: results_csv(content.history, content.multi_label).encode("utf-8"), **pictures}
     unknown = set(files) - output_paths.REPORT_ENTRIES
     if unknown:  # output_paths' list decides which folders may be replaced
         raise ValueError(f"report files {sorted(unknown)} missing from REPORT_ENTRIES")

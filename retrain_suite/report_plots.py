@@ -70,8 +70,11 @@ def _line(axes, steps, values, label, style):
     return True
 
 
-def curves_png(points, title, fine_tuning=False):
+def curves_png(points, title, fine_tuning=False, multi_label=False):
     """Accuracy (left) and cross entropy (right) against step -> PNG bytes (about 900 x 340).
+
+    multi_label: the points' validation "accuracy" is the whole validation set's mean
+    average precision (multi_label.training), drawn as such.
 
     points: [training.EvaluationPoint] of one phase, in step order. Bottleneck
     training draws the training batch's accuracy and cross entropy and the
@@ -83,7 +86,7 @@ def curves_png(points, title, fine_tuning=False):
         figure = Figure(figsize=(9, 3.4), dpi=DPI, layout="constrained")
         accuracy, entropy = figure.subplots(1, 2)
         validation_images = max((p.validation_images for p in points), default=0)
-        validation = (f"validation (all {validation_images})" if fine_tuning
+        validation = (f"validation (all {validation_images})" if fine_tuning or multi_label
                       else f"validation (sample of {validation_images})")
         drawn = []
         if not fine_tuning:
@@ -99,7 +102,7 @@ def curves_png(points, title, fine_tuning=False):
         drawn.append(_line(entropy, steps, [p.validation_cross_entropy for p in points],
                            validation, "--"))
         accuracy.set_ylim(-2, 102)
-        accuracy.set_ylabel("accuracy (%)")
+        accuracy.set_ylabel("mean average precision (%)" if multi_label else "accuracy (%)")
         entropy.set_ylabel("cross entropy" + (" / loss" if fine_tuning else ""))
         for axes in (accuracy, entropy):
             axes.set_xlabel("fine-tuning step" if fine_tuning else "training step")

@@ -10,6 +10,7 @@ Shapes: n images in a set, D values in a bottleneck vector, C classes.
 """
 
 import dataclasses
+from typing import Optional
 
 import numpy as np
 
@@ -33,6 +34,8 @@ class Split:
     # in memory today (any object indexed by rows like an array serves).
     bottlenecks: np.ndarray
     rows: np.ndarray  # int64 [n]: each image's index in the run's image source
+    # Multi-label runs only: float32 [n, C], 1 where the image has the class, else 0.
+    targets: Optional[np.ndarray] = None
 
     def __len__(self):
         return len(self.images)
@@ -81,6 +84,11 @@ class PreparedRun:
         return len(self.dataset.labels)
 
     @property
+    def multi_label(self):
+        """Whether images have label sets (Split.targets) instead of one class each."""
+        return self.dataset.label_sets is not None
+
+    @property
     def dimension(self):
         """D, the number of values in a bottleneck vector."""
         return int(self.training.bottlenecks.shape[1])
@@ -115,13 +123,24 @@ def prepare(dataset, source, bottlenecks, max_image_pixels):
             name=name, images=images,
             labels=np.array([image.label_index for image in images], np.int64),
             bottlenecks=bottlenecks.vectors[rows].reshape(len(rows), bottlenecks.vectors.shape[1]),
-            rows=rows,
+            rows=rows, targets=multi_hot(dataset, images),
         )
     return PreparedRun(
         dataset=dataset, source=source, **splits,
         contents={image.path: bottlenecks.contents[row_of[image.path]] for image in dataset.images},
         input_size=(bottlenecks.height, bottlenecks.width), max_image_pixels=max_image_pixels,
     )
+
+
+def multi_hot(dataset, images):
+    """float32 [n, C] label sets of `images` in a multi-label dataset; None otherwise."""
+    if dataset.label_sets is None:
+        return None
+    index = {label: n for n, label in enumerate(dataset.labels)}
+    targets = np.zeros([len(images), len(dataset.labels)], np.float32)
+    for row, image in enumerate(images):
+        targets[row, [index[label] for label in dataset.label_sets[image.path]]] = 1.0
+    return targets
 
 
 @dataclasses.dataclass(frozen=True)

@@ -126,13 +126,15 @@ def convert(graph_def, height, width, final_tensor_name, quantization, calibrati
         ) from e
 
 
-def write_tflite(path, model, labels, height, width, description):
-    """Write model (bytes from convert) with its metadata and labels to path, atomically."""
+def write_tflite(path, model, labels, height, width, description, thresholds=None):
+    """Write model (bytes from convert) with its metadata and labels (and a multi-label
+    model's thresholds, float [C]) to path, atomically."""
     metadata = tflite_metadata.image_classifier_metadata(
         name="Retrained image classifier", description=description, input_size=(height, width),
-        class_count=len(labels), normalization=(0.0, 255.0),
+        class_count=len(labels), normalization=(0.0, 255.0), multi_label=thresholds is not None,
     )
-    atomic_files.write_bytes(path, tflite_metadata.with_metadata(model, metadata, labels))
+    atomic_files.write_bytes(path, tflite_metadata.with_metadata(model, metadata, labels,
+                                                                 thresholds))
 
 
 class TFLiteClassifier:
@@ -145,6 +147,9 @@ class TFLiteClassifier:
 
     def __init__(self, model):
         """model: the TFLite file's bytes."""
+        # A multi-label model's thresholds (float32 [C]), or None; set by whoever
+        # read them from the metadata (classifier.load_tflite).
+        self.thresholds = None
         # Every core, as TensorFlow uses for the graph: the runtime's own default is
         # not the same on every version and platform.
         self.interpreter = Interpreter(model_content=bytes(model), num_threads=os.cpu_count() or 1)
@@ -201,11 +206,14 @@ def export_for_run(outputs, graph_def, run, seed, module):
     if "://" not in module:  # a local folder: its name, not where it was on this machine
         module = os.path.basename(os.path.normpath(module))
     description = (
-        f"{run.class_count} classes retrained on {module}; TFLite "
+        f"{run.class_count} {'labels (multi-label)' if run.multi_label else 'classes'} "
+        f"retrained on {module}; TFLite "
         f"quantization {quantization}"
         + (f", calibrated on {len(chosen)} training images." if quantization == "int8" else ".")
     )
-    write_tflite(outputs.tflite_output_file, model, run.class_names, height, width, description)
+    thresholds = export.graph_thresholds(graph_def, outputs.final_tensor_name)
+    write_tflite(outputs.tflite_output_file, model, run.class_names, height, width, description,
+                 thresholds)
     return len(chosen) if quantization == "int8" else 0
 
 

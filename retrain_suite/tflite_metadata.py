@@ -7,7 +7,10 @@ model file itself, in two places:
 - a `ModelMetadata` flatbuffer (schema `metadata_schema.fbs` of
   tensorflow/tflite-support, file identifier "M001") stored as one of the
   model's buffers and named "TFLITE_METADATA" in the model's `metadata` list;
-- the files it names (here the labels, one per line in output order) packed
+- the files it names (here the labels, one per line in output order; for a
+  multi-label model also THRESHOLDS_FILE_NAME, one threshold per line in the
+  same order, listed beside the labels among the output's associated files
+  with type DESCRIPTIONS: the schema has no per-class thresholds) packed
   uncompressed in a zip archive appended to the model file. A flatbuffer is
   read from its start and a zip from its end, so the one file is both.
 
@@ -36,9 +39,10 @@ METADATA_NAME = "TFLITE_METADATA"  # the model's metadata entry that holds Model
 METADATA_IDENTIFIER = b"M001"
 MIN_PARSER_VERSION = "1.0.0"
 LABELS_FILE_NAME = "labels.txt"
+THRESHOLDS_FILE_NAME = "thresholds.txt"  # a multi-label model's, packed beside the labels
 
 # Enum values and union member numbers from metadata_schema.fbs.
-TENSOR_AXIS_LABELS = 2  # AssociatedFileType
+DESCRIPTIONS, TENSOR_AXIS_LABELS = 1, 2  # AssociatedFileType
 RGB = 1  # ColorSpaceType
 FEATURE_PROPERTIES, IMAGE_PROPERTIES = 1, 2  # ContentProperties
 NORMALIZATION_OPTIONS = 1  # ProcessUnitOptions
@@ -113,8 +117,13 @@ class _Writer:
         return ("offset", b.EndVector())
 
 
-def image_classifier_metadata(name, description, input_size, class_count, normalization):
+def image_classifier_metadata(name, description, input_size, class_count, normalization,
+                              multi_label=False):
     """The ModelMetadata flatbuffer (bytes) of a one-input, one-output image classifier.
+
+    multi_label: the output is independent scores, one per class, each compared
+    with its threshold in the packed THRESHOLDS_FILE_NAME (named among the
+    output's associated files).
 
     Input: RGB image [1, height, width, 3], input_size (height, width); the
     model takes (pixel - mean) / std of 0-255 pixel values, normalization
@@ -156,12 +165,24 @@ def image_classifier_metadata(name, description, input_size, class_count, normal
         "content_properties": ("offset", feature_properties),
     })
     output_stats = w.table(_STATS, {"max": w.floats([1.0]), "min": w.floats([0.0])})
+    files = [labels_file]
+    output_text = f"Probabilities of the {class_count} classes."
+    if multi_label:
+        files.append(w.table(_ASSOCIATED_FILE, {
+            "name": w.string(THRESHOLDS_FILE_NAME),
+            "description": w.string("Thresholds, one per line in the order of the labels: a "
+                                    "label is predicted when its score is >= its threshold."),
+            "type": ("byte", DESCRIPTIONS),
+        }))
+        output_text = (f"Independent scores (sigmoid) of the {class_count} labels, each in [0, 1]: "
+                       f"a photo has every label whose score is >= its threshold in "
+                       f"{THRESHOLDS_FILE_NAME}.")
     output_tensor = w.table(_TENSOR, {
-        "name": w.string("probability"),
-        "description": w.string(f"Probabilities of the {class_count} classes."),
+        "name": w.string("score" if multi_label else "probability"),
+        "description": w.string(output_text),
         "content": ("offset", output_content),
         "stats": ("offset", output_stats),
-        "associated_files": w.tables([labels_file]),
+        "associated_files": w.tables(files),
     })
     subgraph = w.table(_SUBGRAPH, {
         "name": w.string("image_classifier"),
@@ -183,8 +204,9 @@ def _empty_table(builder):
     return builder.EndObject()
 
 
-def with_metadata(model, metadata, labels):
-    """A TFLite model (bytes) with metadata (bytes) and the labels file packed in. -> bytes.
+def with_metadata(model, metadata, labels, thresholds=None):
+    """A TFLite model (bytes) with metadata (bytes) and the labels file packed in (and a
+    multi-label model's thresholds, float [C], as THRESHOLDS_FILE_NAME). -> bytes.
 
     An existing "TFLITE_METADATA" entry is replaced. The model is repacked
     through LiteRT's object API, as TensorFlow's converter does when it adds
@@ -206,6 +228,9 @@ def with_metadata(model, metadata, labels):
         # A fixed date: the same model and labels give the same bytes.
         info = zipfile.ZipInfo(LABELS_FILE_NAME, date_time=(1980, 1, 1, 0, 0, 0))
         archive.writestr(info, "".join(f"{label}\n" for label in labels).encode("utf-8"))
+        if thresholds is not None:
+            info = zipfile.ZipInfo(THRESHOLDS_FILE_NAME, date_time=(1980, 1, 1, 0, 0, 0))
+            archive.writestr(info, "".join(f"{float(t)!r}\n" for t in thresholds).encode())
     return stream.getvalue()
 
 
@@ -284,6 +309,37 @@ def packed_labels(model):
     except UnicodeDecodeError as e:
         raise MetadataError(f"its packed labels file {_shown(name)} is not UTF-8 text") from e
     return text.splitlines()
+
+
+def packed_thresholds(model):
+    """A multi-label model's thresholds (float32 [C]) from its packed THRESHOLDS_FILE_NAME,
+    or None when its output's metadata names no such file. MetadataError when it cannot
+    be read or is not one number inside (0, 1) per line."""
+    metadata = metadata_buffer(model)
+    if metadata is None or metadata[4:8] != METADATA_IDENTIFIER:
+        return None
+    try:
+        if THRESHOLDS_FILE_NAME not in _output_file_names(metadata):
+            return None
+    except (IndexError, struct.error, ValueError, TypeError) as e:
+        raise MetadataError(f"its metadata flatbuffer is damaged ({type(e).__name__})") from e
+    try:
+        values = np.array([float(line) for line in
+                           _packed_file(model, THRESHOLDS_FILE_NAME).decode().split()], np.float32)
+    except (UnicodeDecodeError, ValueError) as e:
+        raise MetadataError(f"its packed {THRESHOLDS_FILE_NAME} is not one number a line") from e
+    if not np.all((values > 0) & (values < 1)):
+        raise MetadataError(f"its packed {THRESHOLDS_FILE_NAME} holds thresholds outside (0, 1)")
+    return values
+
+
+def _output_file_names(metadata):
+    """The names of the first output's associated files in ModelMetadata (bytes)."""
+    root = _table(metadata, flatbuffers.encode.Get(flatbuffers.packer.uoffset, metadata, 0))
+    return [_field_string(associated, _ASSOCIATED_FILE["name"])
+            for subgraph in _field_tables(root, _MODEL["subgraph_metadata"])[:1]
+            for tensor in _field_tables(subgraph, _SUBGRAPH["output_tensor_metadata"])[:1]
+            for associated in _field_tables(tensor, _TENSOR["associated_files"])]
 
 
 def _labels_file_name(metadata):

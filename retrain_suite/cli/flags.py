@@ -148,6 +148,27 @@ def define_tuning_flags():
     )
 
 
+def define_multi_label_flags():
+    """--multi_label and where its labels come from."""
+    flags.DEFINE_bool(
+        "multi_label", _d("multi_label"),
+        "Photos with several labels: one sigmoid score per label, and one threshold per label "
+        "chosen on the validation set (each label above its threshold is predicted). Labels "
+        "from --labels_csv, or else from the class folders holding each photo (a photo filed "
+        "in two folders has both labels). The split is always by content.",
+    )
+    flags.DEFINE_string(
+        "labels_csv", _d("labels_csv"),
+        "With --multi_label: a UTF-8 CSV file with the header 'path,labels', then one row per "
+        "photo: its path relative to --image_dir and its labels separated by "
+        "--labels_delimiter (an empty labels cell: a photo with none of the labels).",
+    )
+    flags.DEFINE_string(
+        "labels_delimiter", _d("labels_delimiter"),
+        "With --labels_csv: the character between labels in the labels column.",
+    )
+
+
 def define_retrain_flags():
     """Every flag of retrain.py, one per field of config.RetrainConfig (plus logging)."""
     # Input and split.
@@ -227,6 +248,7 @@ def define_retrain_flags():
     )
     define_fine_tuning_flags()
     define_tuning_flags()
+    define_multi_label_flags()
     # Evaluation.
     flags.DEFINE_integer(
         "eval_step_interval", _d("eval_step_interval"), "How often (in steps) to evaluate and log."
@@ -257,7 +279,10 @@ def define_retrain_flags():
     # Outputs.
     flags.DEFINE_string("output_graph", _d("output_graph"), "Where to write the frozen graph.")
     flags.DEFINE_string("output_labels", _d("output_labels"), "Where to write the labels file.")
-    flags.DEFINE_string("final_tensor_name", _d("final_tensor_name"), "Name of the output softmax op.")
+    flags.DEFINE_string(
+        "final_tensor_name", _d("final_tensor_name"),
+        "Name of the output op: the softmax (the sigmoid scores with --multi_label).",
+    )
     flags.DEFINE_string(
         "saved_model_dir", _d("saved_model_dir"), "If set, also write a SavedModel for serving here."
     )

@@ -45,7 +45,11 @@ def define_flags():
         "input_mean", _default("input_mean"), "Subtracted from pixel values (0-255) before scaling."
     )
     flags.DEFINE_float("input_std", _default("input_std"), "Pixel values are divided by this after the mean.")
-    flags.DEFINE_integer("top_k", _default("top_k"), "How many labels to print per image.")
+    flags.DEFINE_integer(
+        "top_k", _default("top_k"),
+        "How many labels to print per image. A multi-label model (retrain.py --multi_label) "
+        "prints every label above its threshold, at most this many when given.",
+    )
     flags.DEFINE_integer(
         "batch_size", _default("batch_size"),
         "Images per forward pass. Default: " + batch_size_lib.default_description() + ".",
@@ -128,14 +132,24 @@ def classify_with_graph(config):
         graph_def = classifier.load_graph(config.graph)
         graph_checks.check_graph(graph_def, config.graph, config.allow_unsafe_ops)
         labels = classifier.load_labels(config.labels)
+        thresholds = classifier.multi_label_thresholds(graph_def, config.output_layer)
         results = classifier.classify(
             graph_def, paths, preprocessing_of(config), config.input_layer, config.output_layer,
-            keep=classifier.top_classes(config.top_k),
+            keep=kept_labels(config, thresholds),
         )
         classifier.check_label_count(results, labels, f"The labels file {config.labels}", "graph")
     except (ValueError, tf.errors.OpError) as e:
         raise classifier.LabelError(f"cannot run graph {config.graph}: {errors.one_line(e)}") from e
     return paths, results, labels
+
+
+def kept_labels(config, thresholds):
+    """The keep function for classifier.classify: the --top_k best classes, or with a
+    multi-label model's thresholds (float [C], or None) every label above its threshold
+    (at most --top_k of them when the flag is given)."""
+    if thresholds is None:
+        return classifier.top_classes(config.top_k)
+    return classifier.above_thresholds(thresholds, config.top_k if FLAGS["top_k"].present else None)
 
 
 def classify_with_model(config, what):
@@ -163,7 +177,7 @@ def classify_with_model(config, what):
                 f"{config.graph} holds no labels in its metadata; pass its labels file."
             )
         classify = classifier.classify_tflite if tflite_model else classifier.classify_onnx
-        results = classify(model, paths, preprocessing, keep=classifier.top_classes(config.top_k))
+        results = classify(model, paths, preprocessing, keep=kept_labels(config, model.thresholds))
         source = f"The labels file {config.labels}" if config.labels else "The metadata inside the model"
         classifier.check_label_count(results, labels, source, "model")
     except (ValueError, RuntimeError) as e:

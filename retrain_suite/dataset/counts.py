@@ -24,7 +24,8 @@ def counts_by_class(dataset):
     """{label: {split: count}} over every label and split, zeros included."""
     counts = {label: dict.fromkeys(SPLITS, 0) for label in dataset.labels}
     for image in dataset.images:
-        counts[image.label][image.split] += 1
+        for label in dataset.labels_of(image):  # every label of a multi-label image
+            counts[label][image.split] += 1
     return counts
 
 

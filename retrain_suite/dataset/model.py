@@ -7,6 +7,7 @@ tfrecords.read_tfrecords from record files.
 
 import dataclasses
 import os
+from typing import Optional
 
 from retrain_suite import errors
 
@@ -30,6 +31,13 @@ class Dataset:
     image_dir: str
     labels: list  # sorted class names; index = classifier output
     images: list  # of Image, sorted by (label, path)
+    # Multi-label runs only: {relative path: sorted tuple of the image's labels} (an
+    # image's `label` is then its first label, '' with label_index -1 for none).
+    label_sets: Optional[dict] = None
+
+    def labels_of(self, image):
+        """The labels of one image: (its label,), or its label set in a multi-label run."""
+        return (image.label,) if self.label_sets is None else self.label_sets[image.path]
 
     def in_split(self, split):
         return [image for image in self.images if image.split == split]
@@ -49,7 +57,7 @@ class Dataset:
 
         drop = set(paths)
         kept = [i for i in self.images if i.path not in drop]
-        labels = sorted({i.label for i in kept})
+        labels = sorted({label for i in kept for label in self.labels_of(i)})
         counts.warn_about_classes(
             [f"Class {label} has no usable images left; it is not a class."
              for label in sorted(set(self.labels) - set(labels))],
@@ -60,7 +68,8 @@ class Dataset:
         return Dataset(
             self.image_dir,
             labels,
-            [dataclasses.replace(i, label_index=index[i.label]) for i in kept],
+            [dataclasses.replace(i, label_index=index.get(i.label, -1)) for i in kept],
+            None if self.label_sets is None else {i.path: self.label_sets[i.path] for i in kept},
         )
 
 
