@@ -13,6 +13,7 @@ score is >= its threshold.
 """
 
 
+import dataclasses
 import os
 
 import numpy as np
@@ -73,9 +74,10 @@ def _export_graph(handle, default_image_size, spec, thresholds=None):
     return graph, bottleneck, module
 
 
-def check_final_tensor_name(handle, default_image_size, final_tensor_name, hidden_units=0,
-                            memo=None, multi_label=False):
-    """Build the export graph without weights. -> (module output size D, (height, width)).
+def check_final_tensor_name(handle, default_image_size, spec, memo=None):
+    """Build the export graph of spec (a final_layer.LayerSpec: its names, hidden width and
+    kind matter, not its class count) without weights. -> (module output size D,
+    (height, width)).
 
     Raises ValueError when final_tensor_name is not a valid op name, or is
     taken in the graph (by the module, the input `Placeholder`, ...): what
@@ -83,19 +85,14 @@ def check_final_tensor_name(handle, default_image_size, final_tensor_name, hidde
     loaded for it is kept for module.load_shared (the bottlenecks' freezing),
     and its sizes for module.known_shape. memo: a memo.Memo of kind "modules":
     a check that passed before (remember_final_tensor_name_check) for the same
-    module files, image size, name and hidden width (and the same code) is not
-    built again, and the module is not loaded until something needs it.
-    multi_label: a multi-label layer's, whose thresholds constant's name must be free too.
+    module files, image size and spec (and the same code) is not built again,
+    and the module is not loaded until something needs it.
     """
     memo = memo or memo_lib.Memo(None, "modules")
-    key = _names_check_key(handle, default_image_size, final_tensor_name, hidden_units,
-                           multi_label)
+    key = _names_check_key(handle, default_image_size, spec)
     known = _remembered_shape(memo.get(key)) if key else None
     if known is None:
-        _, bottleneck, module = _export_graph(
-            handle, default_image_size,
-            final_layer.LayerSpec(2, final_tensor_name, hidden_units, multi_label),
-        )
+        _, bottleneck, module = _export_graph(handle, default_image_size, spec)
         # The bottleneck computation that follows uses this load instead of loading it again.
         module_lib.keep(module, default_image_size)
         images = bottleneck.graph.get_tensor_by_name(INPUT_NAME + ":0")
@@ -104,29 +101,24 @@ def check_final_tensor_name(handle, default_image_size, final_tensor_name, hidde
     return known
 
 
-def remember_final_tensor_name_check(handle, default_image_size, final_tensor_name,
-                                     hidden_units, memo, multi_label=False):
-    """Remember in memo (kind "modules") that check_final_tensor_name passed, with the
-    module's sizes, for the next run. Called once the run's other checks have passed too
+def remember_final_tensor_name_check(handle, default_image_size, spec, memo):
+    """Remember in memo (kind "modules") that check_final_tensor_name passed for spec, with
+    the module's sizes, for the next run. Called once the run's other checks have passed too
     and its cache folder exists: a refused run leaves nothing behind."""
     shape = module_lib.known_shape(handle, default_image_size)
-    key = _names_check_key(handle, default_image_size, final_tensor_name, hidden_units,
-                           multi_label)
+    key = _names_check_key(handle, default_image_size, spec)
     if shape is None or key is None or _remembered_shape(memo.get(key)) is not None:
         return
     height, width, dimension = shape
     memo.put(key, {"dimension": dimension, "height": height, "width": width})
 
 
-def _names_check_key(handle, default_image_size, final_tensor_name, hidden_units,
-                     multi_label=False):
+def _names_check_key(handle, default_image_size, spec):
     identity = module_lib.identity(handle, default_image_size)
     if identity is None:
         return None
-    # A multi-label check also checks the thresholds' name: its own key (single-label
-    # keys stay what they were).
-    return memo_lib.key_of("final tensor name check", repr(identity), final_tensor_name,
-                           hidden_units, *(["multi-label"] if multi_label else []))
+    names = dataclasses.replace(spec, class_count=2)  # the class count changes no name
+    return memo_lib.key_of("final tensor name check", repr(identity), repr(names))
 
 
 def _remembered_shape(entry):

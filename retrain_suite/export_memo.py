@@ -29,6 +29,7 @@ import hashlib
 import re
 from importlib import metadata
 
+import numpy as np
 import tensorflow as tf
 from absl import logging
 
@@ -100,15 +101,19 @@ def _digest_or_none(path):
         return None
 
 
-def frozen_graph_key(handle, image_size, spec, layer, module_values=None):
-    """The memo key of the frozen graph of layer ({name: ndarray}, a final_layer.LayerSpec
-    spec) on the module (module_values: its fine-tuned weights, or None), or None when the
+def frozen_graph_key(handle, image_size, exported):
+    """The memo key of the frozen graph of exported (a run_exports.ExportedLayer: spec,
+    layer values, fine-tuned module weights, thresholds) on the module, or None when the
     module cannot be named by its content (module.identity)."""
     name = module_lib.identity(handle, image_size)
     if name is None:
         return None
-    tuned = values_digest(module_values) if module_values is not None else "as loaded"
-    return memo_lib.key_of("frozen graph", repr(name), repr(spec), values_digest(layer), tuned)
+    tuned, thresholds = exported.module_values, exported.thresholds
+    return memo_lib.key_of(
+        "frozen graph", repr(name), repr(exported.spec), values_digest(exported.layer),
+        "as loaded" if tuned is None else values_digest(tuned),
+        "none" if thresholds is None else values_digest([np.asarray(thresholds, np.float32)]),
+    )
 
 
 def derived_key(kind, graph_digest, *settings):

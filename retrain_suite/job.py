@@ -23,18 +23,16 @@ from retrain_suite import (
     check_memo,
     evaluation,
     export,
-    export_memo,
     final_layer,
     fine_tuning,
     memory_budget,
-    onnx_export,
     output_paths,
     phases,
     report_content,
     report_page,
     reporting,
     run_data,
-    tflite,
+    run_exports,
     tfrecords,
     training,
     tuning,
@@ -108,11 +106,11 @@ def check_names_in_graphs(config):
         # One value of one image, two classes, seed 0: only the names matter here.
         multi_label = config.multi_label.multi_label
         build = multi_label_training.build_graph if multi_label else final_layer.build_training_graph
-        build(1, final_layer.LayerSpec(2, name, config.training.hidden_units, multi_label),
-              dataclasses.replace(config.training, train_batch_size=1, random_seed=0))
+        spec = final_layer.LayerSpec(2, name, config.training.hidden_units, multi_label)
+        build(1, spec, dataclasses.replace(config.training, train_batch_size=1, random_seed=0))
         dimension, input_size = export.check_final_tensor_name(
-            config.module.tfhub_module, config.module.image_size, name, config.training.hidden_units,
-            memo_lib.Memo.of_cache(config.module.bottleneck_dir, "modules"), multi_label,
+            config.module.tfhub_module, config.module.image_size, spec,
+            memo_lib.Memo.of_cache(config.module.bottleneck_dir, "modules"),
         )
     except ValueError as e:
         raise config_lib.UsageError(
@@ -210,16 +208,17 @@ def train_and_export(config, dataset, images, timer):
     with timer.phase("bottlenecks (module load, cache, forward passes)"):
         run = prepare_run(config, dataset, images)
         export.remember_final_tensor_name_check(
-            config.module.tfhub_module, config.module.image_size, config.outputs.final_tensor_name,
-            config.training.hidden_units,
-            memo_lib.Memo.of_cache(config.module.bottleneck_dir, "modules"),
-            config.multi_label.multi_label)
+            config.module.tfhub_module, config.module.image_size,
+            final_layer.LayerSpec(2, config.outputs.final_tensor_name,
+                                  config.training.hidden_units, config.multi_label.multi_label),
+            memo_lib.Memo.of_cache(config.module.bottleneck_dir, "modules"))
     if run.multi_label:
         return multi_label_stages.train_and_export(config, run, timer)
     model = train_model(config, run, timer)
     with timer.phase("report (tables, TensorBoard, JSON)"):
         report, accuracy = report_results(config, run, model)
-    export_model(config, run, model, timer)
+    run_exports.export_model(config, run, run_exports.ExportedLayer(
+        model.spec, model.result.layer, model.module_values), timer)
     with timer.phase("check of the exported files"):
         # Earlier checks are remembered in the bottleneck cache's folder, when it is local.
         bottleneck_dir = config.module.bottleneck_dir
@@ -367,72 +366,6 @@ def export_graph(config, output, spec, layer, module_values=None):
         config.module.tfhub_module, config.module.image_size, spec, layer, module_values,
     )
     export.write_output(flag, path, lambda: export.write_frozen_graph(graph_def, path))
-
-
-def export_model(config, run, model, timer):
-    """Write the frozen graph, the labels (and the SavedModel, the TFLite file, the ONNX
-    file), each a phase of timer; files a rerun already holds are kept (export_memo)."""
-    outputs, handle = config.outputs, config.module.tfhub_module
-    memo = export_memo.ExportMemo(memo_lib.Memo.of_cache(config.module.bottleneck_dir, "exports"))
-    built = []  # the GraphDef, once built or read back
-
-    def build_graph():
-        built.append(export.frozen_graph(handle, config.module.image_size, model.spec,
-                                         model.result.layer, model.module_values))
-        export.write_frozen_graph(built[0], outputs.output_graph)
-
-    with timer.phase("frozen graph and labels"):
-        key = export_memo.frozen_graph_key(handle, config.module.image_size, model.spec,
-                                           model.result.layer, model.module_values)
-        graph = memo.write("output_graph", outputs.output_graph, key, build_graph)
-        export.write_output("output_labels", outputs.output_labels,
-                            lambda: export.write_labels(run.class_names, outputs.output_labels))
-    logging.info("%s %s; wrote %s", "Kept" if graph.kept else "Wrote", outputs.output_graph,
-                 outputs.output_labels)
-
-    def graph_def():
-        if not built:
-            built.append(export_memo.read_graph_def(outputs.output_graph, graph.digest))
-        return built[0]
-
-    def derived(kind, flag, path, settings, write):
-        with timer.phase(kind):
-            key = export_memo.derived_key(kind, graph.digest, *settings)
-            return memo.write(flag, path, key, write)
-
-    name = outputs.final_tensor_name
-    if outputs.saved_model_dir:
-        written = derived("SavedModel", "saved_model_dir", outputs.saved_model_dir,
-                          (name, export_memo.package_version("tensorflow")),
-                          lambda: export.write_saved_model(graph_def(), name,
-                                                           outputs.saved_model_dir))
-        logging.info("%s SavedModel %s", "Kept" if written.kept else "Wrote",
-                     outputs.saved_model_dir)
-    if outputs.tflite_output_file:
-        training = [run.contents[image.path] for image in run.training.images]
-        settings = (name, outputs.tflite_quantization, config.training.random_seed, handle,
-                    "\0".join(run.class_names), "\0".join(training),
-                    export_memo.package_version("ai-edge-litert"))
-        written = derived(
-            f"TFLite ({outputs.tflite_quantization})", "tflite_output_file",
-            outputs.tflite_output_file, settings,
-            lambda: tflite.export_for_run(outputs, graph_def(), run, config.training.random_seed,
-                                          handle),
-        )
-        calibrated = written.result
-        logging.info("%s TFLite model %s (quantization %s%s)",
-                     "Kept" if written.kept else "Wrote", outputs.tflite_output_file,
-                     outputs.tflite_quantization,
-                     f", calibrated on {calibrated} training images" if calibrated else "")
-    if outputs.onnx_output_file:
-        settings = (name, handle, "\0".join(run.class_names), repr(run.input_size),
-                    export_memo.package_version("tf2onnx"), export_memo.package_version("onnx"))
-        written = derived(
-            "ONNX", "onnx_output_file", outputs.onnx_output_file, settings,
-            lambda: onnx_export.export_for_run(outputs, graph_def(), run, handle),
-        )
-        logging.info("%s ONNX model %s", "Kept" if written.kept else "Wrote",
-                     outputs.onnx_output_file)
 
 
 def log_copies(dataset, contents):

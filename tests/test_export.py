@@ -121,7 +121,7 @@ def test_the_same_layer_gives_the_same_graph_bytes_whatever_the_process_built_be
              final_layer.SCOPE + "/biases": np.zeros([3], np.float32)}
     first = export.frozen_graph(tiny_module, 32, spec, layer)
     # TensorFlow numbers traced functions across the process: building more moves it on.
-    export.check_final_tensor_name(tiny_module, 32, "final_result")
+    export.check_final_tensor_name(tiny_module, 32, final_layer.LayerSpec(2, "final_result"))
     second = export.frozen_graph(tiny_module, 32, spec, layer)
     assert first.library.function  # the module's calls are functions of the library
     assert (first.SerializeToString(deterministic=True)

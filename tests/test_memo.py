@@ -1,6 +1,7 @@
 """retrain_suite.memo and export_memo: what a rerun keeps instead of doing again, and
 that it never keeps what changed."""
 
+import dataclasses
 import logging
 import os
 
@@ -9,7 +10,7 @@ import pytest
 from helpers import make_dataset, retrain_settings
 
 from retrain_suite import config as config_lib
-from retrain_suite import export_memo, job
+from retrain_suite import export_memo, final_layer, job, run_exports
 from retrain_suite import memo as memo_lib
 from retrain_suite.bottleneck import module as module_lib
 from retrain_suite.images import files as image_files
@@ -118,3 +119,20 @@ def test_a_rerun_keeps_its_exports_without_loading_the_module_and_rewrites_what_
     job.run_retraining(config_lib.from_flat({**settings, "random_seed": 2}))
     assert "is already the file this run writes" not in caplog.text
     assert open(graph, "rb").read() != first[graph]
+
+
+def test_the_frozen_graph_key_follows_the_layer_the_tuned_weights_and_the_thresholds(
+        tiny_module):
+    layer = {"w": np.ones([4, 2], np.float32)}
+    spec = final_layer.LayerSpec(2, multi_label=True)
+    exported = run_exports.ExportedLayer(spec, layer, thresholds=[0.5, 0.5])
+    key = export_memo.frozen_graph_key(tiny_module, 32, exported)
+    assert key == export_memo.frozen_graph_key(tiny_module, 32, exported)
+    for other in (dataclasses.replace(exported, thresholds=[0.5, 0.6]),
+                  dataclasses.replace(exported, thresholds=None),
+                  dataclasses.replace(exported, module_values=[np.zeros([3], np.float32)]),
+                  dataclasses.replace(exported, layer={"w": layer["w"] + 1}),
+                  dataclasses.replace(exported, spec=final_layer.LayerSpec(2))):
+        assert export_memo.frozen_graph_key(tiny_module, 32, other) != key
+    assert export_memo.frozen_graph_key(tiny_module, 48, exported) != key
+    assert export_memo.frozen_graph_key("not/a/module", 32, exported) is None

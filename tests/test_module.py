@@ -285,9 +285,9 @@ def test_the_weights_of_the_shared_module_are_the_module_s_not_the_names_check_s
     # The names check loads the module into the export graph, with a final layer of
     # 100 hidden units, and keeps it for the bottlenecks: the memory that freezing
     # its weights takes is still the module's alone.
-    from retrain_suite import export
+    from retrain_suite import export, final_layer
 
     with tf.Graph().as_default():
         alone = module_lib.weight_bytes(module_lib.load(tiny_module))
-    export.check_final_tensor_name(tiny_module, 299, "final_result", hidden_units=100)
+    export.check_final_tensor_name(tiny_module, 299, final_layer.LayerSpec(2, "final_result", 100))
     assert module_lib.weight_bytes(module_lib.load_shared(tiny_module)) == alone > 0

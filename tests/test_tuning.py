@@ -284,7 +284,8 @@ def test_a_tuned_run_logs_reports_and_trains_the_chosen_setting(tmp_path, tiny_m
     image_dir = make_dataset(tmp_path / "data", per_class=8)
     settings = retrain_settings(tmp_path, image_dir, tiny_module, tune_trials=3, tune_folds=2,
                                 how_many_training_steps=40, learning_rate=1e-6,
-                                eval_report=str(tmp_path / "out" / "report.json"))
+                                eval_report=str(tmp_path / "out" / "report.json"),
+                                report_dir=str(tmp_path / "report"))
     caplog.set_level("INFO")
     job.run_retraining(config_lib.from_flat(settings))
     with open(settings["eval_report"]) as f:

@@ -28,11 +28,10 @@ from retrain_suite import (
     evaluation,
     export,
     final_layer,
-    onnx_export,
     output_paths,
     report_content,
     report_page,
-    tflite,
+    run_exports,
 )
 from retrain_suite.images import pipelines as image_pipelines
 from retrain_suite.multi_label import artifacts, metrics, thresholds, training
@@ -98,45 +97,6 @@ def write_report(path, report):
     export.write_output("eval_report", path, lambda: evaluation.write_report(path, report))
 
 
-def export_model(config, run, result, timer):
-    """Write the frozen graph (thresholds inside), the labels and the SavedModel."""
-    outputs = config.outputs
-    spec = final_layer.LayerSpec(run.class_count, outputs.final_tensor_name,
-                                 config.training.hidden_units, multi_label=True)
-    with timer.phase("frozen graph and labels"):
-        graph_def = export.frozen_graph(config.module.tfhub_module, config.module.image_size,
-                                        spec, result.layer, thresholds=result.thresholds)
-        export.write_output("output_graph", outputs.output_graph,
-                            lambda: export.write_frozen_graph(graph_def, outputs.output_graph))
-        export.write_output("output_labels", outputs.output_labels,
-                            lambda: export.write_labels(run.class_names, outputs.output_labels))
-    logging.info("Wrote %s (thresholds in %s) and %s", outputs.output_graph,
-                 export.thresholds_name(outputs.final_tensor_name), outputs.output_labels)
-    if outputs.saved_model_dir:
-        with timer.phase("SavedModel"):
-            export.write_output(
-                "saved_model_dir", outputs.saved_model_dir,
-                lambda: export.write_saved_model(graph_def, outputs.final_tensor_name,
-                                                 outputs.saved_model_dir))
-        logging.info("Wrote SavedModel %s", outputs.saved_model_dir)
-    if outputs.tflite_output_file:
-        with timer.phase(f"TFLite ({outputs.tflite_quantization})"):
-            export.write_output(
-                "tflite_output_file", outputs.tflite_output_file,
-                lambda: tflite.export_for_run(outputs, graph_def, run, config.training.random_seed,
-                                              config.module.tfhub_module))
-        logging.info("Wrote TFLite model %s (quantization %s), thresholds in its metadata",
-                     outputs.tflite_output_file, outputs.tflite_quantization)
-    if outputs.onnx_output_file:
-        with timer.phase("ONNX"):
-            export.write_output(
-                "onnx_output_file", outputs.onnx_output_file,
-                lambda: onnx_export.export_for_run(outputs, graph_def, run,
-                                                   config.module.tfhub_module))
-        logging.info("Wrote ONNX model %s, thresholds in its metadata", outputs.onnx_output_file)
-    return graph_def
-
-
 def train_and_export(config, run, timer):
     """Train, report, export and check a multi-label run (run: a run_data.PreparedRun with
     targets). -> the test mAP, or None without test images."""
@@ -144,7 +104,10 @@ def train_and_export(config, run, timer):
         result = training.train(run, config.training, config.evaluation, config.outputs)
     with timer.phase("report (tables, JSON)"):
         report = report_results(config, run, result)
-    export_model(config, run, result, timer)
+    spec = final_layer.LayerSpec(run.class_count, config.outputs.final_tensor_name,
+                                 config.training.hidden_units, multi_label=True)
+    run_exports.export_model(config, run, run_exports.ExportedLayer(
+        spec, result.layer, thresholds=result.thresholds), timer)
     with timer.phase("check of the exported files"):
         checked = artifacts.check_run(config.outputs, run, result)
     if checked:
