@@ -161,9 +161,10 @@ def test_a_command_ends_at_once_with_its_status_and_everything_it_printed(ending
     # Output still in Python's buffers (stdout to a pipe is block-buffered) and logging's
     # handlers must be flushed before the process ends without Python's teardown.
     code = (
-        "import logging, sys\n"
+        "import atexit, logging, sys\n"
         "from retrain_suite.cli import commands\n"
         "def run():\n"
+        "    atexit.register(lambda: sys.stderr.write('atexit ran\\n'))\n"
         "    print('a line', end='')\n"
         "    logging.getLogger('x').warning('logged')\n"
         f"    {ending}\n"
@@ -174,4 +175,4 @@ def test_a_command_ends_at_once_with_its_status_and_everything_it_printed(ending
     process = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                              cwd=ROOT, env=buffered)
     assert (process.returncode, process.stdout) == (status, "a line")
-    assert process.stderr == "logged\n" + stderr
+    assert process.stderr == "logged\n" + stderr + "atexit ran\n"

@@ -63,6 +63,8 @@ def test_a_run_ends_with_its_phase_table_and_keeps_it_in_the_report(tmp_path, ti
                      "TFLite (none)", "check of the exported files",
                      "report page (report.html, results.csv, pictures)"]
     assert all(p["seconds"] >= 0 for p in time_report["phases"])
-    assert time_report["total_seconds"] >= sum(p["seconds"] for p in time_report["phases"])
+    # Each figure is rounded to the millisecond: the sum may pass the total by that much.
+    phases_sum = sum(p["seconds"] for p in time_report["phases"])
+    assert time_report["total_seconds"] >= phases_sum - 0.001 * len(time_report["phases"])
     last = caplog.records[-1].getMessage()
     assert last.startswith("Time by phase:\nphase") and "check of the exported files" in last

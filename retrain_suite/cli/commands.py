@@ -5,7 +5,7 @@ its command line, which imports TensorFlow: the order is the point, so the
 imports are inside the functions.
 """
 
-import logging
+import atexit
 import os
 import sys
 
@@ -20,8 +20,10 @@ def exit_without_teardown(run):
     writes, closed summary writers), and what is left is Python's teardown of
     TensorFlow: freeing graphs, sessions and thread pools, 1 to 2.6 s after a
     retrain.py run on 2 cores, which the user waits for and which does nothing
-    for them. Logging and the standard streams are flushed first. An exception
-    other than SystemExit is left to Python, traceback and all.
+    for them. The atexit handlers still run first (logging's flush among them, and
+    whatever else was registered: a child process to stop, a file to close), then
+    the standard streams are flushed. An exception other than SystemExit is left
+    to Python, traceback and all.
     """
     try:
         run()
@@ -33,7 +35,8 @@ def exit_without_teardown(run):
     elif not isinstance(code, int):
         print(code, file=sys.stderr)  # what Python prints for sys.exit("message")
         code = 1
-    logging.shutdown()
+    # CPython's own exit runs these the same way; only the teardown after them is skipped.
+    atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
