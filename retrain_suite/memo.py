@@ -29,6 +29,7 @@ import functools
 import hashlib
 import json
 import os
+import stat
 
 import tensorflow as tf
 from absl import logging
@@ -90,7 +91,38 @@ def data_digest(data):
     return hashlib.sha256(b"\0" + hashlib.sha256(data).digest()).hexdigest()
 
 
+# Digests of local files this process hashed: (path, st_dev, st_ino, st_size, st_mtime_ns,
+# st_ctime_ns) -> SHA-256 bytes. The export memo and the check memo both hash each
+# exported file (90 MB for Inception V3, about 0.2 s each time on 2 cores); a file
+# rewritten, replaced or touched since has another signature and is hashed again.
+_digests = {}
+
+
 def _member_digest(path):
+    before = _signature(path)
+    if before is not None and before in _digests:
+        return _digests[before]
+    digest = _read_digest(path)
+    if before is not None and _signature(path) == before:  # unchanged while it was read
+        _digests[before] = digest
+    return digest
+
+
+def _signature(path):
+    """What identifies a local regular file's content to this process, or None."""
+    if "://" in path:
+        return None
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    if not stat.S_ISREG(info.st_mode):
+        return None
+    return (os.path.abspath(path), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns,
+            info.st_ctime_ns)
+
+
+def _read_digest(path):
     digest = hashlib.sha256()
     if "://" in path:
         with tf.io.gfile.GFile(path, "rb") as f:

@@ -185,6 +185,20 @@ class StepsPerCall:
         self.steps = int(max(1, min(2 * self.steps, fitting)))
 
 
+def run_steps(sess, g, chunks, rates, dropout):
+    """Run the first chunks.next(len(rates)) training steps in one call of g.train_steps
+    (a final_layer.TrainingGraph), step n at learning rate rates[n], timed for chunks
+    (a StepsPerCall). -> the number of steps run."""
+    count = chunks.next(len(rates))
+    feed = {g.learning_rates: rates[:count]}
+    if g.dropout_rate is not None:
+        feed[g.dropout_rate] = dropout
+    called = time.monotonic()
+    sess.run(g.train_steps, feed)
+    chunks.measured(count, time.monotonic() - called)
+    return count
+
+
 def loss_settings(training, train_y, class_count):
     """The loss of a config.TrainingConfig for training labels train_y (int64 [n])."""
     weights = None
@@ -310,14 +324,8 @@ def train(run, training, evaluation, outputs, hooks=Hooks()):
                 # step then runs below as before, with its metrics.
                 evaluation_step = min(steps, (step // interval + 1) * interval)
                 while evaluation_step - 1 > step:
-                    count = chunks.next(evaluation_step - 1 - step)
-                    feed = {g.learning_rates: [rate_at(s) for s in range(step, step + count)]}
-                    if g.dropout_rate is not None:
-                        feed[g.dropout_rate] = training.dropout
-                    called = time.monotonic()
-                    sess.run(g.train_steps, feed)
-                    chunks.measured(count, time.monotonic() - called)
-                    step += count
+                    rates = [rate_at(s) for s in range(step, evaluation_step - 1)]
+                    step += run_steps(sess, g, chunks, rates, training.dropout)
             rate = rate_at(step)
             step += 1
             if hooks.batch_source is not None and step == 2:

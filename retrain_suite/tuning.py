@@ -140,14 +140,7 @@ def fold_answers(pool, setting, fold):
         sess.run(g.iterator_init, {g.bottlenecks: x, g.labels: y})
         chunks, step = training.StepsPerCall(), 0
         while step < steps:  # calls short enough for Ctrl-C, as training's loop
-            count = chunks.next(steps - step)
-            feed = {g.learning_rates: rates[step:step + count]}
-            if g.dropout_rate is not None:
-                feed[g.dropout_rate] = setting.dropout
-            called = time.monotonic()
-            sess.run(g.train_steps, feed)
-            chunks.measured(count, time.monotonic() - called)
-            step += count
+            step += training.run_steps(sess, g, chunks, rates[step:steps], setting.dropout)
         held_x, held_y = pool.bottlenecks[held], pool.labels[held]
         probabilities = np.concatenate([
             sess.run(g.probabilities, {g.bottleneck_input: held_x[rows]})

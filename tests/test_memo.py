@@ -60,6 +60,7 @@ def test_a_file_is_hashed_chunk_by_chunk_to_the_same_digest(tmp_path, monkeypatc
     real = image_files.sha256_of_regular_file
     monkeypatch.setattr(image_files, "sha256_of_regular_file",
                         lambda p, size: read_sizes.append(size) or real(p, size))
+    monkeypatch.setattr(memo_lib, "_digests", {})  # not from this process's earlier hash
     memo_lib.file_digest(str(path))
     assert read_sizes == [1000]
 
@@ -136,3 +137,23 @@ def test_the_frozen_graph_key_follows_the_layer_the_tuned_weights_and_the_thresh
         assert export_memo.frozen_graph_key(tiny_module, 32, other) != key
     assert export_memo.frozen_graph_key(tiny_module, 48, exported) != key
     assert export_memo.frozen_graph_key("not/a/module", 32, exported) is None
+
+
+def test_a_file_is_hashed_once_until_it_changes(tmp_path, monkeypatch):
+    path = tmp_path / "graph.pb"
+    path.write_bytes(b"first")
+    reads = []
+    real = image_files.sha256_of_regular_file
+    monkeypatch.setattr(image_files, "sha256_of_regular_file",
+                        lambda p, size: reads.append(p) or real(p, size))
+    first = memo_lib.file_digest(str(path))
+    assert memo_lib.file_digest(str(path)) == first and len(reads) == 1
+    modified = os.stat(path).st_mtime_ns
+    path.write_bytes(b"other")  # the same size, rewritten in place
+    os.utime(path, ns=(modified, modified))  # its modification time put back: ctime moved
+    assert memo_lib.file_digest(str(path)) == memo_lib.data_digest(b"other")
+    replaced = tmp_path / "new.pb"
+    replaced.write_bytes(b"third")
+    os.replace(replaced, path)
+    assert memo_lib.file_digest(str(path)) == memo_lib.data_digest(b"third")
+    assert len(reads) == 3
