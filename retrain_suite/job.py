@@ -130,7 +130,8 @@ def run_retraining(config):
     with timer.phase("flag and path checks"):
         config.validate()
         output_paths.check_output_paths(config.data, config.module, config.outputs,
-                                        config.evaluation.eval_report)
+                                        config.evaluation.eval_report,
+                                        config.multi_label.labels_csv)
     return retrain_with_checked_flags(config, timer)
 
 

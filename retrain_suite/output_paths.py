@@ -204,12 +204,13 @@ def outputs_of(outputs, eval_report):
     return named
 
 
-def check_output_paths(data, module, outputs, eval_report):
+def check_output_paths(data, module, outputs, eval_report, labels_csv=""):
     """Raise PathError unless every output of a retraining run can be written without
     touching an input.
 
     data, module, outputs: the config.DataConfig, ModuleConfig and OutputConfig
-    sections; eval_report: its path, or ''. See the module docstring: no empty
+    sections; eval_report: its path, or ''; labels_csv: --multi_label's labels file, or
+    '' (an input too: no output may land on it). See the module docstring: no empty
     path flags; no output the same as, inside or around --image_dir,
     --tfrecord_dir, --bottleneck_dir, a local module folder or another output;
     file outputs that are not folders and whose names fit; a --saved_model_dir
@@ -237,7 +238,8 @@ def check_output_paths(data, module, outputs, eval_report):
                 "folder of its own (a subfolder of the image or TFRecord folder is fine)."
             )
     written = outputs_of(outputs, eval_report)
-    check_apart(written, inputs + [("bottleneck_dir", cache)])
+    read = [("labels_csv", labels_csv)] if labels_csv else []
+    check_apart(written, inputs + read + [("bottleneck_dir", cache)])
     for flag, path in (("output_graph", outputs.output_graph),
                        ("output_labels", outputs.output_labels), ("eval_report", eval_report),
                        ("tflite_output_file", outputs.tflite_output_file),

@@ -10,7 +10,15 @@ import helpers
 import numpy as np
 import pytest
 
-from retrain_suite import classifier, final_layer, onnx_model, run_data, tflite_metadata, training
+from retrain_suite import (
+    classifier,
+    final_layer,
+    onnx_model,
+    output_paths,
+    run_data,
+    tflite_metadata,
+    training,
+)
 from retrain_suite import config as config_lib
 from retrain_suite import dataset as dataset_lib
 from retrain_suite.multi_label import labels as labels_lib
@@ -369,3 +377,20 @@ def test_thresholds_packed_in_a_tflite_file_read_back():
     np.testing.assert_allclose(tflite_metadata.packed_thresholds(model), [0.25, 0.7])
     assert tflite_metadata.packed_labels(model) == ["a", "b"]
     assert tflite_metadata.packed_thresholds(helpers.model_with_labels()) is None
+
+
+@pytest.mark.parametrize("flag", ["output_labels", "eval_report", "summaries_dir"])
+def test_an_output_on_or_around_the_labels_csv_is_refused_before_any_work(tmp_path, flag):
+    csv_path = tmp_path / "meta" / "labels.csv"
+    csv_path.parent.mkdir()
+    csv_path.write_text("path,labels\na/1.jpg,x\n")
+    target = str(csv_path.parent) if flag == "summaries_dir" else str(csv_path)
+    settings = helpers.retrain_settings(tmp_path, str(tmp_path / "photos"), "module/",
+                                        multi_label=True, labels_csv=str(csv_path),
+                                        **{flag: target})
+    config = config_lib.from_flat(settings)
+    with pytest.raises(output_paths.PathError, match=f"--{flag}=.* --labels_csv="):
+        output_paths.check_output_paths(config.data, config.module, config.outputs,
+                                        config.evaluation.eval_report,
+                                        config.multi_label.labels_csv)
+    assert csv_path.read_text() == "path,labels\na/1.jpg,x\n"

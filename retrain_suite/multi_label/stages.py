@@ -28,7 +28,6 @@ from retrain_suite import (
     evaluation,
     export,
     final_layer,
-    output_paths,
     report_content,
     report_page,
     run_exports,
@@ -43,12 +42,10 @@ THRESHOLD_RULE = ("per class, the middle of the widest range of thresholds with 
 
 
 def scan(config):
-    """The multi-label dataset and its image source; the CSV is an input no output may
-    touch. -> (dataset.Dataset with label_sets, images.pipelines.ImageFiles)."""
+    """The multi-label dataset and its image source (that no output lands on the CSV was
+    checked with the other paths: output_paths.check_output_paths). -> (dataset.Dataset
+    with label_sets, images.pipelines.ImageFiles)."""
     section = config.multi_label
-    if section.labels_csv:
-        written = output_paths.outputs_of(config.outputs, config.evaluation.eval_report)
-        output_paths.check_apart(written, [("labels_csv", section.labels_csv)])
     dataset = labels_lib.build_multi_label_dataset(
         config.data.image_dir,
         (config.data.validation_percentage, config.data.testing_percentage),
