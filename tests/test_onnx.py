@@ -224,9 +224,13 @@ def test_a_damaged_onnx_file_is_one_error_line_in_label_image(onnx_run, tmp_path
     damaged.write_bytes(data[: len(data) // 2])
     process = run_script("label_image.py", image_paths(onnx_run)[0], str(damaged))
     assert process.returncode == 1
-    assert process.stderr.strip() == (
+    # protobuf 7 adds ": Wire format was corrupt" to the parser's message; 6 (beside
+    # apache-beam) does not.
+    line = process.stderr.strip()
+    assert "\n" not in line
+    assert line.startswith(
         f"error: {damaged} is not an image classifier this command can run (not an ONNX "
-        "model: Error parsing message with type 'onnx.ModelProto': Wire format was corrupt).")
+        "model: Error parsing message with type 'onnx.ModelProto'"), line
 
 
 def test_an_onnx_model_onnxruntime_refuses_is_one_error_line(onnx_run, tmp_path):
