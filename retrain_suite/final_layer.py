@@ -174,6 +174,13 @@ class TrainingGraph:
     variables: list  # the final layer's variables, in a fixed order
     assign_values: tf.Operation  # sets them all from value_inputs
     value_inputs: list  # one placeholder per variable, same shapes
+    # A second way into the same layer (no dropout), beside bottleneck_input: a whole
+    # set's bottlenecks float32 [n, D] and labels int64 [n] scored in the same call that
+    # evaluates a sample through bottleneck_input (and its summaries).
+    scored_input: tf.Tensor = None
+    scored_labels: tf.Tensor = None
+    scored_correct: tf.Tensor = None  # float32 [n]: 1 where the predicted class is the label
+    scored_cross_entropy: tf.Tensor = None  # float32 [n]: each image's plain cross entropy
 
     def layer_values(self, sess):
         """The final layer's current variable values, [ndarray] in `variables` order."""
@@ -321,6 +328,14 @@ def build_training_graph(dimension, spec, training, loss_settings=None, batch_so
         with tf.name_scope("evaluation"):
             predictions = tf.argmax(probabilities, 1)
             accuracy = tf.reduce_mean(tf.cast(tf.equal(predictions, ground_truth), tf.float32))
+        with tf.name_scope("scored_set"):
+            scored_input = tf.compat.v1.placeholder(tf.float32, [None, dimension], "bottlenecks")
+            scored_labels = tf.compat.v1.placeholder(tf.int64, [None], "labels")
+            scored_logits = layer_logits(scored_input, class_count, hidden_units)
+            scored_correct = tf.cast(tf.equal(tf.argmax(scored_logits, 1), scored_labels),
+                                     tf.float32)
+            scored_cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(
+                labels=scored_labels, logits=scored_logits)
         summaries = tf.compat.v1.summary.merge([
             tf.compat.v1.summary.scalar("accuracy", accuracy),
             tf.compat.v1.summary.scalar("cross_entropy", cross_entropy),
@@ -341,7 +356,8 @@ def build_training_graph(dimension, spec, training, loss_settings=None, batch_so
         learning_rates=learning_rates, cross_entropy=cross_entropy, loss=loss,
         accuracy=accuracy, predictions=predictions, probabilities=probabilities,
         summaries=summaries, saver=saver, variables=variables, assign_values=assign_values,
-        value_inputs=value_inputs,
+        value_inputs=value_inputs, scored_input=scored_input, scored_labels=scored_labels,
+        scored_correct=scored_correct, scored_cross_entropy=scored_cross_entropy,
     )
 
 
