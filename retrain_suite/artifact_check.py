@@ -33,7 +33,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from retrain_suite import check_memo, classifier, export, reporting
+from retrain_suite import check_memo, classifier, evaluation_pictures, export, reporting
 from retrain_suite import memo as memo_lib
 from retrain_suite.bottleneck import module as module_lib
 
@@ -254,12 +254,15 @@ def memo_key(memo, name, path, test_set):
         return None
 
 
-def check_run(outputs, run, result, memo=None):
+def check_run(outputs, run, result, memo=None, displayed_rows=()):
     """Check the run's exported files on its test set (validation set if it has no test images).
 
     outputs: the run's config.OutputConfig (which files were written); run: the
     run_data.PreparedRun; result: the training.TrainingResult of the exported
-    model; memo: a check_memo.CheckMemo (files already checked are not run again).
+    model; memo: a check_memo.CheckMemo (files already checked are not run again);
+    displayed_rows: rows of the set whose pictures the run shows later (TensorBoard's
+    grid of mistakes, the report page's thumbnails): as the check decodes them, they
+    are kept in run.displayed, so they are not decoded a second time.
     -> (set name, [ArtifactResult]), or None when there are no such images.
     """
     memo = memo or check_memo.CheckMemo(None)
@@ -302,8 +305,10 @@ def check_run(outputs, run, result, memo=None):
                      len(artifacts) - len(to_run), os.path.join(memo.folder, "checks"))
     if to_run:
         decoded = run.image_batches(rows, BATCH_SIZE)
+        kept = set(displayed_rows)
         batches = (
-            (np.array([position_of[i] for i in indices.tolist()]), pixels)
+            (np.array([position_of[i] for i in indices.tolist()]),
+             evaluation_pictures.keep_displayed(run, indices, pixels, kept))
             for indices, _, pixels in decoded.as_numpy_iterator()
         )
         ran, predicted = _run_artifacts([artifacts[n] for n, _ in to_run], batches,

@@ -181,11 +181,25 @@ def load_display_images(run, rows):
         with graph.as_default():
             batches = run.image_batches(missing, len(missing))
             index, _, pixels = tf.compat.v1.data.make_one_shot_iterator(batches).get_next()
-            pixels = tf.cast(tf.round(tf.clip_by_value(pixels, 0.0, 1.0) * 255.0), tf.uint8)
             with tf.compat.v1.Session(graph=graph) as sess:
                 for batch_indices, values in image_pipelines.each_batch(sess, [index, pixels]):
-                    run.displayed.update(zip(batch_indices.tolist(), values))
+                    keep_displayed(run, batch_indices, values, set(missing))
     return {row: run.displayed[row] for row in wanted if row in run.displayed}
+
+
+def display_pixels(pixels):
+    """float32 [..., 3] in [0, 1], as decoded for the module -> uint8, as displayed."""
+    return np.round(np.clip(pixels, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def keep_displayed(run, indices, pixels, rows):
+    """Keep in run.displayed the images of a decoded batch (indices int [B] into run's
+    source, pixels float32 [B, H, W, 3]) that are among `rows` (a set): those shown
+    later are then not decoded again. -> pixels, unchanged."""
+    for index, image in zip(indices.tolist(), pixels):
+        if index in rows and index not in run.displayed:
+            run.displayed[index] = display_pixels(image)
+    return pixels
 
 
 def mistakes_to_show(misclassified, labels, count=MAX_MISCLASSIFIED_SHOWN):

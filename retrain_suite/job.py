@@ -216,8 +216,8 @@ def train_and_export(config, dataset, images, timer):
     if run.multi_label:
         return multi_label_stages.train_and_export(config, run, timer)
     model = train_model(config, run, timer)
-    with timer.phase("report (tables, TensorBoard, JSON)"):
-        report, accuracy = report_results(config, run, model)
+    with timer.phase("report (tables, JSON)"):
+        report, reports, accuracy = report_results(config, run, model)
     run_exports.export_model(config, run, run_exports.ExportedLayer(
         model.spec, model.result.layer, model.module_values), timer)
     with timer.phase("check of the exported files"):
@@ -225,7 +225,15 @@ def train_and_export(config, dataset, images, timer):
         bottleneck_dir = config.module.bottleneck_dir
         memo = check_memo.CheckMemo(bottleneck_dir if output_paths.is_local(bottleneck_dir)
                                     else None)
-        checked = artifact_check.check_run(config.outputs, run, model.result, memo)
+        # The pictures shown later (TensorBoard's, the report page's) are among the
+        # images the check decodes: kept as it decodes them, not decoded again.
+        split = "testing" if len(run.testing) else "validation"
+        shown = reporting.shown_rows(run, reports.get(split), split,
+                                     report_content.MAX_THUMBNAILS)
+        checked = artifact_check.check_run(config.outputs, run, model.result, memo, shown)
+    with timer.phase("TensorBoard's evaluation pictures"):
+        reporting.write_evaluation_summaries(run, reports, config.outputs.summaries_dir,
+                                             model.result.steps)
     if checked:
         set_name, artifacts = checked
         logging.info("Exported files on the %s set:\n%s", set_name,
@@ -307,17 +315,18 @@ def train_model(config, run, timer):
 
 
 def report_results(config, run, model):
-    """Log the test accuracy and the evaluation tables, write TensorBoard's pictures and
-    the --eval_report JSON; raise AccuracyError below --assert_accuracy_at_least.
+    """Log the test accuracy and the evaluation tables and write the --eval_report JSON
+    (TensorBoard's pictures come after the check: reporting.write_evaluation_summaries);
+    raise AccuracyError below --assert_accuracy_at_least.
 
-    -> (the report as written to JSON, final test accuracy or None)."""
+    -> (the report as written to JSON, reporting.evaluation_reports' reports, final test
+    accuracy or None)."""
     result = model.result
     accuracy = reporting.report_test_results(
         run, result, config.evaluation.print_misclassified_test_images
     )
     reports = reporting.evaluation_reports(run, result)
     reporting.log_reports(reports, run.class_names)
-    reporting.write_evaluation_summaries(run, reports, config.outputs.summaries_dir, result.steps)
     report = {
         "labels": run.class_names,
         "steps_trained": result.steps,
@@ -342,8 +351,13 @@ def report_results(config, run, model):
         write_report(config.evaluation.eval_report, report)
         logging.info("Wrote evaluation report %s", config.evaluation.eval_report)
     if config.evaluation.assert_accuracy_at_least is not None:
-        reporting.check_accuracy(reports, config.evaluation.assert_accuracy_at_least)
-    return report, accuracy
+        try:
+            reporting.check_accuracy(reports, config.evaluation.assert_accuracy_at_least)
+        except reporting.AccuracyError:  # the run stops here: its pictures still show why
+            reporting.write_evaluation_summaries(run, reports, config.outputs.summaries_dir,
+                                                 result.steps)
+            raise
+    return report, reports, accuracy
 
 
 def write_report_page(config, run, model, report, checked, timer):

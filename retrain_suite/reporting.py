@@ -78,13 +78,14 @@ def write_evaluation_summaries(run, reports, summaries_dir, step):
     test set goes to a `test/` run of summaries_dir with its accuracy and a
     grid of up to 16 misclassified test images (evaluation_pictures.mistakes_to_show:
     every true class in turn, the most confident mistakes first) as the module
-    saw them, decoded again from the run's images. The validation set's
+    saw them (run.displayed: kept as the check of the exported files decoded them, or
+    decoded again from the run's images). The validation set's
     confusion matrix and per-class accuracy go to the `validation/` run (its
     accuracy curve is already there).
 
-    These pictures come after training, before export: a run that cannot write
+    These pictures come after the exported files' check: a run that cannot write
     them (a full disk, a file where the run's folder belongs, a picture that
-    cannot be drawn) logs a warning and goes on to export what it trained.
+    cannot be drawn) logs a warning and goes on.
     """
     for split, tensorboard_run in (("testing", "test"), ("validation", "validation")):
         if split not in reports:
@@ -98,12 +99,22 @@ def write_evaluation_summaries(run, reports, summaries_dir, step):
                             "the run goes on without it.", split, folder, e)
 
 
+def shown_rows(run, report, split, count=evaluation_pictures.MAX_MISCLASSIFIED_SHOWN):
+    """Rows of run's source of the mistakes of report (split's evaluation report, or
+    None) that pictures show: mistakes_to_show's, at most `count`."""
+    if not report or not report["misclassified"]:
+        return []
+    shown = evaluation_pictures.mistakes_to_show(report["misclassified"], run.class_names, count)
+    split = run.split(split)
+    row_of = {image.path: row for image, row in zip(split.images, split.rows.tolist())}
+    return [row_of[m["image"]] for m in shown]
+
+
 def _evaluation_summary(run, report, split, step):
     grid = None
     if split == "testing" and report["misclassified"]:
         shown = evaluation_pictures.mistakes_to_show(report["misclassified"], run.class_names)
-        row_of = {image.path: row for image, row in zip(run.testing.images, run.testing.rows.tolist())}
-        indices = [row_of[m["image"]] for m in shown]
+        indices = shown_rows(run, report, split)
         pixels = evaluation_pictures.load_display_images(run, indices)
         kept = [(i, m) for i, m in zip(indices, shown) if i in pixels]
         if kept:

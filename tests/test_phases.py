@@ -1,12 +1,13 @@
 """phases.py: a run's time by phase, in order, as a table and in the JSON report."""
 
 import json
+import os
 import time
 
 from helpers import make_dataset, retrain_settings
 
 from retrain_suite import config as config_lib
-from retrain_suite import job, phases
+from retrain_suite import job, phases, run_data
 
 
 def test_phases_are_kept_in_order_with_their_seconds_and_a_total_that_covers_them():
@@ -59,12 +60,39 @@ def test_a_run_ends_with_its_phase_table_and_keeps_it_in_the_report(tmp_path, ti
     assert names == ["start-up", "flag and path checks",
                      "scan and checks (the module loaded to check names, unless remembered)",
                      "bottlenecks (module load, cache, forward passes)", "training",
-                     "report (tables, TensorBoard, JSON)", "frozen graph and labels",
+                     "report (tables, JSON)", "frozen graph and labels",
                      "TFLite (none)", "check of the exported files",
-                     "report page (report.html, results.csv, pictures)"]
+                     "TensorBoard's evaluation pictures", "report page (report.html, results.csv, pictures)"]
     assert all(p["seconds"] >= 0 for p in time_report["phases"])
     # Each figure is rounded to the millisecond: the sum may pass the total by that much.
     phases_sum = sum(p["seconds"] for p in time_report["phases"])
     assert time_report["total_seconds"] >= phases_sum - 0.001 * len(time_report["phases"])
     last = caplog.records[-1].getMessage()
     assert last.startswith("Time by phase:\nphase") and "check of the exported files" in last
+
+
+def test_pictures_of_mistakes_reuse_the_images_the_check_decoded(
+        tmp_path, tiny_module, monkeypatch):
+    """TensorBoard's grid and the report page's thumbnails show test images that the
+    check of the exported files decodes anyway: no image is decoded twice."""
+    image_dir = make_dataset(tmp_path / "data", per_class=8)
+    # One step at a tiny rate: a layer that is wrong on many test images.
+    settings = retrain_settings(
+        tmp_path, image_dir, tiny_module, how_many_training_steps=1, learning_rate=1e-6,
+        eval_report=str(tmp_path / "out" / "report.json"), report_dir=str(tmp_path / "report"),
+    )
+    decoded = []
+    batches = run_data.PreparedRun.image_batches
+
+    def recording(run, rows, batch_size):
+        decoded.extend(list(rows))
+        return batches(run, rows, batch_size)
+
+    monkeypatch.setattr(run_data.PreparedRun, "image_batches", recording)
+    job.run_retraining(config_lib.from_flat(settings))
+    with open(settings["eval_report"]) as f:
+        mistakes = json.load(f)["testing"]["misclassified"]
+    assert mistakes  # pictures were made of them ...
+    assert os.listdir(tmp_path / "report")
+    # ... and every image went through the decoding pipeline once at most.
+    assert len(decoded) == len(set(decoded)), sorted(decoded)

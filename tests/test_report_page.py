@@ -383,6 +383,6 @@ def test_command_line_run_writes_the_report_folder(trained):
     assert formats.count("JPEG") == page.count('<figure class="thumb">')  # any test mistakes
     text = "".join(Elements(page).text)
     for expected in ("frozen graph", "SavedModel", settings["output_graph"],
-                     "report (tables, TensorBoard, JSON)", "check of the exported files",
+                     "report (tables, JSON)", "check of the exported files",
                      settings["tfhub_module"], "Test set: accuracy 100.0%"):
         assert expected in text
