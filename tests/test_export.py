@@ -10,6 +10,7 @@ from helpers import load_graph_def
 
 from retrain_suite import export
 from retrain_suite.bottleneck import inlining
+from retrain_suite.bottleneck import module as module_lib
 
 
 def test_frozen_graph_has_placeholder_input_and_final_result_output(trained):
@@ -119,10 +120,12 @@ def test_the_same_layer_gives_the_same_graph_bytes_whatever_the_process_built_be
     spec = final_layer.LayerSpec(3)
     layer = {final_layer.SCOPE + "/weights": np.ones([64, 3], np.float32),
              final_layer.SCOPE + "/biases": np.zeros([3], np.float32)}
-    first = export.frozen_graph(tiny_module, 32, spec, layer)
+    # Module values given (as fine-tuning gives them): built from the module as loaded.
+    values = module_values(tiny_module)
+    first = export.frozen_graph(tiny_module, 32, spec, layer, values)
     # TensorFlow numbers traced functions across the process: building more moves it on.
     export.check_final_tensor_name(tiny_module, 32, final_layer.LayerSpec(2, "final_result"))
-    second = export.frozen_graph(tiny_module, 32, spec, layer)
+    second = export.frozen_graph(tiny_module, 32, spec, layer, values)
     assert first.library.function  # the module's calls are functions of the library
     assert (first.SerializeToString(deterministic=True)
             == second.SerializeToString(deterministic=True))
@@ -131,7 +134,7 @@ def test_the_same_layer_gives_the_same_graph_bytes_whatever_the_process_built_be
     # registers each function's specialization for a graph (its constants folded in)
     # under the function's name.
     other_layer = dict(layer, **{final_layer.SCOPE + "/biases": np.ones([3], np.float32)})
-    other = export.frozen_graph(tiny_module, 32, spec, other_layer)
+    other = export.frozen_graph(tiny_module, 32, spec, other_layer, values)
     assert ({f.signature.name for f in other.library.function}
             .isdisjoint(f.signature.name for f in first.library.function))
     # Another function body: another name (a process refuses two definitions under one
@@ -145,3 +148,44 @@ def test_the_same_layer_gives_the_same_graph_bytes_whatever_the_process_built_be
     assert ({f.signature.name for f in changed.library.function}
             .isdisjoint(f.signature.name for f in first.library.function))
 
+
+
+def module_values(handle):
+    """The module's own weights, [ndarray] in its variables' order."""
+    module = module_lib.load_shared(handle, 32)
+    with tf.compat.v1.Session(graph=module.graph) as sess:
+        sess.run(tf.compat.v1.global_variables_initializer())
+        return sess.run(module.variables)
+
+
+def test_the_module_frozen_for_the_bottlenecks_is_exported_in_the_same_bytes_as_one_frozen_anew(
+        tiny_module, monkeypatch):
+    from retrain_suite import final_layer
+
+    spec = final_layer.LayerSpec(3)
+    layer = {final_layer.SCOPE + "/weights": np.ones([64, 3], np.float32),
+             final_layer.SCOPE + "/biases": np.zeros([3], np.float32)}
+    # As a run does: the names check loads the module, the bottlenecks freeze it.
+    module_lib._shared[:] = [None, None]
+    export.check_final_tensor_name(tiny_module, 32, final_layer.LayerSpec(2, "final_result"))
+    module_lib.freeze(module_lib.load_shared(tiny_module, 32))
+    loads = []
+    real_load = module_lib.load
+    monkeypatch.setattr(module_lib, "load", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    reused = export.frozen_graph(tiny_module, 32, spec, layer)
+    assert loads == []  # the frozen module of the bottlenecks, not loaded again
+    assert not reused.library.function  # its calls inlined, weights constants
+    # A process that never froze it (a rerun with every vector cached) freezes it anew:
+    # the same bytes.
+    module_lib._shared[:] = [None, None]
+    anew = export.frozen_graph(tiny_module, 32, spec, layer)
+    assert len(loads) == 1
+    assert (reused.SerializeToString(deterministic=True)
+            == anew.SerializeToString(deterministic=True))
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.compat.v1.import_graph_def(anew, name="")
+        images = np.random.RandomState(0).rand(2, 32, 32, 3).astype(np.float32)
+        with tf.compat.v1.Session(graph=graph) as sess:
+            probabilities = sess.run("final_result:0", {export.INPUT_NAME + ":0": images})
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)

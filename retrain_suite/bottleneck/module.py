@@ -65,6 +65,9 @@ class FeatureVectorModule:
     # The variables loading the module made in that graph: its weights, whatever else
     # (an export graph's final layer) is built in the graph later.
     weight_variables: tuple = ()
+    # Once freeze has frozen this loaded module: the FrozenForward it made, which export
+    # imports instead of loading the module again. None until then.
+    frozen: object = None
 
     def __call__(self, images, training=None):
         """float32 [N, height, width, 3] in [0, 1] -> float32 [N, D].
@@ -211,6 +214,17 @@ def identity(handle, default_image_size):
     return None
 
 
+def shared_frozen(handle, default_image_size=DEFAULT_IMAGE_SIZE):
+    """The FrozenForward of the module load_shared holds for handle: the one this
+    process froze already (the bottlenecks' computation does), or frozen now. Raises
+    ModuleError (too large to freeze, or not loadable), ValueError or
+    tf.errors.OpError where the module cannot be frozen."""
+    module = load_shared(handle, default_image_size)
+    if module.frozen is None:
+        freeze(module)
+    return module.frozen
+
+
 def keep(module, default_image_size=DEFAULT_IMAGE_SIZE):
     """Keep module (as load returned it, in a graph of its own) for load_shared."""
     name = identity(module.handle, default_image_size)
@@ -324,7 +338,10 @@ def freeze(module, precision="float32"):
     if module.graph is None:
         raise ValueError(f"module {module.handle} is frozen already")
     weights = weight_bytes(module)
-    with module.graph.as_default():
+    # An absolute scope: the pass's op names (and the inlined ones under them) do not
+    # depend on what else the graph holds (the names check's export graph), so the same
+    # module freezes to the same bytes in every process.
+    with module.graph.as_default(), tf.name_scope("frozen_forward/"):
         if weights > MAX_FROZEN_BYTES:
             raise ModuleError(
                 f"Module {module.handle} has {weights / 2**20:,.0f} MiB of weights; the suite "
@@ -342,14 +359,28 @@ def freeze(module, precision="float32"):
             ])
             graph_def = inlining.inline_function_calls(constant_graph_def(sess, [features.op.name]))
 
-    def forward(batch):
+    frozen = FrozenForward(graph_def, images.name, features.name, module.height, module.width)
+    module.frozen = frozen
+    return FeatureVectorModule(module.handle, module.height, module.width, frozen, precision)
+
+
+@dataclasses.dataclass(frozen=True)
+class FrozenForward:
+    """A module's forward pass as a GraphDef with its weights as constants (freeze's)."""
+
+    graph_def: object  # tf.compat.v1.GraphDef, function calls inlined
+    input_name: str  # its images, float32 [N, H, W, 3]
+    output_name: str  # its features, float32 [N, D]
+    height: int  # the images' size in pixels
+    width: int
+
+    def __call__(self, batch):
+        """Import the pass into the current default graph on batch. -> features [N, D]."""
         (output,) = tf.compat.v1.import_graph_def(
-            graph_def, input_map={images.name: batch}, return_elements=[features.name],
-            name="frozen_module",
+            self.graph_def, input_map={self.input_name: batch},
+            return_elements=[self.output_name], name="frozen_module",
         )
         return output
-
-    return FeatureVectorModule(module.handle, module.height, module.width, forward, precision)
 
 
 def weight_bytes(module):
