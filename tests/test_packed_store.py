@@ -1,0 +1,256 @@
+"""retrain_suite.bottleneck.packed_store: the shard format, commits, damage, concurrency."""
+
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import threading
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from helpers import unblocking_fifo
+
+from retrain_suite.bottleneck import cache as cache_lib
+from retrain_suite.bottleneck import packed_store, shard_format
+
+DIMENSION = 8
+
+
+def identity(dimension=DIMENSION, key="tiny_0123_8x8_float32_p3_e2"):
+    return packed_store.StoreIdentity(key, "/modules/tiny", 8, 8, "float32", dimension)
+
+
+def content_of(i):
+    return hashlib.sha1(f"image {i}".encode()).hexdigest()
+
+
+def vector_of(content, dimension=DIMENSION):
+    """A vector that follows from its key, so a mixed-up entry shows."""
+    seed = int(content[:8], 16)
+    return np.random.RandomState(seed).normal(size=dimension).astype(np.float32)
+
+
+def write(store, numbers):
+    contents = [content_of(i) for i in numbers]
+    return store.write_shard(contents, np.stack([vector_of(c) for c in contents]))
+
+
+def assert_holds(index, numbers):
+    contents = [content_of(i) for i in numbers]
+    positions = index.positions(contents)
+    assert (positions >= 0).all()
+    np.testing.assert_array_equal(index.read(positions), [vector_of(c) for c in contents])
+
+
+def warnings_of(caplog):
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def test_round_trip_and_the_bytes_are_as_documented(tmp_path):
+    store = packed_store.PackedStore(str(tmp_path), identity())
+    assert store.root == f"{tmp_path}/{identity().module_key}/packed"
+    path = write(store, range(5))
+    name = os.path.basename(path)[:-len(".shard")]
+    assert shard_format.SHARD_NAME.fullmatch(name)
+    R = packed_store.record_bytes(DIMENSION)
+    assert R == 20 + 4 * DIMENSION + 4
+    data = open(path, "rb").read()
+    assert len(data) == packed_store.HEADER_BYTES + 5 * R
+    assert data[:8] == b"RSBSHARD"
+    assert np.frombuffer(data[8:16], "<u4").tolist() == [1, DIMENSION]
+    assert np.frombuffer(data[16:24], "<u8").tolist() == [5] and data[24:32] == bytes(8)
+    records = np.frombuffer(data, packed_store.record_dtype(DIMENSION), offset=32)
+    assert records["key"][2] == bytes.fromhex(content_of(2))
+    np.testing.assert_array_equal(records["vector"][2], vector_of(content_of(2)))
+    import zlib
+    assert records["crc"][2] == zlib.crc32(data[32 + 2 * R:32 + 3 * R - 4])
+    manifest = json.loads(open(path[:-len(".shard")] + ".manifest.json", encoding="utf-8").read())
+    assert manifest["format"] == "retrain_suite packed bottlenecks" and manifest["version"] == 1
+    assert manifest["shard"] == name + ".shard" and manifest["count"] == 5
+    assert manifest["bytes"] == len(data) and manifest["dimension"] == DIMENSION
+    assert manifest["sha256"] == hashlib.sha256(data).hexdigest()
+    assert manifest["input_size"] == [8, 8] and manifest["dtype"] == "<f4"
+    # tf.data reads it as fixed-length records after the header.
+    read = list(tf.data.FixedLengthRecordDataset(path, R, header_bytes=32).as_numpy_iterator())
+    assert read[3] == data[32 + 3 * R:32 + 4 * R]
+
+    index = store.index()
+    assert len(index) == 5 and index.shards == (path,)
+    assert index.position(content_of(3)) == (0, 3)
+    assert index.position(content_of(99)) is None
+    assert_holds(index, [4, 0, 2])
+    vectors = packed_store.StoreVectors(index, index.positions(
+        [content_of(1), None, content_of(4)]))
+    assert vectors.shape == (3, DIMENSION) and len(vectors) == 3
+    np.testing.assert_array_equal(vectors[0], vector_of(content_of(1)))
+    np.testing.assert_array_equal(vectors[1], np.zeros(DIMENSION))  # no position: zeros
+    np.testing.assert_array_equal(vectors[[2, 0]][0], vector_of(content_of(4)))
+    np.testing.assert_array_equal(vectors[1:, :2][1], vector_of(content_of(4))[:2])
+    assert np.asarray(vectors).shape == (3, DIMENSION)
+    assert not [n for n in os.listdir(store.root) if ".tmp-" in n]
+
+
+def test_shard_writer_writes_every_n_and_on_leaving_even_on_error(tmp_path):
+    store = packed_store.PackedStore(str(tmp_path), identity())
+    with pytest.raises(RuntimeError):
+        with packed_store.ShardWriter(store, entries_per_shard=4) as writer:
+            for i in range(10):
+                writer.add(content_of(i), vector_of(content_of(i)))
+            assert len(writer.written) == 2
+            raise RuntimeError("the run failed")
+    assert len(writer.written) == 3 and writer.entries == 10
+    assert_holds(store.index(), range(10))
+
+
+def test_a_shard_without_manifest_is_ignored(tmp_path):
+    store = packed_store.PackedStore(str(tmp_path), identity())
+    write(store, range(3))
+    killed = write(store, range(3, 6))
+    os.remove(killed[:-len(".shard")] + ".manifest.json")  # killed before its commit
+    open(os.path.join(store.root, "shard-x.shard.tmp-1-abcdef01"), "wb").write(b"half")
+    index = store.index()
+    assert index.shards != () and killed not in index.shards
+    assert len(index) == 3 and index.position(content_of(4)) is None
+
+
+def test_truncated_shard_is_ignored_and_a_flipped_byte_loses_only_its_record(tmp_path, caplog):
+    store = packed_store.PackedStore(str(tmp_path), identity())
+    truncated = write(store, range(4))
+    flipped = write(store, range(4, 8))
+    with open(truncated, "r+b") as f:
+        f.truncate(os.path.getsize(truncated) - 3)
+    R = packed_store.record_bytes(DIMENSION)
+    with open(flipped, "r+b") as f:
+        f.seek(32 + 2 * R + 30)  # inside record 2's vector
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 0x10]))
+    with caplog.at_level(logging.WARNING, logger="absl"):
+        index = store.index()
+    assert len(index) == 3
+    assert index.position(content_of(6)) is None
+    assert_holds(index, [4, 5, 7])
+    assert all(index.position(content_of(i)) is None for i in range(4))
+    assert len(warnings_of(caplog)) == 2
+
+
+def test_a_non_finite_vector_is_ignored(tmp_path):
+    store = packed_store.PackedStore(str(tmp_path), identity())
+    vectors = np.ones([2, DIMENSION], np.float32)
+    vectors[1, 3] = np.nan
+    store.write_shard([content_of(0), content_of(1)], vectors)
+    index = store.index()
+    assert index.position(content_of(0)) == (0, 0) and index.position(content_of(1)) is None
+
+
+@pytest.mark.parametrize("other", [
+    identity(dimension=4),
+    packed_store.StoreIdentity(identity().module_key, "/modules/tiny", 8, 16, "float32",
+                               DIMENSION),
+    packed_store.StoreIdentity(identity().module_key, "/modules/tiny", 8, 8, "float16",
+                               DIMENSION),
+])
+def test_a_manifest_of_another_module_or_dimension_is_refused_with_one_warning(
+        tmp_path, caplog, other):
+    mine = packed_store.PackedStore(str(tmp_path), identity())
+    write(mine, range(2))
+    theirs = packed_store.PackedStore(str(tmp_path), other)
+    theirs.write_shard([content_of(5)], np.ones([1, other.dimension], np.float32))
+    with caplog.at_level(logging.WARNING, logger="absl"):
+        index = mine.index()
+    assert len(index) == 2 and index.position(content_of(5)) is None
+    warnings = warnings_of(caplog)
+    assert len(warnings) == 1 and "manifest" in warnings[0]
+
+
+# None: a manifest naming a file outside the store.
+@pytest.mark.parametrize("manifest", [b"\xff\xfe not json", b"[1, 2]", b"{" * 100_000, None])
+def test_hostile_manifests_are_refused(tmp_path, caplog, manifest):
+    store = packed_store.PackedStore(str(tmp_path), identity())
+    path = write(store, range(2))
+    manifest_path = path[:-len(".shard")] + ".manifest.json"
+    if manifest is None:  # a manifest naming a file outside the store
+        content = json.loads(open(manifest_path, encoding="utf-8").read())
+        content["shard"] = "../../../etc/passwd"
+        manifest = json.dumps(content).encode()
+    open(manifest_path, "wb").write(manifest)
+    with caplog.at_level(logging.WARNING, logger="absl"):
+        assert len(store.index()) == 0
+    assert len(warnings_of(caplog)) == 1
+
+
+def fill(bottleneck_dir, numbers):
+    """One writer: a shard every 7 entries."""
+    store = packed_store.PackedStore(bottleneck_dir, identity())
+    with packed_store.ShardWriter(store, entries_per_shard=7) as writer:
+        for i in numbers:
+            writer.add(content_of(i), vector_of(content_of(i)))
+
+
+@pytest.mark.parametrize("kind", ["threads", "processes"])
+def test_two_writers_at_once_lose_and_mix_nothing(tmp_path, kind):
+    halves = [range(0, 60), range(40, 100)]  # overlapping: 40..59 written by both
+    if kind == "threads":
+        workers = [threading.Thread(target=fill, args=(str(tmp_path), h)) for h in halves]
+    else:
+        context = multiprocessing.get_context("spawn")
+        workers = [context.Process(target=fill, args=(str(tmp_path), h)) for h in halves]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(120)
+        assert getattr(worker, "exitcode", 0) == 0
+    index = packed_store.PackedStore(str(tmp_path), identity()).index()
+    assert len(index) == 100 and index.total_records == 120
+    assert_holds(index, range(100))
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
+def test_a_fifo_or_folder_in_a_shards_place_is_never_waited_on(tmp_path, caplog, kind):
+    store = packed_store.PackedStore(str(tmp_path), identity())
+    write(store, range(2))
+    victim = write(store, range(2, 4))
+    os.remove(victim)
+    with caplog.at_level(logging.WARNING, logger="absl"):
+        if kind == "fifo":
+            with unblocking_fifo(victim):
+                index = store.index()
+        else:
+            os.mkdir(victim)
+            index = store.index()
+    assert len(index) == 2 and index.position(content_of(3)) is None
+    assert any("FIFO" in w or "folder" in w for w in warnings_of(caplog))
+
+
+def test_a_fifo_in_a_manifests_place_is_never_waited_on(tmp_path):
+    store = packed_store.PackedStore(str(tmp_path), identity())
+    path = write(store, range(2))
+    manifest = path[:-len(".shard")] + ".manifest.json"
+    os.remove(manifest)
+    with unblocking_fifo(manifest):
+        assert len(store.index()) == 0
+
+
+def test_reading_a_shard_removed_after_indexing_is_a_cache_error(tmp_path):
+    store = packed_store.PackedStore(str(tmp_path), identity())
+    path = write(store, range(2))
+    index = store.index()
+    os.remove(path)
+    with pytest.raises(cache_lib.CacheError, match="Run again"):
+        index.read([index.position(content_of(0))])
+
+
+def test_an_unwritable_store_is_a_cache_error(tmp_path):
+    (tmp_path / identity().module_key).mkdir()
+    (tmp_path / identity().module_key / "packed").write_text("a file, not a folder")
+    store = packed_store.PackedStore(str(tmp_path), identity())
+    with pytest.raises(cache_lib.CacheError, match="Cannot write bottleneck shard"):
+        write(store, range(1))
+
+
+def test_an_absent_store_is_empty(tmp_path):
+    index = packed_store.PackedStore(str(tmp_path / "nothing"), identity()).index()
+    assert len(index) == 0 and index.shards == ()
+    assert (index.positions([content_of(1), None]) == -1).all()
