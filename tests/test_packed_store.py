@@ -14,7 +14,7 @@ from helpers import make_dataset, unblocking_fifo
 
 from retrain_suite import dataset as dataset_lib
 from retrain_suite.bottleneck import cache as cache_lib
-from retrain_suite.bottleneck import compute, packed_store, shard_format, stores
+from retrain_suite.bottleneck import compute, packed_compaction, packed_store, shard_format, stores
 
 DIMENSION = 8
 
@@ -337,3 +337,63 @@ def test_a_failed_run_commits_what_it_computed(tmp_path, tiny_module, photos, mo
     monkeypatch.setattr(stores.Stores, "put", put)
     rerun = compute.compute_bottlenecks(photos, tiny_module, folder, store=packed)
     assert (rerun.computed, rerun.reused) == (7, 5)
+
+
+# Compaction.
+
+def test_compaction_merges_small_shards_dedupes_and_keeps_full_ones(tmp_path):
+    store = packed_store.PackedStore(str(tmp_path), identity())
+    full = write(store, range(0, 8))
+    for start in range(4, 24, 4):  # 5 small shards, the first overlapping the full one
+        write(store, range(start, start + 4))
+    write(store, range(20, 22))  # a copy of entries of the last small shard
+    result = packed_compaction.compact(store, entries_per_shard=8)
+    assert (result.shards_before, result.rewritten) == (7, 6)
+    assert result.entries == 16 and result.dropped == 4 + 2  # 4..7 are in the full shard
+    index = store.index()
+    assert full in index.shards and len(index.shards) == 1 + 2 == result.shards_after
+    assert len(index) == 24 and index.total_records == 24  # no duplicates left
+    assert_holds(index, range(24))
+    assert sorted(n.split(".", 1)[1] for n in os.listdir(store.root)) == [
+        "manifest.json", "manifest.json", "manifest.json", "shard", "shard", "shard"]
+    again = packed_compaction.compact(store, entries_per_shard=8)
+    assert again.rewritten == 0 and again.shards_after == 3
+
+
+def test_compaction_deletes_only_old_left_overs_and_leaves_foreign_shards(tmp_path):
+    store = packed_store.PackedStore(str(tmp_path), identity())
+    write(store, range(2))
+    old, young = write(store, range(2, 4)), write(store, range(4, 6))
+    for path in (old, young):
+        os.remove(path[:-len(".shard")] + ".manifest.json")  # killed writers
+    temporary = os.path.join(store.root, "shard-x.shard.tmp-7-0123abcd")
+    open(temporary, "wb").write(b"half")
+    for path in (old, temporary):
+        os.utime(path, (1e9, 1e9))  # 2001
+    other = packed_store.PackedStore(str(tmp_path), identity(dimension=4))
+    foreign = other.write_shard([content_of(9)], np.ones([1, 4], np.float32))
+    result = packed_compaction.compact(store, entries_per_shard=8)
+    assert result.orphans == 2 and not os.path.exists(old) and not os.path.exists(temporary)
+    assert os.path.exists(young) and os.path.exists(foreign)
+    assert_holds(store.index(), range(2))
+
+
+def test_a_reader_during_compaction_never_loses_an_entry(tmp_path, monkeypatch):
+    compactor = packed_store.PackedStore(str(tmp_path), identity())
+    for start in range(0, 12, 3):
+        write(compactor, range(start, start + 3))
+    reader = packed_store.PackedStore(str(tmp_path), identity())
+    listings = []
+
+    def list_then_compact():
+        names = packed_store.PackedStore.list_names(reader)
+        if not listings:  # the compaction runs between the reader's listing and its reads
+            packed_compaction.compact(compactor, entries_per_shard=100)
+        listings.append(names)
+        return names
+
+    monkeypatch.setattr(reader, "list_names", list_then_compact)
+    index = reader.index()
+    assert len(listings) == 2  # listed again when the listed manifests vanished
+    assert len(index) == 12
+    assert_holds(index, range(12))

@@ -135,7 +135,7 @@ class PackedStore:
     def index(self, prefer=None, reuse=None):
         """The StoreIndex of every committed, valid record. Never raises for damage.
 
-        prefer(shard path) -> bool: shards for which it is true come first, so
+        prefer(shard path, its record count) -> bool: shards for which it is true come first, so
         their copy of a key is the one the index gives (compaction keeps them).
         reuse: an earlier StoreIndex of this store, whose shards are taken as
         it checked them; only shards committed since are read.
@@ -146,25 +146,29 @@ class PackedStore:
         scanned = {} if reuse is None else {
             s.path.rsplit("/", 1)[-1][:-len(fmt.SHARD_SUFFIX)] + fmt.MANIFEST_SUFFIX: s
             for s in reuse.scanned}
-        seen = set(scanned)
+        seen, vanished = None, set()
         for _ in range(5):
-            manifests = [n for n in self.list_names() if n.endswith(fmt.MANIFEST_SUFFIX)]
-            fresh = [n for n in manifests if n not in seen]
-            if not fresh:
-                break
+            manifests = {n for n in self.list_names() if n.endswith(fmt.MANIFEST_SUFFIX)}
+            if seen is None:  # Reused shards that are still committed.
+                scanned = {n: s for n, s in scanned.items() if n in manifests}
+                seen = set(scanned)
+            fresh = sorted(manifests - seen)
             seen.update(fresh)
-            vanished = False
-            with concurrent.futures.ThreadPoolExecutor(min(READ_THREADS, len(fresh))) as pool:
+            vanished = set()
+            with concurrent.futures.ThreadPoolExecutor(min(READ_THREADS, len(fresh) + 1)) as pool:
                 for name, result in zip(fresh, pool.map(self._scan_quietly, fresh)):
                     if result is _Vanished:
-                        vanished = True
-                        seen.discard(name)
+                        vanished.add(name)
                     elif result is not None:
                         scanned[name] = result
             if not vanished:
                 break
+            seen -= vanished
+        for name in sorted(vanished):  # Still gone after relisting: not a compaction's doing.
+            logging.warning("Ignoring bottleneck shard %s: its shard file is missing; its "
+                            "images are recomputed.", fmt.join(self.root, name))
         shards = sorted(scanned.values(), key=lambda s: (prefer is not None and
-                                                         not prefer(s.path), s.path))
+                                                         not prefer(s.path, s.count), s.path))
         return StoreIndex(self, shards)
 
     def _scan_quietly(self, manifest_name):
