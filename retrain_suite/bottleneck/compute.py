@@ -101,6 +101,26 @@ def compute_bottlenecks(
     if isinstance(images, (list, tuple)):
         images = image_pipelines.ImageFiles(images)
     module_lib.use_gpu_memory_as_needed()
+    identity = store_identity(handle, default_image_size, precision)
+    store = store or stores_lib.StoreOptions()
+    with stores_lib.Stores(bottleneck_dir, identity, store) as stores:
+        logging.info(
+            "Module %s: %dx%d input, %d-d output, %s, running on %s; cache %s",
+            handle, identity.height, identity.width, identity.dimension, precision,
+            module_lib.describe_device(), stores.describe(),
+        )
+        result = _compute(images, handle, stores,
+                          _Asked(default_image_size, batch_size, max_image_pixels, precision))
+    if not store.hold_vectors:
+        result.vectors = stores.vectors_of(
+            [None if i in result.skipped else c for i, c in enumerate(result.contents)])
+    logging.info("%s", result.summary())
+    return result
+
+
+def store_identity(handle, default_image_size, precision):
+    """The packed_store.StoreIdentity of the module's vectors at precision (its cache key,
+    input size and dimension)."""
     # The run's checks loaded it already (export.check_final_tensor_name): shared, not
     # reloaded. Or they only remembered its sizes: then it is loaded only if a vector is
     # missing.
@@ -112,21 +132,7 @@ def compute_bottlenecks(
             shape = module.height, module.width, int(module(probe).shape[-1])
     height, width, dimension = shape
     key = cache_lib.module_key(handle, height, width, precision)
-    store = store or stores_lib.StoreOptions()
-    identity = packed_store.StoreIdentity(key, handle, height, width, precision, dimension)
-    with stores_lib.Stores(bottleneck_dir, identity, store) as stores:
-        logging.info(
-            "Module %s: %dx%d input, %d-d output, %s, running on %s; cache %s",
-            handle, height, width, dimension, precision,
-            module_lib.describe_device(), stores.describe(),
-        )
-        result = _compute(images, handle, stores,
-                          _Asked(default_image_size, batch_size, max_image_pixels, precision))
-    if not store.hold_vectors:
-        result.vectors = stores.vectors_of(
-            [None if i in result.skipped else c for i, c in enumerate(result.contents)])
-    logging.info("%s", result.summary())
-    return result
+    return packed_store.StoreIdentity(key, handle, height, width, precision, dimension)
 
 
 @dataclasses.dataclass(frozen=True)
