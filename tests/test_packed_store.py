@@ -93,6 +93,30 @@ def test_round_trip_and_the_bytes_are_as_documented(tmp_path):
     assert not [n for n in os.listdir(store.root) if ".tmp-" in n]
 
 
+def test_load_reads_the_index_and_the_vectors_in_one_pass(tmp_path):
+    store = packed_store.PackedStore(str(tmp_path), identity())
+    write(store, range(6))
+    flipped = write(store, range(6, 9))
+    with open(flipped, "r+b") as f:
+        f.seek(32 + 20)  # record 0's first value: 6 is damaged
+        f.write(b"\xff\xff\xff\xff")
+    # In shard order (one copy), out of order, copies of one content, absent and None rows.
+    asked = [0, 1, 2, 5, 3, 3, 7, 6, 99, None, 0]
+    contents = [None if i is None else content_of(i) for i in asked]
+    out = np.full([len(asked), DIMENSION], -7, np.float32)
+    index = store.load(contents, out)
+    found = index.positions(contents)[:, 0] >= 0
+    assert found.tolist() == [i not in (6, 99, None) for i in asked]
+    for row, i in enumerate(asked):
+        if found[row]:
+            np.testing.assert_array_equal(out[row], vector_of(content_of(i)))
+        else:
+            assert (out[row] == -7).all()  # rows not found are left alone
+    in_order = np.zeros([6, DIMENSION], np.float32)  # rows in the shard's order: one copy
+    store.load([content_of(i) for i in range(6)], in_order)
+    np.testing.assert_array_equal(in_order, [vector_of(content_of(i)) for i in range(6)])
+
+
 def test_shard_writer_writes_every_n_and_on_leaving_even_on_error(tmp_path):
     store = packed_store.PackedStore(str(tmp_path), identity())
     with pytest.raises(RuntimeError):

@@ -132,7 +132,17 @@ class PackedStore:
         except tf.errors.NotFoundError:
             return []
 
-    def index(self, prefer=None, reuse=None):
+    def load(self, contents, out):
+        """index(), and in the same pass over the shards, out[i] (float32 [N, D]) set to
+        the vector of contents[i] (hex SHA-1, or None) wherever the store holds it: every
+        shard is read once. -> the StoreIndex; its positions(contents) say which rows
+        were set."""
+        gather = _Gather(contents, out)
+        index = self.index(gather=gather)
+        gather.fill_copies(index.positions(contents)[:, 0] >= 0)
+        return index
+
+    def index(self, prefer=None, reuse=None, gather=None):
         """The StoreIndex of every committed, valid record. Never raises for damage.
 
         prefer(shard path, its record count) -> bool: shards for which it is true come first, so
@@ -156,7 +166,8 @@ class PackedStore:
             seen.update(fresh)
             vanished = set()
             with concurrent.futures.ThreadPoolExecutor(min(READ_THREADS, len(fresh) + 1)) as pool:
-                for name, result in zip(fresh, pool.map(self._scan_quietly, fresh)):
+                scans = pool.map(lambda name: self._scan_quietly(name, gather), fresh)
+                for name, result in zip(fresh, scans):
                     if result is _Vanished:
                         vanished.add(name)
                     elif result is not None:
@@ -171,10 +182,10 @@ class PackedStore:
                                                          not prefer(s.path, s.count), s.path))
         return StoreIndex(self, shards)
 
-    def _scan_quietly(self, manifest_name):
+    def _scan_quietly(self, manifest_name, gather):
         """_scan, with damage logged as one warning: -> _Scanned, None (refused) or _Vanished."""
         try:
-            return self._scan(manifest_name)
+            return self._scan(manifest_name, gather)
         except _Vanished:
             return _Vanished
         except (_Refused, fmt.NotRegular, OSError, tf.errors.OpError) as e:
@@ -214,8 +225,9 @@ class PackedStore:
             raise _Refused("its manifest's count and bytes do not agree")
         return manifest
 
-    def _scan(self, manifest_name):
-        """Check one committed shard and index its valid records. -> _Scanned."""
+    def _scan(self, manifest_name, gather=None):
+        """Check one committed shard and index its valid records (handing them to
+        gather, a _Gather, if given). -> _Scanned."""
         manifest = self.read_manifest(manifest_name)
         path = fmt.join(self.root, manifest["shard"])
         try:
@@ -232,24 +244,85 @@ class PackedStore:
             keys, numbers, first = [], [], 0
             per_chunk = max(1, SCAN_BYTES // self.record_bytes)
             dtype = record_dtype(self.identity.dimension)
+            buffer = bytearray(min(per_chunk, manifest["count"]) * self.record_bytes)
             while first < manifest["count"]:
                 want = min(per_chunk, manifest["count"] - first)
-                data = handle.read(want * self.record_bytes)
-                if len(data) != want * self.record_bytes:
-                    raise _Refused("it is shorter than it was a moment ago")
-                records = np.frombuffer(data, dtype)
-                good = (fmt.crcs(records) == records["crc"]) & np.isfinite(
-                    records["vector"]).all(axis=1)
+                records = np.frombuffer(_read_exactly(handle, buffer, want * self.record_bytes),
+                                        dtype)
+                good = (fmt.crcs(records) == records["crc"]) & _finite_rows(records["vector"])
                 bad = len(records) - int(good.sum())
                 if bad:
                     logging.warning("Ignoring %d damaged record%s of bottleneck shard %s; "
                                     "their images are recomputed.", bad, "s" * (bad > 1), path)
                 keys.append(records["key"][good])
                 numbers.append(np.flatnonzero(good) + first)
+                if gather is not None:
+                    gather.take(records, good)
                 first += want
         return _Scanned(path, manifest["count"],
                         np.concatenate(keys) if keys else np.zeros(0, "S20"),
                         np.concatenate(numbers) if numbers else np.zeros(0, np.int64))
+
+
+def _finite_rows(vectors):
+    """[n] bool: which rows of float32 [n, D] are all finite. A NaN carries into both the
+    minimum and the maximum, an infinity into one: two reductions with no temporary
+    array settle the usual case, where every value is finite."""
+    if np.isfinite(vectors.min(initial=np.inf)) and np.isfinite(vectors.max(initial=-np.inf)):
+        return np.ones(len(vectors), bool)
+    return np.isfinite(vectors).all(axis=1)
+
+
+def _read_exactly(handle, buffer, count):
+    """The next count bytes of handle, read into buffer where the file can (no new
+    allocation per chunk). Raises _Refused if the file ends first."""
+    if hasattr(handle, "readinto"):
+        view = memoryview(buffer)[:count]
+        done = 0
+        while done < count:
+            got = handle.readinto(view[done:])
+            if not got:
+                break
+            done += got
+        data = view[:done]
+    else:  # gfile
+        data = handle.read(count)
+    if len(data) != count:
+        raise _Refused("it is shorter than it was a moment ago")
+    return data
+
+
+class _Gather:
+    """Where load() puts the vectors it meets while scanning: out[row] for the first row
+    of each wanted key (other rows of the same key are filled at the end)."""
+
+    def __init__(self, contents, out):
+        self.rows = np.array([i for i, c in enumerate(contents) if c is not None], np.int64)
+        keys = np.array([bytes.fromhex(contents[i]) for i in self.rows], "S20")
+        self.keys, first, self.inverse = np.unique(keys, return_index=True, return_inverse=True)
+        self.first_rows, self.out = self.rows[first], out
+
+    def take(self, records, good):
+        """Copy the wanted vectors among records (record_dtype [k]) where good ([k] bool)."""
+        if not len(self.keys):
+            return
+        at = np.minimum(np.searchsorted(self.keys, records["key"]), len(self.keys) - 1)
+        hit = good & (self.keys[at] == records["key"])
+        rows = self.first_rows[at[hit]]
+        if not len(rows):
+            return
+        if rows[-1] - rows[0] == len(rows) - 1 and np.all(np.diff(rows) == 1):
+            # Rows in the shard's order (images computed in order): one copy, no temporary.
+            np.compress(hit, records["vector"], axis=0, out=self.out[rows[0]:rows[-1] + 1])
+        else:
+            self.out[rows] = records["vector"][hit]
+
+    def fill_copies(self, found):
+        """Give every row of a key found (found: [N] bool) its first row's vector."""
+        rows = self.rows[found[self.rows]]
+        sources = self.first_rows[self.inverse[found[self.rows]]]
+        copies = rows != sources
+        self.out[rows[copies]] = self.out[sources[copies]]
 
 
 class _Refused(Exception):

@@ -50,16 +50,13 @@ class Stores:
         self.options, self.dimension = options, identity.dimension
         self.cache = cache_lib.BottleneckCache(bottleneck_dir, identity.module_key)
         self.packed = packed_store.PackedStore(bottleneck_dir, identity)
-        self.index = self.packed.index()
+        self.index = None  # built by lookup()
         wants_shards = options.kind == "packed" or not options.hold_vectors
         self.writer = (packed_store.ShardWriter(self.packed, options.entries_per_shard)
                        if wants_shards else None)
 
     def describe(self):
         """Where the vectors are, for the log."""
-        if len(self.index):
-            return (f"{self.cache.root} ({len(self.index)} vectors in {len(self.index.shards)} "
-                    f"shard{'s' * (len(self.index.shards) != 1)})")
         return self.cache.root
 
     def lookup(self, contents, vectors):
@@ -69,11 +66,11 @@ class Stores:
         only whether each is found; those found only in the per-file cache are
         added to the shards).
         """
-        positions = self.index.positions(contents)
-        in_shards = np.flatnonzero(positions[:, 0] >= 0)
-        if vectors is not None and len(in_shards):
-            vectors[in_shards] = self.index.read(positions[in_shards])
-        found = set(in_shards.tolist())
+        if vectors is None:
+            self.index = self.packed.index()
+        else:  # the vectors are read in the same pass as the index is built
+            self.index = self.packed.load(contents, vectors)
+        found = set(np.flatnonzero(self.index.positions(contents)[:, 0] >= 0).tolist())
         for i, content in enumerate(contents):
             if content is None or i in found:
                 continue
