@@ -97,13 +97,9 @@ def test_bottleneck_command_refuses_a_bad_store_and_a_missing_image_dir(tmp_path
         "error: --image_dir is required") and "--compact" in alone.stderr
 
 
-def test_retrain_reads_and_writes_the_packed_store(tmp_path, tiny_module):
+def test_retrain_writes_the_packed_store_and_the_fill_reads_it(tmp_path, tiny_module):
     image_dir = make_dataset(tmp_path / "data", per_class=6)
     bottleneck_dir = tmp_path / "bottlenecks"
-    filled = run_script("-m", "bottleneck", f"--image_dir={image_dir}",
-                        f"--bottleneck_dir={bottleneck_dir}", f"--tfhub_module={tiny_module}",
-                        "--bottleneck_store=packed")
-    assert counts(filled) == (18, 18, 0)
     trained = run_script(
         "retrain.py", f"--image_dir={image_dir}", f"--bottleneck_dir={bottleneck_dir}",
         f"--tfhub_module={tiny_module}", "--bottleneck_store=packed",
@@ -114,5 +110,10 @@ def test_retrain_reads_and_writes_the_packed_store(tmp_path, tiny_module):
         f"--summaries_dir={tmp_path / 'logs'}", "--report_dir=",
         f"--intermediate_output_graphs_dir={tmp_path / 'intermediate'}",
     )
-    assert counts(trained) == (18, 0, 18)
+    assert counts(trained) == (18, 18, 0)
     assert os.path.exists(tmp_path / "out" / "g.pb")
+    assert len(vectors_by_key(packed_folder(bottleneck_dir))) == 18
+    assert not [n for _, _, names in os.walk(bottleneck_dir) for n in names if n.endswith(".f32")]
+    filled = run_script("-m", "bottleneck", f"--image_dir={image_dir}",  # files: reads both
+                        f"--bottleneck_dir={bottleneck_dir}", f"--tfhub_module={tiny_module}")
+    assert counts(filled) == (18, 0, 18)
