@@ -311,9 +311,11 @@ class _Gather:
         rows = self.first_rows[at[hit]]
         if not len(rows):
             return
-        if rows[-1] - rows[0] == len(rows) - 1 and np.all(np.diff(rows) == 1):
-            # Rows in the shard's order (images computed in order): one copy, no temporary.
-            np.compress(hit, records["vector"], axis=0, out=self.out[rows[0]:rows[-1] + 1])
+        in_order = rows[-1] - rows[0] == len(rows) - 1 and np.all(np.diff(rows) == 1)
+        if in_order and len(rows) == len(records):
+            # Every record wanted, rows in the shard's order (images computed in order):
+            # one copy, no temporary.
+            self.out[rows[0]:rows[-1] + 1] = records["vector"]
         else:
             self.out[rows] = records["vector"][hit]
 
