@@ -345,6 +345,16 @@ def test_vectors_not_held_come_from_the_shards(tmp_path, tiny_module, photos):
     np.testing.assert_array_equal(np.asarray(streamed.vectors)[:12], full.vectors)
 
 
+def test_a_long_run_commits_its_vectors_every_so_often(tmp_path, tiny_module, photos,
+                                                        monkeypatch):
+    monkeypatch.setattr(stores, "COMMIT_SECONDS", 0.0)  # every vector as it comes
+    folder = str(tmp_path / "bottlenecks")
+    result = compute.compute_bottlenecks(photos, tiny_module, folder, batch_size=4,
+                                         store=stores.StoreOptions(kind="packed"))
+    shards = os.listdir(os.path.join(folder, result.module_key, "packed"))
+    assert len([n for n in shards if n.endswith(".shard")]) == 12
+
+
 def test_a_failed_run_commits_what_it_computed(tmp_path, tiny_module, photos, monkeypatch):
     folder = str(tmp_path / "bottlenecks")
     packed = stores.StoreOptions(kind="packed", entries_per_shard=100)

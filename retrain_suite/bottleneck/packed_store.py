@@ -25,6 +25,10 @@ Local disks: each file is written under a temporary name and renamed. Object
 stores (`gs://`, where a rename is a copy): straight to the final name, where
 an object appears whole when its upload ends; the manifest still comes last.
 Listing is one listdir of the folder, and the manifests are read in threads.
+
+This room writes and checks shards (PackedStore, ShardWriter); reading by
+content key is store_index's (StoreIndex, StoreVectors, named here too), the
+bytes of a shard shard_format's.
 """
 
 import concurrent.futures
@@ -44,6 +48,7 @@ from retrain_suite.bottleneck import shard_format as fmt
 
 # The format's sizes, named here too: every reader of the store imports this room.
 from retrain_suite.bottleneck.shard_format import HEADER_BYTES, record_bytes, record_dtype
+from retrain_suite.bottleneck.store_index import StoreIndex, StoreVectors  # noqa: F401 (the API)
 from retrain_suite.images import files as image_files
 from retrain_suite.images import preprocess as image_preprocess
 
@@ -129,8 +134,11 @@ class PackedStore:
         """The folder's file names (one listing); [] when it does not exist."""
         try:
             return sorted(n.rstrip("/") for n in tf.io.gfile.listdir(self.root))
-        except tf.errors.NotFoundError:
+        except tf.errors.NotFoundError:  # no store yet (or a file in its place: refused on writing)
             return []
+        except tf.errors.OpError as e:
+            raise cache_lib.CacheError(f"Cannot list the bottleneck shards in {self.root}: "
+                                       f"{errors.one_line(e)}.") from e
 
     def load(self, contents, out):
         """index(), and in the same pass over the shards, out[i] (float32 [N, D]) set to
@@ -188,25 +196,25 @@ class PackedStore:
             return self._scan(manifest_name, gather)
         except _Vanished:
             return _Vanished
-        except (_Refused, fmt.NotRegular, OSError, tf.errors.OpError) as e:
+        except (fmt.Refused, fmt.NotRegular, OSError, tf.errors.OpError) as e:
             logging.warning("Ignoring bottleneck shard %s: %s; its images are recomputed.",
                             fmt.join(self.root, manifest_name), errors.one_line(e))
             return None
 
     def read_manifest(self, manifest_name):
-        """The checked manifest (dict) at manifest_name. Raises _Refused, _Vanished."""
+        """The checked manifest (dict) at manifest_name. Raises fmt.Refused, _Vanished."""
         path = fmt.join(self.root, manifest_name)
         data, problem = image_files.read_regular_file(path, max_bytes=MAX_MANIFEST_BYTES)
         if problem == image_files.MISSING:
             raise _Vanished()
         if problem:
-            raise _Refused(f"its manifest {image_files.as_clause(problem)}")
+            raise fmt.Refused(f"its manifest {image_files.as_clause(problem)}")
         try:
             manifest = json.loads(data.decode("utf-8"))
         except (UnicodeDecodeError, ValueError):
-            raise _Refused("its manifest is not JSON") from None
+            raise fmt.Refused("its manifest is not JSON") from None
         if not isinstance(manifest, dict):
-            raise _Refused("its manifest is not a JSON object")
+            raise fmt.Refused("its manifest is not a JSON object")
         ident = self.identity
         expected = {
             "format": fmt.FORMAT_NAME, "version": fmt.VERSION, "module_key": ident.module_key,
@@ -217,12 +225,12 @@ class PackedStore:
         }
         for field, value in expected.items():
             if manifest.get(field) != value or type(manifest.get(field)) is not type(value):
-                raise _Refused(f"its manifest's {field} is {_shown(manifest.get(field))}, "
+                raise fmt.Refused(f"its manifest's {field} is {_shown(manifest.get(field))}, "
                                f"this run's is {_shown(value)}")
         count = manifest.get("count")
         if type(count) is not int or count < 0 or manifest.get("bytes") != (
                 HEADER_BYTES + count * self.record_bytes):
-            raise _Refused("its manifest's count and bytes do not agree")
+            raise fmt.Refused("its manifest's count and bytes do not agree")
         return manifest
 
     def _scan(self, manifest_name, gather=None):
@@ -237,19 +245,19 @@ class PackedStore:
         with handle:
             size = fmt.file_size(handle, path)
             if size != manifest["bytes"]:
-                raise _Refused(f"it has {size} bytes, its manifest says {manifest['bytes']}")
+                raise fmt.Refused(f"it has {size} bytes, its manifest says {manifest['bytes']}")
             header = handle.read(HEADER_BYTES)
             if header != fmt.header(self.identity.dimension, manifest["count"]):
-                raise _Refused("its header does not match its manifest")
+                raise fmt.Refused("its header does not match its manifest")
             keys, numbers, first = [], [], 0
             per_chunk = max(1, SCAN_BYTES // self.record_bytes)
             dtype = record_dtype(self.identity.dimension)
             buffer = bytearray(min(per_chunk, manifest["count"]) * self.record_bytes)
             while first < manifest["count"]:
                 want = min(per_chunk, manifest["count"] - first)
-                records = np.frombuffer(_read_exactly(handle, buffer, want * self.record_bytes),
+                records = np.frombuffer(fmt.read_exactly(handle, buffer, want * self.record_bytes),
                                         dtype)
-                good = (fmt.crcs(records) == records["crc"]) & _finite_rows(records["vector"])
+                good = (fmt.crcs(records) == records["crc"]) & fmt.finite_rows(records["vector"])
                 bad = len(records) - int(good.sum())
                 if bad:
                     logging.warning("Ignoring %d damaged record%s of bottleneck shard %s; "
@@ -262,34 +270,6 @@ class PackedStore:
         return _Scanned(path, manifest["count"],
                         np.concatenate(keys) if keys else np.zeros(0, "S20"),
                         np.concatenate(numbers) if numbers else np.zeros(0, np.int64))
-
-
-def _finite_rows(vectors):
-    """[n] bool: which rows of float32 [n, D] are all finite. A NaN carries into both the
-    minimum and the maximum, an infinity into one: two reductions with no temporary
-    array settle the usual case, where every value is finite."""
-    if np.isfinite(vectors.min(initial=np.inf)) and np.isfinite(vectors.max(initial=-np.inf)):
-        return np.ones(len(vectors), bool)
-    return np.isfinite(vectors).all(axis=1)
-
-
-def _read_exactly(handle, buffer, count):
-    """The next count bytes of handle, read into buffer where the file can (no new
-    allocation per chunk). Raises _Refused if the file ends first."""
-    if hasattr(handle, "readinto"):
-        view = memoryview(buffer)[:count]
-        done = 0
-        while done < count:
-            got = handle.readinto(view[done:])
-            if not got:
-                break
-            done += got
-        data = view[:done]
-    else:  # gfile
-        data = handle.read(count)
-    if len(data) != count:
-        raise _Refused("it is shorter than it was a moment ago")
-    return data
 
 
 class _Gather:
@@ -327,150 +307,8 @@ class _Gather:
         self.out[rows[copies]] = self.out[sources[copies]]
 
 
-class _Refused(Exception):
-    """A shard or manifest this run cannot use; the message says why."""
-
-
 def _shown(value):
     return json.dumps(value)[:80]
-
-
-class StoreIndex:
-    """Content key -> (shard number, record number) of the committed, valid records.
-
-    shards: tuple of shard paths, in the order their copies are preferred.
-    Keys are held sorted in numpy (28 bytes per entry), never the vectors.
-    """
-
-    def __init__(self, store, scanned):
-        self.store = store
-        self.scanned = tuple(scanned)  # what index(reuse=) takes over
-        self.shards = tuple(s.path for s in scanned)
-        self.counts = tuple(s.count for s in scanned)  # records per shard, valid or not
-        keys = np.concatenate([s.keys for s in scanned]) if scanned else np.zeros(0, "S20")
-        where = np.zeros([len(keys), 2], np.int64)
-        if scanned:
-            where[:, 0] = np.repeat(np.arange(len(scanned)), [len(s.keys) for s in scanned])
-            where[:, 1] = np.concatenate([s.records for s in scanned])
-        # First occurrences, in shard order: the preferred copy of each key.
-        self._keys, first = np.unique(keys, return_index=True)
-        self._where = where[first]
-        self.total_records = len(keys)  # valid records, duplicates included
-        # The entries in (shard, record) order, and where each shard's start there: what
-        # read() checks the keys it reads against, at 8 bytes per entry.
-        self._order = np.lexsort((self._where[:, 1], self._where[:, 0]))
-        self._shard_starts = np.searchsorted(self._where[self._order, 0],
-                                             np.arange(len(self.shards) + 1))
-
-    def __len__(self):
-        return len(self._keys)
-
-    def position(self, content):
-        """(shard number, record number) of content (hex SHA-1), or None."""
-        key = np.array([bytes.fromhex(content)], "S20")
-        i = int(np.searchsorted(self._keys, key)[0])
-        if i < len(self._keys) and self._keys[i] == key[0]:
-            return int(self._where[i, 0]), int(self._where[i, 1])
-        return None
-
-    def positions(self, contents):
-        """int64 [n, 2] positions of contents (hex SHA-1 or None); (-1, -1) where absent."""
-        out = np.full([len(contents), 2], -1, np.int64)
-        asked = [i for i, c in enumerate(contents) if c is not None]
-        if not asked or not len(self._keys):
-            return out
-        keys = np.array([bytes.fromhex(contents[i]) for i in asked], "S20")
-        at = np.minimum(np.searchsorted(self._keys, keys), len(self._keys) - 1)
-        found = self._keys[at] == keys
-        out[np.array(asked)[found]] = self._where[at[found]]
-        return out
-
-    def entries(self):
-        """(keys S20 [k], positions int64 [k, 2]) of every distinct key, in key order."""
-        return self._keys, self._where
-
-    def read(self, positions):
-        """float32 [n, D]: the vectors at positions ((shard, record) pairs); zeros for
-        (-1, -1). Records are grouped by shard and read by offset, consecutive ones
-        in one read, never the whole store. Raises cache.CacheError if a shard
-        changed or vanished since it was indexed (a compaction ran meanwhile)."""
-        positions = np.asarray(positions, np.int64).reshape(-1, 2)
-        dimension = self.store.identity.dimension
-        out = np.zeros([len(positions), dimension], np.float32)
-        for shard in np.unique(positions[:, 0]):
-            if shard < 0:
-                continue
-            rows = np.flatnonzero(positions[:, 0] == shard)
-            out[rows] = self._read_records(int(shard), positions[rows, 1])
-        return out
-
-    def _read_records(self, shard, numbers):
-        """float32 [len(numbers), D]: the records numbers (in that order) of one shard."""
-        path, size = self.shards[shard], self.store.record_bytes
-        dtype = record_dtype(self.store.identity.dimension)
-        wanted = np.unique(numbers)
-        runs = np.split(wanted, np.flatnonzero(np.diff(wanted) != 1) + 1)
-        parts = []
-        try:
-            with fmt.open_shard(path) as handle:
-                for run in runs:
-                    handle.seek(HEADER_BYTES + int(run[0]) * size)
-                    data = handle.read(len(run) * size)
-                    if len(data) != len(run) * size:
-                        raise _Refused("it is shorter than when it was indexed")
-                    parts.append(np.frombuffer(data, dtype))
-        except (_Refused, fmt.NotRegular, OSError, tf.errors.OpError) as e:
-            raise cache_lib.CacheError(
-                f"Cannot read bottleneck shard {path}: {errors.one_line(e)} (was the store "
-                "compacted or changed during the run?). Run again."
-            ) from e
-        records = np.concatenate(parts)
-        expected = self._keys_of(shard, wanted)
-        if not (np.array_equal(records["key"], expected)
-                and np.isfinite(records["vector"]).all()):
-            raise cache_lib.CacheError(f"Bottleneck shard {path} changed since it was indexed. "
-                                       "Run again.")
-        return records["vector"][np.searchsorted(wanted, numbers)].astype(np.float32)
-
-    def _keys_of(self, shard, numbers):
-        """The indexed keys of the records numbers (sorted) of shard: S20 [n]."""
-        mine = self._order[self._shard_starts[shard]:self._shard_starts[shard + 1]]
-        at = np.searchsorted(self._where[mine, 1], numbers)
-        return self._keys[mine[np.minimum(at, len(mine) - 1)]]
-
-
-class StoreVectors:
-    """An array-like (n, D) float32 over a store: row i is the record at positions[i].
-
-    __getitem__ reads the rows asked for from the shards; nothing is held in
-    memory but the positions. (-1, -1) rows are zeros (images skipped).
-    """
-
-    dtype = np.dtype(np.float32)
-    ndim = 2
-
-    def __init__(self, index, positions):
-        self.index = index
-        self.positions = np.asarray(positions, np.int64).reshape(-1, 2)
-        self.shape = (len(self.positions), index.store.identity.dimension)
-
-    def __len__(self):
-        return self.shape[0]
-
-    def __getitem__(self, rows):
-        if isinstance(rows, tuple):  # vectors[rows, columns]
-            return np.asarray(self[rows[0]])[(Ellipsis,) + rows[1:]]
-        if isinstance(rows, (int, np.integer)):
-            return self.index.read(self.positions[[int(rows)]])[0]
-        return self.index.read(self.positions[rows])
-
-    def take(self, rows):
-        """The StoreVectors of rows (indices, a slice or a mask), nothing read."""
-        return StoreVectors(self.index, self.positions[rows])
-
-    def __array__(self, dtype=None, copy=None):
-        values = self.index.read(self.positions)
-        return values if dtype is None else values.astype(dtype)
 
 
 class ShardWriter:

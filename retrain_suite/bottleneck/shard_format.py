@@ -111,3 +111,35 @@ def write_whole(path, data):
             f.write(data)
     else:
         atomic_files.write_bytes(path, data)
+
+
+class Refused(Exception):
+    """A shard or manifest this run cannot use; the message says why."""
+
+
+def finite_rows(vectors):
+    """[n] bool: which rows of float32 [n, D] are all finite. A NaN carries into both the
+    minimum and the maximum, an infinity into one: two reductions with no temporary
+    array settle the usual case, where every value is finite."""
+    if np.isfinite(vectors.min(initial=np.inf)) and np.isfinite(vectors.max(initial=-np.inf)):
+        return np.ones(len(vectors), bool)
+    return np.isfinite(vectors).all(axis=1)
+
+
+def read_exactly(handle, buffer, count):
+    """The next count bytes of handle, read into buffer where the file can (no new
+    allocation per chunk). Raises Refused if the file ends first."""
+    if hasattr(handle, "readinto"):
+        view = memoryview(buffer)[:count]
+        done = 0
+        while done < count:
+            got = handle.readinto(view[done:])
+            if not got:
+                break
+            done += got
+        data = view[:done]
+    else:  # gfile
+        data = handle.read(count)
+    if len(data) != count:
+        raise Refused("it is shorter than it was a moment ago")
+    return data
