@@ -7,6 +7,7 @@ import time
 
 import commands
 import numpy as np
+import packed_figure
 import photos
 import tensorflow as tf
 import time_to_classifier
@@ -36,6 +37,7 @@ class Settings:
     fine_tune_steps: int
     images: int
     label_images: int
+    packed_entries: int
     limit_batch_sizes: list
     rounds: int
     rss_counts: list
@@ -525,3 +527,6 @@ class Bench:
             ">= 0.70x",
             ours / limit >= 0.7,
         )
+
+    def packed_store(self):
+        packed_figure.measure(self, self.settings.packed_entries, self.settings.rounds)

@@ -65,6 +65,7 @@ FIGURES = (
     "gpu",
     "fine_tuning",
     "time_to_classifier",
+    "packed_store",
 )
 
 
@@ -149,6 +150,12 @@ flags.DEFINE_integer("warm_images", 4000, "Images of the warm-rerun and cache fi
 flags.DEFINE_integer("label_images", 100, "Images of the label_image figure.")
 
 
+flags.DEFINE_integer(
+    "packed_entries", 20000,
+    "Synthetic 2048-d entries of the packed-store figure, written both ways (about 165 MB each).",
+)
+
+
 flags.DEFINE_list("rss_counts", ["200", "2000"], "Image counts of the memory figure.")
 
 
@@ -199,6 +206,7 @@ def main(argv):
         "train_batch",
         "warm_images",
         "label_images",
+        "packed_entries",
         "eval_interval",
         "fine_tune_steps",
         "fine_tune_batch",

@@ -50,7 +50,8 @@ class PreInputConfig:
 
 @dataclasses.dataclass(frozen=True)
 class BottleneckConfig:
-    """python -m bottleneck: fill the bottleneck cache for every image of a folder."""
+    """python -m bottleneck: fill the bottleneck cache for every image of a folder, and/or
+    compact the module's packed store."""
 
     image_dir: Optional[str] = None  # required: one subfolder of images per class
     tfhub_module: str = _MODULE.tfhub_module  # TF Hub handle or local SavedModel folder
@@ -59,12 +60,16 @@ class BottleneckConfig:
     mixed_precision: bool = _MODULE.mixed_precision  # bfloat16 (CPU) or float16 (GPU)
     batch_size: Optional[int] = None  # images per forward pass; None: measured
     max_image_pixels: int = _DATA.max_image_pixels  # width x height
+    bottleneck_store: str = _MODULE.bottleneck_store  # "files" or "packed"
+    compact: bool = False  # rewrite the module's small packed shards into few (after a fill)
 
     def validate(self):
         """Raise UsageError, with the fix in one line, for flags that cannot work."""
-        if not self.image_dir:
-            raise UsageError("--image_dir is required: the folder with one subfolder per class.")
+        if not self.image_dir and not self.compact:
+            raise UsageError("--image_dir is required: the folder with one subfolder per class "
+                             "(or --compact alone, to compact the packed store).")
         config_lib.check_positive(self, ("batch_size", "image_size", "max_image_pixels"))
+        config_lib.check_store(self.bottleneck_store)
 
 
 @dataclasses.dataclass(frozen=True)

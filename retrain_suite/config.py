@@ -25,6 +25,7 @@ from typing import Optional
 
 from retrain_suite import errors, final_layer, onnx_export, onnx_model, schedules, tflite
 from retrain_suite.bottleneck import module as module_lib
+from retrain_suite.bottleneck import stores as stores_lib
 from retrain_suite.dataset import split as split_lib
 from retrain_suite.images import distortions as image_distortions
 from retrain_suite.images import files as image_files
@@ -60,6 +61,12 @@ def check_numbers(section):
             raise UsageError(f"--{field.name}={value} must be a finite number.")
         if isinstance(value, int) and abs(value) > MAX_INTEGER:
             raise UsageError(f"--{field.name}={value} is too large (the limit is 2**63 - 1).")
+
+
+def check_store(kind):
+    """Raise UsageError unless kind is a --bottleneck_store value."""
+    if kind not in stores_lib.KINDS:
+        raise UsageError(f"--bottleneck_store={kind} must be one of {', '.join(stores_lib.KINDS)}.")
 
 
 def check_positive(section, names):
@@ -114,11 +121,15 @@ class ModuleConfig:
     bottleneck_dir: str = "/tmp/bottleneck"
     bottleneck_batch_size: Optional[int] = None  # images per forward pass; None: measured
     mixed_precision: bool = False  # bfloat16 (CPU) or float16 (GPU) bottlenecks
+    # Where computed vectors go: one of bottleneck.stores.KINDS ("files": one per image,
+    # "packed": shards); both are always read.
+    bottleneck_store: str = "files"
 
     def validate(self):
         """Raise UsageError for values that cannot work."""
         check_numbers(self)
         check_positive(self, ("bottleneck_batch_size", "image_size"))
+        check_store(self.bottleneck_store)
 
 
 @dataclasses.dataclass(frozen=True)

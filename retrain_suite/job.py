@@ -43,6 +43,7 @@ from retrain_suite import dataset as dataset_lib
 from retrain_suite import memo as memo_lib
 from retrain_suite.bottleneck import compute
 from retrain_suite.bottleneck import module as module_lib
+from retrain_suite.bottleneck import stores as stores_lib
 from retrain_suite.images import pipelines as image_pipelines
 from retrain_suite.multi_label import stages as multi_label_stages
 from retrain_suite.multi_label import training as multi_label_training
@@ -259,7 +260,7 @@ def prepare_run(config, dataset, images):
     bottlenecks = compute.compute_bottlenecks(
         images, config.module.tfhub_module, config.module.bottleneck_dir,
         config.module.image_size, config.module.bottleneck_batch_size, config.data.max_image_pixels,
-        precision=precision,
+        precision=precision, store=stores_lib.StoreOptions(kind=config.module.bottleneck_store),
     )
     run = run_data.prepare(dataset, images, bottlenecks, config.data.max_image_pixels)
     if bottlenecks.skipped:

@@ -15,7 +15,7 @@ def expected_rows():
         mixed = ("2a.", "2b.")
     except module_lib.ModuleError:
         mixed = ("2.",)
-    return ("1a.", "1b.", *mixed, "3.", "4.", "4b.", "5a.", "5b.", "6.", "7.", "8.", "9.", "10.")
+    return ("1a.", "1b.", *mixed, "3.", "4.", "4b.", "5a.", "5b.", "6.", "7.", "8.", "9.", "10.", "11.")
 
 
 @pytest.mark.slow
@@ -24,7 +24,7 @@ def test_benchmark_prints_a_table_with_every_figure(tmp_path):
         "bench/run.py", "--module=tiny", "--images=16", "--batch_size=4",
         "--limit_batch_sizes=4,8", "--steps=50", "--classic_steps=5", "--warm_images=60",
         "--label_images=8", "--rss_counts=8,16", "--fine_tune_steps=2", "--fine_tune_batch=4",
-        "--classifier_module=tiny", f"--work_dir={tmp_path}", check=True,
+        "--classifier_module=tiny", "--packed_entries=50", f"--work_dir={tmp_path}", check=True,
     )
     lines = process.stdout.splitlines()
     assert "| figure | ours | yardstick | ratio | target | met? |" in lines

@@ -8,8 +8,9 @@ from absl import flags, logging
 from retrain_suite import command_config, errors, memory_budget, output_paths
 from retrain_suite import dataset as dataset_lib
 from retrain_suite.bottleneck import batch_size as batch_size_lib
-from retrain_suite.bottleneck import compute
+from retrain_suite.bottleneck import compute, packed_compaction, packed_store
 from retrain_suite.bottleneck import module as module_lib
+from retrain_suite.bottleneck import stores as stores_lib
 from retrain_suite.cli import flags as shared_flags
 from retrain_suite.cli import startup
 
@@ -24,21 +25,30 @@ def main(argv):
     try:
         config.validate()
         check_cache_location(config.bottleneck_dir, config.image_dir, config.tfhub_module)
-        # The split does not matter here; any valid percentages will do.
-        dataset = dataset_lib.build_dataset(
-            config.image_dir, 0, 0, exclude_dirs=[config.bottleneck_dir]
-        )
-        logging.info("Found %d images in %d classes.", len(dataset.images), len(dataset.labels))
-        check_batch_memory(config.batch_size, len(dataset.images), config.tfhub_module,
-                           config.image_size)
         precision = module_lib.mixed_precision_type() if config.mixed_precision else "float32"
-        compute.compute_bottlenecks(
-            [dataset.full_path(image) for image in dataset.images], config.tfhub_module,
-            config.bottleneck_dir, config.image_size, config.batch_size, config.max_image_pixels,
-            precision=precision,
-        )
+        if config.image_dir:
+            fill(config, precision)
+        if config.compact:
+            identity = compute.store_identity(config.tfhub_module, config.image_size, precision)
+            packed_compaction.compact(packed_store.PackedStore(config.bottleneck_dir, identity))
     except errors.SuiteError as e:
         sys.exit(f"error: {e}")
+
+
+def fill(config, precision):
+    """Compute the vectors of every image of config.image_dir that no store holds yet."""
+    # The split does not matter here; any valid percentages will do.
+    dataset = dataset_lib.build_dataset(
+        config.image_dir, 0, 0, exclude_dirs=[config.bottleneck_dir]
+    )
+    logging.info("Found %d images in %d classes.", len(dataset.images), len(dataset.labels))
+    check_batch_memory(config.batch_size, len(dataset.images), config.tfhub_module,
+                       config.image_size)
+    compute.compute_bottlenecks(
+        [dataset.full_path(image) for image in dataset.images], config.tfhub_module,
+        config.bottleneck_dir, config.image_size, config.batch_size, config.max_image_pixels,
+        precision=precision, store=stores_lib.StoreOptions(kind=config.bottleneck_store),
+    )
 
 
 def check_cache_location(bottleneck_dir, image_dir, handle):
@@ -46,7 +56,7 @@ def check_cache_location(bottleneck_dir, image_dir, handle):
     image folder, around it, or the same as, inside or around a local module folder.
     A subfolder of the image folder is fine: it is not scanned as a class."""
     output_paths.check_not_empty([("bottleneck_dir", bottleneck_dir)])
-    where = output_paths.relation(bottleneck_dir, image_dir)
+    where = output_paths.relation(bottleneck_dir, image_dir) if image_dir else None
     if where in ("the same as", "around"):
         raise output_paths.PathError(
             f"--bottleneck_dir={bottleneck_dir} is {where} --image_dir={image_dir}: the "
@@ -86,10 +96,18 @@ def run():
 
 def define_flags():
     """The command line's flags (defined on demand, not on import)."""
-    shared_flags.define_image_dir(required=True)
+    shared_flags.define_image_dir(required=True)  # or --compact alone
     shared_flags.define_module_flags()
     flags.DEFINE_integer(
         "batch_size", command_config.default(command_config.BottleneckConfig, "batch_size"),
         "Images per forward pass. Default: " + batch_size_lib.default_description() + ".",
     )
     shared_flags.define_max_image_pixels()
+    flags.DEFINE_bool(
+        "compact", command_config.default(command_config.BottleneckConfig, "compact"),
+        "Compact the module's packed store (see --bottleneck_store=packed): rewrite its small "
+        "shards into few full ones, each vector once, and delete killed writers' left-overs "
+        "older than an hour. Needs only --tfhub_module (with --image_size, "
+        "--mixed_precision as for the fill) and --bottleneck_dir; with --image_dir, the "
+        "cache is filled first. Safe while other runs read or write the store.",
+    )

@@ -13,6 +13,7 @@ from absl import flags
 from retrain_suite import config as config_lib
 from retrain_suite import final_layer, schedules, tflite
 from retrain_suite.bottleneck import batch_size as batch_size_lib
+from retrain_suite.bottleneck import stores as stores_lib
 from retrain_suite.dataset import split as split_lib
 
 FLAGS = flags.FLAGS
@@ -84,6 +85,12 @@ def define_module_flags():
         "Input height and width for modules whose signature does not fix them.",
     )
     flags.DEFINE_string("bottleneck_dir", _d("bottleneck_dir"), "Where bottleneck vectors are cached.")
+    flags.DEFINE_enum(
+        "bottleneck_store", _d("bottleneck_store"), list(stores_lib.KINDS),
+        "Where computed bottleneck vectors go: files (one small file per image) or packed "
+        "(shards of many vectors each, under <bottleneck_dir>/<module key>/packed/: fewer, "
+        "larger files, faster to load and to list on an object store). Both are always read.",
+    )
     flags.DEFINE_bool(
         "mixed_precision", _d("mixed_precision"),
         "Compute bottlenecks in bfloat16 (CPUs with bfloat16 instructions) or float16 (GPU); "
