@@ -10,10 +10,11 @@ import threading
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import unblocking_fifo
+from helpers import make_dataset, unblocking_fifo
 
+from retrain_suite import dataset as dataset_lib
 from retrain_suite.bottleneck import cache as cache_lib
-from retrain_suite.bottleneck import packed_store, shard_format
+from retrain_suite.bottleneck import compute, packed_store, shard_format, stores
 
 DIMENSION = 8
 
@@ -254,3 +255,85 @@ def test_an_absent_store_is_empty(tmp_path):
     index = packed_store.PackedStore(str(tmp_path / "nothing"), identity()).index()
     assert len(index) == 0 and index.shards == ()
     assert (index.positions([content_of(1), None]) == -1).all()
+
+
+def test_an_object_store_path_is_written_and_read_through_gfile():
+    """ram:// stands for gs:// (a gfile file system that is not local): no rename, no os."""
+    store = packed_store.PackedStore("ram://packed-test", identity())
+    path = write(store, range(3))
+    assert path.startswith("ram://packed-test/") and not [
+        n for n in tf.io.gfile.listdir(store.root) if ".tmp-" in n]
+    assert_holds(store.index(), range(3))
+
+
+# compute_bottlenecks with the packed store.
+
+@pytest.fixture
+def photos(tmp_path):
+    """12 images, 4 per class. -> list of full paths."""
+    image_dir = make_dataset(tmp_path / "data", per_class=4)
+    dataset = dataset_lib.build_dataset(image_dir, 0, 0)
+    return [dataset.full_path(image) for image in dataset.images]
+
+
+def entry_files(folder):
+    return [n for _, _, names in os.walk(folder) for n in names if n.endswith(".f32")]
+
+
+def test_compute_writes_shards_and_a_rerun_computes_nothing(tmp_path, tiny_module, photos):
+    folder = str(tmp_path / "bottlenecks")
+    packed = stores.StoreOptions(kind="packed", entries_per_shard=5)
+    first = compute.compute_bottlenecks(photos, tiny_module, folder, store=packed)
+    assert first.summary().startswith("Bottlenecks: 12 images, 12 distinct (0 copies): "
+                                      "12 computed, 0 from the cache")
+    assert entry_files(folder) == []  # no per-file entries
+    shards = [n for n in os.listdir(os.path.join(folder, first.module_key, "packed"))
+              if n.endswith(".shard")]
+    assert len(shards) == 3  # 5 + 5 + 2
+    # Read by either kind: the packed store is always read.
+    for kind in ("packed", "files"):
+        again = compute.compute_bottlenecks(photos, tiny_module, folder,
+                                            store=stores.StoreOptions(kind=kind))
+        assert (again.computed, again.reused) == (0, 12)
+        np.testing.assert_array_equal(again.vectors, first.vectors)
+    assert entry_files(folder) == []
+
+
+def test_vectors_not_held_come_from_the_shards(tmp_path, tiny_module, photos):
+    folder = str(tmp_path / "bottlenecks")
+    held = compute.compute_bottlenecks(photos[:6], tiny_module, folder)  # per-file entries
+    assert len(entry_files(folder)) == 6
+    streamed = compute.compute_bottlenecks(
+        photos + ["/no/such/photo.jpg"], tiny_module, folder,
+        store=stores.StoreOptions(hold_vectors=False))
+    assert isinstance(streamed.vectors, packed_store.StoreVectors)
+    assert streamed.vectors.shape == (13, 64)
+    assert (streamed.computed, streamed.reused, len(streamed.skipped)) == (6, 6, 1)
+    np.testing.assert_array_equal(streamed.vectors[:6], held.vectors)
+    np.testing.assert_array_equal(streamed.vectors[12], np.zeros(64))  # skipped: zeros
+    # Every vector is in the shards, those of the per-file cache included ...
+    index = packed_store.PackedStore(folder, streamed.vectors.index.store.identity).index()
+    assert len(index) == 12
+    # ... and kind "files" still wrote the computed ones as entries too.
+    assert len(entry_files(folder)) == 12
+    full = compute.compute_bottlenecks(photos, tiny_module, str(tmp_path / "elsewhere"))
+    np.testing.assert_array_equal(np.asarray(streamed.vectors)[:12], full.vectors)
+
+
+def test_a_failed_run_commits_what_it_computed(tmp_path, tiny_module, photos, monkeypatch):
+    folder = str(tmp_path / "bottlenecks")
+    packed = stores.StoreOptions(kind="packed", entries_per_shard=100)
+    put, count = stores.Stores.put, [0]
+
+    def failing_put(self, content, vector):
+        count[0] += 1
+        if count[0] == 6:
+            raise RuntimeError("disk on fire")
+        put(self, content, vector)
+
+    monkeypatch.setattr(stores.Stores, "put", failing_put)
+    with pytest.raises(RuntimeError):
+        compute.compute_bottlenecks(photos, tiny_module, folder, batch_size=4, store=packed)
+    monkeypatch.setattr(stores.Stores, "put", put)
+    rerun = compute.compute_bottlenecks(photos, tiny_module, folder, store=packed)
+    assert (rerun.computed, rerun.reused) == (7, 5)

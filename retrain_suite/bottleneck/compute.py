@@ -17,10 +17,11 @@ from retrain_suite import errors, memory_budget
 from retrain_suite.bottleneck import batch_size as batch_size_lib
 from retrain_suite.bottleneck import cache as cache_lib
 from retrain_suite.bottleneck import module as module_lib
+from retrain_suite.bottleneck import packed_store
+from retrain_suite.bottleneck import stores as stores_lib
+from retrain_suite.bottleneck.progress import Progress, format_duration  # noqa: F401 (training, tuning)
 from retrain_suite.images import files as image_files
 from retrain_suite.images import pipelines as image_pipelines
-
-PROGRESS_SECONDS = 10.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +54,9 @@ class Counts:
 
 @dataclasses.dataclass
 class Bottlenecks:
-    vectors: np.ndarray  # float32 [N, D], row i for paths[i]; zeros where skipped
+    # float32 [N, D], row i for paths[i]; zeros where skipped. An np.ndarray, or with
+    # StoreOptions(hold_vectors=False) a packed_store.StoreVectors reading the shards.
+    vectors: np.ndarray
     skipped: dict  # {index: reason} for images that could not be read or decoded
     computed: int  # images whose vector was computed in this call (copies included)
     reused: int  # images whose vector came from the cache
@@ -75,83 +78,10 @@ class Bottlenecks:
         return self.counts.line()
 
 
-class Progress:
-    """Logs count, rate and time left every few seconds during long work.
-
-    The time left comes only from the steady part of the work: not from
-    batches marked not steady (those that measure the batch size run at other
-    sizes, some slower), nor from the first steady batch, which also pays for
-    set-up (graph optimisation, an input pipeline's restart). Until a steady
-    batch after that first one has ended no time left is shown, so the
-    estimate holds from the first line that gives one.
-    """
-
-    def __init__(self, total, what, interval=PROGRESS_SECONDS, clock=time.monotonic):
-        self.total, self.what, self.interval, self.clock = total, what, interval, clock
-        self.done = 0
-        self.start = self.last = clock()
-        self.steady_since = None  # when the first steady batch ended
-        self.steady_done = 0  # images of the steady batches after the first one
-        self.measuring = False  # the latest batch was marked not steady
-
-    def restart(self):
-        """Start the clock now, after set-up that is not part of the work timed."""
-        self.start = self.last = self.clock()
-
-    def update(self, count, steady=True):
-        """count more images done, in one batch; steady=False for a batch that measures."""
-        self.done += count
-        now = self.clock()
-        self.measuring = not steady
-        if steady:
-            if self.steady_since is None:
-                self.steady_since = now
-            else:
-                self.steady_done += count
-        if now - self.last >= self.interval or self.done == self.total:
-            self.last = now
-            logging.info("%s", self.line(now))
-
-    def seconds_left(self, now):
-        """Seconds left at the steady rate, or None while there is no steady rate yet."""
-        if not self.steady_done:
-            return None
-        return (self.total - self.done) * max(now - self.steady_since, 1e-9) / self.steady_done
-
-    def line(self, now):
-        rate = self.done / max(now - self.start, 1e-9)
-        left = self.seconds_left(now)
-        if self.done == self.total:
-            ending = "done"
-        elif left is not None:
-            ending = f"{format_duration(left)} left"
-        elif self.measuring:
-            ending = "measuring the batch size (time left after it)"
-        else:
-            ending = "time left after the next batch"
-        return (
-            f"{self.what}: {self.done}/{self.total} ({100.0 * self.done / self.total:.0f}%), "
-            f"{rate:.1f} images/s, {ending}"
-        )
-
-
-def format_duration(seconds):
-    if seconds == float("inf"):
-        return "unknown time"
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, seconds = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    if minutes:
-        return f"{minutes}m{seconds:02d}s"
-    return f"{seconds}s"
-
-
 def compute_bottlenecks(
     images, handle, bottleneck_dir, default_image_size=module_lib.DEFAULT_IMAGE_SIZE,
     batch_size=None, max_image_pixels=image_files.DEFAULT_MAX_IMAGE_PIXELS,
-    precision="float32",
+    precision="float32", store=None,
 ):
     """Bottleneck vectors for images, from the cache or computed and cached.
 
@@ -160,7 +90,10 @@ def compute_bottlenecks(
     images per forward pass, or None to measure the fastest (see
     bottleneck.batch_size). precision:
     "float32", or "bfloat16"/"float16" for a mixed-precision forward pass
-    (cached under its own key). Returns Bottlenecks, row i for image i; images
+    (cached under its own key). store: stores.StoreOptions, where computed
+    vectors go ("files" or "packed" shards; both are read) and whether the
+    result holds them (hold_vectors=False: Bottlenecks.vectors is a
+    packed_store.StoreVectors). Returns Bottlenecks, row i for image i; images
     that cannot be read or decoded, or are larger than max_image_pixels, are
     skipped with a warning, not fatal. Raises module.ModuleError and
     cache.CacheError for problems that stop the work.
@@ -179,30 +112,53 @@ def compute_bottlenecks(
             shape = module.height, module.width, int(module(probe).shape[-1])
     height, width, dimension = shape
     key = cache_lib.module_key(handle, height, width, precision)
-    cache = cache_lib.BottleneckCache(bottleneck_dir, key)
-    logging.info(
-        "Module %s: %dx%d input, %d-d output, %s, running on %s; cache %s",
-        handle, height, width, dimension, precision,
-        module_lib.describe_device(), cache.root,
-    )
+    store = store or stores_lib.StoreOptions()
+    identity = packed_store.StoreIdentity(key, handle, height, width, precision, dimension)
+    with stores_lib.Stores(bottleneck_dir, identity, store) as stores:
+        logging.info(
+            "Module %s: %dx%d input, %d-d output, %s, running on %s; cache %s",
+            handle, height, width, dimension, precision,
+            module_lib.describe_device(), stores.describe(),
+        )
+        result = _compute(images, handle, stores,
+                          _Asked(default_image_size, batch_size, max_image_pixels, precision))
+    if not store.hold_vectors:
+        result.vectors = stores.vectors_of(
+            [None if i in result.skipped else c for i, c in enumerate(result.contents)])
+    logging.info("%s", result.summary())
+    return result
+
+
+@dataclasses.dataclass(frozen=True)
+class _Asked:
+    """compute_bottlenecks' arguments that _compute passes on."""
+
+    default_image_size: int
+    batch_size: int  # or None: measured
+    max_image_pixels: int
+    precision: str
+
+
+def _compute(images, handle, stores, asked):
+    """compute_bottlenecks' work, with the stores open. -> Bottlenecks (vectors None
+    when not held)."""
+    identity = stores.packed.identity
+    height, width, dimension = identity.height, identity.width, identity.dimension
+    batch_size, max_image_pixels = asked.batch_size, asked.max_image_pixels
+    default_image_size, precision = asked.default_image_size, asked.precision
     files = images.inspect(max_image_pixels)
     contents = [None if f.problem else f.sha1 for f in files]
     hashes = [f.sha1 for f in files]  # also of files read but refused, for the copies count
     skipped = {i: f.problem for i, f in enumerate(files) if f.problem}
 
-    vectors = np.zeros([len(images), dimension], np.float32)
+    held = stores.options.hold_vectors
+    vectors = np.zeros([len(images), dimension], np.float32) if held else _NotHeld()
+    found = stores.lookup(contents, vectors if held else None)
     missing = {}  # content key -> indices needing it
-    reused, cached = 0, set()
     for i, content in enumerate(contents):
-        if content is None:
-            continue
-        vector = cache.lookup(content, dimension)
-        if vector is None:
+        if content is not None and i not in found:
             missing.setdefault(content, []).append(i)
-        else:
-            vectors[i] = vector
-            reused += 1
-            cached.add(content)
+    reused, cached = len(found), {contents[i] for i in found}
 
     computed, forward_passes, steady_rate, chosen = 0, 0, None, None
     if missing:
@@ -232,7 +188,7 @@ def compute_bottlenecks(
                 forward_passes += len(batch)
                 for i, content, vector in batch:
                     came_out.add(i)
-                    cache.store(content, vector)  # As they come: a killed run keeps them.
+                    stores.put(content, vector)  # As they come: a killed run keeps them.
                     old = contents[i]
                     if content == old:
                         vectors[missing[old]] = vector
@@ -262,12 +218,18 @@ def compute_bottlenecks(
     for i in sorted(skipped):
         logging.warning("Skipping %s: %s", images.name(i), skipped[i])
     counts = count_by_content(hashes, skipped, forward_passes, len(cached))
-    result = Bottlenecks(
-        vectors, skipped, computed, reused, height, width, key, steady_rate, chosen, hashes,
-        counts,
+    return Bottlenecks(
+        vectors if held else None, skipped, computed, reused, height, width,
+        identity.module_key, steady_rate,
+        chosen, hashes, counts,
     )
-    logging.info("%s", result.summary())
-    return result
+
+
+class _NotHeld:
+    """Where the vectors would go when they are not held: assignments are dropped."""
+
+    def __setitem__(self, rows, values):
+        pass
 
 
 def log_work(distinct, images):

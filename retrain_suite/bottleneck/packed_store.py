@@ -132,16 +132,21 @@ class PackedStore:
         except tf.errors.NotFoundError:
             return []
 
-    def index(self, prefer=None):
+    def index(self, prefer=None, reuse=None):
         """The StoreIndex of every committed, valid record. Never raises for damage.
 
         prefer(shard path) -> bool: shards for which it is true come first, so
         their copy of a key is the one the index gives (compaction keeps them).
+        reuse: an earlier StoreIndex of this store, whose shards are taken as
+        it checked them; only shards committed since are read.
         If a listed manifest or shard vanishes meanwhile (a compaction retired
         it after committing its replacement), the folder is listed again, so a
         concurrent compaction never hides an entry.
         """
-        scanned, seen = {}, set()
+        scanned = {} if reuse is None else {
+            s.path.rsplit("/", 1)[-1][:-len(fmt.SHARD_SUFFIX)] + fmt.MANIFEST_SUFFIX: s
+            for s in reuse.scanned}
+        seen = set(scanned)
         for _ in range(5):
             manifests = [n for n in self.list_names() if n.endswith(fmt.MANIFEST_SUFFIX)]
             fresh = [n for n in manifests if n not in seen]
@@ -260,6 +265,7 @@ class StoreIndex:
 
     def __init__(self, store, scanned):
         self.store = store
+        self.scanned = tuple(scanned)  # what index(reuse=) takes over
         self.shards = tuple(s.path for s in scanned)
         self.counts = tuple(s.count for s in scanned)  # records per shard, valid or not
         keys = np.concatenate([s.keys for s in scanned]) if scanned else np.zeros(0, "S20")
@@ -378,6 +384,10 @@ class StoreVectors:
         if isinstance(rows, (int, np.integer)):
             return self.index.read(self.positions[[int(rows)]])[0]
         return self.index.read(self.positions[rows])
+
+    def take(self, rows):
+        """The StoreVectors of rows (indices, a slice or a mask), nothing read."""
+        return StoreVectors(self.index, self.positions[rows])
 
     def __array__(self, dtype=None, copy=None):
         values = self.index.read(self.positions)
