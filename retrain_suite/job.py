@@ -41,7 +41,7 @@ from retrain_suite import (
 from retrain_suite import config as config_lib
 from retrain_suite import dataset as dataset_lib
 from retrain_suite import memo as memo_lib
-from retrain_suite.bottleneck import compute
+from retrain_suite.bottleneck import compute, stores
 from retrain_suite.bottleneck import module as module_lib
 from retrain_suite.images import pipelines as image_pipelines
 from retrain_suite.multi_label import stages as multi_label_stages
@@ -230,9 +230,9 @@ def prepare_run(config, dataset, images):
         images, config.module.tfhub_module, config.module.bottleneck_dir,
         config.module.image_size, config.module.bottleneck_batch_size, config.data.max_image_pixels,
         precision=precision,
+        # Streamed: the vectors go to (or come from) the packed store, never all in memory.
+        store=stores.StoreOptions(hold_vectors=not config.module.stream_bottlenecks),
     )
-    if config.module.stream_bottlenecks:
-        bottlenecks = vector_memory.in_packed_store(bottlenecks, config.module, precision)
     run = run_data.prepare(dataset, images, bottlenecks, config.data.max_image_pixels)
     if bottlenecks.skipped:
         check_sets(run.dataset, config)

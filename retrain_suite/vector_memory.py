@@ -4,20 +4,18 @@ r"""Where a run's bottleneck vectors live: held in memory, or streamed from the 
 (memory_budget.estimate) against this machine's memory or --memory_limit,
 and picks streaming when the vectors held would not fit and streamed they do
 (or when --stream_bottlenecks asks for it), saying so in one log line.
-`in_packed_store` puts a run's vectors in the packed store and gives them
-back as a packed_store.StoreVectors, what run_data.Split.bottlenecks then
-holds: training reads them through streamed_batches, evaluation in chunks.
+Streamed, compute_bottlenecks gives the vectors back as a
+packed_store.StoreVectors over the shards (stores.StoreOptions(hold_vectors=
+False)), what run_data.Split.bottlenecks then holds: training reads them
+through streamed_batches, evaluation in chunks.
 """
 
 import dataclasses
 
-import numpy as np
 from absl import logging
 
 from retrain_suite import config as config_lib
 from retrain_suite import memory_budget
-from retrain_suite.bottleneck import cache as cache_lib
-from retrain_suite.bottleneck import packed_store
 
 
 def sizes_of(config, dimension, class_count, image_count, input_size):
@@ -80,35 +78,3 @@ def choose(config, dimension, class_count, image_count, input_size):
                  memory_budget.format_bytes(held.needed), bound)
     return True
 
-
-def in_packed_store(bottlenecks, module, precision):
-    """bottlenecks (a compute.Bottlenecks) with its vectors in the packed store of
-    module.bottleneck_dir: those missing there are written (one shard per
-    packed_store.ShardWriter's size), and `vectors` becomes a StoreVectors over the
-    store, (-1, -1) (zeros) for the images skipped.
-
-    module: the run's config.ModuleConfig; precision: that of the vectors.
-    """
-    dimension = int(bottlenecks.vectors.shape[1])
-    store = packed_store.PackedStore(module.bottleneck_dir, packed_store.StoreIdentity(
-        bottlenecks.module_key, module.tfhub_module, bottlenecks.height, bottlenecks.width,
-        precision, dimension))
-    contents = [None if i in bottlenecks.skipped else c
-                for i, c in enumerate(bottlenecks.contents)]
-    index = store.index()
-    absent = index.positions(contents)[:, 0] < 0
-    written = set()
-    with packed_store.ShardWriter(store) as writer:
-        for i in np.flatnonzero(absent):
-            if contents[i] is not None and contents[i] not in written:
-                writer.add(contents[i], bottlenecks.vectors[i])
-                written.add(contents[i])
-    if written:
-        logging.info("Wrote %d bottleneck vectors to the packed store %s (%d shards).",
-                     len(written), store.root, len(writer.written))
-        index = store.index()
-    positions = index.positions(contents)
-    if (positions[[c is not None for c in contents], 0] < 0).any():
-        raise cache_lib.CacheError(
-            f"The packed store {store.root} lost vectors while they were written; run again.")
-    return dataclasses.replace(bottlenecks, vectors=packed_store.StoreVectors(index, positions))
