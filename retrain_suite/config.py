@@ -23,7 +23,15 @@ import math
 import re
 from typing import Optional
 
-from retrain_suite import errors, final_layer, onnx_export, onnx_model, schedules, tflite
+from retrain_suite import (
+    errors,
+    final_layer,
+    memory_budget,
+    onnx_export,
+    onnx_model,
+    schedules,
+    tflite,
+)
 from retrain_suite.bottleneck import module as module_lib
 from retrain_suite.bottleneck import stores as stores_lib
 from retrain_suite.dataset import split as split_lib
@@ -124,12 +132,40 @@ class ModuleConfig:
     # Where computed vectors go: one of bottleneck.stores.KINDS ("files": one per image,
     # "packed": shards); both are always read.
     bottleneck_store: str = "files"
+    # The memory the run may use, e.g. "8GB" (memory_budget.parse_bytes); "": this
+    # machine's. Past it the bottleneck vectors are streamed from the packed store.
+    memory_limit: str = ""
+    stream_bottlenecks: bool = False  # stream them even when they would fit
 
     def validate(self):
         """Raise UsageError for values that cannot work."""
         check_numbers(self)
         check_positive(self, ("bottleneck_batch_size", "image_size"))
         check_store(self.bottleneck_store)
+        self.memory_limit_bytes()
+
+    def memory_limit_bytes(self):
+        """--memory_limit in bytes, or None for this machine's memory. Raises UsageError."""
+        if not self.memory_limit:
+            return None
+        try:
+            return memory_budget.parse_bytes(self.memory_limit)
+        except ValueError:
+            raise UsageError(
+                f"--memory_limit={self.memory_limit} must be a size such as 8GB, 512MB or "
+                "16GiB (at least one byte).") from None
+
+
+def needs_vectors_in_memory(config):
+    """The flag of config that needs every bottleneck vector in memory, or None: what
+    streaming them from the packed store cannot do."""
+    if config.tuning.on:
+        return "--tune_trials" if config.tuning.tune_trials else "--tune_seconds"
+    if config.multi_label.multi_label:
+        return "--multi_label"
+    if config.training.sampling == "uniform":
+        return "--sampling=uniform"
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -392,6 +428,11 @@ class RetrainConfig:
                 "--tune_trials and --tune_seconds compare settings on cached bottlenecks, and "
                 "distortions train from images; tune without distortions, or drop the tuning flags."
             )
+        needing = needs_vectors_in_memory(self)
+        if self.module.stream_bottlenecks and needing:
+            raise UsageError(
+                f"--stream_bottlenecks cannot be used with {needing}, which needs every "
+                "bottleneck vector in memory; drop one of them.")
         if self.fine_tuning.fine_tune_steps and self.data.tfrecord_dir:
             raise UsageError(
                 "--fine_tune_steps reads training images by position, which TFRecord files do "

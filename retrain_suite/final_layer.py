@@ -15,7 +15,7 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
-from retrain_suite import atomic_files, vector_batches
+from retrain_suite import atomic_files, streamed_batches, vector_batches
 
 SCOPE = "final_retrain_ops"
 
@@ -181,6 +181,9 @@ class TrainingGraph:
     scored_labels: tf.Tensor = None
     scored_correct: tf.Tensor = None  # float32 [n]: 1 where the predicted class is the label
     scored_cross_entropy: tf.Tensor = None  # float32 [n]: each image's plain cross entropy
+    # With a stream: what initialising the iterator is fed (the store positions and
+    # labels); None: feed the in-memory `bottlenecks` and `labels` instead.
+    iterator_feed: Optional[dict] = None
 
     def layer_values(self, sess):
         """The final layer's current variable values, [ndarray] in `variables` order."""
@@ -205,7 +208,8 @@ class LayerSpec:
     multi_label: bool = False  # sigmoid outputs (independent scores) instead of a softmax
 
 
-def build_training_graph(dimension, spec, training, loss_settings=None, batch_source=None):
+def build_training_graph(dimension, spec, training, loss_settings=None, batch_source=None,
+                         stream=None):
     """The graph that trains the final layer (a LayerSpec) on D=dimension bottlenecks.
 
     training: a config.TrainingConfig; its optimizer, learning_rate,
@@ -230,6 +234,11 @@ def build_training_graph(dimension, spec, training, loss_settings=None, batch_so
     training batches then come from it (distorted images through the module)
     instead of the in-memory bottlenecks, one step per call (no train_steps:
     its batch is computed outside any loop). Only the final layer is trained.
+
+    stream: optional streamed_batches.Source: the training batches are read from
+    the packed store's shards instead (streamed_batches.training_batches), the
+    iterator initialised with `iterator_feed`; the `bottlenecks`/`labels`
+    placeholders are then not read.
     """
     class_count, final_tensor_name, hidden_units = spec.class_count, spec.final_tensor_name, spec.hidden_units
     batch_size, seed, sampling = training.train_batch_size, training.random_seed, training.sampling
@@ -240,7 +249,12 @@ def build_training_graph(dimension, spec, training, loss_settings=None, batch_so
         tf.compat.v1.set_random_seed(seed)
         bottlenecks = tf.compat.v1.placeholder(tf.float32, [None, dimension], "train_bottlenecks")
         labels = tf.compat.v1.placeholder(tf.int64, [None], "train_labels")
-        if sampling == "uniform":
+        iterator_feed = None
+        if stream is not None:
+            if sampling != "proportional":
+                raise ValueError(f"sampling={sampling!r} needs the vectors in memory")
+            batches, iterator_feed = streamed_batches.training_batches(stream, batch_size, seed)
+        elif sampling == "uniform":
             batches = vector_batches.class_uniform_batches(bottlenecks, labels, batch_size, seed)
         elif sampling == "proportional":
             batches = vector_batches.training_batches(bottlenecks, labels, batch_size, seed)
@@ -358,6 +372,7 @@ def build_training_graph(dimension, spec, training, loss_settings=None, batch_so
         summaries=summaries, saver=saver, variables=variables, assign_values=assign_values,
         value_inputs=value_inputs, scored_input=scored_input, scored_labels=scored_labels,
         scored_correct=scored_correct, scored_cross_entropy=scored_cross_entropy,
+        iterator_feed=iterator_feed,
     )
 
 

@@ -25,7 +25,6 @@ from retrain_suite import (
     export,
     final_layer,
     fine_tuning,
-    memory_budget,
     output_paths,
     phases,
     report_content,
@@ -37,6 +36,7 @@ from retrain_suite import (
     training,
     tuning,
     tuning_summaries,
+    vector_memory,
 )
 from retrain_suite import config as config_lib
 from retrain_suite import dataset as dataset_lib
@@ -68,31 +68,6 @@ def check_sets(dataset, config):
         raise config_lib.UsageError(
             "--assert_accuracy_at_least needs test or validation images; raise "
             "--testing_percentage or drop the flag."
-        )
-
-
-def check_memory(config, dimension, class_count, image_count, input_size):
-    """Raise memory_budget.TooBig when the sizes asked for need more memory than this
-    machine has (what is counted: memory_budget.estimate).
-
-    dimension: bottleneck size D; input_size: (height, width) of the module.
-    """
-    sizes = memory_budget.Sizes(
-        image_count=image_count, input_size=input_size,
-        bottleneck_batch_size=config.module.bottleneck_batch_size, dimension=dimension,
-        class_count=class_count, train_batch_size=config.training.train_batch_size,
-        hidden_units=config.training.hidden_units,
-        distorted=config_lib.distortions_from(config).any(),
-        fine_tune_batch_size=config.fine_tuning.fine_tune_batch_size
-        if config.fine_tuning.fine_tune_steps else 0,
-    )
-    estimate = memory_budget.estimate(sizes)
-    missing = memory_budget.shortfall(estimate.needed)
-    if missing:
-        raise memory_budget.TooBig(
-            f"--{estimate.largest}={getattr(sizes, estimate.largest)} needs {missing} "
-            f"({dimension}-value bottlenecks, "
-            f"{class_count} classes, {image_count} images). Lower it."
         )
 
 
@@ -162,14 +137,15 @@ def retrain_with_checked_flags(config, timer):
     """run_retraining after the flag and path checks: scan, check, then train holding
     the checkpoint's lock. timer: the run's phases.PhaseTimer."""
     with timer.phase("scan and checks (the module loaded to check names, unless remembered)"):
-        dataset, images = scan_and_check(config)
+        dataset, images, config = scan_and_check(config)
     with checkpoint_lock(config.outputs.checkpoint_path):
         return train_and_export(config, dataset, images, timer)
 
 
 def scan_and_check(config):
     """Scan (or read the TFRecords) and check the sets, outputs, names and memory.
-    -> (dataset, its image source)."""
+    -> (dataset, its image source, config): config with module.stream_bottlenecks set
+    when the memory check chose streaming."""
     if config.training.class_weighting == "balanced" and config.training.sampling == "uniform":
         logging.warning(
             "--class_weighting=balanced with --sampling=uniform corrects for class sizes "
@@ -193,8 +169,10 @@ def scan_and_check(config):
     dimension, input_size = check_names_in_graphs(config)
     if config.fine_tuning.fine_tune_steps:
         module_lib.check_fine_tunable(config.module.tfhub_module, config.module.image_size)
-    check_memory(config, dimension, len(dataset.labels), len(dataset.images), input_size)
-    return dataset, images
+    if vector_memory.choose(config, dimension, len(dataset.labels), len(dataset.images), input_size):
+        config = dataclasses.replace(
+            config, module=dataclasses.replace(config.module, stream_bottlenecks=True))
+    return dataset, images, config
 
 
 def train_and_export(config, dataset, images, timer):
@@ -260,7 +238,10 @@ def prepare_run(config, dataset, images):
     bottlenecks = compute.compute_bottlenecks(
         images, config.module.tfhub_module, config.module.bottleneck_dir,
         config.module.image_size, config.module.bottleneck_batch_size, config.data.max_image_pixels,
-        precision=precision, store=stores_lib.StoreOptions(kind=config.module.bottleneck_store),
+        precision=precision,
+        # Streamed: the vectors go to (or come from) the packed store, never all in memory.
+        store=stores_lib.StoreOptions(kind=config.module.bottleneck_store,
+                                      hold_vectors=not config.module.stream_bottlenecks),
     )
     run = run_data.prepare(dataset, images, bottlenecks, config.data.max_image_pixels)
     if bottlenecks.skipped:

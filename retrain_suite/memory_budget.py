@@ -8,10 +8,12 @@ one estimate: retrain.py's check (job.check_memory) and the cache fill's
 """
 
 import dataclasses
+import math
 import os
+import re
 from typing import Optional
 
-from retrain_suite import errors
+from retrain_suite import errors, streamed_batches
 from retrain_suite.bottleneck import batch_size as batch_size_lib
 
 
@@ -38,14 +40,34 @@ def format_bytes(count):
     return f"{count:.1f} PB"
 
 
-def shortfall(needed):
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+_SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*$")
+
+
+def parse_bytes(text):
+    """'8GB' -> 8000000000: a count of bytes, with an optional unit (B, KB, MB, GB, TB:
+    powers of 1000, as format_bytes writes; KiB, MiB, GiB, TiB: of 1024; any case).
+    Raises ValueError for anything else, and for a size below one byte or too large."""
+    match = _SIZE.match(text)
+    unit = match and match.group(2).upper()
+    if not match or unit not in _UNITS:
+        raise ValueError(f"{text!r} is not a size")
+    value = float(match.group(1)) * _UNITS[unit]
+    if not math.isfinite(value) or not 1 <= value < 2**63:
+        raise ValueError(f"{text!r} is out of range")
+    return int(value)
+
+
+def shortfall(needed, limit=None):
     """None if `needed` bytes fit in RAM (or RAM is unknown), else a text like
-    'about 51.2 GB of memory; this machine has 24.6 GB'."""
-    available = physical_memory()
+    'about 51.2 GB of memory; this machine has 24.6 GB'. limit: bytes to check
+    against instead of RAM (--memory_limit), or None."""
+    available = physical_memory() if limit is None else limit
     if available is None or needed <= available:
         return None
-    return (f"about {format_bytes(needed)} of memory; this machine has "
-            f"{format_bytes(available)}")
+    has = ("this machine has" if limit is None else "the limit (--memory_limit) is")
+    return f"about {format_bytes(needed)} of memory; {has} {format_bytes(available)}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +87,15 @@ class Sizes:
     hidden_units: int = 0  # H; 0: no hidden layer
     distorted: bool = False  # training batches are decoded images, not cached vectors
     fine_tune_batch_size: int = 0  # images per fine-tuning step; 0: no fine-tuning
+    # The vectors are streamed from the packed store (streamed_batches): not held; a
+    # shuffle buffer of them and each image's position and label instead.
+    streamed: bool = False
+
+
+# What streaming holds per image (values of 4 bytes): its position and key in the
+# store's index (packed_store.StoreIndex: 28 bytes), and the training pipeline's
+# sorted key, row and label (24 bytes).
+STREAMED_VALUES_PER_IMAGE = 13
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +117,8 @@ def estimate(sizes):
     largest running; with distortions a training batch of images twice; with
     fine-tuning, a fine-tuning batch of images twice (the module's own
     activations and gradients for it are not counted: they depend on the module).
+    Streamed, instead of the bottlenecks: STREAMED_VALUES_PER_IMAGE per image and
+    the shuffle buffer (streamed_batches.shuffle_rows vectors).
     """
     batch, hidden, classes = sizes.train_batch_size, sizes.hidden_units, sizes.class_count
     dimension = sizes.dimension
@@ -103,5 +136,14 @@ def estimate(sizes):
         parts["train_batch_size"] += 2 * batch * pixels
     if sizes.fine_tune_batch_size:
         parts["fine_tune_batch_size"] = 2 * sizes.fine_tune_batch_size * pixels
-    return Estimate(4 * (sizes.image_count * dimension + sum(parts.values())),
-                    max(parts, key=parts.get))
+    if sizes.streamed:
+        held = (STREAMED_VALUES_PER_IMAGE * sizes.image_count
+                + streamed_batches.shuffle_rows(dimension, sizes.image_count) * dimension)
+    else:
+        held = sizes.image_count * dimension
+    return Estimate(4 * (held + sum(parts.values())), max(parts, key=parts.get))
+
+
+def vectors_bytes(sizes):
+    """Bytes of the bottleneck vectors [N, D] of sizes, held in memory."""
+    return 4 * sizes.image_count * sizes.dimension

@@ -15,7 +15,7 @@ from typing import Optional
 import numpy as np
 
 from retrain_suite import dataset as dataset_lib
-from retrain_suite import final_layer
+from retrain_suite import final_layer, streamed_batches
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,8 +30,9 @@ class Split:
     name: str  # one of dataset.SPLITS
     images: tuple  # dataset.Image each, in the canonical order
     labels: np.ndarray  # int64 [n]: each image's class index
-    # float32 [n, D]: each image's bottleneck vector. A view of the run's store:
-    # in memory today (any object indexed by rows like an array serves).
+    # float32 [n, D]: each image's bottleneck vector. In memory (an ndarray), or
+    # streamed: a packed_store.StoreVectors, read row by row from the packed store
+    # (streamed_batches.is_streamed tells which; streamed_batches.subset takes rows).
     bottlenecks: np.ndarray
     rows: np.ndarray  # int64 [n]: each image's index in the run's image source
     # Multi-label runs only: float32 [n, C], 1 where the image has the class, else 0.
@@ -122,7 +123,7 @@ def prepare(dataset, source, bottlenecks, max_image_pixels):
         splits[name] = Split(
             name=name, images=images,
             labels=np.array([image.label_index for image in images], np.int64),
-            bottlenecks=bottlenecks.vectors[rows].reshape(len(rows), bottlenecks.vectors.shape[1]),
+            bottlenecks=vectors_of(bottlenecks.vectors, rows),
             rows=rows, targets=multi_hot(dataset, images),
         )
     return PreparedRun(
@@ -130,6 +131,14 @@ def prepare(dataset, source, bottlenecks, max_image_pixels):
         contents={image.path: bottlenecks.contents[row_of[image.path]] for image in dataset.images},
         input_size=(bottlenecks.height, bottlenecks.width), max_image_pixels=max_image_pixels,
     )
+
+
+def vectors_of(vectors, rows):
+    """The rows (int64 [n]) of a compute.Bottlenecks' vectors: float32 [n, D] in memory,
+    or, streamed, a StoreVectors over their positions (nothing read)."""
+    if streamed_batches.is_streamed(vectors):
+        return streamed_batches.subset(vectors, rows)
+    return vectors[rows].reshape(len(rows), vectors.shape[1])
 
 
 def multi_hot(dataset, images):

@@ -20,7 +20,7 @@ import tensorflow as tf
 from absl import logging
 
 from retrain_suite import dataset as dataset_lib
-from retrain_suite import export, final_layer, run_data, schedules
+from retrain_suite import export, final_layer, run_data, schedules, streamed_batches
 from retrain_suite.bottleneck import compute
 
 
@@ -124,10 +124,14 @@ def rows_per_call(class_count):
     return max(1, EVALUATION_CELLS // class_count)
 
 
-def _calls(g, count):
-    """Slices of `count` rows, one per evaluation call of rows_per_call images."""
+def _calls(g, x):
+    """Slices of the rows of x (float32 [n, D]), one per evaluation call of
+    rows_per_call images. Vectors streamed from the store are read call by call, so
+    a call then also holds at most EVALUATION_CELLS of them."""
     step = rows_per_call(int(g.probabilities.shape[1]))
-    return [slice(start, start + step) for start in range(0, count, step)]
+    if streamed_batches.is_streamed(x):
+        step = min(step, rows_per_call(int(x.shape[1])))
+    return [slice(start, start + step) for start in range(0, len(x), step)]
 
 
 def predict(sess, g, x):
@@ -135,7 +139,7 @@ def predict(sess, g, x):
     rows_per_call images. -> (predictions int64 [n], confidences float32 [n]: the
     probability given to each predicted class)."""
     predictions, confidences = [np.zeros([0], np.int64)], [np.zeros([0], np.float32)]
-    for rows in _calls(g, len(x)):
+    for rows in _calls(g, x):
         predicted, probabilities = sess.run([g.predictions, g.probabilities],
                                             {g.bottleneck_input: x[rows]})
         predictions.append(predicted)
@@ -148,7 +152,7 @@ def score(sess, g, x, y):
     [n]), in calls of rows_per_call images: each call's means weighted by its
     images (in one call, exactly the graph's). -> (accuracy, cross entropy)."""
     accuracy = entropy = 0.0
-    for rows in _calls(g, len(x)):
+    for rows in _calls(g, x):
         batch_accuracy, batch_entropy = sess.run(
             [g.accuracy, g.cross_entropy], {g.bottleneck_input: x[rows], g.ground_truth: y[rows]})
         accuracy += float(batch_accuracy) * len(y[rows])
@@ -258,25 +262,39 @@ def validate(evaluator, rows, rate, step):
     """
     sess, g, validation = evaluator.sess, evaluator.g, evaluator.validation
     val_x, val_y = validation.bottlenecks, validation.labels
-    fetches = [g.accuracy, g.cross_entropy, g.summaries]
-    feed = {g.bottleneck_input: val_x[rows], g.ground_truth: val_y[rows], g.learning_rate: rate}
     choosing = evaluator.best is not None
     sampled_part = len(rows) < len(val_y)
-    whole_in_call = choosing and sampled_part and len(val_y) <= rows_per_call(
-        int(g.probabilities.shape[1]))
-    if whole_in_call:
-        fetches += [g.scored_correct, g.scored_cross_entropy]
-        feed.update({g.scored_input: val_x, g.scored_labels: val_y})
-    if choosing:
-        fetches += list(g.variables)
-    fetched = sess.run(fetches, feed)
-    accuracy, entropy, summary = fetched[:3]
+    sampled_x = streamed_batches.subset(val_x, rows)
+    whole_in_call, values = False, None
+    if streamed_batches.is_streamed(sampled_x) and len(_calls(g, sampled_x)) > 1:
+        # A sample too large to read from the store at once: scored call by call,
+        # and summarised by its two numbers.
+        accuracy, entropy = score(sess, g, sampled_x, val_y[rows])
+        summary = tf.compat.v1.Summary(value=[
+            tf.compat.v1.Summary.Value(tag="accuracy", simple_value=accuracy),
+            tf.compat.v1.Summary.Value(tag="cross_entropy", simple_value=entropy)])
+    else:
+        fetches = [g.accuracy, g.cross_entropy, g.summaries]
+        feed = {g.bottleneck_input: sampled_x[:], g.ground_truth: val_y[rows],
+                g.learning_rate: rate}
+        # Streamed vectors are not read whole at every evaluation: score() reads them
+        # call by call below.
+        whole_in_call = (choosing and sampled_part and not streamed_batches.is_streamed(val_x)
+                         and len(val_y) <= rows_per_call(int(g.probabilities.shape[1])))
+        if whole_in_call:
+            fetches += [g.scored_correct, g.scored_cross_entropy]
+            feed.update({g.scored_input: val_x, g.scored_labels: val_y})
+        if choosing:
+            fetches += list(g.variables)
+        fetched = sess.run(fetches, feed)
+        accuracy, entropy, summary = fetched[:3]
+        if choosing:
+            values = fetched[-len(g.variables):]
     evaluator.writer.add_summary(summary, step)
     sampled = (float(accuracy), float(entropy))
     message = f", validation accuracy {100 * accuracy:.1f}% (N={len(rows)})"
     if not choosing:
         return (message, *sampled)
-    values = fetched[-len(g.variables):]
     if whole_in_call:
         correct, entropies = fetched[3], fetched[4]
         accuracy, entropy = float(np.mean(correct)), float(np.mean(entropies))
@@ -284,7 +302,8 @@ def validate(evaluator, rows, rate, step):
         accuracy, entropy = score(sess, g, val_x, val_y)
     if sampled_part:
         message += f", all {len(val_y)}: {100 * accuracy:.1f}%"
-    if evaluator.best.update(step, accuracy, entropy, lambda: values):
+    if evaluator.best.update(step, accuracy, entropy,
+                             lambda: values if values is not None else g.layer_values(sess)):
         message += " (best so far)"
     return (message, *sampled)
 
@@ -305,9 +324,12 @@ def train(run, training, evaluation, outputs, hooks=Hooks()):
     seed = training.random_seed
     rng = np.random.RandomState(seed)
     spec = final_layer.LayerSpec(run.class_count, outputs.final_tensor_name, training.hidden_units)
+    streamed = streamed_batches.is_streamed(run.training.bottlenecks)
+    stream = (streamed_batches.Source.of(run.training.bottlenecks, train_y)
+              if streamed and hooks.batch_source is None else None)
     g = final_layer.build_training_graph(
         run.dimension, spec, training, loss_settings(training, train_y, run.class_count),
-        hooks.batch_source,
+        hooks.batch_source, stream,
     )
     summaries_dir = outputs.summaries_dir
     steps, interval = training.how_many_training_steps, evaluation.eval_step_interval
@@ -332,7 +354,12 @@ def train(run, training, evaluation, outputs, hooks=Hooks()):
         train_writer = tf.compat.v1.summary.FileWriter(os.path.join(summaries_dir, "train"), g.graph)
         validation_writer = tf.compat.v1.summary.FileWriter(os.path.join(summaries_dir, "validation"))
         sess.run(tf.compat.v1.global_variables_initializer())
-        sess.run(g.iterator_init, {g.bottlenecks: run.training.bottlenecks, g.labels: train_y})
+        if g.iterator_feed is not None:
+            sess.run(g.iterator_init, g.iterator_feed)
+        elif streamed:  # Batches of distorted images: the vectors are not read.
+            sess.run(g.iterator_init)
+        else:
+            sess.run(g.iterator_init, {g.bottlenecks: run.training.bottlenecks, g.labels: train_y})
         evaluator = _Evaluator(sess, g, validation, validation_writer, best if selecting else None)
         start = time.monotonic()
         step = 0
@@ -407,7 +434,8 @@ def train(run, training, evaluation, outputs, hooks=Hooks()):
         for split, size in ((validation, -1), (testing, evaluation.test_batch_size)):
             if len(split):
                 positions = sample(rng, len(split), size)
-                classes, confidences = predict(sess, g, split.bottlenecks[positions])
+                classes, confidences = predict(
+                    sess, g, streamed_batches.subset(split.bottlenecks, positions))
                 predictions[split.name] = run_data.Predictions(positions, classes, confidences)
     return TrainingResult(steps=step, kept_step=kept_step, predictions=predictions, layer=layer,
                           history=history)

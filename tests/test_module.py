@@ -265,7 +265,7 @@ def test_a_run_loads_the_module_once_for_its_checks_and_its_bottlenecks(
     monkeypatch.setattr(module_lib.hub, "load", lambda path: loads.append(path) or hub_load(path))
     image_dir = make_dataset(tmp_path / "data", per_class=4)
     config = config_lib.from_flat(retrain_settings(tmp_path, image_dir, tiny_module))
-    dataset, images = job.scan_and_check(config)
+    dataset, images, config = job.scan_and_check(config)
     assert len(loads) == 1  # the export graph's names are checked with the module in it
     run = job.prepare_run(config, dataset, images)
     assert len(loads) == 1 and len(run.training)  # the bottlenecks froze that same load

@@ -194,6 +194,17 @@ def define_retrain_flags():
         + batch_size_lib.default_description() + ".",
     )
     define_max_image_pixels()
+    flags.DEFINE_string(
+        "memory_limit", _d("memory_limit"),
+        "The memory this run may use, e.g. 8GB, 512MB or 16GiB. When the bottleneck "
+        "vectors would not fit in it, training streams them from the packed store instead "
+        "of refusing the run. Default: this machine's memory.",
+    )
+    flags.DEFINE_bool(
+        "stream_bottlenecks", _d("stream_bottlenecks"),
+        "Stream the bottleneck vectors from the packed store (<bottleneck_dir>/<module "
+        "key>/packed/) while training and evaluating, even when they fit in memory.",
+    )
     # Training.
     flags.DEFINE_integer("how_many_training_steps", _d("how_many_training_steps"), "Training steps to run.")
     flags.DEFINE_float("learning_rate", _d("learning_rate"), "Learning rate of the final layer's training.")
