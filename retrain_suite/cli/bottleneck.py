@@ -1,6 +1,7 @@
 """The cache-fill command line (python -m bottleneck): flags -> compute.compute_bottlenecks,
 or with --runner -> bottleneck.beam_fill, a Beam pipeline (Beam's own options pass through)."""
 
+import logging as py_logging
 import sys
 
 import tensorflow as tf
@@ -52,12 +53,17 @@ BEAM_MISSING = "error: --runner needs Apache Beam: pip install -e '.[beam]'"
 
 def fill_on_beam(config, pipeline_args):
     """The fill as a Beam pipeline (bottleneck.beam_fill), its options checked first."""
+    # Beam's import warns that Google Cloud's optional clients are missing (apitools,
+    # BigQuery): nothing the fill uses.
+    py_logging.disable(py_logging.WARNING)
     try:
         from retrain_suite.bottleneck import beam_fill, beam_lists
     except ImportError as e:  # Beam is an extra; only a missing Beam is the user's to fix
         if (e.name or "").split(".")[0] != "apache_beam":
             raise
         sys.exit(BEAM_MISSING)
+    finally:
+        py_logging.disable(py_logging.NOTSET)
     runner, options = beam_fill.runner_and_options(config.runner, pipeline_args)
     split_lists = None
     if config.split_lists_dir is not None:
