@@ -65,6 +65,7 @@ FIGURES = (
     "gpu",
     "fine_tuning",
     "time_to_classifier",
+    "beam",
 )
 
 
