@@ -88,6 +88,17 @@ class Bench:
             self._photos = photos.write_photos(self.folder("photos"), self.settings.images)
         return self._photos
 
+    def log_round(self, what, number, rates):
+        """Log one round's rates ({name: images/s}) of a figure measured in rounds."""
+        logging.info("%s round %d of %d: %s", what, number + 1, self.settings.rounds,
+                     ", ".join(f"{name} {rate:.2f}" for name, rate in rates.items()))
+
+    def beam(self):
+        """The Beam fill against the in-process fill (beam_figure.py)."""
+        import beam_figure  # imports apache_beam: only when the figure is asked for
+
+        beam_figure.beam_rows(self)
+
     def add(self, *args, **kwargs):
         row = Row(*args, **kwargs)
         logging.info("%s", " | ".join(row.cells()))

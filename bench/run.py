@@ -66,6 +66,7 @@ FIGURES = (
     "fine_tuning",
     "time_to_classifier",
     "packed_store",
+    "beam",
 )
 
 

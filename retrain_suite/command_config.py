@@ -14,6 +14,7 @@ from typing import Optional
 
 from retrain_suite import config as config_lib
 from retrain_suite import onnx_model, tflite
+from retrain_suite.dataset import split as split_lib
 
 UsageError = config_lib.UsageError  # the one class of flag problems, every command's
 
@@ -62,14 +63,47 @@ class BottleneckConfig:
     max_image_pixels: int = _DATA.max_image_pixels  # width x height
     bottleneck_store: str = _MODULE.bottleneck_store  # "files" or "packed"
     compact: bool = False  # rewrite the module's small packed shards into few (after a fill)
+    # Beam (bottleneck.beam_fill): a runner name runs the fill as a Beam pipeline.
+    runner: Optional[str] = None
+    shard_entries: Optional[int] = None  # with a runner: most entries per shard
+    split_lists_dir: Optional[str] = None  # with a runner: write the split lists there
+    # With split_lists_dir; None: _DATA's defaults.
+    validation_percentage: Optional[float] = None
+    testing_percentage: Optional[float] = None
+    split_by: Optional[str] = None
 
     def validate(self):
         """Raise UsageError, with the fix in one line, for flags that cannot work."""
         if not self.image_dir and not self.compact:
             raise UsageError("--image_dir is required: the folder with one subfolder per class "
                              "(or --compact alone, to compact the packed store).")
-        config_lib.check_positive(self, ("batch_size", "image_size", "max_image_pixels"))
+        config_lib.check_positive(self, ("batch_size", "image_size", "max_image_pixels",
+                                         "shard_entries"))
         config_lib.check_store(self.bottleneck_store)
+        if self.runner == "":
+            raise UsageError("--runner is empty; give a Beam runner's name (e.g. FnApiRunner).")
+        if self.runner is not None and not self.image_dir:
+            raise UsageError("--runner fills the cache from --image_dir: add it.")
+        if self.runner is not None and self.bottleneck_store != "packed":
+            raise UsageError("--runner writes the packed store: add --bottleneck_store=packed "
+                             "(a Beam fill does not write one file per image).")
+        for name in ("shard_entries", "split_lists_dir"):
+            if getattr(self, name) is not None and self.runner is None:
+                raise UsageError(f"--{name} is for a Beam pipeline: add --runner (e.g. "
+                                 "--runner=FnApiRunner).")
+        for name in ("validation_percentage", "testing_percentage", "split_by"):
+            if getattr(self, name) is not None and self.split_lists_dir is None:
+                raise UsageError(f"--{name} sets the split lists: add --split_lists_dir.")
+        if self.split_lists_dir is not None:
+            split_lib.check_percentages(*self.split_percentages())
+            split_lib.check_split_by(self.split_by or _DATA.split_by)
+
+    def split_percentages(self):
+        """(validation, testing) percentages of the split lists, the defaults filled in."""
+        return (_DATA.validation_percentage if self.validation_percentage is None
+                else self.validation_percentage,
+                _DATA.testing_percentage if self.testing_percentage is None
+                else self.testing_percentage)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -124,13 +124,7 @@ def store_identity(handle, default_image_size, precision):
     # The run's checks loaded it already (export.check_final_tensor_name): shared, not
     # reloaded. Or they only remembered its sizes: then it is loaded only if a vector is
     # missing.
-    shape = module_lib.known_shape(handle, default_image_size)
-    if shape is None:
-        module = module_lib.load_shared(handle, default_image_size)
-        with module.graph.as_default():
-            probe = tf.compat.v1.placeholder(tf.float32, [None, module.height, module.width, 3])
-            shape = module.height, module.width, int(module(probe).shape[-1])
-    height, width, dimension = shape
+    height, width, dimension = module_shape(handle, default_image_size)
     key = cache_lib.module_key(handle, height, width, precision)
     return packed_store.StoreIdentity(key, handle, height, width, precision, dimension)
 
@@ -173,7 +167,7 @@ def _compute(images, handle, stores, asked):
         # Loaded (if need be) and frozen only now: a run with every vector cached does
         # not pay for it.
         module = module_lib.load_shared(handle, default_image_size)
-        forward, graph = _frozen_forward(module, precision)
+        forward, graph = frozen_forward(module, precision)
         forward_pass = _ForwardPass(
             images, forward, graph, module_lib.session_config(precision), (height, width),
             max_image_pixels,
@@ -238,6 +232,18 @@ class _NotHeld:
         pass
 
 
+def module_shape(handle, default_image_size=module_lib.DEFAULT_IMAGE_SIZE):
+    """(height, width, D) of the module: as remembered (module.known_shape), else loaded
+    (module.load_shared, kept for the computation) and called on a placeholder."""
+    shape = module_lib.known_shape(handle, default_image_size)
+    if shape is None:
+        module = module_lib.load_shared(handle, default_image_size)
+        with module.graph.as_default():
+            probe = tf.compat.v1.placeholder(tf.float32, [None, module.height, module.width, 3])
+            shape = module.height, module.width, int(module(probe).shape[-1])
+    return shape
+
+
 def log_work(distinct, images):
     """The line that starts the computation: how many vectors, for how many images."""
     what = f"{distinct} bottleneck{'' if distinct == 1 else 's'}"
@@ -263,7 +269,7 @@ def count_by_content(hashes, skipped, computed, cached):
 FROZEN_MEMORY_PER_WEIGHT_BYTE = 16
 
 
-def _frozen_forward(module, precision):
+def frozen_forward(module, precision):
     """(forward pass, its graph): the module with its weights frozen, where it can be.
 
     Constant weights let Grappler fold each batch normalization into its

@@ -1,5 +1,7 @@
-"""The cache-fill command line (python -m bottleneck): flags -> compute.compute_bottlenecks."""
+"""The cache-fill command line (python -m bottleneck): flags -> compute.compute_bottlenecks,
+or with --runner -> bottleneck.beam_fill, a Beam pipeline (Beam's own options pass through)."""
 
+import logging as py_logging
 import sys
 
 import tensorflow as tf
@@ -17,7 +19,9 @@ from retrain_suite.cli import startup
 FLAGS = flags.FLAGS
 
 
-def main(argv):
+def main(argv, pipeline_args=()):
+    """The command; pipeline_args: Beam's options, split off the command line by
+    pipeline_args_of (only with --runner)."""
     if len(argv) > 1:
         sys.exit(f"error: unexpected arguments {' '.join(argv[1:])}; every option is a --flag.")
     tf.get_logger().setLevel("ERROR")
@@ -25,8 +29,10 @@ def main(argv):
     try:
         config.validate()
         check_cache_location(config.bottleneck_dir, config.image_dir, config.tfhub_module)
+        if config.runner is not None:
+            fill_on_beam(config, list(pipeline_args))
         precision = module_lib.mixed_precision_type() if config.mixed_precision else "float32"
-        if config.image_dir:
+        if config.image_dir and config.runner is None:
             fill(config, precision)
         if config.compact:
             identity = compute.store_identity(config.tfhub_module, config.image_size, precision)
@@ -49,6 +55,84 @@ def fill(config, precision):
         config.bottleneck_dir, config.image_size, config.batch_size, config.max_image_pixels,
         precision=precision, store=stores_lib.StoreOptions(kind=config.bottleneck_store),
     )
+
+
+BEAM_MISSING = "error: --runner needs Apache Beam: pip install -e '.[beam]'"
+
+
+def fill_on_beam(config, pipeline_args):
+    """The fill as a Beam pipeline (bottleneck.beam_fill), its options checked first."""
+    # Beam's import warns that Google Cloud's optional clients are missing (apitools,
+    # BigQuery): nothing the fill uses.
+    py_logging.disable(py_logging.WARNING)
+    try:
+        from retrain_suite.bottleneck import beam_fill, beam_lists
+    except ImportError as e:  # Beam is an extra; only a missing Beam is the user's to fix
+        if (e.name or "").split(".")[0] != "apache_beam":
+            raise
+        sys.exit(BEAM_MISSING)
+    finally:
+        py_logging.disable(py_logging.NOTSET)
+    runner, options = beam_fill.runner_and_options(config.runner, pipeline_args)
+    split_lists = None
+    if config.split_lists_dir is not None:
+        output_paths.check_not_empty([("split_lists_dir", config.split_lists_dir)])
+        output_paths.check_apart([("split_lists_dir", config.split_lists_dir)],
+                                 [("image_dir", config.image_dir),
+                                  ("bottleneck_dir", config.bottleneck_dir)])
+        beam_lists.check_folder(config.split_lists_dir)
+        validation, testing = config.split_percentages()
+        split_lists = beam_lists.SplitLists(config.split_lists_dir, validation, testing,
+                                            config.split_by or "path")
+    precision = module_lib.mixed_precision_type() if config.mixed_precision else "float32"
+    beam_fill.fill_store(beam_fill.Fill(
+        image_dir=config.image_dir, handle=config.tfhub_module,
+        bottleneck_dir=config.bottleneck_dir, image_size=config.image_size, precision=precision,
+        batch_size=config.batch_size or batch_size_lib.DEFAULT_BATCH_SIZE,
+        max_image_pixels=config.max_image_pixels, shard_entries=config.shard_entries,
+        split_lists=split_lists,
+    ), runner, options)
+
+
+def pipeline_args_of(args, flag_values):
+    """Split a command line (args, without the program) into (ours, Beam's).
+
+    Ours are the flags defined in flag_values (absl's FlagValues), with the value that
+    follows a non-boolean one written without '='; everything else is Beam's (its
+    options and their values), for beam_fill.runner_and_options to parse and refuse
+    what Beam does not know. Only used with --runner: without it absl parses
+    everything, as before. Arguments after '--' stay ours.
+    """
+    ours, beams, i = [], [], 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            ours += args[i:]
+            break
+        name, has_value, _ = arg.lstrip("-").partition("=")
+        known = arg.startswith("-") and (
+            name in flag_values or (name.startswith("no") and name[2:] in flag_values
+                                    and flag_values[name[2:]].boolean))
+        if not known:
+            beams.append(arg)
+        else:
+            ours.append(arg)
+            if (not has_value and name in flag_values and not flag_values[name].boolean
+                    and i + 1 < len(args)):
+                i += 1
+                ours.append(args[i])
+        i += 1
+    return ours, beams
+
+
+def runner_asked(args):
+    """True when the command line (args, without the program) gives --runner."""
+    for arg in args:
+        if arg == "--":
+            return False
+        if arg.startswith("-") and arg.lstrip("-").partition("=")[0] == "runner":
+            return True
+    return False
 
 
 def check_cache_location(bottleneck_dir, image_dir, handle):
@@ -87,11 +171,15 @@ def check_batch_memory(batch_size, image_count, handle, image_size):
 
 def run():
     shared_flags.define_command_flags(define_flags)
+    argv, pipeline_args = sys.argv, []
+    if runner_asked(argv[1:]):
+        ours, pipeline_args = pipeline_args_of(argv[1:], FLAGS)
+        argv = [argv[0], *ours]
     # Entries are written whole under temporary names: each is complete or absent.
-    startup.run(main, lambda: (
+    startup.run(lambda args: main(args, pipeline_args), lambda: (
         f"interrupted: the bottlenecks cached so far in {FLAGS['bottleneck_dir'].value} "
         "are kept; run the same command again to compute only the rest."
-    ))
+    ), argv=argv)
 
 
 def define_flags():
@@ -100,7 +188,8 @@ def define_flags():
     shared_flags.define_module_flags()
     flags.DEFINE_integer(
         "batch_size", command_config.default(command_config.BottleneckConfig, "batch_size"),
-        "Images per forward pass. Default: " + batch_size_lib.default_description() + ".",
+        "Images per forward pass. Default: " + batch_size_lib.default_description() + "; "
+        f"with --runner, {batch_size_lib.DEFAULT_BATCH_SIZE}.",
     )
     shared_flags.define_max_image_pixels()
     flags.DEFINE_bool(
@@ -111,3 +200,29 @@ def define_flags():
         "--mixed_precision as for the fill) and --bottleneck_dir; with --image_dir, the "
         "cache is filled first. Safe while other runs read or write the store.",
     )
+    flags.DEFINE_string(
+        "runner", None,
+        "Run the fill as an Apache Beam pipeline on this runner (needs pip install -e "
+        "'.[beam]'): FnApiRunner or DirectRunner (in this process; "
+        "--direct_running_mode=multi_processing --direct_num_workers=N for N processes), "
+        "DataflowRunner, FlinkRunner, SparkRunner, PortableRunner, ... Beam's own options "
+        "(--project, --region, --temp_location, --num_workers, --setup_file, ...) follow "
+        "on the command line. Writes the packed store (<bottleneck_dir>/<module key>/packed).",
+    )
+    flags.DEFINE_integer(
+        "shard_entries", None,
+        "With --runner: the most vectors per packed shard (a shard is also written at "
+        "the end of each of Beam's bundles). Default: about 64 MB of entries.",
+    )
+    flags.DEFINE_string(
+        "split_lists_dir", None,
+        "With --runner: also write the split lists there as sharded text "
+        "(split-SSSSS-of-NNNNN.tsv, one '<set>\\t<class>\\t<path>' line per image) and "
+        "the copies report (copies.txt), computed in the pipeline. A new or empty folder.",
+    )
+    flags.DEFINE_float("validation_percentage", None, "With --split_lists_dir: percentage "
+                       "of images in the validation set. Default: 10.")
+    flags.DEFINE_float("testing_percentage", None, "With --split_lists_dir: percentage of "
+                       "images in the testing set. Default: 10.")
+    flags.DEFINE_enum("split_by", None, ["path", "content"], "With --split_lists_dir: what "
+                      "picks an image's set (see retrain.py --split_by). Default: path.")

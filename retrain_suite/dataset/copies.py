@@ -35,37 +35,47 @@ class Copies:
         return self.images - self.distinct
 
 
+KINDS = ("within_set", "across_sets", "across_classes")  # Copies' lists, in report order
+
+
+def kinds_of(group):
+    """The kinds (names in KINDS) of one group of byte-identical images (Image, two or
+    more): within_set alone, or across_sets and/or across_classes."""
+    crosses_sets = len({i.split for i in group}) > 1
+    crosses_classes = len({i.label for i in group}) > 1
+    if not crosses_sets and not crosses_classes:
+        return ("within_set",)
+    return tuple(kind for kind, crosses in (("across_sets", crosses_sets),
+                                            ("across_classes", crosses_classes)) if crosses)
+
+
+def group_order(group):
+    """Sort key of a group (sorted by label and path) in the report: its first image."""
+    return (group[0].label, group[0].path)
+
+
 def find_copies(images, contents):
     """Copies among `images` (Image), `contents[i]` the SHA-1 of image i's file (None: unread)."""
     groups = {}
     for image, content in zip(images, contents):
         if content is not None:
             groups.setdefault(content, []).append(image)
-    within, across_sets, across_classes = [], [], []
+    kinds = {kind: [] for kind in KINDS}
     for group in groups.values():
         if len(group) < 2:
             continue
         group = sorted(group, key=lambda i: (i.label, i.path))
-        crosses_sets = len({i.split for i in group}) > 1
-        crosses_classes = len({i.label for i in group}) > 1
-        if crosses_sets:
-            across_sets.append(group)
-        if crosses_classes:
-            across_classes.append(group)
-        if not crosses_sets and not crosses_classes:
-            within.append(group)
-    def in_order(kind):
-        return sorted(kind, key=lambda g: (g[0].label, g[0].path))
-
+        for kind in kinds_of(group):
+            kinds[kind].append(group)
     return Copies(sum(len(g) for g in groups.values()), len(groups),
-                  in_order(within), in_order(across_sets), in_order(across_classes))
+                  *(sorted(kinds[kind], key=group_order) for kind in KINDS))
 
 
-def _named(groups, describe):
-    """Lines naming the first COPIES_NAMED groups, then a count of the rest."""
+def _named(count, groups, describe):
+    """Lines naming the first COPIES_NAMED groups (of count), then a count of the rest."""
     lines = [f"    {describe(group)}" for group in groups[:COPIES_NAMED]]
-    if len(groups) > COPIES_NAMED:
-        lines.append(f"    ... and {len(groups) - COPIES_NAMED} more")
+    if count > COPIES_NAMED:
+        lines.append(f"    ... and {count - COPIES_NAMED} more")
     return lines
 
 
@@ -94,25 +104,39 @@ def _evaluated_copy(group):
 
 def format_copies(copies):
     """The copies report: one line of counts, then the copies by kind, as text."""
-    if not copies.copies:
-        return f"Copies: none; {copies.images} images, all distinct."
+    return format_copy_counts(copies.images, copies.distinct, {
+        kind: (len(getattr(copies, kind)), getattr(copies, kind)[:COPIES_NAMED])
+        for kind in KINDS
+    })
+
+
+def format_copy_counts(images, distinct, kinds):
+    """format_copies from counts alone, for a report computed where the groups are too many
+    to hold (the Beam pipeline): images and distinct as in Copies; kinds: {kind in KINDS:
+    (number of groups, the first COPIES_NAMED of them in group_order)}."""
+    copies = images - distinct
+    if not copies:
+        return f"Copies: none; {images} images, all distinct."
     lines = [
-        f"Copies: {copies.images} images, {copies.distinct} distinct "
-        f"({copies.copies} {'is a copy' if copies.copies == 1 else 'are copies'} of another image)."
+        f"Copies: {images} images, {distinct} distinct "
+        f"({copies} {'is a copy' if copies == 1 else 'are copies'} of another image)."
     ]
-    if copies.within_set:
-        lines.append(f"  {len(copies.within_set)} within one class and set (harmless, computed once):")
-        lines += _named(copies.within_set, _same_files)
-    if copies.across_sets:
+    count, named = kinds["within_set"]
+    if count:
+        lines.append(f"  {count} within one class and set (harmless, computed once):")
+        lines += _named(count, named, _same_files)
+    count, named = kinds["across_sets"]
+    if count:
         lines.append(
-            f"  {len(copies.across_sets)} across sets: the evaluation sees photos trained on, "
+            f"  {count} across sets: the evaluation sees photos trained on, "
             "which inflates the reported accuracy (--split_by=content keeps copies in one set):"
         )
-        lines += _named(copies.across_sets, _evaluated_copy)
-    if copies.across_classes:
+        lines += _named(count, named, _evaluated_copy)
+    count, named = kinds["across_classes"]
+    if count:
         lines.append(
-            f"  {len(copies.across_classes)} filed under more than one class: label noise; "
+            f"  {count} filed under more than one class: label noise; "
             "keep each photo in its one class:"
         )
-        lines += _named(copies.across_classes, _same_files)
+        lines += _named(count, named, _same_files)
     return "\n".join(lines)

@@ -92,6 +92,15 @@ def find_images(image_dir, exclude_dirs=()):
     devices), names that are not valid UTF-8 and folders that cannot be read
     are skipped with a warning. Paths are sorted and '/' separated.
     """
+    check_image_dir(image_dir)
+    found = {}
+    for name, class_dir in class_folders(image_dir, exclude_dirs):
+        found[name] = _images_under(class_dir, name, exclude_dirs)
+    return found
+
+
+def check_image_dir(image_dir):
+    """Raise DatasetError unless image_dir is an existing folder."""
     if not tf.io.gfile.exists(image_dir):
         raise DatasetError(f"--image_dir {image_dir} does not exist.")
     if not tf.io.gfile.isdir(image_dir):
@@ -99,13 +108,19 @@ def find_images(image_dir, exclude_dirs=()):
             f"--image_dir {image_dir} is a file; give the folder that holds one "
             "subfolder per class."
         )
+
+
+def class_folders(image_dir, exclude_dirs=()):
+    """[(class name, folder)] of image_dir's class folders, sorted: its subfolders less
+    the hidden and excluded ones. Raises DatasetError for a folder that cannot be listed
+    or a class folder whose name is not UTF-8 (find_images' rules for the top level)."""
     try:
         entries = folder_entries(image_dir)
     except (OSError, tf.errors.OpError) as e:
         raise DatasetError(
             f"--image_dir {image_dir} cannot be read ({_reason(e)}); check its permissions."
         ) from e
-    found = {}
+    folders = []
     for name, kind in entries:
         class_dir = os.path.join(image_dir, name)
         if _is_hidden_dir(name) or kind != "dir":
@@ -117,8 +132,43 @@ def find_images(image_dir, exclude_dirs=()):
                 f"Class folder {shown(class_dir)} has a name that is not valid UTF-8, "
                 "and a label must be; rename the folder."
             )
-        found[name] = _images_under(class_dir, name, exclude_dirs)
-    return found
+        folders.append((name, class_dir))
+    return folders
+
+
+def listed_image(image_dir, path, exclude_dirs=(), kind="file"):
+    """find_images' verdict on one file found under a class folder by another lister
+    (Beam's file matching, which does not walk as _images_under does).
+
+    path: the file's full path under image_dir; kind: as folder_entries gives it. ->
+    (relative path '/' separated, None) for an image; (None, None) for a file that is
+    no image and is passed over silently (hidden, excluded, another extension); or
+    (None, reason) for one skipped with a warning, the reason as _images_under logs it.
+    """
+    relative = os.path.relpath(path, image_dir) if "://" not in path else (
+        path[len(image_dir.rstrip("/")) + 1:])
+    parts = relative.replace(os.sep, "/").split("/")
+    if len(parts) < 2 or any(part.startswith(".") for part in parts):
+        return None, None
+    folder = image_dir
+    for part in parts[:-1]:
+        folder = os.path.join(folder, part)
+        if any(_same_dir(folder, e) for e in exclude_dirs):
+            return None, None
+    if os.path.splitext(parts[-1])[1].lower() not in IMAGE_EXTENSIONS:
+        return None, None
+    for part in parts[1:-1]:
+        if not name_is_utf8(part):
+            return None, "a folder on its path has a name that is not valid UTF-8"
+        if line_breaking_char(part):
+            return None, f"a folder on its path: {ONE_LINE_PROBLEM}"
+    if not name_is_utf8(parts[-1]):
+        return None, "its name is not valid UTF-8; rename it to include it"
+    if line_breaking_char(parts[-1]):
+        return None, f"{ONE_LINE_PROBLEM}; rename it to include it"
+    if kind != "file":
+        return None, f"not a regular file ({kind})"
+    return "/".join(parts), None
 
 
 def _real(path):
