@@ -43,8 +43,10 @@ def beam_rows(bench):
         result = compute.compute_bottlenecks(paths, bench.handle,
                                              bench.folder("beam", f"ours{number}"), batch_size=batch)
         ours.append(len(paths) / (time.monotonic() - began))
-        if reference is None:
-            reference = dict(zip(result.contents, result.vectors))
+        if reference is None:  # the vectors of the images computed (none of the skipped)
+            reference = {content: vector for n, (content, vector)
+                         in enumerate(zip(result.contents, result.vectors))
+                         if n not in result.skipped}
         for name, args in RUNNERS:
             fill = beam_fill.Fill(image_dir, bench.handle,
                                   bench.folder("beam", f"{len(beams[name])}{name[:2]}"),
