@@ -66,8 +66,8 @@ class BottleneckConfig:
     def validate(self):
         """Raise UsageError, with the fix in one line, for flags that cannot work."""
         if not self.image_dir and not self.compact:
-            raise UsageError("--image_dir is required: the folder with one subfolder per class "
-                             "(or --compact alone, to compact the packed store).")
+            raise UsageError("--image_dir is required: the folder with one subfolder per class. "
+                             "(--compact alone compacts the packed store without it.)")
         config_lib.check_positive(self, ("batch_size", "image_size", "max_image_pixels"))
         config_lib.check_store(self.bottleneck_store)
 
