@@ -61,10 +61,10 @@ def beam_rows(bench):
         bench.log_round("Beam", number, {"in-process fill": ours[-1],
                                          **{name: rates[-1] for name, rates in beams.items()}})
     best = max(ours)
-    for name, _ in RUNNERS:
+    for number, (name, _) in zip(("12a.", "12b."), RUNNERS):
         rate = max(beams[name])
         same = "identical" if identical[name] else "**differ**"
-        bench.add(f"Beam fill, {name}: images/s (vectors {same})", f"{rate:.2f}",
+        bench.add(f"{number} Beam fill, {name}: images/s (vectors {same})", f"{rate:.2f}",
                   f"{best:.2f} in-process fill, batch {batch}", rate / best,
                   ">= 0.8x" if name.startswith("in-process") else "vectors identical",
                   rate / best >= 0.8 if name.startswith("in-process") else identical[name])

@@ -75,8 +75,8 @@ class BottleneckConfig:
     def validate(self):
         """Raise UsageError, with the fix in one line, for flags that cannot work."""
         if not self.image_dir and not self.compact:
-            raise UsageError("--image_dir is required: the folder with one subfolder per class "
-                             "(or --compact alone, to compact the packed store).")
+            raise UsageError("--image_dir is required: the folder with one subfolder per class. "
+                             "(--compact alone compacts the packed store without it.)")
         config_lib.check_positive(self, ("batch_size", "image_size", "max_image_pixels",
                                          "shard_entries"))
         config_lib.check_store(self.bottleneck_store)
@@ -84,9 +84,6 @@ class BottleneckConfig:
             raise UsageError("--runner is empty; give a Beam runner's name (e.g. FnApiRunner).")
         if self.runner is not None and not self.image_dir:
             raise UsageError("--runner fills the cache from --image_dir: add it.")
-        if self.runner is not None and self.bottleneck_store != "packed":
-            raise UsageError("--runner writes the packed store: add --bottleneck_store=packed "
-                             "(a Beam fill does not write one file per image).")
         for name in ("shard_entries", "split_lists_dir"):
             if getattr(self, name) is not None and self.runner is None:
                 raise UsageError(f"--{name} is for a Beam pipeline: add --runner (e.g. "

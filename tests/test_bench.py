@@ -15,7 +15,8 @@ def expected_rows():
         mixed = ("2a.", "2b.")
     except module_lib.ModuleError:
         mixed = ("2.",)
-    return ("1a.", "1b.", *mixed, "3.", "4.", "4b.", "5a.", "5b.", "6.", "7.", "8.", "9.", "10.", "11.")
+    return ("1a.", "1b.", *mixed, "3.", "4.", "4b.", "5a.", "5b.", "6.", "7.", "8.", "9.", "10.",
+            "11.", "12a.", "12b.")
 
 
 @pytest.mark.slow

@@ -175,9 +175,9 @@ def test_training_options_reach_the_training_graph(dataset_dir, tiny_module, tmp
     seen = {}
     build = final_layer.build_training_graph
 
-    def spy(dimension, spec, training, loss_settings=None, batch_source=None):
+    def spy(dimension, spec, training, loss_settings=None, batch_source=None, stream=None):
         seen.update(spec=spec, training=training, loss_settings=loss_settings)
-        return build(dimension, spec, training, loss_settings, batch_source)
+        return build(dimension, spec, training, loss_settings, batch_source, stream)
 
     monkeypatch.setattr(final_layer, "build_training_graph", spy)
     settings = retrain_settings(

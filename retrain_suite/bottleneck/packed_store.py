@@ -81,7 +81,7 @@ class _Scanned:
     records: np.ndarray  # int64 [k]
 
 
-class _Vanished(Exception):
+class _Vanished(cache_lib.CacheError):
     """A listed manifest or shard is gone (a compaction replaced it meanwhile)."""
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from retrain_suite import atomic_files
+from retrain_suite.bottleneck import cache as cache_lib
 from retrain_suite.images import files as image_files
 
 MAGIC = b"RSBSHARD"
@@ -73,7 +74,7 @@ def header(dimension, count):
             + np.array([count], "<u8").tobytes() + bytes(8))
 
 
-class NotRegular(Exception):
+class NotRegular(cache_lib.CacheError):
     """A folder, FIFO or device where a shard was expected."""
 
 
@@ -113,7 +114,7 @@ def write_whole(path, data):
         atomic_files.write_bytes(path, data)
 
 
-class Refused(Exception):
+class Refused(cache_lib.CacheError):
     """A shard or manifest this run cannot use; the message says why."""
 
 

@@ -30,6 +30,12 @@ def main(argv, pipeline_args=()):
         config.validate()
         check_cache_location(config.bottleneck_dir, config.image_dir, config.tfhub_module)
         if config.runner is not None:
+            # A Beam fill writes the packed store: an explicit --bottleneck_store=files
+            # is refused, never ignored.
+            if FLAGS["bottleneck_store"].present and config.bottleneck_store != "packed":
+                raise command_config.UsageError(
+                    f"--runner writes the packed store, not --bottleneck_store="
+                    f"{config.bottleneck_store}: drop that flag or make it packed.")
             fill_on_beam(config, list(pipeline_args))
         precision = module_lib.mixed_precision_type() if config.mixed_precision else "float32"
         if config.image_dir and config.runner is None:
