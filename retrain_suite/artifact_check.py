@@ -254,7 +254,7 @@ def memo_key(memo, name, path, test_set):
         return None
 
 
-def check_run(outputs, run, result, memo=None, displayed_rows=()):
+def check_run(outputs, run, result, memo=None, displayed_rows=(), ahead=None):
     """Check the run's exported files on its test set (validation set if it has no test images).
 
     outputs: the run's config.OutputConfig (which files were written); run: the
@@ -262,7 +262,9 @@ def check_run(outputs, run, result, memo=None, displayed_rows=()):
     model; memo: a check_memo.CheckMemo (files already checked are not run again);
     displayed_rows: rows of the set whose pictures the run shows later (TensorBoard's
     grid of mistakes, the report page's thumbnails): as the check decodes them, they
-    are kept in run.displayed, so they are not decoded a second time.
+    are kept in run.displayed, so they are not decoded a second time; ahead: a
+    checked_images.DecodedAhead of the set's rows, whose batches are used when it
+    decoded them (while an export converted).
     -> (set name, [ArtifactResult]), or None when there are no such images.
     """
     memo = memo or check_memo.CheckMemo(None)
@@ -304,12 +306,15 @@ def check_run(outputs, run, result, memo=None, displayed_rows=()):
                      "these images by the same runtime (%s): their predictions are reused.",
                      len(artifacts) - len(to_run), os.path.join(memo.folder, "checks"))
     if to_run:
-        decoded = run.image_batches(rows, BATCH_SIZE)
+        decoded = ahead.batches() if ahead is not None and ahead.rows == rows else None
+        if decoded is None:
+            decoded = ((indices, pixels) for indices, _, pixels
+                       in run.image_batches(rows, BATCH_SIZE).as_numpy_iterator())
         kept = set(displayed_rows)
         batches = (
             (np.array([position_of[i] for i in indices.tolist()]),
              evaluation_pictures.keep_displayed(run, indices, pixels, kept))
-            for indices, _, pixels in decoded.as_numpy_iterator()
+            for indices, pixels in decoded
         )
         ran, predicted = _run_artifacts([artifacts[n] for n, _ in to_run], batches,
                                         split.labels, trained)

@@ -21,6 +21,7 @@ from retrain_suite import (
     artifact_check,
     atomic_files,
     check_memo,
+    checked_images,
     evaluation,
     export,
     final_layer,
@@ -197,8 +198,11 @@ def train_and_export(config, dataset, images, timer):
     model = train_model(config, run, timer)
     with timer.phase("report (tables, JSON)"):
         report, reports, accuracy = report_results(config, run, model)
+    checked_split = run.testing if len(run.testing) else run.validation
+    ahead = checked_images.DecodedAhead(run, checked_split.rows.tolist(),
+                                        artifact_check.BATCH_SIZE)
     run_exports.export_model(config, run, run_exports.ExportedLayer(
-        model.spec, model.result.layer, model.module_values), timer)
+        model.spec, model.result.layer, model.module_values), timer, ahead)
     with timer.phase("check of the exported files"):
         # Earlier checks are remembered in the bottleneck cache's folder, when it is local.
         bottleneck_dir = config.module.bottleneck_dir
@@ -209,7 +213,8 @@ def train_and_export(config, dataset, images, timer):
         split = "testing" if len(run.testing) else "validation"
         shown = reporting.shown_rows(run, reports.get(split), split,
                                      report_content.MAX_THUMBNAILS)
-        checked = artifact_check.check_run(config.outputs, run, model.result, memo, shown)
+        checked = artifact_check.check_run(config.outputs, run, model.result, memo, shown,
+                                           ahead)
     with timer.phase("TensorBoard's evaluation pictures"):
         reporting.write_evaluation_summaries(run, reports, config.outputs.summaries_dir,
                                              model.result.steps)

@@ -25,11 +25,12 @@ class ExportedLayer:
     thresholds: Optional[object] = None  # a multi-label layer's, float [C] in (0, 1)
 
 
-def export_model(config, run, exported, timer):
+def export_model(config, run, exported, timer, ahead=None):
     """Write the frozen graph of exported (an ExportedLayer) on the run's module, the labels
     (and the SavedModel, the TFLite file, the ONNX file), each a phase of timer; files a
     rerun already holds are kept (export_memo). config: the run's config.RetrainConfig;
-    run: its run_data.PreparedRun."""
+    run: its run_data.PreparedRun; ahead: a checked_images.DecodedAhead, started when a
+    TFLite file is converted (its calibration leaves a core to decode the check's images)."""
     outputs, handle = config.outputs, config.module.tfhub_module
     memo = export_memo.ExportMemo(memo_lib.Memo.of_cache(config.module.bottleneck_dir, "exports"))
     built = []  # the GraphDef, once built or read back
@@ -76,8 +77,8 @@ def export_model(config, run, exported, timer):
         written = derived(
             f"TFLite ({outputs.tflite_quantization})", "tflite_output_file",
             outputs.tflite_output_file, settings,
-            lambda: tflite.export_for_run(outputs, graph_def(), run, config.training.random_seed,
-                                          handle),
+            lambda: convert_tflite(outputs, graph_def(), run, config.training.random_seed,
+                                   handle, ahead),
         )
         # A count read back from the memo is shown only if it is one.
         calibrated = written.result if type(written.result) is int else 0
@@ -96,3 +97,11 @@ def export_model(config, run, exported, timer):
         logging.info("%s ONNX model %s%s", "Kept" if written.kept else "Wrote",
                      outputs.onnx_output_file,
                      ", thresholds in its metadata" if exported.spec.multi_label else "")
+
+
+def convert_tflite(outputs, graph_def, run, seed, handle, ahead):
+    """tflite.export_for_run, the check's images decoded meanwhile when ahead is a
+    checked_images.DecodedAhead. -> what export_for_run returns."""
+    if ahead is not None:
+        ahead.start()
+    return tflite.export_for_run(outputs, graph_def, run, seed, handle)

@@ -2,8 +2,10 @@
 
 import json
 import os
+import threading
 import time
 
+import pytest
 from helpers import make_dataset, retrain_settings
 
 from retrain_suite import config as config_lib
@@ -71,21 +73,26 @@ def test_a_run_ends_with_its_phase_table_and_keeps_it_in_the_report(tmp_path, ti
     assert last.startswith("Time by phase:\nphase") and "check of the exported files" in last
 
 
+@pytest.mark.parametrize("tflite", [False, True])
 def test_pictures_of_mistakes_reuse_the_images_the_check_decoded(
-        tmp_path, tiny_module, monkeypatch):
+        tmp_path, tiny_module, monkeypatch, tflite):
     """TensorBoard's grid and the report page's thumbnails show test images that the
-    check of the exported files decodes anyway: no image is decoded twice."""
+    check of the exported files decodes anyway: no image is decoded twice. With a
+    TFLite file to convert, the check's images are decoded meanwhile, on a thread."""
     image_dir = make_dataset(tmp_path / "data", per_class=8)
     # One step at a tiny rate: a layer that is wrong on many test images.
     settings = retrain_settings(
         tmp_path, image_dir, tiny_module, how_many_training_steps=1, learning_rate=1e-6,
         eval_report=str(tmp_path / "out" / "report.json"), report_dir=str(tmp_path / "report"),
+        **({"tflite_output_file": str(tmp_path / "out" / "model.tflite"),
+            "tflite_quantization": "int8"} if tflite else {}),
     )
-    decoded = []
+    decoded, threads = [], {}
     batches = run_data.PreparedRun.image_batches
 
     def recording(run, rows, batch_size):
         decoded.extend(list(rows))
+        threads.update(dict.fromkeys(rows, threading.current_thread().name))
         return batches(run, rows, batch_size)
 
     monkeypatch.setattr(run_data.PreparedRun, "image_batches", recording)
@@ -96,3 +103,7 @@ def test_pictures_of_mistakes_reuse_the_images_the_check_decoded(
     assert os.listdir(tmp_path / "report")
     # ... and every image went through the decoding pipeline once at most.
     assert len(decoded) == len(set(decoded)), sorted(decoded)
+    with open(settings["eval_report"]) as f:
+        tested = json.load(f)["artifacts"]["files"][0]["count"]
+    on_thread = [row for row, name in threads.items() if name == "decoded-ahead"]
+    assert len(on_thread) == (tested if tflite else 0)

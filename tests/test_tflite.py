@@ -17,9 +17,9 @@ from ai_edge_litert import schema_py_generated as tflite_schema
 from ai_edge_litert.interpreter import Interpreter
 from helpers import load_graph_def, make_dataset, retrain_settings, run_script
 
+from retrain_suite import checked_images, job, reporting, tflite
 from retrain_suite import config as config_lib
 from retrain_suite import dataset as dataset_lib
-from retrain_suite import job, reporting, tflite
 from retrain_suite.images import pipelines as image_pipelines
 
 
@@ -60,6 +60,9 @@ def int8_run(tmp_path_factory, tiny_module):
     )
     with pytest.MonkeyPatch.context() as patch:
         calibration_reads = record_files_read_by_tflite_export(patch)
+        # What is read during the export is calibration's alone: the check's images are
+        # not decoded meanwhile (checked_images; tests/test_phases.py checks that).
+        patch.setattr(checked_images.DecodedAhead, "start", lambda self: None)
         job.run_retraining(config_lib.from_flat(settings))
     return {"settings": settings, "root": root, "image_dir": image_dir,
             "calibration_reads": calibration_reads}
