@@ -1,6 +1,6 @@
 """The Beam figure: the cache fill as a Beam pipeline against the in-process fill.
 
-Each of --rounds rounds runs, one after the other on the same photos, the
+Each of --beam_rounds rounds runs, one after the other on the same photos, the
 in-process fill (compute.compute_bottlenecks), the Beam fill on the in-process
 runner (FnApiRunner) and on the multi-process direct runner with 2 workers, each
 into a store or cache of its own. A rate is images / wall seconds of the whole
@@ -38,7 +38,7 @@ def beam_rows(bench):
     batch = bench.settings.batch_size or compute.batch_size_lib.DEFAULT_BATCH_SIZE
     ours, beams, identical = [], {name: [] for name, _ in RUNNERS}, {}
     reference = None
-    for number in range(bench.settings.rounds):
+    for number in range(bench.settings.beam_rounds):
         began = time.monotonic()
         result = compute.compute_bottlenecks(paths, bench.handle,
                                              bench.folder("beam", f"ours{number}"), batch_size=batch)

@@ -38,6 +38,7 @@ class Settings:
     images: int
     label_images: int
     packed_entries: int
+    beam_rounds: int
     limit_batch_sizes: list
     rounds: int
     rss_counts: list

@@ -105,6 +105,13 @@ flags.DEFINE_list("limit_batch_sizes", ["8", "16", "32"], "Batch sizes tried for
 
 
 flags.DEFINE_integer(
+    "beam_rounds", 2,
+    "Rounds of rows 12a and 12b: each runs the in-process fill and both Beam runners one "
+    "after the other, and each figure is its best round.",
+)
+
+
+flags.DEFINE_integer(
     "rounds",
     3,
     "Rounds of the bottleneck rows: each measures the limit (c), ours and the classic "
@@ -208,6 +215,7 @@ def main(argv):
         "warm_images",
         "label_images",
         "packed_entries",
+        "beam_rounds",
         "eval_interval",
         "fine_tune_steps",
         "fine_tune_batch",
