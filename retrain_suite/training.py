@@ -413,9 +413,7 @@ def train(run, training, evaluation, outputs, hooks=Hooks()):
                     "since step %d.", step, best.patience, best.step,
                 )
                 break
-        elapsed = time.monotonic() - start
-        logging.info("Trained %d steps in %.1fs (%.0f steps/s).", step, elapsed,
-                     step / max(elapsed, 1e-9))
+        log_steps_rate(step, start)
         train_writer.close()
         validation_writer.close()
         kept_step = step
@@ -439,6 +437,13 @@ def train(run, training, evaluation, outputs, hooks=Hooks()):
                 predictions[split.name] = run_data.Predictions(positions, classes, confidences)
     return TrainingResult(steps=step, kept_step=kept_step, predictions=predictions, layer=layer,
                           history=history)
+
+
+def log_steps_rate(steps, start):
+    """The line that ends training: steps taken since start (time.monotonic()) and their rate."""
+    elapsed = time.monotonic() - start
+    logging.info("Trained %d steps in %.1fs (%.0f steps/s).", steps, elapsed,
+                 steps / max(elapsed, 1e-9))
 
 
 def log_distortion_cost(per_step, steps, batch_size):

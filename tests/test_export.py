@@ -169,6 +169,9 @@ def test_the_module_frozen_for_the_bottlenecks_is_exported_in_the_same_bytes_as_
     module_lib._shared[:] = [None, None]
     export.check_final_tensor_name(tiny_module, 32, final_layer.LayerSpec(2, "final_result"))
     module_lib.freeze(module_lib.load_shared(tiny_module, 32))
+    frozen = module_lib.load_shared(tiny_module, 32).frozen
+    # Frozen once per loaded module: a second freeze (a Beam worker in this process) reuses it.
+    assert module_lib.freeze(module_lib.load_shared(tiny_module, 32))._callable is frozen
     loads = []
     real_load = module_lib.load
     monkeypatch.setattr(module_lib, "load", lambda *a, **k: loads.append(a) or real_load(*a, **k))

@@ -338,16 +338,19 @@ def freeze(module, precision="float32"):
     if module.graph is None:
         raise ValueError(f"module {module.handle} is frozen already")
     weights = weight_bytes(module)
+    if weights > MAX_FROZEN_BYTES:
+        raise ModuleError(
+            f"Module {module.handle} has {weights / 2**20:,.0f} MiB of weights; the suite "
+            "freezes them into a GraphDef, which holds at most "
+            f"{MAX_FROZEN_BYTES / 2**20:,.0f} MiB. Use a smaller module."
+        )
+    if module.frozen is not None:  # frozen before in this process (its weights as loaded)
+        return FeatureVectorModule(module.handle, module.height, module.width, module.frozen,
+                                   precision)
     # An absolute scope: the pass's op names (and the inlined ones under them) do not
     # depend on what else the graph holds (the names check's export graph), so the same
     # module freezes to the same bytes in every process.
     with module.graph.as_default(), tf.name_scope("frozen_forward/"):
-        if weights > MAX_FROZEN_BYTES:
-            raise ModuleError(
-                f"Module {module.handle} has {weights / 2**20:,.0f} MiB of weights; the suite "
-                "freezes them into a GraphDef, which holds at most "
-                f"{MAX_FROZEN_BYTES / 2**20:,.0f} MiB. Use a smaller module."
-            )
         images = tf.compat.v1.placeholder(
             tf.float32, [None, module.height, module.width, 3], "freeze_images"
         )

@@ -199,9 +199,7 @@ def train(run, training, evaluation, outputs):
                 logging.info("Early stopping at step %d: no better validation mAP in %d "
                              "evaluations since step %d.", step, best.patience, best.step)
                 break
-        elapsed = time.monotonic() - start
-        logging.info("Trained %d steps in %.1fs (%.0f steps/s).", step, elapsed,
-                     step / max(elapsed, 1e-9))
+        training_lib.log_steps_rate(step, start)
         writer.close()
         validation_writer.close()
         kept_step = step
