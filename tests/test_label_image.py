@@ -13,13 +13,33 @@ import pytest
 import tensorflow as tf
 from helpers import ROOT, load_graph_def, run_script, unblocking_fifo, write_image
 
-from retrain_suite import classifier, tflite
+from retrain_suite import classifier, command_config, errors, tflite
 from retrain_suite.bottleneck import batch_size as batch_size_lib
+from retrain_suite.cli import label_image as label_image_cli
 from retrain_suite.images import pipelines as image_pipelines
 
 
 def last_line(text):
     return text.strip().splitlines()[-1]
+
+
+def error_line(*positional, **flags):
+    """The one line label_image.py ends with for this command line, found in this
+    process: its positional arguments, and its flags as LabelImageConfig fields, go
+    through the steps of the command's main for a frozen graph (positionals, flag
+    checks, the graph's kind read from its first bytes, then the graph's
+    classification), which must raise a SuiteError of one line, the error the
+    command prints as `error: ...` and exits 1 with (test_missing_image_is_one_line_error
+    runs the command itself). A fresh Python per error would cost a TensorFlow import.
+    """
+    config = command_config.LabelImageConfig(**flags)
+    with pytest.raises(errors.SuiteError) as raised:
+        config = label_image_cli.with_positionals(config, list(positional))
+        config.validate()
+        assert not (config.is_tflite() or config.is_onnx())
+        label_image_cli.classify_with_graph(config)
+    assert "\n" not in str(raised.value)
+    return f"error: {raised.value}"
 
 
 def test_folder_is_classified_in_blocks_headed_by_path(trained, tmp_path):
@@ -56,11 +76,8 @@ def test_images_follow_graph_and_labels_flags_positionally(trained):
 def test_only_one_of_graph_and_labels_beside_positionals_is_refused_in_one_line(trained):
     settings = trained["settings"]
     image = os.path.join(trained["image_dir"], "red", "img1.png")
-    process = run_script(
-        "label_image.py", "--graph", settings["output_graph"], image, settings["output_labels"]
-    )
-    assert process.returncode != 0 and "Traceback" not in process.stderr
-    assert last_line(process.stderr).startswith("error: usage: label_image.py IMAGE [IMAGE ...] GRAPH")
+    line = error_line(image, settings["output_labels"], graph=settings["output_graph"])
+    assert line.startswith("error: usage: label_image.py IMAGE [IMAGE ...] GRAPH")
 
 
 def test_undecodable_image_is_reported_and_others_still_classified(trained, tmp_path):
@@ -91,12 +108,9 @@ def test_missing_image_is_one_line_error(trained, tmp_path):
 def test_graph_without_named_tensor_is_one_line_error(trained):
     settings = trained["settings"]
     image = os.path.join(trained["image_dir"], "red", "img0.jpg")
-    process = run_script(
-        "label_image.py", image, settings["output_graph"], settings["output_labels"],
-        "--output_layer=softmax",
-    )
-    assert process.returncode != 0 and "Traceback" not in process.stderr
-    assert last_line(process.stderr).startswith("error: The graph has no output_layer named 'softmax'")
+    line = error_line(image, settings["output_graph"], settings["output_labels"],
+                      output_layer="softmax")
+    assert line.startswith("error: The graph has no output_layer named 'softmax'")
 
 
 def test_labels_file_of_wrong_length_is_one_line_error(trained, tmp_path):
@@ -104,18 +118,16 @@ def test_labels_file_of_wrong_length_is_one_line_error(trained, tmp_path):
     labels = tmp_path / "labels.txt"
     labels.write_text("red\nblue\n")
     image = os.path.join(trained["image_dir"], "red", "img0.jpg")
-    process = run_script("label_image.py", image, settings["output_graph"], str(labels))
-    assert process.returncode != 0 and "Traceback" not in process.stderr
-    assert "has 2 labels but the graph outputs 3 classes" in last_line(process.stderr)
+    line = error_line(image, settings["output_graph"], str(labels))
+    assert "has 2 labels but the graph outputs 3 classes" in line
 
 
 def test_file_that_is_not_a_graph_is_one_line_error(trained, tmp_path):
     graph = tmp_path / "graph.pb"
     graph.write_bytes(b"\xff\x00garbage" * 10)
     image = os.path.join(trained["image_dir"], "red", "img0.jpg")
-    process = run_script("label_image.py", image, str(graph), trained["settings"]["output_labels"])
-    assert process.returncode != 0 and "Traceback" not in process.stderr
-    assert "is not a TensorFlow GraphDef file" in last_line(process.stderr)
+    line = error_line(image, str(graph), trained["settings"]["output_labels"])
+    assert "is not a TensorFlow GraphDef file" in line
 
 
 def test_session_config_keeps_grappler_on_a_gpu(monkeypatch):
@@ -161,13 +173,10 @@ def test_measured_batch_size_gives_the_probabilities_of_a_given_one(trained, mon
 
 def test_batch_size_must_be_positive(trained):
     settings = trained["settings"]
-    process = run_script(
-        "label_image.py", "--image", os.path.join(trained["image_dir"], "red"),
-        "--graph", settings["output_graph"], "--labels", settings["output_labels"],
-        "--batch_size=0",
-    )
-    assert process.returncode != 0
-    assert last_line(process.stderr).startswith("error: --batch_size=0 must be positive")
+    line = error_line(image=[os.path.join(trained["image_dir"], "red")],
+                      graph=settings["output_graph"], labels=settings["output_labels"],
+                      batch_size=0)
+    assert line.startswith("error: --batch_size=0 must be positive")
 
 
 def test_tflite_model_takes_input_mean_and_std_as_the_frozen_graph_does(trained, tmp_path):
