@@ -11,13 +11,14 @@ import sys
 import threading
 
 import numpy as np
+import pytest
 from ai_edge_litert import schema_py_generated as tflite_schema
 from ai_edge_litert.tools import flatbuffer_utils
 from PIL import Image
 
+from retrain_suite import command_config, errors, export, run_data, tflite_metadata
 from retrain_suite import config as config_lib
 from retrain_suite import dataset as dataset_lib
-from retrain_suite import export, run_data, tflite_metadata
 from retrain_suite.dataset import split as split_lib
 
 
@@ -188,6 +189,28 @@ def run_script(*args, check=False, env=None):
             f"stderr:\n{process.stderr[-4000:]}"
         )
     return process
+
+
+def label_image_error_line(*positional, **flags):
+    """The one line label_image.py ends with for this command line, found in this
+    process: its positional arguments, and its flags as LabelImageConfig fields, go
+    through the steps of the command's main for a frozen graph (positionals, flag
+    checks, the graph's kind read from its first bytes, then the graph's
+    classification), which must raise a SuiteError of one line, the error the
+    command prints as `error: ...` and exits 1 with (test_label_image.py's
+    test_missing_image_is_one_line_error runs the command itself). A fresh Python
+    per error would cost a TensorFlow import.
+    """
+    from retrain_suite.cli import label_image as label_image_cli
+
+    config = command_config.LabelImageConfig(**flags)
+    with pytest.raises(errors.SuiteError) as raised:
+        config = label_image_cli.with_positionals(config, list(positional))
+        config.validate()
+        assert not (config.is_tflite() or config.is_onnx())
+        label_image_cli.classify_with_graph(config)
+    assert "\n" not in str(raised.value)
+    return f"error: {raised.value}"
 
 
 def retrain_settings(tmp_path, image_dir, module, **overrides):

@@ -11,35 +11,15 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import ROOT, load_graph_def, run_script, unblocking_fifo, write_image
+from helpers import ROOT, label_image_error_line, load_graph_def, run_script, unblocking_fifo, write_image
 
-from retrain_suite import classifier, command_config, errors, tflite
+from retrain_suite import classifier, tflite
 from retrain_suite.bottleneck import batch_size as batch_size_lib
-from retrain_suite.cli import label_image as label_image_cli
 from retrain_suite.images import pipelines as image_pipelines
 
 
 def last_line(text):
     return text.strip().splitlines()[-1]
-
-
-def error_line(*positional, **flags):
-    """The one line label_image.py ends with for this command line, found in this
-    process: its positional arguments, and its flags as LabelImageConfig fields, go
-    through the steps of the command's main for a frozen graph (positionals, flag
-    checks, the graph's kind read from its first bytes, then the graph's
-    classification), which must raise a SuiteError of one line, the error the
-    command prints as `error: ...` and exits 1 with (test_missing_image_is_one_line_error
-    runs the command itself). A fresh Python per error would cost a TensorFlow import.
-    """
-    config = command_config.LabelImageConfig(**flags)
-    with pytest.raises(errors.SuiteError) as raised:
-        config = label_image_cli.with_positionals(config, list(positional))
-        config.validate()
-        assert not (config.is_tflite() or config.is_onnx())
-        label_image_cli.classify_with_graph(config)
-    assert "\n" not in str(raised.value)
-    return f"error: {raised.value}"
 
 
 def test_folder_is_classified_in_blocks_headed_by_path(trained, tmp_path):
@@ -76,7 +56,7 @@ def test_images_follow_graph_and_labels_flags_positionally(trained):
 def test_only_one_of_graph_and_labels_beside_positionals_is_refused_in_one_line(trained):
     settings = trained["settings"]
     image = os.path.join(trained["image_dir"], "red", "img1.png")
-    line = error_line(image, settings["output_labels"], graph=settings["output_graph"])
+    line = label_image_error_line(image, settings["output_labels"], graph=settings["output_graph"])
     assert line.startswith("error: usage: label_image.py IMAGE [IMAGE ...] GRAPH")
 
 
@@ -108,7 +88,7 @@ def test_missing_image_is_one_line_error(trained, tmp_path):
 def test_graph_without_named_tensor_is_one_line_error(trained):
     settings = trained["settings"]
     image = os.path.join(trained["image_dir"], "red", "img0.jpg")
-    line = error_line(image, settings["output_graph"], settings["output_labels"],
+    line = label_image_error_line(image, settings["output_graph"], settings["output_labels"],
                       output_layer="softmax")
     assert line.startswith("error: The graph has no output_layer named 'softmax'")
 
@@ -118,7 +98,7 @@ def test_labels_file_of_wrong_length_is_one_line_error(trained, tmp_path):
     labels = tmp_path / "labels.txt"
     labels.write_text("red\nblue\n")
     image = os.path.join(trained["image_dir"], "red", "img0.jpg")
-    line = error_line(image, settings["output_graph"], str(labels))
+    line = label_image_error_line(image, settings["output_graph"], str(labels))
     assert "has 2 labels but the graph outputs 3 classes" in line
 
 
@@ -126,7 +106,7 @@ def test_file_that_is_not_a_graph_is_one_line_error(trained, tmp_path):
     graph = tmp_path / "graph.pb"
     graph.write_bytes(b"\xff\x00garbage" * 10)
     image = os.path.join(trained["image_dir"], "red", "img0.jpg")
-    line = error_line(image, str(graph), trained["settings"]["output_labels"])
+    line = label_image_error_line(image, str(graph), trained["settings"]["output_labels"])
     assert "is not a TensorFlow GraphDef file" in line
 
 
@@ -173,7 +153,7 @@ def test_measured_batch_size_gives_the_probabilities_of_a_given_one(trained, mon
 
 def test_batch_size_must_be_positive(trained):
     settings = trained["settings"]
-    line = error_line(image=[os.path.join(trained["image_dir"], "red")],
+    line = label_image_error_line(image=[os.path.join(trained["image_dir"], "red")],
                       graph=settings["output_graph"], labels=settings["output_labels"],
                       batch_size=0)
     assert line.startswith("error: --batch_size=0 must be positive")
@@ -294,7 +274,7 @@ def test_int8_model_refuses_mean_and_std_its_input_cannot_hold(int8_photos, mean
         "and --input_std at their defaults.")
 
 
-def test_int8_model_with_mean_and_std_out_of_range_is_one_error_line(int8_photos):
+def test_int8_model_with_mean_and_std_out_of_range_is_one_label_image_error_line(int8_photos):
     process = run_script("label_image.py", *int8_photos[2], int8_photos[0],
                          "--input_mean=127.5", "--input_std=127.5")
     assert process.returncode == 1
