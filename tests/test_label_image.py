@@ -274,7 +274,7 @@ def test_int8_model_refuses_mean_and_std_its_input_cannot_hold(int8_photos, mean
         "and --input_std at their defaults.")
 
 
-def test_int8_model_with_mean_and_std_out_of_range_is_one_label_image_error_line(int8_photos):
+def test_int8_model_with_mean_and_std_out_of_range_is_one_error_line(int8_photos):
     process = run_script("label_image.py", *int8_photos[2], int8_photos[0],
                          "--input_mean=127.5", "--input_std=127.5")
     assert process.returncode == 1
