@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 
+import forked_commands
 import numpy as np
 import pytest
 from ai_edge_litert import schema_py_generated as tflite_schema
@@ -211,6 +212,25 @@ def label_image_error_line(*positional, **flags):
         label_image_cli.classify_with_graph(config)
     assert "\n" not in str(raised.value)
     return f"error: {raised.value}"
+
+
+def run_command(*args, check=False):
+    """Run one of the suite's commands (retrain.py, label_image.py, pre_input.py or
+    -m bottleneck, then its arguments) in a process of its own, as run_script does,
+    but forked from a Python that has imported TensorFlow already (forked_commands.py):
+    for tests of what the command does, not of how a fresh Python starts (those use
+    run_script). -> CompletedProcess (text)."""
+    forked = forked_commands.run(args, timeout=600)
+    if forked is None:
+        return run_script(*args, check=check)
+    status, stdout, stderr = forked
+    process = subprocess.CompletedProcess([sys.executable, *args], status, stdout, stderr)
+    if check and process.returncode != 0:
+        raise AssertionError(
+            f"{args} exited {process.returncode}\nstdout:\n{process.stdout}\n"
+            f"stderr:\n{process.stderr[-4000:]}"
+        )
+    return process
 
 
 def retrain_settings(tmp_path, image_dir, module, **overrides):
