@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import load_graph_def, make_dataset, retrain_settings, run_script
+from helpers import load_graph_def, make_dataset, retrain_settings, run_command
 
 from retrain_suite import artifact_check, job, reporting
 from retrain_suite import config as config_lib
@@ -122,7 +122,7 @@ def rerun_files(settings, in_this_process=False, **changes):
         output = None
     else:
         args = [f"--{name}={value}" for name, value in settings.items() if value is not None]
-        process = run_script("retrain.py", *args, check=True)
+        process = run_command("retrain.py", *args, check=True)
         output = process.stdout + process.stderr
     with open(settings["eval_report"]) as f:
         rows = json.load(f)["artifacts"]["files"]

@@ -20,7 +20,7 @@ from helpers import (
     final_layer_constants,
     make_dataset,
     retrain_settings,
-    run_script,
+    run_command,
     synthetic_image,
     write_image,
 )
@@ -174,7 +174,7 @@ def test_bad_files_are_skipped_counted_and_reported_while_the_run_goes_on(
 
 
 def test_pre_input_lists_the_same_bad_files(messy, tmp_path):
-    process = run_script(
+    process = run_command(
         "pre_input.py", f"--image_dir={messy}", f"--output_dir={tmp_path}/prepared", check=True
     )
     for name, reason in BAD_FILES.items():
@@ -398,7 +398,7 @@ def kill_setup(tmp_path_factory, slow_module):
         eval_step_interval=100, testing_percentage=25, bottleneck_batch_size=1,
         saved_model_dir=str(root / "reference" / "saved_model"),
     )
-    log = run_script("retrain.py", *args_for(reference), check=True).stderr
+    log = run_command("retrain.py", *args_for(reference), check=True).stderr
     accuracy = [line for line in log.splitlines() if "Final test accuracy" in line][0]
     return root, image_dir, reference, accuracy.split("Final test accuracy")[1]
 
@@ -423,7 +423,7 @@ def test_killed_run_is_finished_by_the_next_one_with_the_same_result(kill_setup,
         assert 5 <= cached_when_killed < 120
     if os.path.exists(settings["output_graph"]):  # Only ever a whole graph.
         assert final_layer_constants(settings["output_graph"])
-    finished = run_script("retrain.py", *args_for(settings), check=True).stderr
+    finished = run_command("retrain.py", *args_for(settings), check=True).stderr
     computed, reused = 120 - cached_when_killed, cached_when_killed
     assert (f"Bottlenecks: 120 images, 120 distinct (0 copies): {computed} computed, {reused} "
             "from the cache, 0 skipped") in finished

@@ -6,7 +6,13 @@ import re
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import label_image_error_line, load_graph_def, run_script, synthetic_image, write_image
+from helpers import (
+    label_image_error_line,
+    load_graph_def,
+    run_command,
+    synthetic_image,
+    write_image,
+)
 
 from retrain_suite import command_config, graph_checks
 from retrain_suite.cli import label_image as label_image_cli
@@ -128,7 +134,7 @@ def test_a_graph_whose_constants_declare_gigabytes_is_refused_before_it_runs(tmp
     (tmp_path / "labels.txt").write_text("a\nb\n")
     image = str(tmp_path / "img.png")
     write_image(image, synthetic_image((220, 40, 40), "stripes", 32, 32, np.random.RandomState(0)))
-    process = run_script("label_image.py", image, str(graph), str(tmp_path / "labels.txt"))
+    process = run_command("label_image.py", image, str(graph), str(tmp_path / "labels.txt"))
     assert process.returncode == 1
     # 80 GB for the splat, and a few bytes for the graph's other constants.
     assert re.fullmatch(

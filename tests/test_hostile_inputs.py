@@ -19,7 +19,7 @@ import zlib
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import ROOT, make_dataset, retrain_settings, synthetic_image, write_image
+from helpers import ROOT, make_dataset, retrain_settings, run_command, synthetic_image, write_image
 
 from retrain_suite import (
     artifact_check,
@@ -43,10 +43,12 @@ TIMEOUT = 300  # A hang is the failure; a healthy run takes seconds.
 
 
 def run(*args, privileged=True):
-    """A command in a fresh process, with a timeout. -> CompletedProcess (text)."""
-    command = [sys.executable, *args]
-    if not privileged:  # Root without its permission bypass: chmod 000 really stops reading.
-        command = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", *command]
+    """A command in a process of its own (helpers.run_command), ended after a while if it
+    hangs; unprivileged, a fresh Python under setpriv. -> CompletedProcess (text)."""
+    if privileged:
+        return run_command(*args)
+    # Root without its permission bypass: chmod 000 really stops reading.
+    command = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", sys.executable, *args]
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT)
 
 

@@ -21,6 +21,7 @@ from helpers import (
     final_layer_constants,
     make_dataset,
     retrain_settings,
+    run_command,
     run_script,
 )
 
@@ -113,7 +114,7 @@ def test_outputs_on_or_around_inputs_or_each_other_are_refused_and_photos_stay_i
     # refusals above all take the same way out).
     args = [f"--{k}={v}" for k, v in
             retrain_settings(tmp_path, image_dir, tiny_module).items() if v is not None]
-    process = run_script("retrain.py", *args, f"--saved_model_dir={os.path.join(image_dir, 'red')}")
+    process = run_command("retrain.py", *args, f"--saved_model_dir={os.path.join(image_dir, 'red')}")
     assert process.returncode == 1, process.stderr[-2000:]
     assert "Traceback" not in process.stderr
     assert process.stderr.strip().splitlines()[-1].startswith(
@@ -227,8 +228,8 @@ def test_pre_input_output_dir_on_inputs_or_a_file_is_one_error_line(tmp_path):
         assert "\n" not in last
         assert last.startswith(f"error: --output_dir={output_dir} ") and message in last, last
     for output_dir, message in refusals[3:]:
-        process = run_script("pre_input.py", f"--image_dir={image_dir}",
-                             f"--output_dir={output_dir}", "--tfrecords")
+        process = run_command("pre_input.py", f"--image_dir={image_dir}",
+                              f"--output_dir={output_dir}", "--tfrecords")
         assert process.returncode == 1
         assert "Traceback" not in process.stderr
         last = process.stderr.strip().splitlines()[-1]
@@ -250,8 +251,8 @@ def test_bottleneck_command_refuses_a_cache_on_the_image_folder(tmp_path, tiny_m
         assert "\n" not in last
         assert last.startswith("error: --bottleneck_dir") and message in last, last
     for cache, message in refusals[:1]:
-        process = run_script("-m", "bottleneck", f"--image_dir={image_dir}",
-                             f"--bottleneck_dir={cache}", f"--tfhub_module={tiny_module}")
+        process = run_command("-m", "bottleneck", f"--image_dir={image_dir}",
+                              f"--bottleneck_dir={cache}", f"--tfhub_module={tiny_module}")
         assert process.returncode == 1
         assert "Traceback" not in process.stderr
         last = process.stderr.strip().splitlines()[-1]
@@ -296,15 +297,15 @@ def test_sizes_that_cannot_fit_in_memory_are_refused_with_the_memory_needed(
 
 def test_numbers_on_the_command_line_are_one_error_line(tmp_path):
     image_dir = make_dataset(tmp_path / "data", per_class=4)
-    process = run_script("retrain.py", f"--image_dir={image_dir}", "--learning_rate=nan",
-                         f"--bottleneck_dir={tmp_path}/b")
+    process = run_command("retrain.py", f"--image_dir={image_dir}", "--learning_rate=nan",
+                          f"--bottleneck_dir={tmp_path}/b")
     assert process.returncode == 1
     assert "Traceback" not in process.stderr
     assert process.stderr.strip().splitlines()[-1] == (
         "error: --learning_rate=nan must be a finite number."
     )
-    process = run_script("pre_input.py", f"--image_dir={image_dir}",
-                         f"--output_dir={tmp_path}/p", "--validation_percentage=nan")
+    process = run_command("pre_input.py", f"--image_dir={image_dir}",
+                          f"--output_dir={tmp_path}/p", "--validation_percentage=nan")
     assert process.returncode == 1 and "Traceback" not in process.stderr
     assert "--validation_percentage=nan" in process.stderr.strip().splitlines()[-1]
     assert not os.path.exists(tmp_path / "b") and not os.path.exists(tmp_path / "p")
@@ -568,10 +569,10 @@ def test_the_users_files_in_every_output_folder_survive_every_command(tmp_path, 
     for folder in folders:
         put_users_files(folder)
     before = {str(f): snapshot(f) for f in folders}
-    run_script("pre_input.py", f"--image_dir={image_dir}", f"--output_dir={tmp_path / 'prepared'}",
-               "--tfrecords", "--images_per_shard=4", check=True)
-    run_script("-m", "bottleneck", f"--image_dir={image_dir}", f"--tfhub_module={tiny_module}",
-               f"--bottleneck_dir={tmp_path / 'cache'}", check=True)
+    run_command("pre_input.py", f"--image_dir={image_dir}", f"--output_dir={tmp_path / 'prepared'}",
+                "--tfrecords", "--images_per_shard=4", check=True)
+    run_command("-m", "bottleneck", f"--image_dir={image_dir}", f"--tfhub_module={tiny_module}",
+                f"--bottleneck_dir={tmp_path / 'cache'}", check=True)
     common = dict(bottleneck_dir=str(tmp_path / "cache"), summaries_dir=str(tmp_path / "summaries"),
                   intermediate_output_graphs_dir=str(tmp_path / "intermediate"),
                   intermediate_store_frequency=2, how_many_training_steps=4,

@@ -5,13 +5,17 @@ import logging
 import os
 import re
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import ROOT, label_image_error_line, load_graph_def, run_script, unblocking_fifo, write_image
+from helpers import (
+    label_image_error_line,
+    load_graph_def,
+    run_command,
+    unblocking_fifo,
+    write_image,
+)
 
 from retrain_suite import classifier, tflite
 from retrain_suite.bottleneck import batch_size as batch_size_lib
@@ -29,7 +33,7 @@ def test_folder_is_classified_in_blocks_headed_by_path(trained, tmp_path):
         shutil.copy(os.path.join(trained["image_dir"], label, "img1.png"), folder / f"{label}.png")
     (folder / "notes.txt").write_text("not an image")
     settings = trained["settings"]
-    process = run_script(
+    process = run_command(
         "label_image.py", "--image", str(folder), "--graph", settings["output_graph"],
         "--labels", settings["output_labels"], "--top_k=1", check=True,
     )
@@ -44,7 +48,7 @@ def test_folder_is_classified_in_blocks_headed_by_path(trained, tmp_path):
 def test_images_follow_graph_and_labels_flags_positionally(trained):
     settings = trained["settings"]
     images = [os.path.join(trained["image_dir"], label, "img1.png") for label in ("red", "blue")]
-    process = run_script(
+    process = run_command(
         "label_image.py", "--graph", settings["output_graph"], "--labels", settings["output_labels"],
         *images, "--top_k=1", check=True,
     )
@@ -65,7 +69,7 @@ def test_undecodable_image_is_reported_and_others_still_classified(trained, tmp_
     bad.write_text("<html>not a jpeg</html>")
     good = os.path.join(trained["image_dir"], "green", "img1.png")
     settings = trained["settings"]
-    process = run_script(
+    process = run_command(
         "label_image.py", str(bad), good, settings["output_graph"], settings["output_labels"],
         "--output_format=json",
     )
@@ -77,7 +81,7 @@ def test_undecodable_image_is_reported_and_others_still_classified(trained, tmp_
 
 def test_missing_image_is_one_line_error(trained, tmp_path):
     settings = trained["settings"]
-    process = run_script(
+    process = run_command(
         "label_image.py", str(tmp_path / "nope.jpg"), settings["output_graph"],
         settings["output_labels"],
     )
@@ -181,7 +185,7 @@ def test_tflite_model_takes_input_mean_and_std_as_the_frozen_graph_does(trained,
     on_graph = classifier.classify(graph_def, paths, classifier.Preprocessing(
         height=32, width=32, input_mean=mean, input_std=std, batch_size=len(paths)))
     np.testing.assert_allclose([on_graph[i] for i in range(len(paths))], expected, atol=1e-5)
-    process = run_script("label_image.py", *paths, str(model), f"--input_mean={mean}",
+    process = run_command("label_image.py", *paths, str(model), f"--input_mean={mean}",
                          f"--input_std={std}", f"--top_k={len(labels)}", "--output_format=json",
                          check=True)
     printed = json.loads(process.stdout)
@@ -209,11 +213,9 @@ def test_fifo_given_as_graph_is_one_error_line_not_a_hang(trained, tmp_path):
     fifo = tmp_path / "pipe.tflite"
     os.mkfifo(fifo)
     image = os.path.join(trained["image_dir"], "red", "img1.png")
-    process = subprocess.run(
-        [sys.executable, "label_image.py", "--graph", str(fifo), "--labels",
-         trained["settings"]["output_labels"], image],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,  # a hang is the failure
-    )
+    # A process of its own, ended after a while if it hangs: a hang is the failure.
+    process = run_command("label_image.py", "--graph", str(fifo), "--labels",
+                          trained["settings"]["output_labels"], image)
     assert process.returncode == 1 and "Traceback" not in process.stderr, process.stderr
     assert last_line(process.stderr) == (
         f"error: Graph file {fifo} cannot be used: not a regular file (a FIFO).")
@@ -275,7 +277,7 @@ def test_int8_model_refuses_mean_and_std_its_input_cannot_hold(int8_photos, mean
 
 
 def test_int8_model_with_mean_and_std_out_of_range_is_one_error_line(int8_photos):
-    process = run_script("label_image.py", *int8_photos[2], int8_photos[0],
+    process = run_command("label_image.py", *int8_photos[2], int8_photos[0],
                          "--input_mean=127.5", "--input_std=127.5")
     assert process.returncode == 1
     assert process.stdout == ""

@@ -7,7 +7,7 @@ import re
 import shutil
 
 import numpy as np
-from helpers import make_dataset, run_script
+from helpers import make_dataset, run_command
 
 from retrain_suite import command_config
 from retrain_suite.cli import bottleneck as bottleneck_cli
@@ -78,7 +78,7 @@ def test_bottleneck_command_packed_reruns_compute_only_what_is_missing_and_compa
     bottleneck_dir = tmp_path / "bottlenecks"
     common = ["-m", "bottleneck", f"--bottleneck_dir={bottleneck_dir}",
               f"--tfhub_module={tiny_module}", "--bottleneck_store=packed"]
-    assert counts(run_script(*common, f"--image_dir={part}")) == (8, 8, 0)
+    assert counts(run_command(*common, f"--image_dir={part}")) == (8, 8, 0)
     folder = packed_folder(bottleneck_dir)
     (first,) = shards(folder)
     # The reruns are the command's fill in this process.
@@ -96,7 +96,7 @@ def test_bottleneck_command_packed_reruns_compute_only_what_is_missing_and_compa
     assert len(shards(folder)) == 2  # the 4 kept, the 8 again
 
     # Compaction needs no --image_dir; it keeps every vector, bit for bit.
-    compacted = run_script(*common, "--compact")
+    compacted = run_command(*common, "--compact")
     assert compacted.returncode == 0, compacted.stderr[-3000:]
     assert "Compacted the packed store: 2 shards -> 1" in compacted.stderr
     assert len(shards(folder)) == 1
@@ -105,11 +105,11 @@ def test_bottleneck_command_packed_reruns_compute_only_what_is_missing_and_compa
 
 
 def test_bottleneck_command_refuses_a_bad_store_and_a_missing_image_dir(tmp_path, tiny_module):
-    bad = run_script("-m", "bottleneck", f"--image_dir={tmp_path}", "--bottleneck_store=zip")
+    bad = run_command("-m", "bottleneck", f"--image_dir={tmp_path}", "--bottleneck_store=zip")
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().splitlines()[-1].startswith(
         "error: flag --bottleneck_store=zip: value should be one of <files|packed>")
-    alone = run_script("-m", "bottleneck", f"--bottleneck_dir={tmp_path / 'b'}")
+    alone = run_command("-m", "bottleneck", f"--bottleneck_dir={tmp_path / 'b'}")
     assert alone.returncode != 0
     assert alone.stderr.strip().splitlines()[-1].startswith(
         "error: --image_dir is required") and "--compact" in alone.stderr
@@ -118,7 +118,7 @@ def test_bottleneck_command_refuses_a_bad_store_and_a_missing_image_dir(tmp_path
 def test_retrain_writes_the_packed_store_and_the_fill_reads_it(tmp_path, tiny_module, caplog):
     image_dir = make_dataset(tmp_path / "data", per_class=6)
     bottleneck_dir = tmp_path / "bottlenecks"
-    trained = run_script(
+    trained = run_command(
         "retrain.py", f"--image_dir={image_dir}", f"--bottleneck_dir={bottleneck_dir}",
         f"--tfhub_module={tiny_module}", "--bottleneck_store=packed",
         "--how_many_training_steps=20", "--learning_rate=0.1", "--random_seed=1",

@@ -14,7 +14,7 @@ from helpers import (
     make_dataset,
     probabilities_from_bottlenecks,
     retrain_settings,
-    run_script,
+    run_command,
 )
 
 from retrain_suite import classifier, errors, job
@@ -40,7 +40,7 @@ def test_label_image_classifies_held_out_test_images(trained):
     dataset, testing = images_in_split(trained["image_dir"], "testing", settings)
     assert len(testing) >= 3
     paths = [dataset.full_path(image) for image in testing]
-    process = run_script(
+    process = run_command(
         "label_image.py", *paths, settings["output_graph"], settings["output_labels"],
         "--output_format=json", "--top_k=2", check=True,
     )
@@ -55,7 +55,7 @@ def test_label_image_classifies_held_out_test_images(trained):
 def test_label_image_text_output_for_one_image(trained):
     settings = trained["settings"]
     dataset, testing = images_in_split(trained["image_dir"], "testing", settings)
-    process = run_script(
+    process = run_command(
         "label_image.py", dataset.full_path(testing[0]), settings["output_graph"],
         settings["output_labels"], check=True,
     )
@@ -142,7 +142,7 @@ def test_tensorboard_logs_hold_scalars_histograms_and_graph(trained):
 
 
 def test_command_line_errors_are_one_line_without_traceback(dataset_dir, tmp_path):
-    process = run_script(
+    process = run_command(
         "retrain.py", f"--image_dir={dataset_dir}", "--random_crop=150",
         f"--output_graph={tmp_path}/g.pb",
     )

@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import final_layer_constants, make_dataset, retrain_settings, run_script
+from helpers import final_layer_constants, make_dataset, retrain_settings, run_command
 from test_fine_tuning import release_fifo
 
 from retrain_suite import config as config_lib
@@ -24,7 +24,7 @@ def prepared(tmp_path_factory):
     image_dir = make_dataset(root / "data", per_class=16)
     with open(os.path.join(image_dir, "red", "broken.jpg"), "w") as f:
         f.write("not an image")
-    process = run_script(
+    process = run_command(
         "pre_input.py", f"--image_dir={image_dir}", f"--output_dir={root}/prepared",
         "--tfrecords", "--validation_percentage=15", "--testing_percentage=25", check=True,
     )
