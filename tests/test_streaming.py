@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import make_dataset, retrain_settings, run_script
+from helpers import make_dataset, retrain_settings, run_command
 
 from retrain_suite import config as config_lib
 from retrain_suite import errors, job, memory_budget, streamed_batches, training, vector_memory
@@ -143,8 +143,8 @@ def test_a_bad_memory_limit_is_one_error_line(tmp_path, text):
             "image_dir": image_dir, "memory_limit": text, "bottleneck_dir": f"{tmp_path}/b"}))
     assert f"error: {raised.value}" == line
     if text == "<script>":  # ... and the command itself prints it (one fresh Python)
-        process = run_script("retrain.py", f"--image_dir={image_dir}", f"--memory_limit={text}",
-                             f"--bottleneck_dir={tmp_path}/b")
+        process = run_command("retrain.py", f"--image_dir={image_dir}", f"--memory_limit={text}",
+                              f"--bottleneck_dir={tmp_path}/b")
         assert process.returncode == 1 and "Traceback" not in process.stderr
         assert process.stderr.strip().splitlines()[-1] == line
 
