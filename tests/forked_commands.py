@@ -137,11 +137,14 @@ class _Server:
                 line = b""  # printed by something the server imported
             part = self.process.stdout.read(1)
             if not part:
-                self.log.seek(0)
-                raise RuntimeError("the command server ended:\n"
-                                   + self.log.read()[-3000:].decode(errors="replace"))
+                self._ended()
             line += part
         return json.loads(line[len(MARK):])
+
+    def _ended(self):
+        self.log.seek(0)
+        raise RuntimeError("the command server ended:\n"
+                           + self.log.read()[-3000:].decode(errors="replace"))
 
     def alive(self):
         return self.process.poll() is None
@@ -155,9 +158,11 @@ class _Server:
             pid = self._answer()["pid"]
             deadline = time.monotonic() + timeout
             while not os.path.exists(request["status"]):
+                if not self.alive():
+                    self._ended()
                 if time.monotonic() > deadline:
                     os.kill(pid, signal.SIGKILL)
-                    while not os.path.exists(request["status"]):
+                    while not os.path.exists(request["status"]) and self.alive():
                         time.sleep(0.01)
                     raise subprocess.TimeoutExpired([sys.executable, *args], timeout)
                 time.sleep(0.005)
