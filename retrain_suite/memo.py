@@ -108,6 +108,35 @@ def _member_digest(path):
     return digest
 
 
+def signature_record(path):
+    """The local file at path as this process last hashed it, for a memo entry: {"signature":
+    its _signature as a list, "sha256": hex of its bytes}; None when it was not hashed
+    since it last changed (or is not a local regular file)."""
+    now = _signature(path)
+    if now is None or now not in _digests:
+        return None
+    return {"signature": list(now), "sha256": _digests[now].hex()}
+
+
+def recall_digest(path, record):
+    """Let file_digest(path) answer from record (a signature_record of an earlier run)
+    without reading the file, when the file still has that signature: the same path,
+    device, inode, size, modification and change times (as make, rsync and git judge
+    a file unchanged; a write changes the change time, which no one can set back).
+    Exported files are rewritten by rename, so a changed one also has another inode.
+    -> whether it did. A damaged or foreign record is ignored."""
+    now = _signature(path)
+    try:
+        known = tuple(record["signature"])
+        content = bytes.fromhex(record["sha256"])
+    except (TypeError, KeyError, ValueError):
+        return False
+    if now is None or known != now or len(content) != hashlib.sha256().digest_size:
+        return False
+    _digests[now] = content
+    return True
+
+
 def _signature(path):
     """What identifies a local regular file's content to this process, or None."""
     if "://" in path:
