@@ -354,6 +354,45 @@ def test_int8_calibration_decodes_its_sample_of_training_images_when_there_are_m
     assert given == [[(1, 32, 32, 3)]] * tflite.CALIBRATION_IMAGES
 
 
+@pytest.mark.slow
+def test_int8_calibration_decoded_ahead_makes_the_same_file_without_decoding_in_the_export(
+        int8_run, tmp_path, monkeypatch):
+    settings = int8_run["settings"]
+    paths = sorted(os.path.join(folder, name)
+                   for folder, _, names in os.walk(int8_run["image_dir"]) for name in names)
+    images = image_pipelines.ImageFiles(paths * 4)
+    run = helpers.run_of_images(images, list(range(1, len(images), 2)),
+                                ["blue", "green", "red"], (32, 32))
+    seed = settings["random_seed"]
+    rows = tflite.calibration_rows(run, seed)
+    assert len(rows) == tflite.CALIBRATION_IMAGES
+    read = record_files_read_by_tflite_export(monkeypatch)
+    written = {}
+    for ahead in (False, True):
+        calibration = None
+        if ahead:
+            calibration = checked_images.DecodedAhead(run, rows, tflite.CALIBRATION_BATCH)
+            calibration.start()
+            assert calibration.batches() is not None  # decoded before the export begins
+        path = tmp_path / f"ahead_{ahead}.tflite"
+        config = config_lib.from_flat(dict(settings, tflite_output_file=str(path)))
+        read.clear()
+        calibrated = tflite.export_for_run(config.outputs, load_graph_def(settings["output_graph"]),
+                                           run, seed, "module", calibration)
+        assert calibrated == tflite.CALIBRATION_IMAGES
+        assert len(read) == (0 if ahead else tflite.CALIBRATION_IMAGES)
+        written[ahead] = path.read_bytes()
+    assert written[True] == written[False]  # the same images, in the same batches
+    # Rows other than the calibration's are not taken for them.
+    other = checked_images.DecodedAhead(run, rows[1:], tflite.CALIBRATION_BATCH)
+    other.start()
+    assert other.batches() is not None
+    read.clear()
+    tflite.export_for_run(config.outputs, load_graph_def(settings["output_graph"]), run, seed,
+                          "module", other)
+    assert len(read) == tflite.CALIBRATION_IMAGES and path.read_bytes() == written[False]
+
+
 def constant_bytes_by_type(model):
     """{TensorType name: bytes} of a TFLite model's constant tensors (those holding data)."""
     root = tflite_schema.Model.GetRootAs(model, 0)
