@@ -28,6 +28,7 @@ from retrain_suite import (
     fine_tuning,
     output_paths,
     phases,
+    picture_memo,
     report_content,
     report_page,
     reporting,
@@ -353,7 +354,9 @@ def write_report_page(config, run, model, report, checked, timer):
     report_content.from_run's."""
     path = config.outputs.report_dir
     content = report_content.from_run(config, run, model, report, checked, timer)
-    export.write_output("report_dir", path, lambda: report_page.write_report(path, content))
+    export.write_output("report_dir", path,
+                        lambda: report_page.write_report(path, content, picture_memo.PictureMemo.of_run(
+                            config.module.bottleneck_dir, path)))
     logging.info("Wrote report page %s", os.path.join(path, report_page.PAGE))
 
 

@@ -13,7 +13,9 @@ entries under the bottleneck cache's folder, one per key:
 - `<bottleneck_dir>/exports/`: the SHA-256 of an exported file as it was
   written, under a key of everything that decides that file (exports.py);
 - `<bottleneck_dir>/checks/`: an exported file's predictions on a test set
-  (check_memo).
+  (check_memo);
+- `<bottleneck_dir>/pictures/`: the SHA-256 of a report page picture, under a
+  key of everything drawn in it (picture_memo).
 
 Every key also holds code_digest(), the digest of the suite's own source, and
 TensorFlow's version: new code or a new TensorFlow recomputes everything.
@@ -39,7 +41,7 @@ from retrain_suite.images import files as image_files
 
 MAX_ENTRY_BYTES = 64 << 20  # a check entry of a million test images is about 8 MB
 CHUNK_BYTES = 8 << 20
-KINDS = ("modules", "exports", "checks")
+KINDS = ("modules", "exports", "checks", "pictures")
 
 
 @functools.cache
