@@ -17,8 +17,8 @@ summaries and the layer's values. One call, only the sample's row numbers
 fed, and the same numbers as the fed path (the same layer arithmetic on the
 same weights): tests/test_held_validation.py compares them.
 
-The summaries carry the tags of TrainingGraph.summaries (made with
-tf.raw_ops, whose tags are strings given here, not name scopes that a
+The summaries carry the tags of TrainingGraph.validation_summaries (made
+with tf.raw_ops, whose tags are strings given here, not name scopes that a
 second op of the same name would change), so TensorBoard shows the same runs.
 
 Held only when the copy is small (HELD_BYTES) and the set is in memory:
@@ -49,7 +49,7 @@ class Evaluated:
     train_summary: bytes  # TrainingGraph.summaries of the step
     accuracy: float  # the validation sample's, after the update
     cross_entropy: float
-    summary: bytes  # the sample's summaries, the tags of TrainingGraph.summaries
+    summary: bytes  # the sample's summaries, the tags of TrainingGraph.validation_summaries
     # The whole set's, when asked for (else None): float32 [n], 1 where an image's
     # predicted class is its label; float32 [n], each one's plain cross entropy; the
     # layer's values after the update, in TrainingGraph.variables' order.
@@ -127,8 +127,6 @@ def build(g, spec, loss_settings):
                 summary = tf.raw_ops.MergeSummary(inputs=[
                     _scalar("accuracy", accuracy), _scalar("cross_entropy", cross_entropy),
                     _scalar("loss", loss), _scalar("learning_rate", g.learning_rate),
-                    *(_histogram("final_layer/" + v.op.name.split("/")[-1], value)
-                      for v, value in zip(g.variables, values)),
                     _histogram("final_layer/logits", logits),
                 ])
     fetches = {"accuracy": accuracy, "cross_entropy": cross_entropy, "summary": summary,

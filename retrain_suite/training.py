@@ -286,7 +286,7 @@ def validate(evaluator, rows, rate, step, held=None):
             tf.compat.v1.Summary.Value(tag="accuracy", simple_value=accuracy),
             tf.compat.v1.Summary.Value(tag="cross_entropy", simple_value=entropy)])
     else:
-        fetches = [g.accuracy, g.cross_entropy, g.summaries]
+        fetches = [g.accuracy, g.cross_entropy, g.validation_summaries]
         feed = {g.bottleneck_input: streamed_batches.subset(val_x, rows)[:],
                 g.ground_truth: val_y[rows], g.learning_rate: rate}
         # Streamed vectors are not read whole at every evaluation: score() reads them

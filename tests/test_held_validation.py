@@ -13,11 +13,12 @@ from retrain_suite import config as config_lib
 from retrain_suite import held_validation, training
 
 
-def validation_events(folder):
-    """[(step, tag, value)] of the validation run's event files: scalars as floats,
-    histograms as their (min, max, num, sum, sum of squares, bucket limits, buckets)."""
+def validation_events(folder, run="validation"):
+    """[(step, tag, value)] of a run's event files (TensorBoard's validation run unless
+    told): scalars as floats, histograms as their (min, max, num, sum, sum of squares,
+    bucket limits, buckets)."""
     events = []
-    for path in sorted(tf.io.gfile.glob(f"{folder}/validation/events.*")):
+    for path in sorted(tf.io.gfile.glob(f"{folder}/{run}/events.*")):
         for event in tf.compat.v1.train.summary_iterator(path):
             for value in event.summary.value:
                 if value.HasField("histo"):
@@ -56,7 +57,8 @@ def trained(tmp_path, name, monkeypatch, caplog, options, held):
     monkeypatch.undo()
     logs = [re.sub(r"in [\d.]+s \(\d+ steps/s\)", "", r.getMessage()) for r in caplog.records]
     return (result.layer, (result.steps, result.kept_step, result.history), logs,
-            validation_events(settings["summaries_dir"]), len(calls))
+            validation_events(settings["summaries_dir"]), len(calls),
+            {tag for _, tag, _ in validation_events(settings["summaries_dir"], "train")})
 
 
 @pytest.mark.parametrize("options", [
@@ -76,8 +78,11 @@ def test_the_held_validation_set_gives_the_fed_numbers_summaries_and_kept_layer(
     assert [e[:2] for e in held[3]] == [e[:2] for e in fed[3]]
     assert held[3] == fed[3]  # the validation run's scalars and histograms
     tags = {tag for _, tag, _ in held[3]}
-    assert {"accuracy", "cross_entropy", "loss", "learning_rate", "final_layer/weights",
-            "final_layer/logits"} <= tags
+    # The weights' histograms are the training run's only.
+    assert tags == {"accuracy", "cross_entropy", "loss", "learning_rate", "final_layer/logits"}
+    hidden = {"final_layer/hidden_weights", "final_layer/hidden_biases"}
+    assert held[5] == fed[5] == tags | {"final_layer/weights", "final_layer/biases"} | (
+        hidden if options.get("hidden_units") else set())
     # One call fewer per evaluation (five evaluations: steps 10, 20, 30, 40, 47), and
     # one call that copies the set into the graph.
     evaluations = len(held[1][2])
