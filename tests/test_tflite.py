@@ -318,14 +318,19 @@ def test_int8_calibration_decodes_every_training_image_once_and_no_other(int8_ru
     assert sorted(path for _, path in int8_run["calibration_reads"]) == training
 
 
+def repeated_images(run, times):
+    """An ImageFiles of every image of the run's folder, times over."""
+    paths = sorted(os.path.join(folder, name)
+                   for folder, _, names in os.walk(run["image_dir"]) for name in names)
+    return image_pipelines.ImageFiles(paths * times)
+
+
 @pytest.mark.slow
 def test_int8_calibration_decodes_its_sample_of_training_images_when_there_are_more(
         int8_run, tmp_path, monkeypatch):
     settings = int8_run["settings"]
-    paths = sorted(os.path.join(folder, name)
-                   for folder, _, names in os.walk(int8_run["image_dir"]) for name in names)
     # 720 images in the source; the even rows, 360 of them, are the training images.
-    images = image_pipelines.ImageFiles(paths * 12)
+    images = repeated_images(int8_run, 12)
     training_rows = list(range(0, len(images), 2))
     read = record_files_read_by_tflite_export(monkeypatch)
     # ... and the samples the converter calibrates on: one image each, all that was read.
@@ -358,9 +363,7 @@ def test_int8_calibration_decodes_its_sample_of_training_images_when_there_are_m
 def test_int8_calibration_decoded_ahead_makes_the_same_file_without_decoding_in_the_export(
         int8_run, tmp_path, monkeypatch):
     settings = int8_run["settings"]
-    paths = sorted(os.path.join(folder, name)
-                   for folder, _, names in os.walk(int8_run["image_dir"]) for name in names)
-    images = image_pipelines.ImageFiles(paths * 4)
+    images = repeated_images(int8_run, 4)
     run = helpers.run_of_images(images, list(range(1, len(images), 2)),
                                 ["blue", "green", "red"], (32, 32))
     seed = settings["random_seed"]
