@@ -31,6 +31,13 @@ SHARD_NAME = re.compile(r"shard-\d{8}T\d{6}-[0-9a-f]{16}")
 KEY_BYTES = 20
 
 
+def key_hex(key):
+    """The hex SHA-1 (40 digits) of a record's key as numpy hands it over. A numpy S20
+    value drops its trailing zero bytes when it becomes Python bytes (one SHA-1 in 256
+    ends in one), so they are put back: `key.hex()` would give a shorter, other content."""
+    return bytes(key).ljust(KEY_BYTES, b"\0").hex()
+
+
 def record_bytes(dimension):
     """R: the bytes of one record (key, D float32, CRC-32)."""
     return KEY_BYTES + 4 * dimension + 4

@@ -67,8 +67,14 @@ class StoreIndex:
         return out
 
     def entries(self):
-        """(keys S20 [k], positions int64 [k, 2]) of every distinct key, in key order."""
+        """(keys S20 [k], positions int64 [k, 2]) of every distinct key, in key order. A key
+        taken out of the array loses its trailing zero bytes: contents() gives them as hex."""
         return self._keys, self._where
+
+    def contents(self):
+        """The hex SHA-1 of every distinct key, in key order (entries()'s): [str], each
+        40 digits, trailing zero bytes included (shard_format.key_hex)."""
+        return [fmt.key_hex(key) for key in self._keys]
 
     def read(self, positions):
         """float32 [n, D]: the vectors at positions ((shard, record) pairs); zeros for
