@@ -83,6 +83,66 @@ def test_batches_hold_the_training_records_only_each_with_its_label(tmp_path):
     assert drawn_labels[:len(contents)].tolist() != sorted(drawn_labels[:len(contents)])
 
 
+def test_a_batch_mixes_rows_of_many_blocks_and_only_the_blocks_are_read(tmp_path, monkeypatch):
+    # Blocks of 16 records, chunks of 160 rows (10 blocks), batches of 20: a batch
+    # takes its rows from across its chunk, not from the one or two blocks a run of
+    # 20 rows comes from.
+    monkeypatch.setattr(streamed_batches, "BLOCK_BYTES", 16 * shard_format.record_bytes(D))
+    monkeypatch.setattr(streamed_batches, "CHUNK_BYTES", 160 * 4 * D)
+    store, _ = store_of(tmp_path, [[(content(n), vector(n)) for n in range(s, s + 300)]
+                                   for s in (0, 300)])
+    index = store.index()
+    # Records 60-99 of each 100 are of other sets: blocks such as records 64-79 are
+    # never read.
+    training_images = [n for n in range(600) if n % 100 < 60]
+    vectors = packed_store.StoreVectors(index, index.positions(
+        [content(n) for n in training_images]))
+    source = streamed_batches.Source.of(vectors, np.arange(len(training_images)))
+    reads = []
+    open_shard = shard_format.open_shard
+    monkeypatch.setattr(shard_format, "open_shard", lambda path: Recorded(
+        open_shard(path), path, reads))
+    drawn, _ = draw(source, 60, batch_size=20)
+    images = drawn[:, 0].astype(int)
+    blocks = [set((batch // 300) * 100 + (batch % 300) // 16) for batch in images.reshape(-1, 20)]
+    assert min(len(b) for b in blocks) >= 6, sorted(len(b) for b in blocks)
+    # Each read is one whole block of the source, at its offset, nothing before it.
+    size = shard_format.record_bytes(D)
+    spans = {(source.shards[shard], shard_format.HEADER_BYTES + first * size, (end - first) * size)
+             for shard, first, end in source.blocks}
+    assert set(reads) <= spans and {path for path, _, _ in reads} == set(source.shards)
+    assert len(source.blocks) < 600 // 16
+
+
+class Recorded:
+    """A shard handle that notes (path, offset, bytes read from there) at each seek."""
+
+    def __init__(self, handle, path, reads):
+        self.handle, self.path, self.reads = handle, path, reads
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.note()
+        self.handle.close()
+
+    def note(self):
+        if getattr(self, "offset", None) is not None:
+            self.reads.append((self.path, self.offset, self.count))
+        self.offset = None
+
+    def seek(self, offset):
+        self.note()
+        self.offset, self.count = offset, 0
+        return self.handle.seek(offset)
+
+    def readinto(self, view):
+        got = self.handle.readinto(view)
+        self.count += got or 0
+        return got
+
+
 def test_evaluation_reads_the_store_in_chunks_and_agrees_with_memory(tmp_path, monkeypatch):
     store, _ = store_of(tmp_path, [[(content(n), vector(n)) for n in range(50)]])
     index = store.index()
@@ -181,9 +241,12 @@ def accuracies(report_path):
 def test_a_run_over_the_memory_limit_streams_to_the_in_memory_accuracy(
         tmp_path, tiny_module, caplog, monkeypatch):
     image_dir = make_dataset(tmp_path / "data", per_class=30)
-    # A shuffle buffer of 8 vectors: streamed, this run holds less than held in memory
-    # (with the real 64 MB buffer only a run of more than 64 MB of vectors does).
-    monkeypatch.setattr(streamed_batches, "SHUFFLE_BUFFER_BYTES", 8 * 4 * 64)
+    # Chunks of one batch (20 vectors), blocks of 2 records read 2 a call: streamed,
+    # this run holds less than held in memory (with the real sizes only a run of more
+    # than about 80 MB of vectors does).
+    monkeypatch.setattr(streamed_batches, "CHUNK_BYTES", 8 * 4 * 64)
+    monkeypatch.setattr(streamed_batches, "BLOCK_BYTES", 2 * shard_format.record_bytes(64))
+    monkeypatch.setattr(streamed_batches, "BLOCKS_PER_READ", 2)
     results = {}
     for name in ("memory", "streamed"):
         out = tmp_path / name
