@@ -64,6 +64,7 @@ in-memory pipeline's, so a streamed run trains to the same accuracy within
 noise, not to the same weights.
 """
 
+import contextlib
 import dataclasses
 
 import numpy as np
@@ -126,6 +127,8 @@ class Source:
     keys: np.ndarray  # int64 [n]: the training images' positions as one int64, sorted
     rows: np.ndarray  # int64 [n]: the training row of each key, same order
     labels: np.ndarray  # [n, ...]: each training row's label (int64) or targets (float32 [C])
+    # The cache.CacheErrors the pipeline's reads raised (see failures_raised).
+    failures: list = dataclasses.field(default_factory=list, compare=False)
 
     @classmethod
     def of(cls, vectors, labels):
@@ -203,6 +206,19 @@ def aligned_empty(shape):
     return raw[skip:skip + count].reshape(shape)
 
 
+@contextlib.contextmanager
+def failures_raised(source):
+    """Within it, a TensorFlow error that a shard read by source's (a Source, or None)
+    pipeline caused is raised as that cache.CacheError: one line naming the shard (a
+    shard removed or cut short during the run), not TensorFlow's wrapper of it."""
+    try:
+        yield
+    except tf.errors.OpError as e:
+        if source is not None and source.failures:
+            raise source.failures[0] from e
+        raise
+
+
 def training_batches(source, batch_size, seed):
     """Endless shuffled batches of a Source. -> (dataset, feed).
 
@@ -217,7 +233,11 @@ def training_batches(source, batch_size, seed):
     label_dtype, label_shape = tf.as_dtype(source.labels.dtype), source.labels.shape[1:]
 
     def rows_of(group):
-        return rows_of_blocks(source, group)
+        try:
+            return rows_of_blocks(source, group)
+        except cache_lib.CacheError as e:  # TensorFlow wraps it: kept for failures_raised
+            source.failures.append(e)
+            raise
 
     def read(group):
         vectors, labels = tf.numpy_function(rows_of, [group], [tf.float32, label_dtype],

@@ -365,7 +365,7 @@ def train(run, training, evaluation, outputs, hooks=Hooks()):
             and len(val_y) <= rows_per_call(run.class_count) else None)
     chunks = StepsPerCall()
     progress = ProgressLines(steps)
-    with tf.compat.v1.Session(graph=g.graph) as sess:
+    with tf.compat.v1.Session(graph=g.graph) as sess, streamed_batches.failures_raised(stream):
         train_writer = tf.compat.v1.summary.FileWriter(os.path.join(summaries_dir, "train"), g.graph)
         validation_writer = tf.compat.v1.summary.FileWriter(os.path.join(summaries_dir, "validation"))
         sess.run(tf.compat.v1.global_variables_initializer())

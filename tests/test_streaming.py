@@ -3,8 +3,10 @@ streamed_batches' pipeline, the memory check that chooses it, and whole runs."""
 
 import dataclasses
 import json
+import os
 import re
 
+import helpers
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -12,6 +14,7 @@ from helpers import make_dataset, retrain_settings, run_script
 
 from retrain_suite import config as config_lib
 from retrain_suite import job, memory_budget, streamed_batches, training, vector_memory
+from retrain_suite.bottleneck import cache as cache_lib
 from retrain_suite.bottleneck import packed_store, shard_format
 
 D = 8
@@ -274,3 +277,22 @@ def test_a_run_over_the_memory_limit_streams_to_the_in_memory_accuracy(
     # Export and its check ran on the streamed run too.
     assert (tmp_path / "streamed" / "out" / "output_graph.pb").exists()
     assert "Exported files on the test set" in streamed_log
+
+
+def test_a_shard_gone_during_training_stops_it_with_one_line_naming_it(tmp_path):
+    store, paths = store_of(tmp_path, [[(content(n), vector(n)) for n in range(60)]])
+    index = store.index()
+    contents = [content(n) for n in range(60)]
+    arrays = {split: (np.zeros([6, D], np.float32), np.arange(6) % 2, [None] * 6)
+              for split in ("training", "validation", "testing")}
+    run = helpers.prepared_run(arrays, 2)
+    streamed = packed_store.StoreVectors(index, index.positions(contents))
+    run = dataclasses.replace(run, training=dataclasses.replace(
+        run.training, labels=np.arange(60) % 2, bottlenecks=streamed, rows=np.arange(60)))
+    settings = {n: config_lib.default(n) for n in config_lib.field_names()}
+    settings.update(how_many_training_steps=5, random_seed=1, summaries_dir=str(tmp_path / "logs"),
+                    checkpoint_path=str(tmp_path / "layer"))
+    config = config_lib.from_flat(settings)
+    os.remove(paths[0])  # compacted away, say, after the run listed the store
+    with pytest.raises(cache_lib.CacheError, match="Cannot read bottleneck shard .*Run again"):
+        training.train(run, config.training, config.evaluation, config.outputs)
