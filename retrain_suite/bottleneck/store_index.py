@@ -39,7 +39,8 @@ class StoreIndex:
         self.total_records = len(keys)  # valid records, duplicates included
         # The entries in (shard, record) order, and where each shard's start there: what
         # read() checks the keys it reads against, at 8 bytes per entry.
-        self._order = np.lexsort((self._where[:, 1], self._where[:, 0]))
+        # Keys were concatenated in (shard, record) order: first's order is that order.
+        self._order = np.argsort(first, kind="stable")
         self._shard_starts = np.searchsorted(self._where[self._order, 0],
                                              np.arange(len(self.shards) + 1))
 
@@ -58,12 +59,19 @@ class StoreIndex:
         """int64 [n, 2] positions of contents (hex SHA-1 or None); (-1, -1) where absent."""
         out = np.full([len(contents), 2], -1, np.int64)
         asked = [i for i, c in enumerate(contents) if c is not None]
-        if not asked or not len(self._keys):
+        if asked:
+            keys = np.array([bytes.fromhex(contents[i]) for i in asked], "S20")
+            out[asked] = self.positions_of_keys(keys)
+        return out
+
+    def positions_of_keys(self, keys):
+        """int64 [n, 2] positions of keys (S20 [n], raw SHA-1s); (-1, -1) where absent."""
+        out = np.full([len(keys), 2], -1, np.int64)
+        if not len(keys) or not len(self._keys):
             return out
-        keys = np.array([bytes.fromhex(contents[i]) for i in asked], "S20")
         at = np.minimum(np.searchsorted(self._keys, keys), len(self._keys) - 1)
         found = self._keys[at] == keys
-        out[np.array(asked)[found]] = self._where[at[found]]
+        out[found] = self._where[at[found]]
         return out
 
     def entries(self):
