@@ -141,6 +141,19 @@ def test_a_shard_vanishing_between_its_opening_and_its_pieces_is_listed_again(
     np.testing.assert_array_equal(out, [vector_of(i) for i in range(12)])
 
 
+def test_keys_of_decodes_hex_keys_as_fromhex_does():
+    contents = [content_of(1), "00" * 20, "AB" * 20]
+    np.testing.assert_array_equal(shard_format.keys_of(contents),
+                                  np.array([bytes.fromhex(c) for c in contents], "S20"))
+    # Spaces (which fromhex skips) or another length: decoded one by one, never shifted.
+    for odd in ([content_of(2)[:36] + " 7f ", content_of(3)], [content_of(4)[:38], "ab" * 21]):
+        np.testing.assert_array_equal(shard_format.keys_of(odd),
+                                      np.array([bytes.fromhex(c) for c in odd], "S20"))
+    assert len(shard_format.keys_of([])) == 0
+    with pytest.raises(ValueError):
+        shard_format.keys_of([content_of(1), "zz" * 20])
+
+
 def test_threads_follow_the_cpus_this_process_may_use():
     assert shard_scan.threads_for("/local/store") == len(os.sched_getaffinity(0))
     assert shard_scan.threads_for("gs://bucket/store") == shard_scan.REMOTE_THREADS

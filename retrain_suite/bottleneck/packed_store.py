@@ -24,7 +24,8 @@ first valid copy serves.
 Local disks: each file is written under a temporary name and renamed. Object
 stores (`gs://`, where a rename is a copy): straight to the final name, where
 an object appears whole when its upload ends; the manifest still comes last.
-Listing is one listdir of the folder, and the manifests are read in threads.
+Listing is one listdir of the folder; the manifests are read, and the shards'
+records checked in pieces, on threads (shard_scan).
 
 This room writes and checks shards (PackedStore, ShardWriter); reading by
 content key is store_index's (StoreIndex, StoreVectors, named here too), the

@@ -46,6 +46,16 @@ def join(*parts):
     return "/".join([parts[0].rstrip("/"), *parts[1:]])
 
 
+def keys_of(contents):
+    """S20 [n]: the raw 20-byte keys of contents (hex SHA-1s). Raises ValueError for
+    a string that is not hex."""
+    if set(map(len, contents)) <= {2 * KEY_BYTES}:  # one fromhex call for them all
+        data = bytes.fromhex("".join(contents))
+        if len(data) == KEY_BYTES * len(contents):  # (fromhex skips spaces: none here)
+            return np.frombuffer(data, f"S{KEY_BYTES}")
+    return np.array([bytes.fromhex(c) for c in contents], f"S{KEY_BYTES}")
+
+
 def crcs(records):
     """uint32 [n]: the CRC-32 of each record's key and vector bytes. records: the
     structured array of record_dtype."""

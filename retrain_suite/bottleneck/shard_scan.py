@@ -111,8 +111,11 @@ class Gather:
 
     def __init__(self, contents, out):
         """contents: hex SHA-1 or None per row of out (float32 [N, D])."""
-        self.rows = np.array([i for i, c in enumerate(contents) if c is not None], np.int64)
-        keys = np.array([bytes.fromhex(contents[i]) for i in self.rows], "S20")
+        if None in contents:
+            self.rows = np.array([i for i, c in enumerate(contents) if c is not None], np.int64)
+            keys = fmt.keys_of([contents[i] for i in self.rows])
+        else:
+            self.rows, keys = np.arange(len(contents)), fmt.keys_of(contents)
         self.keys, first, self.inverse = np.unique(keys, return_index=True, return_inverse=True)
         self.first_rows, self.out = self.rows[first], out
         self._claimed = np.zeros(len(self.keys), bool)

@@ -60,8 +60,7 @@ class StoreIndex:
         out = np.full([len(contents), 2], -1, np.int64)
         asked = [i for i, c in enumerate(contents) if c is not None]
         if asked:
-            keys = np.array([bytes.fromhex(contents[i]) for i in asked], "S20")
-            out[asked] = self.positions_of_keys(keys)
+            out[asked] = self.positions_of_keys(fmt.keys_of([contents[i] for i in asked]))
         return out
 
     def positions_of_keys(self, keys):
