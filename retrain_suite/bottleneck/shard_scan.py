@@ -79,7 +79,8 @@ def check_piece(piece, dimension, gather=None):
         if not remote and os.fstat(handle.fileno()).st_size != piece.size:
             raise fmt.Refused("it changed size while it was read")
         handle.seek(HEADER_BYTES + piece.first * size)
-        buffer = bytearray(min(per_chunk, piece.count) * size)
+        # Read into, chunk after chunk (gfile reads return new bytes: no buffer there).
+        buffer = bytearray(min(per_chunk, piece.count) * size) if not remote else None
         end = piece.first + piece.count
         for first in range(piece.first, end, per_chunk):
             want = min(per_chunk, end - first)
