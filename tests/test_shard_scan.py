@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from retrain_suite.bottleneck import packed_compaction, packed_store, shard_format, shard_scan
+from retrain_suite.bottleneck import content_keys, packed_compaction, packed_store, shard_format, shard_scan
 
 DIMENSION = 8
 RECORD = shard_format.record_bytes(DIMENSION)
@@ -141,17 +141,45 @@ def test_a_shard_vanishing_between_its_opening_and_its_pieces_is_listed_again(
     np.testing.assert_array_equal(out, [vector_of(i) for i in range(12)])
 
 
-def test_keys_of_decodes_hex_keys_as_fromhex_does():
+def test_keys_from_hex_decode_as_fromhex_does():
     contents = [content_of(1), "00" * 20, "AB" * 20]
-    np.testing.assert_array_equal(shard_format.keys_of(contents),
+    np.testing.assert_array_equal(content_keys.from_hex(contents),
                                   np.array([bytes.fromhex(c) for c in contents], "S20"))
     # Spaces (which fromhex skips) or another length: decoded one by one, never shifted.
     for odd in ([content_of(2)[:36] + " 7f ", content_of(3)], [content_of(4)[:38], "ab" * 21]):
-        np.testing.assert_array_equal(shard_format.keys_of(odd),
+        np.testing.assert_array_equal(content_keys.from_hex(odd),
                                       np.array([bytes.fromhex(c) for c in odd], "S20"))
-    assert len(shard_format.keys_of([])) == 0
+    assert len(content_keys.from_hex([])) == 0
     with pytest.raises(ValueError):
-        shard_format.keys_of([content_of(1), "zz" * 20])
+        content_keys.from_hex([content_of(1), "zz" * 20])
+
+
+def tied_keys():
+    """S20 keys: random ones, a key twice, two keys sharing their first 8 bytes (one
+    ending in zero bytes, which S20 holds but bytes() drops), in no order."""
+    keys = [hashlib.sha1(f"{i}".encode()).digest() for i in range(50)]
+    keys += [keys[7], keys[3][:8] + bytes(12), keys[3][:8] + b"\xff" * 12, keys[40]]
+    return np.array(keys[::-1][:30] + keys[::-1][30:], "S20")
+
+
+@pytest.mark.parametrize("kind", ["distinct", "tied"])
+def test_unique_keys_are_numpys(kind):
+    keys = tied_keys() if kind == "tied" else tied_keys()[4:]
+    expected = np.unique(keys, return_index=True, return_inverse=True)
+    for got, want in zip(content_keys.unique(keys), expected):
+        np.testing.assert_array_equal(got, want)
+    assert [len(a) for a in content_keys.unique(keys[:0])] == [0, 0, 0]
+
+
+@pytest.mark.parametrize("kind", ["distinct", "tied"])
+def test_find_gives_each_keys_index_or_minus_one(kind):
+    keys = tied_keys() if kind == "tied" else tied_keys()[4:]
+    ordered = np.unique(keys)
+    asked = np.concatenate([keys, np.array([bytes(20), b"\xff" * 20, keys[0][:8] + bytes(12)],
+                                           "S20")])
+    expected = [int(np.flatnonzero(ordered == k)[0]) if k in ordered else -1 for k in asked]
+    assert content_keys.find(ordered, asked).tolist() == expected
+    assert content_keys.find(ordered[:0], asked).tolist() == [-1] * len(asked)
 
 
 def test_threads_follow_the_cpus_this_process_may_use():

@@ -46,32 +46,25 @@ def join(*parts):
     return "/".join([parts[0].rstrip("/"), *parts[1:]])
 
 
-def keys_of(contents):
-    """S20 [n]: the raw 20-byte keys of contents (hex SHA-1s). Raises ValueError for
-    a string that is not hex."""
-    if set(map(len, contents)) <= {2 * KEY_BYTES}:  # one fromhex call for them all
-        data = bytes.fromhex("".join(contents))
-        if len(data) == KEY_BYTES * len(contents):  # (fromhex skips spaces: none here)
-            return np.frombuffer(data, f"S{KEY_BYTES}")
-    return np.array([bytes.fromhex(c) for c in contents], f"S{KEY_BYTES}")
-
-
 def crcs(records):
     """uint32 [n]: the CRC-32 of each record's key and vector bytes. records: the
     structured array of record_dtype."""
-    return record_crcs(memoryview(np.ascontiguousarray(records)).cast("B"),
-                       records.dtype.itemsize)
+    data = memoryview(np.ascontiguousarray(records)).cast("B")
+    return span_crcs(checked_spans(data, records.dtype.itemsize))
 
 
-def record_crcs(data, size):
-    """uint32 [n]: the CRC-32 of the key and vector bytes of each of the n records of
-    size bytes in data (bytes-like, n * size bytes). One zlib call per record,
-    iterated in C (map over slices): no Python frame per record."""
+def checked_spans(data, size):
+    """[memoryview]: the bytes each record's CRC covers (its key and vector), for each
+    record of size bytes in data (bytes-like). Views, no copies: a reader makes them
+    once per buffer it reads into again and again."""
     view = memoryview(data).cast("B")
-    starts = range(0, len(view), size)
-    ends = range(size - 4, len(view), size)
-    return np.fromiter(map(zlib.crc32, map(view.__getitem__, map(slice, starts, ends))),
-                       np.uint32, len(starts))
+    return [view[start:start + size - 4] for start in range(0, len(view) - size + 1, size)]
+
+
+def span_crcs(spans):
+    """uint32 [n]: zlib's CRC-32 of each of spans (bytes-like): one zlib call each,
+    iterated in C, no object made per span."""
+    return np.fromiter(map(zlib.crc32, spans), np.uint32, len(spans))
 
 
 def encode_shard(contents, vectors):
@@ -139,11 +132,11 @@ class Refused(cache_lib.CacheError):
 
 def finite_rows(vectors):
     """[n] bool: which rows of float32 [n, D] are all finite. A NaN or an infinity
-    carries into its row's sum, so one pass of sums settles every row whose sum is
-    finite; only the others (non-finite values, or finite ones whose sum overflows)
-    are checked value by value."""
+    carries into its row's sum, so one pass of sums (einsum's, vectorized) settles
+    every row whose sum is finite; only the others (non-finite values, or finite ones
+    whose sum overflows) are checked value by value."""
     with np.errstate(over="ignore", invalid="ignore"):
-        finite = np.isfinite(np.add.reduce(vectors, axis=1))
+        finite = np.isfinite(np.einsum("ij->i", vectors))
     if not finite.all():
         suspects = np.flatnonzero(~finite)
         finite[suspects] = np.isfinite(vectors[suspects]).all(axis=1)

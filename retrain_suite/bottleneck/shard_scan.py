@@ -1,7 +1,7 @@
 r"""Checking committed shards record by record, and gathering the vectors a load wants.
 
 PackedStore.index() opens each committed shard (manifest, size and header
-checked), then hands its records here in pieces (Piece, about 16 MB each),
+checked), then hands its records here in pieces (Piece, about 8 MB each),
 checked on as many threads as the process may use CPUs (an object store's
 pieces on more: there a read waits on the network, not on a CPU). A piece is
 read in chunks of about 1 MB into one buffer, viewed as records with no copy,
@@ -18,10 +18,11 @@ import threading
 
 import numpy as np
 
+from retrain_suite.bottleneck import content_keys
 from retrain_suite.bottleneck import shard_format as fmt
 from retrain_suite.bottleneck.shard_format import HEADER_BYTES
 
-PIECE_BYTES = 16 << 20  # records one thread checks in a row (a 64 MB shard: 4 pieces)
+PIECE_BYTES = 8 << 20  # records one thread checks in a row (a 64 MB shard: 8 pieces)
 CHUNK_BYTES = 1 << 20  # records read and checked at once: well inside a core's L2 cache
 REMOTE_THREADS = 16  # an object store is slow per request, not per byte
 
@@ -79,14 +80,17 @@ def check_piece(piece, dimension, gather=None):
         if not remote and os.fstat(handle.fileno()).st_size != piece.size:
             raise fmt.Refused("it changed size while it was read")
         handle.seek(HEADER_BYTES + piece.first * size)
-        # Read into, chunk after chunk (gfile reads return new bytes: no buffer there).
-        buffer = bytearray(min(per_chunk, piece.count) * size) if not remote else None
+        # Read into, chunk after chunk (gfile reads return new bytes: no buffer there),
+        # its records' CRC spans made once.
+        buffer = np.empty(min(per_chunk, piece.count) * size, np.uint8) if not remote else None
+        spans = fmt.checked_spans(buffer, size) if not remote else None
         end = piece.first + piece.count
         for first in range(piece.first, end, per_chunk):
             want = min(per_chunk, end - first)
             data = fmt.read_exactly(handle, buffer, want * size)
             records = np.frombuffer(data, dtype)
-            good = fmt.record_crcs(data, size) == records["crc"]
+            good = fmt.span_crcs(spans[:want] if spans else fmt.checked_spans(data, size))
+            good = good == records["crc"]
             good &= fmt.finite_rows(records["vector"])
             if not good.all():
                 damaged += len(records) - int(good.sum())
@@ -114,11 +118,12 @@ class Gather:
         """contents: hex SHA-1 or None per row of out (float32 [N, D])."""
         if None in contents:
             self.rows = np.array([i for i, c in enumerate(contents) if c is not None], np.int64)
-            keys = fmt.keys_of([contents[i] for i in self.rows])
+            keys = content_keys.from_hex([contents[i] for i in self.rows])
         else:
-            self.rows, keys = np.arange(len(contents)), fmt.keys_of(contents)
-        self.keys, first, self.inverse = np.unique(keys, return_index=True, return_inverse=True)
-        self.first_rows, self.out = self.rows[first], out
+            self.rows, keys = np.arange(len(contents)), content_keys.from_hex(contents)
+        self.keys, self._first, self.inverse = content_keys.unique(keys)
+        self.first_rows, self.out = self.rows[self._first], out
+        self._row_keys = keys  # S20, in the order of self.rows
         self._claimed = np.zeros(len(self.keys), bool)
         self._lock = threading.Lock()
 
@@ -126,8 +131,12 @@ class Gather:
         """Copy the wanted vectors among records (record_dtype [k]) where good ([k] bool)."""
         if not len(self.keys):
             return
-        at = np.minimum(np.searchsorted(self.keys, records["key"]), len(self.keys) - 1)
-        hit = good & (self.keys[at] == records["key"])
+        at = self._in_row_order(records["key"])
+        if at is not None:
+            hit = good.copy()
+        else:
+            at = content_keys.find(self.keys, records["key"])
+            hit = good & (at >= 0)
         with self._lock:  # claimed here, then written by this thread alone
             hit &= ~self._claimed[at]
             self._claimed[at[hit]] = True
@@ -141,6 +150,17 @@ class Gather:
             self.out[rows[0]:rows[-1] + 1] = records["vector"]
         else:
             self.out[rows] = records["vector"][hit]
+
+    def _in_row_order(self, keys):
+        """If keys (S20 [k]) are those of k consecutive rows (a shard written in the order
+        the run lists its images): their indices in self.keys, found with one search
+        instead of k. Else None."""
+        i = min(int(np.searchsorted(self.keys, keys[:1])[0]), len(self.keys) - 1)
+        start = int(self._first[i])
+        window = slice(start, start + len(keys))
+        if self.keys[i] != keys[0] or not np.array_equal(self._row_keys[window], keys):
+            return None
+        return self.inverse[window]
 
     def fill_copies(self, found):
         """Give every row of a key found (found: [K] bool, per key of self.keys) its
