@@ -116,6 +116,7 @@ class Gather:
 
     def __init__(self, contents, out):
         """contents: hex SHA-1 or None per row of out (float32 [N, D])."""
+        contents = list(contents)
         if None in contents:
             self.rows = np.array([i for i, c in enumerate(contents) if c is not None], np.int64)
             keys = content_keys.from_hex([contents[i] for i in self.rows])
