@@ -8,12 +8,15 @@ fill (listing, hashing, decoding, the module, writing), the module's load and
 freeze included where a run pays for it (the 2 worker processes load it each
 time; the in-process runs share the process's loaded module after the first).
 Each figure is its best round. The Beam stores' vectors are compared with the
-in-process fill's, bit for bit.
+in-process fill's, bit for bit; the log says, per round and runner, how many
+are missing, extra or differ (the first few of each) and the largest
+difference.
 """
 
 import time
 
 import numpy as np
+from absl import logging
 
 from retrain_suite.bottleneck import beam_fill, compute, packed_store
 
@@ -24,11 +27,30 @@ RUNNERS = (
 )
 
 
-def _stored(fill):
-    """{content: vector} of a fill's store."""
-    index = packed_store.PackedStore(fill.bottleneck_dir, beam_fill.store_identity(fill)).index()
-    keys, positions = index.entries()
-    return dict(zip((k.hex() for k in keys), index.read(positions)))
+def stored(bottleneck_dir, identity):
+    """{content (hex SHA-1): float32 [D] vector} of the packed store of identity (a
+    packed_store.StoreIdentity) under bottleneck_dir."""
+    index = packed_store.PackedStore(bottleneck_dir, identity).index()
+    _, positions = index.entries()
+    # contents(), not the keys' .hex(): a key out of numpy loses its trailing zero bytes,
+    # and one of the 160 photos' SHA-1s ends in one (it read as missing, and as extra).
+    return dict(zip(index.contents(), index.read(positions)))
+
+
+def compare(got, reference):
+    """({content: vector} of a Beam store, the in-process fill's) -> (bit-identical?, a line
+    saying how they differ: missing and extra keys, keys whose vectors differ, the largest
+    absolute difference)."""
+    missing, extra = sorted(set(reference) - set(got)), sorted(set(got) - set(reference))
+    differ = sorted(c for c in set(got) & set(reference)
+                    if not np.array_equal(got[c], reference[c]))
+    largest = max((float(np.max(np.abs(got[c].astype(np.float64) - reference[c])))
+                   for c in differ), default=0.0)
+    same = not (missing or extra or differ)
+    report = (f"{len(reference)} vectors, {len(missing)} missing {missing[:5]}, {len(extra)} "
+              f"extra {extra[:5]}, {len(differ)} differ {differ[:5]}, largest difference "
+              f"{largest:.3g}")
+    return same, ("identical: " if same else "DIFFER: ") + report
 
 
 def beam_rows(bench):
@@ -55,9 +77,10 @@ def beam_rows(bench):
             began = time.monotonic()
             beam_fill.fill_store(fill, runner, options)
             beams[name].append(len(paths) / (time.monotonic() - began))
-            got = _stored(fill)
-            identical[name] = identical.get(name, True) and set(got) == set(reference) and all(
-                np.array_equal(got[c], v) for c, v in reference.items())
+            got = stored(fill.bottleneck_dir, beam_fill.store_identity(fill))
+            same, report = compare(got, reference)
+            logging.info("Beam round %d, %s: %s", number + 1, name, report)
+            identical[name] = identical.get(name, True) and same
         bench.log_round("Beam", number, {"in-process fill": ours[-1],
                                          **{name: rates[-1] for name, rates in beams.items()}})
     best = max(ours)

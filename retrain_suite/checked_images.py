@@ -1,11 +1,16 @@
-r"""The images the exported-files check runs on, decoded ahead while an export converts.
+r"""Images a later stage needs, decoded ahead on a thread while other work runs.
 
-The int8 TFLite conversion spends seconds in LiteRT's calibration, which
-releases Python's lock and leaves a core idle on a 2-core machine; the check
-that follows decodes every test image again (about 1 s for 100 large photos).
-DecodedAhead decodes them on a thread meanwhile, when they fit in
-MAX_BYTES, and hands the check its batches; anything that goes wrong there
-is left to the check, which then decodes them itself as before.
+- The exported-files check's images, during the int8 TFLite conversion: its
+  calibration releases Python's lock and leaves a core idle on a 2-core
+  machine, and the check that follows decodes every test image again (about
+  1 s for 100 large photos).
+- The int8 calibration images (tflite.calibration_rows), during training,
+  which runs on one core: decoding 100 large photos was a quarter of the
+  TFLite phase.
+
+DecodedAhead decodes them when they fit in MAX_BYTES and hands over its
+batches; anything that goes wrong there is left to the stage, which then
+decodes them itself as before.
 """
 
 import threading
@@ -32,20 +37,20 @@ def fits(count, input_size):
 class DecodedAhead:
     """The rows of a run's source, decoded on a thread once start() is called.
 
-    run: the run_data.PreparedRun; rows: the check's images (int row indices, its
-    order); batch_size: images per batch, as the check runs them.
+    run: the run_data.PreparedRun; rows: the images (int row indices, in the order
+    the stage takes them); batch_size: images per batch, as the stage takes them;
+    name: the thread's.
     """
 
-    def __init__(self, run, rows, batch_size):
-        self.run, self.rows, self.batch_size = run, list(rows), batch_size
+    def __init__(self, run, rows, batch_size, name="decoded-ahead"):
+        self.run, self.rows, self.batch_size, self.name = run, list(rows), batch_size, name
         self._batches, self._failed = [], False
         self._thread = None
 
     def start(self):
         """Begin decoding (once; nothing when the images would not fit)."""
         if self._thread is None and self.rows and fits(len(self.rows), self.run.input_size):
-            self._thread = threading.Thread(target=self._decode, name="decoded-ahead",
-                                            daemon=True)
+            self._thread = threading.Thread(target=self._decode, name=self.name, daemon=True)
             self._thread.start()
 
     def _decode(self):

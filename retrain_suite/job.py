@@ -28,6 +28,7 @@ from retrain_suite import (
     fine_tuning,
     output_paths,
     phases,
+    picture_memo,
     report_content,
     report_page,
     reporting,
@@ -195,6 +196,7 @@ def train_and_export(config, dataset, images, timer):
             memo_lib.Memo.of_cache(config.module.bottleneck_dir, "modules"))
     if run.multi_label:
         return multi_label_stages.train_and_export(config, run, timer)
+    calibration = run_exports.calibration_ahead(config, run)  # decoded while training runs
     model = train_model(config, run, timer)
     with timer.phase("report (tables, JSON)"):
         report, reports, accuracy = report_results(config, run, model)
@@ -202,7 +204,7 @@ def train_and_export(config, dataset, images, timer):
     ahead = checked_images.DecodedAhead(run, checked_split.rows.tolist(),
                                         artifact_check.BATCH_SIZE)
     run_exports.export_model(config, run, run_exports.ExportedLayer(
-        model.spec, model.result.layer, model.module_values), timer, ahead)
+        model.spec, model.result.layer, model.module_values), timer, ahead, calibration)
     with timer.phase("check of the exported files"):
         # Earlier checks are remembered in the bottleneck cache's folder, when it is local.
         bottleneck_dir = config.module.bottleneck_dir
@@ -352,7 +354,9 @@ def write_report_page(config, run, model, report, checked, timer):
     report_content.from_run's."""
     path = config.outputs.report_dir
     content = report_content.from_run(config, run, model, report, checked, timer)
-    export.write_output("report_dir", path, lambda: report_page.write_report(path, content))
+    export.write_output("report_dir", path,
+                        lambda: report_page.write_report(path, content, picture_memo.PictureMemo.of_run(
+                            config.module.bottleneck_dir, path)))
     logging.info("Wrote report page %s", os.path.join(path, report_page.PAGE))
 
 

@@ -13,7 +13,9 @@ entries under the bottleneck cache's folder, one per key:
 - `<bottleneck_dir>/exports/`: the SHA-256 of an exported file as it was
   written, under a key of everything that decides that file (exports.py);
 - `<bottleneck_dir>/checks/`: an exported file's predictions on a test set
-  (check_memo).
+  (check_memo);
+- `<bottleneck_dir>/pictures/`: the SHA-256 of a report page picture, under a
+  key of everything drawn in it (picture_memo).
 
 Every key also holds code_digest(), the digest of the suite's own source, and
 TensorFlow's version: new code or a new TensorFlow recomputes everything.
@@ -39,7 +41,7 @@ from retrain_suite.images import files as image_files
 
 MAX_ENTRY_BYTES = 64 << 20  # a check entry of a million test images is about 8 MB
 CHUNK_BYTES = 8 << 20
-KINDS = ("modules", "exports", "checks")
+KINDS = ("modules", "exports", "checks", "pictures")
 
 
 @functools.cache
@@ -106,6 +108,35 @@ def _member_digest(path):
     if before is not None and _signature(path) == before:  # unchanged while it was read
         _digests[before] = digest
     return digest
+
+
+def signature_record(path):
+    """The local file at path as this process last hashed it, for a memo entry: {"signature":
+    its _signature as a list, "sha256": hex of its bytes}; None when it was not hashed
+    since it last changed (or is not a local regular file)."""
+    now = _signature(path)
+    if now is None or now not in _digests:
+        return None
+    return {"signature": list(now), "sha256": _digests[now].hex()}
+
+
+def recall_digest(path, record):
+    """Let file_digest(path) answer from record (a signature_record of an earlier run)
+    without reading the file, when the file still has that signature: the same path,
+    device, inode, size, modification and change times (as make, rsync and git judge
+    a file unchanged; a write changes the change time, which no one can set back).
+    Exported files are rewritten by rename, so a changed one also has another inode.
+    -> whether it did. A damaged or foreign record is ignored."""
+    now = _signature(path)
+    try:
+        known = tuple(record["signature"])
+        content = bytes.fromhex(record["sha256"])
+    except (TypeError, KeyError, ValueError):
+        return False
+    if now is None or known != now or len(content) != hashlib.sha256().digest_size:
+        return False
+    _digests[now] = content
+    return True
 
 
 def _signature(path):

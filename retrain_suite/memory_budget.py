@@ -87,8 +87,8 @@ class Sizes:
     hidden_units: int = 0  # H; 0: no hidden layer
     distorted: bool = False  # training batches are decoded images, not cached vectors
     fine_tune_batch_size: int = 0  # images per fine-tuning step; 0: no fine-tuning
-    # The vectors are streamed from the packed store (streamed_batches): not held; a
-    # shuffle buffer of them and each image's position and label instead.
+    # The vectors are streamed from the packed store (streamed_batches): not held; two
+    # chunks of them and each image's position and label instead.
     streamed: bool = False
 
 
@@ -118,7 +118,8 @@ def estimate(sizes):
     fine-tuning, a fine-tuning batch of images twice (the module's own
     activations and gradients for it are not counted: they depend on the module).
     Streamed, instead of the bottlenecks: STREAMED_VALUES_PER_IMAGE per image and
-    the shuffle buffer (streamed_batches.shuffle_rows vectors).
+    the vectors the pipeline holds (streamed_batches.held_rows: two chunks, the blocks
+    being read).
     """
     batch, hidden, classes = sizes.train_batch_size, sizes.hidden_units, sizes.class_count
     dimension = sizes.dimension
@@ -138,7 +139,7 @@ def estimate(sizes):
         parts["fine_tune_batch_size"] = 2 * sizes.fine_tune_batch_size * pixels
     if sizes.streamed:
         held = (STREAMED_VALUES_PER_IMAGE * sizes.image_count
-                + streamed_batches.shuffle_rows(dimension, sizes.image_count) * dimension)
+                + streamed_batches.held_rows(dimension, sizes.image_count, batch) * dimension)
     else:
         held = sizes.image_count * dimension
     return Estimate(4 * (held + sum(parts.values())), max(parts, key=parts.get))

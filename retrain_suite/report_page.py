@@ -30,7 +30,7 @@ import math
 
 import tensorflow as tf
 
-from retrain_suite import atomic_files, evaluation, output_paths, report_plots
+from retrain_suite import atomic_files, evaluation, output_paths, picture_memo, report_plots
 from retrain_suite.artifact_check import format_size
 
 PAGE = "report.html"
@@ -332,33 +332,37 @@ def results_csv(history, multi_label=False):
     return buffer.getvalue()
 
 
-def draw_pictures(content):
+def draw_pictures(content, memo=None):
     """{file name: PNG bytes}: the curves of each phase that ran, and the evaluated
-    set's confusion matrices."""
+    set's confusion matrices. memo: a picture_memo.PictureMemo (a picture a rerun
+    already drew is not drawn again), or None."""
     pictures = {}
-    if content.history.get("training"):
-        pictures[TRAINING_CURVES] = report_plots.curves_png(
-            content.history["training"], "Training the final layer on bottlenecks",
-            multi_label=content.multi_label)
-    if content.history.get("fine-tuning"):
-        pictures[FINE_TUNING_CURVES] = report_plots.curves_png(
-            content.history["fine-tuning"], "Fine-tuning the module with the layer",
-            fine_tuning=True)
+    phases = (("training", TRAINING_CURVES, "Training the final layer on bottlenecks"),
+              ("fine-tuning", FINE_TUNING_CURVES, "Fine-tuning the module with the layer"))
+    for phase, name, title in phases:
+        points = content.history.get(phase)
+        if points:
+            options = {"fine_tuning": phase == "fine-tuning",
+                       "multi_label": content.multi_label and phase == "training"}
+            inputs = [points, title, options]
+            pictures[name] = picture_memo.drawn(
+                memo, name, inputs,
+                lambda inputs=inputs: report_plots.curves_png(*inputs[:2], **inputs[2]))
     split = content.evaluated_set
     if split is not None and not content.multi_label:
         report = content.evaluations[split]
         title = f"{SET_TITLES[split]} (N={report['count']})"
-        pictures[MATRIX] = report_plots.confusion_png(
-            report["confusion_counts"], content.labels, f"{title}: images")
-        pictures[MATRIX_NORMALIZED] = report_plots.confusion_png(
-            report["confusion_counts"], content.labels, f"{title}: shares of each true class",
-            normalized=True)
+        for name, words, normalized in ((MATRIX, "images", False),
+                                        (MATRIX_NORMALIZED, "shares of each true class", True)):
+            inputs = [report["confusion_counts"], content.labels, f"{title}: {words}", normalized]
+            pictures[name] = picture_memo.drawn(
+                memo, name, inputs, lambda inputs=inputs: report_plots.confusion_png(*inputs))
     return pictures
 
 
-def report_files(content):
-    """{file name: bytes} of the report folder."""
-    pictures = draw_pictures(content)
+def report_files(content, memo=None):
+    """{file name: bytes} of the report folder (memo: as draw_pictures')."""
+    pictures = draw_pictures(content, memo)
     files = {PAGE: render_page(content, pictures).encode("utf-8"),
              CSV: results_csv(content.history, content.multi_label).encode("utf-8"), **pictures}
     unknown = set(files) - output_paths.REPORT_ENTRIES
@@ -367,10 +371,11 @@ def report_files(content):
     return files
 
 
-def write_report(path, content):
+def write_report(path, content, memo=None):
     """Write the report folder at path, whole (see the module docstring). Raises
-    FileExistsError, leaving it as it was, when path holds anything but report files."""
-    files = report_files(content)
+    FileExistsError, leaving it as it was, when path holds anything but report files.
+    memo: a picture_memo.PictureMemo over the folder at path, or None."""
+    files = report_files(content, memo)
 
     def write_into(folder):
         tf.io.gfile.makedirs(folder)

@@ -9,9 +9,10 @@ others are written whole (export.write_output).
 import dataclasses
 from typing import Optional
 
+import tensorflow as tf
 from absl import logging
 
-from retrain_suite import export, export_memo, onnx_export, tflite
+from retrain_suite import checked_images, export, export_memo, onnx_export, tflite
 from retrain_suite import memo as memo_lib
 
 
@@ -25,12 +26,28 @@ class ExportedLayer:
     thresholds: Optional[object] = None  # a multi-label layer's, float [C] in (0, 1)
 
 
-def export_model(config, run, exported, timer, ahead=None):
+def calibration_ahead(config, run):
+    """The int8 calibration images decoded on a thread from now on (during training), as
+    a started checked_images.DecodedAhead; None when no int8 TFLite file is asked for, or
+    when the file is already there (a rerun that most likely keeps it)."""
+    outputs = config.outputs
+    if (not outputs.tflite_output_file or outputs.tflite_quantization != "int8"
+            or tf.io.gfile.exists(outputs.tflite_output_file)):
+        return None
+    ahead = checked_images.DecodedAhead(
+        run, tflite.calibration_rows(run, config.training.random_seed), tflite.CALIBRATION_BATCH,
+        "calibration-ahead")
+    ahead.start()
+    return ahead
+
+
+def export_model(config, run, exported, timer, ahead=None, calibration=None):
     """Write the frozen graph of exported (an ExportedLayer) on the run's module, the labels
     (and the SavedModel, the TFLite file, the ONNX file), each a phase of timer; files a
     rerun already holds are kept (export_memo). config: the run's config.RetrainConfig;
     run: its run_data.PreparedRun; ahead: a checked_images.DecodedAhead, started when a
-    TFLite file is converted (its calibration leaves a core to decode the check's images)."""
+    TFLite file is converted (its calibration leaves a core to decode the check's images);
+    calibration: calibration_ahead's, or None."""
     outputs, handle = config.outputs, config.module.tfhub_module
     memo = export_memo.ExportMemo(memo_lib.Memo.of_cache(config.module.bottleneck_dir, "exports"))
     built = []  # the GraphDef, once built or read back
@@ -78,7 +95,7 @@ def export_model(config, run, exported, timer, ahead=None):
             f"TFLite ({outputs.tflite_quantization})", "tflite_output_file",
             outputs.tflite_output_file, settings,
             lambda: convert_tflite(outputs, graph_def(), run, config.training.random_seed,
-                                   handle, ahead),
+                                   handle, (ahead, calibration)),
         )
         # A count read back from the memo is shown only if it is one.
         calibrated = written.result if type(written.result) is int else 0
@@ -99,9 +116,11 @@ def export_model(config, run, exported, timer, ahead=None):
                      ", thresholds in its metadata" if exported.spec.multi_label else "")
 
 
-def convert_tflite(outputs, graph_def, run, seed, handle, ahead):
-    """tflite.export_for_run, the check's images decoded meanwhile when ahead is a
-    checked_images.DecodedAhead. -> what export_for_run returns."""
-    if ahead is not None:
-        ahead.start()
-    return tflite.export_for_run(outputs, graph_def, run, seed, handle)
+def convert_tflite(outputs, graph_def, run, seed, handle, decoded):
+    """tflite.export_for_run. decoded: (the check's images, the calibration images), each
+    a checked_images.DecodedAhead or None: the check's are decoded meanwhile, the
+    calibration's used. -> what export_for_run returns."""
+    check, calibration = decoded
+    if check is not None:
+        check.start()
+    return tflite.export_for_run(outputs, graph_def, run, seed, handle, calibration)

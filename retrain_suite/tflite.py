@@ -41,6 +41,7 @@ QUANTIZATIONS = ("none", "dynamic", "float16", "int8")
 # int8 the longest phase of a run, and on 60 photos the random MobileNet's int8
 # file agreed with the frozen graph as often calibrated on 100 as on 300.
 CALIBRATION_IMAGES = 100
+CALIBRATION_BATCH = 32  # images decoded at once for the calibration
 
 
 TFLITE_IDENTIFIER = b"TFL3"  # bytes 4-8 of every TFLite flatbuffer
@@ -185,20 +186,33 @@ class TFLiteClassifier:
         return np.stack([self.probabilities(image) for image in images])
 
 
-def export_for_run(outputs, graph_def, run, seed, module):
+def calibration_rows(run, seed):
+    """The rows of run's (a run_data.PreparedRun) int8 calibration images: calibration_indices
+    of its training images, chosen by seed. -> [int]."""
+    training_rows = run.training.rows
+    return training_rows[calibration_indices(len(training_rows), seed)].tolist()
+
+
+def export_for_run(outputs, graph_def, run, seed, module, calibration=None):
     """Convert, quantize and write the run's TFLite file (outputs.tflite_output_file).
 
     outputs: the run's config.OutputConfig; graph_def: the frozen classifier;
-    run: the run_data.PreparedRun. int8 calibrates on calibration_indices of
-    the training images, chosen by seed. module: the module's handle, named in
-    the file's description. -> the number of calibration images (0: none).
+    run: the run_data.PreparedRun. int8 calibrates on calibration_rows(run, seed),
+    in batches of CALIBRATION_BATCH: those of calibration (a
+    checked_images.DecodedAhead of those rows) when it decoded them, else decoded
+    here. module: the module's handle, named in the file's description. -> the
+    number of calibration images (0: none).
     """
     quantization = outputs.tflite_quantization
-    training_rows = run.training.rows
-    chosen = training_rows[calibration_indices(len(training_rows), seed)].tolist()
+    chosen = calibration_rows(run, seed)
 
     def calibration_batches():
-        return (pixels for _, _, pixels in run.image_batches(chosen, 32).as_numpy_iterator())
+        ready = (calibration.batches() if calibration is not None
+                 and calibration.rows == chosen else None)
+        if ready is not None:
+            return (pixels for _, pixels in ready)
+        return (pixels for _, _, pixels in
+                run.image_batches(chosen, CALIBRATION_BATCH).as_numpy_iterator())
 
     height, width = run.input_size
     model = convert(graph_def, height, width, outputs.final_tensor_name, quantization,

@@ -20,7 +20,14 @@ import tensorflow as tf
 from absl import logging
 
 from retrain_suite import dataset as dataset_lib
-from retrain_suite import export, final_layer, run_data, schedules, streamed_batches
+from retrain_suite import (
+    export,
+    final_layer,
+    held_validation,
+    run_data,
+    schedules,
+    streamed_batches,
+)
 from retrain_suite.bottleneck import compute
 
 
@@ -250,23 +257,28 @@ class _Evaluator:
     best: Optional[BestLayer]  # None: no layer is chosen (every evaluation only logged)
 
 
-def validate(evaluator, rows, rate, step):
+def validate(evaluator, rows, rate, step, held=None):
     """Evaluate the layer on the validation `rows` sample (logged, summarised) and,
     when a layer is being chosen, score it on the whole set. -> (log text, the
     sample's accuracy, the sample's cross entropy).
 
-    One Session call does it all when the whole set fits in one call
-    (rows_per_call): the sample through bottleneck_input with its summaries, the
-    whole set through scored_input, and the layer's values, kept if it is the best
-    so far. 400 evaluations of 4 calls each were a third of a warm rerun's training.
+    held: the held_validation.Evaluated of this evaluation step's call, which
+    already holds every number (the held path); None: the fed path, one Session
+    call when the whole set fits in one call (rows_per_call): the sample through
+    bottleneck_input with its summaries, the whole set through scored_input, and
+    the layer's values; call by call for streamed vectors.
     """
     sess, g, validation = evaluator.sess, evaluator.g, evaluator.validation
     val_x, val_y = validation.bottlenecks, validation.labels
     choosing = evaluator.best is not None
     sampled_part = len(rows) < len(val_y)
-    sampled_x = streamed_batches.subset(val_x, rows)
     whole_in_call, values = False, None
-    if streamed_batches.is_streamed(sampled_x) and len(_calls(g, sampled_x)) > 1:
+    if held is not None:
+        accuracy, entropy, summary = held.accuracy, held.cross_entropy, held.summary
+        whole_in_call, values = sampled_part and held.correct is not None, held.values
+        fetched = [None, None, None, held.correct, held.cross_entropies]
+    elif (streamed_batches.is_streamed(val_x)
+            and len(_calls(g, sampled_x := streamed_batches.subset(val_x, rows))) > 1):
         # A sample too large to read from the store at once: scored call by call,
         # and summarised by its two numbers.
         accuracy, entropy = score(sess, g, sampled_x, val_y[rows])
@@ -274,9 +286,9 @@ def validate(evaluator, rows, rate, step):
             tf.compat.v1.Summary.Value(tag="accuracy", simple_value=accuracy),
             tf.compat.v1.Summary.Value(tag="cross_entropy", simple_value=entropy)])
     else:
-        fetches = [g.accuracy, g.cross_entropy, g.summaries]
-        feed = {g.bottleneck_input: sampled_x[:], g.ground_truth: val_y[rows],
-                g.learning_rate: rate}
+        fetches = [g.accuracy, g.cross_entropy, g.validation_summaries]
+        feed = {g.bottleneck_input: streamed_batches.subset(val_x, rows)[:],
+                g.ground_truth: val_y[rows], g.learning_rate: rate}
         # Streamed vectors are not read whole at every evaluation: score() reads them
         # call by call below.
         whole_in_call = (choosing and sampled_part and not streamed_batches.is_streamed(val_x)
@@ -327,10 +339,9 @@ def train(run, training, evaluation, outputs, hooks=Hooks()):
     streamed = streamed_batches.is_streamed(run.training.bottlenecks)
     stream = (streamed_batches.Source.of(run.training.bottlenecks, train_y)
               if streamed and hooks.batch_source is None else None)
+    losses = loss_settings(training, train_y, run.class_count)
     g = final_layer.build_training_graph(
-        run.dimension, spec, training, loss_settings(training, train_y, run.class_count),
-        hooks.batch_source, stream,
-    )
+        run.dimension, spec, training, losses, hooks.batch_source, stream)
     summaries_dir = outputs.summaries_dir
     steps, interval = training.how_many_training_steps, evaluation.eval_step_interval
     selecting = bool(len(val_y)) and (
@@ -348,9 +359,13 @@ def train(run, training, evaluation, outputs, hooks=Hooks()):
         )
 
     looping = hooks.in_graph_loop and g.train_steps is not None
+    # The validation set held in the graph: its evaluation in the step's own call.
+    held = (held_validation.build(g, spec, losses)
+            if len(val_y) and held_validation.fits(validation.bottlenecks)
+            and len(val_y) <= rows_per_call(run.class_count) else None)
     chunks = StepsPerCall()
     progress = ProgressLines(steps)
-    with tf.compat.v1.Session(graph=g.graph) as sess:
+    with tf.compat.v1.Session(graph=g.graph) as sess, streamed_batches.failures_raised(stream):
         train_writer = tf.compat.v1.summary.FileWriter(os.path.join(summaries_dir, "train"), g.graph)
         validation_writer = tf.compat.v1.summary.FileWriter(os.path.join(summaries_dir, "validation"))
         sess.run(tf.compat.v1.global_variables_initializer())
@@ -361,6 +376,8 @@ def train(run, training, evaluation, outputs, hooks=Hooks()):
         else:
             sess.run(g.iterator_init, {g.bottlenecks: run.training.bottlenecks, g.labels: train_y})
         evaluator = _Evaluator(sess, g, validation, validation_writer, best if selecting else None)
+        if held is not None:
+            held.initialize(sess, validation.bottlenecks, val_y)
         start = time.monotonic()
         step = 0
         history = []
@@ -386,9 +403,16 @@ def train(run, training, evaluation, outputs, hooks=Hooks()):
             if step % interval and step != steps:
                 sess.run(g.train_step, feed)
                 continue
-            _, train_accuracy, cross_entropy, summary = sess.run(
-                [g.train_step, g.accuracy, g.cross_entropy, g.summaries], feed
-            )
+            done = None
+            if held is not None:  # the step and the validation after it in one call
+                rows = sample(rng, len(val_y), evaluation.validation_batch_size)
+                done = held.evaluate(sess, feed, rows, whole=evaluator.best is not None)
+                train_accuracy, cross_entropy, summary = (
+                    done.train_accuracy, done.train_cross_entropy, done.train_summary)
+            else:
+                _, train_accuracy, cross_entropy, summary = sess.run(
+                    [g.train_step, g.accuracy, g.cross_entropy, g.summaries], feed
+                )
             train_writer.add_summary(summary, step)
             message = (
                 f"Step {step}/{steps}: train accuracy {100 * train_accuracy:.1f}%, "
@@ -396,8 +420,9 @@ def train(run, training, evaluation, outputs, hooks=Hooks()):
             )
             validated = (None, None, 0)
             if len(val_y):
-                rows = sample(rng, len(val_y), evaluation.validation_batch_size)
-                text, *scores = validate(evaluator, rows, rate, step)
+                if done is None:
+                    rows = sample(rng, len(val_y), evaluation.validation_batch_size)
+                text, *scores = validate(evaluator, rows, rate, step, done)
                 message += text
                 validated = (*scores, len(rows))
             shown = progress.due(step) or best.should_stop()

@@ -1,11 +1,15 @@
 """bench/run.py runs end to end and prints every row; timings are never asserted."""
 
+import importlib
+import os
 import re
 
+import numpy as np
 import pytest
 from helpers import ROOT, run_script
 
 from retrain_suite.bottleneck import module as module_lib
+from retrain_suite.bottleneck import packed_store
 
 
 def expected_rows():
@@ -97,3 +101,24 @@ def test_mixed_precision_type_follows_the_cpu_flags(monkeypatch, tmp_path):
     assert module_lib.mixed_precision_type() == "bfloat16"
     monkeypatch.setattr(module_lib.tf.config, "list_physical_devices", lambda kind=None: ["GPU:0"])
     assert module_lib.mixed_precision_type() == "float16"
+
+
+def test_beam_figure_compares_a_store_whose_key_ends_in_a_zero_byte_as_identical(
+        tmp_path, monkeypatch):
+    # One of the 160 photos of rows 12a and 12b has a SHA-1 ending in a zero byte; read back
+    # with key.hex() from numpy's S20 keys it lost that byte, and the rows said "differ".
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "bench"))
+    beam_figure = importlib.import_module("beam_figure")
+    identity = packed_store.StoreIdentity("tiny_0123_8x8_float32_p3_e2", "/modules/tiny", 8, 8,
+                                          "float32", 4)
+    contents = ["12" * 20, "ab" * 19 + "00", "cd" * 18 + "0000"]
+    vectors = np.arange(12, dtype=np.float32).reshape(3, 4) / 7
+    packed_store.PackedStore(str(tmp_path), identity).write_shard(contents, vectors)
+    reference = dict(zip(contents, vectors))
+    got = beam_figure.stored(str(tmp_path), identity)
+    assert beam_figure.compare(got, reference) == (
+        True, "identical: 3 vectors, 0 missing [], 0 extra [], 0 differ [], largest difference 0")
+    reference["12" * 20] = np.nextafter(vectors[0], np.float32(9))  # one last bit
+    same, line = beam_figure.compare(got, {**reference, "ef" * 20: vectors[0]})
+    assert not same and line.startswith(f"DIFFER: 4 vectors, 1 missing ['{'ef' * 20}'], 0 extra")
+    assert f"1 differ ['{'12' * 20}'], largest difference 2.98e-08" in line

@@ -157,3 +157,33 @@ def test_a_file_is_hashed_once_until_it_changes(tmp_path, monkeypatch):
     os.replace(replaced, path)
     assert memo_lib.file_digest(str(path)) == memo_lib.data_digest(b"third")
     assert len(reads) == 3
+
+
+def test_a_kept_export_is_not_read_again_by_a_later_run_until_it_changes(tmp_path, monkeypatch):
+    memo = export_memo.ExportMemo(memo_lib.Memo(str(tmp_path / "cache"), "exports"))
+    path = str(tmp_path / "graph.pb")
+    reads = []
+    real = image_files.sha256_of_regular_file
+    monkeypatch.setattr(image_files, "sha256_of_regular_file",
+                        lambda p, size: reads.append(p) or real(p, size))
+
+    def later_run(data):  # a new process: nothing hashed in this one yet
+        monkeypatch.setattr(memo_lib, "_digests", {})
+        return memo.write("output_graph", path, "k" * 64,
+                          lambda: open(path, "wb").write(data) and None)
+
+    assert not later_run(b"graph").kept and len(reads) == 1  # written, hashed once
+    kept = later_run(b"graph")
+    assert kept.kept and kept.digest == memo_lib.data_digest(b"graph") and len(reads) == 1
+    modified = os.stat(path).st_mtime_ns
+    with open(path, "r+b") as f:  # changed in place, same size, modification time put back
+        f.write(b"GRAPH")
+    os.utime(path, ns=(modified, modified))
+    rewritten = later_run(b"graph")
+    assert not rewritten.kept and len(reads) == 3  # read, found changed, written and hashed
+    with open(path, "rb") as f:
+        assert f.read() == b"graph"
+    damaged = memo.memo.get("k" * 64)
+    memo.memo.put("k" * 64, {**damaged, "file": {"signature": damaged["file"]["signature"],
+                                                 "sha256": "00" * 32}})
+    assert not later_run(b"graph").kept  # a record that does not match is not trusted

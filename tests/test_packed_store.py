@@ -93,6 +93,20 @@ def test_round_trip_and_the_bytes_are_as_documented(tmp_path):
     assert not [n for n in os.listdir(store.root) if ".tmp-" in n]
 
 
+def test_contents_give_every_key_whole_even_one_ending_in_zero_bytes(tmp_path):
+    # numpy's S20 drops a key's trailing zero bytes (one SHA-1 in 256 ends in one): the
+    # benchmark's key.hex() read such a Beam-filled vector as missing, and another as extra.
+    store = packed_store.PackedStore(str(tmp_path), identity())
+    contents = [content_of(1), "ab" * 19 + "00", "cd" * 18 + "0000", "00" * 20]
+    store.write_shard(contents, np.stack([vector_of(c) for c in contents]))
+    index = store.index()
+    keys, positions = index.entries()
+    assert sorted(index.contents()) == sorted(contents)
+    for content, vector in zip(index.contents(), index.read(positions)):
+        np.testing.assert_array_equal(vector, vector_of(content))
+    assert [shard_format.key_hex(k) for k in keys] == index.contents()
+
+
 def test_load_reads_the_index_and_the_vectors_in_one_pass(tmp_path):
     store = packed_store.PackedStore(str(tmp_path), identity())
     write(store, range(6))

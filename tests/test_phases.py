@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import threading
 import time
 
@@ -75,10 +76,11 @@ def test_a_run_ends_with_its_phase_table_and_keeps_it_in_the_report(tmp_path, ti
 
 @pytest.mark.parametrize("tflite", [False, True])
 def test_pictures_of_mistakes_reuse_the_images_the_check_decoded(
-        tmp_path, tiny_module, monkeypatch, tflite):
+        tmp_path, tiny_module, monkeypatch, caplog, tflite):
     """TensorBoard's grid and the report page's thumbnails show test images that the
-    check of the exported files decodes anyway: no image is decoded twice. With a
-    TFLite file to convert, the check's images are decoded meanwhile, on a thread."""
+    check of the exported files decodes anyway: no image is decoded twice. With an
+    int8 TFLite file to convert, the check's images are decoded meanwhile, on a
+    thread, and the calibration images during training, on another."""
     image_dir = make_dataset(tmp_path / "data", per_class=8)
     # One step at a tiny rate: a layer that is wrong on many test images.
     settings = retrain_settings(
@@ -96,6 +98,7 @@ def test_pictures_of_mistakes_reuse_the_images_the_check_decoded(
         return batches(run, rows, batch_size)
 
     monkeypatch.setattr(run_data.PreparedRun, "image_batches", recording)
+    caplog.set_level("INFO")
     job.run_retraining(config_lib.from_flat(settings))
     with open(settings["eval_report"]) as f:
         mistakes = json.load(f)["testing"]["misclassified"]
@@ -107,3 +110,7 @@ def test_pictures_of_mistakes_reuse_the_images_the_check_decoded(
         tested = json.load(f)["artifacts"]["files"][0]["count"]
     on_thread = [row for row, name in threads.items() if name == "decoded-ahead"]
     assert len(on_thread) == (tested if tflite else 0)
+    # The int8 calibration's images, decoded during training on a thread of their own.
+    calibrating = [row for row, name in threads.items() if name == "calibration-ahead"]
+    calibrated = re.findall(r"calibrated on (\d+) training images", caplog.text)
+    assert len(calibrating) == (int(calibrated[0]) if tflite else 0) and not calibrated[1:]

@@ -20,6 +20,7 @@ from retrain_suite import (
     artifact_check,
     evaluation,
     output_paths,
+    picture_memo,
     report_content,
     report_page,
     report_plots,
@@ -386,3 +387,47 @@ def test_command_line_run_writes_the_report_folder(trained):
                      "report (tables, JSON)", "check of the exported files",
                      settings["tfhub_module"], "Test set: accuracy 100.0%"):
         assert expected in text
+
+
+def test_a_rerun_takes_the_pictures_it_already_drew_from_the_folder_it_replaces(
+        tmp_path, monkeypatch):
+    folder = str(tmp_path / "report")
+    drawn = []
+    for name in ("curves_png", "confusion_png"):
+        real = getattr(report_plots, name)
+        monkeypatch.setattr(report_plots, name, lambda *a, real=real, **k: drawn.append(
+            a[-2] if isinstance(a[-1], bool) else a[1]) or real(*a, **k))
+
+    def write(**changes):
+        drawn.clear()
+        memo = picture_memo.PictureMemo.of_run(str(tmp_path / "cache"), folder)
+        report_page.write_report(folder, hostile_content(**changes), memo)
+        return {name: (tmp_path / "report" / name).read_bytes()
+                for name in os.listdir(folder) if name.endswith(".png")}
+
+    first = write()
+    assert len(drawn) == 4 and len(first) == 4  # two curves, two matrices
+    assert write() == first and drawn == []  # nothing drawn again, the same bytes
+    # One point of training changed: that picture only is drawn again.
+    changed = [point(1, train_accuracy=0.5), *TRAINING_HISTORY[1:]]
+    assert write(history={"training": changed, "fine-tuning": FINE_TUNING_HISTORY}) != first
+    assert drawn == ["Training the final layer on bottlenecks"]
+    # A picture file changed in the folder is drawn again, never taken as it is.
+    with open(os.path.join(folder, report_page.MATRIX), "r+b") as f:
+        f.seek(100)
+        f.write(b"\0")
+    again = write(history={"training": changed, "fine-tuning": FINE_TUNING_HISTORY})
+    assert len(drawn) == 1 and again[report_page.MATRIX] == first[report_page.MATRIX]
+    # Without a memo (no local cache folder), every picture is drawn.
+    drawn.clear()
+    report_page.write_report(folder, hostile_content(), None)
+    assert len(drawn) == 4
+
+
+def test_picture_keys_hold_every_value_exactly():
+    values = np.arange(2000, dtype=np.int64)  # numpy's repr would shorten it to "..."
+    changed = values.copy()
+    changed[1000] = -1
+    assert picture_memo.canonical([values]) != picture_memo.canonical([changed])
+    assert picture_memo.canonical([point(1, train_accuracy=math.nan)]) != \
+        picture_memo.canonical([point(1, train_accuracy=math.inf)])

@@ -3,8 +3,10 @@ streamed_batches' pipeline, the memory check that chooses it, and whole runs."""
 
 import dataclasses
 import json
+import os
 import re
 
+import helpers
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -12,6 +14,7 @@ from helpers import make_dataset, retrain_settings, run_command
 
 from retrain_suite import config as config_lib
 from retrain_suite import errors, job, memory_budget, streamed_batches, training, vector_memory
+from retrain_suite.bottleneck import cache as cache_lib
 from retrain_suite.bottleneck import packed_store, shard_format
 
 D = 8
@@ -81,6 +84,66 @@ def test_batches_hold_the_training_records_only_each_with_its_label(tmp_path):
     np.testing.assert_array_equal(again_labels, drawn_labels)  # the seed fixes the order
     assert other.tolist() != drawn_labels.tolist()
     assert drawn_labels[:len(contents)].tolist() != sorted(drawn_labels[:len(contents)])
+
+
+def test_a_batch_mixes_rows_of_many_blocks_and_only_the_blocks_are_read(tmp_path, monkeypatch):
+    # Blocks of 16 records, chunks of 160 rows (10 blocks), batches of 20: a batch
+    # takes its rows from across its chunk, not from the one or two blocks a run of
+    # 20 rows comes from.
+    monkeypatch.setattr(streamed_batches, "BLOCK_BYTES", 16 * shard_format.record_bytes(D))
+    monkeypatch.setattr(streamed_batches, "CHUNK_BYTES", 160 * 4 * D)
+    store, _ = store_of(tmp_path, [[(content(n), vector(n)) for n in range(s, s + 300)]
+                                   for s in (0, 300)])
+    index = store.index()
+    # Records 60-99 of each 100 are of other sets: blocks such as records 64-79 are
+    # never read.
+    training_images = [n for n in range(600) if n % 100 < 60]
+    vectors = packed_store.StoreVectors(index, index.positions(
+        [content(n) for n in training_images]))
+    source = streamed_batches.Source.of(vectors, np.arange(len(training_images)))
+    reads = []
+    open_shard = shard_format.open_shard
+    monkeypatch.setattr(shard_format, "open_shard", lambda path: Recorded(
+        open_shard(path), path, reads))
+    drawn, _ = draw(source, 60, batch_size=20)
+    images = drawn[:, 0].astype(int)
+    blocks = [set((batch // 300) * 100 + (batch % 300) // 16) for batch in images.reshape(-1, 20)]
+    assert min(len(b) for b in blocks) >= 6, sorted(len(b) for b in blocks)
+    # Each read is one whole block of the source, at its offset, nothing before it.
+    size = shard_format.record_bytes(D)
+    spans = {(source.shards[shard], shard_format.HEADER_BYTES + first * size, (end - first) * size)
+             for shard, first, end in source.blocks}
+    assert set(reads) <= spans and {path for path, _, _ in reads} == set(source.shards)
+    assert len(source.blocks) < 600 // 16
+
+
+class Recorded:
+    """A shard handle that notes (path, offset, bytes read from there) at each seek."""
+
+    def __init__(self, handle, path, reads):
+        self.handle, self.path, self.reads = handle, path, reads
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.note()
+        self.handle.close()
+
+    def note(self):
+        if getattr(self, "offset", None) is not None:
+            self.reads.append((self.path, self.offset, self.count))
+        self.offset = None
+
+    def seek(self, offset):
+        self.note()
+        self.offset, self.count = offset, 0
+        return self.handle.seek(offset)
+
+    def readinto(self, view):
+        got = self.handle.readinto(view)
+        self.count += got or 0
+        return got
 
 
 def test_evaluation_reads_the_store_in_chunks_and_agrees_with_memory(tmp_path, monkeypatch):
@@ -187,9 +250,12 @@ def accuracies(report_path):
 def test_a_run_over_the_memory_limit_streams_to_the_in_memory_accuracy(
         tmp_path, tiny_module, caplog, monkeypatch):
     image_dir = make_dataset(tmp_path / "data", per_class=30)
-    # A shuffle buffer of 8 vectors: streamed, this run holds less than held in memory
-    # (with the real 64 MB buffer only a run of more than 64 MB of vectors does).
-    monkeypatch.setattr(streamed_batches, "SHUFFLE_BUFFER_BYTES", 8 * 4 * 64)
+    # Chunks of one batch (20 vectors), blocks of 2 records read 2 a call: streamed,
+    # this run holds less than held in memory (with the real sizes only a run of more
+    # than about 80 MB of vectors does).
+    monkeypatch.setattr(streamed_batches, "CHUNK_BYTES", 8 * 4 * 64)
+    monkeypatch.setattr(streamed_batches, "BLOCK_BYTES", 2 * shard_format.record_bytes(64))
+    monkeypatch.setattr(streamed_batches, "BLOCKS_PER_READ", 2)
     results = {}
     for name in ("memory", "streamed"):
         out = tmp_path / name
@@ -217,3 +283,22 @@ def test_a_run_over_the_memory_limit_streams_to_the_in_memory_accuracy(
     # Export and its check ran on the streamed run too.
     assert (tmp_path / "streamed" / "out" / "output_graph.pb").exists()
     assert "Exported files on the test set" in streamed_log
+
+
+def test_a_shard_gone_during_training_stops_it_with_one_line_naming_it(tmp_path):
+    store, paths = store_of(tmp_path, [[(content(n), vector(n)) for n in range(60)]])
+    index = store.index()
+    contents = [content(n) for n in range(60)]
+    arrays = {split: (np.zeros([6, D], np.float32), np.arange(6) % 2, [None] * 6)
+              for split in ("training", "validation", "testing")}
+    run = helpers.prepared_run(arrays, 2)
+    streamed = packed_store.StoreVectors(index, index.positions(contents))
+    run = dataclasses.replace(run, training=dataclasses.replace(
+        run.training, labels=np.arange(60) % 2, bottlenecks=streamed, rows=np.arange(60)))
+    settings = {n: config_lib.default(n) for n in config_lib.field_names()}
+    settings.update(how_many_training_steps=5, random_seed=1, summaries_dir=str(tmp_path / "logs"),
+                    checkpoint_path=str(tmp_path / "layer"))
+    config = config_lib.from_flat(settings)
+    os.remove(paths[0])  # compacted away, say, after the run listed the store
+    with pytest.raises(cache_lib.CacheError, match="Cannot read bottleneck shard .*Run again"):
+        training.train(run, config.training, config.evaluation, config.outputs)

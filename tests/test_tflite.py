@@ -319,14 +319,19 @@ def test_int8_calibration_decodes_every_training_image_once_and_no_other(int8_ru
     assert sorted(path for _, path in int8_run["calibration_reads"]) == training
 
 
+def repeated_images(run, times):
+    """An ImageFiles of every image of the run's folder, times over."""
+    paths = sorted(os.path.join(folder, name)
+                   for folder, _, names in os.walk(run["image_dir"]) for name in names)
+    return image_pipelines.ImageFiles(paths * times)
+
+
 @pytest.mark.slow
 def test_int8_calibration_decodes_its_sample_of_training_images_when_there_are_more(
         int8_run, tmp_path, monkeypatch):
     settings = int8_run["settings"]
-    paths = sorted(os.path.join(folder, name)
-                   for folder, _, names in os.walk(int8_run["image_dir"]) for name in names)
     # 720 images in the source; the even rows, 360 of them, are the training images.
-    images = image_pipelines.ImageFiles(paths * 12)
+    images = repeated_images(int8_run, 12)
     training_rows = list(range(0, len(images), 2))
     read = record_files_read_by_tflite_export(monkeypatch)
     # ... and the samples the converter calibrates on: one image each, all that was read.
@@ -353,6 +358,43 @@ def test_int8_calibration_decodes_its_sample_of_training_images_when_there_are_m
     assert calibrated == len(rows) == len(set(rows)) == tflite.CALIBRATION_IMAGES
     assert set(rows) <= set(training_rows)
     assert given == [[(1, 32, 32, 3)]] * tflite.CALIBRATION_IMAGES
+
+
+@pytest.mark.slow
+def test_int8_calibration_decoded_ahead_makes_the_same_file_without_decoding_in_the_export(
+        int8_run, tmp_path, monkeypatch):
+    settings = int8_run["settings"]
+    images = repeated_images(int8_run, 4)
+    run = helpers.run_of_images(images, list(range(1, len(images), 2)),
+                                ["blue", "green", "red"], (32, 32))
+    seed = settings["random_seed"]
+    rows = tflite.calibration_rows(run, seed)
+    assert len(rows) == tflite.CALIBRATION_IMAGES
+    read = record_files_read_by_tflite_export(monkeypatch)
+    written = {}
+    for ahead in (False, True):
+        calibration = None
+        if ahead:
+            calibration = checked_images.DecodedAhead(run, rows, tflite.CALIBRATION_BATCH)
+            calibration.start()
+            assert calibration.batches() is not None  # decoded before the export begins
+        path = tmp_path / f"ahead_{ahead}.tflite"
+        config = config_lib.from_flat(dict(settings, tflite_output_file=str(path)))
+        read.clear()
+        calibrated = tflite.export_for_run(config.outputs, load_graph_def(settings["output_graph"]),
+                                           run, seed, "module", calibration)
+        assert calibrated == tflite.CALIBRATION_IMAGES
+        assert len(read) == (0 if ahead else tflite.CALIBRATION_IMAGES)
+        written[ahead] = path.read_bytes()
+    assert written[True] == written[False]  # the same images, in the same batches
+    # Rows other than the calibration's are not taken for them.
+    other = checked_images.DecodedAhead(run, rows[1:], tflite.CALIBRATION_BATCH)
+    other.start()
+    assert other.batches() is not None
+    read.clear()
+    tflite.export_for_run(config.outputs, load_graph_def(settings["output_graph"]), run, seed,
+                          "module", other)
+    assert len(read) == tflite.CALIBRATION_IMAGES and path.read_bytes() == written[False]
 
 
 def constant_bytes_by_type(model):

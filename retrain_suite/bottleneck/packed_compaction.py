@@ -78,7 +78,7 @@ def compact(store, entries_per_shard=None, orphan_seconds=ORPHAN_SECONDS):
         for rows in np.split(copied, boundaries) if len(copied) else []:
             vectors = index.read(positions[rows])  # one old shard at a time in memory
             for key, vector in zip(keys[rows], vectors):
-                writer.add(key.ljust(fmt.KEY_BYTES, b"\0").hex(), vector)
+                writer.add(fmt.key_hex(key), vector)
     # The new shards are committed: retire the old ones, manifests first.
     retired = [index.shards[number] for number in sorted(small)]
     for suffix in (fmt.MANIFEST_SUFFIX, fmt.SHARD_SUFFIX):

@@ -24,7 +24,8 @@ first valid copy serves.
 Local disks: each file is written under a temporary name and renamed. Object
 stores (`gs://`, where a rename is a copy): straight to the final name, where
 an object appears whole when its upload ends; the manifest still comes last.
-Listing is one listdir of the folder, and the manifests are read in threads.
+Listing is one listdir of the folder; the manifests are read, and the shards'
+records checked in pieces, on threads (shard_scan).
 
 This room writes and checks shards (PackedStore, ShardWriter); reading by
 content key is store_index's (StoreIndex, StoreVectors, named here too), the
@@ -45,18 +46,16 @@ from absl import logging
 from retrain_suite import errors
 from retrain_suite.bottleneck import cache as cache_lib
 from retrain_suite.bottleneck import shard_format as fmt
+from retrain_suite.bottleneck import shard_scan
 
 # The format's sizes, named here too: every reader of the store imports this room.
-from retrain_suite.bottleneck.shard_format import HEADER_BYTES, record_bytes, record_dtype
+from retrain_suite.bottleneck.shard_format import HEADER_BYTES, record_bytes, record_dtype  # noqa: F401
 from retrain_suite.bottleneck.store_index import StoreIndex, StoreVectors  # noqa: F401 (the API)
 from retrain_suite.images import files as image_files
 from retrain_suite.images import preprocess as image_preprocess
 
 FOLDER = "packed"
 MAX_MANIFEST_BYTES = 64 * 1024  # a manifest is ~500 bytes; anything much larger is not one
-SCAN_BYTES = 16 << 20  # bytes of records checked at a time while indexing a shard
-READ_THREADS = 16  # manifests and shards read at once: listing and reading an object
-                   # store is slow per request, not per byte
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,9 +144,9 @@ class PackedStore:
         the vector of contents[i] (hex SHA-1, or None) wherever the store holds it: every
         shard is read once. -> the StoreIndex; its positions(contents) say which rows
         were set."""
-        gather = _Gather(contents, out)
+        gather = shard_scan.Gather(contents, out)
         index = self.index(gather=gather)
-        gather.fill_copies(index.positions(contents)[:, 0] >= 0)
+        gather.fill_copies(index.positions_of_keys(gather.keys)[:, 0] >= 0)
         return index
 
     def index(self, prefer=None, reuse=None, gather=None):
@@ -157,6 +156,7 @@ class PackedStore:
         their copy of a key is the one the index gives (compaction keeps them).
         reuse: an earlier StoreIndex of this store, whose shards are taken as
         it checked them; only shards committed since are read.
+        gather: a shard_scan.Gather, handed every valid record read (load()).
         If a listed manifest or shard vanishes meanwhile (a compaction retired
         it after committing its replacement), the folder is listed again, so a
         concurrent compaction never hides an entry.
@@ -173,13 +173,11 @@ class PackedStore:
             fresh = sorted(manifests - seen)
             seen.update(fresh)
             vanished = set()
-            with concurrent.futures.ThreadPoolExecutor(min(READ_THREADS, len(fresh) + 1)) as pool:
-                scans = pool.map(lambda name: self._scan_quietly(name, gather), fresh)
-                for name, result in zip(fresh, scans):
-                    if result is _Vanished:
-                        vanished.add(name)
-                    elif result is not None:
-                        scanned[name] = result
+            for name, result in self._scan_all(fresh, gather):
+                if result is _Vanished:
+                    vanished.add(name)
+                elif result is not None:
+                    scanned[name] = result
             if not vanished:
                 break
             seen -= vanished
@@ -190,16 +188,75 @@ class PackedStore:
                                                          not prefer(s.path, s.count), s.path))
         return StoreIndex(self, shards)
 
-    def _scan_quietly(self, manifest_name, gather):
-        """_scan, with damage logged as one warning: -> _Scanned, None (refused) or _Vanished."""
+    def _scan_all(self, names, gather):
+        """Check the committed shards of the manifests names: each opened (manifest, size,
+        header), then its records checked in pieces on threads (shard_scan).
+        -> [(name, _Scanned, None (refused, one warning) or _Vanished)]."""
+        if not names:
+            return []
+        threads = shard_scan.threads_for(self.root)
+        with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+            opened = list(pool.map(self._open_quietly, names))
+            work = [piece for result in opened if isinstance(result, list) for piece in result]
+            checked = dict(zip(work, pool.map(lambda piece: self._check_quietly(piece, gather),
+                                              work)))
+        return [(name, self._combine(name, pieces, [checked[p] for p in pieces])
+                 if isinstance(pieces, list) else pieces)
+                for name, pieces in zip(names, opened)]
+
+    def _open_quietly(self, manifest_name):
+        """Open the shard of the manifest manifest_name and check its size and header.
+        -> [shard_scan.Piece] of its records, None (refused, one warning) or _Vanished."""
         try:
-            return self._scan(manifest_name, gather)
+            manifest = self.read_manifest(manifest_name)
+            path = fmt.join(self.root, manifest["shard"])
+            try:
+                handle = fmt.open_shard(path)
+            except (FileNotFoundError, tf.errors.NotFoundError):
+                return _Vanished
+            with handle:
+                size = fmt.file_size(handle, path)
+                if size != manifest["bytes"]:
+                    raise fmt.Refused(f"it has {size} bytes, its manifest says "
+                                      f"{manifest['bytes']}")
+                if handle.read(HEADER_BYTES) != fmt.header(self.identity.dimension,
+                                                           manifest["count"]):
+                    raise fmt.Refused("its header does not match its manifest")
         except _Vanished:
             return _Vanished
         except (fmt.Refused, fmt.NotRegular, OSError, tf.errors.OpError) as e:
-            logging.warning("Ignoring bottleneck shard %s: %s; its images are recomputed.",
-                            fmt.join(self.root, manifest_name), errors.one_line(e))
+            self._warn_refused(manifest_name, e)
             return None
+        return shard_scan.pieces(path, size, manifest["count"], self.record_bytes)
+
+    def _check_quietly(self, piece, gather):
+        """shard_scan.check_piece: -> shard_scan.Checked, or the error that stopped it."""
+        try:
+            return shard_scan.check_piece(piece, self.identity.dimension, gather)
+        except (fmt.Refused, fmt.NotRegular, OSError, tf.errors.OpError) as e:
+            return e
+
+    def _combine(self, manifest_name, pieces, results):
+        """One shard's _Scanned from its pieces and their results (in record order); None
+        if a piece was refused (one warning), _Vanished if the file went away meanwhile."""
+        failed = [r for r in results if not isinstance(r, shard_scan.Checked)]
+        if any(isinstance(e, (FileNotFoundError, tf.errors.NotFoundError)) for e in failed):
+            return _Vanished
+        if failed:
+            self._warn_refused(manifest_name, failed[0])
+            return None
+        path = fmt.join(self.root, manifest_name[:-len(fmt.MANIFEST_SUFFIX)] + fmt.SHARD_SUFFIX)
+        damaged = sum(r.damaged for r in results)
+        if damaged:
+            logging.warning("Ignoring %d damaged record%s of bottleneck shard %s; their "
+                            "images are recomputed.", damaged, "s" * (damaged > 1), path)
+        return _Scanned(path, sum(p.count for p in pieces),
+                        np.concatenate([r.keys for r in results] or [np.zeros(0, "S20")]),
+                        np.concatenate([r.records for r in results] or [np.zeros(0, np.int64)]))
+
+    def _warn_refused(self, manifest_name, error):
+        logging.warning("Ignoring bottleneck shard %s: %s; its images are recomputed.",
+                        fmt.join(self.root, manifest_name), errors.one_line(error))
 
     def read_manifest(self, manifest_name):
         """The checked manifest (dict) at manifest_name. Raises fmt.Refused, _Vanished."""
@@ -232,79 +289,6 @@ class PackedStore:
                 HEADER_BYTES + count * self.record_bytes):
             raise fmt.Refused("its manifest's count and bytes do not agree")
         return manifest
-
-    def _scan(self, manifest_name, gather=None):
-        """Check one committed shard and index its valid records (handing them to
-        gather, a _Gather, if given). -> _Scanned."""
-        manifest = self.read_manifest(manifest_name)
-        path = fmt.join(self.root, manifest["shard"])
-        try:
-            handle = fmt.open_shard(path)
-        except (FileNotFoundError, tf.errors.NotFoundError):
-            raise _Vanished() from None
-        with handle:
-            size = fmt.file_size(handle, path)
-            if size != manifest["bytes"]:
-                raise fmt.Refused(f"it has {size} bytes, its manifest says {manifest['bytes']}")
-            header = handle.read(HEADER_BYTES)
-            if header != fmt.header(self.identity.dimension, manifest["count"]):
-                raise fmt.Refused("its header does not match its manifest")
-            keys, numbers, first = [], [], 0
-            per_chunk = max(1, SCAN_BYTES // self.record_bytes)
-            dtype = record_dtype(self.identity.dimension)
-            buffer = bytearray(min(per_chunk, manifest["count"]) * self.record_bytes)
-            while first < manifest["count"]:
-                want = min(per_chunk, manifest["count"] - first)
-                records = np.frombuffer(fmt.read_exactly(handle, buffer, want * self.record_bytes),
-                                        dtype)
-                good = (fmt.crcs(records) == records["crc"]) & fmt.finite_rows(records["vector"])
-                bad = len(records) - int(good.sum())
-                if bad:
-                    logging.warning("Ignoring %d damaged record%s of bottleneck shard %s; "
-                                    "their images are recomputed.", bad, "s" * (bad > 1), path)
-                keys.append(records["key"][good])
-                numbers.append(np.flatnonzero(good) + first)
-                if gather is not None:
-                    gather.take(records, good)
-                first += want
-        return _Scanned(path, manifest["count"],
-                        np.concatenate(keys) if keys else np.zeros(0, "S20"),
-                        np.concatenate(numbers) if numbers else np.zeros(0, np.int64))
-
-
-class _Gather:
-    """Where load() puts the vectors it meets while scanning: out[row] for the first row
-    of each wanted key (other rows of the same key are filled at the end)."""
-
-    def __init__(self, contents, out):
-        self.rows = np.array([i for i, c in enumerate(contents) if c is not None], np.int64)
-        keys = np.array([bytes.fromhex(contents[i]) for i in self.rows], "S20")
-        self.keys, first, self.inverse = np.unique(keys, return_index=True, return_inverse=True)
-        self.first_rows, self.out = self.rows[first], out
-
-    def take(self, records, good):
-        """Copy the wanted vectors among records (record_dtype [k]) where good ([k] bool)."""
-        if not len(self.keys):
-            return
-        at = np.minimum(np.searchsorted(self.keys, records["key"]), len(self.keys) - 1)
-        hit = good & (self.keys[at] == records["key"])
-        rows = self.first_rows[at[hit]]
-        if not len(rows):
-            return
-        in_order = rows[-1] - rows[0] == len(rows) - 1 and np.all(np.diff(rows) == 1)
-        if in_order and len(rows) == len(records):
-            # Every record wanted, rows in the shard's order (images computed in order):
-            # one copy, no temporary.
-            self.out[rows[0]:rows[-1] + 1] = records["vector"]
-        else:
-            self.out[rows] = records["vector"][hit]
-
-    def fill_copies(self, found):
-        """Give every row of a key found (found: [N] bool) its first row's vector."""
-        rows = self.rows[found[self.rows]]
-        sources = self.first_rows[self.inverse[found[self.rows]]]
-        copies = rows != sources
-        self.out[rows[copies]] = self.out[sources[copies]]
 
 
 def _shown(value):

@@ -31,6 +31,13 @@ SHARD_NAME = re.compile(r"shard-\d{8}T\d{6}-[0-9a-f]{16}")
 KEY_BYTES = 20
 
 
+def key_hex(key):
+    """The hex SHA-1 (40 digits) of a record's key as numpy hands it over. A numpy S20
+    value drops its trailing zero bytes when it becomes Python bytes (one SHA-1 in 256
+    ends in one), so they are put back: `key.hex()` would give a shorter, other content."""
+    return bytes(key).ljust(KEY_BYTES, b"\0").hex()
+
+
 def record_bytes(dimension):
     """R: the bytes of one record (key, D float32, CRC-32)."""
     return KEY_BYTES + 4 * dimension + 4
@@ -49,10 +56,22 @@ def join(*parts):
 def crcs(records):
     """uint32 [n]: the CRC-32 of each record's key and vector bytes. records: the
     structured array of record_dtype."""
-    size = records.dtype.itemsize
-    raw = memoryview(np.ascontiguousarray(records)).cast("B")
-    return np.fromiter((zlib.crc32(raw[i:i + size - 4]) for i in range(0, len(raw), size)),
-                       np.uint32, len(records))
+    data = memoryview(np.ascontiguousarray(records)).cast("B")
+    return span_crcs(checked_spans(data, records.dtype.itemsize))
+
+
+def checked_spans(data, size):
+    """[memoryview]: the bytes each record's CRC covers (its key and vector), for each
+    record of size bytes in data (bytes-like). Views, no copies: a reader makes them
+    once per buffer it reads into again and again."""
+    view = memoryview(data).cast("B")
+    return [view[start:start + size - 4] for start in range(0, len(view) - size + 1, size)]
+
+
+def span_crcs(spans):
+    """uint32 [n]: zlib's CRC-32 of each of spans (bytes-like): one zlib call each,
+    iterated in C, no object made per span."""
+    return np.fromiter(map(zlib.crc32, spans), np.uint32, len(spans))
 
 
 def encode_shard(contents, vectors):
@@ -119,12 +138,16 @@ class Refused(cache_lib.CacheError):
 
 
 def finite_rows(vectors):
-    """[n] bool: which rows of float32 [n, D] are all finite. A NaN carries into both the
-    minimum and the maximum, an infinity into one: two reductions with no temporary
-    array settle the usual case, where every value is finite."""
-    if np.isfinite(vectors.min(initial=np.inf)) and np.isfinite(vectors.max(initial=-np.inf)):
-        return np.ones(len(vectors), bool)
-    return np.isfinite(vectors).all(axis=1)
+    """[n] bool: which rows of float32 [n, D] are all finite. A NaN or an infinity
+    carries into its row's sum, so one pass of sums (einsum's, vectorized) settles
+    every row whose sum is finite; only the others (non-finite values, or finite ones
+    whose sum overflows) are checked value by value."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        finite = np.isfinite(np.einsum("ij->i", vectors))
+    if not finite.all():
+        suspects = np.flatnonzero(~finite)
+        finite[suspects] = np.isfinite(vectors[suspects]).all(axis=1)
+    return finite
 
 
 def read_exactly(handle, buffer, count):

@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from retrain_suite import errors
 from retrain_suite.bottleneck import cache as cache_lib
+from retrain_suite.bottleneck import content_keys
 from retrain_suite.bottleneck import shard_format as fmt
 from retrain_suite.bottleneck.shard_format import HEADER_BYTES, record_dtype
 
@@ -34,12 +35,13 @@ class StoreIndex:
             where[:, 0] = np.repeat(np.arange(len(scanned)), [len(s.keys) for s in scanned])
             where[:, 1] = np.concatenate([s.records for s in scanned])
         # First occurrences, in shard order: the preferred copy of each key.
-        self._keys, first = np.unique(keys, return_index=True)
+        self._keys, first, _ = content_keys.unique(keys)
         self._where = where[first]
         self.total_records = len(keys)  # valid records, duplicates included
         # The entries in (shard, record) order, and where each shard's start there: what
         # read() checks the keys it reads against, at 8 bytes per entry.
-        self._order = np.lexsort((self._where[:, 1], self._where[:, 0]))
+        # Keys were concatenated in (shard, record) order: first's order is that order.
+        self._order = np.argsort(first)  # (each index once: no tie to keep in order)
         self._shard_starts = np.searchsorted(self._where[self._order, 0],
                                              np.arange(len(self.shards) + 1))
 
@@ -58,17 +60,26 @@ class StoreIndex:
         """int64 [n, 2] positions of contents (hex SHA-1 or None); (-1, -1) where absent."""
         out = np.full([len(contents), 2], -1, np.int64)
         asked = [i for i, c in enumerate(contents) if c is not None]
-        if not asked or not len(self._keys):
-            return out
-        keys = np.array([bytes.fromhex(contents[i]) for i in asked], "S20")
-        at = np.minimum(np.searchsorted(self._keys, keys), len(self._keys) - 1)
-        found = self._keys[at] == keys
-        out[np.array(asked)[found]] = self._where[at[found]]
+        if asked:
+            out[asked] = self.positions_of_keys(content_keys.from_hex([contents[i] for i in asked]))
+        return out
+
+    def positions_of_keys(self, keys):
+        """int64 [n, 2] positions of keys (S20 [n], raw SHA-1s); (-1, -1) where absent."""
+        out = np.full([len(keys), 2], -1, np.int64)
+        at = content_keys.find(self._keys, keys)
+        out[at >= 0] = self._where[at[at >= 0]]
         return out
 
     def entries(self):
-        """(keys S20 [k], positions int64 [k, 2]) of every distinct key, in key order."""
+        """(keys S20 [k], positions int64 [k, 2]) of every distinct key, in key order. A key
+        taken out of the array loses its trailing zero bytes: contents() gives them as hex."""
         return self._keys, self._where
+
+    def contents(self):
+        """The hex SHA-1 of every distinct key, in key order (entries()'s): [str], each
+        40 digits, trailing zero bytes included (shard_format.key_hex)."""
+        return [fmt.key_hex(key) for key in self._keys]
 
     def read(self, positions):
         """float32 [n, D]: the vectors at positions ((shard, record) pairs); zeros for

@@ -28,6 +28,7 @@ from retrain_suite import (
     evaluation,
     export,
     final_layer,
+    picture_memo,
     report_content,
     report_page,
     run_exports,
@@ -118,7 +119,9 @@ def train_and_export(config, run, timer):
             content = report_content.from_multi_label_run(config, run, result, report, checked,
                                                           timer)
             export.write_output("report_dir", path,
-                                lambda: report_page.write_report(path, content))
+                                lambda: report_page.write_report(
+                                    path, content, picture_memo.PictureMemo.of_run(
+                                        config.module.bottleneck_dir, path)))
         logging.info("Wrote report page %s", os.path.join(path, report_page.PAGE))
     logging.info("Time by phase:\n%s", timer.table())
     if config.evaluation.eval_report:
