@@ -10,14 +10,16 @@ import subprocess
 import sys
 import threading
 
+import forked_commands
 import numpy as np
+import pytest
 from ai_edge_litert import schema_py_generated as tflite_schema
 from ai_edge_litert.tools import flatbuffer_utils
 from PIL import Image
 
+from retrain_suite import command_config, errors, export, run_data, tflite_metadata
 from retrain_suite import config as config_lib
 from retrain_suite import dataset as dataset_lib
-from retrain_suite import export, run_data, tflite_metadata
 from retrain_suite.dataset import split as split_lib
 
 
@@ -182,6 +184,47 @@ def run_script(*args, check=False, env=None):
     process = subprocess.run(
         [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env
     )
+    if check and process.returncode != 0:
+        raise AssertionError(
+            f"{args} exited {process.returncode}\nstdout:\n{process.stdout}\n"
+            f"stderr:\n{process.stderr[-4000:]}"
+        )
+    return process
+
+
+def label_image_error_line(*positional, **flags):
+    """The one line label_image.py ends with for this command line, found in this
+    process: its positional arguments, and its flags as LabelImageConfig fields, go
+    through the steps of the command's main for a frozen graph (positionals, flag
+    checks, the graph's kind read from its first bytes, then the graph's
+    classification), which must raise a SuiteError of one line, the error the
+    command prints as `error: ...` and exits 1 with (test_label_image.py's
+    test_missing_image_is_one_line_error runs the command itself). A fresh Python
+    per error would cost a TensorFlow import.
+    """
+    from retrain_suite.cli import label_image as label_image_cli
+
+    config = command_config.LabelImageConfig(**flags)
+    with pytest.raises(errors.SuiteError) as raised:
+        config = label_image_cli.with_positionals(config, list(positional))
+        config.validate()
+        assert not (config.is_tflite() or config.is_onnx())
+        label_image_cli.classify_with_graph(config)
+    assert "\n" not in str(raised.value)
+    return f"error: {raised.value}"
+
+
+def run_command(*args, check=False):
+    """Run one of the suite's commands (retrain.py, label_image.py, pre_input.py or
+    -m bottleneck, then its arguments) in a process of its own, as run_script does,
+    but forked from a Python that has imported TensorFlow already (forked_commands.py):
+    for tests of what the command does, not of how a fresh Python starts (those use
+    run_script). -> CompletedProcess (text)."""
+    forked = forked_commands.run(args, timeout=600)
+    if forked is None:
+        return run_script(*args, check=check)
+    status, stdout, stderr = forked
+    process = subprocess.CompletedProcess([sys.executable, *args], status, stdout, stderr)
     if check and process.returncode != 0:
         raise AssertionError(
             f"{args} exited {process.returncode}\nstdout:\n{process.stdout}\n"

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import load_graph_def, make_dataset, retrain_settings, run_script
+from helpers import load_graph_def, make_dataset, retrain_settings, run_command
 
 from retrain_suite import artifact_check, job, reporting
 from retrain_suite import config as config_lib
@@ -110,15 +110,23 @@ def test_agreement_with_training_is_not_accuracy_when_the_test_set_has_mistakes(
     assert result.agreement == 1.0
 
 
-def rerun_files(settings, **changes):
+def rerun_files(settings, in_this_process=False, **changes):
     """retrain.py with settings (and changes) as a command line, as a rerun is: a process of
-    its own. -> {format: its row of the report's exported files}, stdout and stderr."""
+    its own; in_this_process: the same run in this process instead, for a run whose checks
+    must not be reused (the rerun that reuses them runs alone, so that only the cache on
+    disk can be what it reuses). -> {format: its row of the report's exported files},
+    stdout and stderr (None in this process)."""
     settings = dict(settings, **changes)
-    args = [f"--{name}={value}" for name, value in settings.items() if value is not None]
-    process = run_script("retrain.py", *args, check=True)
+    if in_this_process:
+        job.run_retraining(config_lib.from_flat(settings))
+        output = None
+    else:
+        args = [f"--{name}={value}" for name, value in settings.items() if value is not None]
+        process = run_command("retrain.py", *args, check=True)
+        output = process.stdout + process.stderr
     with open(settings["eval_report"]) as f:
         rows = json.load(f)["artifacts"]["files"]
-    return {row["format"]: row for row in rows}, process.stdout + process.stderr
+    return {row["format"]: row for row in rows}, output
 
 
 @pytest.mark.slow
@@ -129,8 +137,9 @@ def test_a_rerun_reuses_the_check_of_byte_identical_files_and_runs_changed_ones(
         tmp_path, image_dir, tiny_module, testing_percentage=30,
         tflite_output_file=str(tmp_path / "out" / "model.tflite"),
         eval_report=str(tmp_path / "out" / "report.json"))
-    first, _ = rerun_files(settings)
-    # The same command again: the same bytes on the same images, nothing run again.
+    first, _ = rerun_files(settings, in_this_process=True)
+    # The same command again, in a process of its own: the same bytes on the same images,
+    # nothing run again.
     again, log = rerun_files(settings)
     assert set(again) == set(first) == {"frozen graph", "TFLite (none)"}
     assert "2 of the exported files are byte for byte ones already checked" in log
@@ -140,5 +149,5 @@ def test_a_rerun_reuses_the_check_of_byte_identical_files_and_runs_changed_ones(
         for field in ("count", "accuracy", "agreement", "latency_ms", "size_bytes"):
             assert row[field] == first[name][field], (name, field)
     # Another seed trains another layer: other bytes, run again.
-    other, _ = rerun_files(settings, random_seed=settings["random_seed"] + 1)
+    other, _ = rerun_files(settings, in_this_process=True, random_seed=settings["random_seed"] + 1)
     assert [row["reused"] for row in other.values()] == [False, False]

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import make_dataset, retrain_settings, run_script
+from helpers import make_dataset, retrain_settings, run_command
 
 from retrain_suite import atomic_files, evaluation, export
 
@@ -277,7 +277,7 @@ def test_retrain_with_a_fifo_at_its_checkpoint_lock_ends_in_one_error_line(tmp_p
     lock = settings["checkpoint_path"] + ".lock"
     os.makedirs(os.path.dirname(lock))
     os.mkfifo(lock)
-    process = run_script("retrain.py", *(f"--{name}={value}" for name, value in settings.items()
+    process = run_command("retrain.py", *(f"--{name}={value}" for name, value in settings.items()
                                          if value is not None))
     assert process.returncode == 1
     assert process.stderr.strip().splitlines()[-1] == (

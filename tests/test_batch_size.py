@@ -7,11 +7,13 @@ import re
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import make_dataset, run_script
+from helpers import make_dataset
 
+from retrain_suite import command_config
 from retrain_suite import dataset as dataset_lib
 from retrain_suite.bottleneck import batch_size as batch_size_lib
 from retrain_suite.bottleneck import compute
+from retrain_suite.cli import bottleneck as bottleneck_cli
 
 
 def small_candidates(monkeypatch):
@@ -111,13 +113,14 @@ def test_given_batch_size_is_used_without_measuring(tmp_path, tiny_module, caplo
     monkeypatch.setattr(batch_size_lib, "fastest_batch_size", None)  # Fails if called.
     image_dir = make_dataset(tmp_path / "data", per_class=12)
     caplog.set_level(logging.INFO)
-    process = run_script(
-        "-m", "bottleneck", f"--image_dir={image_dir}", f"--tfhub_module={tiny_module}",
-        f"--bottleneck_dir={tmp_path / 'cache'}", "--batch_size=5", check=True,
-    )
-    assert "Computing 36 bottlenecks..." in process.stderr
-    assert "Batch size: 5, as given." in process.stderr
-    assert "the fastest per image" not in process.stderr
+    # The bottleneck command's fill (python -m bottleneck --batch_size=5), in this process.
+    bottleneck_cli.fill(command_config.BottleneckConfig(
+        image_dir=image_dir, tfhub_module=tiny_module, bottleneck_dir=str(tmp_path / "cache"),
+        batch_size=5), "float32")
+    assert "Computing 36 bottlenecks..." in caplog.text
+    assert "Batch size: 5, as given." in caplog.text
+    assert "the fastest per image" not in caplog.text
+    caplog.clear()
     seen = []
     batches = batch_size_lib.BatchedRun.batches
 

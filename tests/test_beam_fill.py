@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pytest
 from absl import flags
-from helpers import ROOT, dataset_with_copies, make_dataset, run_script
+from helpers import ROOT, dataset_with_copies, make_dataset, run_command, run_script
 
 from retrain_suite import command_config, config, preparation
 from retrain_suite import dataset as dataset_lib
@@ -179,7 +179,7 @@ def test_a_fill_killed_halfway_and_run_again_computes_only_what_is_missing(tmp_p
     identity = beam_fill.store_identity(spec)
     before, _ = stored(bottleneck_dir, identity)
     assert 10 <= len(before) < 120, "the kill was not halfway"
-    rerun = run_script(*args[1:])
+    rerun = run_command(*args[1:])
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert (f"120 images, 120 distinct (0 copies): {120 - len(before)} computed, "
             f"{len(before)} from the cache, 0 skipped") in rerun.stderr
@@ -257,9 +257,9 @@ def test_beam_flags_without_a_runner_are_refused(flag, message):
 
 def test_bad_runner_is_one_error_line(tmp_path, tiny_module):
     image_dir = make_dataset(tmp_path / "data", per_class=2)
-    process = run_script("-m", "bottleneck", f"--image_dir={image_dir}",
-                         f"--bottleneck_dir={tmp_path / 'store'}", f"--tfhub_module={tiny_module}",
-                         "--runner=NoSuchRunner", "--project", "p")
+    process = run_command("-m", "bottleneck", f"--image_dir={image_dir}",
+                          f"--bottleneck_dir={tmp_path / 'store'}", f"--tfhub_module={tiny_module}",
+                          "--runner=NoSuchRunner", "--project", "p")
     assert process.returncode == 1
     last = process.stderr.strip().splitlines()[-1]
     assert last.startswith("error: --runner=NoSuchRunner is not a Beam runner"), process.stderr

@@ -14,7 +14,7 @@ import helpers
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import run_script
+from helpers import run_command
 
 from retrain_suite import tflite_metadata
 from retrain_suite.images import files as image_files
@@ -177,7 +177,7 @@ def test_label_image_refuses_a_gif_whose_frame_outgrows_its_screen(trained, tmp_
     hostile = tmp_path / "small.gif"
     hostile.write_bytes(gif((16, 16), [(20000, 20000, lzw_sub_blocks(8))]))
     settings = trained["settings"]
-    process = run_script("label_image.py", "--max_image_pixels=1000", str(hostile),
+    process = run_command("label_image.py", "--max_image_pixels=1000", str(hostile),
                          settings["output_graph"], settings["output_labels"])
     assert process.returncode == 1 and "Traceback" not in process.stderr, process.stderr
     assert process.stderr.strip().splitlines()[-1] == (

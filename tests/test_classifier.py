@@ -1,12 +1,10 @@
 """retrain_suite.classifier and the label_image command: what reaches the graph."""
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import tensorflow as tf
-from helpers import ROOT, load_graph_def, synthetic_image, write_image
+from helpers import load_graph_def, run_command, synthetic_image, write_image
 
 from retrain_suite import classifier
 from retrain_suite.images import preprocess as image_preprocess
@@ -50,12 +48,9 @@ def test_an_image_over_the_pixel_limit_is_refused_not_classified(trained, tmp_pa
     write_image(good, synthetic_image((220, 40, 40), "solid", 32, 32, rng), "PNG")
     write_image(large, synthetic_image((220, 40, 40), "solid", 100, 100, rng), "PNG")
     settings = trained["settings"]
-    process = subprocess.run(
-        [sys.executable, "label_image.py", "--max_image_pixels=2000", "--image", good,
-         "--image", large, "--graph", settings["output_graph"], "--labels",
-         settings["output_labels"]],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )
+    process = run_command(
+        "label_image.py", "--max_image_pixels=2000", "--image", good, "--image", large,
+        "--graph", settings["output_graph"], "--labels", settings["output_labels"])
     assert process.returncode == 1, process.stderr[-2000:]
     assert f"error: cannot classify {large}:" in process.stderr
     assert "pixels" in process.stderr

@@ -22,24 +22,40 @@ def refused(settings, message):
     assert "\n" not in str(raised.value)
 
 
-@pytest.mark.parametrize("command, config_class", [
-    ("pre_input", "PreInputConfig"), ("bottleneck", "BottleneckConfig"),
-    ("label_image", "LabelImageConfig"),
-])
-def test_command_line_defaults_are_the_config_defaults(command, config_class):
-    # Parse no arguments: the command line's config is the dataclass's defaults.
+COMMANDS = {"pre_input": "PreInputConfig", "bottleneck": "BottleneckConfig",
+            "label_image": "LabelImageConfig"}
+
+
+@pytest.fixture(scope="module")
+def parsed_defaults():
+    """{command: whether its command line, parsed with no arguments, is its config class's
+    defaults}, from one fresh Python (a TensorFlow import, not one per command): each
+    command's flags are defined, parsed and compared, then removed before the next's."""
     code = (
         "from absl import flags\n"
         "from retrain_suite import command_config\n"
-        f"from retrain_suite.cli import flags as shared, {command} as command\n"
-        "command.define_flags()\n"
-        "flags.FLAGS(['command'])\n"
-        f"config_class = command_config.{config_class}\n"
-        "print(shared.config_from_flags(config_class) == config_class())\n"
+        "from retrain_suite.cli import flags as shared\n"
+        "import importlib\n"
+        "before = set(flags.FLAGS)\n"
+        f"for command, config_class in {COMMANDS!r}.items():\n"
+        "    importlib.import_module('retrain_suite.cli.' + command).define_flags()\n"
+        "    flags.FLAGS(['command'])\n"
+        "    config_class = getattr(command_config, config_class)\n"
+        "    print(command, shared.config_from_flags(config_class) == config_class())\n"
+        "    for name in set(flags.FLAGS) - before:\n"
+        "        delattr(flags.FLAGS, name)\n"
+        "    assert set(flags.FLAGS) == before\n"
     )
     process = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                              text=True, timeout=120)
-    assert process.stdout.strip() == "True", process.stderr[-2000:]
+    assert process.returncode == 0, process.stderr[-2000:]
+    return dict(line.split() for line in process.stdout.splitlines())
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_command_line_defaults_are_the_config_defaults(parsed_defaults, command):
+    # Parse no arguments: the command line's config is the dataclass's defaults.
+    assert parsed_defaults[command] == "True", parsed_defaults
 
 
 def test_shared_fields_default_to_retrains():

@@ -86,29 +86,39 @@ def test_only_start_up_noise_is_dropped():
     )
 
 
-def test_the_quiet_start_leaves_a_level_the_user_set(tmp_path):
-    script = (
-        "import os, sys\nfrom retrain_suite.cli import startup\nstartup.quiet_tensorflow()\n"
-        "print(os.environ.get('TF_CPP_MIN_LOG_LEVEL'))\n"
-    )
-    quiet = run_script("-c", script, env=quiet_environment(), check=True)
-    assert quiet.stdout.strip() == "2"
-    debug = run_script("-c", script, "--logging_verbosity=DEBUG", env=quiet_environment(), check=True)
-    assert debug.stdout.strip() == "None"
-    mine = run_script("-c", script, env={**quiet_environment(), "TF_CPP_MIN_LOG_LEVEL": "1"}, check=True)
-    assert mine.stdout.strip() == "1"
+# A fresh Python's quiet start, then what it reports: TF_CPP_MIN_LOG_LEVEL, whether
+# TensorFlow and matplotlib.pyplot are imported, and pyplot's name once imported after.
+QUIET_START = (
+    "import os, sys\nfrom retrain_suite.cli import startup\nstartup.quiet_tensorflow()\n"
+    "print(os.environ.get('TF_CPP_MIN_LOG_LEVEL'))\n"
+    "print('tensorflow' in sys.modules, 'matplotlib.pyplot' in sys.modules)\n"
+    "import matplotlib.pyplot\nprint(matplotlib.pyplot.__name__)\n"
+)
 
 
-def test_tensorflow_starts_without_pyplot_which_imports_afterwards(tmp_path):
+@pytest.fixture(scope="module")
+def quiet_starts():
+    """QUIET_START's lines from three fresh Pythons (shared by the two tests below, as
+    each start costs a TensorFlow import): quiet, at DEBUG, and with the user's level."""
+    return {
+        "quiet": run_script("-c", QUIET_START, env=quiet_environment(), check=True),
+        "debug": run_script("-c", QUIET_START, "--logging_verbosity=DEBUG",
+                            env=quiet_environment(), check=True),
+        "mine": run_script("-c", QUIET_START,
+                           env={**quiet_environment(), "TF_CPP_MIN_LOG_LEVEL": "1"}, check=True),
+    }
+
+
+def test_the_quiet_start_leaves_a_level_the_user_set(quiet_starts):
+    assert quiet_starts["quiet"].stdout.splitlines()[0] == "2"
+    assert quiet_starts["debug"].stdout.splitlines()[0] == "None"
+    assert quiet_starts["mine"].stdout.splitlines()[0] == "1"
+
+
+def test_tensorflow_starts_without_pyplot_which_imports_afterwards(quiet_starts):
     # Keras imports matplotlib.pyplot (0.4 s) inside `import tensorflow` when it can.
-    script = (
-        "import sys\nfrom retrain_suite.cli import startup\nstartup.quiet_tensorflow()\n"
-        "print('tensorflow' in sys.modules, 'matplotlib.pyplot' in sys.modules)\n"
-        "import matplotlib.pyplot\nprint(matplotlib.pyplot.__name__)\n"
-    )
-    for extra in ([], ["--logging_verbosity=DEBUG"]):
-        started = run_script("-c", script, *extra, env=quiet_environment(), check=True)
-        assert started.stdout.split() == ["True", "False", "matplotlib.pyplot"], started.stdout
+    for started in quiet_starts.values():
+        assert started.stdout.split()[1:] == ["True", "False", "matplotlib.pyplot"], started.stdout
 
 
 def test_helpfull_lists_absl_flags_too_and_exits_0():

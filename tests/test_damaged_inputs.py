@@ -17,7 +17,7 @@ import threading
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import ROOT, make_dataset, retrain_settings
+from helpers import ROOT, make_dataset, retrain_settings, run_command
 from test_fine_tuning import release_fifo
 
 from retrain_suite import atomic_files, export, fine_tuning_checkpoint, job, output_paths
@@ -37,9 +37,9 @@ def one_error_line(process):
     return lines[-1]
 
 
-def command(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=TIMEOUT)
+def command(*args):
+    """The command in a process of its own (helpers.run_command), ended if it hangs."""
+    return run_command(*args)
 
 
 COMMANDS = (["retrain.py"], ["label_image.py"], ["pre_input.py"], ["-m", "bottleneck"])

@@ -7,10 +7,11 @@ import helpers
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import retrain_settings, run_script, synthetic_image, write_image
+from helpers import retrain_settings, synthetic_image, write_image
 
+from retrain_suite import command_config, job, training
 from retrain_suite import config as config_lib
-from retrain_suite import job, training
+from retrain_suite.cli import label_image as label_image_cli
 from retrain_suite.images import distortions as image_distortions
 from retrain_suite.images import pipelines as image_pipelines
 from retrain_suite.images.distortions import Distortions
@@ -127,9 +128,11 @@ def test_distorted_run_trains_exports_and_label_image_runs(dataset_dir, tiny_mod
     assert "Distortions are on: every step decodes, distorts and runs the module on 16" in caplog.text
     assert "StatefulPartitionedCall" in training_graph_ops(settings["summaries_dir"])
     image = os.path.join(dataset_dir, "green", "img1.png")
-    process = run_script("label_image.py", image, settings["output_graph"],
-                         settings["output_labels"], "--top_k=1", check=True)
-    assert process.stdout.split()[0] == "green"
+    # What label_image.py classifies a frozen graph with, in this process.
+    _, results, labels = label_image_cli.classify_with_graph(command_config.LabelImageConfig(
+        image=(image,), graph=settings["output_graph"], labels=settings["output_labels"],
+        top_k=1))
+    assert [labels[c] for c in results[0].classes] == ["green"]
 
 
 def test_without_distortions_training_reads_only_cached_bottlenecks(dataset_dir, tiny_module,

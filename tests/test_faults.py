@@ -2,7 +2,6 @@
 
 import hashlib
 import io
-import json
 import os
 import re
 import signal
@@ -21,17 +20,18 @@ from helpers import (
     final_layer_constants,
     make_dataset,
     retrain_settings,
-    run_script,
+    run_command,
     synthetic_image,
     write_image,
 )
 from PIL import Image, ImageOps
 
-from retrain_suite import atomic_files, job, output_paths
+from retrain_suite import atomic_files, command_config, job, output_paths
 from retrain_suite import config as config_lib
 from retrain_suite import dataset as dataset_lib
 from retrain_suite.bottleneck import cache as cache_lib
 from retrain_suite.bottleneck import compute
+from retrain_suite.cli import label_image as label_image_cli
 from retrain_suite.images import files as image_files
 from retrain_suite.images import preprocess as image_preprocess
 
@@ -174,7 +174,7 @@ def test_bad_files_are_skipped_counted_and_reported_while_the_run_goes_on(
 
 
 def test_pre_input_lists_the_same_bad_files(messy, tmp_path):
-    process = run_script(
+    process = run_command(
         "pre_input.py", f"--image_dir={messy}", f"--output_dir={tmp_path}/prepared", check=True
     )
     for name, reason in BAD_FILES.items():
@@ -217,12 +217,13 @@ def test_label_image_sees_an_exif_rotated_photo_upright(trained, tmp_path):
     Image.fromarray(pixels).save(tmp_path / "upright.png")
     Image.fromarray(np.rot90(pixels, -1).copy()).save(tmp_path / "stored_turned.png", exif=exif)
     settings = trained["settings"]
-    process = run_script(
-        "label_image.py", str(tmp_path / "upright.png"), str(tmp_path / "stored_turned.png"),
-        settings["output_graph"], settings["output_labels"], "--output_format=json", check=True,
-    )
-    upright, turned = json.loads(process.stdout)
-    assert upright["predictions"] == turned["predictions"]
+    # What label_image.py classifies a frozen graph with, in this process.
+    _, results, _ = label_image_cli.classify_with_graph(command_config.LabelImageConfig(
+        image=(str(tmp_path / "upright.png"), str(tmp_path / "stored_turned.png")),
+        graph=settings["output_graph"], labels=settings["output_labels"]))
+    upright, turned = results[0], results[1]
+    np.testing.assert_array_equal(upright.classes, turned.classes)
+    np.testing.assert_array_equal(upright.scores, turned.scores)
 
 
 def test_bottleneck_dir_inside_image_dir_is_not_a_class(dataset_dir, tiny_module, tmp_path):
@@ -309,9 +310,12 @@ def test_two_runs_sharing_a_cache_do_not_corrupt_it(dataset_dir, tiny_module, tm
     for run in runs:
         _, err = run.communicate(timeout=300)
         assert run.returncode == 0, err[-2000:]
-    third = run_script(*command[1:], check=True)
-    assert ("Bottlenecks: 36 images, 36 distinct (0 copies): 0 computed, 36 from the cache, "
-            "0 skipped") in third.stderr
+    # A third fill, in this process, finds every vector.
+    dataset = dataset_lib.build_dataset(dataset_dir, 0, 0)
+    third = compute.compute_bottlenecks([dataset.full_path(i) for i in dataset.images],
+                                        tiny_module, cache_dir, batch_size=1)
+    assert third.counts.line().startswith(
+        "Bottlenecks: 36 images, 36 distinct (0 copies): 0 computed, 36 from the cache, 0 skipped")
     entries = [os.path.join(d, f) for d, _, files in os.walk(cache_dir) for f in files]
     assert len(entries) == 36  # No temporary files left behind by either run.
     for path in entries:
@@ -394,7 +398,7 @@ def kill_setup(tmp_path_factory, slow_module):
         eval_step_interval=100, testing_percentage=25, bottleneck_batch_size=1,
         saved_model_dir=str(root / "reference" / "saved_model"),
     )
-    log = run_script("retrain.py", *args_for(reference), check=True).stderr
+    log = run_command("retrain.py", *args_for(reference), check=True).stderr
     accuracy = [line for line in log.splitlines() if "Final test accuracy" in line][0]
     return root, image_dir, reference, accuracy.split("Final test accuracy")[1]
 
@@ -419,7 +423,7 @@ def test_killed_run_is_finished_by_the_next_one_with_the_same_result(kill_setup,
         assert 5 <= cached_when_killed < 120
     if os.path.exists(settings["output_graph"]):  # Only ever a whole graph.
         assert final_layer_constants(settings["output_graph"])
-    finished = run_script("retrain.py", *args_for(settings), check=True).stderr
+    finished = run_command("retrain.py", *args_for(settings), check=True).stderr
     computed, reused = 120 - cached_when_killed, cached_when_killed
     assert (f"Bottlenecks: 120 images, 120 distinct (0 copies): {computed} computed, {reused} "
             "from the cache, 0 skipped") in finished

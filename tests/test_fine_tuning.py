@@ -13,7 +13,7 @@ import threading
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import load_graph_def, retrain_settings, run_script, write_image
+from helpers import load_graph_def, retrain_settings, run_command, write_image
 from test_faults import kill_when
 
 from retrain_suite import (
@@ -473,7 +473,7 @@ def test_killed_fine_tuning_resumes_to_the_uninterrupted_result(runs, tiny_modul
               and (checkpoint_step(path) or 0) >= 25)
     killed_at = checkpoint_step(path)  # 25, unless this machine stalled the poll
     assert 0 < killed_at < 100
-    finished = run_script("retrain.py", *cli_args(settings), check=True).stderr
+    finished = run_command("retrain.py", *cli_args(settings), check=True).stderr
     assert f"Resuming fine-tuning from step {killed_at} " in finished
     assert "Fine-tuning step 0/100" not in finished
     assert f"Fine-tuning step {killed_at}/100" not in finished

@@ -6,9 +6,16 @@ import re
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import load_graph_def, run_script, synthetic_image, write_image
+from helpers import (
+    label_image_error_line,
+    load_graph_def,
+    run_command,
+    synthetic_image,
+    write_image,
+)
 
-from retrain_suite import graph_checks
+from retrain_suite import command_config, graph_checks
+from retrain_suite.cli import label_image as label_image_cli
 
 
 def last_line(process):
@@ -38,12 +45,12 @@ def test_graph_that_reads_files_is_refused_unless_allowed(trained, tmp_path):
     write_graph(graph, build)
     image = os.path.join(trained["image_dir"], "red", "img0.jpg")
     labels = trained["settings"]["output_labels"]
-    refused = run_script("label_image.py", image, graph, labels)
-    assert refused.returncode != 0
-    last = last_line(refused)
+    # label_image.py's steps, in this process (helpers.label_image_error_line).
+    last = label_image_error_line(image, graph, labels)
     assert "ReadFile" in last and "--allow_unsafe_ops" in last
-    allowed = run_script("label_image.py", image, graph, labels, "--allow_unsafe_ops")
-    assert allowed.returncode == 0, allowed.stderr[-2000:]
+    _, results, _ = label_image_cli.classify_with_graph(command_config.LabelImageConfig(
+        image=(image,), graph=graph, labels=labels, allow_unsafe_ops=True))
+    assert list(results) == [0]  # classified: the command exits 0
 
 
 def test_unsafe_op_hidden_in_a_function_is_found():
@@ -88,11 +95,9 @@ def test_graph_calling_an_undefined_function_is_refused_at_once(tmp_path):
     (tmp_path / "labels.txt").write_text("a\nb\n")
     image = str(tmp_path / "x.png")
     write_image(image, synthetic_image((1, 2, 3), "solid", 20, 24, np.random.RandomState(0)), "PNG")
-    for extra in ([], ["--allow_unsafe_ops"]):
-        process = run_script("label_image.py", image, str(graph_path),
-                             str(tmp_path / "labels.txt"), *extra)
-        assert process.returncode != 0
-        assert last_line(process) == (
+    for allowed in (False, True):  # label_image.py's steps, in this process
+        assert label_image_error_line(image, str(graph_path), str(tmp_path / "labels.txt"),
+                                      allow_unsafe_ops=allowed) == (
             f"error: Graph {graph_path} calls functions it does not define: WriteFile. "
             "It is damaged or not a graph exported by retrain.py."
         )
@@ -129,7 +134,7 @@ def test_a_graph_whose_constants_declare_gigabytes_is_refused_before_it_runs(tmp
     (tmp_path / "labels.txt").write_text("a\nb\n")
     image = str(tmp_path / "img.png")
     write_image(image, synthetic_image((220, 40, 40), "stripes", 32, 32, np.random.RandomState(0)))
-    process = run_script("label_image.py", image, str(graph), str(tmp_path / "labels.txt"))
+    process = run_command("label_image.py", image, str(graph), str(tmp_path / "labels.txt"))
     assert process.returncode == 1
     # 80 GB for the splat, and a few bytes for the graph's other constants.
     assert re.fullmatch(

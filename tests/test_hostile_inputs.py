@@ -19,13 +19,23 @@ import zlib
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import ROOT, make_dataset, synthetic_image, write_image
+from helpers import ROOT, make_dataset, retrain_settings, run_command, synthetic_image, write_image
 
-from retrain_suite import classifier, preparation, tflite_metadata
+from retrain_suite import (
+    artifact_check,
+    classifier,
+    command_config,
+    errors,
+    job,
+    preparation,
+    tflite_metadata,
+)
+from retrain_suite import config as config_lib
 from retrain_suite import dataset as dataset_lib
 from retrain_suite.bottleneck import cache as cache_lib
 from retrain_suite.bottleneck import compute, make_module
 from retrain_suite.bottleneck import module as module_lib
+from retrain_suite.cli import bottleneck as bottleneck_cli
 from retrain_suite.images import files as image_files
 from retrain_suite.images import pipelines as image_pipelines
 
@@ -33,10 +43,12 @@ TIMEOUT = 300  # A hang is the failure; a healthy run takes seconds.
 
 
 def run(*args, privileged=True):
-    """A command in a fresh process, with a timeout. -> CompletedProcess (text)."""
-    command = [sys.executable, *args]
-    if not privileged:  # Root without its permission bypass: chmod 000 really stops reading.
-        command = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", *command]
+    """A command in a process of its own (helpers.run_command), ended after a while if it
+    hangs; unprivileged, a fresh Python under setpriv. -> CompletedProcess (text)."""
+    if privileged:
+        return run_command(*args)
+    # Root without its permission bypass: chmod 000 really stops reading.
+    command = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", sys.executable, *args]
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT)
 
 
@@ -250,13 +262,15 @@ def cache_entry(cache_dir, tiny_module, path):
 
 
 def filled_cache(tmp_path, tiny_module):
-    """Six images, their bottlenecks cached by `python -m bottleneck`.
+    """Six images, their bottlenecks cached by what `python -m bottleneck` runs (its
+    fill, in this process: a fresh Python would only add a TensorFlow import).
     -> (image folder, cache folder, the command's arguments to run it again)."""
     root = make_dataset(tmp_path / "data", per_class=2)
     cache_dir = tmp_path / "cache"
+    bottleneck_cli.fill(command_config.BottleneckConfig(
+        image_dir=root, tfhub_module=tiny_module, bottleneck_dir=str(cache_dir)), "float32")
     args = ("-m", "bottleneck", f"--image_dir={root}", f"--tfhub_module={tiny_module}",
             f"--bottleneck_dir={cache_dir}")
-    assert run(*args).returncode == 0
     return root, cache_dir, args
 
 
@@ -397,34 +411,6 @@ def test_fifo_in_place_of_a_cache_entry_does_not_hang_the_run(tmp_path, tiny_mod
     assert f"Cannot read cache entry {entry} (not a regular file (a FIFO))" in process.stderr
 
 
-# Run as retrain.py is, with one exported file replaced, between export and the
-# check that loads it again, by what a user or another process could put there.
-# A FIFO comes with a writer process that lets a blocking reader go (at EOF), so
-# a loader that opens it fails instead of hanging the test.
-_REPLACED_BEFORE_THE_CHECK = """
-import atexit, os, subprocess, sys
-from retrain_suite import artifact_check
-from retrain_suite.cli import commands
-check_run = artifact_check.check_run
-path, how = sys.argv.pop(), sys.argv.pop()
-
-def replaced_first(config, *args):
-    os.remove(path)
-    if how == "fifo":
-        os.mkfifo(path)
-        writer = subprocess.Popen(["sh", "-c", 'while [ -p "$0" ]; do : > "$0"; done', path])
-        atexit.register(writer.kill)
-    else:
-        with open(path, "wb") as f:
-            f.write(b"not a model at all" * 10)
-    return check_run(config, *args)
-
-artifact_check.check_run = replaced_first
-sys.argv[0] = "retrain.py"
-commands.retrain()
-"""
-
-
 @pytest.mark.parametrize("replaced, how, message", [
     ("output_graph", "fifo", "Graph file {path} cannot be used: not a regular file (a FIFO)."),
     ("saved_model_dir", "fifo",
@@ -432,9 +418,12 @@ commands.retrain()
     ("tflite_output_file", "garbage", "{path} is not an image classifier this command can run"),
 ])
 def test_an_exported_file_replaced_before_the_check_is_one_error_line(
-        tmp_path, tiny_module, replaced, how, message):
-    from helpers import retrain_settings, run_script
-
+        tmp_path, tiny_module, monkeypatch, replaced, how, message):
+    """A run (retrain.py's, in this process) with one exported file replaced, between
+    export and the check that loads it again, by what a user or another process could
+    put there, ends in the one-line error retrain.py prints as `error: ...`. A FIFO
+    comes with a writer process that lets a blocking reader go (at EOF), so a loader
+    that opens it fails instead of hanging the test."""
     settings = retrain_settings(
         tmp_path, make_dataset(tmp_path / "data", per_class=4), tiny_module,
         how_many_training_steps=2, eval_step_interval=1, testing_percentage=25,
@@ -442,12 +431,29 @@ def test_an_exported_file_replaced_before_the_check_is_one_error_line(
         tflite_output_file=str(tmp_path / "out" / "model.tflite"))
     folder = settings[replaced]
     path = os.path.join(folder, "saved_model.pb") if replaced == "saved_model_dir" else folder
-    args = [f"--{name}={value}" for name, value in settings.items() if value is not None]
-    process = run_script("-c", _REPLACED_BEFORE_THE_CHECK, *args, how, path)
-    assert process.returncode == 1, process.stderr[-3000:]
-    assert "Traceback" not in process.stderr
-    assert process.stderr.strip().splitlines()[-1].startswith(
-        "error: " + message.format(path=path, folder=folder))
+    check_run, writers = artifact_check.check_run, []
+
+    def replaced_first(*args, **kwargs):
+        os.remove(path)
+        if how == "fifo":
+            os.mkfifo(path)
+            writers.append(subprocess.Popen(
+                ["sh", "-c", 'while [ -p "$0" ]; do : > "$0"; done', path]))
+        else:
+            with open(path, "wb") as f:
+                f.write(b"not a model at all" * 10)
+        return check_run(*args, **kwargs)
+
+    monkeypatch.setattr(artifact_check, "check_run", replaced_first)
+    try:
+        with pytest.raises(errors.SuiteError) as raised:
+            job.run_retraining(config_lib.from_flat(settings))
+    finally:
+        for writer in writers:
+            writer.kill()
+            writer.wait()
+    assert "\n" not in str(raised.value)
+    assert str(raised.value).startswith(message.format(path=path, folder=folder))
 
 
 def test_labels_file_larger_than_any_labels_is_refused_unread(tmp_path):

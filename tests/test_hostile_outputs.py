@@ -21,11 +21,22 @@ from helpers import (
     final_layer_constants,
     make_dataset,
     retrain_settings,
+    run_command,
     run_script,
 )
 
-from retrain_suite import atomic_files, errors, export, job, memory_budget, output_paths, reporting
+from retrain_suite import (
+    atomic_files,
+    errors,
+    export,
+    job,
+    memory_budget,
+    output_paths,
+    preparation,
+    reporting,
+)
 from retrain_suite import config as config_lib
+from retrain_suite.cli import bottleneck as bottleneck_cli
 
 
 def snapshot(folder):
@@ -92,21 +103,22 @@ def test_outputs_on_or_around_inputs_or_each_other_are_refused_and_photos_stay_i
     module_before = snapshot(tiny_module)
     for override, match in hostile_overrides(image_dir, tiny_module, tmp_path):
         settings = retrain_settings(tmp_path, image_dir, tiny_module, **override)
-        with pytest.raises(output_paths.PathError, match=match):
+        with pytest.raises(output_paths.PathError, match=match) as raised:
             job.run_retraining(config_lib.from_flat(settings))
+        # retrain.py prints a SuiteError as its one `error:` line (below).
+        assert "\n" not in str(raised.value) and str(raised.value).startswith("--"), override
         assert not os.path.exists(tmp_path / "bottlenecks"), override
         assert not os.path.exists(tmp_path / "out"), override
         assert snapshot(image_dir) == before, override
-    # And as a user would type them, one line each, photos untouched.
-    for flag in (f"--saved_model_dir={image_dir}",
-                 f"--saved_model_dir={os.path.join(image_dir, 'red')}",
-                 f"--output_graph={a_photo(image_dir)}"):
-        args = [f"--{k}={v}" for k, v in
-                retrain_settings(tmp_path, image_dir, tiny_module).items() if v is not None]
-        process = run_script("retrain.py", *args, flag)
-        assert process.returncode == 1, process.stderr[-2000:]
-        assert "Traceback" not in process.stderr
-        assert process.stderr.strip().splitlines()[-1].startswith("error: --")
+    # And as a user would type one, one line, photos untouched (one fresh Python: the
+    # refusals above all take the same way out).
+    args = [f"--{k}={v}" for k, v in
+            retrain_settings(tmp_path, image_dir, tiny_module).items() if v is not None]
+    process = run_command("retrain.py", *args, f"--saved_model_dir={os.path.join(image_dir, 'red')}")
+    assert process.returncode == 1, process.stderr[-2000:]
+    assert "Traceback" not in process.stderr
+    assert process.stderr.strip().splitlines()[-1].startswith(
+        f"error: --saved_model_dir={os.path.join(image_dir, 'red')} is inside --image_dir")
     assert snapshot(image_dir) == before
     assert snapshot(tiny_module) == module_before
 
@@ -203,16 +215,25 @@ def test_pre_input_output_dir_on_inputs_or_a_file_is_one_error_line(tmp_path):
     before = snapshot(image_dir)
     a_file = tmp_path / "a_file"
     a_file.write_text("not a folder")
-    for output_dir, message in ((image_dir, "is the same as --image_dir"),
-                                (os.path.join(image_dir, "red"), "is inside --image_dir"),
-                                (str(tmp_path), "is around --image_dir"),
-                                (str(a_file), "is a file, not a folder")):
-        process = run_script("pre_input.py", f"--image_dir={image_dir}",
-                             f"--output_dir={output_dir}", "--tfrecords")
+    refusals = ((image_dir, "is the same as --image_dir"),
+                (os.path.join(image_dir, "red"), "is inside --image_dir"),
+                (str(tmp_path), "is around --image_dir"),
+                (str(a_file), "is a file, not a folder"))
+    # pre_input.py's check of --output_dir, before any work; its PathError is the
+    # command's one `error:` line (one fresh Python below runs the command itself).
+    for output_dir, message in refusals:
+        with pytest.raises(output_paths.PathError) as raised:
+            preparation.check_output_dir(output_dir, image_dir)
+        last = f"error: {raised.value}"
+        assert "\n" not in last
+        assert last.startswith(f"error: --output_dir={output_dir} ") and message in last, last
+    for output_dir, message in refusals[3:]:
+        process = run_command("pre_input.py", f"--image_dir={image_dir}",
+                              f"--output_dir={output_dir}", "--tfrecords")
         assert process.returncode == 1
         assert "Traceback" not in process.stderr
         last = process.stderr.strip().splitlines()[-1]
-        assert last.startswith("error: --output_dir=") and message in last, last
+        assert last.startswith(f"error: --output_dir={output_dir} ") and message in last, last
     assert snapshot(image_dir) == before
     assert a_file.read_text() == "not a folder"
 
@@ -220,9 +241,18 @@ def test_pre_input_output_dir_on_inputs_or_a_file_is_one_error_line(tmp_path):
 def test_bottleneck_command_refuses_a_cache_on_the_image_folder(tmp_path, tiny_module):
     image_dir = make_dataset(tmp_path / "data", per_class=4)
     before = snapshot(image_dir)
-    for cache, message in ((image_dir, "is the same as --image_dir"), ("", "is empty")):
-        process = run_script("-m", "bottleneck", f"--image_dir={image_dir}",
-                             f"--bottleneck_dir={cache}", f"--tfhub_module={tiny_module}")
+    refusals = ((image_dir, "is the same as --image_dir"), ("", "is empty"))
+    # The command's check of the cache's place, before any work; its PathError is the
+    # command's one `error:` line (one fresh Python below runs the command itself).
+    for cache, message in refusals:
+        with pytest.raises(output_paths.PathError) as raised:
+            bottleneck_cli.check_cache_location(cache, image_dir, tiny_module)
+        last = f"error: {raised.value}"
+        assert "\n" not in last
+        assert last.startswith("error: --bottleneck_dir") and message in last, last
+    for cache, message in refusals[:1]:
+        process = run_command("-m", "bottleneck", f"--image_dir={image_dir}",
+                              f"--bottleneck_dir={cache}", f"--tfhub_module={tiny_module}")
         assert process.returncode == 1
         assert "Traceback" not in process.stderr
         last = process.stderr.strip().splitlines()[-1]
@@ -267,15 +297,15 @@ def test_sizes_that_cannot_fit_in_memory_are_refused_with_the_memory_needed(
 
 def test_numbers_on_the_command_line_are_one_error_line(tmp_path):
     image_dir = make_dataset(tmp_path / "data", per_class=4)
-    process = run_script("retrain.py", f"--image_dir={image_dir}", "--learning_rate=nan",
-                         f"--bottleneck_dir={tmp_path}/b")
+    process = run_command("retrain.py", f"--image_dir={image_dir}", "--learning_rate=nan",
+                          f"--bottleneck_dir={tmp_path}/b")
     assert process.returncode == 1
     assert "Traceback" not in process.stderr
     assert process.stderr.strip().splitlines()[-1] == (
         "error: --learning_rate=nan must be a finite number."
     )
-    process = run_script("pre_input.py", f"--image_dir={image_dir}",
-                         f"--output_dir={tmp_path}/p", "--validation_percentage=nan")
+    process = run_command("pre_input.py", f"--image_dir={image_dir}",
+                          f"--output_dir={tmp_path}/p", "--validation_percentage=nan")
     assert process.returncode == 1 and "Traceback" not in process.stderr
     assert "--validation_percentage=nan" in process.stderr.strip().splitlines()[-1]
     assert not os.path.exists(tmp_path / "b") and not os.path.exists(tmp_path / "p")
@@ -429,13 +459,16 @@ def test_two_runs_at_once_on_one_checkpoint_path_the_second_is_refused(tmp_path,
     first = start(args, tmp_path / "first.log")
     try:
         wait_for(tmp_path / "first.log", "Step 1000/", first)
-        second = run_script(*args, f"--output_graph={tmp_path}/second.pb",
-                            f"--output_labels={tmp_path}/second.txt",
-                            f"--summaries_dir={tmp_path}/second_logs",
-                            "--how_many_training_steps=20")
-        assert second.returncode == 1
-        assert "Traceback" not in second.stderr
-        last = second.stderr.strip().splitlines()[-1]
+        # The second run is retrain.py's in this process: its SuiteError is the
+        # command's one `error:` line (a fresh Python would add a TensorFlow import
+        # while the first trains on).
+        second = dict(settings, output_graph=f"{tmp_path}/second.pb",
+                      output_labels=f"{tmp_path}/second.txt",
+                      summaries_dir=f"{tmp_path}/second_logs", how_many_training_steps=20)
+        with pytest.raises(errors.SuiteError) as raised:
+            job.run_retraining(config_lib.from_flat(second))
+        last = f"error: {raised.value}"
+        assert "\n" not in last
         assert last.startswith(f"error: --checkpoint_path={settings['checkpoint_path']} is in "
                                f"use by another retrain.py run (pid {first.pid})"), last
         assert not os.path.exists(tmp_path / "second.pb")
@@ -536,10 +569,10 @@ def test_the_users_files_in_every_output_folder_survive_every_command(tmp_path, 
     for folder in folders:
         put_users_files(folder)
     before = {str(f): snapshot(f) for f in folders}
-    run_script("pre_input.py", f"--image_dir={image_dir}", f"--output_dir={tmp_path / 'prepared'}",
-               "--tfrecords", "--images_per_shard=4", check=True)
-    run_script("-m", "bottleneck", f"--image_dir={image_dir}", f"--tfhub_module={tiny_module}",
-               f"--bottleneck_dir={tmp_path / 'cache'}", check=True)
+    run_command("pre_input.py", f"--image_dir={image_dir}", f"--output_dir={tmp_path / 'prepared'}",
+                "--tfrecords", "--images_per_shard=4", check=True)
+    run_command("-m", "bottleneck", f"--image_dir={image_dir}", f"--tfhub_module={tiny_module}",
+                f"--bottleneck_dir={tmp_path / 'cache'}", check=True)
     common = dict(bottleneck_dir=str(tmp_path / "cache"), summaries_dir=str(tmp_path / "summaries"),
                   intermediate_output_graphs_dir=str(tmp_path / "intermediate"),
                   intermediate_store_frequency=2, how_many_training_steps=4,

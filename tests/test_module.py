@@ -10,7 +10,7 @@ import subprocess
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import make_dataset, run_script, write_image
+from helpers import make_dataset, run_command, write_image
 
 from retrain_suite.bottleneck import compute, inlining, make_module
 from retrain_suite.bottleneck import module as module_lib
@@ -241,7 +241,7 @@ def test_bottleneck_command_on_a_module_holding_a_fifo_ends_in_one_error_line(
     folder, where = copy_with_fifo(tiny_module, tmp_path, "variables/variables.index")
     image_dir = make_dataset(tmp_path / "data", per_class=2)
     with released_fifo(where):
-        process = run_script("-m", "bottleneck", f"--image_dir={image_dir}",
+        process = run_command("-m", "bottleneck", f"--image_dir={image_dir}",
                              f"--bottleneck_dir={tmp_path / 'bottlenecks'}",
                              f"--tfhub_module={folder}")
     assert process.returncode == 1

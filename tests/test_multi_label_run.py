@@ -43,7 +43,7 @@ def multi_label_run(tmp_path_factory, tiny_module):
         report_dir=str(root / "report"),
     )
     args = [f"--{name}={value}" for name, value in settings.items() if value is not None]
-    process = helpers.run_script("retrain.py", *args, check=True)
+    process = helpers.run_command("retrain.py", *args, check=True)
     with open(out / "report.json", encoding="utf-8") as f:
         report = json.load(f)
     return {"settings": settings, "process": process, "report": report, "truth": truth,
@@ -95,7 +95,7 @@ def test_label_image_prints_every_label_above_its_threshold(multi_label_run, tmp
     helpers.write_image(two, marked_image(("green", "red"), rng), "PNG")
     for model in ([settings["output_graph"], settings["output_labels"]],
                   [settings["tflite_output_file"]]):
-        process = helpers.run_script("label_image.py", two, *model, check=True)
+        process = helpers.run_command("label_image.py", two, *model, check=True)
         assert sorted(line.split()[0] for line in process.stdout.splitlines()) == [
             "green", "red"], process.stdout
 

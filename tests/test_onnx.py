@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 import tf2onnx
 from absl import logging
-from helpers import load_graph_def, make_dataset, retrain_settings, run_script
+from helpers import load_graph_def, make_dataset, retrain_settings, run_command, run_script
 
 from retrain_suite import artifact_check, classifier, job, onnx_export, onnx_model, output_paths
 from retrain_suite import config as config_lib
@@ -127,7 +127,7 @@ def test_the_exported_files_check_refuses_an_onnx_file_with_other_labels(onnx_ru
 
 
 def label_image_json(*args):
-    process = run_script("label_image.py", *args, "--output_format=json", check=True)
+    process = run_command("label_image.py", *args, "--output_format=json", check=True)
     assert process.stderr == ""
     return {entry["image"]: {p["label"]: p["score"] for p in entry["predictions"]}
             for entry in json.loads(process.stdout)}
@@ -222,7 +222,7 @@ def test_a_damaged_onnx_file_is_one_error_line_in_label_image(onnx_run, tmp_path
         data = f.read()
     damaged = tmp_path / "damaged.onnx"
     damaged.write_bytes(data[: len(data) // 2])
-    process = run_script("label_image.py", image_paths(onnx_run)[0], str(damaged))
+    process = run_command("label_image.py", image_paths(onnx_run)[0], str(damaged))
     assert process.returncode == 1
     # protobuf 7 adds ": Wire format was corrupt" to the parser's message; 6 (beside
     # apache-beam) does not.
@@ -288,7 +288,7 @@ def test_metadata_labels_that_are_not_a_list_of_names_are_refused(onnx_run, tmp_
 def test_label_image_on_an_onnx_file_without_labels_asks_for_the_labels_file(onnx_run, tmp_path):
     path = rewritten(onnx_run, tmp_path, lambda m: m.ClearField("metadata_props"), "bare.onnx")
     image = image_paths(onnx_run)[0]
-    refused = run_script("label_image.py", image, path)
+    refused = run_command("label_image.py", image, path)
     assert refused.returncode == 1
     assert refused.stderr.strip() == (
         f"error: {path} holds no labels in its metadata; pass its labels file.")

@@ -10,7 +10,7 @@ import numpy as np
 from helpers import (
     dataset_with_copies,
     make_dataset,
-    run_script,
+    run_command,
     splits_of,
     synthetic_image,
     touch,
@@ -54,7 +54,7 @@ def test_pre_input_script_writes_lists_and_prints_table(tmp_path):
     image_dir = make_dataset(tmp_path / "data", per_class=12)
     touch(os.path.join(image_dir, "green", "broken.jpg"), b"not an image")
     output_dir = tmp_path / "prepared"
-    process = run_script(
+    process = run_command(
         "pre_input.py", f"--image_dir={image_dir}", f"--output_dir={output_dir}",
         "--validation_percentage=20", "--testing_percentage=15",
     )
@@ -86,7 +86,7 @@ def test_pre_input_script_writes_lists_and_prints_table(tmp_path):
 
 def test_pre_input_script_reports_missing_image_dir_in_one_line(tmp_path):
     missing = tmp_path / "no_such_folder"
-    process = run_script(
+    process = run_command(
         "pre_input.py", f"--image_dir={missing}", f"--output_dir={tmp_path / 'out'}"
     )
     assert process.returncode != 0
@@ -98,7 +98,7 @@ def test_pre_input_script_reports_missing_image_dir_in_one_line(tmp_path):
 
 
 def test_pre_input_script_without_image_dir_flag_fails_in_one_line(tmp_path):
-    process = run_script("pre_input.py", f"--output_dir={tmp_path / 'out'}")
+    process = run_command("pre_input.py", f"--output_dir={tmp_path / 'out'}")
     assert process.returncode != 0
     assert "Traceback" not in process.stderr
     assert process.stderr.strip().splitlines()[-1] == "error: --image_dir is required (see --help)."
@@ -107,7 +107,7 @@ def test_pre_input_script_without_image_dir_flag_fails_in_one_line(tmp_path):
 def test_pre_input_script_prints_copies_and_splits_by_content(tmp_path):
     image_dir, made = dataset_with_copies(tmp_path / "data")
     output_dir = tmp_path / "prepared"
-    process = run_script(
+    process = run_command(
         "pre_input.py", f"--image_dir={image_dir}", f"--output_dir={output_dir}",
         "--validation_percentage=30", "--testing_percentage=30", "--split_by=content", "--tfrecords",
         check=True,

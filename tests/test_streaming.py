@@ -10,10 +10,10 @@ import helpers
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import make_dataset, retrain_settings, run_script
+from helpers import make_dataset, retrain_settings, run_command
 
 from retrain_suite import config as config_lib
-from retrain_suite import job, memory_budget, streamed_batches, training, vector_memory
+from retrain_suite import errors, job, memory_budget, streamed_batches, training, vector_memory
 from retrain_suite.bottleneck import cache as cache_lib
 from retrain_suite.bottleneck import packed_store, shard_format
 
@@ -198,12 +198,18 @@ def test_memory_limit_sizes(text, expected):
 @pytest.mark.parametrize("text", ["8XB", "-1", "0", "nan", "1e40", "<script>"])
 def test_a_bad_memory_limit_is_one_error_line(tmp_path, text):
     image_dir = make_dataset(tmp_path / "data", per_class=2)
-    process = run_script("retrain.py", f"--image_dir={image_dir}", f"--memory_limit={text}",
-                         f"--bottleneck_dir={tmp_path}/b")
-    assert process.returncode == 1 and "Traceback" not in process.stderr
-    assert process.stderr.strip().splitlines()[-1] == (
-        f"error: --memory_limit={text} must be a size such as 8GB, 512MB or 16GiB (at least "
-        "one byte).")
+    line = (f"error: --memory_limit={text} must be a size such as 8GB, 512MB or 16GiB (at least "
+            "one byte).")
+    # retrain.py's run in this process: its SuiteError is the command's `error:` line ...
+    with pytest.raises(errors.SuiteError) as raised:
+        job.run_retraining(config_lib.from_flat({
+            "image_dir": image_dir, "memory_limit": text, "bottleneck_dir": f"{tmp_path}/b"}))
+    assert f"error: {raised.value}" == line
+    if text == "<script>":  # ... and the command itself prints it (one fresh Python)
+        process = run_command("retrain.py", f"--image_dir={image_dir}", f"--memory_limit={text}",
+                              f"--bottleneck_dir={tmp_path}/b")
+        assert process.returncode == 1 and "Traceback" not in process.stderr
+        assert process.stderr.strip().splitlines()[-1] == line
 
 
 @pytest.mark.parametrize("flags, named", [({"tune_trials": 2}, "--tune_trials"),

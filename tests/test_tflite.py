@@ -15,11 +15,12 @@ import pytest
 import tensorflow as tf
 from ai_edge_litert import schema_py_generated as tflite_schema
 from ai_edge_litert.interpreter import Interpreter
-from helpers import load_graph_def, make_dataset, retrain_settings, run_script
+from helpers import load_graph_def, make_dataset, retrain_settings, run_command
 
-from retrain_suite import checked_images, job, reporting, tflite
+from retrain_suite import checked_images, command_config, job, reporting, tflite
 from retrain_suite import config as config_lib
 from retrain_suite import dataset as dataset_lib
+from retrain_suite.cli import label_image as label_image_cli
 from retrain_suite.images import pipelines as image_pipelines
 
 
@@ -229,13 +230,13 @@ def test_label_image_on_tflite_prints_the_graph_s_top_labels(int8_run):
     settings = int8_run["settings"]
     images = [os.path.join(int8_run["image_dir"], label, name)
               for label in ("blue", "green", "red") for name in ("img0.jpg", "img3_gray.png")]
-    on_graph = run_script("label_image.py", *images, settings["output_graph"],
-                          settings["output_labels"], "--top_k=1", "--output_format=json",
-                          check=True)
+    # On the frozen graph, what label_image.py runs, in this process.
+    _, on_graph, labels = label_image_cli.classify_with_graph(command_config.LabelImageConfig(
+        image=images, graph=settings["output_graph"], labels=settings["output_labels"], top_k=1))
     # No labels file: they come from the model's metadata.
-    on_tflite = run_script("label_image.py", *images, settings["tflite_output_file"],
+    on_tflite = run_command("label_image.py", *images, settings["tflite_output_file"],
                            "--top_k=1", "--output_format=json", check=True)
-    top = [[d["image"], d["predictions"][0]["label"]] for d in json.loads(on_graph.stdout)]
+    top = [[image, labels[on_graph[i].classes[0]]] for i, image in enumerate(images)]
     assert [[d["image"], d["predictions"][0]["label"]] for d in json.loads(on_tflite.stdout)] == top
     assert len(top) == 6
 
@@ -297,12 +298,12 @@ def test_label_image_on_a_tflite_without_labels_inside_asks_for_a_labels_file(in
     bare.write_bytes(tflite.convert(load_graph_def(settings["output_graph"]), 32, 32,
                                     "final_result", "none"))
     image = os.path.join(int8_run["image_dir"], "red", "img0.jpg")
-    refused = run_script("label_image.py", image, str(bare))
+    refused = run_command("label_image.py", image, str(bare))
     assert refused.returncode != 0
     assert refused.stderr.strip().splitlines()[-1] == (
         f"error: {bare} holds no labels in its metadata; pass its labels file."
     )
-    given = run_script("label_image.py", "--image", image, "--graph", str(bare),
+    given = run_command("label_image.py", "--image", image, "--graph", str(bare),
                        "--labels", settings["output_labels"], "--top_k=1", check=True)
     assert given.stdout.split()[0] == "red"
 

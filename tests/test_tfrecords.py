@@ -9,12 +9,12 @@ import threading
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import final_layer_constants, make_dataset, retrain_settings, run_script
+from helpers import final_layer_constants, make_dataset, retrain_settings, run_command
 from test_fine_tuning import release_fifo
 
 from retrain_suite import config as config_lib
 from retrain_suite import dataset as dataset_lib
-from retrain_suite import job, preparation, tflite_metadata, tfrecords
+from retrain_suite import errors, job, preparation, tflite_metadata, tfrecords
 from retrain_suite.images import pipelines as image_pipelines
 
 
@@ -24,7 +24,7 @@ def prepared(tmp_path_factory):
     image_dir = make_dataset(root / "data", per_class=16)
     with open(os.path.join(image_dir, "red", "broken.jpg"), "w") as f:
         f.write("not an image")
-    process = run_script(
+    process = run_command(
         "pre_input.py", f"--image_dir={image_dir}", f"--output_dir={root}/prepared",
         "--tfrecords", "--validation_percentage=15", "--testing_percentage=25", check=True,
     )
@@ -334,11 +334,14 @@ def test_the_same_image_twice_in_the_records_is_refused(tmp_path):
 def test_retrain_on_damaged_records_ends_in_one_error_line(tmp_path):
     path = write_records(tmp_path / "records", good_examples())
     damaged("truncated", path)
-    process = run_script("retrain.py", f"--tfrecord_dir={tmp_path / 'records'}",
-                         f"--bottleneck_dir={tmp_path / 'cache'}",
-                         f"--output_graph={tmp_path / 'out' / 'g.pb'}")
-    assert process.returncode == 1 and "Traceback" not in process.stderr, process.stderr[-3000:]
-    assert process.stderr.strip().splitlines()[-1].startswith(f"error: {path}, record 3: ")
+    # retrain.py --tfrecord_dir=... --bottleneck_dir=... --output_graph=..., its run in this
+    # process: a SuiteError of one line is the command's `error:` line.
+    with pytest.raises(errors.SuiteError) as raised:
+        job.run_retraining(config_lib.from_flat({
+            "tfrecord_dir": str(tmp_path / "records"), "bottleneck_dir": str(tmp_path / "cache"),
+            "output_graph": str(tmp_path / "out" / "g.pb")}))
+    assert "\n" not in str(raised.value)
+    assert f"error: {raised.value}".startswith(f"error: {path}, record 3: ")
 
 
 def test_records_damaged_while_the_run_reads_them_are_one_dataset_error(

@@ -18,7 +18,7 @@ from helpers import (
     make_dataset,
     probabilities_from_bottlenecks,
     retrain_settings,
-    run_script,
+    run_command,
 )
 from PIL import Image
 
@@ -318,7 +318,7 @@ def test_failed_assert_exits_with_both_numbers_and_exports_nothing(tmp_path, tin
     )
     mislabel_validation(image_dir, settings)
     args = [f"--{name}={value}" for name, value in settings.items() if value is not None]
-    process = run_script("retrain.py", *args)
+    process = run_command("retrain.py", *args)
     assert process.returncode == 1
     last = process.stderr.strip().splitlines()[-1]
     assert re.fullmatch(
