@@ -3,6 +3,7 @@ image's header says before any decoding. Hostile files (bombs, FIFOs, files
 replaced while read) are test_hostile_inputs.py's and test_bombs.py's."""
 
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -50,3 +51,55 @@ def test_header_sizes_agree_with_what_tensorflow_decodes(tmp_path):
         data = open(path, "rb").read()
         decoded = tf.io.decode_image(data, channels=3, expand_animations=False)
         assert image_files.image_size(data) == (decoded.shape[1], decoded.shape[0]), fmt
+
+
+def test_files_inspected_on_threads_come_back_in_order_as_one_by_one(tmp_path):
+    paths = []
+    for i in range(23):
+        path = tmp_path / f"{i}.png"
+        write_image(str(path), synthetic_image((200, 40, 40), "stripes", 8 + i, 9,
+                                               np.random.RandomState(i)))
+        paths.append(str(path))
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    os.mkfifo(tmp_path / "fifo.jpg")  # refused, never waited on
+    paths[5:5] = [str(tmp_path / "empty.jpg"), str(tmp_path / "fifo.jpg"),
+                  str(tmp_path / "missing.jpg"), str(tmp_path)]
+    one_by_one = [image_files.inspect_image_file(path, 150) for path in paths]
+    assert sum(f.problem is not None for f in one_by_one) > 4  # the four, and "too large"
+    for threads in (None, 1, 3):
+        assert image_files.inspect_image_files(paths, 150, threads) == one_by_one
+
+
+def test_files_inspected_on_threads_use_them_all_with_few_in_flight(monkeypatch):
+    lock, state = threading.Lock(), {"now": 0, "most": 0, "threads": set()}
+    barrier = threading.Barrier(3, timeout=10)
+
+    def inspect(path, max_pixels):
+        with lock:
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+            state["threads"].add(threading.current_thread().name)
+        if path < 3:
+            barrier.wait()  # the first three meet: three threads at once
+        with lock:
+            state["now"] -= 1
+        return path
+
+    monkeypatch.setattr(image_files, "inspect_image_file", inspect)
+    started = []
+    paths = (started.append(i) or i for i in range(1000))
+    assert image_files.inspect_image_files(paths, 0, threads=3) == list(range(1000))
+    assert len(state["threads"]) == 3
+    # Paths are taken from the iterable only as files finish: never far ahead.
+    assert state["most"] <= 3
+
+    def failing(path, max_pixels):
+        if path == 2:
+            raise OSError("disk gone")
+        return path
+
+    monkeypatch.setattr(image_files, "inspect_image_file", failing)
+    taken = []
+    with pytest.raises(OSError, match="disk gone"):
+        image_files.inspect_image_files((taken.append(i) or i for i in range(1000)), 0, threads=2)
+    assert len(taken) <= 2 + 2 * image_files.FILES_IN_FLIGHT_PER_THREAD

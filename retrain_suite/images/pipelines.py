@@ -142,7 +142,7 @@ class ImageFiles(_ImageSource):
 
     def inspect(self, max_pixels):
         """[ImageFile] in order: content hash, orientation, problem."""
-        return [image_files.inspect_image_file(path, max_pixels) for path in self.paths]
+        return image_files.inspect_image_files(self.paths, max_pixels)
 
     def encoded_dataset(self, indices, max_pixels=image_files.DEFAULT_MAX_IMAGE_PIXELS, shuffle_seed=None):
         """Dataset of (index int64, content string, encoded bytes, orientation int32).
