@@ -1,9 +1,12 @@
 """images.pipelines: batching image files, leaving out the ones that cannot be used."""
 
+import dataclasses
+
 import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from retrain_suite.images import distortions as image_distortions
 from retrain_suite.images import pipelines as image_pipelines
 
 
@@ -31,3 +34,22 @@ def test_image_batches_yields_indices_and_skips_undecodable_files(tmp_path):
     for index, image in zip(indices, images):
         np.testing.assert_allclose(image, np.broadcast_to(colours[index], (5, 7, 3)) / 255.0,
                                    atol=1e-5)
+
+
+def test_image_pipelines_leave_tf_data_autotuning_off(tmp_path):
+    """Their parallelism and buffers are fixed; autotuning's thread made a Session's close
+    wait seconds for its sleep to end."""
+    path = tmp_path / "a.png"
+    Image.fromarray(np.full((9, 13, 3), 40, np.uint8)).save(path, "PNG")
+    files = image_pipelines.ImageFiles([str(path)])
+    spec = image_pipelines.ImageBatchSpec(5, 7, 2, image_distortions.Distortions(), seed=1)
+    flipped = dataclasses.replace(spec, distortions=image_distortions.Distortions(
+        flip_left_right=True))
+    pipelines = {
+        "image_batches": image_pipelines.image_batches([str(path)], 5, 7, 2),
+        "distorted_batches": image_pipelines.distorted_batches(files, [0], [0], flipped),
+        "fine_tuning_batches": image_pipelines.fine_tuning_batches(files, [0], [0], spec),
+    }
+    for name, dataset in pipelines.items():
+        assert dataset.options().autotune.enabled is False, name
+    assert tf.data.Dataset.range(1).options().autotune.enabled is not False  # the default
