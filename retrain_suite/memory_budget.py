@@ -111,10 +111,9 @@ def estimate(sizes):
     prefetched) and its logits [B, C] x3; the layer's weights with their
     gradients and two optimizer slots (x4); a batch's hidden activations
     [B, H] x3 (ReLU output, its gradient, dropout); decoded images
-    [min(held, N), h, w, 3] for the bottlenecks, where held is two batches of a
-    given size (one computed, one prefetched) or, with the size measured, one
-    batch of each candidate size decoded ahead (batch_size.BatchedRun) and the
-    largest running; with distortions a training batch of images twice; with
+    [min(held, N), h, w, 3] for the bottlenecks, where held is
+    batch_size.images_held (the blocks decoded ahead, the batch being put together and
+    the batch running); with distortions a training batch of images twice; with
     fine-tuning, a fine-tuning batch of images twice (the module's own
     activations and gradients for it are not counted: they depend on the module).
     Streamed, instead of the bottlenecks: STREAMED_VALUES_PER_IMAGE per image and
@@ -123,8 +122,7 @@ def estimate(sizes):
     """
     batch, hidden, classes = sizes.train_batch_size, sizes.hidden_units, sizes.class_count
     dimension = sizes.dimension
-    held = (2 * sizes.bottleneck_batch_size if sizes.bottleneck_batch_size
-            else sum(batch_size_lib.CANDIDATES) + max(batch_size_lib.CANDIDATES))
+    held = batch_size_lib.images_held(sizes.bottleneck_batch_size)
     height, width = sizes.input_size
     pixels = height * width * 3
     weights = dimension * hidden + hidden * classes if hidden else dimension * classes

@@ -28,8 +28,13 @@ def test_fastest_batch_size_has_the_fewest_seconds_per_image_the_larger_on_a_tie
     assert batch_size_lib.fastest_batch_size({8: 0.05, 16: 0.1, 32: 0.15}) == 8
 
 
-def test_measured_batch_size_is_the_fastest_by_the_clock_and_warm_ups_are_not_timed():
+def test_measured_batch_size_is_the_fastest_by_the_clock_and_warm_ups_are_not_timed(
+        monkeypatch):
     count = batch_size_lib.MIN_IMAGES_TO_MEASURE + 20
+    events = []  # "take": a batch put together from the pipeline; "clock": a reading
+    take = batch_size_lib._Blocks.take
+    monkeypatch.setattr(batch_size_lib._Blocks, "take",
+                        lambda self, size: events.append("take") or take(self, size))
     # Seconds of each measuring batch: a round of warm-ups (8, 16, 32), then two timed
     # rounds. The warm-ups are slowest per image at 16, which must not count; timed,
     # 16 is the fastest.
@@ -37,12 +42,16 @@ def test_measured_batch_size_is_the_fastest_by_the_clock_and_warm_ups_are_not_ti
     now, calls = [0.0], [0]
 
     def clock():
+        events.append("clock")
         calls[0] += 1
         if calls[0] % 2 == 0:  # The end of a batch.
             now[0] += next(durations, 1.0)
         return now[0]
 
+    made = []
+
     def make_batches(positions, size):
+        made.append((list(positions), size))
         return tf.data.Dataset.from_tensor_slices(
             tf.constant(positions, tf.int64)
         ).batch(size).map(lambda p: (p, tf.zeros([tf.size(p), 1, 1, 3])))
@@ -51,6 +60,12 @@ def test_measured_batch_size_is_the_fastest_by_the_clock_and_warm_ups_are_not_ti
         run = batch_size_lib.BatchedRun(make_batches, range(count))
         with tf.compat.v1.Session() as sess:
             seen = [p for p, _ in run.batches(sess, [run.images], clock)]
+    # One pipeline over every image, in blocks that make up any candidate: decoding is
+    # never restarted between the measuring batches and the rest.
+    assert made == [(list(range(count)), 8)] and batch_size_lib.block_size() == 8
+    # Each measuring batch is timed once it is decoded: the clock reads around its run
+    # alone, never around the wait for the pipeline.
+    assert events[:27] == ["take", "clock", "clock"] * 9
     sizes = [len(p) for p in seen]
     assert run.chosen == 16
     assert run.seconds_per_image == pytest.approx({8: 1.0 / 8, 16: 1.2 / 16, 32: 3.2 / 32})

@@ -12,13 +12,13 @@ def test_the_estimate_counts_bottlenecks_batches_weights_and_decoded_images():
     values = (1000 * 64                # the bottlenecks [N, D]
               + 2 * 16 * 64 + 3 * 16 * 5  # a training batch twice, its logits three times
               + 4 * (64 * 5 + 5)        # weights and biases, their gradients, two slots
-              + 2 * 8 * 10 * 20 * 3)    # two bottleneck batches of decoded images
+              + 3 * 8 * 10 * 20 * 3)    # three bottleneck batches of decoded images
     assert estimate.needed == 4 * values
 
 
 def test_a_measured_batch_size_counts_every_candidate_ahead_but_never_more_images_than_exist():
     measured = memory_budget.Sizes(image_count=10**6, input_size=(1, 1))
-    held = sum(batch_size_lib.CANDIDATES) + max(batch_size_lib.CANDIDATES)
+    held = 3 * max(batch_size_lib.CANDIDATES) + batch_size_lib.block_size()
     assert memory_budget.estimate(measured).needed == 4 * held * 3
     few = memory_budget.Sizes(image_count=3, input_size=(1, 1))
     assert memory_budget.estimate(few).needed == 4 * 3 * 3

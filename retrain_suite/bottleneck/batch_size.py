@@ -17,12 +17,12 @@ Too few images to measure (fewer than MIN_IMAGES_TO_MEASURE) run at
 DEFAULT_BATCH_SIZE: measuring would then cost more than it could save.
 """
 
+import math
 import time
 
+import numpy as np
 import tensorflow as tf
 from absl import logging
-
-from retrain_suite.images import pipelines as image_pipelines
 
 CANDIDATES = (8, 16, 32)
 
@@ -50,15 +50,36 @@ def fastest_batch_size(seconds_per_image):
     return min(seconds_per_image, key=lambda size: (seconds_per_image[size], -size))
 
 
+def block_size(given=None):
+    """Images per pipeline batch ("block") of a BatchedRun: a given size itself, else the
+    largest that divides every candidate, so that any candidate batch is whole blocks."""
+    return given or math.gcd(*CANDIDATES)
+
+
+def images_held(given=None):
+    """The most decoded images a BatchedRun holds at once: blocks prefetched (as many as
+    the largest batch, and the pipeline's own one), the batch being put together and the
+    batch running; a given size's blocks are its batches, one prefetched."""
+    if given:
+        return 3 * given
+    block = block_size()
+    return 3 * max(CANDIDATES) + block
+
+
 class BatchedRun:
     """One pass over images in batches through a graph, at a given or measured batch size.
 
-    make_batches(positions, batch_size) -> tf.data.Dataset of (position int64
-    [B], ..., images float32 [B, H, W, 3]) for the images at `positions` (ints,
-    yielded back as each image's position); batch_size is an int or an int64
-    scalar tensor. Images that cannot be decoded may be left out of the
-    batches. Built in the default graph: `position` and `images` are the
-    tensors to compute from; `batches` runs the pass.
+    make_batches(positions, block) -> tf.data.Dataset of (position int64 [B], ...,
+    images float32 [B, H, W, 3]) for the images at `positions` (ints, yielded back as
+    each image's position), in batches ("blocks") of `block` images. Images that cannot
+    be decoded may be left out. One pipeline of it runs from the first image to the
+    last, never restarted, so decoding goes on while the batches run: the batches are
+    put together from its blocks (of block_size()) and fed through `element`,
+    placeholders of the same structure (`position` and `images` are its first and last
+    parts: the tensors to compute from); `batches` runs the pass.
+
+    The measuring batches time the graph's run on a batch already decoded, not the wait
+    for decoding: which size the module runs fastest at, whatever the decoding's speed.
     """
 
     def __init__(self, make_batches, positions, batch_size=None):
@@ -74,39 +95,23 @@ class BatchedRun:
             self.rest = positions[start:]
         else:
             self.rest = positions
+        self.count = len(positions)
         self.chosen = batch_size or (None if self.segments else DEFAULT_BATCH_SIZE)
         self.steady_rate = None  # images/s at the chosen size (see batches)
         self.measuring = False  # True while batches yields the batches that measure
         self.seconds_per_image = {}  # {candidate: best seconds per image measured}
-        self.rest_size = tf.compat.v1.placeholder_with_default(
-            tf.constant(self.chosen or DEFAULT_BATCH_SIZE, tf.int64), [], "batch_size"
-        )
-        rest = make_batches(self.rest, self.rest_size)
-        iterator = tf.compat.v1.data.Iterator.from_structure(
-            tf.compat.v1.data.get_output_types(rest), tf.compat.v1.data.get_output_shapes(rest)
-        )
-        self.rest_init = iterator.make_initializer(rest)
-        self.measure_init = None
+        self.block = block_size(self.chosen if not self.segments else None)
+        blocks = make_batches(positions, self.block)
         if self.segments:
-            # One pipeline per size, over all of that size's positions, taking turns in
-            # the order of the segments. A pipeline per segment (nine) measured 100 MiB
-            # more peak memory over 2,000 images. An image that cannot be decoded makes
-            # its size's pipeline end a batch early; that turn is skipped, not the others.
-            sizes = [size for size, _ in self.segments]
-            pipelines = [
-                make_batches([p for s, part in self.segments if s == size for p in part], size)
-                for size in CANDIDATES
-            ]
-            turns = tf.data.Dataset.from_tensor_slices(
-                tf.constant([CANDIDATES.index(size) for size in sizes], tf.int64)
-            )
-            measured = tf.data.Dataset.choose_from_datasets(
-                pipelines, turns, stop_on_empty_dataset=False
-            )
-            # Without this the first batch of each size would wait for its decoding.
-            self.measure_init = iterator.make_initializer(measured.prefetch(1))
-        # (position, ..., images): the first and last parts of each element.
-        self.element = iterator.get_next()
+            # Blocks enough for the largest batch wait ready while a batch runs.
+            blocks = blocks.prefetch(max(CANDIDATES) // self.block)
+        iterator = tf.compat.v1.data.make_initializable_iterator(blocks)
+        self.start = iterator.initializer
+        self.blocks = iterator.get_next()
+        self.element = tuple(
+            tf.compat.v1.placeholder(part.dtype, part.shape, name=f"batch_{i}")
+            for i, part in enumerate(self.blocks)
+        )
         self.position, self.images = self.element[0], self.element[-1]
 
     def plan(self):
@@ -126,31 +131,26 @@ class BatchedRun:
         """Yield sess.run([position, *fetches]) for every batch, measuring first if asked.
 
         Sets `chosen`, `seconds_per_image` (when measured) and `steady_rate`:
-        images/s of the batches after the first one at the size used. The
-        first pays for set-up: graph optimisation without measuring; after
-        measuring, the restart of the input pipeline at the chosen size (no
-        batch is decoded ahead yet). When that first batch is the only one,
-        the rate is the measured one at the chosen size.
+        images/s of the batches after the first one at the size used (the first
+        pays for graph optimisation at that size). When that first batch is the
+        only one, the rate is the measured one at the chosen size.
         """
         fetches = [self.position, *fetches]
+        sess.run(self.start)
+        source = _Blocks(sess, self.blocks)
         if self.segments:
-            size_of = {p: size for size, part in self.segments for p in part}
             seen = set()  # sizes whose warm-up batch has run
-            sess.run(self.measure_init)
-            stream = image_pipelines.each_batch(sess, fetches)
-            while True:
-                began = clock()
-                values = next(stream, None)
-                if values is None:
+            for size, _ in self.segments:
+                parts = source.take(size)
+                if parts is None:
                     break
+                began = clock()
+                values = sess.run(fetches, dict(zip(self.element, parts)))
                 ended = clock()
                 self.measuring = True
                 yield values
-                if not len(values[0]):
-                    continue
-                size = size_of[int(values[0][0])]
-                if size in seen:
-                    per_image = (ended - began) / len(values[0])
+                if size in seen and len(values[0]) == size:
+                    per_image = (ended - began) / size
                     self.seconds_per_image[size] = min(
                         self.seconds_per_image.get(size, per_image), per_image
                     )
@@ -167,11 +167,12 @@ class BatchedRun:
                           sorted(self.seconds_per_image.items())),
                 len(self.rest), self.chosen,
             )
-        if not self.rest:
-            return
-        sess.run(self.rest_init, {self.rest_size: self.chosen})
         start, count = None, 0
-        for values in image_pipelines.each_batch(sess, fetches):
+        while True:
+            parts = source.take(self.chosen)
+            if parts is None:
+                break
+            values = sess.run(fetches, dict(zip(self.element, parts)))
             yield values
             if start is None:
                 start = clock()
@@ -181,3 +182,30 @@ class BatchedRun:
             self.steady_rate = count / max(clock() - start, 1e-9)
         elif self.chosen in self.seconds_per_image:
             self.steady_rate = 1.0 / self.seconds_per_image[self.chosen]
+
+
+class _Blocks:
+    """The blocks of a BatchedRun's pipeline, taken as batches of any size."""
+
+    def __init__(self, sess, element):
+        self.sess, self.element = sess, element
+        self.held = []  # blocks (tuples of arrays) not yet taken, in order
+        self.ended = False
+
+    def take(self, size):
+        """The next `size` images (fewer at the end) as a tuple of arrays, one per part of
+        the element; None once none are left."""
+        while not self.ended and sum(len(block[0]) for block in self.held) < size:
+            try:
+                self.held.append(tuple(self.sess.run(self.element)))
+            except tf.errors.OutOfRangeError:
+                self.ended = True
+        if not self.held:
+            return None
+        if len(self.held) == 1 and len(self.held[0][0]) == size:
+            return self.held.pop()  # a whole block: no copy
+        parts = [np.concatenate(arrays) for arrays in zip(*self.held)]
+        taken = tuple(part[:size] for part in parts)
+        rest = tuple(part[size:] for part in parts)
+        self.held = [rest] if len(rest[0]) else []
+        return taken
