@@ -28,7 +28,7 @@ not decide a ratio. Rates of bottleneck computation are steady-state: the first 
 also pays for graph optimisation and is left out, for ours and the
 yardsticks alike. With our batch size measured (the default), ours is the
 rate of the images after the measuring batches and the first batch at the
-size chosen (the pipeline's restart at that size). Our
+size chosen (the first run of the module at that size). Our
 training rate runs steps as retrain.py does: those between two evaluations
 (every --eval_interval) in one call. The label_image and warm-rerun figures time whole command
 lines (a fresh Python each), start-up included.
@@ -88,8 +88,8 @@ flags.DEFINE_integer(
     "images",
     360,
     "Photos for the bottleneck and mixed-precision figures: enough for our batch size to be "
-    "measured and then run on several batches of 32, the first of which (the pipeline's "
-    "restart) is left out of the rate.",
+    "measured and then run on several batches of 32, the first of which (set-up at that "
+    "size) is left out of the rate.",
 )
 
 
