@@ -95,7 +95,6 @@ class BatchedRun:
             self.rest = positions[start:]
         else:
             self.rest = positions
-        self.count = len(positions)
         self.chosen = batch_size or (None if self.segments else DEFAULT_BATCH_SIZE)
         self.steady_rate = None  # images/s at the chosen size (see batches)
         self.measuring = False  # True while batches yields the batches that measure
