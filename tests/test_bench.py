@@ -122,3 +122,17 @@ def test_beam_figure_compares_a_store_whose_key_ends_in_a_zero_byte_as_identical
     same, line = beam_figure.compare(got, {**reference, "ef" * 20: vectors[0]})
     assert not same and line.startswith(f"DIFFER: 4 vectors, 1 missing ['{'ef' * 20}'], 0 extra")
     assert f"1 differ ['{'12' * 20}'], largest difference 2.98e-08" in line
+
+
+@pytest.mark.slow
+def test_streaming_benchmark_prints_both_rows_and_leaves_no_store_behind(tmp_path):
+    """bench/streaming.py without --work_dir writes its stores (1.4 GB at the default
+    sizes) in a temporary folder, removed at the end."""
+    process = run_script(
+        "bench/streaming.py", "--speed_count=3000", "--speed_dimension=64", "--steps=50",
+        "--rounds=1", "--rss_steps=20", "--rss_counts=2000,3000", check=True,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+    )
+    assert re.search(r"^S1\. training steps/s streaming vs in memory", process.stdout, re.M)
+    assert re.search(r"^S2\. peak RSS of training streaming 3000 vs 2000", process.stdout, re.M)
+    assert os.listdir(tmp_path) == []
