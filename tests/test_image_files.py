@@ -71,27 +71,24 @@ def test_files_inspected_on_threads_come_back_in_order_as_one_by_one(tmp_path):
 
 
 def test_files_inspected_on_threads_use_them_all_with_few_in_flight(monkeypatch):
-    lock, state = threading.Lock(), {"now": 0, "most": 0, "threads": set()}
+    lock, state = threading.Lock(), {"ahead": 0, "threads": set()}
     barrier = threading.Barrier(3, timeout=10)
+    taken = []  # the paths taken from the iterable so far
 
     def inspect(path, max_pixels):
         with lock:
-            state["now"] += 1
-            state["most"] = max(state["most"], state["now"])
+            # Paths taken beyond this one: never more than the files in flight.
+            state["ahead"] = max(state["ahead"], len(taken) - 1 - path)
             state["threads"].add(threading.current_thread().name)
         if path < 3:
             barrier.wait()  # the first three meet: three threads at once
-        with lock:
-            state["now"] -= 1
         return path
 
     monkeypatch.setattr(image_files, "inspect_image_file", inspect)
-    started = []
-    paths = (started.append(i) or i for i in range(1000))
+    paths = (taken.append(i) or i for i in range(1000))
     assert image_files.inspect_image_files(paths, 0, threads=3) == list(range(1000))
     assert len(state["threads"]) == 3
-    # Paths are taken from the iterable only as files finish: never far ahead.
-    assert state["most"] <= 3
+    assert 0 < state["ahead"] <= 3 * image_files.FILES_IN_FLIGHT_PER_THREAD
 
     def failing(path, max_pixels):
         if path == 2:
@@ -99,7 +96,7 @@ def test_files_inspected_on_threads_use_them_all_with_few_in_flight(monkeypatch)
         return path
 
     monkeypatch.setattr(image_files, "inspect_image_file", failing)
-    taken = []
+    given = []
     with pytest.raises(OSError, match="disk gone"):
-        image_files.inspect_image_files((taken.append(i) or i for i in range(1000)), 0, threads=2)
-    assert len(taken) <= 2 + 2 * image_files.FILES_IN_FLIGHT_PER_THREAD
+        image_files.inspect_image_files((given.append(i) or i for i in range(1000)), 0, threads=2)
+    assert len(given) <= 2 + 2 * image_files.FILES_IN_FLIGHT_PER_THREAD
