@@ -99,11 +99,11 @@ class BatchedRun:
         self.steady_rate = None  # images/s at the chosen size (see batches)
         self.measuring = False  # True while batches yields the batches that measure
         self.seconds_per_image = {}  # {candidate: best seconds per image measured}
-        self.block = block_size(self.chosen if not self.segments else None)
-        blocks = make_batches(positions, self.block)
+        block = block_size(self.chosen if not self.segments else None)
+        blocks = make_batches(positions, block)
         if self.segments:
             # Blocks enough for the largest batch wait ready while a batch runs.
-            blocks = blocks.prefetch(max(CANDIDATES) // self.block)
+            blocks = blocks.prefetch(max(CANDIDATES) // block)
         iterator = tf.compat.v1.data.make_initializable_iterator(blocks)
         self.start = iterator.initializer
         self.blocks = iterator.get_next()

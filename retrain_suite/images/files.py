@@ -178,7 +178,8 @@ def inspect_image_files(paths, max_pixels=DEFAULT_MAX_IMAGE_PIXELS, threads=None
         results = []
         while pending:
             results.append(pending.popleft().result())
-            for path in itertools.islice(paths, 1):
+            path = next(paths, None)  # one more in flight for the one done
+            if path is not None:
                 pending.append(pool.submit(inspect_image_file, path, max_pixels))
         return results
     finally:
