@@ -306,7 +306,11 @@ def check_run(outputs, run, result, memo=None, displayed_rows=(), ahead=None):
                      "these images by the same runtime (%s): their predictions are reused.",
                      len(artifacts) - len(to_run), os.path.join(memo.folder, "checks"))
     if to_run:
-        decoded = ahead.batches() if ahead is not None and ahead.rows == rows else None
+        decoded = None
+        if ahead is not None and ahead.rows == rows:
+            # No conversion started it: it serves the images the bottleneck pass kept.
+            ahead.start(kept_only=True)
+            decoded = ahead.batches()
         if decoded is None:
             decoded = ((indices, pixels) for indices, _, pixels
                        in run.image_batches(rows, BATCH_SIZE).as_numpy_iterator())

@@ -186,7 +186,7 @@ def classify(graph_def, paths, preprocessing=Preprocessing(), input_layer="Place
             lambda indices, size: files.batches(
                 indices, height, width, size, preprocessing.max_pixels
             ).map(lambda index, content, images: (index, images)),
-            range(len(paths)), preprocessing.batch_size,
+            range(len(paths)), preprocessing.batch_size, session_config(),
         )
         (probabilities,) = tf.compat.v1.import_graph_def(
             graph_def, input_map={input_layer + ":0": preprocessing.normalize(run.images)},

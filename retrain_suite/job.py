@@ -217,6 +217,7 @@ def train_and_export(config, dataset, images, timer):
                                      report_content.MAX_THUMBNAILS)
         checked = artifact_check.check_run(config.outputs, run, model.result, memo, shown,
                                            ahead)
+        run.decoded.clear()  # the pixels kept for the check and calibration, used
     with timer.phase("TensorBoard's evaluation pictures"):
         reporting.write_evaluation_summaries(run, reports, config.outputs.summaries_dir,
                                              model.result.steps)
@@ -249,6 +250,7 @@ def prepare_run(config, dataset, images):
         # Streamed: the vectors go to (or come from) the packed store, never all in memory.
         store=stores_lib.StoreOptions(kind=config.module.bottleneck_store,
                                       hold_vectors=not config.module.stream_bottlenecks),
+        keep_pixels=kept_rows(config, dataset),
     )
     run = run_data.prepare(dataset, images, bottlenecks, config.data.max_image_pixels)
     if bottlenecks.skipped:
@@ -265,6 +267,18 @@ def prepare_run(config, dataset, images):
     logging.info("Images per class and set:\n%s",
                  dataset_lib.format_count_table(run.dataset, (), full_counts))
     return run
+
+
+def kept_rows(config, dataset):
+    """The rows whose pixels the bottleneck pass keeps for the stages after training
+    (checked_images.wanted_rows): the check's images, and the int8 calibration images
+    when a new int8 TFLite file is asked for. Nothing for a multi-label run, whose stages
+    decode their own, or when the module's input size is not known yet."""
+    shape = module_lib.known_shape(config.module.tfhub_module, config.module.image_size)
+    if config.multi_label.multi_label or shape is None:
+        return ()
+    return checked_images.wanted_rows(dataset, shape[:2], config.training.random_seed,
+                                      run_exports.new_int8_file(config.outputs))
 
 
 def train_model(config, run, timer):

@@ -75,6 +75,10 @@ class PreparedRun:
     # load_display_images), kept so that TensorBoard's grid and the report page's
     # thumbnails of the same mistakes decode them once.
     displayed: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
+    # {row: float32 [height, width, 3]}: images decoded by the bottleneck pass and kept for
+    # a later stage (the exported files' check, int8 calibration: checked_images), which
+    # then need not decode them again; emptied once those stages are done.
+    decoded: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     @property
     def class_names(self):
@@ -118,8 +122,7 @@ def prepare(dataset, source, bottlenecks, max_image_pixels):
         dataset = dataset.without(dataset.images[i].path for i in bottlenecks.skipped)
     splits = {}
     for name in dataset_lib.SPLITS:
-        images = tuple(sorted(dataset.in_split(name), key=lambda i: (i.label_index, i.path)))
-        rows = np.array([row_of[image.path] for image in images], np.int64)
+        images, rows = split_rows(dataset, name, row_of)
         splits[name] = Split(
             name=name, images=images,
             labels=np.array([image.label_index for image in images], np.int64),
@@ -130,7 +133,17 @@ def prepare(dataset, source, bottlenecks, max_image_pixels):
         dataset=dataset, source=source, **splits,
         contents={image.path: bottlenecks.contents[row_of[image.path]] for image in dataset.images},
         input_size=(bottlenecks.height, bottlenecks.width), max_image_pixels=max_image_pixels,
+        decoded=dict(bottlenecks.pixels),
     )
+
+
+def split_rows(dataset, name, row_of=None):
+    """The images of split `name` of dataset in a Split's order, and their rows. row_of:
+    {relative path: row}; default: the image's index in dataset. -> (images, int64 [n])."""
+    if row_of is None:
+        row_of = {image.path: n for n, image in enumerate(dataset.images)}
+    images = tuple(sorted(dataset.in_split(name), key=lambda i: (i.label_index, i.path)))
+    return images, np.array([row_of[image.path] for image in images], np.int64)
 
 
 def vectors_of(vectors, rows):

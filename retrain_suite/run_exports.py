@@ -30,15 +30,20 @@ def calibration_ahead(config, run):
     """The int8 calibration images decoded on a thread from now on (during training), as
     a started checked_images.DecodedAhead; None when no int8 TFLite file is asked for, or
     when the file is already there (a rerun that most likely keeps it)."""
-    outputs = config.outputs
-    if (not outputs.tflite_output_file or outputs.tflite_quantization != "int8"
-            or tf.io.gfile.exists(outputs.tflite_output_file)):
+    if not new_int8_file(config.outputs):
         return None
     ahead = checked_images.DecodedAhead(
         run, tflite.calibration_rows(run, config.training.random_seed), tflite.CALIBRATION_BATCH,
         "calibration-ahead")
     ahead.start()
     return ahead
+
+
+def new_int8_file(outputs):
+    """Whether outputs (a config.OutputConfig) ask for an int8 TFLite file that is not there
+    yet (one that is there, a rerun most likely keeps)."""
+    return bool(outputs.tflite_output_file and outputs.tflite_quantization == "int8"
+                and not tf.io.gfile.exists(outputs.tflite_output_file))
 
 
 def export_model(config, run, exported, timer, ahead=None, calibration=None):

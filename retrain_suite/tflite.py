@@ -189,8 +189,12 @@ class TFLiteClassifier:
 def calibration_rows(run, seed):
     """The rows of run's (a run_data.PreparedRun) int8 calibration images: calibration_indices
     of its training images, chosen by seed. -> [int]."""
-    training_rows = run.training.rows
-    return training_rows[calibration_indices(len(training_rows), seed)].tolist()
+    return calibration_rows_of(run.training.rows, seed)
+
+
+def calibration_rows_of(training_rows, seed):
+    """calibration_rows of the training images at training_rows (int [n], a Split's)."""
+    return np.asarray(training_rows)[calibration_indices(len(training_rows), seed)].tolist()
 
 
 def export_for_run(outputs, graph_def, run, seed, module, calibration=None):

@@ -151,3 +151,104 @@ def test_given_batch_size_is_used_without_measuring(tmp_path, tiny_module, caplo
     )
     assert result.computed == 36 and seen == [5] * 7 + [1]
     assert "the fastest per image" not in caplog.text
+
+
+def counted_batches(decoded, fail_at=None):
+    """make_batches whose images are counted in `decoded` (a list) as they are made;
+    the one at position fail_at raises in the pipeline."""
+
+    def make(positions, size):
+        def count(position):
+            if position == fail_at:
+                raise ValueError("a pipeline that breaks")
+            decoded.append(int(position))
+            return np.zeros([1, 1, 3], np.float32)
+
+        def load(position):
+            image = tf.numpy_function(count, [position], tf.float32, stateful=True)
+            image.set_shape([1, 1, 3])
+            return position, image
+
+        return tf.data.Dataset.from_tensor_slices(
+            tf.constant(positions, tf.int64)).map(load).batch(size)
+
+    return make
+
+
+def wait_for(condition, seconds=30):
+    import time
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return condition()
+
+
+def test_decoding_starts_before_the_batches_run_and_stops_at_the_bound_ahead():
+    decoded = []
+    count = 1000
+    run = batch_size_lib.BatchedRun(counted_batches(decoded), range(count), batch_size=4)
+    run.start()  # before any graph to run the batches through exists
+    ahead = batch_size_lib.images_held(4)
+    assert wait_for(lambda: len(decoded) >= batch_size_lib.AHEAD_IMAGES)
+    time_to_overrun = wait_for(lambda: len(decoded) > ahead, seconds=1)
+    assert not time_to_overrun, f"{len(decoded)} decoded ahead, more than {ahead}"
+    with tf.Graph().as_default():
+        images = tf.identity(run.images)
+        with tf.compat.v1.Session() as sess:
+            seen = [p for p, _ in run.batches(sess, [images])]
+    assert sorted(np.concatenate(seen).tolist()) == list(range(count))
+
+
+def test_decoding_stops_when_the_pass_ends_early():
+    decoded = []
+    run = batch_size_lib.BatchedRun(counted_batches(decoded), range(10000), batch_size=4)
+    with tf.Graph().as_default():
+        images = tf.identity(run.images)
+        with tf.compat.v1.Session() as sess:
+            batches = run.batches(sess, [images])
+            next(batches)
+            batches.close()  # the caller stops after one batch
+    thread = run._decoder.thread
+    assert not thread.is_alive()
+    stopped_at = len(decoded)
+    assert stopped_at <= batch_size_lib.images_held(4) + 4
+    wait_for(lambda: len(decoded) > stopped_at, seconds=0.5)
+    assert len(decoded) == stopped_at
+
+
+def test_a_run_stopped_before_its_batches_leaves_no_thread_decoding():
+    decoded = []
+    run = batch_size_lib.BatchedRun(counted_batches(decoded), range(10000), batch_size=4)
+    run.start()
+    assert wait_for(lambda: len(decoded) >= 4)
+    run.stop()  # the module could not be frozen, say
+    assert not run._decoder.thread.is_alive()
+
+
+def test_an_error_in_the_pipeline_is_raised_where_the_batches_are_taken():
+    run = batch_size_lib.BatchedRun(counted_batches([], fail_at=37), range(100), batch_size=4)
+    with tf.Graph().as_default():
+        images = tf.identity(run.images)
+        with tf.compat.v1.Session() as sess:
+            with pytest.raises(tf.errors.OpError, match="a pipeline that breaks"):
+                for _ in run.batches(sess, [images]):
+                    pass
+    assert not run._decoder.thread.is_alive()
+
+
+def test_bottlenecks_start_decoding_before_the_module_is_frozen(tmp_path, tiny_module,
+                                                                monkeypatch):
+    """The module's load and freezing take a second or more of one core: decoding
+    goes on meanwhile."""
+    order = []
+    start, freeze = batch_size_lib.BatchedRun.start, compute.frozen_forward
+    monkeypatch.setattr(batch_size_lib.BatchedRun, "start",
+                        lambda self: order.append("decoding") or start(self))
+    monkeypatch.setattr(compute, "frozen_forward",
+                        lambda *args: order.append("freezing") or freeze(*args))
+    image_dir = make_dataset(tmp_path / "data", per_class=3)
+    dataset = dataset_lib.build_dataset(image_dir, 0, 0)
+    paths = [dataset.full_path(image) for image in dataset.images]
+    result = compute.compute_bottlenecks(paths, tiny_module, str(tmp_path / "cache"))
+    assert result.computed == len(paths)
+    assert order == ["decoding", "freezing"]

@@ -385,3 +385,29 @@ def test_progress_of_steps_leaves_out_the_first_one_which_pays_for_set_up():
         progress.update(8)
     # 90 steps left at 0.5 s each, not at the 2.4 s a step of the average so far.
     assert progress.seconds_left(clock.now) == pytest.approx(45.0)
+
+
+def test_the_pixels_asked_for_are_kept_as_decoded_copies_included_and_none_from_the_cache(
+        tmp_path, tiny_module, small_dataset):
+    from retrain_suite.images import pipelines as image_pipelines
+
+    copy = str(tmp_path / "copy_of_first.png")
+    with open(small_dataset[0], "rb") as src, open(copy, "wb") as dst:
+        dst.write(src.read())
+    paths = [*small_dataset, copy]  # the copy (row 12) is not decoded: row 0's image is
+    wanted = {0, 3, 7, 12}
+    bottleneck_dir = str(tmp_path / "bottlenecks")
+    result = compute.compute_bottlenecks(paths, tiny_module, bottleneck_dir,
+                                         keep_pixels=wanted)
+    assert sorted(result.pixels) == sorted(wanted)
+    decoded = image_pipelines.image_batches(paths, 32, 32, 4)
+    expected = {int(i): image for indices, _, images in decoded.as_numpy_iterator()
+                for i, image in zip(indices, images)}
+    for row in wanted:
+        assert result.pixels[row].shape == (32, 32, 3)
+        np.testing.assert_array_equal(result.pixels[row], expected[row])
+    assert result.pixels[12] is result.pixels[0]  # one array for the copies
+    # Each is its own array, not a view holding its whole batch.
+    assert all(image.base is None for image in result.pixels.values())
+    again = compute.compute_bottlenecks(paths, tiny_module, bottleneck_dir, keep_pixels=wanted)
+    assert again.reused == 13 and again.pixels == {}

@@ -12,13 +12,18 @@ def test_the_estimate_counts_bottlenecks_batches_weights_and_decoded_images():
     values = (1000 * 64                # the bottlenecks [N, D]
               + 2 * 16 * 64 + 3 * 16 * 5  # a training batch twice, its logits three times
               + 4 * (64 * 5 + 5)        # weights and biases, their gradients, two slots
-              + 3 * 8 * 10 * 20 * 3)    # three bottleneck batches of decoded images
+              # decoded images: 128 waiting in blocks of 8 (batch_size.AHEAD_IMAGES), the
+              # block the decoding thread holds, the pipeline's prefetched one, the batch
+              # being put together and the one running
+              + (128 + 8 + 8 + 8 + 8) * 10 * 20 * 3)
     assert estimate.needed == 4 * values
 
 
 def test_a_measured_batch_size_counts_every_candidate_ahead_but_never_more_images_than_exist():
     measured = memory_budget.Sizes(image_count=10**6, input_size=(1, 1))
-    held = 3 * max(batch_size_lib.CANDIDATES) + batch_size_lib.block_size()
+    # Blocks of 8 (the candidates' divisor): 128 waiting, one held by the thread, one
+    # prefetched; then two batches of the largest candidate.
+    held = 128 + 8 + 8 + 2 * max(batch_size_lib.CANDIDATES)
     assert memory_budget.estimate(measured).needed == 4 * held * 3
     few = memory_budget.Sizes(image_count=3, input_size=(1, 1))
     assert memory_budget.estimate(few).needed == 4 * 3 * 3

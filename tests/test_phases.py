@@ -9,8 +9,8 @@ import time
 import pytest
 from helpers import make_dataset, retrain_settings
 
+from retrain_suite import checked_images, job, phases, run_data
 from retrain_suite import config as config_lib
-from retrain_suite import job, phases, run_data
 
 
 def test_phases_are_kept_in_order_with_their_seconds_and_a_total_that_covers_them():
@@ -74,13 +74,17 @@ def test_a_run_ends_with_its_phase_table_and_keeps_it_in_the_report(tmp_path, ti
     assert last.startswith("Time by phase:\nphase") and "check of the exported files" in last
 
 
-@pytest.mark.parametrize("tflite", [False, True])
+@pytest.mark.parametrize("tflite, kept", [(False, True), (True, True), (True, False)])
 def test_pictures_of_mistakes_reuse_the_images_the_check_decoded(
-        tmp_path, tiny_module, monkeypatch, caplog, tflite):
+        tmp_path, tiny_module, monkeypatch, caplog, tflite, kept):
     """TensorBoard's grid and the report page's thumbnails show test images that the
-    check of the exported files decodes anyway: no image is decoded twice. With an
-    int8 TFLite file to convert, the check's images are decoded meanwhile, on a
-    thread, and the calibration images during training, on another."""
+    check of the exported files decodes anyway: no image is decoded twice. The
+    bottleneck pass keeps the check's images and the int8 calibration images, so none
+    is decoded again; when they are not kept (too many to hold), with an int8 TFLite
+    file to convert the check's images are decoded meanwhile, on a thread, and the
+    calibration images during training, on another."""
+    if not kept:
+        monkeypatch.setattr(checked_images, "wanted_rows", lambda *args: [])
     image_dir = make_dataset(tmp_path / "data", per_class=8)
     # One step at a tiny rate: a layer that is wrong on many test images.
     settings = retrain_settings(
@@ -104,8 +108,14 @@ def test_pictures_of_mistakes_reuse_the_images_the_check_decoded(
         mistakes = json.load(f)["testing"]["misclassified"]
     assert mistakes  # pictures were made of them ...
     assert os.listdir(tmp_path / "report")
-    # ... and every image went through the decoding pipeline once at most.
+    # ... and every image went through the decoding pipeline once at most: the
+    # bottleneck pass's (not counted here) when it kept them.
     assert len(decoded) == len(set(decoded)), sorted(decoded)
+    if kept:
+        assert decoded == []
+        # ... and the int8 file was calibrated, on images kept.
+        assert len(re.findall(r"calibrated on \d+ training images", caplog.text)) == tflite
+        return
     with open(settings["eval_report"]) as f:
         tested = json.load(f)["artifacts"]["files"][0]["count"]
     on_thread = [row for row, name in threads.items() if name == "decoded-ahead"]

@@ -63,7 +63,7 @@ def int8_run(tmp_path_factory, tiny_module):
         calibration_reads = record_files_read_by_tflite_export(patch)
         # What is read during the export is calibration's alone: the check's images are
         # not decoded meanwhile (checked_images; tests/test_phases.py checks that).
-        patch.setattr(checked_images.DecodedAhead, "start", lambda self: None)
+        patch.setattr(checked_images.DecodedAhead, "start", lambda self, **kwargs: None)
         job.run_retraining(config_lib.from_flat(settings))
     return {"settings": settings, "root": root, "image_dir": image_dir,
             "calibration_reads": calibration_reads}

@@ -18,6 +18,8 @@ DEFAULT_BATCH_SIZE: measuring would then cost more than it could save.
 """
 
 import math
+import queue
+import threading
 import time
 
 import numpy as np
@@ -56,14 +58,24 @@ def block_size(given=None):
     return given or math.gcd(*CANDIDATES)
 
 
+# Decoded images waiting for the module, at most (rounded down to whole blocks, at least
+# one block). Enough to hold what decoding does on an idle core while the module is
+# frozen and its batch sizes warm up (about 1.5 s of a 1,000-photo run), so that time
+# is not lost: 77 MB at 224x224, 137 MB at 299x299.
+AHEAD_IMAGES = 128
+
+
+def _ahead_blocks(block):
+    return max(1, AHEAD_IMAGES // block)
+
+
 def images_held(given=None):
-    """The most decoded images a BatchedRun holds at once: blocks prefetched (as many as
-    the largest batch, and the pipeline's own one), the batch being put together and the
-    batch running; a given size's blocks are its batches, one prefetched."""
-    if given:
-        return 3 * given
-    block = block_size()
-    return 3 * max(CANDIDATES) + block
+    """The most decoded images a BatchedRun holds at once: the blocks waiting (AHEAD_IMAGES
+    at most), the one its thread holds while they are full, the pipeline's own prefetched
+    one, the batch being put together and the batch running."""
+    block = block_size(given)
+    batch = given or max(CANDIDATES)
+    return (_ahead_blocks(block) + 2) * block + 2 * batch
 
 
 class BatchedRun:
@@ -73,16 +85,21 @@ class BatchedRun:
     images float32 [B, H, W, 3]) for the images at `positions` (ints, yielded back as
     each image's position), in batches ("blocks") of `block` images. Images that cannot
     be decoded may be left out. One pipeline of it runs from the first image to the
-    last, never restarted, so decoding goes on while the batches run: the batches are
-    put together from its blocks (of block_size()) and fed through `element`,
-    placeholders of the same structure (`position` and `images` are its first and last
-    parts: the tensors to compute from); `batches` runs the pass.
+    last, never restarted, in a graph and Session of its own on a thread: decoding
+    starts with start() (or the first batch), goes on while the batches run and while
+    the caller still sets up what they run through, up to AHEAD_IMAGES ahead. The
+    batches are put together from its blocks (of block_size()) and fed through
+    `element`, placeholders of the same structure made in the graph that is the default
+    when `element` (or `position`, `images`) is first asked for (`position` and `images`
+    are its first and last parts: the tensors to compute from); `batches` runs the pass.
 
     The measuring batches time the graph's run on a batch already decoded, not the wait
     for decoding: which size the module runs fastest at, whatever the decoding's speed.
     """
 
-    def __init__(self, make_batches, positions, batch_size=None):
+    def __init__(self, make_batches, positions, batch_size=None, decode_config=None):
+        """decode_config: the ConfigProto of the decoding Session (default: TensorFlow's,
+        with no GPU: decoding runs on the CPU and must not take a GPU's memory)."""
         positions = list(positions)
         self.given = batch_size
         self.segments = []  # (batch size, positions) run first to measure, in order
@@ -100,18 +117,35 @@ class BatchedRun:
         self.measuring = False  # True while batches yields the batches that measure
         self.seconds_per_image = {}  # {candidate: best seconds per image measured}
         block = block_size(self.chosen if not self.segments else None)
-        blocks = make_batches(positions, block)
-        if self.segments:
-            # Blocks enough for the largest batch wait ready while a batch runs.
-            blocks = blocks.prefetch(max(CANDIDATES) // block)
-        iterator = tf.compat.v1.data.make_initializable_iterator(blocks)
-        self.start = iterator.initializer
-        self.blocks = iterator.get_next()
-        self.element = tuple(
-            tf.compat.v1.placeholder(part.dtype, part.shape, name=f"batch_{i}")
-            for i, part in enumerate(self.blocks)
-        )
-        self.position, self.images = self.element[0], self.element[-1]
+        self._decoder = _Decoder(make_batches, positions, block, decode_config)
+        self._element = None
+
+    @property
+    def element(self):
+        """Placeholders of a block's structure, in the graph that is the default at the
+        first call."""
+        if self._element is None:
+            self._element = tuple(
+                tf.compat.v1.placeholder(dtype, shape, name=f"batch_{i}")
+                for i, (dtype, shape) in enumerate(self._decoder.parts)
+            )
+        return self._element
+
+    @property
+    def position(self):
+        return self.element[0]
+
+    @property
+    def images(self):
+        return self.element[-1]
+
+    def start(self):
+        """Begin decoding now, before the graph the batches run through is ready."""
+        self._decoder.start()
+
+    def stop(self):
+        """Stop decoding (batches does once it ends; before, the caller, if it never runs)."""
+        self._decoder.stop()
 
     def plan(self):
         """How the images will be batched, for the log."""
@@ -132,11 +166,17 @@ class BatchedRun:
         Sets `chosen`, `seconds_per_image` (when measured) and `steady_rate`:
         images/s of the batches after the first one at the size used (the first
         pays for graph optimisation at that size). When that first batch is the
-        only one, the rate is the measured one at the chosen size.
+        only one, the rate is the measured one at the chosen size. Decoding stops
+        when the pass ends, however it ends (an error, the caller stopping early).
         """
         fetches = [self.position, *fetches]
-        sess.run(self.start)
-        source = _Blocks(sess, self.blocks)
+        self._decoder.start()
+        try:
+            yield from self._batches(sess, fetches, _Blocks(self._decoder), clock)
+        finally:
+            self._decoder.stop()
+
+    def _batches(self, sess, fetches, source, clock):
         if self.segments:
             seen = set()  # sizes whose warm-up batch has run
             for size, _ in self.segments:
@@ -183,11 +223,76 @@ class BatchedRun:
             self.steady_rate = 1.0 / self.seconds_per_image[self.chosen]
 
 
+_END = object()  # what _Decoder's queue holds after the last block
+
+
+class _Decoder:
+    """make_batches' pipeline in a graph and Session of its own, run on a thread that
+    puts its blocks in a queue of _ahead_blocks(block) (a failure too, raised by take)."""
+
+    def __init__(self, make_batches, positions, block, config):
+        self.graph = tf.Graph()
+        with self.graph.as_default():
+            dataset = make_batches(positions, block)
+            self.parts = [(spec.dtype, spec.shape)
+                          for spec in tf.nest.flatten(dataset.element_spec)]
+            self.next = tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
+        if config is None:
+            config = tf.compat.v1.ConfigProto(device_count={"GPU": 0})
+        self.config = config
+        self.queue = queue.Queue(_ahead_blocks(block))
+        self.stopping = threading.Event()
+        self.thread = None
+
+    def start(self):
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._run, name="decoding", daemon=True)
+            self.thread.start()
+
+    def _run(self):
+        try:
+            with tf.compat.v1.Session(graph=self.graph, config=self.config) as sess:
+                while not self.stopping.is_set():
+                    try:
+                        block = tuple(sess.run(self.next))
+                    except tf.errors.OutOfRangeError:
+                        break
+                    self._put(block)
+            self._put(_END)
+        except BaseException as e:  # raised where the blocks are taken
+            self._put(e)
+
+    def _put(self, item):
+        while not self.stopping.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def take(self):
+        """The next block (a tuple of arrays), or None after the last; raises what the
+        pipeline raised."""
+        item = self.queue.get()
+        if item is _END:
+            return None
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def stop(self):
+        """Stop decoding and wait for the thread (it finishes the block it is decoding)."""
+        if self.thread is None:
+            return
+        self.stopping.set()
+        self.thread.join()
+
+
 class _Blocks:
     """The blocks of a BatchedRun's pipeline, taken as batches of any size."""
 
-    def __init__(self, sess, element):
-        self.sess, self.element = sess, element
+    def __init__(self, decoder):
+        self.decoder = decoder
         self.held = []  # blocks (tuples of arrays) not yet taken, in order
         self.ended = False
 
@@ -195,10 +300,11 @@ class _Blocks:
         """The next `size` images (fewer at the end) as a tuple of arrays, one per part of
         the element; None once none are left."""
         while not self.ended and sum(len(block[0]) for block in self.held) < size:
-            try:
-                self.held.append(tuple(self.sess.run(self.element)))
-            except tf.errors.OutOfRangeError:
+            block = self.decoder.take()
+            if block is None:
                 self.ended = True
+            else:
+                self.held.append(block)
         if not self.held:
             return None
         if len(self.held) == 1 and len(self.held[0][0]) == size:

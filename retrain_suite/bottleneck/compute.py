@@ -72,6 +72,9 @@ class Bottlenecks:
     # it could not be read.
     contents: list = None
     counts: Counts = None  # by distinct content, for the log
+    # {index: float32 [height, width, 3]}: the decoded images asked to be kept (keep_pixels)
+    # among those computed here (copies share one array); none for vectors from the cache.
+    pixels: dict = dataclasses.field(default_factory=dict)
 
     def summary(self):
         """Counts.line(): 'Bottlenecks: N images, D distinct (K copies): C computed, ...'."""
@@ -81,7 +84,7 @@ class Bottlenecks:
 def compute_bottlenecks(
     images, handle, bottleneck_dir, default_image_size=module_lib.DEFAULT_IMAGE_SIZE,
     batch_size=None, max_image_pixels=image_files.DEFAULT_MAX_IMAGE_PIXELS,
-    precision="float32", store=None,
+    precision="float32", store=None, keep_pixels=(),
 ):
     """Bottleneck vectors for images, from the cache or computed and cached.
 
@@ -93,7 +96,9 @@ def compute_bottlenecks(
     (cached under its own key). store: stores.StoreOptions, where computed
     vectors go ("files" or "packed" shards; both are read) and whether the
     result holds them (hold_vectors=False: Bottlenecks.vectors is a
-    packed_store.StoreVectors). Returns Bottlenecks, row i for image i; images
+    packed_store.StoreVectors). keep_pixels: indices of images whose decoded pixels a
+    later stage needs (Bottlenecks.pixels holds those decoded here: the caller bounds
+    their memory). Returns Bottlenecks, row i for image i; images
     that cannot be read or decoded, or are larger than max_image_pixels, are
     skipped with a warning, not fatal. Raises module.ModuleError and
     cache.CacheError for problems that stop the work.
@@ -110,7 +115,8 @@ def compute_bottlenecks(
             module_lib.describe_device(), stores.describe(),
         )
         result = _compute(images, handle, stores,
-                          _Asked(default_image_size, batch_size, max_image_pixels, precision))
+                          _Asked(default_image_size, batch_size, max_image_pixels, precision,
+                                 frozenset(keep_pixels)))
     if not store.hold_vectors:
         result.vectors = stores.vectors_of(
             [None if i in result.skipped else c for i, c in enumerate(result.contents)])
@@ -137,6 +143,7 @@ class _Asked:
     batch_size: int  # or None: measured
     max_image_pixels: int
     precision: str
+    keep_pixels: frozenset  # indices whose decoded images are kept
 
 
 def _compute(images, handle, stores, asked):
@@ -161,52 +168,67 @@ def _compute(images, handle, stores, asked):
     reused, cached = len(found), {contents[i] for i in found}
 
     computed, forward_passes, steady_rate, chosen = 0, 0, None, None
+    pixels = {}  # index -> decoded image, for asked.keep_pixels
     if missing:
         # Logged before freezing and building the pipeline, which take seconds of their own.
         log_work(len(missing), sum(len(indices) for indices in missing.values()))
-        # Loaded (if need be) and frozen only now: a run with every vector cached does
-        # not pay for it.
-        module = module_lib.load_shared(handle, default_image_size)
-        forward, graph = frozen_forward(module, precision)
-        forward_pass = _ForwardPass(
-            images, forward, graph, module_lib.session_config(precision), (height, width),
-            max_image_pixels,
-        )
+        decoding = _Decoding(images, (height, width), max_image_pixels)
+        # Decoding starts before the module is loaded and frozen (a second or more of
+        # one core's work), so that it goes on meanwhile.
+        todo = [indices[0] for indices in missing.values()]
+        run = decoding.run(todo, batch_size)
+        run.start()
+        try:
+            # Loaded (if need be) and frozen only now: a run with every vector cached
+            # does not pay for it.
+            module = module_lib.load_shared(handle, default_image_size)
+            forward, graph = frozen_forward(module, precision)
+        except BaseException:
+            run.stop()
+            raise
+        forward_pass = _ForwardPass(forward, graph, module_lib.session_config(precision))
         while missing:
             # The pipeline hashes the bytes it decodes, and the vector is stored
             # under that hash. A file changed since inspection comes out under a
             # new hash: its vector is its new content's, and any copies of its old
             # content still need theirs, so they go round again (at the batch size
             # the first round chose).
-            todo = [indices[0] for indices in missing.values()]
+            if run is None:
+                todo = [indices[0] for indices in missing.values()]
+                run = decoding.run(todo, chosen)
             progress = Progress(len(todo), "Bottlenecks")
             came_out, changed = set(), False
-            run = _batched_run(forward_pass, todo, chosen or batch_size)
             logging.log(logging.INFO if chosen is None else logging.DEBUG,
                         "Batch size: %s.", run.plan())
-            for batch in _computed_batches(forward_pass, run, progress.restart):
-                forward_passes += len(batch)
-                for i, content, vector in batch:
-                    came_out.add(i)
-                    stores.put(content, vector)  # As they come: a killed run keeps them.
-                    old = contents[i]
-                    if content == old:
-                        vectors[missing[old]] = vector
-                        computed += len(missing.pop(old))
-                        continue
-                    logging.warning(
-                        "%s changed while it was being read; its new content was used.",
-                        images.name(i),
-                    )
-                    contents[i], vectors[i], changed = content, vector, True
-                    hashes[i] = content
-                    computed += 1
-                    missing[old].remove(i)
-                    if not missing[old]:
-                        del missing[old]
-                progress.update(len(batch), steady=not run.measuring)
+            try:
+                for batch in _computed_batches(forward_pass, run, progress.restart):
+                    forward_passes += len(batch)
+                    for i, content, vector, image in batch:
+                        came_out.add(i)
+                        stores.put(content, vector)  # As they come: a killed run keeps them.
+                        old = contents[i]
+                        if content == old:
+                            vectors[missing[old]] = vector
+                            _keep(pixels, missing[old], asked.keep_pixels, image)
+                            computed += len(missing.pop(old))
+                            continue
+                        _keep(pixels, [i], asked.keep_pixels, image)
+                        logging.warning(
+                            "%s changed while it was being read; its new content was used.",
+                            images.name(i),
+                        )
+                        contents[i], vectors[i], changed = content, vector, True
+                        hashes[i] = content
+                        computed += 1
+                        missing[old].remove(i)
+                        if not missing[old]:
+                            del missing[old]
+                    progress.update(len(batch), steady=not run.measuring)
+            finally:
+                run.stop()  # however the pass ended: decoding stops too
             if chosen is None:
                 steady_rate, chosen = run.steady_rate, run.chosen
+            run = None
             for first in todo:
                 if first not in came_out:
                     reason = images.why_undecodable(first, max_image_pixels)
@@ -221,8 +243,16 @@ def _compute(images, handle, stores, asked):
     return Bottlenecks(
         vectors if held else None, skipped, computed, reused, height, width,
         identity.module_key, steady_rate,
-        chosen, hashes, counts,
+        chosen, hashes, counts, pixels,
     )
+
+
+def _keep(pixels, indices, wanted, image):
+    """Keep a copy of image (a row of a fed batch) in pixels for those of indices wanted."""
+    kept = [i for i in indices if i in wanted]
+    if kept:
+        image = np.array(image)  # not a view holding the whole batch
+        pixels.update((i, image) for i in kept)
 
 
 class _NotHeld:
@@ -309,36 +339,39 @@ def frozen_forward(module, precision):
 
 @dataclasses.dataclass(frozen=True)
 class _ForwardPass:
-    """What every pipeline run of one compute_bottlenecks call shares."""
+    """The module's forward pass that every batch of one compute_bottlenecks call runs."""
 
-    images: object  # images.pipelines.ImageFiles or TFRecordImages
     forward: object  # float32 [B, H, W, 3] -> [B, D]: the module, frozen where it could be
     graph: tf.Graph  # forward's graph
     session_config: tf.compat.v1.ConfigProto
+
+
+@dataclasses.dataclass(frozen=True)
+class _Decoding:
+    """How one compute_bottlenecks call decodes its images."""
+
+    images: object  # images.pipelines.ImageFiles or TFRecordImages
     input_size: tuple  # (height, width) in pixels
     max_image_pixels: int
 
-
-def _batched_run(forward_pass, todo, batch_size):
-    """The batch_size.BatchedRun over the images at `todo`, in forward_pass's graph.
-
-    batch_size: an int, or None to measure the fastest (the run's `chosen` and
-    `steady_rate` say what it found, once its batches are done).
-    """
-    images, (height, width) = forward_pass.images, forward_pass.input_size
-    with forward_pass.graph.as_default():
+    def run(self, todo, batch_size):
+        """The batch_size.BatchedRun over the images at `todo`. batch_size: an int, or None
+        to measure the fastest (the run's `chosen` and `steady_rate` say what it found,
+        once its batches are done)."""
+        (height, width), images = self.input_size, self.images
         return batch_size_lib.BatchedRun(
             lambda indices, size: images.batches(indices, height, width, size,
-                                                 forward_pass.max_image_pixels),
+                                                 self.max_image_pixels),
             todo, batch_size,
         )
 
 
 def _computed_batches(forward_pass, run, on_ready):
-    """The batches of run (a _batched_run) through the module. Yields [(index, content,
-    vector)] per batch.
+    """The batches of run (a _Decoding.run) through the module. Yields [(index, content,
+    vector, image)] per batch.
 
-    content: hex SHA-1 of the bytes decoded; vector: float32 [D]. Images that
+    content: hex SHA-1 of the bytes decoded; vector: float32 [D]; image: the decoded
+    pixels float32 [H, W, 3] (a view of the batch fed). Images that
     could not be read or decoded never come out. on_ready() is called once the
     graph and Session are set up, before the first batch.
     """
@@ -351,8 +384,11 @@ def _computed_batches(forward_pass, run, on_ready):
                 tf.compat.v1.tables_initializer(),
             ])
             on_ready()
-            for indices, contents, values in run.batches(sess, [batch_content, features]):
+            # The images fetched are the ones fed: nothing more is computed.
+            for indices, contents, values, images in run.batches(
+                    sess, [batch_content, features, pixels]):
                 yield [
-                    (i, content.decode("ascii"), vector)
-                    for i, content, vector in zip(indices.tolist(), contents, values)
+                    (i, content.decode("ascii"), vector, image)
+                    for i, content, vector, image in zip(indices.tolist(), contents, values,
+                                                         images)
                 ]
