@@ -57,3 +57,12 @@ def test_training_batches_continue_across_epoch_boundaries():
     order = np.concatenate([labels for _, labels in batches])
     for epoch in order.reshape(4, 10):
         assert sorted(epoch.tolist()) == list(range(10))
+
+
+def test_training_pipelines_leave_tf_data_autotuning_off():
+    """Their prefetch is fixed: autotuning's thread made closing the training Session wait
+    a second for its sleep to end."""
+    vectors = tf.constant(np.zeros([6, 2], np.float32))
+    labels = tf.constant(np.array([0, 1, 0, 1, 0, 1], np.int64))
+    for make in (vector_batches.training_batches, vector_batches.class_uniform_batches):
+        assert make(vectors, labels, 4, seed=3).options().autotune.enabled is False, make
