@@ -85,8 +85,14 @@ class Bench:
 
     def photos(self):
         if self._photos is None:
-            logging.info("Writing %d photos...", self.settings.images)
-            self._photos = photos.write_photos(self.folder("photos"), self.settings.images)
+            folder = self.folder("photos")
+            self._photos = photos.written_photos(folder, self.settings.images)
+            if self._photos is None:
+                logging.info("Writing %d photos...", self.settings.images)
+                self._photos = photos.write_photos(folder, self.settings.images)
+            else:  # a --work_dir kept from an earlier run
+                logging.info("Using the %d photos written before in %s.", len(self._photos),
+                             folder)
         return self._photos
 
     def log_round(self, what, number, rates):
@@ -349,6 +355,7 @@ class Bench:
         the serial limit (decode + forward of every photo + the training steps alone)."""
         paths = self.photos()
         command = self.classifier_command()
+        shutil.rmtree(command.work)  # a cold cache, also in a --work_dir kept from before
         module = module_lib.load_shared(command.handle)
         with module.graph.as_default():  # the dimension of the training steps alone
             dimension = int(module(tf.compat.v1.placeholder(

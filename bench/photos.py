@@ -1,6 +1,7 @@
 """The benchmark's synthetic photos and its module: sizes from 200x150 to 2592x1944, mostly JPEG."""
 
 import io
+import json
 import os
 
 import numpy as np
@@ -68,7 +69,33 @@ def write_photos(folder, count, seed=0, distinct=None):
         with open(path, "wb") as f:
             f.write(data)
         paths.append(path)
+    with open(os.path.join(folder, MANIFEST), "w", encoding="utf-8") as f:
+        json.dump({"count": count, "seed": seed, "distinct": distinct,
+                   "sizes": {p: os.path.getsize(p) for p in paths}}, f)
     return sorted(paths)
+
+
+# Written by write_photos once every photo is: what written_photos reuses.
+MANIFEST = "written.json"
+
+
+def written_photos(folder, count, seed=0, distinct=None):
+    """The sorted paths of write_photos(folder, count, seed, distinct) when an earlier
+    call wrote them there and each file still has its size; else None."""
+    try:
+        with open(os.path.join(folder, MANIFEST), encoding="utf-8") as f:
+            manifest = json.load(f)
+    except (OSError, ValueError):
+        return None
+    distinct = count if distinct is None else min(distinct, count)
+    sizes = manifest.get("sizes", {})
+    if (manifest.get("count"), manifest.get("seed"), manifest.get("distinct")) != (
+            count, seed, distinct) or len(sizes) != count:
+        return None
+    for path, size in sizes.items():
+        if not os.path.isfile(path) or os.path.getsize(path) != size:
+            return None
+    return sorted(sizes)
 
 
 def module_path(kind_or_path, work_dir):

@@ -136,3 +136,18 @@ def test_streaming_benchmark_prints_both_rows_and_leaves_no_store_behind(tmp_pat
     assert re.search(r"^S1\. training steps/s streaming vs in memory", process.stdout, re.M)
     assert re.search(r"^S2\. peak RSS of training streaming 3000 vs 2000", process.stdout, re.M)
     assert os.listdir(tmp_path) == []
+
+
+def test_benchmark_photos_written_before_are_reused_only_while_unchanged(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "bench"))
+    photos = importlib.import_module("photos")
+    folder = str(tmp_path / "photos")
+    assert photos.written_photos(folder, 5) is None  # nothing written yet
+    paths = photos.write_photos(folder, 5)
+    assert photos.written_photos(folder, 5) == paths
+    assert photos.written_photos(folder, 6) is None and photos.written_photos(folder, 5, 1) is None
+    with open(paths[2], "ab") as f:  # one photo changed since
+        f.write(b"\0")
+    assert photos.written_photos(folder, 5) is None
+    os.remove(paths[2])
+    assert photos.written_photos(folder, 5) is None
