@@ -18,13 +18,22 @@ import io
 import math
 import warnings
 
-import matplotlib
 import numpy as np
 
-matplotlib.use("Agg")  # before anything else of matplotlib: a headless backend
-from matplotlib.figure import Figure  # noqa: E402
+from retrain_suite import evaluation, evaluation_pictures
 
-from retrain_suite import evaluation, evaluation_pictures  # noqa: E402
+
+def _matplotlib():
+    """matplotlib (with its headless Agg backend) and its Figure, imported when a picture
+    is first drawn, not with this module: matplotlib.figure is 0.17 s of every command's
+    start-up, and a rerun whose pictures are all kept draws none."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # before anything else of matplotlib: a headless backend
+    from matplotlib.figure import Figure
+
+    return matplotlib, Figure
+
 
 MAX_MATRIX_CLASSES = 30  # rows and columns of a heat map: past it the most confused
 MAX_ANNOTATED_CLASSES = 15  # up to this many classes each cell shows its number
@@ -82,6 +91,7 @@ def curves_png(points, title, fine_tuning=False, multi_label=False):
     validation set's and, on the right, the training loss.
     """
     steps = np.array([p.step for p in points], np.int64)
+    matplotlib, Figure = _matplotlib()
     with matplotlib.rc_context(_STYLE):
         figure = Figure(figsize=(9, 3.4), dpi=DPI, layout="constrained")
         accuracy, entropy = figure.subplots(1, 2)
@@ -152,6 +162,7 @@ def confusion_png(counts, labels, title, normalized=False):
     values = matrix / np.maximum(totals, 1)[:, None] if normalized else matrix
     names = [plain_text(labels[c]) for c in shown]
     side = len(shown)
+    matplotlib, Figure = _matplotlib()
     with matplotlib.rc_context(_STYLE):
         inches = min(9.0, 4.2 + 0.16 * side)
         figure = Figure(figsize=(inches + 1.4, inches), dpi=DPI, layout="constrained")

@@ -261,8 +261,10 @@ def test_a_run_loads_the_module_once_for_its_checks_and_its_bottlenecks(
 
     monkeypatch.setattr(module_lib, "_shared", [None, None])  # nothing loaded before
     loads = []
-    hub_load = module_lib.hub.load
-    monkeypatch.setattr(module_lib.hub, "load", lambda path: loads.append(path) or hub_load(path))
+    import tensorflow_hub as hub  # what module.load imports
+
+    hub_load = hub.load
+    monkeypatch.setattr(hub, "load", lambda path: loads.append(path) or hub_load(path))
     image_dir = make_dataset(tmp_path / "data", per_class=4)
     config = config_lib.from_flat(retrain_settings(tmp_path, image_dir, tiny_module))
     dataset, images, config = job.scan_and_check(config)
