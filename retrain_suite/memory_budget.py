@@ -122,9 +122,9 @@ def estimate(sizes):
     """
     batch, hidden, classes = sizes.train_batch_size, sizes.hidden_units, sizes.class_count
     dimension = sizes.dimension
-    held = batch_size_lib.images_held(sizes.bottleneck_batch_size)
     height, width = sizes.input_size
     pixels = height * width * 3
+    held = batch_size_lib.images_held(sizes.bottleneck_batch_size, 4 * pixels)
     weights = dimension * hidden + hidden * classes if hidden else dimension * classes
     parts = {
         "train_batch_size": 2 * batch * dimension + 3 * batch * classes,

@@ -188,7 +188,7 @@ def test_decoding_starts_before_the_batches_run_and_stops_at_the_bound_ahead():
     count = 1000
     run = batch_size_lib.BatchedRun(counted_batches(decoded), range(count), batch_size=4)
     run.start()  # before any graph to run the batches through exists
-    ahead = batch_size_lib.images_held(4)
+    ahead = batch_size_lib.images_held(4, 12)  # images of 1x1x3 float32
     assert wait_for(lambda: len(decoded) >= batch_size_lib.AHEAD_IMAGES)
     time_to_overrun = wait_for(lambda: len(decoded) > ahead, seconds=1)
     assert not time_to_overrun, f"{len(decoded)} decoded ahead, more than {ahead}"
@@ -197,6 +197,18 @@ def test_decoding_starts_before_the_batches_run_and_stops_at_the_bound_ahead():
         with tf.compat.v1.Session() as sess:
             seen = [p for p, _ in run.batches(sess, [images])]
     assert sorted(np.concatenate(seen).tolist()) == list(range(count))
+
+
+def test_large_images_are_decoded_ahead_up_to_a_number_of_bytes(monkeypatch):
+    monkeypatch.setattr(batch_size_lib, "AHEAD_BYTES", 10 * 12)  # ten 1x1x3 float32 images
+    decoded = []
+    run = batch_size_lib.BatchedRun(counted_batches(decoded), range(1000), batch_size=4)
+    run.start()
+    held = batch_size_lib.images_held(4, 12)
+    assert held == (2 + 2) * 4 + 2 * 4  # two blocks of 4 waiting, not 128 images
+    assert wait_for(lambda: len(decoded) >= 8)
+    assert not wait_for(lambda: len(decoded) > held, seconds=1), len(decoded)
+    run.stop()
 
 
 def test_decoding_stops_when_the_pass_ends_early():
@@ -211,7 +223,7 @@ def test_decoding_stops_when_the_pass_ends_early():
     thread = run._decoder.thread
     assert not thread.is_alive()
     stopped_at = len(decoded)
-    assert stopped_at <= batch_size_lib.images_held(4) + 4
+    assert stopped_at <= batch_size_lib.images_held(4, 12) + 4
     wait_for(lambda: len(decoded) > stopped_at, seconds=0.5)
     assert len(decoded) == stopped_at
 

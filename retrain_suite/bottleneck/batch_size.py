@@ -59,23 +59,26 @@ def block_size(given=None):
 
 
 # Decoded images waiting for the module, at most (rounded down to whole blocks, at least
-# one block). Enough to hold what decoding does on an idle core while the module is
-# frozen and its batch sizes warm up (about 1.5 s of a 1,000-photo run), so that time
-# is not lost: 77 MB at 224x224, 137 MB at 299x299.
+# one block): AHEAD_IMAGES, and no more than AHEAD_BYTES of them. Enough to hold what
+# decoding does on an idle core while the module is frozen and its batch sizes warm up
+# (about 1.5 s of a 1,000-photo run), so that time is not lost: 128 images are 77 MB at
+# 224x224 and 137 MB at 299x299; at 600x600, 37 images.
 AHEAD_IMAGES = 128
+AHEAD_BYTES = 160 * 2**20
 
 
-def _ahead_blocks(block):
-    return max(1, AHEAD_IMAGES // block)
+def _ahead_blocks(block, image_bytes):
+    """Blocks of `block` images of image_bytes each waiting for the module, at most."""
+    return max(1, min(AHEAD_IMAGES, AHEAD_BYTES // max(image_bytes, 1)) // block)
 
 
-def images_held(given=None):
-    """The most decoded images a BatchedRun holds at once: the blocks waiting (AHEAD_IMAGES
-    at most), the one its thread holds while they are full, the pipeline's own prefetched
-    one, the batch being put together and the batch running."""
+def images_held(given=None, image_bytes=0):
+    """The most decoded images (of image_bytes each) a BatchedRun holds at once: the
+    blocks waiting (_ahead_blocks), the one its thread holds while they are full, the
+    pipeline's own prefetched one, the batch being put together and the batch running."""
     block = block_size(given)
     batch = given or max(CANDIDATES)
-    return (_ahead_blocks(block) + 2) * block + 2 * batch
+    return (_ahead_blocks(block, image_bytes) + 2) * block + 2 * batch
 
 
 class BatchedRun:
@@ -87,7 +90,8 @@ class BatchedRun:
     be decoded may be left out. One pipeline of it runs from the first image to the
     last, never restarted, in a graph and Session of its own on a thread: decoding
     starts with start() (or the first batch), goes on while the batches run and while
-    the caller still sets up what they run through, up to AHEAD_IMAGES ahead. The
+    the caller still sets up what they run through, up to AHEAD_IMAGES (or AHEAD_BYTES)
+    ahead. The
     batches are put together from its blocks (of block_size()) and fed through
     `element`, placeholders of the same structure made in the graph that is the default
     when `element` (or `position`, `images`) is first asked for (`position` and `images`
@@ -228,7 +232,7 @@ _END = object()  # what _Decoder's queue holds after the last block
 
 class _Decoder:
     """make_batches' pipeline in a graph and Session of its own, run on a thread that
-    puts its blocks in a queue of _ahead_blocks(block) (a failure too, raised by take)."""
+    puts its blocks in a queue of _ahead_blocks (a failure too, raised by take)."""
 
     def __init__(self, make_batches, positions, block, config):
         self.graph = tf.Graph()
@@ -240,7 +244,10 @@ class _Decoder:
         if config is None:
             config = tf.compat.v1.ConfigProto(device_count={"GPU": 0})
         self.config = config
-        self.queue = queue.Queue(_ahead_blocks(block))
+        dtype, shape = self.parts[-1]  # the images: float32 [B, H, W, 3]
+        image_bytes = 0 if shape.rank is None else dtype.size * int(
+            np.prod([d or 1 for d in shape.as_list()[1:]]))
+        self.queue = queue.Queue(_ahead_blocks(block, image_bytes))
         self.stopping = threading.Event()
         self.thread = None
 
