@@ -273,9 +273,11 @@ def kept_rows(config, dataset):
     """The rows whose pixels the bottleneck pass keeps for the stages after training
     (checked_images.wanted_rows): the check's images, and the int8 calibration images
     when a new int8 TFLite file is asked for. Nothing for a multi-label run, whose stages
-    decode their own, or when the module's input size is not known yet."""
+    decode their own, for a fine-tuning run (whose module takes the memory: the pixels
+    would be held through it; it decodes them as before), or when the module's input size
+    is not known yet."""
     shape = module_lib.known_shape(config.module.tfhub_module, config.module.image_size)
-    if config.multi_label.multi_label or shape is None:
+    if config.multi_label.multi_label or config.fine_tuning.fine_tune_steps or shape is None:
         return ()
     return checked_images.wanted_rows(dataset, shape[:2], config.training.random_seed,
                                       run_exports.new_int8_file(config.outputs))

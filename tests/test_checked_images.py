@@ -87,3 +87,24 @@ def test_wanted_rows_are_the_test_images_and_the_calibration_sample_when_they_fi
     assert sample == set(tflite.calibration_rows_of(training, 7))
     monkeypatch.setattr(checked_images, "MAX_BYTES", (len(calibrated) - 1) * 32 * 32 * 3 * 4)
     assert checked_images.wanted_rows(dataset, (32, 32), 7, calibrated=True) == []
+
+
+def test_a_run_keeps_the_pixels_of_its_checked_images_but_not_when_fine_tuning(
+        tmp_path, tiny_module, monkeypatch):
+    from helpers import retrain_settings
+
+    from retrain_suite import config as config_lib
+    from retrain_suite import job
+    from retrain_suite.bottleneck import module as module_lib
+
+    image_dir = make_dataset(tmp_path / "data", per_class=10)
+    dataset = dataset_lib.build_dataset(image_dir, 10, 20)
+    _, testing = run_data.split_rows(dataset, "testing")
+    settings = retrain_settings(tmp_path, image_dir, tiny_module, testing_percentage=20)
+    config = config_lib.from_flat(settings)
+    monkeypatch.setattr(module_lib, "_shapes", {})  # none remembered by earlier tests
+    assert job.kept_rows(config, dataset) == ()  # the module's input size not known yet
+    module_lib.remember_shape(tiny_module, config.module.image_size, (32, 32), 64)
+    assert job.kept_rows(config, dataset) == sorted(testing.tolist())
+    tuned = config_lib.from_flat(dict(settings, fine_tune_steps=5))
+    assert job.kept_rows(tuned, dataset) == ()

@@ -91,11 +91,11 @@ class BatchedRun:
     last, never restarted, in a graph and Session of its own on a thread: decoding
     starts with start() (or the first batch), goes on while the batches run and while
     the caller still sets up what they run through, up to AHEAD_IMAGES (or AHEAD_BYTES)
-    ahead. The
-    batches are put together from its blocks (of block_size()) and fed through
-    `element`, placeholders of the same structure made in the graph that is the default
-    when `element` (or `position`, `images`) is first asked for (`position` and `images`
-    are its first and last parts: the tensors to compute from); `batches` runs the pass.
+    ahead. The batches are put together from its blocks (of block_size()) and fed
+    through `element`, placeholders of the same structure made in the graph that is the
+    default when `element` (or `position`, `images`) is first asked for (`position` and
+    `images` are its first and last parts: the tensors to compute from); `batches` runs
+    the pass.
 
     The measuring batches time the graph's run on a batch already decoded, not the wait
     for decoding: which size the module runs fastest at, whatever the decoding's speed.
