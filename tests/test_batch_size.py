@@ -237,6 +237,44 @@ def test_a_run_stopped_before_its_batches_leaves_no_thread_decoding():
     assert not run._decoder.thread.is_alive()
 
 
+def raised_within(seconds, work):
+    """What work() raised on a thread, None if nothing; fails if it is still running
+    after `seconds` (a hang)."""
+    import threading
+    raised = []
+
+    def call():
+        try:
+            work()
+        except BaseException as e:
+            raised.append(e)
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), "still waiting for blocks: a hang"
+    return raised[0] if raised else None
+
+
+def test_a_second_pass_or_one_after_stop_is_refused_instead_of_hanging():
+    run = batch_size_lib.BatchedRun(counted_batches([]), range(20), batch_size=4)
+    with tf.Graph().as_default():
+        images = tf.identity(run.images)
+        with tf.compat.v1.Session() as sess:
+            assert len(list(run.batches(sess, [images]))) == 5
+            again = raised_within(30, lambda: list(run.batches(sess, [images])))
+    assert isinstance(again, RuntimeError) and "runs once" in str(again)
+    stopped = batch_size_lib.BatchedRun(counted_batches([]), range(5000), batch_size=4)
+    stopped.start()
+    stopped.stop()  # before its batches, and before decoding was done
+    assert stopped._decoder.queue.empty()  # the blocks not taken are let go
+    with tf.Graph().as_default():
+        images = tf.identity(stopped.images)
+        with tf.compat.v1.Session() as sess:
+            late = raised_within(30, lambda: list(stopped.batches(sess, [images])))
+    assert isinstance(late, RuntimeError)
+
+
 def test_an_error_in_the_pipeline_is_raised_where_the_batches_are_taken():
     run = batch_size_lib.BatchedRun(counted_batches([], fail_at=37), range(100), batch_size=4)
     with tf.Graph().as_default():

@@ -62,7 +62,7 @@ def block_size(given=None):
 # one block): AHEAD_IMAGES, and no more than AHEAD_BYTES of them. Enough to hold what
 # decoding does on an idle core while the module is frozen and its batch sizes warm up
 # (about 1.5 s of a 1,000-photo run), so that time is not lost: 128 images are 77 MB at
-# 224x224 and 137 MB at 299x299; at 600x600, 37 images.
+# 224x224 and 137 MB at 299x299; at 600x600, 32 (whole blocks of 8 within 160 MB).
 AHEAD_IMAGES = 128
 AHEAD_BYTES = 160 * 2**20
 
@@ -174,7 +174,7 @@ class BatchedRun:
         when the pass ends, however it ends (an error, the caller stopping early).
         """
         fetches = [self.position, *fetches]
-        self._decoder.start()
+        self._decoder.start()  # raises in take() if this run was stopped or used before
         try:
             yield from self._batches(sess, fetches, _Blocks(self._decoder), clock)
         finally:
@@ -279,8 +279,17 @@ class _Decoder:
 
     def take(self):
         """The next block (a tuple of arrays), or None after the last; raises what the
-        pipeline raised."""
-        item = self.queue.get()
+        pipeline raised, and RuntimeError once decoding was stopped (rather than waiting
+        for blocks that will never come)."""
+        while True:
+            if self.stopping.is_set():
+                raise RuntimeError("the images of this pass were already taken or stopped: "
+                                   "a BatchedRun runs once")
+            try:
+                item = self.queue.get(timeout=0.1)
+                break
+            except queue.Empty:
+                continue
         if item is _END:
             return None
         if isinstance(item, BaseException):
@@ -288,11 +297,13 @@ class _Decoder:
         return item
 
     def stop(self):
-        """Stop decoding and wait for the thread (it finishes the block it is decoding)."""
-        if self.thread is None:
-            return
+        """Stop decoding, wait for the thread (closing its Session waits for the blocks
+        being decoded and prefetched), and drop the blocks not taken."""
         self.stopping.set()
-        self.thread.join()
+        if self.thread is not None:
+            self.thread.join()
+        while not self.queue.empty():
+            self.queue.get_nowait()
 
 
 class _Blocks:

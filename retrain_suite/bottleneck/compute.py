@@ -183,10 +183,10 @@ def _compute(images, handle, stores, asked):
             # does not pay for it.
             module = module_lib.load_shared(handle, default_image_size)
             forward, graph = frozen_forward(module, precision)
+            forward_pass = _ForwardPass(forward, graph, module_lib.session_config(precision))
         except BaseException:
             run.stop()
             raise
-        forward_pass = _ForwardPass(forward, graph, module_lib.session_config(precision))
         while missing:
             # The pipeline hashes the bytes it decodes, and the vector is stored
             # under that hash. A file changed since inspection comes out under a
@@ -196,11 +196,11 @@ def _compute(images, handle, stores, asked):
             if run is None:
                 todo = [indices[0] for indices in missing.values()]
                 run = decoding.run(todo, chosen)
-            progress = Progress(len(todo), "Bottlenecks")
-            came_out, changed = set(), False
-            logging.log(logging.INFO if chosen is None else logging.DEBUG,
-                        "Batch size: %s.", run.plan())
             try:
+                progress = Progress(len(todo), "Bottlenecks")
+                came_out, changed = set(), False
+                logging.log(logging.INFO if chosen is None else logging.DEBUG,
+                            "Batch size: %s.", run.plan())
                 for batch in _computed_batches(forward_pass, run, progress.restart):
                     forward_passes += len(batch)
                     for i, content, vector, image in batch:
