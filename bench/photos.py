@@ -81,7 +81,8 @@ MANIFEST = "written.json"
 
 def written_photos(folder, count, seed=0, distinct=None):
     """The sorted paths of write_photos(folder, count, seed, distinct) when an earlier
-    call wrote them there and each file still has its size; else None."""
+    call wrote them there, each file still has its size and the folder holds no other
+    file; else None."""
     try:
         with open(os.path.join(folder, MANIFEST), encoding="utf-8") as f:
             manifest = json.load(f)
@@ -95,6 +96,11 @@ def written_photos(folder, count, seed=0, distinct=None):
     for path, size in sizes.items():
         if not os.path.isfile(path) or os.path.getsize(path) != size:
             return None
+    # Nothing else in the folder: photos of a larger count written before would be
+    # trained on too.
+    found = {os.path.join(root, name) for root, _, names in os.walk(folder) for name in names}
+    if found - {os.path.join(folder, MANIFEST)} != set(sizes):
+        return None
     return sorted(sizes)
 
 

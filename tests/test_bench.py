@@ -151,3 +151,7 @@ def test_benchmark_photos_written_before_are_reused_only_while_unchanged(tmp_pat
     assert photos.written_photos(folder, 5) is None
     os.remove(paths[2])
     assert photos.written_photos(folder, 5) is None
+    # Fewer photos written where more were: the extra ones would be trained on too.
+    photos.write_photos(folder, 6)
+    assert len(photos.write_photos(folder, 3)) == 3
+    assert photos.written_photos(folder, 3) is None
