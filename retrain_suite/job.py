@@ -217,7 +217,9 @@ def train_and_export(config, dataset, images, timer):
                                      report_content.MAX_THUMBNAILS)
         checked = artifact_check.check_run(config.outputs, run, model.result, memo, shown,
                                            ahead)
-        run.decoded.clear()  # the pixels kept for the check and calibration, used
+        # The pixels kept or decoded ahead for the check and calibration, used: let go.
+        run.decoded.clear()
+        ahead = calibration = None
     with timer.phase("TensorBoard's evaluation pictures"):
         reporting.write_evaluation_summaries(run, reports, config.outputs.summaries_dir,
                                              model.result.steps)

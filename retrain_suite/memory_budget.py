@@ -90,6 +90,9 @@ class Sizes:
     # The vectors are streamed from the packed store (streamed_batches): not held; two
     # chunks of them and each image's position and label instead.
     streamed: bool = False
+    # Decoded images the bottleneck pass keeps for the exported files' check and the int8
+    # calibration (checked_images), held until the check.
+    kept_images: int = 0
 
 
 # What streaming holds per image (values of 4 bytes): its position and key in the
@@ -118,7 +121,7 @@ def estimate(sizes):
     activations and gradients for it are not counted: they depend on the module).
     Streamed, instead of the bottlenecks: STREAMED_VALUES_PER_IMAGE per image and
     the vectors the pipeline holds (streamed_batches.held_rows: two chunks, the blocks
-    being read).
+    being read). And the decoded images kept for the check and calibration.
     """
     batch, hidden, classes = sizes.train_batch_size, sizes.hidden_units, sizes.class_count
     dimension = sizes.dimension
@@ -135,6 +138,8 @@ def estimate(sizes):
         parts["train_batch_size"] += 2 * batch * pixels
     if sizes.fine_tune_batch_size:
         parts["fine_tune_batch_size"] = 2 * sizes.fine_tune_batch_size * pixels
+    if sizes.kept_images:  # most of them the test images
+        parts["testing_percentage"] = sizes.kept_images * pixels
     if sizes.streamed:
         held = (STREAMED_VALUES_PER_IMAGE * sizes.image_count
                 + streamed_batches.held_rows(dimension, sizes.image_count, batch) * dimension)

@@ -22,17 +22,21 @@ import numpy as np
 
 from retrain_suite import evaluation, evaluation_pictures
 
+_MATPLOTLIB = []  # [(matplotlib, Figure)] once imported
+
 
 def _matplotlib():
-    """matplotlib (with its headless Agg backend) and its Figure, imported when a picture
-    is first drawn, not with this module: matplotlib.figure is 0.17 s of every command's
-    start-up, and a rerun whose pictures are all kept draws none."""
-    import matplotlib
+    """matplotlib (with its headless Agg backend, chosen once) and its Figure, imported
+    when a picture is first drawn, not with this module: matplotlib.figure is 0.17 s of
+    every command's start-up, and a rerun whose pictures are all kept draws none."""
+    if not _MATPLOTLIB:
+        import matplotlib
 
-    matplotlib.use("Agg")  # before anything else of matplotlib: a headless backend
-    from matplotlib.figure import Figure
+        matplotlib.use("Agg")  # before anything else of matplotlib: a headless backend
+        from matplotlib.figure import Figure
 
-    return matplotlib, Figure
+        _MATPLOTLIB.append((matplotlib, Figure))
+    return _MATPLOTLIB[0]
 
 
 MAX_MATRIX_CLASSES = 30  # rows and columns of a heat map: past it the most confused

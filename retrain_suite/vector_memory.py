@@ -11,11 +11,12 @@ through streamed_batches, evaluation in chunks.
 """
 
 import dataclasses
+import math
 
 from absl import logging
 
+from retrain_suite import checked_images, memory_budget, tflite
 from retrain_suite import config as config_lib
-from retrain_suite import memory_budget
 
 
 def sizes_of(config, dimension, class_count, image_count, input_size):
@@ -29,7 +30,21 @@ def sizes_of(config, dimension, class_count, image_count, input_size):
         distorted=config_lib.distortions_from(config).any(),
         fine_tune_batch_size=config.fine_tuning.fine_tune_batch_size
         if config.fine_tuning.fine_tune_steps else 0,
+        kept_images=kept_image_count(config, image_count, input_size),
     )
+
+
+def kept_image_count(config, image_count, input_size):
+    """About how many decoded images the bottleneck pass keeps (job.kept_rows): the
+    check's share of the images and the int8 calibration sample, when they fit
+    (checked_images.fits); none for a multi-label or fine-tuning run."""
+    if config.multi_label.multi_label or config.fine_tuning.fine_tune_steps:
+        return 0
+    share = config.data.testing_percentage or config.data.validation_percentage
+    count = math.ceil(image_count * share / 100)
+    if config.outputs.tflite_output_file and config.outputs.tflite_quantization == "int8":
+        count += tflite.CALIBRATION_IMAGES
+    return count if checked_images.fits(count, input_size) else 0
 
 
 def choose(config, dimension, class_count, image_count, input_size):
