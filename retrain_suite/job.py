@@ -171,7 +171,8 @@ def scan_and_check(config):
     dimension, input_size = check_names_in_graphs(config)
     if config.fine_tuning.fine_tune_steps:
         module_lib.check_fine_tunable(config.module.tfhub_module, config.module.image_size)
-    if vector_memory.choose(config, dimension, len(dataset.labels), len(dataset.images), input_size):
+    if vector_memory.choose(config, dimension, len(dataset.labels), len(dataset.images),
+                            input_size, len(kept_rows(config, dataset))):
         config = dataclasses.replace(
             config, module=dataclasses.replace(config.module, stream_bottlenecks=True))
     return dataset, images, config

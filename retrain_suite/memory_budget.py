@@ -138,13 +138,14 @@ def estimate(sizes):
         parts["train_batch_size"] += 2 * batch * pixels
     if sizes.fine_tune_batch_size:
         parts["fine_tune_batch_size"] = 2 * sizes.fine_tune_batch_size * pixels
-    if sizes.kept_images:  # most of them the test images
-        parts["testing_percentage"] = sizes.kept_images * pixels
     if sizes.streamed:
         held = (STREAMED_VALUES_PER_IMAGE * sizes.image_count
                 + streamed_batches.held_rows(dimension, sizes.image_count, batch) * dimension)
     else:
         held = sizes.image_count * dimension
+    # The kept images are no flag's part: they are kept only where they fit
+    # (checked_images.fits), so no flag is named for them.
+    held += sizes.kept_images * pixels
     return Estimate(4 * (held + sum(parts.values())), max(parts, key=parts.get))
 
 

@@ -11,15 +11,14 @@ through streamed_batches, evaluation in chunks.
 """
 
 import dataclasses
-import math
 
 from absl import logging
 
-from retrain_suite import checked_images, memory_budget, tflite
 from retrain_suite import config as config_lib
+from retrain_suite import memory_budget
 
 
-def sizes_of(config, dimension, class_count, image_count, input_size):
+def sizes_of(config, dimension, class_count, image_count, input_size, kept_images=0):
     """The memory_budget.Sizes of a run of config (vectors held in memory);
     arguments as choose's."""
     return memory_budget.Sizes(
@@ -30,24 +29,11 @@ def sizes_of(config, dimension, class_count, image_count, input_size):
         distorted=config_lib.distortions_from(config).any(),
         fine_tune_batch_size=config.fine_tuning.fine_tune_batch_size
         if config.fine_tuning.fine_tune_steps else 0,
-        kept_images=kept_image_count(config, image_count, input_size),
+        kept_images=kept_images,
     )
 
 
-def kept_image_count(config, image_count, input_size):
-    """About how many decoded images the bottleneck pass keeps (job.kept_rows): the
-    check's share of the images and the int8 calibration sample, when they fit
-    (checked_images.fits); none for a multi-label or fine-tuning run."""
-    if config.multi_label.multi_label or config.fine_tuning.fine_tune_steps:
-        return 0
-    share = config.data.testing_percentage or config.data.validation_percentage
-    count = math.ceil(image_count * share / 100)
-    if config.outputs.tflite_output_file and config.outputs.tflite_quantization == "int8":
-        count += tflite.CALIBRATION_IMAGES
-    return count if checked_images.fits(count, input_size) else 0
-
-
-def choose(config, dimension, class_count, image_count, input_size):
+def choose(config, dimension, class_count, image_count, input_size, kept_images=0):
     """Whether the bottleneck vectors are streamed from the packed store (True) or held
     in memory (False); raise memory_budget.TooBig when the sizes asked for need more
     memory than this machine has, or than --memory_limit (what is counted:
@@ -57,9 +43,10 @@ def choose(config, dimension, class_count, image_count, input_size):
     and streamed they do (logged in one line). Raises UsageError when they would not
     fit and a flag needs them in memory (config.needs_vectors_in_memory).
 
-    dimension: bottleneck size D; input_size: (height, width) of the module.
+    dimension: bottleneck size D; input_size: (height, width) of the module;
+    kept_images: decoded images the bottleneck pass keeps (job.kept_rows).
     """
-    sizes = sizes_of(config, dimension, class_count, image_count, input_size)
+    sizes = sizes_of(config, dimension, class_count, image_count, input_size, kept_images)
     limit = config.module.memory_limit_bytes()
     held = memory_budget.estimate(sizes)
     streaming = config.module.stream_bottlenecks or bool(

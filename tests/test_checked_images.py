@@ -108,3 +108,9 @@ def test_a_run_keeps_the_pixels_of_its_checked_images_but_not_when_fine_tuning(
     assert job.kept_rows(config, dataset) == sorted(testing.tolist())
     tuned = config_lib.from_flat(dict(settings, fine_tune_steps=5))
     assert job.kept_rows(tuned, dataset) == ()
+    # The memory check counts them.
+    from retrain_suite import vector_memory
+    counted = []
+    monkeypatch.setattr(vector_memory, "choose", lambda *args: counted.append(args[-1]))
+    job.scan_and_check(config)
+    assert counted == [len(testing)]

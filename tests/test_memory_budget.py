@@ -49,25 +49,15 @@ def test_a_shortfall_is_none_when_it_fits_and_says_both_sizes_when_not():
             f"of memory; this machine has {memory_budget.format_bytes(available)}")
 
 
-def test_the_estimate_counts_the_images_kept_for_the_check_and_calibration(tmp_path):
+def test_the_estimate_counts_the_images_kept_for_the_check_and_names_no_flag_for_them():
     import dataclasses
-
-    from helpers import retrain_settings
-
-    from retrain_suite import config as config_lib
-    from retrain_suite import vector_memory
 
     base = memory_budget.Sizes(image_count=1000, input_size=(10, 20), bottleneck_batch_size=8,
                                dimension=64, class_count=5, train_batch_size=16)
     kept = dataclasses.replace(base, kept_images=150)
     assert (memory_budget.estimate(kept).needed
             - memory_budget.estimate(base).needed) == 4 * 150 * 10 * 20 * 3
-    settings = retrain_settings(tmp_path, str(tmp_path), "module", testing_percentage=10,
-                                tflite_output_file=str(tmp_path / "m.tflite"),
-                                tflite_quantization="int8")
-    count = vector_memory.kept_image_count(config_lib.from_flat(settings), 1000, (10, 20))
-    assert count == 100 + 100  # the test share and the calibration sample
-    tuned = config_lib.from_flat(dict(settings, fine_tune_steps=3))
-    assert vector_memory.kept_image_count(tuned, 1000, (10, 20)) == 0
-    assert vector_memory.sizes_of(config_lib.from_flat(settings), 64, 5, 1000,
-                                  (10, 20)).kept_images == 200
+    # However many, the part the message names is a flag's, as Sizes has it.
+    many = memory_budget.estimate(dataclasses.replace(base, kept_images=10**6))
+    assert many.largest == memory_budget.estimate(base).largest
+    assert hasattr(base, many.largest)
