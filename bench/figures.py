@@ -89,8 +89,8 @@ class Bench:
             self._photos = photos.written_photos(folder, self.settings.images)
             if self._photos is None:
                 logging.info("Writing %d photos...", self.settings.images)
-                shutil.rmtree(folder)  # no photo of an earlier run left among them
-                self._photos = photos.write_photos(self.folder("photos"), self.settings.images)
+                photos.clear_written(folder)  # no photo of an earlier run left among them
+                self._photos = photos.write_photos(folder, self.settings.images)
             else:  # a --work_dir kept from an earlier run
                 logging.info("Using the %d photos written before in %s.", len(self._photos),
                              folder)

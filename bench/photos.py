@@ -79,6 +79,28 @@ def write_photos(folder, count, seed=0, distinct=None):
 MANIFEST = "written.json"
 
 
+def clear_written(folder):
+    """Remove the photos an earlier write_photos listed in folder's manifest, and the
+    manifest; raise RuntimeError when anything else is left there (files the benchmark
+    did not write are never removed)."""
+    manifest = os.path.join(folder, MANIFEST)
+    try:
+        with open(manifest, encoding="utf-8") as f:
+            listed = json.load(f).get("sizes", {})
+    except (OSError, ValueError, AttributeError):
+        listed = {}
+    for path in listed:
+        if os.path.dirname(os.path.dirname(path)) == folder and os.path.isfile(path):
+            os.remove(path)
+    if os.path.isfile(manifest):
+        os.remove(manifest)
+    left = [os.path.join(root, name) for root, _, names in os.walk(folder) for name in names]
+    if left:
+        raise RuntimeError(
+            f"{folder} holds {len(left)} files the benchmark did not write (such as "
+            f"{left[0]}); they are left alone: give another --work_dir.")
+
+
 def written_photos(folder, count, seed=0, distinct=None):
     """The sorted paths of write_photos(folder, count, seed, distinct) when an earlier
     call wrote them there, each file still has its size and the folder holds no other

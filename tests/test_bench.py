@@ -151,7 +151,24 @@ def test_benchmark_photos_written_before_are_reused_only_while_unchanged(tmp_pat
     assert photos.written_photos(folder, 5) is None
     os.remove(paths[2])
     assert photos.written_photos(folder, 5) is None
-    # Fewer photos written where more were: the extra ones would be trained on too.
+    # Fewer photos written where more were: the extra ones would be trained on too, so
+    # the folder is not reused ...
     photos.write_photos(folder, 6)
     assert len(photos.write_photos(folder, 3)) == 3
     assert photos.written_photos(folder, 3) is None
+    # ... and the benchmark clears what it wrote (as its manifest lists) before writing.
+    photos.clear_written(str(tmp_path / "other"))  # nothing there: nothing to do
+    six = str(tmp_path / "six")
+    photos.write_photos(six, 6)
+    photos.clear_written(six)
+    assert not [n for _, _, names in os.walk(six) for n in names]
+    three = photos.write_photos(six, 3)
+    assert photos.written_photos(six, 3) == three
+    # A file it did not write is never removed: it refuses instead.
+    mine = os.path.join(six, "class0", "my_photo.jpg")
+    with open(mine, "wb") as f:
+        f.write(b"mine")
+    with pytest.raises(RuntimeError, match="did not write"):
+        photos.clear_written(six)
+    with open(mine, "rb") as f:
+        assert f.read() == b"mine"
