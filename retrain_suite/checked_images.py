@@ -32,14 +32,16 @@ def wanted_rows(dataset, input_size, seed, calibrated):
     else the validation images) and, when calibrated, the int8 calibration images that
     seed chooses (tflite.calibration_rows). -> sorted [int]; none when they would not
     fit (fits)."""
-    _, checked = run_data.split_rows(dataset, "testing")
-    if not len(checked):
-        _, checked = run_data.split_rows(dataset, "validation")
-    rows = set(checked.tolist())
+    checked_split = "testing" if dataset.in_split("testing") else "validation"
+    training_count = len(dataset.in_split("training")) if calibrated else 0
+    count = len(dataset.in_split(checked_split)) + min(training_count, tflite.CALIBRATION_IMAGES)
+    if not fits(count, input_size):  # before sorting a large dataset's sets for nothing
+        return []
+    rows = set(run_data.split_rows(dataset, checked_split)[1].tolist())
     if calibrated:
         _, training = run_data.split_rows(dataset, "training")
         rows.update(tflite.calibration_rows_of(training, seed))
-    return sorted(rows) if fits(len(rows), input_size) else []
+    return sorted(rows)
 
 
 def fits(count, input_size):
