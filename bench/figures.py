@@ -356,7 +356,10 @@ class Bench:
         the serial limit (decode + forward of every photo + the training steps alone)."""
         paths = self.photos()
         command = self.classifier_command()
-        shutil.rmtree(command.work)  # a cold cache, also in a --work_dir kept from before
+        for written in ("cache", "first"):  # what the run writes there: a cold cache, also
+            path = os.path.join(command.work, written)  # in a --work_dir kept from before
+            if os.path.isdir(path):
+                shutil.rmtree(path)
         module = module_lib.load_shared(command.handle)
         with module.graph.as_default():  # the dimension of the training steps alone
             dimension = int(module(tf.compat.v1.placeholder(

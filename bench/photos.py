@@ -84,11 +84,13 @@ def clear_written(folder):
     manifest; raise RuntimeError when anything else is left there (files the benchmark
     did not write are never removed)."""
     manifest = os.path.join(folder, MANIFEST)
-    try:
-        with open(manifest, encoding="utf-8") as f:
-            listed = json.load(f).get("sizes", {})
-    except (OSError, ValueError, AttributeError):
-        listed = {}
+    listed = {}
+    if os.path.isfile(manifest):  # nor a FIFO, which open() would wait on
+        try:
+            with open(manifest, encoding="utf-8") as f:
+                listed = json.load(f).get("sizes", {})
+        except (OSError, ValueError, AttributeError):
+            listed = {}
     for path in listed:
         if os.path.dirname(os.path.dirname(path)) == folder and os.path.isfile(path):
             os.remove(path)
@@ -105,13 +107,20 @@ def written_photos(folder, count, seed=0, distinct=None):
     """The sorted paths of write_photos(folder, count, seed, distinct) when an earlier
     call wrote them there, each file still has its size and the folder holds no other
     file; else None."""
+    path = os.path.join(folder, MANIFEST)
+    if not os.path.isfile(path):  # nor a FIFO, which open() would wait on
+        return None
     try:
-        with open(os.path.join(folder, MANIFEST), encoding="utf-8") as f:
+        with open(path, encoding="utf-8") as f:
             manifest = json.load(f)
     except (OSError, ValueError):
         return None
+    if not isinstance(manifest, dict):
+        return None
     distinct = count if distinct is None else min(distinct, count)
-    sizes = manifest.get("sizes", {})
+    sizes = manifest.get("sizes")
+    if not isinstance(sizes, dict):
+        return None
     if (manifest.get("count"), manifest.get("seed"), manifest.get("distinct")) != (
             count, seed, distinct) or len(sizes) != count:
         return None

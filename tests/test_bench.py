@@ -172,3 +172,14 @@ def test_benchmark_photos_written_before_are_reused_only_while_unchanged(tmp_pat
         photos.clear_written(six)
     with open(mine, "rb") as f:
         assert f.read() == b"mine"
+    # A manifest that is a FIFO, or not the JSON written, is no manifest (and not waited on).
+    fifo = str(tmp_path / "fifo")
+    photos.write_photos(fifo, 2)
+    os.remove(os.path.join(fifo, photos.MANIFEST))
+    os.mkfifo(os.path.join(fifo, photos.MANIFEST))
+    assert photos.written_photos(fifo, 2) is None
+    with pytest.raises(RuntimeError):  # the photos are not known as its own: left alone
+        photos.clear_written(fifo)
+    with open(os.path.join(six, photos.MANIFEST), "w") as f:
+        f.write('["not", "a", "manifest"]')
+    assert photos.written_photos(six, 3) is None
