@@ -175,7 +175,10 @@ flags.DEFINE_string(
 )
 
 
-flags.DEFINE_string("work_dir", None, "Folder for photos, modules and caches (default: a temporary one).")
+flags.DEFINE_string(
+    "work_dir", None,
+    "Folder for photos, modules and caches (default: a temporary one). Photos the benchmark "
+    "wrote there before are reused while unchanged; it never removes files it did not write.")
 
 
 flags.DEFINE_bool("keep_work_dir", False, "Keep the work folder at the end.")
