@@ -429,7 +429,7 @@ class Bench:
                 ],
                 f"python -m bottleneck ({count} images)",
             )
-            shutil.rmtree(folder)
+            photos.clear_written(folder)
         small, large = counts[0], counts[-1]
         ratio = peaks[large] / peaks[small]
         self.add(
