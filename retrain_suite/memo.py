@@ -15,7 +15,9 @@ entries under the bottleneck cache's folder, one per key:
 - `<bottleneck_dir>/checks/`: an exported file's predictions on a test set
   (check_memo);
 - `<bottleneck_dir>/pictures/`: the SHA-256 of a report page picture, under a
-  key of everything drawn in it (picture_memo).
+  key of everything drawn in it (picture_memo);
+- `<bottleneck_dir>/photos/`: each photo's content hash, orientation and size,
+  under its file's signature, per folder of photos (photo_memo).
 
 Every key also holds code_digest(), the digest of the suite's own source, and
 TensorFlow's version: new code or a new TensorFlow recomputes everything.
@@ -41,7 +43,7 @@ from retrain_suite.images import files as image_files
 
 MAX_ENTRY_BYTES = 64 << 20  # a check entry of a million test images is about 8 MB
 CHUNK_BYTES = 8 << 20
-KINDS = ("modules", "exports", "checks", "pictures")
+KINDS = ("modules", "exports", "checks", "pictures", "photos")
 
 
 @functools.cache

@@ -34,10 +34,8 @@ from retrain_suite import config as config_lib
 from retrain_suite import dataset as dataset_lib
 from retrain_suite.bottleneck import cache as cache_lib
 from retrain_suite.bottleneck import compute, make_module
-from retrain_suite.bottleneck import module as module_lib
 from retrain_suite.cli import bottleneck as bottleneck_cli
 from retrain_suite.images import files as image_files
-from retrain_suite.images import pipelines as image_pipelines
 
 TIMEOUT = 300  # A hang is the failure; a healthy run takes seconds.
 
@@ -78,14 +76,16 @@ def test_photo_replaced_between_inspection_and_decoding_is_cached_under_its_new_
     for name, data in (("a.png", old), ("b.png", png_bytes((30, 200, 30))), ("copy_of_a.png", old)):
         (folder / name).write_bytes(data)
         paths.append(str(folder / name))
-    real_load = module_lib.load
+    real_inspect = compute._inspect
 
-    def load_then_replace(*args, **kwargs):
-        # Runs after every file was inspected and before any is decoded.
+    def inspect_then_replace(*args):
+        # After every file was inspected and before any is decoded. (Not the module's
+        # load: the photos' decoding starts before it.)
+        files = real_inspect(*args)
         (folder / "a.png").write_bytes(new)
-        return real_load(*args, **kwargs)
+        return files
 
-    monkeypatch.setattr(module_lib, "load", load_then_replace)
+    monkeypatch.setattr(compute, "_inspect", inspect_then_replace)
     result = compute.compute_bottlenecks(paths, tiny_module, str(tmp_path / "cache"), batch_size=2)
     monkeypatch.undo()
 
@@ -115,14 +115,14 @@ def test_photo_replaced_by_a_huge_image_after_inspection_is_refused_not_decoded(
     for name, colour in (("a.png", (200, 30, 30)), ("b.png", (30, 200, 30))):
         (folder / name).write_bytes(png_bytes(colour))
         paths.append(str(folder / name))
-    real_inspect = image_pipelines.ImageFiles.inspect
+    real_inspect = compute._inspect
 
-    def inspect_then_replace(self, max_pixels):
-        files = real_inspect(self, max_pixels)
+    def inspect_then_replace(*args):
+        files = real_inspect(*args)
         (folder / "a.png").write_bytes(png_with_bad_text_chunk(20000, 20000))
         return files
 
-    monkeypatch.setattr(image_pipelines.ImageFiles, "inspect", inspect_then_replace)
+    monkeypatch.setattr(compute, "_inspect", inspect_then_replace)
     result = compute.compute_bottlenecks(paths, tiny_module, str(tmp_path / "cache"))
     assert result.skipped[0].startswith("too large: 20000x20000")
     assert result.computed == 1

@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from retrain_suite import errors, memory_budget
+from retrain_suite import errors, memory_budget, photo_memo
 from retrain_suite.bottleneck import batch_size as batch_size_lib
 from retrain_suite.bottleneck import cache as cache_lib
 from retrain_suite.bottleneck import module as module_lib
@@ -116,7 +116,7 @@ def compute_bottlenecks(
         )
         result = _compute(images, handle, stores,
                           _Asked(default_image_size, batch_size, max_image_pixels, precision,
-                                 frozenset(keep_pixels)))
+                                 frozenset(keep_pixels), bottleneck_dir))
     if not store.hold_vectors:
         result.vectors = stores.vectors_of(
             [None if i in result.skipped else c for i, c in enumerate(result.contents)])
@@ -144,6 +144,18 @@ class _Asked:
     max_image_pixels: int
     precision: str
     keep_pixels: frozenset  # indices whose decoded images are kept
+    bottleneck_dir: str  # where photo_memo remembers the photos read
+
+
+def _inspect(images, max_image_pixels, bottleneck_dir):
+    """[ImageFile] of images in order. Photo files unchanged since a run read them are
+    answered from photo_memo, without reading them."""
+    if not isinstance(images, image_pipelines.ImageFiles):
+        return images.inspect(max_image_pixels)
+    inspected = photo_memo.PhotoMemo.of_cache(bottleneck_dir).inspect(images.paths, max_image_pixels)
+    logging.debug("Read %d of %d photos; the others are unchanged since a run read them.",
+                  inspected.read, len(images))
+    return inspected.files
 
 
 def _compute(images, handle, stores, asked):
@@ -153,7 +165,7 @@ def _compute(images, handle, stores, asked):
     height, width, dimension = identity.height, identity.width, identity.dimension
     batch_size, max_image_pixels = asked.batch_size, asked.max_image_pixels
     default_image_size, precision = asked.default_image_size, asked.precision
-    files = images.inspect(max_image_pixels)
+    files = _inspect(images, max_image_pixels, asked.bottleneck_dir)
     contents = [None if f.problem else f.sha1 for f in files]
     hashes = [f.sha1 for f in files]  # also of files read but refused, for the copies count
     skipped = {i: f.problem for i, f in enumerate(files) if f.problem}

@@ -204,13 +204,18 @@ def inspect_image_bytes(data, max_pixels=DEFAULT_MAX_IMAGE_PIXELS):
             "does not say its size",
         )
     width, height = size
-    if width * height > max_pixels:
-        return ImageFile(
-            sha1, 1,
-            f"too large: {width}x{height} = {width * height / 1e6:.0f} Mpx, over the limit "
-            f"of {max_pixels / 1e6:g} Mpx (raise --max_image_pixels to allow it)",
-        )
+    problem = too_many_pixels(width, height, max_pixels)
+    if problem:
+        return ImageFile(sha1, 1, problem)
     return ImageFile(sha1, _orientation(data), None, width, height)
+
+
+def too_many_pixels(width, height, max_pixels):
+    """Why an image of width x height is refused under max_pixels, or None."""
+    if width * height <= max_pixels:
+        return None
+    return (f"too large: {width}x{height} = {width * height / 1e6:.0f} Mpx, over the limit "
+            f"of {max_pixels / 1e6:g} Mpx (raise --max_image_pixels to allow it)")
 
 
 def image_size(data):
