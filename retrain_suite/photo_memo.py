@@ -137,11 +137,24 @@ def _place(path):
 
 
 def _signature(path):
-    """(st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns) of a local regular file, or None."""
+    """(st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns) of a local regular file this
+    process can open, or None.
+
+    Taken on the open file, not by os.stat on its name: opening is when an NFS client
+    asks the server for fresh attributes (close-to-open consistency), where a stat
+    may answer from a cache up to a minute old. Opened non-blocking, as every read of
+    the suite is, so a FIFO put there is refused without waiting.
+    """
     try:
-        info = os.stat(path)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except (OSError, ValueError):
         return None
+    try:
+        info = os.fstat(fd)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
     if not stat.S_ISREG(info.st_mode):
         return None
     return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)

@@ -4,11 +4,13 @@ changed one."""
 import glob
 import json
 import os
+import subprocess
+import sys
 import time
 
 import numpy as np
 import pytest
-from helpers import make_dataset, synthetic_image, write_image
+from helpers import ROOT, make_dataset, synthetic_image, write_image
 
 from retrain_suite import photo_memo
 from retrain_suite.bottleneck import compute
@@ -203,3 +205,20 @@ def test_a_photo_changed_while_it_was_read_is_not_remembered(tmp_path, photos, s
     again = memo_in(tmp_path).inspect(photos)
     assert again.read == 1
     assert again.files[2] == image_files.inspect_image_file(changing)
+
+
+def test_a_photo_this_process_cannot_open_is_not_answered_from_the_memo(
+        tmp_path, photos, settled):
+    # Taken on the open file (as NFS revalidates on open): a photo remembered and
+    # unchanged since, but which this process cannot open, is read, and refused.
+    locked = photos[3]
+    os.chmod(locked, 0)  # before it is remembered, by root, who reads it anyway
+    assert memo_in(tmp_path).inspect(photos).files[3].problem is None
+    script = ("import sys\nfrom retrain_suite import photo_memo\nphoto_memo.RACY_NS = 0\n"
+              "done = photo_memo.PhotoMemo.of_cache(sys.argv[1]).inspect(sys.argv[2:])\n"
+              "print(done.read)\nprint(done.files[3].problem)\n")
+    unprivileged = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", sys.executable]
+    done = subprocess.run([*unprivileged, "-c", script, str(tmp_path / "cache"), *photos],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    read, problem = done.stdout.splitlines()
+    assert read == "1" and problem.startswith("cannot be read") and "Permission denied" in problem
