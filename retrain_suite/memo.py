@@ -204,7 +204,7 @@ class Memo:
             return None
         try:
             entry = json.loads(data.decode("utf-8"))
-        except (ValueError, UnicodeDecodeError) as e:
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:  # too deeply nested
             logging.warning("Ignoring the damaged memo %s (%s).", path, e)
             return None
         if not isinstance(entry, dict):
@@ -214,11 +214,17 @@ class Memo:
 
     def put(self, key, entry):
         """Store entry (a JSON-able dict) under key. A failure to write only warns: the work
-        itself is done, and the next run does it again."""
+        itself is done, and the next run does it again. An entry larger than get reads
+        (MAX_ENTRY_BYTES) is not written."""
         if not self.folder:
             return
         try:
-            atomic_files.write_text(self._path(key), json.dumps(entry, allow_nan=False))
-        except (OSError, ValueError) as e:
+            text = json.dumps(entry, allow_nan=False)  # ASCII: one byte a character
+            if len(text) > MAX_ENTRY_BYTES:
+                logging.debug("Not remembering %s in %s: %d bytes, over %d.", self.kind,
+                              self.location, len(text), MAX_ENTRY_BYTES)
+                return
+            atomic_files.write_text(self._path(key), text)
+        except (OSError, ValueError, tf.errors.OpError) as e:  # gfile's errors are OpErrors
             logging.warning("Could not remember %s in %s (%s); the next run does it again.",
                             self.kind, self.location, e)

@@ -21,14 +21,23 @@ What is remembered, and when:
 - Only usable photos (no problem found). The pixel limit (--max_image_pixels)
   is applied when an entry is used, since it may change between runs; files
   refused for any other reason are read again every run.
-- Under the stat taken before it was read, and only when its change and
-  modification times are at least RACY_NS older than the moment the run began
-  reading. Any write after that stat, even during the read, then gives the
-  file a later change time. A photo written within the same tick of the file
+- Under the signature of the file it read (fstat of the open descriptor,
+  taken before reading), and only when its change and modification times are
+  at least RACY_NS older than the moment the run began reading. Any write
+  after that fstat, even during the read, then gives the file a later change
+  time. A photo written within the same tick of the file
   system's clock as it was read could be written again within that tick, with
   the same size and times (git calls such entries "racily clean"): it is read
   again by the next run, and remembered then.
-- Only local files: a remote path (gs://...) is read every run.
+- Only local files on a file system mounted read-write: a remote path
+  (gs://...) is read every run, and so is a photo on a read-only file system
+  (squashfs, erofs, ISO 9660, a read-only mount): those keep no change time of
+  their own, and another image mounted in the same place can hold a changed
+  photo with the same inode, size and times.
+
+What the signature cannot see: a write through a shared memory map to a page
+already dirty changes the bytes but neither time, as it escapes make, rsync and
+git. Deleting `<bottleneck_dir>/photos/` makes the next run read every photo.
 
 Whoever can write the bottleneck cache can already change what a run trains
 on; this folder asks for no more trust than that (see memo.py).
@@ -44,8 +53,9 @@ from retrain_suite import memo as memo_lib
 from retrain_suite.images import files as image_files
 
 RACY_NS = 2_000_000_000  # a photo changed less than 2 s before the read is not remembered
-# Entries of one folder: about 150 bytes each, so this stays well within
-# memo.MAX_ENTRY_BYTES; a larger folder is read every run.
+# Entries of one folder: about 150 bytes each, so this stays within
+# memo.MAX_ENTRY_BYTES unless the names are long; a larger folder, or one whose
+# entry is over that (Memo.put does not write it), is read every run.
 MAX_PHOTOS_PER_FOLDER = 200_000
 _SHA1 = re.compile("[0-9a-f]{40}")
 
@@ -78,6 +88,8 @@ class PhotoMemo:
             return Inspected(image_files.inspect_image_files(paths, max_pixels), len(paths))
         began = time.time_ns()
         places = [_place(path) for path in paths]
+        read_only = {place[0] for place in places if place and _read_only(place[0])}
+        places = [None if place and place[0] in read_only else place for place in places]
         signatures = [_signature(path) if place else None for path, place in zip(paths, places)]
         known = {folder: self._entries(folder) for folder in {p[0] for p in places if p}}
         results, unread = [None] * len(paths), []
@@ -88,13 +100,16 @@ class PhotoMemo:
             else:
                 unread.append(i)
         fresh = {}
-        for i, found in zip(unread, image_files.inspect_image_files([paths[i] for i in unread],
-                                                                   max_pixels)):
+        inspected = image_files.inspect_image_files(
+            [paths[i] for i in unread], max_pixels, inspect=image_files.inspect_image_file_and_stat)
+        for i, (found, info) in zip(unread, inspected):
             results[i] = found
-            signature = signatures[i]
-            # The signature taken before the read, of a file settled by then: any write
-            # since, even during the read, gave it another change time.
-            if (signature is not None and found.problem is None
+            # Under the signature of the very file read (not of whatever the path named
+            # when it was looked up: a folder may be swapped in between), taken before
+            # the read, of a file settled by then: any write since, even during the
+            # read, gave it another change time.
+            signature = _of(info) if info is not None else None
+            if (places[i] and signature is not None and found.problem is None
                     and max(signature[3], signature[4]) <= began - RACY_NS):
                 fresh[i] = [*signature, found.sha1, found.orientation, found.width, found.height]
         self._remember(places, known, fresh, signatures)
@@ -155,9 +170,23 @@ def _signature(path):
         return None
     finally:
         os.close(fd)
-    if not stat.S_ISREG(info.st_mode):
-        return None
+    return _of(info) if stat.S_ISREG(info.st_mode) else None
+
+
+def _of(info):
+    """The signature in an os.stat_result."""
     return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
+def _read_only(folder):
+    """Whether folder is on a read-only file system (or that cannot be told). Squashfs,
+    erofs and ISO 9660 keep no change time of their own (it is the modification time)
+    and number their files in order: another image mounted in the same place can hold
+    a changed photo with every number of the old one."""
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (OSError, ValueError):
+        return True
 
 
 def _well_formed(entry):

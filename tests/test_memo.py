@@ -7,10 +7,11 @@ import os
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from helpers import make_dataset, retrain_settings
 
+from retrain_suite import atomic_files, export_memo, final_layer, job, run_exports
 from retrain_suite import config as config_lib
-from retrain_suite import export_memo, final_layer, job, run_exports
 from retrain_suite import memo as memo_lib
 from retrain_suite.bottleneck import module as module_lib
 from retrain_suite.images import files as image_files
@@ -187,3 +188,33 @@ def test_a_kept_export_is_not_read_again_by_a_later_run_until_it_changes(tmp_pat
     memo.memo.put("k" * 64, {**damaged, "file": {"signature": damaged["file"]["signature"],
                                                  "sha256": "00" * 32}})
     assert not later_run(b"graph").kept  # a record that does not match is not trusted
+
+
+def test_a_memo_nested_too_deeply_for_json_is_ignored_with_a_warning(tmp_path, caplog):
+    memo = memo_lib.Memo(str(tmp_path), "photos")
+    memo.put("k", {"photos": {}})
+    (tmp_path / "photos" / "k.json").write_text("[" * 100_000 + "]" * 100_000)
+    assert memo.get("k") is None
+    assert "Ignoring the damaged memo" in caplog.text
+
+
+def test_a_memo_that_cannot_be_written_only_warns_whatever_the_file_system_raises(
+        tmp_path, caplog, monkeypatch):
+    memo = memo_lib.Memo(str(tmp_path), "photos")
+    for error in (tf.errors.PermissionDeniedError(None, None, "denied"),
+                  tf.errors.ResourceExhaustedError(None, None, "disk full"), OSError(28, "full")):
+        def failing(path, text, error=error):
+            raise error
+        monkeypatch.setattr(atomic_files, "write_text", failing)
+        memo.put("k", {"photos": {}})
+        assert "Could not remember photos" in caplog.text
+        caplog.clear()
+
+
+def test_an_entry_larger_than_get_reads_is_not_written(tmp_path, monkeypatch):
+    memo = memo_lib.Memo(str(tmp_path), "photos")
+    monkeypatch.setattr(memo_lib, "MAX_ENTRY_BYTES", 100)
+    memo.put("small", {"photos": {"a": "b"}})
+    memo.put("large", {"photos": {"a": "b" * 100}})
+    assert memo.get("small") == {"photos": {"a": "b"}}
+    assert not (tmp_path / "photos" / "large.json").exists()

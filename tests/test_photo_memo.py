@@ -32,15 +32,15 @@ def settled(monkeypatch):
 
 @pytest.fixture
 def reads(monkeypatch):
-    """The paths image_files.inspect_image_file reads, in a list."""
+    """The paths the memo reads (image_files.inspect_image_file_and_stat), in a list."""
     read = []
-    real = image_files.inspect_image_file
+    real = image_files.inspect_image_file_and_stat
 
     def counted(path, *args, **kwargs):
         read.append(path)
         return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(image_files, "inspect_image_file", counted)
+    monkeypatch.setattr(image_files, "inspect_image_file_and_stat", counted)
     return read
 
 
@@ -191,7 +191,7 @@ def test_a_rerun_of_the_bottlenecks_reads_no_photo_and_recomputes_a_changed_one(
 def test_a_photo_changed_while_it_was_read_is_not_remembered(tmp_path, photos, settled,
                                                             monkeypatch):
     changing = photos[2]
-    real = image_files.inspect_image_file
+    real = image_files.inspect_image_file_and_stat
 
     def read_then_changed(path, *args, **kwargs):
         found = real(path, *args, **kwargs)
@@ -199,9 +199,9 @@ def test_a_photo_changed_while_it_was_read_is_not_remembered(tmp_path, photos, s
             rewrite_same_size_and_times(path)  # after the read, before the stat that follows
         return found
 
-    monkeypatch.setattr(image_files, "inspect_image_file", read_then_changed)
+    monkeypatch.setattr(image_files, "inspect_image_file_and_stat", read_then_changed)
     memo_in(tmp_path).inspect(photos)
-    monkeypatch.setattr(image_files, "inspect_image_file", real)
+    monkeypatch.setattr(image_files, "inspect_image_file_and_stat", real)
     again = memo_in(tmp_path).inspect(photos)
     assert again.read == 1
     assert again.files[2] == image_files.inspect_image_file(changing)
@@ -222,3 +222,45 @@ def test_a_photo_this_process_cannot_open_is_not_answered_from_the_memo(
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     read, problem = done.stdout.splitlines()
     assert read == "1" and problem.startswith("cannot be read") and "Permission denied" in problem
+
+
+def test_a_folder_swapped_while_its_photos_are_read_leaves_no_wrong_answer(
+        tmp_path, photos, settled, monkeypatch):
+    # Each photo's content is remembered under the file that was read, not under what
+    # its path named when the memo was looked up: here the class folder is swapped for
+    # another (the same names, other photos) just before one of them is read.
+    folder = os.path.dirname(photos[0])
+    other = tmp_path / "other"
+    for i, path in enumerate(p for p in photos if os.path.dirname(p) == folder):
+        pixels = synthetic_image((250, 10 * i, 0), "checker", 30, 30, np.random.RandomState(i))
+        write_image(str(other / os.path.basename(path)), pixels,
+                    "PNG" if path.endswith(".png") else "JPEG")
+    real = image_files.inspect_image_file_and_stat
+    swapped = []
+
+    def read_after_a_swap(path, *args, **kwargs):
+        if path == photos[0] and not swapped:
+            os.rename(folder, str(tmp_path / "kept"))
+            os.rename(str(other), folder)
+            swapped.append(True)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(image_files, "inspect_image_files",
+                        lambda paths, max_pixels, inspect=None: [
+                            read_after_a_swap(p, max_pixels) for p in paths])
+    memo_in(tmp_path).inspect(photos)
+    monkeypatch.undo()
+    os.rename(folder, str(other))  # swapped back: the photos first looked up
+    os.rename(str(tmp_path / "kept"), folder)
+    assert memo_in(tmp_path).inspect(photos).files == image_files.inspect_image_files(photos)
+
+
+def test_photos_on_a_read_only_file_system_are_read_every_time(
+        tmp_path, photos, settled, reads, monkeypatch):
+    assert not photo_memo._read_only(str(tmp_path))
+    monkeypatch.setattr(photo_memo, "_read_only", lambda folder: True)
+    memo_in(tmp_path).inspect(photos)
+    reads.clear()
+    again = memo_in(tmp_path).inspect(photos)
+    assert again.read == 12 and again.files == image_files.inspect_image_files(photos)
+    assert not (tmp_path / "cache" / "photos").exists()

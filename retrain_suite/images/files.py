@@ -157,30 +157,45 @@ def inspect_image_file(path, max_pixels=DEFAULT_MAX_IMAGE_PIXELS):
 FILES_IN_FLIGHT_PER_THREAD = 4
 
 
-def inspect_image_files(paths, max_pixels=DEFAULT_MAX_IMAGE_PIXELS, threads=None):
-    """[inspect_image_file(path, max_pixels) for path in paths], on threads (os.cpu_count()
-    unless given): reading and hashing release Python's lock, so the files are read side by
-    side (1,000 photos, 612 MB, on 2 cores: 0.55 s one by one, 0.30 s on two threads).
+def inspect_image_file_and_stat(path, max_pixels=DEFAULT_MAX_IMAGE_PIXELS):
+    """inspect_image_file, and os.fstat of the very file it read, taken on the open
+    descriptor before reading. -> (ImageFile, os.stat_result, or None for a remote path
+    or a file not read)."""
+    if "://" in path:
+        return inspect_image_file(path, max_pixels), None
+    found, problem = _with_regular_file(path, lambda f: (os.fstat(f.fileno()), f.read()))
+    if problem:
+        return ImageFile(None, 1, problem), None
+    info, data = found
+    return inspect_image_bytes(data, max_pixels), info
+
+
+def inspect_image_files(paths, max_pixels=DEFAULT_MAX_IMAGE_PIXELS, threads=None, inspect=None):
+    """[inspect(path, max_pixels) for path in paths], on threads (os.cpu_count() unless
+    given); inspect is inspect_image_file unless given. Reading and hashing release
+    Python's lock, so the files are read side by side (1,000 photos, 612 MB, on 2 cores:
+    0.55 s one by one, 0.30 s on two threads).
 
     At most FILES_IN_FLIGHT_PER_THREAD files per thread are read ahead of the one
     awaited, whatever the number of paths. If one raises or the caller is interrupted,
     the files not yet begun are never read.
     """
     threads = threads or os.cpu_count() or 1
+    inspect = inspect or inspect_image_file
     paths = iter(paths)
     if threads == 1:
-        return [inspect_image_file(path, max_pixels) for path in paths]
+        return [inspect(path, max_pixels) for path in paths]
     pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="inspect")
     try:
         pending = collections.deque(
-            pool.submit(inspect_image_file, path, max_pixels)
+            pool.submit(inspect, path, max_pixels)
             for path in itertools.islice(paths, threads * FILES_IN_FLIGHT_PER_THREAD))
         results = []
         while pending:
             results.append(pending.popleft().result())
             path = next(paths, None)  # one more in flight for the one done
             if path is not None:
-                pending.append(pool.submit(inspect_image_file, path, max_pixels))
+                pending.append(pool.submit(inspect, path, max_pixels))
         return results
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
