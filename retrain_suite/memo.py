@@ -33,7 +33,6 @@ import functools
 import hashlib
 import json
 import os
-import stat
 
 import tensorflow as tf
 from absl import logging
@@ -143,13 +142,8 @@ def recall_digest(path, record):
 
 def _signature(path):
     """What identifies a local regular file's content to this process, or None."""
-    if "://" in path:
-        return None
-    try:
-        info = os.stat(path)
-    except OSError:
-        return None
-    if not stat.S_ISREG(info.st_mode):
+    info = None if "://" in path else image_files.regular_file_stat(path)
+    if info is None:
         return None
     return (os.path.abspath(path), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns,
             info.st_ctime_ns)

@@ -46,7 +46,6 @@ on; this folder asks for no more trust than that (see memo.py).
 import dataclasses
 import os
 import re
-import stat
 import time
 
 from retrain_suite import memo as memo_lib
@@ -153,24 +152,9 @@ def _place(path):
 
 def _signature(path):
     """(st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns) of a local regular file this
-    process can open, or None.
-
-    Taken on the open file, not by os.stat on its name: opening is when an NFS client
-    asks the server for fresh attributes (close-to-open consistency), where a stat
-    may answer from a cache up to a minute old. Opened non-blocking, as every read of
-    the suite is, so a FIFO put there is refused without waiting.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except (OSError, ValueError):
-        return None
-    try:
-        info = os.fstat(fd)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    return _of(info) if stat.S_ISREG(info.st_mode) else None
+    process can open (image_files.regular_file_stat), or None."""
+    info = image_files.regular_file_stat(path)
+    return None if info is None else _of(info)
 
 
 def _of(info):

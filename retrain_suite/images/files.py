@@ -157,6 +157,27 @@ def inspect_image_file(path, max_pixels=DEFAULT_MAX_IMAGE_PIXELS):
 FILES_IN_FLIGHT_PER_THREAD = 4
 
 
+def regular_file_stat(path):
+    """os.fstat of the local regular file at path, taken on the file opened (non-blocking,
+    as read_regular_file opens it), or None: missing, not openable, or not a regular file.
+
+    Opened rather than stat'ed by name: opening is when an NFS client asks the server
+    for fresh attributes (close-to-open consistency), where a stat may answer from a
+    cache up to a minute old. What the memos judge a file unchanged by.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except (OSError, ValueError):
+        return None
+    try:
+        info = os.fstat(fd)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return info if stat.S_ISREG(info.st_mode) else None
+
+
 def inspect_image_file_and_stat(path, max_pixels=DEFAULT_MAX_IMAGE_PIXELS):
     """inspect_image_file, and os.fstat of the very file it read, taken on the open
     descriptor before reading. -> (ImageFile, os.stat_result, or None for a remote path
